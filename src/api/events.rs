@@ -1,0 +1,125 @@
+//! The archive for operators: `GET /admin/events` and `GET /admin/events/{id}`.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use crate::app::AppState;
+use crate::store::{EventQuery, EventRecord, EventStatus};
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+
+/// Query parameters as `(name, value)` pairs, so that every parse error is ours to word.
+pub fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
+    raw.as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+pub fn parse_int(name: &str, v: &str) -> ApiResult<i64> {
+    v.trim()
+        .parse::<i64>()
+        .map_err(|_| ApiError::bad_request(format!("{name} must be an integer")))
+}
+
+pub fn encode_cursor(id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+pub fn decode_cursor(s: &str) -> ApiResult<Uuid> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| Uuid::from_slice(&b).ok())
+        .ok_or_else(|| ApiError::bad_request("cursor is not one this server issued"))
+}
+
+fn parse_query(raw: &Option<String>) -> ApiResult<EventQuery> {
+    let mut q = EventQuery {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    for (k, v) in query_pairs(raw) {
+        match k.as_str() {
+            "source" => q.source = Some(v),
+            "type" => q.event_type = Some(v),
+            "since" => q.since = Some(parse_int("since", &v)?),
+            "until" => q.until = Some(parse_int("until", &v)?),
+            "status" => {
+                q.status = Some(match v.as_str() {
+                    "processed" => EventStatus::Processed,
+                    "filtered" => EventStatus::Filtered,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "status must be \"processed\" or \"filtered\"",
+                        ));
+                    }
+                })
+            }
+            "limit" => {
+                let n = parse_int("limit", &v)?;
+                if !(1..=MAX_LIMIT as i64).contains(&n) {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be from 1 to {MAX_LIMIT}"
+                    )));
+                }
+                q.limit = n as usize;
+            }
+            "cursor" => q.before = Some(decode_cursor(&v)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter \"{}\" (known: source, type, since, until, status, limit, cursor)",
+                    other.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// The stored event object, with `filtered` added so a list shows what happened to each.
+fn item(rec: &EventRecord) -> ApiResult<Value> {
+    let mut ev = rec.event_json()?;
+    if let Value::Object(m) = &mut ev {
+        m.insert("filtered".into(), Value::Bool(rec.filtered));
+    }
+    Ok(ev)
+}
+
+pub async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Json<Value>> {
+    let mut q = parse_query(&raw)?;
+    let limit = q.limit;
+    // One extra row tells whether there is a next page.
+    q.limit = limit + 1;
+    let mut rows = app.store.list_events(q).await?;
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| encode_cursor(r.id))
+    } else {
+        None
+    };
+    let items = rows.iter().map(item).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({ "items": items, "nextCursor": next })))
+}
+
+pub async fn get_one(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("No event with that id"))?;
+    let rec = app
+        .store
+        .get_event(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("No event with that id"))?;
+    let deliveries = app.store.event_deliveries(id).await?;
+    Ok(Json(json!({
+        "event": rec.event_json()?,
+        "filtered": rec.filtered,
+        "deliveries": deliveries,
+    })))
+}

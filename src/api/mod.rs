@@ -1,0 +1,75 @@
+//! Router assembly, admin authentication, and the small read-only endpoints.
+
+pub mod error;
+pub mod events;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+use error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/admin/events", get(events::list))
+        .route("/admin/events/{id}", get(events::get_one))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/webhook/{source}", post(crate::ingest::webhook))
+        .route("/health", get(health))
+        .merge(admin)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            // A span per request; headers are not recorded, so no key or signature is logged.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+async fn require_admin(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| app.is_admin_key(v.as_bytes()));
+    if !ok {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let ok = app.store.ping().await.is_ok();
+    let body = json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSeconds": app.started.elapsed().as_secs(),
+        "storage": {"backend": app.store.backend(), "ok": ok},
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("No such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed on this endpoint",
+    )
+}

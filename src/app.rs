@@ -1,0 +1,268 @@
+//! Starting and stopping the server: `AppState` (cheap handles shared by every handler), the
+//! listener, and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Secret};
+use crate::ingest::dedupe::RecentDeliveries;
+use crate::ingest::{self, Source, verify};
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{NewDelivery, Store};
+
+/// Shared state; `Clone` is one `Arc` bump.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub sources: HashMap<String, Arc<Source>>,
+    pub store: Arc<dyn Store>,
+    pub admin_key: Secret,
+    pub dedupe: RecentDeliveries,
+    pub started: Instant,
+    /// Work that must finish before the process exits (commits handed off by handlers).
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// What routing decided for one event.
+pub struct Plan {
+    pub processed: bool,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+impl AppState {
+    pub fn source(&self, name: &str) -> Option<Arc<Source>> {
+        self.sources.get(name).cloned()
+    }
+
+    /// A source is enabled when it has a secret; `internal` also when any agent key exists.
+    pub fn source_enabled(&self, source: &Source) -> bool {
+        source.secrets.is_some()
+            || (source.name == "internal" && self.config.agent_api_key.is_some())
+    }
+
+    /// `Authorization: Bearer <key>` against the agent key, in constant time.
+    pub fn is_agent_key(&self, authorization: &[u8]) -> bool {
+        let Some(key) = bearer(authorization) else {
+            return false;
+        };
+        self.config
+            .agent_api_key
+            .as_ref()
+            .is_some_and(|k| verify::ct_eq(key, k.0.as_bytes()))
+    }
+
+    /// `Authorization: Bearer <key>` against the admin key, in constant time.
+    pub fn is_admin_key(&self, authorization: &[u8]) -> bool {
+        bearer(authorization).is_some_and(|k| verify::ct_eq(k, self.admin_key.0.as_bytes()))
+    }
+
+    /// Filters and routes an event (the rules engine plugs in here).
+    pub fn plan(&self, _event: &mut Value) -> Plan {
+        Plan {
+            processed: true,
+            deliveries: Vec::new(),
+        }
+    }
+}
+
+/// The key part of `Bearer <key>` (scheme case-insensitive), or `None`.
+pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = authorization.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let key = rest.trim_ascii();
+    (!key.is_empty()).then_some(key)
+}
+
+/// A running server: its address, and the handle to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets in-flight requests and commits finish (at most `deadline`), then
+    /// closes the store.
+    pub async fn shutdown(self, deadline: Duration) {
+        self.shutdown.cancel();
+        let drain = async {
+            let _ = self.serving.await;
+            self.state.tasks.close();
+            self.state.tasks.wait().await;
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            tracing::warn!("shutdown deadline passed with work still running");
+        }
+        self.state.store.close().await;
+    }
+}
+
+/// Reads `ADMIN_API_KEY`, or the key generated on first start and kept in the data dir.
+fn admin_key(config: &Config) -> anyhow::Result<Secret> {
+    if let Some(k) = &config.admin_api_key {
+        return Ok(k.clone());
+    }
+    let path = config.data_dir.join("admin.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        let k = k.trim().to_string();
+        if !k.is_empty() {
+            return Ok(Secret(k));
+        }
+    }
+    let key = format!("er_admin_{}", random_token(24));
+    write_private(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+    // Printed once, straight to stderr and not through the logger, so that log shipping never
+    // carries it.
+    eprintln!(
+        "event-router: no ADMIN_API_KEY set; generated one and saved it to {}:\n\n    {key}\n",
+        path.display()
+    );
+    Ok(Secret(key))
+}
+
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine as _;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .expect("the system random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Writes a file readable only by its owner.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.sqlite_path() {
+        Some(path) => {
+            let store = SqliteStore::open(
+                &path,
+                SqliteOptions {
+                    batch_max: config.commit_batch_max,
+                    ..Default::default()
+                },
+            )
+            .with_context(|| format!("cannot open the store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        None => anyhow::bail!(
+            "PostgreSQL (DATABASE_URL=postgres://…) is not supported by this build yet"
+        ),
+    }
+}
+
+/// Starts serving on `listener` and returns at once.
+pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    let sources = ingest::build_sources(&config.sources).map_err(anyhow::Error::msg)?;
+    let admin_key = admin_key(&config)?;
+    let store = open_store(&config)?;
+    let shutdown = CancellationToken::new();
+    let state = AppState(Arc::new(Inner {
+        sources,
+        store,
+        admin_key,
+        dedupe: RecentDeliveries::new(100_000),
+        started: Instant::now(),
+        tasks: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+        config,
+    }));
+    let addr = listener.local_addr()?;
+    let router = crate::api::router(state.clone());
+    let token = shutdown.clone();
+    let serving = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+    });
+    tracing::info!(%addr, backend = state.store.backend(), "event-router listening");
+    Ok(Server {
+        addr,
+        state,
+        shutdown,
+        serving,
+    })
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down within 10 s.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let server = start(config, listener).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown(Duration::from_secs(9)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bear"), None);
+    }
+}

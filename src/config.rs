@@ -1,0 +1,956 @@
+//! Configuration: defaults, then the TOML file, then the environment, then flags — checked once at start.
+//!
+//! The file is parsed with `toml_edit` rather than plain serde so that every problem can be reported
+//! with its line and column, and so that `check-config` can list *every* error instead of the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use toml_edit::{Document, Item, Table};
+
+/// A secret value: never printed by `Debug`, so a config dump cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How a source proves that a webhook is genuine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Github,
+    Linear,
+    Slack,
+    Standard,
+}
+
+impl Scheme {
+    pub fn parse(s: &str) -> Option<Scheme> {
+        match s {
+            "github" => Some(Scheme::Github),
+            "linear" => Some(Scheme::Linear),
+            "slack" => Some(Scheme::Slack),
+            "standard" => Some(Scheme::Standard),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Github => "github",
+            Scheme::Linear => "linear",
+            Scheme::Slack => "slack",
+            Scheme::Standard => "standard",
+        }
+    }
+}
+
+/// One webhook source, built-in or declared in `[sources.NAME]`.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub scheme: Scheme,
+    /// Environment variables the secret list is read from, first set wins.
+    pub secret_env: Vec<String>,
+    /// The secret list as resolved at load time (comma-separated, for rotation). `None` = disabled.
+    pub secret: Option<Secret>,
+    /// Dot path of the rate-limit identifier in the event (`payload.sender.login`); `None` = client IP.
+    pub identifier_field: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A rule object declared in the config file (`[[agents]]`, …), kept as JSON until the rules
+/// layer validates it, with the place it came from for error messages.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    pub value: Value,
+    /// `file:line:column` of the table.
+    pub location: String,
+    /// Where each top-level key of the table is, so a field error can point at its line.
+    pub key_locations: BTreeMap<String, String>,
+}
+
+impl Declared {
+    /// The location to report for an error on `field` (a path such as `conditions[0].operator`).
+    pub fn location_of(&self, field: &str) -> &str {
+        let head = field.split(['.', '[']).next().unwrap_or("");
+        self.key_locations
+            .get(head)
+            .map(String::as_str)
+            .unwrap_or(&self.location)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`; `None` = `DATA_DIR/event-router.db`.
+    pub database_url: Option<String>,
+    pub max_event_size: usize,
+    pub default_retry_attempts: u32,
+    pub default_retry_delay_ms: u64,
+    pub max_queue_size: u64,
+    pub rate_limit_window_ms: u64,
+    pub default_rate_limit: u64,
+    pub retention_days: u32,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub agent_api_key: Option<Secret>,
+    pub admin_api_key: Option<Secret>,
+    pub agents: Vec<Declared>,
+    pub filters: Vec<Declared>,
+    pub routes: Vec<Declared>,
+    pub rate_limits: Vec<Declared>,
+    /// Group-commit batch ceiling: how many webhooks may share one transaction.
+    pub commit_batch_max: usize,
+    /// The file the config came from, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            max_event_size: 1024 * 1024,
+            default_retry_attempts: 5,
+            default_retry_delay_ms: 1000,
+            max_queue_size: 100_000,
+            rate_limit_window_ms: 60_000,
+            default_rate_limit: 1000,
+            retention_days: 30,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            sources: builtin_sources(),
+            agent_api_key: None,
+            admin_api_key: None,
+            agents: Vec::new(),
+            filters: Vec::new(),
+            routes: Vec::new(),
+            rate_limits: Vec::new(),
+            commit_batch_max: 1024,
+            config_file: None,
+        }
+    }
+}
+
+fn builtin_sources() -> BTreeMap<String, SourceConfig> {
+    let mk = |scheme, envs: &[&str], id: Option<&str>| SourceConfig {
+        scheme,
+        secret_env: envs.iter().map(|s| s.to_string()).collect(),
+        secret: None,
+        identifier_field: id.map(str::to_string),
+    };
+    BTreeMap::from([
+        (
+            "github".to_string(),
+            mk(
+                Scheme::Github,
+                &["GITHUB_WEBHOOK_SECRET"],
+                Some("payload.sender.login"),
+            ),
+        ),
+        (
+            "linear".to_string(),
+            mk(
+                Scheme::Linear,
+                &["LINEAR_WEBHOOK_SECRET"],
+                Some("payload.organizationId"),
+            ),
+        ),
+        (
+            "slack".to_string(),
+            mk(
+                Scheme::Slack,
+                &["SLACK_WEBHOOK_SECRET", "SLACK_SIGNING_SECRET"],
+                Some("payload.team_id"),
+            ),
+        ),
+        (
+            "internal".to_string(),
+            mk(Scheme::Standard, &["INTERNAL_WEBHOOK_SECRET"], None),
+        ),
+    ])
+}
+
+/// Values given on the command line (each also readable from its environment variable by clap).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+}
+
+/// One problem found in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `file:line:column`, `env VAR`, or `flag --x`.
+    pub location: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.location, self.key, self.message)
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads the environment through a function so tests can supply their own.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Builds the configuration: defaults < file < environment < flags. Every problem is collected.
+    pub fn load(overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigErrors> {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        let file = overrides
+            .config
+            .clone()
+            .or_else(|| env("EVENT_ROUTER_CONFIG").map(PathBuf::from));
+        if let Some(path) = &file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => cfg.apply_file(path, &text, &mut errors),
+                Err(e) => errors.push(ConfigError {
+                    location: path.display().to_string(),
+                    key: "config".into(),
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+            cfg.config_file = Some(path.clone());
+        }
+        cfg.apply_env(env, &mut errors);
+        cfg.apply_overrides(overrides, &mut errors);
+        cfg.resolve_secrets(env);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Parses a file on its own (for `check-config`); every error is returned.
+    pub fn from_file_only(path: &Path) -> Result<Config, ConfigErrors> {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        match std::fs::read_to_string(path) {
+            Ok(text) => cfg.apply_file(path, &text, &mut errors),
+            Err(e) => errors.push(ConfigError {
+                location: path.display().to_string(),
+                key: "config".into(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+        cfg.config_file = Some(path.to_path_buf());
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Where the embedded database lives when `database_url` is unset or `sqlite://`.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &self.database_url {
+            None => Some(self.data_dir.join("event-router.db")),
+            Some(url) => url.strip_prefix("sqlite://").map(PathBuf::from),
+        }
+    }
+
+    fn apply_file(&mut self, path: &Path, text: &str, errors: &mut Vec<ConfigError>) {
+        let file = path.display().to_string();
+        let doc = match Document::parse(text) {
+            Ok(d) => d,
+            Err(e) => {
+                let (location, message) = match e.span() {
+                    Some(span) => (locate(&file, text, &span), e.message().trim().to_string()),
+                    None => (file.clone(), e.to_string()),
+                };
+                errors.push(ConfigError {
+                    location,
+                    key: "(syntax)".into(),
+                    message,
+                });
+                return;
+            }
+        };
+        let ctx = FileCtx { file: &file, text };
+        for (key, item) in doc.as_table().iter() {
+            let at = ctx.at(item
+                .span()
+                .or_else(|| doc.as_table().key(key).and_then(|k| k.span())));
+            let mut err = |message: String| {
+                errors.push(ConfigError {
+                    location: at.clone(),
+                    key: key.to_string(),
+                    message,
+                })
+            };
+            match key {
+                "listen" => match item.as_str().map(parse_listen) {
+                    Some(Ok(a)) => self.listen = a,
+                    Some(Err(m)) => err(m),
+                    None => err(expected("a string such as \"127.0.0.1:8787\"", item)),
+                },
+                "data_dir" => match item.as_str() {
+                    Some(s) => self.data_dir = PathBuf::from(s),
+                    None => err(expected("a string", item)),
+                },
+                "database_url" => match item.as_str().map(check_database_url) {
+                    Some(Ok(s)) => self.database_url = Some(s),
+                    Some(Err(m)) => err(m),
+                    None => err(expected("a string", item)),
+                },
+                "max_event_size" => match int_in(item, 1, 64 * 1024 * 1024) {
+                    Ok(v) => self.max_event_size = v as usize,
+                    Err(m) => err(m),
+                },
+                "default_retry_attempts" => match int_in(item, 1, 1000) {
+                    Ok(v) => self.default_retry_attempts = v as u32,
+                    Err(m) => err(m),
+                },
+                "default_retry_delay" => match int_in(item, 0, 86_400_000) {
+                    Ok(v) => self.default_retry_delay_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "max_queue_size" => match int_in(item, 1, i64::MAX) {
+                    Ok(v) => self.max_queue_size = v as u64,
+                    Err(m) => err(m),
+                },
+                "rate_limit_window" => match int_in(item, 1, 30 * 86_400_000) {
+                    Ok(v) => self.rate_limit_window_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "default_rate_limit" => match int_in(item, 1, i64::MAX) {
+                    Ok(v) => self.default_rate_limit = v as u64,
+                    Err(m) => err(m),
+                },
+                "retention_days" => match int_in(item, 1, 36_500) {
+                    Ok(v) => self.retention_days = v as u32,
+                    Err(m) => err(m),
+                },
+                "log_level" => match item.as_str() {
+                    Some(s) => match check_log_level(s) {
+                        Ok(()) => self.log_level = s.to_string(),
+                        Err(m) => err(m),
+                    },
+                    None => err(expected("a string", item)),
+                },
+                "log_format" => match item.as_str().map(parse_log_format) {
+                    Some(Ok(f)) => self.log_format = f,
+                    Some(Err(m)) => err(m),
+                    None => err(expected("\"text\" or \"json\"", item)),
+                },
+                "sources" => match item.as_table() {
+                    Some(t) => self.apply_sources(&ctx, t, errors),
+                    None => err(expected("a table of [sources.NAME] tables", item)),
+                },
+                "agents" | "filters" | "routes" | "rate_limits" => {
+                    match declared_list(&ctx, key, item) {
+                        Ok(list) => match key {
+                            "agents" => self.agents = list,
+                            "filters" => self.filters = list,
+                            "routes" => self.routes = list,
+                            _ => self.rate_limits = list,
+                        },
+                        Err(e) => errors.extend(e),
+                    }
+                }
+                other => err(format!(
+                    "unknown key \"{other}\" (known keys: {})",
+                    KNOWN_KEYS.join(", ")
+                )),
+            }
+        }
+    }
+
+    fn apply_sources(&mut self, ctx: &FileCtx<'_>, table: &Table, errors: &mut Vec<ConfigError>) {
+        for (name, item) in table.iter() {
+            let at = ctx.at(item.span());
+            let key = format!("sources.{name}");
+            let mut push = |key: String, at: String, message: String| {
+                errors.push(ConfigError {
+                    location: at,
+                    key,
+                    message,
+                })
+            };
+            if !valid_source_name(name) {
+                push(
+                    key.clone(),
+                    at.clone(),
+                    "a source name is 1 to 64 characters of a-z, 0-9, '_' and '-'".into(),
+                );
+                continue;
+            }
+            let Some(t) = item.as_table_like() else {
+                push(key, at, expected("a table", item));
+                continue;
+            };
+            let existing = self.sources.get(name).cloned();
+            let mut scheme = existing.as_ref().map(|s| s.scheme);
+            let mut secret_env = existing
+                .as_ref()
+                .map(|s| s.secret_env.clone())
+                .unwrap_or_default();
+            let mut identifier = existing.as_ref().and_then(|s| s.identifier_field.clone());
+            let mut ok = true;
+            for (k, v) in t.iter() {
+                let at = ctx.at(v.span());
+                let field = format!("{key}.{k}");
+                match k {
+                    "scheme" => match v.as_str().and_then(Scheme::parse) {
+                        Some(s) => scheme = Some(s),
+                        None => {
+                            ok = false;
+                            push(
+                                field,
+                                at,
+                                "expected one of \"github\", \"linear\", \"slack\", \"standard\""
+                                    .into(),
+                            )
+                        }
+                    },
+                    "secret_env" => match v.as_str() {
+                        Some(s) if valid_env_name(s) => secret_env = vec![s.to_string()],
+                        _ => {
+                            ok = false;
+                            push(
+                                field,
+                                at,
+                                "expected the name of an environment variable (A-Z, 0-9, _)".into(),
+                            )
+                        }
+                    },
+                    "identifier_field" => match v.as_str() {
+                        Some(s) if valid_path(s) => identifier = Some(s.to_string()),
+                        _ => {
+                            ok = false;
+                            push(
+                                field,
+                                at,
+                                "expected a dot path such as \"payload.sender.login\"".into(),
+                            )
+                        }
+                    },
+                    other => {
+                        ok = false;
+                        push(
+                            field,
+                            at,
+                            format!(
+                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field)"
+                            ),
+                        )
+                    }
+                }
+            }
+            let Some(scheme) = scheme else {
+                push(
+                    format!("{key}.scheme"),
+                    at,
+                    "required for a new source (github, linear, slack or standard)".into(),
+                );
+                continue;
+            };
+            if ok {
+                self.sources.insert(
+                    name.to_string(),
+                    SourceConfig {
+                        scheme,
+                        secret_env,
+                        secret: None,
+                        identifier_field: identifier,
+                    },
+                );
+            }
+        }
+    }
+
+    fn apply_env(&mut self, env: Env<'_>, errors: &mut Vec<ConfigError>) {
+        let mut num = |name: &str, min: i64, max: i64| -> Option<i64> {
+            let v = env(name)?;
+            match v.trim().parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => Some(n),
+                _ => {
+                    errors.push(ConfigError {
+                        location: format!("env {name}"),
+                        key: name.to_string(),
+                        message: format!("expected an integer from {min} to {max}"),
+                    });
+                    None
+                }
+            }
+        };
+        if let Some(v) = num("MAX_EVENT_SIZE", 1, 64 * 1024 * 1024) {
+            self.max_event_size = v as usize;
+        }
+        if let Some(v) = num("DEFAULT_RETRY_ATTEMPTS", 1, 1000) {
+            self.default_retry_attempts = v as u32;
+        }
+        if let Some(v) = num("DEFAULT_RETRY_DELAY", 0, 86_400_000) {
+            self.default_retry_delay_ms = v as u64;
+        }
+        if let Some(v) = num("MAX_QUEUE_SIZE", 1, i64::MAX) {
+            self.max_queue_size = v as u64;
+        }
+        if let Some(v) = num("RATE_LIMIT_WINDOW", 1, 30 * 86_400_000) {
+            self.rate_limit_window_ms = v as u64;
+        }
+        if let Some(v) = num("DEFAULT_RATE_LIMIT", 1, i64::MAX) {
+            self.default_rate_limit = v as u64;
+        }
+        if let Some(v) = num("RETENTION_DAYS", 1, 36_500) {
+            self.retention_days = v as u32;
+        }
+        let mut push = |name: &str, message: String| {
+            errors.push(ConfigError {
+                location: format!("env {name}"),
+                key: name.to_string(),
+                message,
+            })
+        };
+        if let Some(v) = env("LISTEN") {
+            match parse_listen(&v) {
+                Ok(a) => self.listen = a,
+                Err(m) => push("LISTEN", m),
+            }
+        }
+        if let Some(v) = env("DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("DATABASE_URL") {
+            match check_database_url(&v) {
+                Ok(u) => self.database_url = Some(u),
+                Err(m) => push("DATABASE_URL", m),
+            }
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            match check_log_level(&v) {
+                Ok(()) => self.log_level = v,
+                Err(m) => push("LOG_LEVEL", m),
+            }
+        }
+        if let Some(v) = env("LOG_FORMAT") {
+            match parse_log_format(&v) {
+                Ok(f) => self.log_format = f,
+                Err(m) => push("LOG_FORMAT", m),
+            }
+        }
+    }
+
+    fn apply_overrides(&mut self, o: &Overrides, errors: &mut Vec<ConfigError>) {
+        if let Some(l) = &o.listen {
+            match parse_listen(l) {
+                Ok(a) => self.listen = a,
+                Err(message) => errors.push(ConfigError {
+                    location: "flag --listen".into(),
+                    key: "listen".into(),
+                    message,
+                }),
+            }
+        }
+        if let Some(d) = &o.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(u) = &o.database_url {
+            match check_database_url(u) {
+                Ok(u) => self.database_url = Some(u),
+                Err(message) => errors.push(ConfigError {
+                    location: "flag --database-url".into(),
+                    key: "database_url".into(),
+                    message,
+                }),
+            }
+        }
+    }
+
+    fn resolve_secrets(&mut self, env: Env<'_>) {
+        for source in self.sources.values_mut() {
+            source.secret = source
+                .secret_env
+                .iter()
+                .find_map(|name| env(name))
+                .map(Secret);
+        }
+        self.agent_api_key = env("AGENT_API_KEY").map(Secret);
+        self.admin_api_key = env("ADMIN_API_KEY").map(Secret);
+    }
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "max_event_size",
+    "default_retry_attempts",
+    "default_retry_delay",
+    "max_queue_size",
+    "rate_limit_window",
+    "default_rate_limit",
+    "retention_days",
+    "log_level",
+    "log_format",
+    "sources",
+    "agents",
+    "filters",
+    "routes",
+    "rate_limits",
+];
+
+struct FileCtx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl FileCtx<'_> {
+    fn at(&self, span: Option<Range<usize>>) -> String {
+        match span {
+            Some(s) => locate(self.file, self.text, &s),
+            None => self.file.to_string(),
+        }
+    }
+}
+
+/// `file:line:column` (1-based) of a byte offset.
+fn locate(file: &str, text: &str, span: &Range<usize>) -> String {
+    let upto = &text.as_bytes()[..span.start.min(text.len())];
+    let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = upto.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    format!("{file}:{line}:{col}")
+}
+
+fn expected(what: &str, item: &Item) -> String {
+    format!("expected {what}, found {}", item.type_name())
+}
+
+fn int_in(item: &Item, min: i64, max: i64) -> Result<i64, String> {
+    match item.as_integer() {
+        Some(v) if (min..=max).contains(&v) => Ok(v),
+        Some(v) => Err(format!("{v} is out of range ({min} to {max})")),
+        None => Err(expected("an integer", item)),
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("\"{s}\" is not an address such as 127.0.0.1:8787 or [::]:8787"))
+}
+
+fn check_database_url(s: &str) -> Result<String, String> {
+    if let Some(p) = s.strip_prefix("sqlite://") {
+        if p.is_empty() {
+            return Err("sqlite:// needs a file path, e.g. sqlite://./data/event-router.db".into());
+        }
+        Ok(s.to_string())
+    } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_string())
+    } else {
+        Err("expected sqlite://PATH or postgres://…".into())
+    }
+}
+
+fn check_log_level(s: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| ())
+        .map_err(|e| format!("not a log level or filter directive: {e}"))
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected \"text\" or \"json\"".into()),
+    }
+}
+
+pub fn valid_source_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn valid_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn valid_path(s: &str) -> bool {
+    !s.is_empty() && s.split('.').all(|seg| !seg.is_empty())
+}
+
+/// `[[agents]]` and friends: each table becomes JSON for the rules layer to validate.
+fn declared_list(
+    ctx: &FileCtx<'_>,
+    key: &str,
+    item: &Item,
+) -> Result<Vec<Declared>, Vec<ConfigError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let push_one = |t: &dyn toml_edit::TableLike, span: Option<Range<usize>>| {
+        let mut map = serde_json::Map::new();
+        let mut key_locations = BTreeMap::new();
+        for (k, v) in t.iter() {
+            map.insert(k.to_string(), item_to_json(v));
+            let span = t.key(k).and_then(|k| k.span()).or_else(|| v.span());
+            key_locations.insert(k.to_string(), ctx.at(span));
+        }
+        Declared {
+            value: Value::Object(map),
+            location: ctx.at(span),
+            key_locations,
+        }
+    };
+    if let Some(aot) = item.as_array_of_tables() {
+        for t in aot.iter() {
+            out.push(push_one(t, t.span()));
+        }
+    } else if let Some(arr) = item.as_array() {
+        for (i, v) in arr.iter().enumerate() {
+            match v.as_inline_table() {
+                Some(t) => out.push(push_one(t, v.span())),
+                None => errors.push(ConfigError {
+                    location: ctx.at(v.span()),
+                    key: format!("{key}[{i}]"),
+                    message: "expected a table".into(),
+                }),
+            }
+        }
+    } else {
+        errors.push(ConfigError {
+            location: ctx.at(item.span()),
+            key: key.to_string(),
+            message: format!("expected an array of tables ([[{key}]])"),
+        });
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn item_to_json(item: &Item) -> Value {
+    match item {
+        Item::None => Value::Null,
+        Item::Value(v) => value_to_json(v),
+        Item::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.to_string(), item_to_json(v)))
+                .collect(),
+        ),
+        Item::ArrayOfTables(a) => Value::Array(
+            a.iter()
+                .map(|t| {
+                    Value::Object(
+                        t.iter()
+                            .map(|(k, v)| (k.to_string(), item_to_json(v)))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn value_to_json(v: &toml_edit::Value) -> Value {
+    use toml_edit::Value as V;
+    match v {
+        V::String(s) => Value::String(s.value().clone()),
+        V::Integer(i) => Value::from(*i.value()),
+        V::Float(f) => serde_json::Number::from_f64(*f.value())
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        V::Boolean(b) => Value::Bool(*b.value()),
+        V::Datetime(d) => Value::String(d.value().to_string()),
+        V::Array(a) => Value::Array(a.iter().map(value_to_json).collect()),
+        V::InlineTable(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.to_string(), value_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn file_errors(text: &str) -> Vec<ConfigError> {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        cfg.apply_file(Path::new("c.toml"), text, &mut errors);
+        errors
+    }
+
+    #[test]
+    fn defaults_are_the_contract_defaults() {
+        let c = Config::load(&Overrides::default(), &no_env).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.max_event_size, 1 << 20);
+        assert_eq!(c.retention_days, 30);
+        assert_eq!(
+            c.sqlite_path().unwrap(),
+            PathBuf::from("./data/event-router.db")
+        );
+        assert!(c.sources["github"].secret.is_none());
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1000\"\nmax_event_size = 100\nretention_days = 7\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "LISTEN" => Some("127.0.0.1:2000".to_string()),
+            "MAX_EVENT_SIZE" => Some("200".to_string()),
+            "GITHUB_WEBHOOK_SECRET" => Some("a,b".to_string()),
+            _ => None,
+        };
+        let o = Overrides {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:3000".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.listen.port(), 3000);
+        assert_eq!(c.max_event_size, 200);
+        assert_eq!(c.retention_days, 7);
+        assert_eq!(c.sources["github"].secret, Some(Secret("a,b".into())));
+        let o = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(&o, &env).unwrap().listen.port(), 2000);
+    }
+
+    #[test]
+    fn every_error_has_file_line_and_key() {
+        let errors = file_errors(
+            "listen = 5\nmax_event_size = -1\nbogus = 1\n[sources.acme]\nscheme = \"nope\"\n[sources.other]\nidentifier_field = \"payload.x\"\n",
+        );
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 5, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("c.toml:1:10: listen: expected a string"),
+            "{shown:#?}"
+        );
+        assert!(shown[1].starts_with("c.toml:2:18: max_event_size: -1 is out of range"));
+        assert!(shown[2].starts_with("c.toml:3:9: bogus: unknown key"));
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("c.toml:5:10: sources.acme.scheme: expected one of")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("sources.other.scheme: required for a new source")),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_points_at_line() {
+        let errors = file_errors("listen = \"127.0.0.1:1\"\nmax_event_size = = 3\n");
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].location.starts_with("c.toml:2:"),
+            "{:?}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn sources_can_be_declared_and_changed() {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        cfg.apply_file(
+            Path::new("c.toml"),
+            "[sources.acme]\nscheme = \"standard\"\nsecret_env = \"ACME_SECRET\"\nidentifier_field = \"payload.tenant\"\n[sources.github]\nidentifier_field = \"payload.repository.full_name\"\n",
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        cfg.resolve_secrets(&|k| (k == "ACME_SECRET").then(|| "whsec_abc".to_string()));
+        let acme = &cfg.sources["acme"];
+        assert_eq!(acme.scheme, Scheme::Standard);
+        assert_eq!(acme.secret, Some(Secret("whsec_abc".into())));
+        assert_eq!(
+            cfg.sources["github"].identifier_field.as_deref(),
+            Some("payload.repository.full_name")
+        );
+        assert_eq!(cfg.sources["github"].scheme, Scheme::Github);
+    }
+
+    #[test]
+    fn declared_rules_keep_locations() {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        cfg.apply_file(
+            Path::new("c.toml"),
+            "[[agents]]\nid = \"a\"\nname = \"A\"\nurl = \"http://x\"\n\n[[agents]]\nid = \"b\"\nheaders = { x = \"1\" }\n",
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cfg.agents.len(), 2);
+        assert_eq!(cfg.agents[0].value["url"], "http://x");
+        assert_eq!(cfg.agents[1].value["headers"]["x"], "1");
+        assert_eq!(cfg.agents[0].location_of("url"), "c.toml:4:1");
+        assert_eq!(cfg.agents[1].location_of("headers.x"), "c.toml:8:1");
+    }
+
+    #[test]
+    fn secrets_never_debug_print() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,341 @@
+//! `POST /webhook/{source}`: limit, verify, decode, normalize, dedupe, rate limit, filter,
+//! route, commit, answer — each a stage of its own; this handler only wires them together.
+
+pub mod dedupe;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::api::error::ApiError;
+use crate::app::AppState;
+use crate::config::{Scheme, SourceConfig};
+use crate::event::{self, Decoded, EventInput};
+use crate::store::{CommitOutcome, NewEvent};
+use dedupe::Original;
+use verify::{SecretSet, VerifyError};
+
+/// A source as the ingest path uses it: its scheme with secrets parsed once at start.
+pub struct Source {
+    pub name: String,
+    pub scheme: Scheme,
+    pub secrets: Option<SecretSet>,
+    pub identifier_field: Option<String>,
+}
+
+impl Source {
+    /// Parses the source's secret list; a list that does not parse is a startup error.
+    pub fn from_config(name: &str, cfg: &SourceConfig) -> Result<Source, String> {
+        let secrets = match &cfg.secret {
+            None => None,
+            Some(s) => Some(
+                match cfg.scheme {
+                    Scheme::Standard => SecretSet::standard_from_list(&s.0),
+                    _ => SecretSet::hmac_from_list(&s.0),
+                }
+                .map_err(|e| {
+                    format!(
+                        "source {name}: the secret in {} is not usable: {e}",
+                        cfg.secret_env.join(" / ")
+                    )
+                })?,
+            ),
+        };
+        Ok(Source {
+            name: name.to_string(),
+            scheme: cfg.scheme,
+            secrets,
+            identifier_field: cfg.identifier_field.clone(),
+        })
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn header_bytes<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get(name).map(HeaderValue::as_bytes)
+}
+
+fn signature_error(e: VerifyError) -> ApiError {
+    match e {
+        VerifyError::InvalidSignature => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "Invalid webhook signature",
+        ),
+        VerifyError::StaleTimestamp => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "stale_timestamp",
+            "Webhook timestamp is outside the allowed window",
+        ),
+    }
+}
+
+pub async fn webhook(
+    State(app): State<AppState>,
+    Path(source): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+    match ingest(&app, &source, peer, &headers, body, received).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(source = %source, code = e.code, "webhook refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn ingest(
+    app: &AppState,
+    source_name: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+    _received: Instant,
+) -> Result<Response, ApiError> {
+    let source = app.source(source_name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            format!("Unknown source: {}", printable(source_name)),
+        )
+    })?;
+    if !app.source_enabled(&source) {
+        return Err(ApiError::unavailable(
+            "source_not_configured",
+            format!("Source {} has no secret configured", source.name),
+        ));
+    }
+    let bytes = read_body(body, headers, app.config.max_event_size).await?;
+    verify_request(app, &source, headers, &bytes)?;
+    let kind = event::body_kind(headers).map_err(|e| ApiError::invalid_body(e.0))?;
+    let Decoded { payload, raw_json } =
+        event::decode_body(kind, &bytes).map_err(|e| ApiError::invalid_body(e.0))?;
+
+    if source.scheme == Scheme::Slack
+        && payload.get("type").and_then(Value::as_str) == Some("url_verification")
+    {
+        let challenge = payload.get("challenge").cloned().unwrap_or(Value::Null);
+        return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
+    }
+    if source.scheme == Scheme::Linear {
+        let body_ts = payload.get("webhookTimestamp").and_then(Value::as_i64);
+        verify::check_linear_timestamp(
+            header_bytes(headers, "linear-timestamp"),
+            body_ts,
+            now_ms(),
+        )
+        .map_err(signature_error)?;
+    }
+
+    let classified = event::classify(source.scheme, headers, &payload)
+        .map_err(|e| ApiError::invalid_body(e.0))?;
+    let client_ip = peer.ip().to_string();
+    let (head, mut event) = event::normalize(EventInput {
+        source: &source.name,
+        classified,
+        payload,
+        headers,
+        client_ip: &client_ip,
+        received_bytes: bytes.len(),
+        identifier_field: source.identifier_field.as_deref(),
+    });
+
+    if let Some(d) = &head.delivery_id
+        && let Some(original) = app.dedupe.get(&source.name, d)
+    {
+        return Ok(duplicate_response(original, head.timestamp));
+    }
+
+    let plan = app.plan(&mut event);
+    let body = event::serialize_event(&event, raw_json.then_some(&bytes[..]));
+    let new_event = NewEvent {
+        id: head.id,
+        source: head.source.clone(),
+        event_type: head.event_type.clone(),
+        action: head.action.clone(),
+        delivery_id: head.delivery_id.clone(),
+        timestamp: head.timestamp,
+        filtered: !plan.processed,
+        body,
+        deliveries: plan.deliveries,
+    };
+    let routed = !new_event.deliveries.is_empty();
+    let processed = plan.processed;
+    // Past this point the event is committed even if the client goes away: the commit and what
+    // follows it run in their own task, which a dropped handler future cannot cancel.
+    let store = app.store.clone();
+    let app2 = app.clone();
+    let committed = app
+        .tasks
+        .spawn(async move {
+            let outcome = store.commit_event(new_event).await?;
+            if outcome == CommitOutcome::Stored
+                && let Some(d) = &head.delivery_id
+            {
+                app2.dedupe.insert(
+                    &head.source,
+                    d,
+                    Original {
+                        event_id: head.id,
+                        processed,
+                        routed,
+                    },
+                );
+            }
+            Ok::<_, crate::store::StoreError>((head, outcome))
+        })
+        .await
+        .map_err(|e| ApiError::internal("commit task failed", e))??;
+    let (head, outcome) = committed;
+    Ok(match outcome {
+        CommitOutcome::Stored => axum::Json(json!({
+            "success": true,
+            "eventId": head.id,
+            "processed": processed,
+            "routed": routed,
+            "timestamp": head.timestamp,
+        }))
+        .into_response(),
+        CommitOutcome::Duplicate {
+            event_id,
+            filtered,
+            routed,
+        } => duplicate_response(
+            Original {
+                event_id,
+                processed: !filtered,
+                routed,
+            },
+            head.timestamp,
+        ),
+    })
+}
+
+fn duplicate_response(original: Original, timestamp: i64) -> Response {
+    axum::Json(json!({
+        "success": true,
+        "eventId": original.event_id,
+        "processed": original.processed,
+        "routed": original.routed,
+        "duplicate": true,
+        "timestamp": timestamp,
+    }))
+    .into_response()
+}
+
+/// A source name echoed in an error, cut short and stripped of control characters.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// Reads the body, refusing early on a declared length over the limit and never reading more
+/// than one chunk past it.
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The body is larger than the limit of {max} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, max).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            // `to_bytes` reports the limit through a boxed LengthLimitError in its source chain.
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                src = s.source();
+            }
+            Err(ApiError::invalid_body("The request body could not be read"))
+        }
+    }
+}
+
+/// Checks the provider's signature (or, on `internal`, an agent key) on the raw bytes.
+fn verify_request(
+    app: &AppState,
+    source: &Source,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let now_ms = now_ms();
+    let now_s = now_ms / 1000;
+    let no_secret = || signature_error(VerifyError::InvalidSignature);
+    match source.scheme {
+        Scheme::Github => verify::verify_github(
+            source.secrets.as_ref().ok_or_else(no_secret)?,
+            header_bytes(headers, "x-hub-signature-256"),
+            body,
+        ),
+        Scheme::Linear => verify::verify_linear(
+            source.secrets.as_ref().ok_or_else(no_secret)?,
+            header_bytes(headers, "linear-signature"),
+            body,
+        ),
+        Scheme::Slack => verify::verify_slack(
+            source.secrets.as_ref().ok_or_else(no_secret)?,
+            header_bytes(headers, "x-slack-signature"),
+            header_bytes(headers, "x-slack-request-timestamp"),
+            body,
+            now_s,
+        ),
+        Scheme::Standard => {
+            if source.name == "internal"
+                && let Some(auth) = headers.get(header::AUTHORIZATION)
+            {
+                return if app.is_agent_key(auth.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(no_secret())
+                };
+            }
+            verify::verify_standard(
+                source.secrets.as_ref().ok_or_else(no_secret)?,
+                header_bytes(headers, "webhook-id"),
+                header_bytes(headers, "webhook-timestamp"),
+                header_bytes(headers, "webhook-signature"),
+                body,
+                now_s,
+            )
+        }
+    }
+    .map_err(signature_error)
+}
+
+/// The sources known at start, keyed by name.
+pub fn build_sources(
+    sources: &std::collections::BTreeMap<String, SourceConfig>,
+) -> Result<std::collections::HashMap<String, Arc<Source>>, String> {
+    sources
+        .iter()
+        .map(|(name, cfg)| Ok((name.clone(), Arc::new(Source::from_config(name, cfg)?))))
+        .collect()
+}

@@ -1,0 +1,18 @@
+//! event-router: a self-hosted webhook event router.
+//!
+//! Webhooks come in at `/webhook/{source}`, are verified, normalized, filtered and routed, are
+//! committed durably before they are answered, and then reach agents over HTTP or live streams.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod config_check;
+pub mod event;
+pub mod ingest;
+pub mod send;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{Server, run, start};
+pub use config::Config;

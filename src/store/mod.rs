@@ -1,0 +1,190 @@
+//! The store is the truth: events, deliveries and rules live here, behind small per-concern
+//! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL later).
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a delivery is doing (API.md section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    InFlight,
+    Scheduled,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::InFlight => "in_flight",
+            DeliveryStatus::Scheduled => "scheduled",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => DeliveryStatus::Pending,
+            "in_flight" => DeliveryStatus::InFlight,
+            "scheduled" => DeliveryStatus::Scheduled,
+            "delivered" => DeliveryStatus::Delivered,
+            "dead" => DeliveryStatus::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// A delivery to create together with its event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub agent_id: String,
+    pub route_id: String,
+    pub priority: i64,
+    pub status: DeliveryStatus,
+    /// The transformed event, when the route changed it; `None` = the event's own body.
+    pub body: Option<String>,
+    /// The route's retry policy as JSON; `None` = server defaults.
+    pub retry_policy: Option<String>,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// An event to archive, with its deliveries, in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub source: String,
+    pub event_type: String,
+    pub action: Option<String>,
+    pub delivery_id: Option<String>,
+    pub timestamp: i64,
+    pub filtered: bool,
+    /// The whole section 4 event object, serialized.
+    pub body: String,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// How a commit ended for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Stored,
+    /// The provider delivery id was seen before: nothing new was stored.
+    Duplicate {
+        event_id: Uuid,
+        filtered: bool,
+        routed: bool,
+    },
+}
+
+/// An archived event as read back.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub id: Uuid,
+    pub source: String,
+    pub event_type: String,
+    pub timestamp: i64,
+    pub filtered: bool,
+    pub body: String,
+}
+
+impl EventRecord {
+    /// The stored event object; a row that does not parse is reported rather than hidden.
+    pub fn event_json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
+/// `processed` (passed the filters) or `filtered`, as the archive can be narrowed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStatus {
+    Processed,
+    Filtered,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    /// Inclusive lower bound, ms.
+    pub since: Option<i64>,
+    /// Exclusive upper bound, ms.
+    pub until: Option<i64>,
+    pub status: Option<EventStatus>,
+    pub limit: usize,
+    /// Return events strictly older than this id (newest first).
+    pub before: Option<Uuid>,
+}
+
+/// One attempt to deliver, as recorded.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at: i64,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// A delivery as the admin API shows it (API.md section 7).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryRecord {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub agent_id: String,
+    pub route_id: String,
+    pub priority: i64,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Archives an event and its deliveries durably. Concurrent calls share one transaction and
+    /// one fsync (group commit); the future resolves only after the commit.
+    async fn commit_event(&self, event: NewEvent) -> Result<CommitOutcome>;
+    async fn get_event(&self, id: Uuid) -> Result<Option<EventRecord>>;
+    /// Newest first.
+    async fn list_events(&self, query: EventQuery) -> Result<Vec<EventRecord>>;
+    async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>>;
+}
+
+#[async_trait]
+pub trait Store: EventStore {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// A cheap round trip proving the store answers.
+    async fn ping(&self) -> Result<()>;
+    /// Finishes queued writes and closes. Later calls fail with `Closed`.
+    async fn close(&self);
+}
