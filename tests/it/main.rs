@@ -1,0 +1,6 @@
+//! Black-box tests: each starts the real server on 127.0.0.1:0 with a temp data dir and talks to
+//! it over HTTP with real clients.
+
+mod support;
+
+mod ingest;

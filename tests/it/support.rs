@@ -1,0 +1,190 @@
+//! Test helpers: `TestApp` runs the real server in process; `ChildServer` runs the real binary.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use event_router::config::{Config, Secret};
+use event_router::ingest::verify;
+use serde_json::Value;
+
+pub const GITHUB_SECRET: &str = "gh-secret";
+pub const LINEAR_SECRET: &str = "lin-secret";
+pub const SLACK_SECRET: &str = "slack-secret";
+/// A Standard Webhooks secret (base64 of 24 bytes).
+pub const INTERNAL_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const AGENT_KEY: &str = "agent-key-for-tests";
+pub const ADMIN_KEY: &str = "admin-key-for-tests";
+
+pub fn now_ms() -> i64 {
+    event_router::ingest::now_ms()
+}
+
+/// A config with every built-in source enabled and known keys, storing under `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.to_path_buf();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    for (name, secret) in [
+        ("github", GITHUB_SECRET),
+        ("linear", LINEAR_SECRET),
+        ("slack", SLACK_SECRET),
+        ("internal", INTERNAL_SECRET),
+    ] {
+        c.sources.get_mut(name).unwrap().secret = Some(Secret(secret.into()));
+    }
+    c.agent_api_key = Some(Secret(AGENT_KEY.into()));
+    c.admin_api_key = Some(Secret(ADMIN_KEY.into()));
+    c
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    server: Option<event_router::Server>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts a server whose config `adjust` may change (on top of `test_config`).
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(dir, adjust).await
+    }
+
+    /// Starts a server on an existing data dir (e.g. to restart on the same store).
+    pub async fn spawn_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut cfg = test_config(dir.path());
+        adjust(&mut cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = event_router::start(cfg, listener).await.unwrap();
+        let addr = server.addr;
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            dir,
+            client: reqwest::Client::new(),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Stops the server gracefully and hands back the data dir.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_secs(10)).await;
+        }
+        self.dir
+    }
+
+    pub async fn post_github(&self, event: &str, body: &[u8]) -> reqwest::Response {
+        self.client
+            .post(self.url("/webhook/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+            .header(
+                "x-hub-signature-256",
+                verify::sign_github(GITHUB_SECRET.as_bytes(), body),
+            )
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The real binary as a child process (for crash and signal tests).
+pub struct ChildServer {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_event-router"))
+}
+
+impl ChildServer {
+    /// Starts `event-router serve` on a free port with the test secrets, waiting until /health answers.
+    pub async fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> ChildServer {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut cmd = tokio::process::Command::new(binary());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_clear()
+            .env("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
+            .env("LINEAR_WEBHOOK_SECRET", LINEAR_SECRET)
+            .env("SLACK_WEBHOOK_SECRET", SLACK_SECRET)
+            .env("INTERNAL_WEBHOOK_SECRET", INTERNAL_SECRET)
+            .env("AGENT_API_KEY", AGENT_KEY)
+            .env("ADMIN_API_KEY", ADMIN_KEY)
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/health")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ChildServer { child, base }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
