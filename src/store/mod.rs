@@ -179,8 +179,59 @@ pub trait EventStore: Send + Sync {
     async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>>;
 }
 
+/// The kinds of rule objects kept by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleKind {
+    Filter,
+    Route,
+    Agent,
+    RateLimit,
+}
+
+impl RuleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::Filter => "filter",
+            RuleKind::Route => "route",
+            RuleKind::Agent => "agent",
+            RuleKind::RateLimit => "rate_limit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fails with `Exists` when the id is taken (POST).
+    Create,
+    /// Creates or replaces (PUT, config file).
+    Upsert,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Replaced,
+    Exists,
+}
+
+/// A rule object as stored: its id and its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRule {
+    pub id: String,
+    pub body: String,
+}
+
 #[async_trait]
-pub trait Store: EventStore {
+pub trait RuleStore: Send + Sync {
+    /// Every rule of a kind, ordered by id.
+    async fn list_rules(&self, kind: RuleKind) -> Result<Vec<StoredRule>>;
+    async fn put_rule(&self, kind: RuleKind, rule: StoredRule, mode: PutMode) -> Result<PutOutcome>;
+    /// `true` if it existed.
+    async fn delete_rule(&self, kind: RuleKind, id: String) -> Result<bool>;
+}
+
+#[async_trait]
+pub trait Store: EventStore + RuleStore {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip proving the store answers.

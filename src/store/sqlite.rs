@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::{
     AttemptRecord, CommitOutcome, DeliveryRecord, DeliveryStatus, EventQuery, EventRecord,
-    EventStatus, EventStore, NewEvent, Result, Store, StoreError,
+    EventStatus, EventStore, NewEvent, PutMode, PutOutcome, Result, RuleKind, RuleStore,
+    StoredRule, Store, StoreError,
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
@@ -67,6 +68,14 @@ CREATE TABLE attempts (
     error         TEXT,
     response_body TEXT,
     PRIMARY KEY (delivery_id, attempt)
+);
+"#, r#"
+CREATE TABLE rules (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
 );
 "#];
 
@@ -163,6 +172,33 @@ impl WriteJob for CommitEventJob {
     }
 }
 
+/// Any other write: a closure run inside the shared transaction.
+struct FnJob<T, F> {
+    f: Option<F>,
+    out: Option<T>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteJob for FnJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
+{
+    fn apply(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if let Some(f) = self.f.take() {
+            self.out = Some(f(conn)?);
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, result: Result<()>) {
+        let FnJob { out, reply, .. } = *self;
+        let result = result
+            .and_then(|()| out.ok_or_else(|| StoreError::Database("write produced no result".into())));
+        let _ = reply.send(result);
+    }
+}
+
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -244,6 +280,24 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?
             .clone()
             .ok_or(StoreError::Closed)
+    }
+
+    /// Runs a write on the writer thread, in the next group-committed transaction.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Box::new(FnJob {
+                f: Some(f),
+                out: None,
+                reply,
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Runs a read on a pooled connection off the async runtime.
@@ -481,6 +535,54 @@ impl EventStore for SqliteStore {
 }
 
 #[async_trait]
+impl RuleStore for SqliteStore {
+    async fn list_rules(&self, kind: RuleKind) -> Result<Vec<StoredRule>> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, body FROM rules WHERE kind = ?1 ORDER BY id")?
+                .query_map([kind.as_str()], |r| {
+                    Ok(StoredRule {
+                        id: r.get(0)?,
+                        body: r.get(1)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_rule(&self, kind: RuleKind, rule: StoredRule, mode: PutMode) -> Result<PutOutcome> {
+        self.write(move |c| {
+            let exists = c
+                .prepare_cached("SELECT 1 FROM rules WHERE kind = ?1 AND id = ?2")?
+                .exists(params![kind.as_str(), rule.id])?;
+            if exists && mode == PutMode::Create {
+                return Ok(PutOutcome::Exists);
+            }
+            c.prepare_cached(
+                "INSERT INTO rules (kind, id, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            )?
+            .execute(params![kind.as_str(), rule.id, rule.body, crate::ingest::now_ms()])?;
+            Ok(if exists {
+                PutOutcome::Replaced
+            } else {
+                PutOutcome::Created
+            })
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, kind: RuleKind, id: String) -> Result<bool> {
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM rules WHERE kind = ?1 AND id = ?2")?
+                .execute(params![kind.as_str(), id])?
+                > 0)
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
@@ -613,6 +715,26 @@ mod tests {
             .unwrap()
             .len();
         assert_eq!(n, 200);
+    }
+
+    #[tokio::test]
+    async fn rules_create_replace_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap();
+        let r = |id: &str, body: &str| StoredRule {
+            id: id.into(),
+            body: body.into(),
+        };
+        let k = RuleKind::Filter;
+        assert_eq!(store.put_rule(k, r("b", "1"), PutMode::Create).await.unwrap(), PutOutcome::Created);
+        assert_eq!(store.put_rule(k, r("b", "2"), PutMode::Create).await.unwrap(), PutOutcome::Exists);
+        assert_eq!(store.put_rule(k, r("a", "3"), PutMode::Upsert).await.unwrap(), PutOutcome::Created);
+        assert_eq!(store.put_rule(k, r("b", "4"), PutMode::Upsert).await.unwrap(), PutOutcome::Replaced);
+        assert_eq!(store.list_rules(k).await.unwrap(), vec![r("a", "3"), r("b", "4")]);
+        assert!(store.list_rules(RuleKind::Route).await.unwrap().is_empty());
+        assert!(store.delete_rule(k, "a".into()).await.unwrap());
+        assert!(!store.delete_rule(k, "a".into()).await.unwrap());
+        assert_eq!(store.list_rules(k).await.unwrap(), vec![r("b", "4")]);
     }
 
     #[test]
