@@ -3,4 +3,10 @@
 
 mod support;
 
+mod signed;
+
+mod archive;
+mod cli;
+mod crash;
 mod ingest;
+mod ingest_errors;

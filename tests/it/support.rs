@@ -24,9 +24,11 @@ pub fn now_ms() -> i64 {
 
 /// A config with every built-in source enabled and known keys, storing under `dir`.
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     for (name, secret) in [
         ("github", GITHUB_SECRET),
         ("linear", LINEAR_SECRET),

@@ -1,0 +1,554 @@
+//! The binary's other commands: `check-config`, `send`, and `serve` refusing a bad config
+//! (API.md sections 1 and 8).
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_router::ingest::verify::sign_slack;
+use serde_json::Value;
+use tokio::io::AsyncReadExt as _;
+
+use crate::signed::*;
+use crate::support::*;
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+
+/// Runs the binary with a clean environment, failing if it takes more than 20 s.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(binary());
+    cmd.args(args).env_clear().kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("event-router {args:?} did not finish"))
+        .unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn check_config_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "good.toml",
+        r#"listen = "127.0.0.1:9000"
+data_dir = "/var/lib/event-router"
+max_event_size = 2097152
+default_retry_attempts = 3
+default_retry_delay = 500
+max_queue_size = 5000
+rate_limit_window = 60000
+default_rate_limit = 100
+retention_days = 7
+log_level = "debug"
+
+[sources.ci]
+scheme = "standard"
+secret_env = "CI_WEBHOOK_SECRET"
+identifier_field = "payload.repository"
+
+[sources.github]
+identifier_field = "payload.repository.owner.login"
+"#,
+    );
+    let out = run(&["check-config", &path], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn check_config_lists_every_error_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        r#"listen = "not an address"
+max_event_size = -5
+retention_days = "thirty"
+colour = "blue"
+
+[sources.ci]
+scheme = "carrier-pigeon"
+"#,
+    );
+    let out = run(&["check-config", &path], &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let expected = [
+        (1, "listen"),
+        (2, "max_event_size"),
+        (3, "retention_days"),
+        (4, "colour"),
+        (7, "sources.ci.scheme"),
+    ];
+    for (line, key) in expected {
+        let prefix = format!("{path}:{line}:");
+        let found = stderr.lines().any(|l| {
+            l.strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once(": "))
+                .is_some_and(|(col, rest)| {
+                    col.parse::<u32>().is_ok_and(|c| c >= 1)
+                        && rest
+                            .strip_prefix(&format!("{key}: "))
+                            .is_some_and(|msg| !msg.trim().is_empty())
+                })
+        });
+        assert!(
+            found,
+            "no `{path}:{line}:COL: {key}: message` line in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_with_an_invalid_config_exits_with_the_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        "log_level = \"info\"\nmax_event_size = \"big\"\n",
+    );
+    let data = dir.path().join("data");
+    let out = run(
+        &[
+            "serve",
+            "--config",
+            &path,
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served with a bad config: {stderr}");
+    assert!(
+        stderr.contains(&format!("{path}:2:")) && stderr.contains("max_event_size"),
+        "the error does not say where: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn send_posts_signed_webhooks_that_are_archived() {
+    let app = TestApp::spawn().await;
+    let file = |name: &str| format!("{EXAMPLES}/{name}");
+    let cases: [(&str, &str, &str, &str, &str); 4] = [
+        (
+            "github",
+            GITHUB_SECRET,
+            "pull_request",
+            "github-pull_request.json",
+            "pull_request",
+        ),
+        (
+            "linear",
+            LINEAR_SECRET,
+            "Issue",
+            "linear-issue.json",
+            "issue",
+        ),
+        (
+            "slack",
+            SLACK_SECRET,
+            "message",
+            "slack-message.json",
+            "message",
+        ),
+        (
+            "internal",
+            INTERNAL_SECRET,
+            "build.completed",
+            "internal-build.json",
+            "build.completed",
+        ),
+    ];
+    for (source, secret, event, name, expected_type) in cases {
+        let path = file(name);
+        let out = run(
+            &[
+                "send", source, "--url", &app.base, "--secret", secret, "--event", event, "--file",
+                &path,
+            ],
+            &[],
+        )
+        .await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "send {source}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (items, _) = list_events(&app, &format!("source={source}")).await;
+        assert_eq!(items.len(), 1, "send {source}: {stdout}");
+        let ev = &items[0];
+        assert_eq!(ev["type"], expected_type);
+        let sent: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let (k, v) = sent.as_object().unwrap().iter().next().unwrap();
+        assert_eq!(&ev["payload"][k], v, "send {source}: payload");
+    }
+    // A wrong secret makes the command fail.
+    let out = run(
+        &[
+            "send",
+            "github",
+            "--url",
+            &app.base,
+            "--secret",
+            "wrong",
+            "--event",
+            "push",
+            "--file",
+            &file("github-pull_request.json"),
+        ],
+        &[],
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(list_events(&app, "").await.0.len(), 4);
+    app.stop().await;
+}
+
+/// `event-router serve` with exactly `env` (nothing inherited), stderr collected as it comes.
+struct Served {
+    server: ChildServer,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Served {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = tokio::process::Command::new(binary());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        // Drained from the start, so a chatty server never blocks on a full pipe.
+        let drain = tokio::spawn(async move {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        // Polls like `wait_for`, but also notices a server that exited instead of starting.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/health")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "the server exited with {status}: {}",
+                    String::from_utf8_lossy(&stderr.lock().unwrap())
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Served {
+            server: ChildServer { child, base },
+            stderr,
+            drain,
+        }
+    }
+
+    fn base(&self) -> &str {
+        &self.server.base
+    }
+
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    async fn stderr_text_after_exit(self) -> String {
+        self.drain.await.unwrap();
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// SIGTERM, then the exit status and everything the server wrote to stderr.
+    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.server.child.id().unwrap();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.server.child.wait())
+            .await
+            .expect("exits within 10 s of SIGTERM")
+            .unwrap();
+        let text = self.stderr_text_after_exit().await;
+        (status, text)
+    }
+}
+
+#[tokio::test]
+async fn serve_layers_flags_env_and_file_and_serves_declared_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "router.toml",
+        r#"listen = "127.0.0.1:1"
+max_event_size = 100
+
+[sources.ci]
+scheme = "github"
+secret_env = "CI_HOOK_SECRET"
+identifier_field = "payload.repo.owner"
+
+[sources.cd]
+scheme = "standard"
+secret_env = "CD_HOOK_SECRET"
+"#,
+    );
+    let data = dir.path().join("data");
+    let served = Served::start(
+        &data,
+        &[
+            ("EVENT_ROUTER_CONFIG", &config),
+            // The --listen flag beats both of these.
+            ("LISTEN", "127.0.0.1:2"),
+            // The environment beats the file's 100.
+            ("MAX_EVENT_SIZE", "2000"),
+            ("GITHUB_WEBHOOK_SECRET", "gh-old, gh-new"),
+            ("SLACK_SIGNING_SECRET", "slack-alias-secret"),
+            ("CI_HOOK_SECRET", "ci-secret"),
+            ("ADMIN_API_KEY", ADMIN_KEY),
+            ("LOG_LEVEL", "warn"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let base = served.base().to_string();
+    let padded = |len: usize| format!("{{\"pad\":\"{}\"}}", "x".repeat(len - 10)).into_bytes();
+
+    for secret in ["gh-old", "gh-new"] {
+        Webhook::github_with(secret, "push", padded(1500))
+            .send_to(&client, &base)
+            .await
+            .accepted();
+    }
+    Webhook::github_with("gh-new", "push", padded(2500))
+        .send_to(&client, &base)
+        .await
+        .refused(413, "payload_too_large");
+    Webhook::github("push", padded(200))
+        .send_to(&client, &base)
+        .await
+        .refused(401, "invalid_signature");
+
+    // SLACK_SIGNING_SECRET is an alias of SLACK_WEBHOOK_SECRET.
+    let slack_body = include_bytes!("../../examples/slack-message.json");
+    let ts = now_ms() / 1000;
+    Webhook::bare("slack", &slack_body[..])
+        .header("content-type", "application/json")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header(
+            "x-slack-signature",
+            sign_slack(b"slack-alias-secret", ts, slack_body),
+        )
+        .send_to(&client, &base)
+        .await
+        .accepted();
+
+    // A source declared in the file, with its own scheme, secret and identifier.
+    let body = br#"{"action": "built", "repo": {"owner": "acme", "name": "api"}}"#;
+    let ci = Webhook::github_with("ci-secret", "build", body.to_vec())
+        .to("ci")
+        .send_to(&client, &base)
+        .await
+        .accepted();
+    Webhook::github("build", body.to_vec())
+        .to("ci")
+        .send_to(&client, &base)
+        .await
+        .refused(401, "invalid_signature");
+    let r = client
+        .get(format!("{base}/admin/events/{}", ci.id))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ev: Value = r.json().await.unwrap();
+    assert_eq!(ev["event"]["source"], "ci");
+    assert_eq!(ev["event"]["type"], "build");
+    assert_eq!(ev["event"]["action"], "built");
+    assert_eq!(ev["event"]["metadata"]["identifier"], "acme");
+    // Declared, but its secret variable is not set.
+    Webhook::standard("msg_1", &b"{\"type\":\"x\"}"[..])
+        .to("cd")
+        .send_to(&client, &base)
+        .await
+        .refused(503, "source_not_configured");
+    // Sources the environment did not enable stay disabled.
+    Webhook::linear(&b"{\"type\":\"Issue\"}"[..], Some(now_ms()))
+        .send_to(&client, &base)
+        .await
+        .refused(503, "source_not_configured");
+
+    let (status, _) = served.terminate().await;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The first whitespace-separated word of `text` that opens the admin API at `base`.
+async fn working_admin_key(client: &reqwest::Client, base: &str, text: &str) -> Option<String> {
+    let words = text
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+        .filter(|w| w.len() >= 16 && !w.contains('/'));
+    for word in words {
+        let r = client
+            .get(format!("{base}/admin/events"))
+            .bearer_auth(word)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            return Some(word.to_string());
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn without_admin_api_key_one_is_generated_kept_and_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET),
+        ("LOG_LEVEL", "info"),
+    ];
+    let served = Served::start(dir.path(), &env).await;
+    let client = reqwest::Client::new();
+    let base = served.base().to_string();
+    let key = wait_for(Duration::from_secs(5), || {
+        let (client, base, text) = (client.clone(), base.clone(), served.stderr_text());
+        async move { working_admin_key(&client, &base, &text).await }
+    })
+    .await;
+    let r = client
+        .get(format!("{base}/admin/events"))
+        .bearer_auth("not-the-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (status, first_log) = served.terminate().await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        first_log.matches(&key).count(),
+        1,
+        "printed once:\n{first_log}"
+    );
+
+    // The same key after a restart, and not printed again.
+    let served = Served::start(dir.path(), &env).await;
+    let r = client
+        .get(format!("{}/admin/events", served.base()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, second_log) = served.terminate().await;
+    assert!(
+        !second_log.contains(&key),
+        "the key was printed again:\n{second_log}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_signatures_and_keys_are_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        dir.path(),
+        &[
+            ("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET),
+            ("INTERNAL_WEBHOOK_SECRET", INTERNAL_SECRET),
+            ("AGENT_API_KEY", AGENT_KEY),
+            ("ADMIN_API_KEY", ADMIN_KEY),
+            ("LOG_LEVEL", "trace"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let base = served.base().to_string();
+    let body = include_bytes!("../../examples/github-pull_request.json");
+    let good = Webhook::github("pull_request", &body[..]);
+    let signature = good.header_str("x-hub-signature-256").unwrap();
+    good.send_to(&client, &base).await.accepted();
+    let wrong = Webhook::github_with("a-guessed-secret", "push", &body[..]);
+    let wrong_sig = wrong.header_str("x-hub-signature-256").unwrap();
+    wrong
+        .send_to(&client, &base)
+        .await
+        .refused(401, "invalid_signature");
+    let internal = Webhook::standard("msg_log", &b"{\"type\":\"t\"}"[..]);
+    let std_sig = internal.header_str("webhook-signature").unwrap();
+    internal.send_to(&client, &base).await.accepted();
+    Webhook::bearer(AGENT_KEY, &b"{\"type\":\"t\"}"[..])
+        .send_to(&client, &base)
+        .await
+        .accepted();
+    let r = client
+        .get(format!("{base}/admin/events"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, log) = served.terminate().await;
+    assert_eq!(status.code(), Some(0));
+    assert!(!log.is_empty(), "trace logging wrote nothing");
+    let b64_secret = INTERNAL_SECRET.strip_prefix("whsec_").unwrap();
+    for (what, needle) in [
+        ("the GitHub secret", GITHUB_SECRET),
+        ("the internal secret", b64_secret),
+        ("the agent key", AGENT_KEY),
+        ("the admin key", ADMIN_KEY),
+        ("a signature", &signature[7..]),
+        ("a wrong signature", &wrong_sig[7..]),
+        ("a Standard signature", &std_sig[3..]),
+    ] {
+        assert!(!log.contains(needle), "{what} was logged");
+    }
+}
