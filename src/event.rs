@@ -57,20 +57,64 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, BodyError> {
     }
 }
 
-/// serde_json refuses nesting past 128 levels by itself; that is the contract's limit too
-/// (checked by a test), so no separate depth scan is needed on the hot path.
+/// The deepest nesting of objects and arrays the contract accepts.
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses a body that must be a JSON object nested at most `MAX_DEPTH` containers deep.
+///
+/// serde_json's own recursion guard stops one level short of the contract's 128, so on that
+/// (rare) error the depth is measured exactly and, when within the limit, the body is parsed
+/// again without the guard — safe, because the depth is then known to be bounded.
 pub fn parse_json_object(bytes: &[u8]) -> Result<Value, BodyError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(bad("the body is empty"));
     }
-    match serde_json::from_slice::<Value>(bytes) {
+    let parsed = match serde_json::from_slice::<Value>(bytes) {
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+            if max_depth(bytes) > MAX_DEPTH {
+                return Err(bad("the body is nested deeper than 128 levels"));
+            }
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            de.disable_recursion_limit();
+            serde::Deserialize::deserialize(&mut de).and_then(|v| de.end().map(|()| v))
+        }
+        other => other,
+    };
+    match parsed {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err(bad("the body must be a JSON object")),
-        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
-            Err(bad("the body is nested deeper than 128 levels"))
-        }
         Err(e) => Err(bad(format!("the body is not valid JSON: {e}"))),
     }
+}
+
+/// The deepest container nesting in a JSON text (brackets inside strings ignored). Stops
+/// counting once past the limit, so hostile input costs one linear scan at most.
+fn max_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_DEPTH {
+                    return deepest;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Decodes a provider body. `Form` bodies: a `payload` field holding JSON (GitHub, Slack
@@ -455,13 +499,24 @@ mod tests {
 
     #[test]
     fn nesting_limit_is_128() {
-        let ok = format!("{}1{}", "[".repeat(127), "]".repeat(127));
-        let ok = format!("{{\"a\":{ok}}}");
-        assert!(parse_json_object(ok.as_bytes()).is_ok());
-        let deep = format!("{}1{}", "[".repeat(128), "]".repeat(128));
-        let deep = format!("{{\"a\":{deep}}}");
-        let err = parse_json_object(deep.as_bytes()).unwrap_err();
-        assert!(err.0.contains("deeper than 128"), "{err}");
+        for inner in ["1", ""] {
+            let ok = format!("{}{inner}{}", "[".repeat(127), "]".repeat(127));
+            let ok = format!("{{\"a\":{ok}}}");
+            assert_eq!(max_depth(ok.as_bytes()), 128);
+            assert!(parse_json_object(ok.as_bytes()).is_ok(), "{inner:?}");
+            let deep = format!("{}{inner}{}", "[".repeat(128), "]".repeat(128));
+            let deep = format!("{{\"a\":{deep}}}");
+            let err = parse_json_object(deep.as_bytes()).unwrap_err();
+            assert!(err.0.contains("deeper than 128"), "{err}");
+        }
+        let objects = format!("{}{{}}{}", "{\"a\":".repeat(127), "}".repeat(127));
+        assert!(parse_json_object(objects.as_bytes()).is_ok());
+        // Brackets inside strings do not count.
+        let s = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
+        assert_eq!(max_depth(s.as_bytes()), 1);
+        assert!(parse_json_object(s.as_bytes()).is_ok());
+        let very_deep = "[".repeat(10_000);
+        assert!(parse_json_object(very_deep.as_bytes()).is_err());
     }
 
     #[test]

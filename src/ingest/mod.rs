@@ -86,12 +86,14 @@ fn signature_error(e: VerifyError) -> ApiError {
 
 pub async fn webhook(
     State(app): State<AppState>,
-    Path(source): Path<String>,
+    source: Result<Path<String>, axum::extract::rejection::PathRejection>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let received = Instant::now();
+    // A name that does not even decode (invalid UTF-8) is no source we know.
+    let source = source.map(|Path(s)| s).unwrap_or_default();
     match ingest(&app, &source, peer, &headers, body, received).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -221,9 +223,19 @@ fn duplicate_response(original: Original, timestamp: i64) -> Response {
     .into_response()
 }
 
-/// A source name echoed in an error, cut short and stripped of control characters.
+/// A source name echoed in an error: cut short, with control and formatting characters escaped
+/// so the message cannot be made to look like another name.
 fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
+    s.chars()
+        .take(64)
+        .flat_map(|c| {
+            if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// What the pure part of ingest makes of a request.

@@ -116,8 +116,19 @@ pub struct EventRecord {
 impl EventRecord {
     /// The stored event object; a row that does not parse is reported rather than hidden.
     pub fn event_json(&self) -> Result<Value> {
-        serde_json::from_str(&self.body).map_err(|e| StoreError::Corrupt(e.to_string()))
+        parse_stored(&self.body)
     }
+}
+
+/// Parses JSON this server stored itself. Payloads may be nested up to the contract's 128
+/// levels, and the event object wraps them once more, so serde_json's 128-level guard would
+/// refuse them; ingest already bounded the depth.
+pub fn parse_stored(text: &str) -> Result<Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    serde::Deserialize::deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// `processed` (passed the filters) or `filtered`, as the archive can be narrowed by.
