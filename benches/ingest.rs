@@ -46,7 +46,10 @@ fn bench(c: &mut Criterion) {
     let h = headers(&[
         ("content-type", "application/json".into()),
         ("x-github-event", "pull_request".into()),
-        ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+        (
+            "x-github-delivery",
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+        ),
         ("user-agent", "GitHub-Hookshot/abc".into()),
         (
             "x-hub-signature-256",
@@ -65,7 +68,10 @@ fn bench(c: &mut Criterion) {
     let h = headers(&[
         ("content-type", "application/json".into()),
         ("linear-delivery", "d1".into()),
-        ("linear-signature", verify::sign_linear(b"bench-secret", &lin_body)),
+        (
+            "linear-signature",
+            verify::sign_linear(b"bench-secret", &lin_body),
+        ),
     ]);
     run(c, "linear_issue", &li, &h, &lin_body);
 
@@ -75,7 +81,10 @@ fn bench(c: &mut Criterion) {
     let h = headers(&[
         ("content-type", "application/json".into()),
         ("x-slack-request-timestamp", now_s.to_string()),
-        ("x-slack-signature", verify::sign_slack(b"bench-secret", now_s, sl_body)),
+        (
+            "x-slack-signature",
+            verify::sign_slack(b"bench-secret", now_s, sl_body),
+        ),
     ]);
     run(c, "slack_event_callback", &sl, &h, sl_body);
 

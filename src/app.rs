@@ -17,8 +17,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Secret};
 use crate::ingest::dedupe::RecentDeliveries;
 use crate::ingest::{self, Source, verify};
+use crate::ratelimit::{self, RateLimiter, SystemClock};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{NewDelivery, Store};
+use crate::store::{NewDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
 
 /// Shared state; `Clone` is one `Arc` bump.
 #[derive(Clone)]
@@ -30,6 +31,9 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub admin_key: Secret,
     pub dedupe: RecentDeliveries,
+    pub limiter: RateLimiter,
+    /// Serializes admin changes to rules so each rebuild sees the previous one.
+    pub rules_lock: tokio::sync::Mutex<()>,
     pub started: Instant,
     /// Work that must finish before the process exits (commits handed off by handlers).
     pub tasks: TaskTracker,
@@ -74,6 +78,22 @@ impl AppState {
     /// `Authorization: Bearer <key>` against the admin key, in constant time.
     pub fn is_admin_key(&self, authorization: &[u8]) -> bool {
         bearer(authorization).is_some_and(|k| verify::ct_eq(k, self.admin_key.0.as_bytes()))
+    }
+
+    /// Rebuilds the inbound rate limits from the store (the truth) and swaps them in.
+    pub async fn reload_rate_limits(&self) -> Result<(), StoreError> {
+        let stored = self.store.list_rules(RuleKind::RateLimit).await?;
+        let mut configs = Vec::with_capacity(stored.len());
+        for rule in stored {
+            match ratelimit::parse_config(rule.body.as_bytes()) {
+                Ok(c) => configs.push(c),
+                Err(e) => {
+                    tracing::error!(id = %rule.id, error = %e, "stored rate limit is invalid; skipped")
+                }
+            }
+        }
+        self.limiter.set_configs(configs);
+        Ok(())
     }
 
     /// Filters and routes an event (the rules engine plugs in here).
@@ -200,11 +220,19 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         store,
         admin_key,
         dedupe: RecentDeliveries::new(100_000),
+        limiter: RateLimiter::new(
+            config.default_rate_limit,
+            config.rate_limit_window_ms,
+            Arc::new(SystemClock),
+        ),
+        rules_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
         config,
     }));
+    apply_declared(&state).await?;
+    spawn_housekeeping(&state);
     let addr = listener.local_addr()?;
     let router = crate::api::router(state.clone());
     let token = shutdown.clone();
@@ -223,6 +251,43 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown,
         serving,
     })
+}
+
+/// Writes the config file's declared rules into the store (by id), then loads everything.
+async fn apply_declared(state: &AppState) -> anyhow::Result<()> {
+    for d in &state.config.rate_limits {
+        let c = ratelimit::config_from_value(d.value.clone())
+            .map_err(|e| anyhow::anyhow!("{}: rate_limits: {e}", d.location_of(&e.field)))?;
+        let rule = StoredRule {
+            id: crate::api::rate_limits::rule_id(&c.source, &c.identifier),
+            body: serde_json::to_string(&c)?,
+        };
+        state
+            .store
+            .put_rule(RuleKind::RateLimit, rule, PutMode::Upsert)
+            .await?;
+    }
+    state.reload_rate_limits().await?;
+    Ok(())
+}
+
+/// Background upkeep: forgetting idle rate-limit keys.
+fn spawn_housekeeping(state: &AppState) {
+    let state = state.clone();
+    let token = state.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    let limiter_state = state.clone();
+                    // Purging walks every shard; keep it off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || limiter_state.limiter.purge_idle()).await;
+                }
+            }
+        }
+    });
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down within 10 s.

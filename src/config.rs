@@ -483,6 +483,10 @@ impl Config {
                 }
             }
             let Some(scheme) = scheme else {
+                if !ok {
+                    // The bad `scheme` value was already reported.
+                    continue;
+                }
                 push(
                     format!("{key}.scheme"),
                     at,

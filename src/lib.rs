@@ -10,6 +10,7 @@ pub mod config;
 pub mod config_check;
 pub mod event;
 pub mod ingest;
+pub mod ratelimit;
 pub mod send;
 pub mod store;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod events;
+pub mod rate_limits;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -19,6 +20,12 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/events", get(events::list))
         .route("/admin/events/{id}", get(events::get_one))
+        .route(
+            "/admin/rate-limits",
+            get(rate_limits::list)
+                .put(rate_limits::put)
+                .delete(rate_limits::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/webhook/{source}", post(crate::ingest::webhook))

@@ -146,6 +146,26 @@ async fn ingest(
         return Ok(duplicate_response(original, head.timestamp));
     }
 
+    let identifier = event
+        .get("metadata")
+        .and_then(|m| m.get("identifier"))
+        .and_then(Value::as_str)
+        .unwrap_or(&client_ip);
+    let limit = app.limiter.check(&source.name, identifier);
+    if !limit.allowed {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Rate limit exceeded for {}:{identifier}", source.name),
+        );
+        for (k, v) in limit.headers() {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                err = err.with_header(header::HeaderName::from_static(k), v);
+            }
+        }
+        return Err(err);
+    }
+
     let plan = app.plan(&mut event);
     let body = event::serialize_event(&event, raw_json.then_some(&bytes[..]));
     let new_event = NewEvent {
@@ -187,7 +207,7 @@ async fn ingest(
         .await
         .map_err(|e| ApiError::internal("commit task failed", e))??;
     let (head, outcome) = committed;
-    Ok(match outcome {
+    let mut resp = match outcome {
         CommitOutcome::Stored => axum::Json(json!({
             "success": true,
             "eventId": head.id,
@@ -208,7 +228,14 @@ async fn ingest(
             },
             head.timestamp,
         ),
-    })
+    };
+    for (k, v) in limit.headers() {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut()
+                .insert(header::HeaderName::from_static(k), v);
+        }
+    }
+    Ok(resp)
 }
 
 fn duplicate_response(original: Original, timestamp: i64) -> Response {

@@ -236,7 +236,8 @@ pub struct StoredRule {
 pub trait RuleStore: Send + Sync {
     /// Every rule of a kind, ordered by id.
     async fn list_rules(&self, kind: RuleKind) -> Result<Vec<StoredRule>>;
-    async fn put_rule(&self, kind: RuleKind, rule: StoredRule, mode: PutMode) -> Result<PutOutcome>;
+    async fn put_rule(&self, kind: RuleKind, rule: StoredRule, mode: PutMode)
+    -> Result<PutOutcome>;
     /// `true` if it existed.
     async fn delete_rule(&self, kind: RuleKind, id: String) -> Result<bool>;
 }

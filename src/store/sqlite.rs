@@ -18,12 +18,13 @@ use uuid::Uuid;
 
 use super::{
     AttemptRecord, CommitOutcome, DeliveryRecord, DeliveryStatus, EventQuery, EventRecord,
-    EventStatus, EventStore, NewEvent, PutMode, PutOutcome, Result, RuleKind, RuleStore,
-    StoredRule, Store, StoreError,
+    EventStatus, EventStore, NewEvent, PutMode, PutOutcome, Result, RuleKind, RuleStore, Store,
+    StoreError, StoredRule,
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     seq         INTEGER PRIMARY KEY,
     id          BLOB NOT NULL UNIQUE,
@@ -69,7 +70,8 @@ CREATE TABLE attempts (
     response_body TEXT,
     PRIMARY KEY (delivery_id, attempt)
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE rules (
     kind       TEXT NOT NULL,
     id         TEXT NOT NULL,
@@ -77,7 +79,8 @@ CREATE TABLE rules (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (kind, id)
 );
-"#];
+"#,
+];
 
 /// A unit of work for the writer thread. `apply` runs inside the shared transaction (under its
 /// own savepoint, so one failing job does not sink the batch); `finish` runs after the commit.
@@ -193,8 +196,9 @@ where
 
     fn finish(self: Box<Self>, result: Result<()>) {
         let FnJob { out, reply, .. } = *self;
-        let result = result
-            .and_then(|()| out.ok_or_else(|| StoreError::Database("write produced no result".into())));
+        let result = result.and_then(|()| {
+            out.ok_or_else(|| StoreError::Database("write produced no result".into()))
+        });
         let _ = reply.send(result);
     }
 }
@@ -550,7 +554,12 @@ impl RuleStore for SqliteStore {
         .await
     }
 
-    async fn put_rule(&self, kind: RuleKind, rule: StoredRule, mode: PutMode) -> Result<PutOutcome> {
+    async fn put_rule(
+        &self,
+        kind: RuleKind,
+        rule: StoredRule,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
         self.write(move |c| {
             let exists = c
                 .prepare_cached("SELECT 1 FROM rules WHERE kind = ?1 AND id = ?2")?
@@ -574,9 +583,11 @@ impl RuleStore for SqliteStore {
 
     async fn delete_rule(&self, kind: RuleKind, id: String) -> Result<bool> {
         self.write(move |c| {
-            Ok(c.prepare_cached("DELETE FROM rules WHERE kind = ?1 AND id = ?2")?
-                .execute(params![kind.as_str(), id])?
-                > 0)
+            Ok(
+                c.prepare_cached("DELETE FROM rules WHERE kind = ?1 AND id = ?2")?
+                    .execute(params![kind.as_str(), id])?
+                    > 0,
+            )
         })
         .await
     }
@@ -726,11 +737,38 @@ mod tests {
             body: body.into(),
         };
         let k = RuleKind::Filter;
-        assert_eq!(store.put_rule(k, r("b", "1"), PutMode::Create).await.unwrap(), PutOutcome::Created);
-        assert_eq!(store.put_rule(k, r("b", "2"), PutMode::Create).await.unwrap(), PutOutcome::Exists);
-        assert_eq!(store.put_rule(k, r("a", "3"), PutMode::Upsert).await.unwrap(), PutOutcome::Created);
-        assert_eq!(store.put_rule(k, r("b", "4"), PutMode::Upsert).await.unwrap(), PutOutcome::Replaced);
-        assert_eq!(store.list_rules(k).await.unwrap(), vec![r("a", "3"), r("b", "4")]);
+        assert_eq!(
+            store
+                .put_rule(k, r("b", "1"), PutMode::Create)
+                .await
+                .unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            store
+                .put_rule(k, r("b", "2"), PutMode::Create)
+                .await
+                .unwrap(),
+            PutOutcome::Exists
+        );
+        assert_eq!(
+            store
+                .put_rule(k, r("a", "3"), PutMode::Upsert)
+                .await
+                .unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            store
+                .put_rule(k, r("b", "4"), PutMode::Upsert)
+                .await
+                .unwrap(),
+            PutOutcome::Replaced
+        );
+        assert_eq!(
+            store.list_rules(k).await.unwrap(),
+            vec![r("a", "3"), r("b", "4")]
+        );
         assert!(store.list_rules(RuleKind::Route).await.unwrap().is_empty());
         assert!(store.delete_rule(k, "a".into()).await.unwrap());
         assert!(!store.delete_rule(k, "a".into()).await.unwrap());

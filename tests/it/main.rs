@@ -10,3 +10,4 @@ mod cli;
 mod crash;
 mod ingest;
 mod ingest_errors;
+mod rate_limits;

@@ -1,0 +1,75 @@
+//! `GET|PUT|DELETE /admin/rate-limits`: inbound limits per `source:identifier`, kept in the store
+//! and applied to the very next request.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiResult};
+use super::events::query_pairs;
+use crate::app::AppState;
+use crate::ratelimit::{self, RateLimitConfig};
+use crate::store::{PutMode, RuleKind, StoredRule};
+
+/// The store id of a limit: source names cannot hold ':', so this is unambiguous.
+pub fn rule_id(source: &str, identifier: &str) -> String {
+    format!("{source}:{identifier}")
+}
+
+pub async fn list(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "items": app.limiter.configs(), "nextCursor": null }))
+}
+
+pub async fn put(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<RateLimitConfig>> {
+    let config =
+        ratelimit::parse_config(&body).map_err(|e| ApiError::validation(e.field, e.message))?;
+    let _guard = app.rules_lock.lock().await;
+    app.store
+        .put_rule(
+            RuleKind::RateLimit,
+            StoredRule {
+                id: rule_id(&config.source, &config.identifier),
+                body: serde_json::to_string(&config)
+                    .map_err(|e| ApiError::internal("serialize rate limit", e))?,
+            },
+            PutMode::Upsert,
+        )
+        .await?;
+    app.reload_rate_limits().await?;
+    Ok(Json(config))
+}
+
+pub async fn delete(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+    let (mut source, mut identifier) = (None, None);
+    for (k, v) in query_pairs(&raw) {
+        match k.as_str() {
+            "source" => source = Some(v),
+            "identifier" => identifier = Some(v),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "unknown query parameter (known: source, identifier)",
+                ));
+            }
+        }
+    }
+    let (Some(source), Some(identifier)) = (source, identifier) else {
+        return Err(ApiError::bad_request(
+            "DELETE /admin/rate-limits needs ?source=…&identifier=… (identifier may be *)",
+        ));
+    };
+    let _guard = app.rules_lock.lock().await;
+    let existed = app
+        .store
+        .delete_rule(RuleKind::RateLimit, rule_id(&source, &identifier))
+        .await?;
+    if !existed {
+        return Err(ApiError::not_found(
+            "No rate limit for that source and identifier",
+        ));
+    }
+    app.reload_rate_limits().await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
