@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -17,9 +18,15 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Secret};
 use crate::ingest::dedupe::RecentDeliveries;
 use crate::ingest::{self, Source, verify};
+use crate::queue::policy::RetryPolicy;
+use crate::queue::{self, Job, Queue, QueueConfig, Targets};
 use crate::ratelimit::{self, RateLimiter, SystemClock};
+use crate::routing::{self, Compiled, Plan};
+use crate::rules::{self, RuleOptions};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{NewDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
+use crate::store::{PendingDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
+
+pub use crate::routing::hash_api_key;
 
 /// Shared state; `Clone` is one `Arc` bump.
 #[derive(Clone)]
@@ -34,6 +41,13 @@ pub struct Inner {
     pub limiter: RateLimiter,
     /// Serializes admin changes to rules so each rebuild sees the previous one.
     pub rules_lock: tokio::sync::Mutex<()>,
+    /// The compiled rules, delivery targets and agent keys; swapped whole on every change.
+    pub compiled: ArcSwap<Compiled>,
+    /// The targets the scheduler reads (the same `Arc` as in `compiled`).
+    pub targets: Arc<ArcSwap<Targets>>,
+    pub queue: Queue,
+    pub default_policy: Arc<RetryPolicy>,
+    pub rule_options: RuleOptions,
     pub started: Instant,
     /// Work that must finish before the process exits (commits handed off by handlers).
     pub tasks: TaskTracker,
@@ -45,12 +59,6 @@ impl Deref for AppState {
     fn deref(&self) -> &Inner {
         &self.0
     }
-}
-
-/// What routing decided for one event.
-pub struct Plan {
-    pub processed: bool,
-    pub deliveries: Vec<NewDelivery>,
 }
 
 impl AppState {
@@ -96,12 +104,51 @@ impl AppState {
         Ok(())
     }
 
-    /// Filters and routes an event (the rules engine plugs in here).
-    pub fn plan(&self, _event: &mut Value) -> Plan {
-        Plan {
-            processed: true,
-            deliveries: Vec::new(),
-        }
+    /// Filters and routes an event against the current rule set.
+    pub fn plan(
+        &self,
+        head: &crate::event::EventHeader,
+        event: &mut Value,
+        body: &bytes::Bytes,
+    ) -> Plan {
+        let compiled = self.compiled.load();
+        routing::plan(
+            &compiled.rules,
+            &compiled.targets,
+            head,
+            event,
+            body,
+            &self.default_policy,
+        )
+    }
+
+    /// Rebuilds rules, targets and the agent-key index from the store and swaps them in.
+    pub async fn reload_rules(&self) -> Result<(), StoreError> {
+        let compiled = routing::load(self.store.as_ref(), self.rule_options.clone()).await?;
+        self.targets.store(compiled.targets.clone());
+        self.compiled.store(Arc::new(compiled));
+        self.queue.targets_changed();
+        Ok(())
+    }
+
+    /// The ids of the stored agents (what a route may target).
+    pub async fn agent_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .store
+            .list_rules(RuleKind::Agent)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// Puts deliveries that come back from the store (dead-letter retries) into the scheduler.
+    pub fn requeue(&self, pending: Vec<PendingDelivery>) {
+        let jobs = pending
+            .into_iter()
+            .map(|p| Job::from_pending(p, &self.default_policy))
+            .collect();
+        self.queue.enqueue_unreserved(jobs);
     }
 }
 
@@ -120,6 +167,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: AppState,
     shutdown: CancellationToken,
+    scheduler: queue::Running,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -133,9 +181,15 @@ impl Server {
             self.state.tasks.close();
             self.state.tasks.wait().await;
         };
+        let started = std::time::Instant::now();
         if tokio::time::timeout(deadline, drain).await.is_err() {
-            tracing::warn!("shutdown deadline passed with work still running");
+            tracing::warn!("shutdown deadline passed with requests still running");
         }
+        // In-flight delivery attempts finish (or are handed back as pending) within what is
+        // left of the deadline; their outcomes are flushed before the store closes.
+        self.scheduler
+            .shutdown(deadline.saturating_sub(started.elapsed()))
+            .await;
         self.state.store.close().await;
     }
 }
@@ -215,7 +269,31 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let admin_key = admin_key(&config)?;
     let store = open_store(&config)?;
     let shutdown = CancellationToken::new();
+    let rule_options = RuleOptions::default();
+    let default_policy = Arc::new(RetryPolicy::server_default(
+        config.default_retry_attempts,
+        config.default_retry_delay_ms,
+    ));
+    // Declared rules first, so the scheduler starts with every target it may need.
+    apply_declared_rules(store.as_ref(), &config).await?;
+    let compiled = routing::load(store.as_ref(), rule_options.clone()).await?;
+    let targets = Arc::new(ArcSwap::new(compiled.targets.clone()));
+    let scheduler = queue::start(
+        store.clone(),
+        targets.clone(),
+        QueueConfig {
+            max_queue_size: config.max_queue_size,
+            default_policy: default_policy.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
     let state = AppState(Arc::new(Inner {
+        compiled: ArcSwap::new(Arc::new(compiled)),
+        targets,
+        queue: scheduler.queue.clone(),
+        default_policy,
+        rule_options,
         sources,
         store,
         admin_key,
@@ -249,11 +327,60 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         addr,
         state,
         shutdown,
+        scheduler,
         serving,
     })
 }
 
-/// Writes the config file's declared rules into the store (by id), then loads everything.
+/// Writes the config file's `[[agents]]`, `[[filters]]` and `[[routes]]` into the store, by id
+/// (they were validated before start; see `config_check`).
+async fn apply_declared_rules(store: &dyn Store, config: &Config) -> anyhow::Result<()> {
+    let stored_agents = store.list_rules(RuleKind::Agent).await?;
+    let mut agent_ids: Vec<String> = stored_agents.iter().map(|r| r.id.clone()).collect();
+    for d in &config.agents {
+        let agent = rules::agent_from_value(d.value.clone())
+            .map_err(|e| anyhow::anyhow!("{}: agents: {e}", d.location_of(&e.field)))?;
+        let existing = stored_agents.iter().find(|r| r.id == agent.id);
+        let (agent, body) =
+            crate::api::rules::prepare_agent(agent, existing.map(|r| r.body.as_str()))
+                .map_err(|e| anyhow::anyhow!("{}: agents: {e}", d.location_of(&e.field)))?;
+        agent_ids.push(agent.id.clone());
+        store
+            .put_rule(
+                RuleKind::Agent,
+                StoredRule { id: agent.id, body },
+                PutMode::Upsert,
+            )
+            .await?;
+    }
+    for d in &config.filters {
+        let f = rules::filter_from_value(d.value.clone())
+            .map_err(|e| anyhow::anyhow!("{}: filters: {e}", d.location_of(&e.field)))?;
+        let body = serde_json::to_string(&f)?;
+        store
+            .put_rule(
+                RuleKind::Filter,
+                StoredRule { id: f.id, body },
+                PutMode::Upsert,
+            )
+            .await?;
+    }
+    for d in &config.routes {
+        let r = rules::route_from_value(d.value.clone(), &agent_ids)
+            .map_err(|e| anyhow::anyhow!("{}: routes: {e}", d.location_of(&e.field)))?;
+        let body = serde_json::to_string(&r)?;
+        store
+            .put_rule(
+                RuleKind::Route,
+                StoredRule { id: r.id, body },
+                PutMode::Upsert,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Writes the config file's declared rate limits into the store (by id), then loads them.
 async fn apply_declared(state: &AppState) -> anyhow::Result<()> {
     for d in &state.config.rate_limits {
         let c = ratelimit::config_from_value(d.value.clone())

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(errors) = event_router::config_check::check_declarations(&cfg) {
+            if let Err(errors) = event_router::config_check::check_declarations(&cfg, false) {
                 eprintln!("event-router: invalid configuration:\n{errors}");
                 return ExitCode::from(2);
             }
@@ -147,8 +147,9 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { path } => {
-            let result = Config::from_file_only(&path)
-                .and_then(|cfg| event_router::config_check::check_declarations(&cfg).map(|()| cfg));
+            let result = Config::from_file_only(&path).and_then(|cfg| {
+                event_router::config_check::check_declarations(&cfg, true).map(|()| cfg)
+            });
             match result {
                 Ok(_) => {
                     println!("{}: ok", path.display());

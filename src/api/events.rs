@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use crate::app::AppState;
+use crate::event::EventHeader;
 use crate::store::{EventQuery, EventRecord, EventStatus};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -120,6 +121,52 @@ pub async fn get_one(
     Ok(Json(json!({
         "event": rec.event_json()?,
         "filtered": rec.filtered,
+        "deliveries": deliveries,
+    })))
+}
+
+/// `POST /admin/events/{id}/replay`: routes an archived event again under the current rules and
+/// creates fresh deliveries for it.
+pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("No event with that id"))?;
+    let rec = app
+        .store
+        .get_event(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("No event with that id"))?;
+    let mut event = rec.event_json()?;
+    let str_field = |k: &str| event.get(k).and_then(Value::as_str).map(str::to_string);
+    let head = EventHeader {
+        id: rec.id,
+        source: rec.source.clone(),
+        event_type: rec.event_type.clone(),
+        action: str_field("action"),
+        delivery_id: str_field("deliveryId"),
+        timestamp: rec.timestamp,
+    };
+    let body = bytes::Bytes::from(rec.body.clone());
+    let plan = app.plan(&head, &mut event, &body);
+    let deliveries: Vec<Value> = plan
+        .deliveries
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "agentId": d.agent_id,
+                "routeId": d.route_id,
+                "priority": d.priority,
+                "status": d.status,
+            })
+        })
+        .collect();
+    if !plan.deliveries.is_empty() {
+        app.store.add_deliveries(id, plan.deliveries).await?;
+        app.queue.enqueue_unreserved(plan.jobs);
+    }
+    Ok(Json(json!({
+        "eventId": id,
+        "processed": plan.processed,
+        "routed": plan.routed,
         "deliveries": deliveries,
     })))
 }

@@ -2,7 +2,9 @@
 
 pub mod error;
 pub mod events;
+pub mod queue;
 pub mod rate_limits;
+pub mod rules;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -20,6 +22,42 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/events", get(events::list))
         .route("/admin/events/{id}", get(events::get_one))
+        .route("/admin/events/{id}/replay", post(events::replay))
+        .route(
+            "/admin/filters",
+            get(rules::list_filters).post(rules::create_filter),
+        )
+        .route(
+            "/admin/filters/{id}",
+            get(rules::get_filter)
+                .put(rules::put_filter)
+                .delete(rules::delete_filter),
+        )
+        .route(
+            "/admin/routes",
+            get(rules::list_routes).post(rules::create_route),
+        )
+        .route(
+            "/admin/routes/{id}",
+            get(rules::get_route)
+                .put(rules::put_route)
+                .delete(rules::delete_route),
+        )
+        .route(
+            "/admin/agents",
+            get(rules::list_agents).post(rules::create_agent),
+        )
+        .route(
+            "/admin/agents/{id}",
+            get(rules::get_agent)
+                .put(rules::put_agent)
+                .delete(rules::delete_agent),
+        )
+        .route("/admin/dlq", get(queue::dlq_list))
+        .route("/admin/dlq/retry", post(queue::dlq_retry_bulk))
+        .route("/admin/dlq/{id}/retry", post(queue::dlq_retry_one))
+        .route("/admin/dlq/{id}", axum::routing::delete(queue::dlq_delete))
+        .route("/queue/stats", get(queue::stats))
         .route(
             "/admin/rate-limits",
             get(rate_limits::list)

@@ -166,8 +166,16 @@ async fn ingest(
         return Err(err);
     }
 
-    let plan = app.plan(&mut event);
-    let body = event::serialize_event(&event, raw_json.then_some(&bytes[..]));
+    // The archive keeps the event as received; transformations only shape what agents get.
+    let body = bytes::Bytes::from(event::serialize_event(
+        &event,
+        raw_json.then_some(&bytes[..]),
+    ));
+    let plan = app.plan(&head, &mut event, &body);
+    let reservation = app.queue.reserve(plan.jobs.len()).map_err(|_| {
+        ApiError::unavailable("queue_full", "The delivery queue is full; retry later")
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+    })?;
     let new_event = NewEvent {
         id: head.id,
         source: head.source.clone(),
@@ -179,28 +187,29 @@ async fn ingest(
         body,
         deliveries: plan.deliveries,
     };
-    let routed = !new_event.deliveries.is_empty();
+    let routed = plan.routed;
     let processed = plan.processed;
-    // Past this point the event is committed even if the client goes away: the commit and what
-    // follows it run in their own task, which a dropped handler future cannot cancel.
-    let store = app.store.clone();
+    let jobs = plan.jobs;
+    // Past this point the event is committed even if the client goes away: the commit and the
+    // hand-over to the scheduler run in their own task, which a dropped handler cannot cancel.
     let app2 = app.clone();
     let committed = app
         .tasks
         .spawn(async move {
-            let outcome = store.commit_event(new_event).await?;
-            if outcome == CommitOutcome::Stored
-                && let Some(d) = &head.delivery_id
-            {
-                app2.dedupe.insert(
-                    &head.source,
-                    d,
-                    Original {
-                        event_id: head.id,
-                        processed,
-                        routed,
-                    },
-                );
+            let outcome = app2.store.commit_event(new_event).await?;
+            if outcome == CommitOutcome::Stored {
+                app2.queue.enqueue(jobs, reservation);
+                if let Some(d) = &head.delivery_id {
+                    app2.dedupe.insert(
+                        &head.source,
+                        d,
+                        Original {
+                            event_id: head.id,
+                            processed,
+                            routed,
+                        },
+                    );
+                }
             }
             Ok::<_, crate::store::StoreError>((head, outcome))
         })

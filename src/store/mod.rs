@@ -4,6 +4,7 @@
 pub mod sqlite;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -68,7 +69,7 @@ pub struct NewDelivery {
     pub priority: i64,
     pub status: DeliveryStatus,
     /// The transformed event, when the route changed it; `None` = the event's own body.
-    pub body: Option<String>,
+    pub body: Option<Bytes>,
     /// The route's retry policy as JSON; `None` = server defaults.
     pub retry_policy: Option<String>,
     pub next_attempt_at: i64,
@@ -85,8 +86,8 @@ pub struct NewEvent {
     pub delivery_id: Option<String>,
     pub timestamp: i64,
     pub filtered: bool,
-    /// The whole section 4 event object, serialized.
-    pub body: String,
+    /// The whole section 4 event object, serialized (UTF-8 JSON).
+    pub body: Bytes,
     pub deliveries: Vec<NewDelivery>,
 }
 
@@ -190,6 +191,76 @@ pub trait EventStore: Send + Sync {
     async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>>;
 }
 
+/// An unfinished delivery loaded back into the scheduler (at start, or from the DLQ).
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub agent_id: String,
+    pub route_id: String,
+    pub priority: i64,
+    pub attempts: u32,
+    /// Attempts spent before the last retry from the dead-letter queue (a retried delivery gets
+    /// a fresh `maxAttempts` budget; attempt numbers keep counting).
+    pub retry_base: u32,
+    pub next_attempt_at: i64,
+    pub retry_policy: Option<String>,
+    pub source: String,
+    pub event_type: String,
+    /// What to POST: the route's transformed event, or the event itself.
+    pub body: String,
+    pub created_at: i64,
+}
+
+/// The outcome of one attempt, written back in batches.
+#[derive(Debug, Clone)]
+pub struct AttemptUpdate {
+    pub delivery_id: Uuid,
+    pub attempt: u32,
+    pub started_at: i64,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_prefix: Option<String>,
+    /// `Delivered`, `Scheduled` (with `next_attempt_at`) or `Dead`.
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// Which dead letters a bulk retry takes.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    pub agent_id: Option<String>,
+    pub source: Option<String>,
+    /// Only deliveries that died at or after this time (ms).
+    pub since: Option<i64>,
+}
+
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Writes attempt outcomes (one transaction for the batch).
+    async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()>;
+    /// Everything pending, in flight or scheduled, with the body to send.
+    async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>>;
+    /// Dead letters, newest first.
+    async fn dead_letters(
+        &self,
+        agent_id: Option<String>,
+        limit: usize,
+        before: Option<Uuid>,
+    ) -> Result<Vec<DeliveryRecord>>;
+    /// Moves one dead delivery back to pending; `None` if it is not dead.
+    async fn retry_dead(&self, id: Uuid) -> Result<Option<PendingDelivery>>;
+    /// Moves every matching dead delivery back to pending.
+    async fn retry_dead_matching(&self, filter: DeadFilter) -> Result<Vec<PendingDelivery>>;
+    /// Removes a dead delivery and its attempts; `false` if it is not dead.
+    async fn delete_dead(&self, id: Uuid) -> Result<bool>;
+    /// Fresh deliveries for an archived event (replay).
+    async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()>;
+    /// Counts of dead and delivered deliveries.
+    async fn finished_counts(&self) -> Result<(u64, u64)>;
+}
+
 /// The kinds of rule objects kept by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuleKind {
@@ -243,7 +314,7 @@ pub trait RuleStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: EventStore + RuleStore {
+pub trait Store: EventStore + RuleStore + DeliveryStore {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip proving the store answers.

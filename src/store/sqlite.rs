@@ -17,14 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AttemptRecord, CommitOutcome, DeliveryRecord, DeliveryStatus, EventQuery, EventRecord,
-    EventStatus, EventStore, NewEvent, PutMode, PutOutcome, Result, RuleKind, RuleStore, Store,
-    StoreError, StoredRule,
+    AttemptRecord, AttemptUpdate, CommitOutcome, DeadFilter, DeliveryRecord, DeliveryStatus,
+    DeliveryStore, EventQuery, EventRecord, EventStatus, EventStore, NewDelivery, NewEvent,
+    PendingDelivery, PutMode, PutOutcome, Result, RuleKind, RuleStore, Store, StoreError,
+    StoredRule,
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE events (
     seq         INTEGER PRIMARY KEY,
     id          BLOB NOT NULL UNIQUE,
@@ -48,6 +48,7 @@ CREATE TABLE deliveries (
     priority        INTEGER NOT NULL,
     status          TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
+    retry_base      INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER,
     last_error      TEXT,
     body            TEXT,
@@ -59,6 +60,7 @@ CREATE INDEX deliveries_by_event ON deliveries(event_id);
 CREATE INDEX deliveries_unfinished ON deliveries(status, next_attempt_at)
     WHERE status IN ('pending', 'in_flight', 'scheduled');
 CREATE INDEX deliveries_by_agent ON deliveries(agent_id, status);
+CREATE INDEX deliveries_dead ON deliveries(id) WHERE status = 'dead';
 
 CREATE TABLE attempts (
     delivery_id   BLOB NOT NULL,
@@ -70,8 +72,7 @@ CREATE TABLE attempts (
     response_body TEXT,
     PRIMARY KEY (delivery_id, attempt)
 );
-"#,
-    r#"
+
 CREATE TABLE rules (
     kind       TEXT NOT NULL,
     id         TEXT NOT NULL,
@@ -79,8 +80,7 @@ CREATE TABLE rules (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (kind, id)
 );
-"#,
-];
+"#];
 
 /// A unit of work for the writer thread. `apply` runs inside the shared transaction (under its
 /// own savepoint, so one failing job does not sink the batch); `finish` runs after the commit.
@@ -112,7 +112,7 @@ impl WriteJob for CommitEventJob {
                 e.delivery_id,
                 e.timestamp,
                 e.filtered,
-                e.body
+                utf8(&e.body)?
             ])?;
         if inserted == 0 {
             // The dedupe index refused it: answer with the original event.
@@ -141,26 +141,7 @@ impl WriteJob for CommitEventJob {
             });
             return Ok(());
         }
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
-                                     next_attempt_at, last_error, body, retry_policy, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11)",
-        )?;
-        for d in &e.deliveries {
-            stmt.execute(params![
-                d.id.as_bytes().as_slice(),
-                e.id.as_bytes().as_slice(),
-                d.agent_id,
-                d.route_id,
-                d.priority,
-                d.status.as_str(),
-                d.next_attempt_at,
-                d.last_error,
-                d.body,
-                d.retry_policy,
-                e.timestamp,
-            ])?;
-        }
+        insert_deliveries(conn, e.id, e.timestamp, &e.deliveries)?;
         self.outcome = Some(CommitOutcome::Stored);
         Ok(())
     }
@@ -395,6 +376,11 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Vec<Resu
     results
 }
 
+/// Bodies are built from `String`s, so this only guards against a programming error.
+fn utf8(b: &[u8]) -> rusqlite::Result<&str> {
+    std::str::from_utf8(b).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
 fn uuid_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
     let b: Vec<u8> = r.get(i)?;
     Uuid::from_slice(&b).map_err(|e| {
@@ -493,46 +479,263 @@ impl EventStore for SqliteStore {
 
     async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, event_id, agent_id, route_id, priority, status, attempts,
-                        next_attempt_at, last_error
-                 FROM deliveries WHERE event_id = ?1 ORDER BY priority DESC, agent_id",
-            )?;
-            let mut out: Vec<DeliveryRecord> = stmt
-                .query_map([id.as_bytes().as_slice()], |r| {
-                    let status: String = r.get(5)?;
-                    Ok(DeliveryRecord {
-                        id: uuid_col(r, 0)?,
-                        event_id: uuid_col(r, 1)?,
-                        agent_id: r.get(2)?,
-                        route_id: r.get(3)?,
-                        priority: r.get(4)?,
-                        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
-                        attempts: r.get(6)?,
-                        next_attempt_at: r.get(7)?,
-                        last_error: r.get(8)?,
-                        attempt_log: Vec::new(),
-                    })
-                })?
+            let mut out: Vec<DeliveryRecord> = c
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} WHERE event_id = ?1 ORDER BY priority DESC, agent_id"
+                ))?
+                .query_map([id.as_bytes().as_slice()], delivery_row)?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut attempts = c.prepare_cached(
-                "SELECT attempt, started_at, duration_ms, status_code, error
-                 FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
-            )?;
-            for d in &mut out {
-                d.attempt_log = attempts
-                    .query_map([d.id.as_bytes().as_slice()], |r| {
-                        Ok(AttemptRecord {
-                            attempt: r.get(0)?,
-                            started_at: r.get(1)?,
-                            duration_ms: r.get::<_, i64>(2)?.max(0) as u64,
-                            status_code: r.get(3)?,
-                            error: r.get(4)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-            }
+            fill_attempts(c, &mut out)?;
             Ok(out)
+        })
+        .await
+    }
+}
+
+const PENDING_COLUMNS: &str = "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts,
+     d.retry_base, d.next_attempt_at, d.retry_policy, e.source, e.type, COALESCE(d.body, e.body),
+     d.created_at
+     FROM deliveries d JOIN events e ON e.id = d.event_id";
+
+fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingDelivery> {
+    Ok(PendingDelivery {
+        id: uuid_col(r, 0)?,
+        event_id: uuid_col(r, 1)?,
+        agent_id: r.get(2)?,
+        route_id: r.get(3)?,
+        priority: r.get(4)?,
+        attempts: r.get(5)?,
+        retry_base: r.get(6)?,
+        next_attempt_at: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+        retry_policy: r.get(8)?,
+        source: r.get(9)?,
+        event_type: r.get(10)?,
+        body: r.get(11)?,
+        created_at: r.get(12)?,
+    })
+}
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let status: String = r.get(5)?;
+    Ok(DeliveryRecord {
+        id: uuid_col(r, 0)?,
+        event_id: uuid_col(r, 1)?,
+        agent_id: r.get(2)?,
+        route_id: r.get(3)?,
+        priority: r.get(4)?,
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        attempts: r.get(6)?,
+        next_attempt_at: r.get(7)?,
+        last_error: r.get(8)?,
+        attempt_log: Vec::new(),
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, agent_id, route_id, priority, status, attempts,
+     next_attempt_at, last_error FROM deliveries";
+
+fn fill_attempts(c: &Connection, list: &mut [DeliveryRecord]) -> rusqlite::Result<()> {
+    let mut attempts = c.prepare_cached(
+        "SELECT attempt, started_at, duration_ms, status_code, error
+         FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
+    )?;
+    for d in list {
+        d.attempt_log = attempts
+            .query_map([d.id.as_bytes().as_slice()], |r| {
+                Ok(AttemptRecord {
+                    attempt: r.get(0)?,
+                    started_at: r.get(1)?,
+                    duration_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                    status_code: r.get(3)?,
+                    error: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(())
+}
+
+/// Moves dead deliveries matching `where_sql` back to pending and returns them.
+fn requeue(
+    c: &Connection,
+    where_sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Vec<PendingDelivery>> {
+    let now = crate::ingest::now_ms();
+    let ids: Vec<Vec<u8>> = c
+        .prepare(&format!(
+            "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.status = 'dead' AND {where_sql}"
+        ))?
+        .query_map(args, |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = c.prepare_cached(
+        "UPDATE deliveries SET status = 'pending', retry_base = attempts, next_attempt_at = ?2,
+                updated_at = ?2
+         WHERE id = ?1",
+    )?;
+    let mut select = c.prepare_cached(&format!("SELECT {PENDING_COLUMNS} WHERE d.id = ?1"))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        update.execute(params![id, now])?;
+        out.push(select.query_row([&id], pending_row)?);
+    }
+    Ok(out)
+}
+
+fn insert_deliveries(
+    c: &Connection,
+    event_id: Uuid,
+    created_at: i64,
+    deliveries: &[NewDelivery],
+) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
+                                 next_attempt_at, last_error, body, retry_policy, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11)",
+    )?;
+    for d in deliveries {
+        stmt.execute(params![
+            d.id.as_bytes().as_slice(),
+            event_id.as_bytes().as_slice(),
+            d.agent_id,
+            d.route_id,
+            d.priority,
+            d.status.as_str(),
+            d.next_attempt_at,
+            d.last_error,
+            d.body.as_deref().map(utf8).transpose()?,
+            d.retry_policy,
+            created_at,
+        ])?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()> {
+        self.write(move |c| {
+            let mut attempt = c.prepare_cached(
+                "INSERT OR REPLACE INTO attempts
+                    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut delivery = c.prepare_cached(
+                "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3), next_attempt_at = ?4,
+                        last_error = ?5, updated_at = ?6
+                 WHERE id = ?1",
+            )?;
+            let now = crate::ingest::now_ms();
+            for u in &updates {
+                let id = u.delivery_id.as_bytes().as_slice();
+                attempt.execute(params![
+                    id,
+                    u.attempt,
+                    u.started_at,
+                    u.duration_ms as i64,
+                    u.status_code,
+                    u.error,
+                    u.response_prefix
+                ])?;
+                delivery.execute(params![
+                    id,
+                    u.status.as_str(),
+                    u.attempt,
+                    u.next_attempt_at,
+                    u.error,
+                    now
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>> {
+        self.read(|c| {
+            c.prepare(&format!(
+                "SELECT {PENDING_COLUMNS}
+                 WHERE d.status IN ('pending', 'in_flight', 'scheduled') ORDER BY d.id"
+            ))?
+            .query_map([], pending_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        agent_id: Option<String>,
+        limit: usize,
+        before: Option<Uuid>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        self.read(move |c| {
+            let before = before
+                .map(|b| b.as_bytes().to_vec())
+                .unwrap_or_else(|| vec![0xff; 17]);
+            let mut list: Vec<DeliveryRecord> = c
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS}
+                     WHERE status = 'dead' AND id < ?1 AND (?2 IS NULL OR agent_id = ?2)
+                     ORDER BY id DESC LIMIT ?3"
+                ))?
+                .query_map(params![before, agent_id, limit as i64], delivery_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            fill_attempts(c, &mut list)?;
+            Ok(list)
+        })
+        .await
+    }
+
+    async fn retry_dead(&self, id: Uuid) -> Result<Option<PendingDelivery>> {
+        self.write(move |c| {
+            let id = id.as_bytes().to_vec();
+            Ok(requeue(c, "d.id = ?1", &[&id])?.pop())
+        })
+        .await
+    }
+
+    async fn retry_dead_matching(&self, f: DeadFilter) -> Result<Vec<PendingDelivery>> {
+        self.write(move |c| {
+            requeue(
+                c,
+                "(?1 IS NULL OR d.agent_id = ?1) AND (?2 IS NULL OR e.source = ?2)
+                 AND (?3 IS NULL OR d.updated_at >= ?3)",
+                &[&f.agent_id, &f.source, &f.since],
+            )
+        })
+        .await
+    }
+
+    async fn delete_dead(&self, id: Uuid) -> Result<bool> {
+        self.write(move |c| {
+            let id = id.as_bytes().as_slice();
+            let n = c
+                .prepare_cached("DELETE FROM deliveries WHERE id = ?1 AND status = 'dead'")?
+                .execute([id])?;
+            if n > 0 {
+                c.prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?
+                    .execute([id])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()> {
+        self.write(move |c| insert_deliveries(c, event_id, crate::ingest::now_ms(), &deliveries))
+            .await
+    }
+
+    async fn finished_counts(&self) -> Result<(u64, u64)> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(status = 'dead'), 0), COALESCE(SUM(status = 'delivered'), 0)
+                 FROM deliveries",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
         })
         .await
     }
@@ -641,7 +844,7 @@ mod tests {
             delivery_id: delivery.map(str::to_string),
             timestamp: ts,
             filtered: false,
-            body: format!("{{\"id\":\"{id}\"}}"),
+            body: format!("{{\"id\":\"{id}\"}}").into(),
             deliveries: vec![],
         }
     }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod receiver;
 mod signed;
 
 mod archive;

@@ -1,0 +1,347 @@
+//! `/admin/filters`, `/admin/routes`, `/admin/agents`: list, get, create (409 on a taken id),
+//! create-or-replace with PUT, delete. Every change is validated, written to the store, and
+//! the compiled rule set is rebuilt and swapped before the answer, so it applies to the very
+//! next event.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiResult};
+use crate::app::{AppState, hash_api_key};
+use crate::ingest::verify::{StandardSigner, generate_standard_secret};
+use crate::rules::model::{Agent, EventFilter, EventRoute};
+use crate::rules::{self, ValidationError};
+use crate::store::{PutMode, PutOutcome, RuleKind, StoredRule};
+
+/// The field in an agent's stored JSON that holds the hash of its API key.
+pub const API_KEY_HASH: &str = "apiKeyHash";
+
+fn validation(e: ValidationError) -> ApiError {
+    ApiError::validation(e.field, e.message)
+}
+
+fn to_json<T: Serialize>(v: &T) -> ApiResult<String> {
+    serde_json::to_string(v).map_err(|e| ApiError::internal("serialize rule", e))
+}
+
+/// Parses a stored rule, dropping server-side fields the wire model does not have.
+pub fn parse_stored<T: DeserializeOwned>(body: &str) -> Result<T, String> {
+    let mut v: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    if let Value::Object(m) = &mut v {
+        m.remove(API_KEY_HASH);
+    }
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+fn kind_name(kind: RuleKind) -> &'static str {
+    match kind {
+        RuleKind::Filter => "filter",
+        RuleKind::Route => "route",
+        RuleKind::Agent => "agent",
+        RuleKind::RateLimit => "rate limit",
+    }
+}
+
+async fn list_kind(app: &AppState, kind: RuleKind) -> ApiResult<Json<Value>> {
+    let stored = app.store.list_rules(kind).await?;
+    let mut items = Vec::with_capacity(stored.len());
+    for r in stored {
+        let mut v: Value = serde_json::from_str(&r.body)
+            .map_err(|e| ApiError::internal("stored rule is not JSON", e))?;
+        if let Value::Object(m) = &mut v {
+            m.remove(API_KEY_HASH);
+        }
+        items.push(v);
+    }
+    Ok(Json(json!({ "items": items, "nextCursor": null })))
+}
+
+async fn get_kind(app: &AppState, kind: RuleKind, id: String) -> ApiResult<Json<Value>> {
+    let found = app
+        .store
+        .list_rules(kind)
+        .await?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("No {} with id \"{id}\"", kind_name(kind))))?;
+    let mut v: Value =
+        serde_json::from_str(&found.body).map_err(|e| ApiError::internal("stored rule", e))?;
+    if let Value::Object(m) = &mut v {
+        m.remove(API_KEY_HASH);
+    }
+    Ok(Json(v))
+}
+
+/// The id in a PUT body must match the path (or be absent, then the path's is used).
+fn take_path_id(body: &Bytes, path_id: &str) -> ApiResult<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::validation("body", format!("not valid JSON: {e}")))?;
+    let Value::Object(m) = &mut v else {
+        return Err(ApiError::validation("body", "expected a JSON object"));
+    };
+    match m.get("id") {
+        None => {
+            m.insert("id".into(), Value::String(path_id.to_string()));
+        }
+        Some(Value::String(s)) if s == path_id => {}
+        Some(_) => {
+            return Err(ApiError::validation(
+                "id",
+                format!("must match the id in the path (\"{path_id}\")"),
+            ));
+        }
+    }
+    serde_json::to_vec(&v).map_err(|e| ApiError::internal("re-encode body", e))
+}
+
+/// Writes one rule and swaps in the rebuilt rule set; answers 201 (created) or 200 (replaced).
+async fn save(
+    app: &AppState,
+    kind: RuleKind,
+    id: String,
+    stored_json: String,
+    answer: Value,
+    mode: PutMode,
+) -> ApiResult<Response> {
+    let outcome = app
+        .store
+        .put_rule(
+            kind,
+            StoredRule {
+                id: id.clone(),
+                body: stored_json,
+            },
+            mode,
+        )
+        .await?;
+    if outcome == PutOutcome::Exists {
+        return Err(ApiError::conflict(format!(
+            "A {} with id \"{id}\" already exists (use PUT to replace it)",
+            kind_name(kind)
+        )));
+    }
+    app.reload_rules().await?;
+    let status = match (mode, outcome) {
+        (PutMode::Create, _) => StatusCode::CREATED,
+        (_, PutOutcome::Created) => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(answer)).into_response())
+}
+
+// ---- filters ----
+
+pub async fn list_filters(State(app): State<AppState>) -> ApiResult<Json<Value>> {
+    list_kind(&app, RuleKind::Filter).await
+}
+
+pub async fn get_filter(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    get_kind(&app, RuleKind::Filter, id).await
+}
+
+async fn save_filter(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    let filter: EventFilter = rules::parse_filter(body).map_err(validation)?;
+    let json = to_json(&filter)?;
+    let _guard = app.rules_lock.lock().await;
+    let answer = serde_json::to_value(&filter).map_err(|e| ApiError::internal("filter", e))?;
+    save(app, RuleKind::Filter, filter.id.clone(), json, answer, mode).await
+}
+
+pub async fn create_filter(State(app): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    save_filter(&app, &body, PutMode::Create).await
+}
+
+pub async fn put_filter(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let body = take_path_id(&body, &id)?;
+    save_filter(&app, &body, PutMode::Upsert).await
+}
+
+pub async fn delete_filter(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    delete_kind(&app, RuleKind::Filter, id).await
+}
+
+// ---- routes ----
+
+pub async fn list_routes(State(app): State<AppState>) -> ApiResult<Json<Value>> {
+    list_kind(&app, RuleKind::Route).await
+}
+
+pub async fn get_route(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    get_kind(&app, RuleKind::Route, id).await
+}
+
+async fn save_route(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    let _guard = app.rules_lock.lock().await;
+    let agents = app.agent_ids().await?;
+    let route: EventRoute = rules::parse_route(body, &agents).map_err(validation)?;
+    let json = to_json(&route)?;
+    let answer = serde_json::to_value(&route).map_err(|e| ApiError::internal("route", e))?;
+    save(app, RuleKind::Route, route.id.clone(), json, answer, mode).await
+}
+
+pub async fn create_route(State(app): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    save_route(&app, &body, PutMode::Create).await
+}
+
+pub async fn put_route(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let body = take_path_id(&body, &id)?;
+    save_route(&app, &body, PutMode::Upsert).await
+}
+
+pub async fn delete_route(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    delete_kind(&app, RuleKind::Route, id).await
+}
+
+// ---- agents ----
+
+pub async fn list_agents(State(app): State<AppState>) -> ApiResult<Json<Value>> {
+    list_kind(&app, RuleKind::Agent).await
+}
+
+pub async fn get_agent(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    get_kind(&app, RuleKind::Agent, id).await
+}
+
+/// Validates an agent and prepares its stored form: a generated secret when none is given (or
+/// the existing one kept on replace), and the API key replaced by its hash.
+pub fn prepare_agent(
+    mut agent: Agent,
+    existing: Option<&str>,
+) -> Result<(Agent, String), ValidationError> {
+    let (old_secret, old_hash) = match existing.and_then(|b| serde_json::from_str::<Value>(b).ok())
+    {
+        Some(v) => (
+            v.get("secret").and_then(Value::as_str).map(str::to_string),
+            v.get(API_KEY_HASH)
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        ),
+        None => (None, None),
+    };
+    match &agent.secret {
+        Some(s) => {
+            StandardSigner::from_secret(s).map_err(|e| ValidationError {
+                field: "secret".into(),
+                message: format!("not a Standard Webhooks secret (whsec_ + base64): {e}"),
+            })?;
+        }
+        None => agent.secret = Some(old_secret.unwrap_or_else(generate_standard_secret)),
+    }
+    let hash = match agent.api_key.take() {
+        Some(k) if k.len() < 16 => {
+            return Err(ValidationError {
+                field: "apiKey".into(),
+                message: "must be at least 16 characters".into(),
+            });
+        }
+        Some(k) => Some(hash_api_key(k.as_bytes())),
+        None => old_hash,
+    };
+    let mut v = serde_json::to_value(&agent).map_err(|e| ValidationError {
+        field: "body".into(),
+        message: e.to_string(),
+    })?;
+    if let (Some(h), Value::Object(m)) = (hash, &mut v) {
+        m.insert(API_KEY_HASH.into(), Value::String(h));
+    }
+    Ok((agent, v.to_string()))
+}
+
+async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    let agent: Agent = rules::parse_agent(body).map_err(validation)?;
+    let _guard = app.rules_lock.lock().await;
+    let existing = app
+        .store
+        .list_rules(RuleKind::Agent)
+        .await?
+        .into_iter()
+        .find(|r| r.id == agent.id);
+    if existing.is_some() && mode == PutMode::Create {
+        return Err(ApiError::conflict(format!(
+            "An agent with id \"{}\" already exists (use PUT to replace it)",
+            agent.id
+        )));
+    }
+    let (agent, stored) =
+        prepare_agent(agent, existing.as_ref().map(|r| r.body.as_str())).map_err(validation)?;
+    let answer = serde_json::to_value(&agent).map_err(|e| ApiError::internal("agent", e))?;
+    save(app, RuleKind::Agent, agent.id.clone(), stored, answer, mode).await
+}
+
+pub async fn create_agent(State(app): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    save_agent(&app, &body, PutMode::Create).await
+}
+
+pub async fn put_agent(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let body = take_path_id(&body, &id)?;
+    save_agent(&app, &body, PutMode::Upsert).await
+}
+
+pub async fn delete_agent(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let _guard = app.rules_lock.lock().await;
+    // A route naming the agent would stop compiling: refuse rather than break routing.
+    for r in app.store.list_rules(RuleKind::Route).await? {
+        if let Ok(route) = parse_stored::<EventRoute>(&r.body)
+            && route.target_agents.iter().any(|a| a == &id)
+        {
+            return Err(ApiError::conflict(format!(
+                "Agent \"{id}\" is a target of route \"{}\"; change or delete the route first",
+                route.id
+            )));
+        }
+    }
+    delete_locked(&app, RuleKind::Agent, id).await
+}
+
+async fn delete_kind(app: &AppState, kind: RuleKind, id: String) -> ApiResult<Response> {
+    let _guard = app.rules_lock.lock().await;
+    delete_locked(app, kind, id).await
+}
+
+/// Deletes with `rules_lock` already held by the caller.
+async fn delete_locked(app: &AppState, kind: RuleKind, id: String) -> ApiResult<Response> {
+    if !app.store.delete_rule(kind, id.clone()).await? {
+        return Err(ApiError::not_found(format!(
+            "No {} with id \"{id}\"",
+            kind_name(kind)
+        )));
+    }
+    app.reload_rules().await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,744 @@
+//! The delivery scheduler: due deliveries held in memory, one lane per agent (its own backlog,
+//! concurrency limit and pacing), larger priority first, retries on timers, outcomes written
+//! back to the store in batches.
+//!
+//! One dispatcher task owns all scheduling state, so no locks are shared between lanes: ingest
+//! hands it committed deliveries through a channel (no polling), attempt tasks report back
+//! through the same channel. An agent that is slow or down only fills its own lane.
+
+pub mod policy;
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult};
+use crate::ingest::now_ms;
+use crate::store::{AttemptUpdate, DeliveryStatus, PendingDelivery, Store};
+use policy::RetryPolicy;
+
+/// One delivery as the scheduler holds it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub agent_id: Arc<str>,
+    pub route_id: Arc<str>,
+    pub priority: i64,
+    /// Attempts made so far (all time).
+    pub attempts: u32,
+    /// Attempts spent before the last dead-letter retry.
+    pub retry_base: u32,
+    pub policy: Arc<RetryPolicy>,
+    pub source: Arc<str>,
+    pub event_type: Arc<str>,
+    pub body: Bytes,
+    pub due_at: i64,
+    /// When the delivery was created (ms), for age and end-to-end latency.
+    pub created_at: i64,
+}
+
+impl Job {
+    /// A job from a stored delivery; `default_policy` applies when the route had none.
+    pub fn from_pending(p: PendingDelivery, default_policy: &Arc<RetryPolicy>) -> Job {
+        let policy = p
+            .retry_policy
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<RetryPolicy>(s).ok())
+            .map(Arc::new)
+            .unwrap_or_else(|| default_policy.clone());
+        Job {
+            delivery_id: p.id,
+            event_id: p.event_id,
+            agent_id: p.agent_id.into(),
+            route_id: p.route_id.into(),
+            priority: p.priority,
+            attempts: p.attempts,
+            retry_base: p.retry_base,
+            policy,
+            source: p.source.into(),
+            event_type: p.event_type.into(),
+            body: Bytes::from(p.body),
+            due_at: p.next_attempt_at,
+            created_at: p.created_at,
+        }
+    }
+}
+
+/// The agents the scheduler can deliver to, swapped whenever the rules change.
+pub type Targets = HashMap<Arc<str>, Arc<AgentTarget>>;
+
+/// Figures for `/queue/stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSnapshot {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub scheduled: u64,
+    pub oldest_pending_age_ms: u64,
+    pub by_priority: BTreeMap<String, u64>,
+    pub by_agent: BTreeMap<String, AgentQueue>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentQueue {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub scheduled: u64,
+}
+
+enum Msg {
+    Enqueue(Vec<Job>),
+    Done {
+        job: Box<Job>,
+        result: AttemptResult,
+        /// Random number in [0, 1) for jitter, drawn in the attempt task.
+        unit: f64,
+    },
+    TargetsChanged,
+    Snapshot(oneshot::Sender<QueueSnapshot>),
+}
+
+/// The handle the rest of the server holds.
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Deliveries accepted and not yet delivered or dead (the `max_queue_size` budget).
+    unfinished: Arc<AtomicI64>,
+    max: i64,
+}
+
+/// Refusal of new work: the queue holds `max_queue_size` unfinished deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl Queue {
+    /// Reserves room for `n` deliveries before they are committed (released if they are not).
+    pub fn reserve(&self, n: usize) -> Result<Reservation, QueueFull> {
+        let n = n as i64;
+        if n == 0 {
+            return Ok(Reservation {
+                unfinished: self.unfinished.clone(),
+                n: 0,
+            });
+        }
+        let prev = self.unfinished.fetch_add(n, AtomicOrdering::AcqRel);
+        if prev + n > self.max {
+            self.unfinished.fetch_sub(n, AtomicOrdering::AcqRel);
+            return Err(QueueFull);
+        }
+        Ok(Reservation {
+            unfinished: self.unfinished.clone(),
+            n,
+        })
+    }
+
+    /// Hands committed deliveries to the scheduler.
+    pub fn enqueue(&self, jobs: Vec<Job>, reservation: Reservation) {
+        reservation.keep();
+        if !jobs.is_empty() {
+            let _ = self.tx.send(Msg::Enqueue(jobs));
+        }
+    }
+
+    /// Deliveries that come back (dead-letter retries, replays) outside the ingest budget.
+    pub fn enqueue_unreserved(&self, jobs: Vec<Job>) {
+        self.unfinished
+            .fetch_add(jobs.len() as i64, AtomicOrdering::AcqRel);
+        if !jobs.is_empty() {
+            let _ = self.tx.send(Msg::Enqueue(jobs));
+        }
+    }
+
+    pub fn targets_changed(&self) {
+        let _ = self.tx.send(Msg::TargetsChanged);
+    }
+
+    pub fn unfinished(&self) -> u64 {
+        self.unfinished.load(AtomicOrdering::Acquire).max(0) as u64
+    }
+
+    pub async fn snapshot(&self) -> QueueSnapshot {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Snapshot(tx)).is_err() {
+            return QueueSnapshot::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Room reserved in the queue; dropping it without `keep` gives the room back.
+pub struct Reservation {
+    unfinished: Arc<AtomicI64>,
+    n: i64,
+}
+
+impl Reservation {
+    fn keep(mut self) {
+        self.n = 0;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.unfinished.fetch_sub(self.n, AtomicOrdering::AcqRel);
+        }
+    }
+}
+
+/// Ready jobs: larger priority first, then first come first served.
+struct Ready {
+    priority: i64,
+    seq: u64,
+    job: Job,
+}
+
+impl PartialEq for Ready {
+    fn eq(&self, o: &Self) -> bool {
+        self.priority == o.priority && self.seq == o.seq
+    }
+}
+impl Eq for Ready {}
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ready {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.priority
+            .cmp(&o.priority)
+            .then_with(|| o.seq.cmp(&self.seq))
+    }
+}
+
+/// A retry waiting for its time.
+struct Timed {
+    due: i64,
+    seq: u64,
+    job: Job,
+}
+impl PartialEq for Timed {
+    fn eq(&self, o: &Self) -> bool {
+        self.due == o.due && self.seq == o.seq
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Timed {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.due, self.seq).cmp(&(o.due, o.seq))
+    }
+}
+
+#[derive(Default)]
+struct Lane {
+    ready: BinaryHeap<Ready>,
+    in_flight: usize,
+    scheduled: usize,
+    /// GCRA theoretical arrival time (ms) for pacing.
+    tat: i64,
+    /// A pacing wake-up is already set for this lane.
+    waiting: bool,
+}
+
+struct Dispatcher {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    lanes: HashMap<Arc<str>, Lane>,
+    timers: BinaryHeap<Reverse<Timed>>,
+    wakeups: BinaryHeap<Reverse<(i64, Arc<str>)>>,
+    targets: Arc<ArcSwap<Targets>>,
+    client: reqwest::Client,
+    recorder: mpsc::UnboundedSender<AttemptUpdate>,
+    attempts: TaskTracker,
+    unfinished: Arc<AtomicI64>,
+    seq: u64,
+    stopping: bool,
+}
+
+/// Everything `start` needs.
+pub struct QueueConfig {
+    pub max_queue_size: u64,
+    pub default_policy: Arc<RetryPolicy>,
+}
+
+/// The running scheduler: the handle, and what shutdown waits on.
+pub struct Running {
+    pub queue: Queue,
+    dispatcher: tokio::task::JoinHandle<()>,
+    recorder: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops dispatching, lets in-flight attempts finish (bounded by `deadline`), and flushes
+    /// their outcomes to the store. What was not attempted stays pending in the store.
+    pub async fn shutdown(self, deadline: Duration) {
+        // The dispatcher watches the cancellation token; once it exits, attempts drain.
+        let _ = tokio::time::timeout(deadline, self.dispatcher).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.recorder).await;
+    }
+}
+
+/// Starts the scheduler and reloads unfinished deliveries from the store.
+pub async fn start(
+    store: Arc<dyn Store>,
+    targets: Arc<ArcSwap<Targets>>,
+    cfg: QueueConfig,
+    shutdown: CancellationToken,
+) -> crate::store::Result<Running> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (rec_tx, rec_rx) = mpsc::unbounded_channel();
+    let unfinished = Arc::new(AtomicI64::new(0));
+    let pending = store.unfinished_deliveries().await?;
+    let reloaded: Vec<Job> = pending
+        .into_iter()
+        .map(|p| Job::from_pending(p, &cfg.default_policy))
+        .collect();
+    if !reloaded.is_empty() {
+        tracing::info!(count = reloaded.len(), "reloaded unfinished deliveries");
+    }
+    unfinished.store(reloaded.len() as i64, AtomicOrdering::Release);
+    let queue = Queue {
+        tx: tx.clone(),
+        unfinished: unfinished.clone(),
+        max: cfg.max_queue_size.min(i64::MAX as u64) as i64,
+    };
+    let recorder = tokio::spawn(record_loop(store.clone(), rec_rx));
+    let mut d = Dispatcher {
+        rx,
+        tx,
+        lanes: HashMap::new(),
+        timers: BinaryHeap::new(),
+        wakeups: BinaryHeap::new(),
+        targets,
+        client: deliver::client(),
+        recorder: rec_tx,
+        attempts: TaskTracker::new(),
+        unfinished,
+        seq: 0,
+        stopping: false,
+    };
+    d.add(reloaded);
+    let dispatcher = tokio::spawn(async move { d.run(shutdown).await });
+    Ok(Running {
+        queue,
+        dispatcher,
+        recorder,
+    })
+}
+
+/// Writes attempt outcomes in batches: whatever arrived while the last write was committing.
+async fn record_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<AttemptUpdate>) {
+    let mut batch = Vec::with_capacity(1024);
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let updates = std::mem::take(&mut batch);
+        if let Err(e) = store.record_attempts(updates).await {
+            tracing::error!(error = %e, "recording delivery outcomes failed");
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn run(&mut self, shutdown: CancellationToken) {
+        loop {
+            let next = self.next_wake();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !self.stopping => {
+                    self.stopping = true;
+                    break;
+                }
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => break,
+                },
+                _ = sleep_until_ms(next), if next.is_some() => {}
+            }
+            self.fire_due();
+        }
+        // Hand back: whatever is queued stays pending in the store; in-flight attempts finish.
+        self.attempts.close();
+        let drain = async {
+            loop {
+                tokio::select! {
+                    _ = self.attempts.wait() => break,
+                    msg = self.rx.recv() => match msg {
+                        Some(Msg::Done { job, result, unit }) => self.finish(*job, result, unit),
+                        Some(Msg::Snapshot(tx)) => { let _ = tx.send(self.snapshot()); }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            }
+            // Outcomes that raced the tracker's completion.
+            while let Ok(msg) = self.rx.try_recv() {
+                if let Msg::Done { job, result, unit } = msg {
+                    self.finish(*job, result, unit);
+                }
+            }
+        };
+        drain.await;
+    }
+
+    fn next_wake(&self) -> Option<i64> {
+        let t = self.timers.peek().map(|Reverse(t)| t.due);
+        let w = self.wakeups.peek().map(|Reverse((at, _))| *at);
+        match (t, w) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Enqueue(jobs) => self.add(jobs),
+            Msg::Done { job, result, unit } => {
+                let agent = job.agent_id.clone();
+                self.finish(*job, result, unit);
+                self.pump(&agent);
+            }
+            Msg::TargetsChanged => {
+                let agents: Vec<Arc<str>> = self.lanes.keys().cloned().collect();
+                for a in agents {
+                    self.pump(&a);
+                }
+            }
+            Msg::Snapshot(tx) => {
+                let _ = tx.send(self.snapshot());
+            }
+        }
+    }
+
+    fn add(&mut self, jobs: Vec<Job>) {
+        let now = now_ms();
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        for job in jobs {
+            self.seq += 1;
+            let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+            if job.due_at > now {
+                lane.scheduled += 1;
+                self.timers.push(Reverse(Timed {
+                    due: job.due_at,
+                    seq: self.seq,
+                    job,
+                }));
+            } else {
+                if !touched.contains(&job.agent_id) {
+                    touched.push(job.agent_id.clone());
+                }
+                lane.ready.push(Ready {
+                    priority: job.priority,
+                    seq: self.seq,
+                    job,
+                });
+            }
+        }
+        for agent in touched {
+            self.pump(&agent);
+        }
+    }
+
+    /// Moves due retries into their lanes and pumps lanes whose pacing allows again.
+    fn fire_due(&mut self) {
+        let now = now_ms();
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        while self.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
+            let Some(Reverse(t)) = self.timers.pop() else {
+                break;
+            };
+            let lane = self.lanes.entry(t.job.agent_id.clone()).or_default();
+            lane.scheduled = lane.scheduled.saturating_sub(1);
+            if !touched.contains(&t.job.agent_id) {
+                touched.push(t.job.agent_id.clone());
+            }
+            lane.ready.push(Ready {
+                priority: t.job.priority,
+                seq: t.seq,
+                job: t.job,
+            });
+        }
+        while self
+            .wakeups
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((_, agent))) = self.wakeups.pop() else {
+                break;
+            };
+            if let Some(lane) = self.lanes.get_mut(&agent) {
+                lane.waiting = false;
+            }
+            if !touched.contains(&agent) {
+                touched.push(agent);
+            }
+        }
+        for agent in touched {
+            self.pump(&agent);
+        }
+    }
+
+    /// Starts as many attempts for this agent as its concurrency and pacing allow.
+    fn pump(&mut self, agent: &Arc<str>) {
+        if self.stopping {
+            return;
+        }
+        let targets = self.targets.load();
+        let target = targets.get(agent).cloned();
+        let Some(lane) = self.lanes.get_mut(agent) else {
+            return;
+        };
+        let Some(target) = target else {
+            // The agent was deleted (or lost its url): its deliveries cannot be made.
+            let dead: Vec<Job> = lane.ready.drain().map(|r| r.job).collect();
+            for job in dead {
+                let result = AttemptResult {
+                    delivered: false,
+                    started_at: now_ms(),
+                    duration_ms: 0,
+                    status_code: None,
+                    error: Some("the agent no longer exists or has no url".into()),
+                    response_prefix: None,
+                    retry_after: None,
+                };
+                self.dead_now(job, result);
+            }
+            return;
+        };
+        if !target.enabled {
+            // Held, not dropped: a disabled agent's deliveries wait until it is enabled again.
+            return;
+        }
+        let now = now_ms();
+        let mut start = Vec::new();
+        while lane.in_flight < target.max_concurrency.max(1) {
+            if lane.ready.is_empty() {
+                break;
+            }
+            if let Some(p) = target.pacing {
+                // GCRA: each attempt costs window/limit ms; up to `limit` may go at once.
+                let interval = (p.window_ms / p.limit.max(1) as u64).max(1) as i64;
+                let burst_span = p.window_ms as i64;
+                let tat = lane.tat.max(now);
+                if tat + interval - now > burst_span {
+                    if !lane.waiting {
+                        lane.waiting = true;
+                        self.wakeups
+                            .push(Reverse((tat + interval - burst_span, agent.clone())));
+                    }
+                    break;
+                }
+                lane.tat = tat + interval;
+            }
+            let Some(Ready { job, .. }) = lane.ready.pop() else {
+                break;
+            };
+            lane.in_flight += 1;
+            start.push(job);
+        }
+        for job in start {
+            self.spawn_attempt(job, target.clone());
+        }
+    }
+
+    fn spawn_attempt(&self, mut job: Job, target: Arc<AgentTarget>) {
+        let client = self.client.clone();
+        let tx = self.tx.clone();
+        job.attempts += 1;
+        self.attempts.spawn(async move {
+            let event_id = job.event_id.to_string();
+            let result = deliver::attempt(
+                &client,
+                &target,
+                AttemptRequest {
+                    event_id: &event_id,
+                    source: &job.source,
+                    event_type: &job.event_type,
+                    attempt: job.attempts,
+                    body: &job.body,
+                },
+            )
+            .await;
+            tracing::debug!(
+                event_id = %job.event_id,
+                agent = %job.agent_id,
+                attempt = job.attempts,
+                status = ?result.status_code,
+                delivered = result.delivered,
+                "delivery attempt"
+            );
+            let unit: f64 = rand::random();
+            let _ = tx.send(Msg::Done {
+                job: Box::new(job),
+                result,
+                unit,
+            });
+        });
+    }
+
+    /// Records an attempt's outcome and decides what comes next.
+    fn finish(&mut self, job: Job, result: AttemptResult, unit: f64) {
+        if let Some(lane) = self.lanes.get_mut(&job.agent_id) {
+            lane.in_flight = lane.in_flight.saturating_sub(1);
+        }
+        let used = job.attempts.saturating_sub(job.retry_base);
+        let (status, next) = if result.delivered {
+            (DeliveryStatus::Delivered, None)
+        } else if used >= job.policy.max_attempts {
+            (DeliveryStatus::Dead, None)
+        } else {
+            let delay = job.policy.next_delay(used, result.retry_after, unit);
+            (DeliveryStatus::Scheduled, Some(now_ms() + delay as i64))
+        };
+        let _ = self.recorder.send(AttemptUpdate {
+            delivery_id: job.delivery_id,
+            attempt: job.attempts,
+            started_at: result.started_at,
+            duration_ms: result.duration_ms,
+            status_code: result.status_code,
+            error: result.error,
+            response_prefix: result.response_prefix,
+            status,
+            next_attempt_at: next,
+        });
+        match next {
+            Some(due) => {
+                self.seq += 1;
+                let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+                lane.scheduled += 1;
+                self.timers.push(Reverse(Timed {
+                    due,
+                    seq: self.seq,
+                    job,
+                }));
+            }
+            None => {
+                self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            }
+        }
+    }
+
+    /// Dead-letters a job without an attempt (its agent is gone).
+    fn dead_now(&mut self, job: Job, result: AttemptResult) {
+        let _ = self.recorder.send(AttemptUpdate {
+            delivery_id: job.delivery_id,
+            attempt: job.attempts + 1,
+            started_at: result.started_at,
+            duration_ms: 0,
+            status_code: None,
+            error: result.error,
+            response_prefix: None,
+            status: DeliveryStatus::Dead,
+            next_attempt_at: None,
+        });
+        self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+    }
+
+    fn snapshot(&self) -> QueueSnapshot {
+        let now = now_ms();
+        let mut s = QueueSnapshot::default();
+        let mut oldest = i64::MAX;
+        for (agent, lane) in &self.lanes {
+            let a = AgentQueue {
+                pending: lane.ready.len() as u64,
+                in_flight: lane.in_flight as u64,
+                scheduled: lane.scheduled as u64,
+            };
+            s.pending += a.pending;
+            s.in_flight += a.in_flight;
+            s.scheduled += a.scheduled;
+            for r in lane.ready.iter() {
+                oldest = oldest.min(r.job.created_at);
+                *s.by_priority.entry(r.priority.to_string()).or_default() += 1;
+            }
+            if a.pending + a.in_flight + a.scheduled > 0 {
+                s.by_agent.insert(agent.to_string(), a);
+            }
+        }
+        for Reverse(t) in self.timers.iter() {
+            *s.by_priority.entry(t.job.priority.to_string()).or_default() += 1;
+        }
+        if oldest != i64::MAX {
+            s.oldest_pending_age_ms = (now - oldest).max(0) as u64;
+        }
+        s
+    }
+}
+
+async fn sleep_until_ms(at: Option<i64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let wait = (at - now_ms()).max(0) as u64;
+    tokio::time::sleep_until(Instant::now() + Duration::from_millis(wait)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_order_is_priority_then_fifo() {
+        let job = |p: i64| Job {
+            delivery_id: Uuid::nil(),
+            event_id: Uuid::nil(),
+            agent_id: "a".into(),
+            route_id: "r".into(),
+            priority: p,
+            attempts: 0,
+            retry_base: 0,
+            policy: Arc::new(RetryPolicy::server_default(3, 10)),
+            source: "s".into(),
+            event_type: "t".into(),
+            body: Bytes::new(),
+            due_at: 0,
+            created_at: 0,
+        };
+        let mut h = BinaryHeap::new();
+        for (seq, p) in [(1, 0), (2, 5), (3, 0), (4, 5), (5, 10)] {
+            h.push(Ready {
+                priority: p,
+                seq,
+                job: job(p),
+            });
+        }
+        let order: Vec<(i64, u64)> =
+            std::iter::from_fn(|| h.pop().map(|r| (r.priority, r.seq))).collect();
+        assert_eq!(order, [(10, 5), (5, 2), (5, 4), (0, 1), (0, 3)]);
+    }
+
+    #[test]
+    fn reservations_are_released_unless_kept() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let q = Queue {
+            tx,
+            unfinished: Arc::new(AtomicI64::new(0)),
+            max: 3,
+        };
+        let r = q.reserve(2).unwrap();
+        assert!(q.reserve(2).is_err());
+        drop(r);
+        assert_eq!(q.unfinished(), 0);
+        let r = q.reserve(3).unwrap();
+        q.enqueue(Vec::new(), r);
+        assert_eq!(q.unfinished(), 3);
+        assert_eq!(q.reserve(1).err(), Some(QueueFull));
+    }
+}

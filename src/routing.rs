@@ -1,0 +1,242 @@
+//! The glue between the rules engine and delivery: loading the stored rules into a compiled
+//! `RuleSet`, the delivery targets and the agent-key index; and turning one event's evaluation
+//! into delivery rows to commit and jobs for the scheduler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::api::rules::{API_KEY_HASH, parse_stored};
+use crate::deliver::{AgentTarget, Pacing};
+use crate::event::EventHeader;
+use crate::ingest::verify::StandardSigner;
+use crate::queue::policy::RetryPolicy;
+use crate::queue::{Job, Targets};
+use crate::rules::model::{Agent, EventFilter, EventRoute};
+use crate::rules::{PlannedBody, RuleOptions, RuleSet};
+use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Store, StoreError};
+
+/// SHA-256 (hex) of an API key: keys are stored and indexed only as hashes.
+pub fn hash_api_key(key: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, key))
+}
+
+/// Everything compiled from the stored rules, swapped as one.
+pub struct Compiled {
+    pub rules: Arc<RuleSet>,
+    pub targets: Arc<Targets>,
+    /// API-key hash -> agent id.
+    pub agent_keys: HashMap<String, Arc<str>>,
+}
+
+/// Reads filters, routes and agents from the store and compiles them. A stored object that no
+/// longer parses is logged and skipped rather than taking the whole router down.
+pub async fn load(store: &dyn Store, opts: RuleOptions) -> Result<Compiled, StoreError> {
+    let mut filters: Vec<EventFilter> = Vec::new();
+    for r in store.list_rules(RuleKind::Filter).await? {
+        match parse_stored(&r.body) {
+            Ok(f) => filters.push(f),
+            Err(e) => tracing::error!(id = %r.id, error = %e, "stored filter is invalid; skipped"),
+        }
+    }
+    let mut agents: Vec<Agent> = Vec::new();
+    let mut agent_keys = HashMap::new();
+    for r in store.list_rules(RuleKind::Agent).await? {
+        match parse_stored::<Agent>(&r.body) {
+            Ok(a) => {
+                if let Some(h) = serde_json::from_str::<Value>(&r.body).ok().and_then(|v| {
+                    v.get(API_KEY_HASH)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                }) {
+                    agent_keys.insert(h, Arc::from(a.id.as_str()));
+                }
+                agents.push(a)
+            }
+            Err(e) => tracing::error!(id = %r.id, error = %e, "stored agent is invalid; skipped"),
+        }
+    }
+    let mut routes: Vec<EventRoute> = Vec::new();
+    for r in store.list_rules(RuleKind::Route).await? {
+        match parse_stored(&r.body) {
+            Ok(x) => routes.push(x),
+            Err(e) => tracing::error!(id = %r.id, error = %e, "stored route is invalid; skipped"),
+        }
+    }
+    let rules = match RuleSet::build(&filters, &routes, &agents, opts.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            // Validation on the way in makes this unreachable in practice; if stored data is
+            // inconsistent anyway, route nothing rather than route wrongly.
+            tracing::error!(error = %e, "the stored rules do not compile; no routes active");
+            RuleSet::build(&filters, &[], &agents, opts).unwrap_or_else(|_| RuleSet::empty())
+        }
+    };
+    let targets: Targets = agents
+        .iter()
+        .filter_map(|a| match target(a) {
+            Ok(t) => t.map(|t| (Arc::from(a.id.as_str()), Arc::new(t))),
+            Err(e) => {
+                tracing::error!(agent = %a.id, error = %e, "agent cannot be delivered to");
+                None
+            }
+        })
+        .collect();
+    Ok(Compiled {
+        rules: Arc::new(rules),
+        targets: Arc::new(targets),
+        agent_keys,
+    })
+}
+
+/// The delivery target of an agent with a `url`; `None` for stream-only agents.
+pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
+    let Some(url) = &a.url else {
+        return Ok(None);
+    };
+    let url: reqwest::Url = url.parse().map_err(|e| format!("url: {e}"))?;
+    let secret = a.secret.as_deref().ok_or("no signing secret")?;
+    let signer = StandardSigner::from_secret(secret).map_err(|e| format!("secret: {e}"))?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in &a.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k}: {e}"))?;
+        let value = HeaderValue::from_str(v).map_err(|e| format!("header {k}: {e}"))?;
+        headers.insert(name, value);
+    }
+    Ok(Some(AgentTarget {
+        id: Arc::from(a.id.as_str()),
+        url,
+        signer,
+        headers,
+        timeout: Duration::from_millis(a.timeout_ms.max(1)),
+        max_concurrency: a.max_concurrency.max(1) as usize,
+        pacing: a.rate_limit.map(|r| Pacing {
+            limit: r.limit.max(1),
+            window_ms: r.window.max(1),
+        }),
+        enabled: a.enabled,
+    }))
+}
+
+/// What routing decided for one event.
+pub struct Plan {
+    pub processed: bool,
+    /// Every agent that will receive the event (push or stream).
+    pub routed: bool,
+    /// Rows committed with the event.
+    pub deliveries: Vec<NewDelivery>,
+    /// The push deliveries, for the scheduler once committed.
+    pub jobs: Vec<Job>,
+}
+
+/// Evaluates the rules on an event and builds its deliveries. `event_body` is the archived
+/// event (before any transformation); `default_policy` applies to routes without one.
+pub fn plan(
+    rules: &RuleSet,
+    targets: &Targets,
+    head: &EventHeader,
+    event: &mut Value,
+    event_body: &Bytes,
+    default_policy: &Arc<RetryPolicy>,
+) -> Plan {
+    let eval = rules.evaluate(event);
+    for fe in &eval.filter_errors {
+        tracing::warn!(event_id = %head.id, filter = %fe.filter_id, error = %fe.error, "transform filter failed; skipped");
+    }
+    let routed = eval.routed();
+    if eval.deliveries.is_empty() {
+        return Plan {
+            processed: eval.processed,
+            routed,
+            deliveries: Vec::new(),
+            jobs: Vec::new(),
+        };
+    }
+    // Global transforms rewrite the event in place; deliveries of the event "as is" then
+    // carry the rewritten body, while the archive keeps the event as received.
+    let globally_changed = eval.globally_transformed;
+    let mut shared_event_body: Option<Bytes> = None;
+    let source: Arc<str> = Arc::from(head.source.as_str());
+    let event_type: Arc<str> = Arc::from(head.event_type.as_str());
+    let now = crate::ingest::now_ms();
+    let mut deliveries = Vec::with_capacity(eval.deliveries.len());
+    let mut jobs = Vec::with_capacity(eval.deliveries.len());
+    for pd in eval.deliveries {
+        let Some(_target) = targets.get(&pd.agent_id) else {
+            // Stream-only agent: reached through its streams, nothing to push.
+            continue;
+        };
+        let id = Uuid::now_v7();
+        let policy = pd
+            .retry
+            .map(Arc::new)
+            .unwrap_or_else(|| default_policy.clone());
+        let retry_json = pd
+            .retry
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok());
+        let (body, stored_body, status, error) = match pd.body {
+            PlannedBody::Event if !globally_changed => (
+                Some(event_body.clone()),
+                None,
+                DeliveryStatus::Pending,
+                None,
+            ),
+            PlannedBody::Event => {
+                let b = shared_event_body
+                    .get_or_insert_with(|| Bytes::from(event.to_string()))
+                    .clone();
+                (Some(b.clone()), Some(b), DeliveryStatus::Pending, None)
+            }
+            PlannedBody::Transformed(v) => {
+                let b = Bytes::from(v.to_string());
+                (Some(b.clone()), Some(b), DeliveryStatus::Pending, None)
+            }
+            PlannedBody::Failed(err) => (
+                None,
+                None,
+                DeliveryStatus::Dead,
+                Some(format!("transformation failed: {err}")),
+            ),
+        };
+        deliveries.push(NewDelivery {
+            id,
+            agent_id: pd.agent_id.to_string(),
+            route_id: pd.route_id.to_string(),
+            priority: pd.priority,
+            status,
+            body: stored_body,
+            retry_policy: retry_json,
+            next_attempt_at: now,
+            last_error: error,
+        });
+        if let Some(body) = body {
+            jobs.push(Job {
+                delivery_id: id,
+                event_id: head.id,
+                agent_id: pd.agent_id.clone(),
+                route_id: pd.route_id.clone(),
+                priority: pd.priority,
+                attempts: 0,
+                retry_base: 0,
+                policy,
+                source: source.clone(),
+                event_type: event_type.clone(),
+                body,
+                due_at: now,
+                created_at: now,
+            });
+        }
+    }
+    Plan {
+        processed: eval.processed,
+        routed,
+        deliveries,
+        jobs,
+    }
+}

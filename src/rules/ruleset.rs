@@ -1,0 +1,1200 @@
+//! The compiled rule set and the evaluation of one event (API.md section 5).
+//!
+//! Built once per change of filters, routes or agents, then shared read-only
+//! (the server keeps it in an `ArcSwap`). Evaluation never allocates when
+//! nothing matches: scopes are interned to integers at build time and
+//! checked before any condition, conditions walk precompiled paths, and
+//! output vectors grow only when something is found.
+//!
+//! Decisions where the contract is silent:
+//! - Global `transform` filters run as a pipeline: each one's scope and
+//!   conditions are checked against the event as the previous ones left it.
+//!   A run-time failure of one leaves the event as it was before that filter
+//!   and the pipeline goes on (reported in [`Evaluation::filter_errors`]):
+//!   a broken enrichment must not stop every delivery of every route.
+//! - A route's source filter matches when its scope covers the event AND its
+//!   conditions hold. So a route whose include filter is scoped to
+//!   `github/pull_request` receives nothing else (unlike global include
+//!   filters, which only constrain the events in their scope).
+//! - A route's matching `transform` source filters, then its own
+//!   transformation, run on that route's copy; any failure there fails that
+//!   route's deliveries ([`PlannedBody::Failed`]) and nothing else.
+//! - Disabled filters (global or inside routes) are ignored as if absent.
+//! - Filters of equal priority run in id order, routes of equal priority in
+//!   id order, so evaluation is deterministic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::condition::Condition;
+use super::model::{Agent, EventFilter, EventRoute, FilterAction, RetryPolicy};
+use super::transform::{self, JqProgram, TransformPool};
+use super::validate::ValidationError;
+
+/// Fields a transformation cannot change (API.md section 5).
+pub const IMMUTABLE_FIELDS: [&str; 4] = ["id", "source", "deliveryId", "timestamp"];
+
+/// Build options.
+#[derive(Debug, Clone)]
+pub struct RuleOptions {
+    /// Time budget of one transformation run (default 50 ms).
+    pub transform_budget: Duration,
+    /// Worker threads running transformations (default 2).
+    pub transform_workers: usize,
+    /// How long a transformation may wait for a free worker before its
+    /// delivery fails (default 1 s).
+    pub transform_queue_timeout: Duration,
+}
+
+impl Default for RuleOptions {
+    fn default() -> Self {
+        RuleOptions {
+            transform_budget: Duration::from_millis(50),
+            transform_workers: 2,
+            transform_queue_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The outcome of evaluating one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The event passed the global filters (`false` = filtered out).
+    pub processed: bool,
+    /// One per agent, ordered by priority (desc) then agent id.
+    pub deliveries: Vec<PlannedDelivery>,
+    /// Global transform filters that failed at run time and were skipped;
+    /// for the server to log.
+    pub filter_errors: Vec<FilterError>,
+    /// A global transform filter rewrote the event (so it differs from the archived one).
+    pub globally_transformed: bool,
+}
+
+impl Evaluation {
+    /// At least one agent will receive the event (`routed` of the ingest
+    /// response).
+    pub fn routed(&self) -> bool {
+        !self.deliveries.is_empty()
+    }
+}
+
+/// A global transform filter that failed on this event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError {
+    pub filter_id: Arc<str>,
+    pub error: String,
+}
+
+/// A delivery to create for the event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedDelivery {
+    pub agent_id: Arc<str>,
+    pub route_id: Arc<str>,
+    /// The route's priority: queue order, larger first.
+    pub priority: i64,
+    /// The route's policy; `None` = the server's default.
+    pub retry: Option<RetryPolicy>,
+    pub body: PlannedBody,
+}
+
+/// What to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlannedBody {
+    /// The (globally transformed) event as is.
+    Event,
+    /// The route's transformed copy of the event.
+    Transformed(Value),
+    /// The route's transformation failed or ran past its budget: the caller
+    /// puts this delivery straight into the dead-letter queue with this
+    /// error.
+    Failed(String),
+}
+
+/// Interned scope value: index into the rule set's source or type table.
+type ScopeId = u32;
+/// The event's source or type is not named by any filter.
+const UNKNOWN_SCOPE: ScopeId = ScopeId::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct EventScope {
+    source: ScopeId,
+    event_type: ScopeId,
+}
+
+#[derive(Debug)]
+struct CompiledFilter {
+    id: Arc<str>,
+    source: Option<ScopeId>,
+    event_type: Option<ScopeId>,
+    conditions: Box<[Condition]>,
+    program: Option<Arc<JqProgram>>,
+}
+
+impl CompiledFilter {
+    #[inline]
+    fn in_scope(&self, scope: EventScope) -> bool {
+        self.source.is_none_or(|s| s == scope.source)
+            && self.event_type.is_none_or(|t| t == scope.event_type)
+    }
+
+    #[inline]
+    fn conditions_hold(&self, event: &Value) -> bool {
+        self.conditions.iter().all(|c| c.holds(event))
+    }
+
+    #[inline]
+    fn matches(&self, event: &Value, scope: EventScope) -> bool {
+        self.in_scope(scope) && self.conditions_hold(event)
+    }
+}
+
+/// Enabled filters by action; transforms in run order.
+#[derive(Debug, Default)]
+struct FilterGroup {
+    excludes: Box<[CompiledFilter]>,
+    includes: Box<[CompiledFilter]>,
+    transforms: Box<[CompiledFilter]>,
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    id: Arc<str>,
+    priority: i64,
+    retry: Option<RetryPolicy>,
+    filters: FilterGroup,
+    transformation: Option<Arc<JqProgram>>,
+    /// Enabled, configured agents, each once.
+    agents: Box<[AgentRef]>,
+}
+
+#[derive(Debug, Clone)]
+struct AgentRef {
+    index: usize,
+    id: Arc<str>,
+}
+
+impl CompiledRoute {
+    fn matches(&self, event: &Value, scope: EventScope) -> bool {
+        let f = &self.filters;
+        !f.excludes.iter().any(|x| x.matches(event, scope))
+            && (f.includes.is_empty() || f.includes.iter().any(|x| x.matches(event, scope)))
+    }
+
+    fn has_transforms(&self) -> bool {
+        self.transformation.is_some() || !self.filters.transforms.is_empty()
+    }
+}
+
+/// Filters, routes and agents compiled for evaluation. Immutable,
+/// `Send + Sync`.
+pub struct RuleSet {
+    filters: FilterGroup,
+    /// Enabled routes with at least one deliverable agent, by priority desc
+    /// then id.
+    routes: Box<[CompiledRoute]>,
+    /// Every configured agent, enabled or not.
+    agents: HashMap<String, Arc<Agent>>,
+    sources: HashMap<Box<str>, ScopeId>,
+    types: HashMap<Box<str>, ScopeId>,
+    /// Started only when some filter or route transforms.
+    pool: Option<TransformPool>,
+    budget: Duration,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("filters", &self.filters)
+            .field("routes", &self.routes)
+            .field("agents", &self.agents.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Builder {
+    sources: HashMap<Box<str>, ScopeId>,
+    types: HashMap<Box<str>, ScopeId>,
+    /// One compiled program per distinct expression.
+    programs: HashMap<String, Arc<JqProgram>>,
+}
+
+impl Builder {
+    fn intern(table: &mut HashMap<Box<str>, ScopeId>, name: &str) -> ScopeId {
+        let next = ScopeId::try_from(table.len()).unwrap_or(UNKNOWN_SCOPE - 1);
+        *table.entry(name.into()).or_insert(next)
+    }
+
+    fn program(&mut self, expression: &str) -> Result<Arc<JqProgram>, ValidationError> {
+        if let Some(p) = self.programs.get(expression) {
+            return Ok(Arc::clone(p));
+        }
+        let program = transform::compile(expression)
+            .map(Arc::new)
+            .map_err(|e| ValidationError::new("transformation.expression", e.to_string()))?;
+        self.programs
+            .insert(expression.to_owned(), Arc::clone(&program));
+        Ok(program)
+    }
+
+    fn filter(&mut self, f: &EventFilter) -> Result<CompiledFilter, ValidationError> {
+        let conditions = f
+            .conditions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Condition::compile(c).map_err(|e| e.under(&format!("conditions[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let program = match (f.action, &f.transformation) {
+            (FilterAction::Transform, Some(t)) => Some(self.program(&t.expression)?),
+            (FilterAction::Transform, None) => {
+                return Err(ValidationError::new(
+                    "transformation",
+                    "required when action is \"transform\"",
+                ));
+            }
+            _ => None,
+        };
+        Ok(CompiledFilter {
+            id: f.id.as_str().into(),
+            source: f
+                .source
+                .as_deref()
+                .map(|s| Self::intern(&mut self.sources, s)),
+            event_type: f
+                .event_type
+                .as_deref()
+                .map(|t| Self::intern(&mut self.types, t)),
+            conditions,
+            program,
+        })
+    }
+
+    fn group<'a>(
+        &mut self,
+        filters: impl Iterator<Item = (usize, &'a EventFilter)>,
+        prefix: &str,
+    ) -> Result<FilterGroup, ValidationError> {
+        let mut excludes = Vec::new();
+        let mut includes = Vec::new();
+        let mut transforms = Vec::new();
+        for (i, f) in filters {
+            if !f.enabled {
+                continue;
+            }
+            let compiled = self.filter(f).map_err(|e| {
+                let e = e.under(&format!("{prefix}[{i}]"));
+                ValidationError::new(e.field, format!("{} (filter {:?})", e.message, f.id))
+            })?;
+            match f.action {
+                FilterAction::Exclude => excludes.push(compiled),
+                FilterAction::Include => includes.push(compiled),
+                FilterAction::Transform => transforms.push((f.priority, compiled)),
+            }
+        }
+        transforms.sort_by(|(pa, a), (pb, b)| pb.cmp(pa).then_with(|| a.id.cmp(&b.id)));
+        Ok(FilterGroup {
+            excludes: excludes.into(),
+            includes: includes.into(),
+            transforms: transforms.into_iter().map(|(_, f)| f).collect(),
+        })
+    }
+}
+
+fn duplicate<'a>(ids: impl Iterator<Item = &'a str>) -> Option<(usize, &'a str)> {
+    let mut seen = std::collections::HashSet::new();
+    ids.enumerate().find(|(_, id)| !seen.insert(*id))
+}
+
+impl RuleSet {
+    /// A rule set with no filters, routes or agents: every event is
+    /// processed and routed nowhere.
+    pub fn empty() -> Self {
+        RuleSet {
+            filters: FilterGroup::default(),
+            routes: Box::new([]),
+            agents: HashMap::new(),
+            sources: HashMap::new(),
+            types: HashMap::new(),
+            pool: None,
+            budget: RuleOptions::default().transform_budget,
+        }
+    }
+
+    /// Compiles everything (paths, regexes, jq programs). Filters, routes and
+    /// agents are assumed validated, but compile errors still surface, as do
+    /// duplicate ids. Routes may name unknown or disabled agents: those get
+    /// no deliveries.
+    pub fn build(
+        filters: &[EventFilter],
+        routes: &[EventRoute],
+        agents: &[Agent],
+        opts: RuleOptions,
+    ) -> Result<RuleSet, ValidationError> {
+        if let Some((i, id)) = duplicate(filters.iter().map(|f| f.id.as_str())) {
+            return Err(ValidationError::new(
+                format!("filters[{i}].id"),
+                format!("duplicate id {id:?}"),
+            ));
+        }
+        if let Some((i, id)) = duplicate(routes.iter().map(|r| r.id.as_str())) {
+            return Err(ValidationError::new(
+                format!("routes[{i}].id"),
+                format!("duplicate id {id:?}"),
+            ));
+        }
+        if let Some((i, id)) = duplicate(agents.iter().map(|a| a.id.as_str())) {
+            return Err(ValidationError::new(
+                format!("agents[{i}].id"),
+                format!("duplicate id {id:?}"),
+            ));
+        }
+
+        let mut b = Builder {
+            sources: HashMap::new(),
+            types: HashMap::new(),
+            programs: HashMap::new(),
+        };
+        let global = b.group(filters.iter().enumerate(), "filters")?;
+
+        let agent_index: HashMap<&str, usize> = agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.enabled)
+            .map(|(i, a)| (a.id.as_str(), i))
+            .collect();
+        let mut compiled_routes = Vec::new();
+        for (ri, route) in routes.iter().enumerate() {
+            if !route.enabled {
+                continue;
+            }
+            let prefix = format!("routes[{ri}]");
+            let mut targets: Vec<AgentRef> = Vec::new();
+            for id in &route.target_agents {
+                if let Some(&index) = agent_index.get(id.as_str())
+                    && !targets.iter().any(|t| t.index == index)
+                {
+                    targets.push(AgentRef {
+                        index,
+                        id: id.as_str().into(),
+                    });
+                }
+            }
+            if targets.is_empty() {
+                // Nothing to deliver: no need to compile or evaluate it.
+                continue;
+            }
+            let filters = b
+                .group(
+                    route.source_filters.iter().enumerate(),
+                    &format!("{prefix}.sourceFilters"),
+                )
+                .map_err(|e| {
+                    ValidationError::new(e.field, format!("{} in route {:?}", e.message, route.id))
+                })?;
+            let transformation = match &route.transformation {
+                Some(t) => Some(b.program(&t.expression).map_err(|e| {
+                    ValidationError::new(
+                        format!("{prefix}.{}", e.field),
+                        format!("{} (route {:?})", e.message, route.id),
+                    )
+                })?),
+                None => None,
+            };
+            compiled_routes.push(CompiledRoute {
+                id: route.id.as_str().into(),
+                priority: route.priority,
+                retry: route.retry_policy,
+                filters,
+                transformation,
+                agents: targets.into(),
+            });
+        }
+        compiled_routes.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+
+        let pool = (!b.programs.is_empty()).then(|| {
+            TransformPool::new(
+                opts.transform_workers,
+                opts.transform_budget,
+                opts.transform_queue_timeout,
+            )
+        });
+        Ok(RuleSet {
+            filters: global,
+            routes: compiled_routes.into(),
+            agents: agents
+                .iter()
+                .map(|a| (a.id.clone(), Arc::new(a.clone())))
+                .collect(),
+            sources: b.sources,
+            types: b.types,
+            pool,
+            budget: opts.transform_budget,
+        })
+    }
+
+    /// A configured agent (enabled or not), for the delivery and stream
+    /// layers.
+    pub fn agent(&self, id: &str) -> Option<&Arc<Agent>> {
+        self.agents.get(id)
+    }
+
+    /// Every configured agent.
+    pub fn agents(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.agents.values()
+    }
+
+    /// Runs the section 5 semantics on one event (the section 4 object).
+    /// Global transform filters rewrite `event` in place; a filtered-out
+    /// event is left untouched.
+    pub fn evaluate(&self, event: &mut Value) -> Evaluation {
+        let mut scope = self.scope_of(event);
+        let filters = &self.filters;
+
+        // 1. Any matching exclude filter filters the event out.
+        if filters.excludes.iter().any(|f| f.matches(event, scope)) {
+            return Evaluation::filtered();
+        }
+        // 2. Include filters constrain only the events in their scope.
+        let mut any_in_scope = false;
+        let mut any_match = false;
+        for f in filters.includes.iter().filter(|f| f.in_scope(scope)) {
+            any_in_scope = true;
+            if f.conditions_hold(event) {
+                any_match = true;
+                break;
+            }
+        }
+        if any_in_scope && !any_match {
+            return Evaluation::filtered();
+        }
+        // 3. Transform filters, larger priority first, as a pipeline.
+        let mut filter_errors = Vec::new();
+        let mut globally_transformed = false;
+        for f in filters.transforms.iter() {
+            let Some(program) = &f.program else { continue };
+            if !f.matches(event, scope) {
+                continue;
+            }
+            match self.transform(program, event) {
+                Ok(out) => {
+                    *event = out;
+                    globally_transformed = true;
+                    scope = self.scope_of(event);
+                }
+                Err(error) => filter_errors.push(FilterError {
+                    filter_id: Arc::clone(&f.id),
+                    error,
+                }),
+            }
+        }
+
+        let deliveries = self.route(event, scope);
+        Evaluation {
+            processed: true,
+            deliveries,
+            filter_errors,
+            globally_transformed,
+        }
+    }
+
+    fn route(&self, event: &Value, scope: EventScope) -> Vec<PlannedDelivery> {
+        // (agent index, route index): the first route to reach an agent wins,
+        // as routes are sorted by priority desc then id.
+        let mut winners: Vec<(usize, usize)> = Vec::new();
+        for (ri, route) in self.routes.iter().enumerate() {
+            if route
+                .agents
+                .iter()
+                .all(|a| winners.iter().any(|(w, _)| *w == a.index))
+            {
+                continue;
+            }
+            if !route.matches(event, scope) {
+                continue;
+            }
+            for a in route.agents.iter() {
+                if !winners.iter().any(|(w, _)| *w == a.index) {
+                    winners.push((a.index, ri));
+                }
+            }
+        }
+        if winners.is_empty() {
+            return Vec::new();
+        }
+
+        let mut deliveries = Vec::with_capacity(winners.len());
+        // Each winning route's body is computed once and shared by its agents.
+        let mut bodies: Vec<(usize, PlannedBody)> = Vec::new();
+        for &(agent_index, ri) in &winners {
+            let route = &self.routes[ri];
+            let body = match bodies.iter().find(|(r, _)| *r == ri) {
+                Some((_, body)) => body.clone(),
+                None => {
+                    let body = self.route_body(route, event, scope);
+                    bodies.push((ri, body.clone()));
+                    body
+                }
+            };
+            let agent_id = route
+                .agents
+                .iter()
+                .find(|a| a.index == agent_index)
+                .map(|a| Arc::clone(&a.id))
+                .unwrap_or_else(|| Arc::from(""));
+            deliveries.push(PlannedDelivery {
+                agent_id,
+                route_id: Arc::clone(&route.id),
+                priority: route.priority,
+                retry: route.retry,
+                body,
+            });
+        }
+        deliveries.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.agent_id.cmp(&b.agent_id))
+        });
+        deliveries
+    }
+
+    /// The route's copy of the event: its matching transform source filters
+    /// (pipeline), then its own transformation.
+    fn route_body(&self, route: &CompiledRoute, event: &Value, scope: EventScope) -> PlannedBody {
+        if !route.has_transforms() {
+            return PlannedBody::Event;
+        }
+        let mut copy: Option<Value> = None;
+        let mut scope = scope;
+        for f in route.filters.transforms.iter() {
+            let Some(program) = &f.program else { continue };
+            let current = copy.as_ref().unwrap_or(event);
+            if !f.matches(current, scope) {
+                continue;
+            }
+            match self.transform(program, current) {
+                Ok(out) => {
+                    scope = self.scope_of(&out);
+                    copy = Some(out);
+                }
+                Err(e) => return PlannedBody::Failed(format!("filter {:?}: {e}", &*f.id)),
+            }
+        }
+        if let Some(program) = &route.transformation {
+            let current = copy.as_ref().unwrap_or(event);
+            match self.transform(program, current) {
+                Ok(out) => copy = Some(out),
+                Err(e) => return PlannedBody::Failed(e),
+            }
+        }
+        match copy {
+            Some(v) => PlannedBody::Transformed(v),
+            None => PlannedBody::Event,
+        }
+    }
+
+    /// Runs one program on `event` within the budget and puts the immutable
+    /// fields back as they were (removed if they were absent).
+    fn transform(&self, program: &Arc<JqProgram>, event: &Value) -> Result<Value, String> {
+        let Some(pool) = &self.pool else {
+            return Err("no transformation worker pool".into());
+        };
+        let mut out = pool
+            .run(program, event.clone())
+            .map_err(|e| e.to_string())?;
+        if let Value::Object(obj) = &mut out {
+            for key in IMMUTABLE_FIELDS {
+                match event.get(key) {
+                    Some(v) => {
+                        obj.insert(key.to_owned(), v.clone());
+                    }
+                    None => {
+                        obj.remove(key);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn scope_of(&self, event: &Value) -> EventScope {
+        let lookup = |table: &HashMap<Box<str>, ScopeId>, key: &str| {
+            if table.is_empty() {
+                return UNKNOWN_SCOPE;
+            }
+            event
+                .get(key)
+                .and_then(Value::as_str)
+                .and_then(|s| table.get(s).copied())
+                .unwrap_or(UNKNOWN_SCOPE)
+        };
+        EventScope {
+            source: lookup(&self.sources, "source"),
+            event_type: lookup(&self.types, "type"),
+        }
+    }
+
+    /// The time budget of one transformation run.
+    pub fn transform_budget(&self) -> Duration {
+        self.budget
+    }
+}
+
+impl Evaluation {
+    fn filtered() -> Self {
+        Evaluation {
+            processed: false,
+            deliveries: Vec::new(),
+            filter_errors: Vec::new(),
+            globally_transformed: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::model::*;
+    use serde_json::json;
+    use std::time::Instant;
+
+    fn filter(v: Value) -> EventFilter {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn route(v: Value) -> EventRoute {
+        let mut r: EventRoute = serde_json::from_value(v).unwrap();
+        crate::rules::validate::fill_route_defaults(&mut r);
+        r
+    }
+
+    fn agent(id: &str) -> Agent {
+        serde_json::from_value(json!({"id": id, "name": id})).unwrap()
+    }
+
+    fn agents(ids: &[&str]) -> Vec<Agent> {
+        ids.iter().map(|id| agent(id)).collect()
+    }
+
+    fn event(source: &str, ty: &str, payload: Value) -> Value {
+        json!({"id": "0193a1c4-0000-7000-8000-000000000001", "source": source, "type": ty,
+               "action": payload.get("action").cloned().unwrap_or(Value::Null),
+               "deliveryId": "d-1", "timestamp": 1764170000123u64,
+               "payload": payload, "metadata": {"identifier": "octocat"}})
+    }
+
+    fn build(filters: Vec<Value>, routes: Vec<Value>, agent_ids: &[&str]) -> RuleSet {
+        RuleSet::build(
+            &filters.into_iter().map(filter).collect::<Vec<_>>(),
+            &routes.into_iter().map(route).collect::<Vec<_>>(),
+            &agents(agent_ids),
+            RuleOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn targets(e: &Evaluation) -> Vec<(String, String)> {
+        e.deliveries
+            .iter()
+            .map(|d| (d.agent_id.to_string(), d.route_id.to_string()))
+            .collect()
+    }
+
+    fn exclude_draft_prs() -> Value {
+        json!({"id": "exclude-draft-prs", "name": "Exclude Draft PRs", "source": "github",
+               "eventType": "pull_request", "action": "exclude", "priority": 10, "enabled": true,
+               "conditions": [{"field": "payload.pull_request.draft", "operator": "equals", "value": true}]})
+    }
+
+    fn high_priority_issues() -> Value {
+        json!({"id": "high-priority-issues", "name": "High Priority Issues", "source": "linear",
+               "eventType": "issue", "action": "include", "priority": 5, "enabled": true,
+               "conditions": [{"field": "payload.data.priority", "operator": "gt", "value": 3}]})
+    }
+
+    fn everything_to(agent: &str) -> Value {
+        json!({"id": format!("all-{agent}"), "name": "all", "targetAgents": [agent]})
+    }
+
+    #[test]
+    fn is_send_sync() {
+        fn assert<T: Send + Sync>() {}
+        assert::<RuleSet>();
+        assert::<Evaluation>();
+        assert::<arc_swap::ArcSwap<RuleSet>>();
+    }
+
+    #[test]
+    fn empty_processes_and_routes_nowhere() {
+        let mut e = event("github", "push", json!({}));
+        let before = e.clone();
+        let out = RuleSet::empty().evaluate(&mut e);
+        assert!(out.processed);
+        assert!(!out.routed());
+        assert_eq!(e, before);
+    }
+
+    #[test]
+    fn the_two_design_examples() {
+        let rules = build(
+            vec![exclude_draft_prs(), high_priority_issues()],
+            vec![everything_to("bot")],
+            &["bot"],
+        );
+        let cases = [
+            (
+                event(
+                    "github",
+                    "pull_request",
+                    json!({"pull_request": {"draft": true}}),
+                ),
+                false,
+            ),
+            (
+                event(
+                    "github",
+                    "pull_request",
+                    json!({"pull_request": {"draft": false}}),
+                ),
+                true,
+            ),
+            (
+                event("github", "pull_request", json!({"pull_request": {}})),
+                true,
+            ),
+            // out of the exclude filter's scope
+            (
+                event("github", "issues", json!({"pull_request": {"draft": true}})),
+                true,
+            ),
+            (
+                event(
+                    "gitlab",
+                    "pull_request",
+                    json!({"pull_request": {"draft": true}}),
+                ),
+                true,
+            ),
+            (
+                event("linear", "issue", json!({"data": {"priority": 4}})),
+                true,
+            ),
+            (
+                event("linear", "issue", json!({"data": {"priority": 3}})),
+                false,
+            ),
+            (
+                event("linear", "issue", json!({"data": {"priority": "4"}})),
+                false,
+            ),
+            (event("linear", "issue", json!({"data": {}})), false),
+            // outside every include filter's scope: passes
+            (
+                event("linear", "comment", json!({"data": {"priority": 0}})),
+                true,
+            ),
+            (event("slack", "message", json!({})), true),
+        ];
+        for (i, (mut e, processed)) in cases.into_iter().enumerate() {
+            let out = rules.evaluate(&mut e);
+            assert_eq!(out.processed, processed, "case {i}");
+            assert_eq!(
+                out.routed(),
+                processed,
+                "case {i}: filtered events get no deliveries"
+            );
+        }
+    }
+
+    #[test]
+    fn exclude_beats_include_and_any_include_suffices() {
+        let rules = build(
+            vec![
+                json!({"id": "inc-a", "name": "a", "action": "include", "source": "github",
+                       "conditions": [{"field": "payload.repo", "operator": "equals", "value": "a"}]}),
+                json!({"id": "inc-b", "name": "b", "action": "include", "source": "github",
+                       "conditions": [{"field": "payload.repo", "operator": "equals", "value": "b"}]}),
+                json!({"id": "exc", "name": "x", "action": "exclude",
+                       "conditions": [{"field": "payload.bot", "operator": "equals", "value": true}]}),
+                json!({"id": "off", "name": "off", "action": "exclude", "enabled": false, "conditions": []}),
+            ],
+            vec![everything_to("bot")],
+            &["bot"],
+        );
+        let p = |e: Value| rules.evaluate(&mut e.clone()).processed;
+        assert!(p(event("github", "push", json!({"repo": "a"}))));
+        assert!(p(event("github", "push", json!({"repo": "b"}))));
+        assert!(!p(event("github", "push", json!({"repo": "c"}))));
+        assert!(!p(event(
+            "github",
+            "push",
+            json!({"repo": "a", "bot": true})
+        )));
+        assert!(!p(event("linear", "issue", json!({"bot": true}))));
+        assert!(p(event("linear", "issue", json!({}))));
+    }
+
+    #[test]
+    fn transforms_run_by_priority_as_a_pipeline() {
+        let t = |id: &str, prio: i64, expr: &str, conds: Value| {
+            json!({"id": id, "name": id, "action": "transform", "priority": prio,
+                   "transformation": {"type": "jq", "expression": expr}, "conditions": conds})
+        };
+        let rules = build(
+            vec![
+                t("b-low", 1, ".payload.trail += [\"low\"]", json!([])),
+                t(
+                    "a-high",
+                    9,
+                    ".payload.trail += [\"high\"] | .payload.tagged = true",
+                    json!([]),
+                ),
+                // same priority as b-low: id order puts a-tie first
+                t("a-tie", 1, ".payload.trail += [\"tie\"]", json!([])),
+                // sees the effect of a-high
+                t(
+                    "needs-tag",
+                    0,
+                    ".payload.trail += [\"tagged\"]",
+                    json!([{"field": "payload.tagged", "operator": "equals", "value": true}]),
+                ),
+                t(
+                    "never",
+                    100,
+                    ".payload.trail += [\"never\"]",
+                    json!([{"field": "payload.nope", "operator": "exists", "value": true}]),
+                ),
+            ],
+            vec![everything_to("bot")],
+            &["bot"],
+        );
+        let mut e = event("github", "push", json!({"trail": []}));
+        let out = rules.evaluate(&mut e);
+        assert!(out.processed);
+        assert!(out.filter_errors.is_empty());
+        assert_eq!(
+            e["payload"]["trail"],
+            json!(["high", "tie", "low", "tagged"])
+        );
+        assert_eq!(out.deliveries[0].body, PlannedBody::Event);
+    }
+
+    #[test]
+    fn transforms_cannot_change_immutable_fields() {
+        let rules = build(
+            vec![
+                json!({"id": "t", "name": "t", "action": "transform", "transformation": {"type": "jq",
+                "expression": "{id: \"x\", source: \"evil\", deliveryId: null, timestamp: 0, type: \"renamed\", payload: .payload, extra: 1}"}}),
+            ],
+            vec![],
+            &[],
+        );
+        let mut e = event("github", "push", json!({"a": 1}));
+        let original = e.clone();
+        rules.evaluate(&mut e);
+        for key in IMMUTABLE_FIELDS {
+            assert_eq!(e[key], original[key], "{key}");
+        }
+        assert_eq!(e["type"], "renamed");
+        assert_eq!(e["extra"], 1);
+        assert!(e.get("metadata").is_none(), "the program dropped it");
+
+        // absent originally -> removed
+        let mut e = json!({"source": "github", "type": "push", "payload": {}});
+        rules.evaluate(&mut e);
+        assert!(
+            e.get("id").is_none() && e.get("deliveryId").is_none() && e.get("timestamp").is_none()
+        );
+        assert_eq!(e["source"], "github");
+    }
+
+    #[test]
+    fn global_transform_failure_leaves_event_and_continues() {
+        let rules = build(
+            vec![
+                json!({"id": "boom", "name": "b", "action": "transform", "priority": 2,
+                       "transformation": {"type": "jq", "expression": "error(\"nope\")"}}),
+                json!({"id": "slow", "name": "s", "action": "transform", "priority": 1,
+                       "transformation": {"type": "jq", "expression": "def f: f; f"}}),
+                json!({"id": "ok", "name": "o", "action": "transform", "priority": 0,
+                       "transformation": {"type": "jq", "expression": ".payload.ok = true"}}),
+            ],
+            vec![everything_to("bot")],
+            &["bot"],
+        );
+        let mut e = event("github", "push", json!({}));
+        let out = rules.evaluate(&mut e);
+        assert!(out.processed && out.routed());
+        assert_eq!(e["payload"], json!({"ok": true}));
+        let errs: Vec<(&str, &str)> = out
+            .filter_errors
+            .iter()
+            .map(|f| (&*f.filter_id, f.error.as_str()))
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                ("boom", "jq error: nope"),
+                ("slow", "transformation exceeded its time budget of 50 ms")
+            ]
+        );
+    }
+
+    #[test]
+    fn filtered_event_is_not_transformed() {
+        let rules = build(
+            vec![
+                json!({"id": "x", "name": "x", "action": "exclude", "conditions": []}),
+                json!({"id": "t", "name": "t", "action": "transform",
+                       "transformation": {"type": "jq", "expression": ".payload.t = 1"}}),
+            ],
+            vec![everything_to("bot")],
+            &["bot"],
+        );
+        let mut e = event("github", "push", json!({}));
+        let before = e.clone();
+        let out = rules.evaluate(&mut e);
+        assert!(!out.processed && !out.routed());
+        assert_eq!(e, before);
+    }
+
+    #[test]
+    fn routes_match_on_their_source_filters() {
+        let rules = build(
+            vec![],
+            vec![
+                json!({"id": "prs", "name": "prs", "targetAgents": ["reviewer"],
+                       "sourceFilters": [{"action": "include", "source": "github", "eventType": "pull_request"},
+                                         {"action": "exclude", "conditions": [
+                                             {"field": "payload.pull_request.draft", "operator": "equals", "value": true}]}]}),
+                json!({"id": "bugs", "name": "bugs", "targetAgents": ["triage"],
+                       "sourceFilters": [{"action": "include", "conditions": [
+                           {"field": "payload.pull_request.labels.name", "operator": "equals", "value": "bug"}]},
+                                         {"action": "include", "source": "linear"}]}),
+                json!({"id": "no-draft-anything", "name": "n", "targetAgents": ["audit"],
+                       "sourceFilters": [{"action": "exclude", "conditions": [
+                           {"field": "payload.pull_request.draft", "operator": "equals", "value": true}]}]}),
+                json!({"id": "disabled-filter", "name": "d", "targetAgents": ["all"],
+                       "sourceFilters": [{"action": "include", "enabled": false, "source": "nowhere"}]}),
+            ],
+            &["reviewer", "triage", "audit", "all"],
+        );
+        let route_of = |e: Value| {
+            let mut agents: Vec<String> = rules
+                .evaluate(&mut e.clone())
+                .deliveries
+                .iter()
+                .map(|d| d.agent_id.to_string())
+                .collect();
+            agents.sort();
+            agents
+        };
+        assert_eq!(
+            route_of(event(
+                "github",
+                "pull_request",
+                json!({"pull_request": {"draft": false, "labels": [{"name": "bug"}]}})
+            )),
+            ["all", "audit", "reviewer", "triage"]
+        );
+        assert_eq!(
+            route_of(event(
+                "github",
+                "pull_request",
+                json!({"pull_request": {"draft": true, "labels": []}})
+            )),
+            ["all"]
+        );
+        assert_eq!(
+            route_of(event("linear", "issue", json!({}))),
+            ["all", "audit", "triage"]
+        );
+        assert_eq!(
+            route_of(event("github", "push", json!({}))),
+            ["all", "audit"]
+        );
+    }
+
+    #[test]
+    fn one_delivery_per_agent_from_the_highest_priority_route() {
+        let rules = build(
+            vec![],
+            vec![
+                json!({"id": "low", "name": "l", "priority": 1, "targetAgents": ["a", "b"]}),
+                json!({"id": "high", "name": "h", "priority": 9, "targetAgents": ["b", "c"],
+                       "retryPolicy": {"maxAttempts": 2, "backoffStrategy": "fixed", "baseDelay": 5, "maxDelay": 5}}),
+                json!({"id": "zeta", "name": "z", "priority": 5, "targetAgents": ["d"]}),
+                json!({"id": "alpha", "name": "a", "priority": 5, "targetAgents": ["d", "d"]}),
+                json!({"id": "off", "name": "o", "priority": 99, "enabled": false, "targetAgents": ["a"]}),
+                json!({"id": "ghost", "name": "g", "priority": 99, "targetAgents": ["unknown", "disabled"]}),
+            ],
+            &["a", "b", "c", "d"],
+        );
+        let mut e = event("github", "push", json!({}));
+        let out = rules.evaluate(&mut e);
+        assert_eq!(
+            targets(&out),
+            [("b", "high"), ("c", "high"), ("d", "alpha"), ("a", "low")]
+                .map(|(a, r)| (a.to_string(), r.to_string()))
+        );
+        assert_eq!(out.deliveries[0].priority, 9);
+        assert_eq!(out.deliveries[0].retry.unwrap().max_attempts, 2);
+        assert_eq!(out.deliveries[3].retry, None);
+    }
+
+    #[test]
+    fn disabled_agents_get_nothing() {
+        let mut off = agent("off");
+        off.enabled = false;
+        let rules = RuleSet::build(
+            &[],
+            &[route(
+                json!({"id": "r", "name": "r", "targetAgents": ["off", "on"]}),
+            )],
+            &[off, agent("on")],
+            RuleOptions::default(),
+        )
+        .unwrap();
+        let out = rules.evaluate(&mut event("github", "push", json!({})));
+        assert_eq!(targets(&out), [("on".to_string(), "r".to_string())]);
+        assert!(rules.agent("off").is_some(), "still a configured agent");
+        assert!(rules.agent("nope").is_none());
+    }
+
+    #[test]
+    fn route_transformations_work_on_copies() {
+        let rules = build(
+            vec![],
+            vec![
+                json!({"id": "slim", "name": "s", "priority": 2, "targetAgents": ["a", "b"],
+                       "transformation": {"type": "jq", "expression": "{id: \"forged\", type, summary: .payload.title}"}}),
+                json!({"id": "tagged", "name": "t", "priority": 1, "targetAgents": ["c"],
+                       "sourceFilters": [
+                           {"action": "transform", "priority": 1, "transformation": {"type": "jq", "expression": ".payload.step1 = true"}},
+                           {"action": "transform", "priority": 0,
+                            "conditions": [{"field": "payload.step1", "operator": "equals", "value": true}],
+                            "transformation": {"type": "jq", "expression": ".payload.step2 = true"}},
+                           {"action": "transform", "source": "linear", "transformation": {"type": "jq", "expression": ".payload.never = true"}}],
+                       "transformation": {"type": "jq", "expression": ".payload.final = (.payload.step2 // false)"}}),
+                json!({"id": "broken", "name": "x", "targetAgents": ["d"],
+                       "transformation": {"type": "jq", "expression": ".payload.title | ascii_downcase"}}),
+                json!({"id": "plain", "name": "p", "targetAgents": ["e"]}),
+            ],
+            &["a", "b", "c", "d", "e"],
+        );
+        let mut e = event("github", "issues", json!({"title": "Hello"}));
+        let before = e.clone();
+        let out = rules.evaluate(&mut e);
+        assert_eq!(e, before, "route transformations never touch the event");
+        let body = |agent: &str| {
+            out.deliveries
+                .iter()
+                .find(|d| &*d.agent_id == agent)
+                .unwrap()
+                .body
+                .clone()
+        };
+        let slim = json!({"id": before["id"], "source": "github", "deliveryId": "d-1",
+                          "timestamp": 1764170000123u64, "type": "issues", "summary": "Hello"});
+        assert_eq!(body("a"), PlannedBody::Transformed(slim.clone()));
+        assert_eq!(body("b"), PlannedBody::Transformed(slim));
+        let PlannedBody::Transformed(c) = body("c") else {
+            panic!("{:?}", body("c"))
+        };
+        assert_eq!(
+            c["payload"],
+            json!({"title": "Hello", "step1": true, "step2": true, "final": true})
+        );
+        let PlannedBody::Failed(err) = body("d") else {
+            panic!()
+        };
+        assert_eq!(
+            err,
+            "transformation must yield exactly one object, got a string"
+        );
+        assert_eq!(body("e"), PlannedBody::Event);
+    }
+
+    #[test]
+    fn runaway_route_transformation_fails_only_its_delivery_within_budget() {
+        let rules = RuleSet::build(
+            &[],
+            &[
+                route(json!({"id": "loop", "name": "l", "targetAgents": ["a"],
+                             "transformation": {"type": "jq", "expression": "[range(1e12)]"}})),
+                route(json!({"id": "fine", "name": "f", "targetAgents": ["b"]})),
+            ],
+            &agents(&["a", "b"]),
+            RuleOptions {
+                transform_budget: Duration::from_millis(20),
+                ..RuleOptions::default()
+            },
+        )
+        .unwrap();
+        let started = Instant::now();
+        let out = rules.evaluate(&mut event("github", "push", json!({})));
+        assert!(
+            started.elapsed()
+                < Duration::from_millis(20)
+                    + transform::BACKSTOP_GRACE
+                    + Duration::from_millis(150)
+        );
+        assert_eq!(out.deliveries.len(), 2);
+        assert_eq!(
+            out.deliveries
+                .iter()
+                .find(|d| &*d.agent_id == "a")
+                .unwrap()
+                .body,
+            PlannedBody::Failed("transformation exceeded its time budget of 20 ms".into())
+        );
+        assert_eq!(
+            out.deliveries
+                .iter()
+                .find(|d| &*d.agent_id == "b")
+                .unwrap()
+                .body,
+            PlannedBody::Event
+        );
+    }
+
+    #[test]
+    fn build_errors_surface_with_location() {
+        let bad_regex = filter(json!({"id": "f", "name": "f", "action": "include",
+            "conditions": [{"field": "a", "operator": "regex", "value": "("}]}));
+        let e = RuleSet::build(&[bad_regex], &[], &[], RuleOptions::default()).unwrap_err();
+        assert_eq!(e.field, "filters[0].conditions[0].value");
+        assert!(
+            e.message.contains("invalid regex") && e.message.contains("(filter \"f\")"),
+            "{e}"
+        );
+
+        let bad_jq = route(json!({"id": "r", "name": "r", "targetAgents": ["a"],
+            "transformation": {"type": "jq", "expression": "{"}}));
+        let e =
+            RuleSet::build(&[], &[bad_jq], &agents(&["a"]), RuleOptions::default()).unwrap_err();
+        assert_eq!(e.field, "routes[0].transformation.expression");
+
+        let f = filter(json!({"id": "same", "name": "f", "action": "include"}));
+        let e = RuleSet::build(&[f.clone(), f], &[], &[], RuleOptions::default()).unwrap_err();
+        assert_eq!(e.to_string(), "filters[1].id: duplicate id \"same\"");
+    }
+
+    #[test]
+    fn type_changes_rescope_later_rules() {
+        let rules = build(
+            vec![
+                json!({"id": "t", "name": "t", "action": "transform", "source": "internal",
+                        "transformation": {"type": "jq", "expression": ".type = \"deploy\""}}),
+            ],
+            vec![
+                json!({"id": "deploys", "name": "d", "targetAgents": ["ops"],
+                        "sourceFilters": [{"action": "include", "source": "internal", "eventType": "deploy"}]}),
+            ],
+            &["ops"],
+        );
+        let out = rules.evaluate(&mut event("internal", "raw", json!({})));
+        assert_eq!(targets(&out), [("ops".to_string(), "deploys".to_string())]);
+    }
+}
