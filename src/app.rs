@@ -25,6 +25,7 @@ use crate::routing::{self, Compiled, Plan};
 use crate::rules::{self, RuleOptions};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{PendingDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
+use crate::stream::Hub;
 
 pub use crate::routing::hash_api_key;
 
@@ -46,6 +47,7 @@ pub struct Inner {
     /// The targets the scheduler reads (the same `Arc` as in `compiled`).
     pub targets: Arc<ArcSwap<Targets>>,
     pub queue: Queue,
+    pub hub: Arc<Hub>,
     pub default_policy: Arc<RetryPolicy>,
     pub rule_options: RuleOptions,
     pub started: Instant,
@@ -69,23 +71,44 @@ impl AppState {
     /// A source is enabled when it has a secret; `internal` also when any agent key exists.
     pub fn source_enabled(&self, source: &Source) -> bool {
         source.secrets.is_some()
-            || (source.name == "internal" && self.config.agent_api_key.is_some())
+            || (source.name == "internal"
+                && (self.config.agent_api_key.is_some()
+                    || !self.compiled.load().agent_keys.is_empty()))
     }
 
-    /// `Authorization: Bearer <key>` against the agent key, in constant time.
-    pub fn is_agent_key(&self, authorization: &[u8]) -> bool {
-        let Some(key) = bearer(authorization) else {
-            return false;
-        };
-        self.config
+    /// Which agent a key belongs to: `Some(None)` for the shared `AGENT_API_KEY` (any agent),
+    /// `Some(Some(id))` for an agent's own key, `None` for no agent key at all.
+    pub fn agent_for_key(&self, key: &[u8]) -> Option<Option<Arc<str>>> {
+        if self
+            .config
             .agent_api_key
             .as_ref()
             .is_some_and(|k| verify::ct_eq(key, k.0.as_bytes()))
+        {
+            return Some(None);
+        }
+        // Agents' own keys are looked up by their SHA-256: the index holds no key, and a hash
+        // lookup reveals nothing usable about a key's bytes.
+        self.compiled
+            .load()
+            .agent_keys
+            .get(&hash_api_key(key))
+            .map(|id| Some(id.clone()))
+    }
+
+    /// `Authorization: Bearer <key>` with the agent key or any agent's own key.
+    pub fn is_agent_key(&self, authorization: &[u8]) -> bool {
+        bearer(authorization).is_some_and(|k| self.agent_for_key(k).is_some())
     }
 
     /// `Authorization: Bearer <key>` against the admin key, in constant time.
     pub fn is_admin_key(&self, authorization: &[u8]) -> bool {
-        bearer(authorization).is_some_and(|k| verify::ct_eq(k, self.admin_key.0.as_bytes()))
+        bearer(authorization).is_some_and(|k| self.admin_key_matches(k))
+    }
+
+    /// A bare key against the admin key, in constant time.
+    pub fn admin_key_matches(&self, key: &[u8]) -> bool {
+        verify::ct_eq(key, self.admin_key.0.as_bytes())
     }
 
     /// Rebuilds the inbound rate limits from the store (the truth) and swaps them in.
@@ -187,8 +210,13 @@ impl Server {
         }
         // In-flight delivery attempts finish (or are handed back as pending) within what is
         // left of the deadline; their outcomes are flushed before the store closes.
+        // Keep a second for flushing outcomes and closing the store.
         self.scheduler
-            .shutdown(deadline.saturating_sub(started.elapsed()))
+            .shutdown(
+                deadline
+                    .saturating_sub(started.elapsed())
+                    .saturating_sub(Duration::from_secs(1)),
+            )
             .await;
         self.state.store.close().await;
     }
@@ -292,6 +320,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         compiled: ArcSwap::new(Arc::new(compiled)),
         targets,
         queue: scheduler.queue.clone(),
+        hub: Arc::new(Hub::new(config.stream_buffer)),
         default_policy,
         rule_options,
         sources,

@@ -84,8 +84,10 @@ impl Declared {
     /// The location to report for an error on `field` (a path such as `conditions[0].operator`).
     pub fn location_of(&self, field: &str) -> &str {
         let head = field.split(['.', '[']).next().unwrap_or("");
+        // Errors name fields in camelCase; the file may spell the key in snake_case.
         self.key_locations
             .get(head)
+            .or_else(|| self.key_locations.get(&crate::event::snake_case(head)))
             .map(String::as_str)
             .unwrap_or(&self.location)
     }
@@ -113,6 +115,10 @@ pub struct Config {
     pub filters: Vec<Declared>,
     pub routes: Vec<Declared>,
     pub rate_limits: Vec<Declared>,
+    /// How often streams send a heartbeat.
+    pub stream_heartbeat: std::time::Duration,
+    /// Messages buffered per stream before a slow consumer is cut off.
+    pub stream_buffer: usize,
     /// Group-commit batch ceiling: how many webhooks may share one transaction.
     pub commit_batch_max: usize,
     /// The file the config came from, if any.
@@ -143,6 +149,8 @@ impl Default for Config {
             filters: Vec::new(),
             routes: Vec::new(),
             rate_limits: Vec::new(),
+            stream_heartbeat: std::time::Duration::from_secs(15),
+            stream_buffer: 4096,
             commit_batch_max: 1024,
             config_file: None,
         }
@@ -373,6 +381,14 @@ impl Config {
                     },
                     None => err(expected("a string", item)),
                 },
+                "stream_heartbeat_ms" => match int_in(item, 100, 3_600_000) {
+                    Ok(v) => self.stream_heartbeat = std::time::Duration::from_millis(v as u64),
+                    Err(m) => err(m),
+                },
+                "stream_buffer" => match int_in(item, 1, 1_000_000) {
+                    Ok(v) => self.stream_buffer = v as usize,
+                    Err(m) => err(m),
+                },
                 "log_format" => match item.as_str().map(parse_log_format) {
                     Some(Ok(f)) => self.log_format = f,
                     Some(Err(m)) => err(m),
@@ -544,6 +560,9 @@ impl Config {
         if let Some(v) = num("RETENTION_DAYS", 1, 36_500) {
             self.retention_days = v as u32;
         }
+        if let Some(v) = num("STREAM_HEARTBEAT_MS", 100, 3_600_000) {
+            self.stream_heartbeat = std::time::Duration::from_millis(v as u64);
+        }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
                 location: format!("env {name}"),
@@ -632,6 +651,8 @@ const KNOWN_KEYS: &[&str] = &[
     "retention_days",
     "log_level",
     "log_format",
+    "stream_heartbeat_ms",
+    "stream_buffer",
     "sources",
     "agents",
     "filters",
@@ -950,6 +971,12 @@ mod tests {
         assert_eq!(cfg.agents[1].value["headers"]["x"], "1");
         assert_eq!(cfg.agents[0].location_of("url"), "c.toml:4:1");
         assert_eq!(cfg.agents[1].location_of("headers.x"), "c.toml:8:1");
+        cfg.apply_file(
+            Path::new("c.toml"),
+            "[[routes]]\nid = \"r\"\ntarget_agents = [\"x\"]\n",
+            &mut errors,
+        );
+        assert_eq!(cfg.routes[0].location_of("targetAgents[0]"), "c.toml:3:1");
     }
 
     #[test]

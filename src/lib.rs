@@ -17,6 +17,7 @@ pub mod routing;
 pub mod rules;
 pub mod send;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 
 pub use app::{Server, run, start};

@@ -20,6 +20,7 @@ use crate::queue::{Job, Targets};
 use crate::rules::model::{Agent, EventFilter, EventRoute};
 use crate::rules::{PlannedBody, RuleOptions, RuleSet};
 use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Store, StoreError};
+use crate::stream::StreamItem;
 
 /// SHA-256 (hex) of an API key: keys are stored and indexed only as hashes.
 pub fn hash_api_key(key: &[u8]) -> String {
@@ -126,12 +127,18 @@ pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
 /// What routing decided for one event.
 pub struct Plan {
     pub processed: bool,
-    /// Every agent that will receive the event (push or stream).
+    /// At least one agent will receive the event (push or stream).
     pub routed: bool,
     /// Rows committed with the event.
     pub deliveries: Vec<NewDelivery>,
+    /// Stream-only agents reached (their rows keep stream resume possible).
+    pub streamed: Vec<(String, Option<Bytes>)>,
     /// The push deliveries, for the scheduler once committed.
     pub jobs: Vec<Job>,
+    /// What each routed agent's streams receive, published once committed.
+    pub streams: Vec<StreamItem>,
+    /// The processed event for the admin firehose (`None` when filtered out).
+    pub firehose_body: Option<Bytes>,
 }
 
 /// Evaluates the rules on an event and builds its deliveries. `event_body` is the archived
@@ -148,75 +155,84 @@ pub fn plan(
     for fe in &eval.filter_errors {
         tracing::warn!(event_id = %head.id, filter = %fe.filter_id, error = %fe.error, "transform filter failed; skipped");
     }
-    let routed = eval.routed();
+    // Global transforms rewrite the event in place; deliveries of the event "as is" then carry
+    // the rewritten body, while the archive keeps the event as received.
+    let as_is: Bytes = if eval.globally_transformed {
+        Bytes::from(event.to_string())
+    } else {
+        event_body.clone()
+    };
+    let mut plan = Plan {
+        processed: eval.processed,
+        routed: eval.routed(),
+        deliveries: Vec::with_capacity(eval.deliveries.len()),
+        streamed: Vec::new(),
+        jobs: Vec::with_capacity(eval.deliveries.len()),
+        streams: Vec::with_capacity(eval.deliveries.len()),
+        firehose_body: eval.processed.then(|| as_is.clone()),
+    };
     if eval.deliveries.is_empty() {
-        return Plan {
-            processed: eval.processed,
-            routed,
-            deliveries: Vec::new(),
-            jobs: Vec::new(),
-        };
+        return plan;
     }
-    // Global transforms rewrite the event in place; deliveries of the event "as is" then
-    // carry the rewritten body, while the archive keeps the event as received.
-    let globally_changed = eval.globally_transformed;
-    let mut shared_event_body: Option<Bytes> = None;
     let source: Arc<str> = Arc::from(head.source.as_str());
     let event_type: Arc<str> = Arc::from(head.event_type.as_str());
     let now = crate::ingest::now_ms();
-    let mut deliveries = Vec::with_capacity(eval.deliveries.len());
-    let mut jobs = Vec::with_capacity(eval.deliveries.len());
     for pd in eval.deliveries {
-        let Some(_target) = targets.get(&pd.agent_id) else {
-            // Stream-only agent: reached through its streams, nothing to push.
-            continue;
-        };
-        let id = Uuid::now_v7();
-        let policy = pd
-            .retry
-            .map(Arc::new)
-            .unwrap_or_else(|| default_policy.clone());
-        let retry_json = pd
-            .retry
-            .as_ref()
-            .and_then(|p| serde_json::to_string(p).ok());
-        let (body, stored_body, status, error) = match pd.body {
-            PlannedBody::Event if !globally_changed => (
-                Some(event_body.clone()),
-                None,
-                DeliveryStatus::Pending,
-                None,
-            ),
+        // (what to send, what to store if it differs from the archive, its JSON view)
+        let (body, stored, view, error) = match pd.body {
             PlannedBody::Event => {
-                let b = shared_event_body
-                    .get_or_insert_with(|| Bytes::from(event.to_string()))
-                    .clone();
-                (Some(b.clone()), Some(b), DeliveryStatus::Pending, None)
+                let stored = eval.globally_transformed.then(|| as_is.clone());
+                (Some(as_is.clone()), stored, None, None)
             }
             PlannedBody::Transformed(v) => {
                 let b = Bytes::from(v.to_string());
-                (Some(b.clone()), Some(b), DeliveryStatus::Pending, None)
+                (Some(b.clone()), Some(b), Some(Arc::new(v)), None)
             }
             PlannedBody::Failed(err) => (
                 None,
                 None,
-                DeliveryStatus::Dead,
+                None,
                 Some(format!("transformation failed: {err}")),
             ),
         };
-        deliveries.push(NewDelivery {
+        if let Some(body) = &body {
+            plan.streams.push(StreamItem {
+                agent_id: pd.agent_id.clone(),
+                body: body.clone(),
+                view,
+            });
+        }
+        if !targets.contains_key(&pd.agent_id) {
+            // Stream-only agent: nothing to push; the row lets its streams resume.
+            match error {
+                None => plan.streamed.push((pd.agent_id.to_string(), stored)),
+                Some(e) => {
+                    tracing::warn!(event_id = %head.id, agent = %pd.agent_id, error = %e, "stream transformation failed")
+                }
+            }
+            continue;
+        }
+        let id = Uuid::now_v7();
+        plan.deliveries.push(NewDelivery {
             id,
             agent_id: pd.agent_id.to_string(),
             route_id: pd.route_id.to_string(),
             priority: pd.priority,
-            status,
-            body: stored_body,
-            retry_policy: retry_json,
+            status: if error.is_some() {
+                DeliveryStatus::Dead
+            } else {
+                DeliveryStatus::Pending
+            },
+            body: stored,
+            retry_policy: pd
+                .retry
+                .as_ref()
+                .and_then(|p| serde_json::to_string(p).ok()),
             next_attempt_at: now,
             last_error: error,
         });
         if let Some(body) = body {
-            jobs.push(Job {
+            plan.jobs.push(Job {
                 delivery_id: id,
                 event_id: head.id,
                 agent_id: pd.agent_id.clone(),
@@ -224,7 +240,10 @@ pub fn plan(
                 priority: pd.priority,
                 attempts: 0,
                 retry_base: 0,
-                policy,
+                policy: pd
+                    .retry
+                    .map(Arc::new)
+                    .unwrap_or_else(|| default_policy.clone()),
                 source: source.clone(),
                 event_type: event_type.clone(),
                 body,
@@ -233,10 +252,5 @@ pub fn plan(
             });
         }
     }
-    Plan {
-        processed: eval.processed,
-        routed,
-        deliveries,
-        jobs,
-    }
+    plan
 }

@@ -163,6 +163,7 @@ pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
         app.store.add_deliveries(id, plan.deliveries).await?;
         app.queue.enqueue_unreserved(plan.jobs);
     }
+    crate::stream::publish_event(&app.hub, id, event, None, plan.streams);
     Ok(Json(json!({
         "eventId": id,
         "processed": plan.processed,

@@ -68,6 +68,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhook/{source}", post(crate::ingest::webhook))
         .route("/health", get(health))
+        .route("/stream/ws", get(crate::stream::handlers::ws))
+        .route("/stream/sse", get(crate::stream::handlers::sse))
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -186,10 +186,13 @@ async fn ingest(
         filtered: !plan.processed,
         body,
         deliveries: plan.deliveries,
+        streamed: plan.streamed,
     };
     let routed = plan.routed;
     let processed = plan.processed;
     let jobs = plan.jobs;
+    let streams = plan.streams;
+    let firehose = plan.firehose_body;
     // Past this point the event is committed even if the client goes away: the commit and the
     // hand-over to the scheduler run in their own task, which a dropped handler cannot cancel.
     let app2 = app.clone();
@@ -199,6 +202,7 @@ async fn ingest(
             let outcome = app2.store.commit_event(new_event).await?;
             if outcome == CommitOutcome::Stored {
                 app2.queue.enqueue(jobs, reservation);
+                crate::stream::publish_event(&app2.hub, head.id, event, firehose, streams);
                 if let Some(d) = &head.delivery_id {
                     app2.dedupe.insert(
                         &head.source,

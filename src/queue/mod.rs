@@ -253,8 +253,8 @@ struct Lane {
     ready: BinaryHeap<Ready>,
     in_flight: usize,
     scheduled: usize,
-    /// GCRA theoretical arrival time (ms) for pacing.
-    tat: i64,
+    /// Start times of the most recent attempts (at most the pacing limit), for pacing.
+    sent: std::collections::VecDeque<i64>,
     /// A pacing wake-up is already set for this lane.
     waiting: bool,
 }
@@ -291,9 +291,17 @@ impl Running {
     /// Stops dispatching, lets in-flight attempts finish (bounded by `deadline`), and flushes
     /// their outcomes to the store. What was not attempted stays pending in the store.
     pub async fn shutdown(self, deadline: Duration) {
-        // The dispatcher watches the cancellation token; once it exits, attempts drain.
-        let _ = tokio::time::timeout(deadline, self.dispatcher).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.recorder).await;
+        // The dispatcher watches the cancellation token; once it exits, attempts drain. An
+        // attempt still hanging at the deadline is abandoned: its delivery stays pending in the
+        // store and is made again after restart (at-least-once).
+        let mut dispatcher = self.dispatcher;
+        if tokio::time::timeout(deadline, &mut dispatcher).await.is_err() {
+            tracing::warn!("delivery attempts still running at the shutdown deadline; handed back as pending");
+            dispatcher.abort();
+            let _ = dispatcher.await;
+        }
+        // The dispatcher held the recorder's only sender: the recorder now flushes and ends.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.recorder).await;
     }
 }
 
@@ -533,19 +541,25 @@ impl Dispatcher {
                 break;
             }
             if let Some(p) = target.pacing {
-                // GCRA: each attempt costs window/limit ms; up to `limit` may go at once.
-                let interval = (p.window_ms / p.limit.max(1) as u64).max(1) as i64;
-                let burst_span = p.window_ms as i64;
-                let tat = lane.tat.max(now);
-                if tat + interval - now > burst_span {
-                    if !lane.waiting {
-                        lane.waiting = true;
-                        self.wakeups
-                            .push(Reverse((tat + interval - burst_span, agent.clone())));
-                    }
-                    break;
+                // A sliding log of the last `limit` starts: never more than `limit` attempts in
+                // any window of `window` ms; the next one waits until the oldest leaves it.
+                let limit = p.limit.max(1) as usize;
+                let window = p.window_ms as i64;
+                while lane.sent.len() > limit {
+                    lane.sent.pop_front();
                 }
-                lane.tat = tat + interval;
+                if lane.sent.len() == limit {
+                    let oldest = lane.sent.front().copied().unwrap_or(now);
+                    if now - oldest < window {
+                        if !lane.waiting {
+                            lane.waiting = true;
+                            self.wakeups.push(Reverse((oldest + window, agent.clone())));
+                        }
+                        break;
+                    }
+                    lane.sent.pop_front();
+                }
+                lane.sent.push_back(now);
             }
             let Some(Ready { job, .. }) = lane.ready.pop() else {
                 break;

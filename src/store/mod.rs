@@ -89,6 +89,16 @@ pub struct NewEvent {
     /// The whole section 4 event object, serialized (UTF-8 JSON).
     pub body: Bytes,
     pub deliveries: Vec<NewDelivery>,
+    /// Stream-only agents the event was routed to, with their transformed body if any (kept so
+    /// a reconnecting stream can replay what it missed).
+    pub streamed: Vec<(String, Option<Bytes>)>,
+}
+
+/// One event of a stream's backlog: its id and the body the agent receives.
+#[derive(Debug, Clone)]
+pub struct BacklogItem {
+    pub event_id: Uuid,
+    pub body: String,
 }
 
 /// How a commit ended for one event.
@@ -189,6 +199,14 @@ pub trait EventStore: Send + Sync {
     /// Newest first.
     async fn list_events(&self, query: EventQuery) -> Result<Vec<EventRecord>>;
     async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>>;
+    /// What a stream missed: events routed to `agent` (or, for `None`, every processed event)
+    /// with ids after `after`, oldest first.
+    async fn stream_backlog(
+        &self,
+        agent: Option<String>,
+        after: Uuid,
+        limit: usize,
+    ) -> Result<Vec<BacklogItem>>;
 }
 
 /// An unfinished delivery loaded back into the scheduler (at start, or from the DLQ).

@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AttemptRecord, AttemptUpdate, CommitOutcome, DeadFilter, DeliveryRecord, DeliveryStatus,
-    DeliveryStore, EventQuery, EventRecord, EventStatus, EventStore, NewDelivery, NewEvent,
-    PendingDelivery, PutMode, PutOutcome, Result, RuleKind, RuleStore, Store, StoreError,
+    AttemptRecord, AttemptUpdate, BacklogItem, CommitOutcome, DeadFilter, DeliveryRecord,
+    DeliveryStatus, DeliveryStore, EventQuery, EventRecord, EventStatus, EventStore, NewDelivery,
+    NewEvent, PendingDelivery, PutMode, PutOutcome, Result, RuleKind, RuleStore, Store, StoreError,
     StoredRule,
 };
 
@@ -72,6 +72,15 @@ CREATE TABLE attempts (
     response_body TEXT,
     PRIMARY KEY (delivery_id, attempt)
 );
+
+-- Stream-only agents' routed events (push agents' are their deliveries), for stream resume.
+CREATE TABLE streamed (
+    agent_id TEXT NOT NULL,
+    event_id BLOB NOT NULL,
+    body     TEXT,
+    PRIMARY KEY (agent_id, event_id)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_by_agent_event ON deliveries(agent_id, event_id);
 
 CREATE TABLE rules (
     kind       TEXT NOT NULL,
@@ -142,6 +151,18 @@ impl WriteJob for CommitEventJob {
             return Ok(());
         }
         insert_deliveries(conn, e.id, e.timestamp, &e.deliveries)?;
+        if !e.streamed.is_empty() {
+            let mut stmt = conn.prepare_cached(
+                "INSERT OR IGNORE INTO streamed (agent_id, event_id, body) VALUES (?1, ?2, ?3)",
+            )?;
+            for (agent, body) in &e.streamed {
+                stmt.execute(params![
+                    agent,
+                    e.id.as_bytes().as_slice(),
+                    body.as_deref().map(utf8).transpose()?
+                ])?;
+            }
+        }
         self.outcome = Some(CommitOutcome::Stored);
         Ok(())
     }
@@ -487,6 +508,46 @@ impl EventStore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             fill_attempts(c, &mut out)?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn stream_backlog(
+        &self,
+        agent: Option<String>,
+        after: Uuid,
+        limit: usize,
+    ) -> Result<Vec<BacklogItem>> {
+        self.read(move |c| {
+            let after = after.as_bytes().to_vec();
+            let row = |r: &rusqlite::Row<'_>| {
+                Ok(BacklogItem {
+                    event_id: uuid_col(r, 0)?,
+                    body: r.get(1)?,
+                })
+            };
+            match agent {
+                None => c
+                    .prepare_cached(
+                        "SELECT id, body FROM events WHERE id > ?1 AND filtered = 0
+                         ORDER BY id LIMIT ?2",
+                    )?
+                    .query_map(params![after, limit as i64], row)?
+                    .collect(),
+                Some(agent) => c
+                    .prepare_cached(
+                        "SELECT x.event_id, COALESCE(x.body, e.body) FROM (
+                             SELECT event_id, MIN(body) AS body FROM deliveries
+                              WHERE agent_id = ?1 AND event_id > ?2 GROUP BY event_id
+                             UNION ALL
+                             SELECT event_id, body FROM streamed
+                              WHERE agent_id = ?1 AND event_id > ?2
+                         ) x JOIN events e ON e.id = x.event_id
+                         ORDER BY x.event_id LIMIT ?3",
+                    )?
+                    .query_map(params![agent, after, limit as i64], row)?
+                    .collect(),
+            }
         })
         .await
     }
@@ -846,6 +907,7 @@ mod tests {
             filtered: false,
             body: format!("{{\"id\":\"{id}\"}}").into(),
             deliveries: vec![],
+            streamed: vec![],
         }
     }
 

@@ -1,0 +1,353 @@
+//! `GET /stream/ws` and `GET /stream/sse`: authenticate, resolve the agent and filters (all
+//! before any upgrade), replay what a reconnecting client missed, then stream live.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{FIREHOSE, Message, Registration};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::events::query_pairs;
+use crate::app::{AppState, bearer};
+use crate::ingest::now_ms;
+use crate::rules::Subscription;
+
+/// Backlog rows read per query while replaying.
+const REPLAY_BATCH: usize = 500;
+
+/// A stream request that passed every check.
+struct Opened {
+    /// The agent id, or `*`.
+    agent: Arc<str>,
+    filter: Subscription,
+    last_event_id: Option<Uuid>,
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Auth (401), agent (404), filters and resume id (400) — in that order, before any upgrade.
+fn open(app: &AppState, raw: &Option<String>, headers: &HeaderMap, sse: bool) -> ApiResult<Opened> {
+    let pairs = query_pairs(raw);
+    let key: Option<Vec<u8>> = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()).map(<[u8]>::to_vec))
+        .or_else(|| param(&pairs, "apiKey").map(|k| k.as_bytes().to_vec()));
+    let Some(key) = key else {
+        return Err(ApiError::unauthorized());
+    };
+    let agent = param(&pairs, "agentId")
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("agentId is required (an agent id, or * with the admin key)")
+        })?;
+    let is_admin = app.admin_key_matches(&key);
+    if agent == FIREHOSE {
+        if !is_admin {
+            return Err(ApiError::unauthorized());
+        }
+    } else {
+        let allowed = is_admin
+            || match app.agent_for_key(&key) {
+                Some(None) => true,
+                Some(Some(own)) => &*own == agent,
+                None => false,
+            };
+        if !allowed {
+            return Err(ApiError::unauthorized());
+        }
+        if app.compiled.load().rules.agent(agent).is_none() {
+            return Err(ApiError::not_found(format!(
+                "No agent with id \"{}\"",
+                agent.chars().take(128).collect::<String>()
+            )));
+        }
+    }
+    let filter = match param(&pairs, "filters") {
+        Some(f) if !f.trim().is_empty() => Subscription::parse(f).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_filters",
+                format!("Invalid filters: {e}"),
+            )
+        })?,
+        _ => Subscription::all(),
+    };
+    let last = if sse {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| param(&pairs, "lastEventId").map(str::to_string))
+    } else {
+        param(&pairs, "lastEventId").map(str::to_string)
+    };
+    let last_event_id = match last.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
+            ApiError::bad_request(
+                "lastEventId / Last-Event-ID must be an event id this server issued",
+            )
+        })?),
+        None => None,
+    };
+    Ok(Opened {
+        agent: Arc::from(agent),
+        filter,
+        last_event_id,
+    })
+}
+
+/// What a session sends, transport-neutral.
+enum Out {
+    Event(Arc<Message>),
+    Text(String),
+    /// The stream ends; the reason is shown to the client.
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+fn heartbeat() -> String {
+    json!({"type": "heartbeat", "timestamp": now_ms()}).to_string()
+}
+
+/// Replays the backlog after `last`, then forwards live messages (skipping what the replay
+/// already sent) and heartbeats, until the client goes, the buffer overflows, or shutdown.
+async fn feed(
+    app: AppState,
+    opened: Opened,
+    reg: Registration,
+    mut live: mpsc::Receiver<Arc<Message>>,
+    out: mpsc::Sender<Out>,
+) {
+    let hub_stats = &app.hub.stats;
+    // Ids replayed from the store; the same events may also be in the live buffer (committed
+    // before the subscription, published after), and are skipped there. Ids, not an order
+    // bound: concurrent commits can publish out of id order.
+    let mut replayed: HashSet<Uuid> = HashSet::new();
+    if let Some(mut after) = opened.last_event_id {
+        let agent = (&*opened.agent != FIREHOSE).then(|| opened.agent.to_string());
+        loop {
+            let batch = match app
+                .store
+                .stream_backlog(agent.clone(), after, REPLAY_BATCH)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "stream replay failed");
+                    let _ = out
+                        .send(Out::Close {
+                            code: 1011,
+                            reason: "replay failed; reconnect to retry".into(),
+                        })
+                        .await;
+                    return;
+                }
+            };
+            let n = batch.len();
+            for item in batch {
+                after = item.event_id;
+                replayed.insert(item.event_id);
+                let view: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
+                if !reg.subscriber.filter.load().matches(&view) {
+                    continue;
+                }
+                let msg = Arc::new(Message::new(
+                    item.event_id,
+                    item.body.as_bytes(),
+                    Arc::new(view),
+                ));
+                if out.send(Out::Event(msg)).await.is_err() {
+                    return;
+                }
+                hub_stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if n < REPLAY_BATCH {
+                break;
+            }
+        }
+    }
+    let mut beat = tokio::time::interval(app.config.stream_heartbeat);
+    beat.tick().await;
+    let shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            msg = live.recv() => match msg {
+                Some(m) => {
+                    if !replayed.is_empty() && replayed.remove(&m.event_id) {
+                        continue;
+                    }
+                    if out.send(Out::Event(m)).await.is_err() {
+                        return;
+                    }
+                    hub_stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    let reason = if reg.subscriber.overflowed.load(Ordering::Acquire) {
+                        "slow consumer: the stream buffer overflowed; reconnect with lastEventId to resume"
+                    } else {
+                        "stream closed by the server"
+                    };
+                    let _ = out.send(Out::Close { code: 1013, reason: reason.into() }).await;
+                    return;
+                }
+            },
+            _ = beat.tick() => {
+                if out.send(Out::Text(heartbeat())).await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.cancelled() => {
+                let _ = out.send(Out::Close { code: 1001, reason: "server shutting down".into() }).await;
+                return;
+            }
+            _ = out.closed() => return,
+        }
+    }
+}
+
+pub async fn sse(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let opened = match open(&app, &raw, &headers, true) {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    let (reg, live) = app.hub.subscribe(&opened.agent, opened.filter.clone());
+    let (tx, rx) = mpsc::channel::<Out>(64);
+    tokio::spawn(feed(app.clone(), opened, reg, live, tx));
+    let stream = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        let out = rx.recv().await?;
+        let (event, done) = match out {
+            Out::Event(m) => (
+                SseEvent::default()
+                    .id(m.event_id.to_string())
+                    .data(m.text.as_str()),
+                false,
+            ),
+            Out::Text(t) => (SseEvent::default().data(t), false),
+            Out::Close { reason, .. } => (
+                SseEvent::default().data(json!({"type": "close", "reason": reason}).to_string()),
+                true,
+            ),
+        };
+        Some((Ok::<_, Infallible>(event), (rx, done)))
+    });
+    Sse::new(stream).into_response()
+}
+
+pub async fn ws(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let opened = match open(&app, &raw, &headers, false) {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(_) => {
+            return ApiError::bad_request("this endpoint needs a WebSocket upgrade request")
+                .into_response();
+        }
+    };
+    upgrade
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| ws_session(app, opened, socket))
+}
+
+async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
+    let (reg, live) = app.hub.subscribe(&opened.agent, opened.filter.clone());
+    let subscriber = reg.subscriber.clone();
+    let (tx, mut rx) = mpsc::channel::<Out>(64);
+    let (mut sink, mut stream) = socket.split();
+    let feeding = tokio::spawn(feed(app.clone(), opened, reg, live, tx.clone()));
+    // Client messages: `subscribe` changes the filters; answers go out through the same queue.
+    let control_tx = tx;
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let text = match msg {
+                WsMessage::Text(t) => t.to_string(),
+                WsMessage::Close(_) => break,
+                _ => continue,
+            };
+            let reply = match serde_json::from_str::<Value>(&text) {
+                Ok(v) if v.get("type").and_then(Value::as_str) == Some("subscribe") => {
+                    match Subscription::from_value(v.get("filters").cloned().unwrap_or(Value::Null))
+                    {
+                        Ok(sub) => {
+                            let spec = serde_json::to_value(sub.spec()).unwrap_or(Value::Null);
+                            subscriber.filter.store(Arc::new(sub));
+                            json!({"type": "subscription_update", "data": {"filters": spec}})
+                        }
+                        Err(e) => {
+                            json!({"type": "error", "code": "invalid_filters", "error": format!("Invalid filters: {e}")})
+                        }
+                    }
+                }
+                _ => {
+                    json!({"type": "error", "code": "invalid_message", "error": "expected {\"type\":\"subscribe\",\"filters\":…}"})
+                }
+            };
+            if control_tx.send(Out::Text(reply.to_string())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut reader = reader;
+    loop {
+        let out = tokio::select! {
+            out = rx.recv() => match out {
+                Some(o) => o,
+                None => break,
+            },
+            // The client closed or vanished: free everything now.
+            _ = &mut reader => break,
+        };
+        let sent = match out {
+            Out::Event(m) => sink.send(WsMessage::Text(m.text.clone())).await,
+            Out::Text(t) => sink.send(WsMessage::Text(t.into())).await,
+            Out::Close { code, reason } => {
+                let _ = sink
+                    .send(WsMessage::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                break;
+            }
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+    feeding.abort();
+    // Give a closing handshake a moment; the client may already be gone.
+    let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
+}
