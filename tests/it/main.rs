@@ -12,3 +12,6 @@ mod crash;
 mod ingest;
 mod ingest_errors;
 mod rate_limits;
+mod rules;
+mod rules_admin;
+mod rules_routing;
