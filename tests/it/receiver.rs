@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Notify;
 
@@ -26,6 +26,7 @@ pub enum Reply {
 
 #[derive(Clone, Debug)]
 pub struct Received {
+    pub method: Method,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -125,6 +126,7 @@ impl TestReceiver {
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let method = req.method().clone();
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), 16 << 20)
@@ -138,6 +140,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     .unwrap_or(Reply::Status(200));
     // Recorded on arrival, so a request the client gives up on is still seen.
     inner.log.lock().unwrap().push(Received {
+        method,
         path,
         headers,
         body,

@@ -1,0 +1,433 @@
+//! The delivery queue (API.md sections 3, 5 and 7): route priority, one agent never holding up
+//! another, `maxConcurrency`, agent `rateLimit` pacing, `GET /queue/stats`, and `queue_full`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::delivery::*;
+use crate::receiver::*;
+use crate::signed::*;
+use crate::support::*;
+
+fn webhook_ids(got: &[Received]) -> Vec<String> {
+    got.iter()
+        .map(|r| r.header("webhook-id").unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_delivered_larger_priority_first() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    let hang = Duration::from_secs(2);
+    rx.script("/p", [Reply::Hang(hang)]);
+    admin
+        .create_agent(agent("p", &rx.url("/p"), json!({ "maxConcurrency": 1 })))
+        .await;
+    let retry = policy(1, "fixed", 100, 100);
+    let mut low = only_type("low");
+    low["priority"] = json!(1);
+    let mut high = only_type("high");
+    high["priority"] = json!(10);
+    admin
+        .create_route(route("low", &["p"], retry.clone(), low))
+        .await;
+    admin.create_route(route("high", &["p"], retry, high)).await;
+
+    // The first delivery occupies the agent's only slot; the rest queue behind it.
+    let blocker = post_routed(&app, "low", 0).await;
+    let first = rx.wait_for("/p", 1, Duration::from_secs(10)).await;
+    let mut lows = Vec::new();
+    let mut highs = Vec::new();
+    for n in 1..=4 {
+        lows.push(post_routed(&app, "low", n).await.to_string());
+        highs.push(post_routed(&app, "high", n).await.to_string());
+    }
+    assert!(
+        first[0].at.elapsed() < hang,
+        "posting the backlog took longer than the blocker hangs; the test proves nothing"
+    );
+    let got = rx.wait_for("/p", 9, Duration::from_secs(15)).await;
+    let order = webhook_ids(&got);
+    assert_eq!(order[0], blocker.to_string());
+    let (h, l) = order[1..].split_at(4);
+    let mut seen_high = h.to_vec();
+    seen_high.sort();
+    highs.sort();
+    assert_eq!(
+        seen_high, highs,
+        "after the blocker, every priority-10 delivery comes before any priority-1 one"
+    );
+    let mut seen_low = l.to_vec();
+    seen_low.sort();
+    lows.sort();
+    assert_eq!(seen_low, lows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_agent_does_not_hold_up_another() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    rx.set_default("/stuck", Reply::Hang(Duration::from_secs(5)));
+    admin
+        .create_agent(agent(
+            "stuck",
+            &rx.url("/stuck"),
+            json!({ "timeoutMs": 2000 }),
+        ))
+        .await;
+    admin
+        .create_agent(agent("fine", &rx.url("/fine"), json!({})))
+        .await;
+    admin
+        .create_route(route(
+            "both",
+            &["stuck", "fine"],
+            policy(2, "fixed", 100, 100),
+            json!({}),
+        ))
+        .await;
+    let mut posted: BTreeMap<String, Instant> = BTreeMap::new();
+    for n in 0..24 {
+        let id = post_routed(&app, "push", n).await;
+        posted.insert(id.to_string(), Instant::now());
+    }
+    let got = rx.wait_for("/fine", 24, Duration::from_secs(10)).await;
+    assert!(
+        rx.received("/stuck").len() >= 16,
+        "the stuck agent was offered its deliveries too"
+    );
+    for r in &got {
+        let id = r.header("webhook-id").unwrap();
+        let sent = posted[id];
+        let late = r.at.saturating_duration_since(sent);
+        assert!(
+            late < Duration::from_secs(1),
+            "event {id} reached the healthy agent {late:?} after it was accepted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_bounds_the_requests_in_flight() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    let hang = Duration::from_millis(300);
+    rx.set_default("/c", Reply::Hang(hang));
+    admin
+        .create_agent(agent("c", &rx.url("/c"), json!({ "maxConcurrency": 2 })))
+        .await;
+    admin
+        .create_route(route("r", &["c"], policy(1, "fixed", 100, 100), json!({})))
+        .await;
+    let ids = join_all((0..6).map(|n| post_routed(&app, "push", n))).await;
+    let got = rx.wait_for("/c", 6, Duration::from_secs(10)).await;
+    // Each request is in flight for at least `hang` after it arrives.
+    let window = hang - Duration::from_millis(50);
+    for r in &got {
+        let overlapping = got
+            .iter()
+            .filter(|o| o.at <= r.at && r.at - o.at < window)
+            .count();
+        assert!(
+            overlapping <= 2,
+            "{overlapping} requests in flight at once with maxConcurrency 2 (arrivals {:?})",
+            arrivals(&got)
+        );
+    }
+    let span = got.last().unwrap().at - got[0].at;
+    assert!(
+        span >= 2 * window,
+        "6 requests of 300 ms, 2 at a time, in {span:?}"
+    );
+    for id in ids {
+        admin.wait_status(id, "delivered").await;
+    }
+}
+
+/// Arrival times in ms from the first.
+fn arrivals(got: &[Received]) -> Vec<u128> {
+    got.iter().map(|r| (r.at - got[0].at).as_millis()).collect()
+}
+
+/// An agent limited to 2 deliveries per second, six events at once; the arrivals.
+async fn paced_six() -> (TestApp, Vec<Received>, Vec<Uuid>) {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    admin
+        .create_agent(agent(
+            "paced",
+            &rx.url("/r"),
+            json!({ "rateLimit": { "limit": 2, "window": 1000 } }),
+        ))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["paced"],
+            policy(1, "fixed", 100, 100),
+            json!({}),
+        ))
+        .await;
+    let ids = join_all((0..6).map(|n| post_routed(&app, "push", n))).await;
+    let got = rx.wait_for("/r", 6, Duration::from_secs(10)).await;
+    (app, got, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rate_limit_paces_and_drops_nothing() {
+    let (app, got, ids) = paced_six().await;
+    let at = arrivals(&got);
+    // 2 per 1000 ms: the k-th delivery (0-based) no sooner than (k - 1) × 500 ms after the first.
+    for (k, t) in at.iter().enumerate().skip(2) {
+        let earliest = (k as u128 - 1) * 500;
+        assert!(
+            *t + 20 >= earliest,
+            "arrivals {at:?} ms: #{k} before {earliest} ms"
+        );
+    }
+    assert!(at[5] >= 1950, "6 deliveries at 2/s took only {} ms", at[5]);
+    assert!(at[5] <= 5000, "pacing is far too slow: {at:?}");
+    let admin = Admin::of(&app);
+    for id in ids {
+        admin.wait_status(id, "delivered").await;
+    }
+    let mut seen = webhook_ids(&got);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 6, "each delivery exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rate_limit_never_exceeds_limit_within_a_window() {
+    let (_app, got, _) = paced_six().await;
+    let at = arrivals(&got);
+    // Any span shorter than the window (100 ms of slack) holds at most `limit` deliveries.
+    for (i, t) in at.iter().enumerate() {
+        let within = at[i..].iter().filter(|u| **u < t + 900).count();
+        assert!(
+            within <= 2,
+            "{within} deliveries within 900 ms from #{i} with limit 2 per 1000 ms: arrivals {at:?} ms"
+        );
+    }
+}
+
+const STATS_KEYS: [&str; 8] = [
+    "byAgent",
+    "byPriority",
+    "deadLettered",
+    "delivered",
+    "inFlight",
+    "oldestPendingAgeMs",
+    "pending",
+    "scheduled",
+];
+
+#[tokio::test]
+async fn queue_stats_of_an_idle_server() {
+    let app = TestApp::spawn().await;
+    let v = Admin::of(&app).stats().await;
+    assert_eq!(keys(&v), STATS_KEYS, "{v}");
+    for k in [
+        "pending",
+        "inFlight",
+        "scheduled",
+        "deadLettered",
+        "delivered",
+    ] {
+        assert_eq!(v[k], 0, "{k}: {v}");
+    }
+    assert!(
+        v["oldestPendingAgeMs"] == 0 || v["oldestPendingAgeMs"].is_null(),
+        "{v}"
+    );
+    assert_eq!(v["byPriority"], json!({}), "{v}");
+    assert_eq!(v["byAgent"], json!({}), "{v}");
+    let r = app
+        .client
+        .get(app.url("/queue/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the queue figures need the admin key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_stats_count_each_state() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    rx.set_default("/flaky", Reply::Status(500));
+    rx.set_default("/slow", Reply::Hang(Duration::from_secs(5)));
+    let closed = format!("http://127.0.0.1:{}/x", closed_port());
+    admin
+        .create_agent(agent("ok", &rx.url("/ok"), json!({})))
+        .await;
+    admin
+        .create_agent(agent("flaky", &rx.url("/flaky"), json!({})))
+        .await;
+    admin.create_agent(agent("gone", &closed, json!({}))).await;
+    admin
+        .create_agent(agent(
+            "slow",
+            &rx.url("/slow"),
+            json!({ "maxConcurrency": 1 }),
+        ))
+        .await;
+    let with_priority = |t: &str, p: i64| {
+        let mut x = only_type(t);
+        x["priority"] = json!(p);
+        x
+    };
+    let quick = policy(1, "fixed", 100, 100);
+    admin
+        .create_route(route(
+            "r-ok",
+            &["ok"],
+            quick.clone(),
+            with_priority("ok", 0),
+        ))
+        .await;
+    admin
+        .create_route(route(
+            "r-flaky",
+            &["flaky"],
+            policy(3, "fixed", 60_000, 60_000),
+            with_priority("flaky", 5),
+        ))
+        .await;
+    admin
+        .create_route(route(
+            "r-gone",
+            &["gone"],
+            quick.clone(),
+            with_priority("gone", 3),
+        ))
+        .await;
+    admin
+        .create_route(route("r-slow", &["slow"], quick, with_priority("slow", 7)))
+        .await;
+
+    let started = Instant::now();
+    for n in 0..3 {
+        post_routed(&app, "slow", n).await;
+    }
+    let slow_posted = Instant::now();
+    let ok: Vec<Uuid> = vec![
+        post_routed(&app, "ok", 0).await,
+        post_routed(&app, "ok", 1).await,
+    ];
+    let flaky = post_routed(&app, "flaky", 0).await;
+    let gone = post_routed(&app, "gone", 0).await;
+    for id in &ok {
+        admin.wait_status(*id, "delivered").await;
+    }
+    admin.wait_status(flaky, "scheduled").await;
+    admin.wait_status(gone, "dead").await;
+
+    // Expected: slow 1 in flight + 2 pending, flaky 1 scheduled, gone 1 dead, ok 2 delivered.
+    let (v, youngest, oldest) = poll(Duration::from_secs(10), "queue stats", || async {
+        // The pending deliveries were created between `started` and `slow_posted`.
+        let youngest = slow_posted.elapsed().as_millis() as u64;
+        let v = admin.stats().await;
+        let oldest = started.elapsed().as_millis() as u64;
+        let settled = v["pending"] == 2
+            && v["inFlight"] == 1
+            && v["scheduled"] == 1
+            && v["deadLettered"] == 1
+            && v["delivered"] == 2
+            && v["oldestPendingAgeMs"].as_u64().is_some_and(|a| a >= 300);
+        if settled {
+            Ok((v, youngest, oldest))
+        } else {
+            Err(v)
+        }
+    })
+    .await;
+    assert_eq!(keys(&v), STATS_KEYS, "{v}");
+    let age = v["oldestPendingAgeMs"].as_u64().unwrap();
+    assert!(
+        age + 5 >= youngest && age <= oldest + 5,
+        "oldestPendingAgeMs {age}, but the oldest pending delivery is {youngest}..{oldest} ms old"
+    );
+    // Only deliveries still queued count by priority: 7 (slow) and 5 (flaky), not the
+    // delivered (0) or dead (3) ones.
+    let by_p = v["byPriority"]
+        .as_object()
+        .expect("byPriority is an object");
+    let mut ps: Vec<&str> = by_p.keys().map(String::as_str).collect();
+    ps.sort();
+    assert_eq!(ps, ["5", "7"], "{v}");
+    assert_eq!(by_p["5"], 1, "{v}");
+    assert!(
+        by_p["7"] == 2 || by_p["7"] == 3,
+        "priority 7 holds 2 pending (+1 in flight): {v}"
+    );
+    let by_a = v["byAgent"].as_object().expect("byAgent is an object");
+    let mut agents: Vec<&str> = by_a.keys().map(String::as_str).collect();
+    agents.sort();
+    assert_eq!(agents, ["flaky", "slow"], "{v}");
+    let expect = |a: &str, pending: u64, in_flight: u64, scheduled: u64| match &by_a[a] {
+        Value::Number(n) => assert_eq!(n.as_u64(), Some(pending + in_flight + scheduled), "{v}"),
+        o => {
+            assert_eq!(o["pending"], pending, "{a}: {v}");
+            assert_eq!(o["inFlight"], in_flight, "{a}: {v}");
+            assert_eq!(o["scheduled"], scheduled, "{a}: {v}");
+        }
+    };
+    expect("slow", 2, 1, 0);
+    expect("flaky", 0, 0, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_503_and_stores_nothing() {
+    let app = TestApp::spawn_with(|c| c.max_queue_size = 3).await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    // Long enough that nothing finishes while the four webhooks are posted.
+    rx.set_default("/h", Reply::Hang(Duration::from_millis(2500)));
+    admin
+        .create_agent(agent("h", &rx.url("/h"), json!({})))
+        .await;
+    admin
+        .create_route(route("r", &["h"], policy(1, "fixed", 100, 100), json!({})))
+        .await;
+    let mut accepted = Vec::new();
+    for n in 0..3 {
+        accepted.push(post_routed(&app, "push", n).await);
+    }
+    let refused = Webhook::github("push", gh_body(3));
+    let a = refused.send(&app).await;
+    a.refused(503, "queue_full");
+    let retry_after = a.header("retry-after").unwrap_or_default();
+    assert!(
+        retry_after.trim().parse::<u64>().is_ok() || httpdate_like(retry_after),
+        "Retry-After {retry_after:?}"
+    );
+    let (items, _) = list_events(&app, "limit=500").await;
+    let mut archived = ids(&items);
+    archived.sort();
+    accepted.sort();
+    assert_eq!(archived, accepted, "the refused event was archived");
+
+    // Once the queue drains, the same webhook (same delivery id) is new to the server.
+    for id in &accepted {
+        admin.wait_status(*id, "delivered").await;
+    }
+    let later = refused.send(&app).await.accepted();
+    assert!(later.routed);
+    assert!(!accepted.contains(&later.id));
+}
+
+fn httpdate_like(v: &str) -> bool {
+    v.ends_with(" GMT")
+}
