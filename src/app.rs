@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::analytics::Analytics;
 use crate::config::{Config, Secret};
 use crate::ingest::dedupe::RecentDeliveries;
 use crate::ingest::{self, Source, verify};
@@ -48,6 +49,7 @@ pub struct Inner {
     pub targets: Arc<ArcSwap<Targets>>,
     pub queue: Queue,
     pub hub: Arc<Hub>,
+    pub analytics: Arc<Analytics>,
     pub default_policy: Arc<RetryPolicy>,
     pub rule_options: RuleOptions,
     pub started: Instant,
@@ -165,6 +167,16 @@ impl AppState {
             .collect())
     }
 
+    /// Writes the analytics accumulated since the last flush.
+    pub async fn flush_analytics(&self) {
+        let deltas = self.analytics.drain();
+        if !deltas.is_empty()
+            && let Err(e) = self.store.add_rollups(deltas).await
+        {
+            tracing::error!(error = %e, "writing analytics rollups failed");
+        }
+    }
+
     /// Puts deliveries that come back from the store (dead-letter retries) into the scheduler.
     pub fn requeue(&self, pending: Vec<PendingDelivery>) {
         let jobs = pending
@@ -218,6 +230,7 @@ impl Server {
                     .saturating_sub(Duration::from_secs(1)),
             )
             .await;
+        self.state.flush_analytics().await;
         self.state.store.close().await;
     }
 }
@@ -306,12 +319,14 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     apply_declared_rules(store.as_ref(), &config).await?;
     let compiled = routing::load(store.as_ref(), rule_options.clone()).await?;
     let targets = Arc::new(ArcSwap::new(compiled.targets.clone()));
+    let analytics = Analytics::new();
     let scheduler = queue::start(
         store.clone(),
         targets.clone(),
         QueueConfig {
             max_queue_size: config.max_queue_size,
             default_policy: default_policy.clone(),
+            analytics: analytics.clone(),
         },
         shutdown.clone(),
     )
@@ -321,6 +336,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         targets,
         queue: scheduler.queue.clone(),
         hub: Arc::new(Hub::new(config.stream_buffer)),
+        analytics,
         default_policy,
         rule_options,
         sources,
@@ -427,8 +443,45 @@ async fn apply_declared(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Background upkeep: forgetting idle rate-limit keys.
+/// Background upkeep: forgetting idle rate-limit keys, flushing analytics, and purging what
+/// is older than `retention_days` in small batches that never hold the writer for long.
 fn spawn_housekeeping(state: &AppState) {
+    let flusher = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = flusher.shutdown.cancelled() => break,
+                _ = tick.tick() => flusher.flush_analytics().await,
+            }
+        }
+    });
+    let purger = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = purger.shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let cutoff = ingest::now_ms() - purger.config.retention_days as i64 * 86_400_000;
+                    loop {
+                        match purger.store.purge_before(cutoff, 500).await {
+                            Ok(n) if n > 0 => {
+                                tracing::info!(events = n, "purged events past retention");
+                                // Let ingest's commits in between batches.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::error!(error = %e, "retention purge failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
     let state = state.clone();
     let token = state.shutdown.clone();
     tokio::spawn(async move {

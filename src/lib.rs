@@ -4,6 +4,7 @@
 //! committed durably before they are answered, and then reach agents over HTTP or live streams.
 #![forbid(unsafe_code)]
 
+pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod config;

@@ -1,5 +1,6 @@
 //! Router assembly, admin authentication, and the small read-only endpoints.
 
+pub mod audit;
 pub mod error;
 pub mod events;
 pub mod queue;
@@ -58,16 +59,20 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq/{id}/retry", post(queue::dlq_retry_one))
         .route("/admin/dlq/{id}", axum::routing::delete(queue::dlq_delete))
         .route("/queue/stats", get(queue::stats))
+        .route("/analytics/metrics", get(crate::analytics::api::analytics))
+        .route("/admin/audit", get(audit::list))
         .route(
             "/admin/rate-limits",
             get(rate_limits::list)
                 .put(rate_limits::put)
                 .delete(rate_limits::delete),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/webhook/{source}", post(crate::ingest::webhook))
         .route("/health", get(health))
+        .route("/metrics", get(crate::analytics::api::prometheus))
         .route("/stream/ws", get(crate::stream::handlers::ws))
         .route("/stream/sse", get(crate::stream::handlers::sse))
         .merge(admin)
@@ -75,9 +80,18 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             // A span per request; headers are not recorded, so no key or signature is logged.
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        event_id = tracing::field::Empty,
+                    )
+                })
+                // Refusals are answers, not failures; real internal errors are logged where they
+                // happen, with context.
+                .on_failure(()),
         )
         .with_state(state)
 }

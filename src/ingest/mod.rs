@@ -98,6 +98,8 @@ pub async fn webhook(
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(source = %source, code = e.code, "webhook refused");
+            let known = app.sources.contains_key(&source).then_some(source.as_str());
+            app.analytics.rejected(known, e.status.as_u16(), e.code);
             e.into_response()
         }
     }
@@ -109,7 +111,7 @@ async fn ingest(
     peer: SocketAddr,
     headers: &HeaderMap,
     body: Body,
-    _received: Instant,
+    received: Instant,
 ) -> Result<Response, ApiError> {
     let source = app.source(source_name).ok_or_else(|| {
         ApiError::new(
@@ -140,9 +142,11 @@ async fn ingest(
             } => (head, event, raw_json),
         };
 
+    tracing::Span::current().record("event_id", tracing::field::display(head.id));
     if let Some(d) = &head.delivery_id
         && let Some(original) = app.dedupe.get(&source.name, d)
     {
+        app.analytics.duplicate(&source.name);
         return Ok(duplicate_response(original, head.timestamp));
     }
 
@@ -220,6 +224,13 @@ async fn ingest(
         .await
         .map_err(|e| ApiError::internal("commit task failed", e))??;
     let (head, outcome) = committed;
+    match outcome {
+        CommitOutcome::Stored => {
+            app.analytics
+                .event_accepted(&source.name, !processed, routed, received.elapsed())
+        }
+        CommitOutcome::Duplicate { .. } => app.analytics.duplicate(&source.name),
+    }
     let mut resp = match outcome {
         CommitOutcome::Stored => axum::Json(json!({
             "success": true,

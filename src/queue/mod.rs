@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::analytics::Analytics;
 use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult};
 use crate::ingest::now_ms;
 use crate::store::{AttemptUpdate, DeliveryStatus, PendingDelivery, Store};
@@ -270,6 +271,7 @@ struct Dispatcher {
     recorder: mpsc::UnboundedSender<AttemptUpdate>,
     attempts: TaskTracker,
     unfinished: Arc<AtomicI64>,
+    analytics: Arc<Analytics>,
     seq: u64,
     stopping: bool,
 }
@@ -278,6 +280,7 @@ struct Dispatcher {
 pub struct QueueConfig {
     pub max_queue_size: u64,
     pub default_policy: Arc<RetryPolicy>,
+    pub analytics: Arc<Analytics>,
 }
 
 /// The running scheduler: the handle, and what shutdown waits on.
@@ -295,8 +298,13 @@ impl Running {
         // attempt still hanging at the deadline is abandoned: its delivery stays pending in the
         // store and is made again after restart (at-least-once).
         let mut dispatcher = self.dispatcher;
-        if tokio::time::timeout(deadline, &mut dispatcher).await.is_err() {
-            tracing::warn!("delivery attempts still running at the shutdown deadline; handed back as pending");
+        if tokio::time::timeout(deadline, &mut dispatcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "delivery attempts still running at the shutdown deadline; handed back as pending"
+            );
             dispatcher.abort();
             let _ = dispatcher.await;
         }
@@ -341,6 +349,7 @@ pub async fn start(
         recorder: rec_tx,
         attempts: TaskTracker::new(),
         unfinished,
+        analytics: cfg.analytics,
         seq: 0,
         stopping: false,
     };
@@ -576,35 +585,45 @@ impl Dispatcher {
         let client = self.client.clone();
         let tx = self.tx.clone();
         job.attempts += 1;
-        self.attempts.spawn(async move {
-            let event_id = job.event_id.to_string();
-            let result = deliver::attempt(
-                &client,
-                &target,
-                AttemptRequest {
-                    event_id: &event_id,
-                    source: &job.source,
-                    event_type: &job.event_type,
-                    attempt: job.attempts,
-                    body: &job.body,
-                },
-            )
-            .await;
-            tracing::debug!(
-                event_id = %job.event_id,
-                agent = %job.agent_id,
-                attempt = job.attempts,
-                status = ?result.status_code,
-                delivered = result.delivered,
-                "delivery attempt"
-            );
-            let unit: f64 = rand::random();
-            let _ = tx.send(Msg::Done {
-                job: Box::new(job),
-                result,
-                unit,
-            });
-        });
+        let span = tracing::info_span!(
+            "delivery",
+            event_id = %job.event_id,
+            delivery_id = %job.delivery_id,
+            agent = %job.agent_id,
+            attempt = job.attempts,
+        );
+        self.attempts.spawn(tracing::Instrument::instrument(
+            async move {
+                let event_id = job.event_id.to_string();
+                let result = deliver::attempt(
+                    &client,
+                    &target,
+                    AttemptRequest {
+                        event_id: &event_id,
+                        source: &job.source,
+                        event_type: &job.event_type,
+                        attempt: job.attempts,
+                        body: &job.body,
+                    },
+                )
+                .await;
+                tracing::debug!(
+                    event_id = %job.event_id,
+                    agent = %job.agent_id,
+                    attempt = job.attempts,
+                    status = ?result.status_code,
+                    delivered = result.delivered,
+                    "delivery attempt"
+                );
+                let unit: f64 = rand::random();
+                let _ = tx.send(Msg::Done {
+                    job: Box::new(job),
+                    result,
+                    unit,
+                });
+            },
+            span,
+        ));
     }
 
     /// Records an attempt's outcome and decides what comes next.
@@ -621,6 +640,21 @@ impl Dispatcher {
             let delay = job.policy.next_delay(used, result.retry_after, unit);
             (DeliveryStatus::Scheduled, Some(now_ms() + delay as i64))
         };
+        let outcome = match status {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+            _ => "retry_scheduled",
+        };
+        self.analytics.attempt(
+            &job.agent_id,
+            job.attempts,
+            outcome,
+            Duration::from_millis(result.duration_ms),
+            result.delivered.then(|| now_ms() - job.created_at),
+        );
+        if status == DeliveryStatus::Dead {
+            tracing::warn!(event_id = %job.event_id, agent = %job.agent_id, attempts = job.attempts, "delivery dead-lettered");
+        }
         let _ = self.recorder.send(AttemptUpdate {
             delivery_id: job.delivery_id,
             attempt: job.attempts,
@@ -651,6 +685,7 @@ impl Dispatcher {
 
     /// Dead-letters a job without an attempt (its agent is gone).
     fn dead_now(&mut self, job: Job, result: AttemptResult) {
+        self.analytics.dead_without_attempt(&job.agent_id);
         let _ = self.recorder.send(AttemptUpdate {
             delivery_id: job.delivery_id,
             attempt: job.attempts + 1,

@@ -279,6 +279,58 @@ pub trait DeliveryStore: Send + Sync {
     async fn finished_counts(&self) -> Result<(u64, u64)>;
 }
 
+/// One increment of a per-minute rollup counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupDelta {
+    /// Start of the minute (ms).
+    pub minute: i64,
+    /// `""` (whole router), `s:<source>` or `a:<agent>`.
+    pub dim: String,
+    pub metric: String,
+    pub value: i64,
+}
+
+#[async_trait]
+pub trait AnalyticsStore: Send + Sync {
+    async fn add_rollups(&self, deltas: Vec<RollupDelta>) -> Result<()>;
+    /// Sums per (dim, metric) over minutes at or after `since`.
+    async fn rollup_totals(&self, since: i64) -> Result<Vec<(String, String, i64)>>;
+    /// Sums of the whole router's `metrics` per bucket of `bucket_ms`, from `since`.
+    async fn rollup_timeline(
+        &self,
+        since: i64,
+        bucket_ms: i64,
+        metrics: Vec<String>,
+    ) -> Result<Vec<(i64, String, i64)>>;
+    /// Among events received since `since`: how many have a delivery not (yet) delivered, and
+    /// how many have a dead-lettered one.
+    async fn unsettled_events(&self, since: i64) -> Result<(u64, u64)>;
+}
+
+/// One admin change, as the audit log keeps it (never a secret: no bodies are recorded).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub client_ip: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub action: String,
+    pub target_id: Option<String>,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn add_audit(&self, record: AuditRecord) -> Result<()>;
+    /// Newest first, ids below `before`.
+    async fn list_audit(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditRecord>>;
+    /// Deletes up to `batch` events received before `cutoff` (ms) with their deliveries and
+    /// attempts, plus old rollups and audit records; returns how many events went.
+    async fn purge_before(&self, cutoff: i64, batch: usize) -> Result<usize>;
+}
+
 /// The kinds of rule objects kept by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuleKind {
@@ -332,7 +384,7 @@ pub trait RuleStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: EventStore + RuleStore + DeliveryStore {
+pub trait Store: EventStore + RuleStore + DeliveryStore + AnalyticsStore + AuditStore {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip proving the store answers.

@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AttemptRecord, AttemptUpdate, BacklogItem, CommitOutcome, DeadFilter, DeliveryRecord,
-    DeliveryStatus, DeliveryStore, EventQuery, EventRecord, EventStatus, EventStore, NewDelivery,
-    NewEvent, PendingDelivery, PutMode, PutOutcome, Result, RuleKind, RuleStore, Store, StoreError,
-    StoredRule,
+    AnalyticsStore, AttemptRecord, AttemptUpdate, AuditRecord, AuditStore, BacklogItem,
+    CommitOutcome, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore, EventQuery,
+    EventRecord, EventStatus, EventStore, NewDelivery, NewEvent, PendingDelivery, PutMode,
+    PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store, StoreError, StoredRule,
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
@@ -80,7 +80,27 @@ CREATE TABLE streamed (
     body     TEXT,
     PRIMARY KEY (agent_id, event_id)
 ) WITHOUT ROWID;
+CREATE INDEX streamed_by_event ON streamed(event_id);
 CREATE INDEX deliveries_by_agent_event ON deliveries(agent_id, event_id);
+
+CREATE TABLE rollups (
+    minute INTEGER NOT NULL,
+    dim    TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value  INTEGER NOT NULL,
+    PRIMARY KEY (minute, dim, metric)
+) WITHOUT ROWID;
+
+CREATE TABLE audit (
+    id        INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    client_ip TEXT NOT NULL,
+    method    TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    status    INTEGER NOT NULL,
+    action    TEXT NOT NULL,
+    target_id TEXT
+);
 
 CREATE TABLE rules (
     kind       TEXT NOT NULL,
@@ -347,6 +367,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, 
         }
         let started = Instant::now();
         let results = run_batch(&mut conn, &mut batch);
+        crate::analytics::Analytics::commit(batch.len(), started.elapsed());
         tracing::trace!(
             batch = batch.len(),
             micros = started.elapsed().as_micros() as u64,
@@ -803,6 +824,148 @@ impl DeliveryStore for SqliteStore {
 }
 
 #[async_trait]
+impl AnalyticsStore for SqliteStore {
+    async fn add_rollups(&self, deltas: Vec<RollupDelta>) -> Result<()> {
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached(
+                "INSERT INTO rollups (minute, dim, metric, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (minute, dim, metric) DO UPDATE SET value = value + excluded.value",
+            )?;
+            for d in &deltas {
+                stmt.execute(params![d.minute, d.dim, d.metric, d.value])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rollup_totals(&self, since: i64) -> Result<Vec<(String, String, i64)>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT dim, metric, SUM(value) FROM rollups WHERE minute >= ?1 GROUP BY dim, metric",
+            )?
+            .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn rollup_timeline(
+        &self,
+        since: i64,
+        bucket_ms: i64,
+        metrics: Vec<String>,
+    ) -> Result<Vec<(i64, String, i64)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT ?2 + ((minute - ?2) / ?3) * ?3 AS b, SUM(value) FROM rollups
+                 WHERE minute >= ?2 AND dim = '' AND metric = ?1 GROUP BY b ORDER BY b",
+            )?;
+            let mut out = Vec::new();
+            for m in &metrics {
+                for row in stmt.query_map(params![m, since, bucket_ms.max(60_000)], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })? {
+                    let (b, v) = row?;
+                    out.push((b, m.clone(), v));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn unsettled_events(&self, since: i64) -> Result<(u64, u64)> {
+        self.read(move |c| {
+            let floor = id_floor(since).to_vec();
+            c.query_row(
+                "SELECT COUNT(DISTINCT event_id),
+                        COUNT(DISTINCT CASE WHEN status = 'dead' THEN event_id END)
+                 FROM deliveries
+                 WHERE event_id >= ?1 AND status IN ('pending', 'in_flight', 'scheduled', 'dead')",
+                [floor],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn add_audit(&self, a: AuditRecord) -> Result<()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO audit (at, client_ip, method, path, status, action, target_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                a.at,
+                a.client_ip,
+                a.method,
+                a.path,
+                a.status,
+                a.action,
+                a.target_id
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditRecord>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, at, client_ip, method, path, status, action, target_id FROM audit
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?
+            .query_map(params![before.unwrap_or(i64::MAX), limit as i64], |r| {
+                Ok(AuditRecord {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    client_ip: r.get(2)?,
+                    method: r.get(3)?,
+                    path: r.get(4)?,
+                    status: r.get(5)?,
+                    action: r.get(6)?,
+                    target_id: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn purge_before(&self, cutoff: i64, batch: usize) -> Result<usize> {
+        self.write(move |c| {
+            let floor = id_floor(cutoff).to_vec();
+            let ids: Vec<Vec<u8>> = c
+                .prepare_cached("SELECT id FROM events WHERE id < ?1 ORDER BY id LIMIT ?2")?
+                .query_map(params![floor, batch as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut del_attempts = c.prepare_cached(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",
+            )?;
+            let mut del_deliveries = c.prepare_cached("DELETE FROM deliveries WHERE event_id = ?1")?;
+            let mut del_streamed = c.prepare_cached("DELETE FROM streamed WHERE event_id = ?1")?;
+            let mut del_event = c.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+            for id in &ids {
+                del_attempts.execute([id])?;
+                del_deliveries.execute([id])?;
+                del_streamed.execute([id])?;
+                del_event.execute([id])?;
+            }
+            if ids.len() < batch {
+                c.prepare_cached("DELETE FROM rollups WHERE minute < ?1")?.execute([cutoff])?;
+                c.prepare_cached("DELETE FROM audit WHERE at < ?1")?.execute([cutoff])?;
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl RuleStore for SqliteStore {
     async fn list_rules(&self, kind: RuleKind) -> Result<Vec<StoredRule>> {
         self.read(move |c| {
@@ -893,7 +1056,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeliveryStatus, NewDelivery};
+    use crate::store::{DeliveryStatus, NewDelivery, RollupDelta};
 
     fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
         let (id, ts) = crate::event::new_event_id();
@@ -1038,6 +1201,52 @@ mod tests {
         assert!(store.delete_rule(k, "a".into()).await.unwrap());
         assert!(!store.delete_rule(k, "a".into()).await.unwrap());
         assert_eq!(store.list_rules(k).await.unwrap(), vec![r("b", "4")]);
+    }
+
+    #[tokio::test]
+    async fn purge_removes_old_events_in_batches_with_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let mut e = ev("github", Some(&format!("p{i}")));
+            e.deliveries.push(NewDelivery {
+                id: Uuid::now_v7(),
+                agent_id: "a".into(),
+                route_id: "r".into(),
+                priority: 0,
+                status: DeliveryStatus::Dead,
+                body: None,
+                retry_policy: None,
+                next_attempt_at: 0,
+                last_error: None,
+            });
+            ids.push(e.id);
+            store.commit_event(e).await.unwrap();
+        }
+        store
+            .add_rollups(vec![RollupDelta {
+                minute: 0,
+                dim: String::new(),
+                metric: "events".into(),
+                value: 1,
+            }])
+            .await
+            .unwrap();
+        // Nothing is older than an hour ago.
+        let hour_ago = crate::ingest::now_ms() - 3_600_000;
+        assert_eq!(store.purge_before(hour_ago, 2).await.unwrap(), 0);
+        let future = crate::ingest::now_ms() + 1000;
+        assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
+        assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
+        assert_eq!(store.purge_before(future, 2).await.unwrap(), 1);
+        assert_eq!(store.purge_before(future, 2).await.unwrap(), 0);
+        for id in ids {
+            assert!(store.get_event(id).await.unwrap().is_none());
+            assert!(store.event_deliveries(id).await.unwrap().is_empty());
+        }
+        assert!(store.rollup_totals(-1).await.unwrap().is_empty());
+        assert_eq!(store.finished_counts().await.unwrap(), (0, 0));
     }
 
     #[test]

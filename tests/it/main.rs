@@ -6,6 +6,7 @@ mod support;
 mod receiver;
 mod signed;
 
+mod analytics;
 mod archive;
 mod cli;
 mod crash;

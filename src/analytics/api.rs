@@ -1,0 +1,203 @@
+//! `GET /analytics/metrics?hours=N` (from the stored rollups) and `GET /metrics` (Prometheus).
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ALL, BUCKETS_MS, m};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::events::{parse_int, query_pairs};
+use crate::app::AppState;
+use crate::ingest::now_ms;
+
+/// Sums of one dimension's metrics.
+#[derive(Default)]
+struct Sums(HashMap<String, i64>);
+
+impl Sums {
+    fn get(&self, metric: &str) -> i64 {
+        self.0.get(metric).copied().unwrap_or(0)
+    }
+
+    fn avg(&self, sum: &str, count: &str, scale: f64) -> f64 {
+        let n = self.get(count);
+        if n == 0 {
+            0.0
+        } else {
+            round2(self.get(sum) as f64 / n as f64 / scale)
+        }
+    }
+
+    /// The upper bound (ms) of the bucket holding the q-quantile of processing times.
+    fn processing_quantile(&self, q: f64) -> f64 {
+        let counts: Vec<i64> = (0..BUCKETS_MS.len())
+            .map(|i| self.get(&format!("{}{i}", m::PROCESSING_BUCKET)))
+            .collect();
+        let total: i64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as i64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return BUCKETS_MS[i];
+            }
+        }
+        BUCKETS_MS[BUCKETS_MS.len() - 1]
+    }
+
+    fn delivery_figures(&self) -> Value {
+        json!({
+            "attempted": self.get(m::ATTEMPTS),
+            "succeeded": self.get(m::DELIVERED),
+            "failed": self.get(m::ATTEMPTS_FAILED),
+            "retried": self.get(m::RETRIES),
+            "deadLettered": self.get(m::DEAD),
+            "averageLatency": self.avg(m::LATENCY_SUM_MS, m::LATENCY_COUNT, 1.0),
+        })
+    }
+
+    fn event_figures(&self) -> Value {
+        let total = self.get(m::EVENTS);
+        let filtered = self.get(m::FILTERED);
+        json!({
+            "totalEvents": total,
+            "processedEvents": total - filtered,
+            "filteredEvents": filtered,
+            "duplicateEvents": self.get(m::DUPLICATES),
+            "rejectedRequests": self.get(m::REJECTED),
+            "averageProcessingTime": self.avg(m::PROCESSING_SUM_US, m::PROCESSING_COUNT, 1000.0),
+            "p95ProcessingTime": self.processing_quantile(0.95),
+            "p99ProcessingTime": self.processing_quantile(0.99),
+        })
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Timeline bucket width for a window of `hours`.
+fn bucket_ms(hours: i64) -> i64 {
+    let minutes = match hours {
+        ..=1 => 1,
+        2..=6 => 5,
+        7..=24 => 15,
+        25..=168 => 60,
+        _ => 360,
+    };
+    minutes * 60_000
+}
+
+pub async fn analytics(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let mut hours = 24;
+    for (k, v) in query_pairs(&raw) {
+        match k.as_str() {
+            "hours" => {
+                hours = parse_int("hours", &v)?;
+                if !(1..=720).contains(&hours) {
+                    return Err(ApiError::bad_request("hours must be from 1 to 720"));
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "unknown query parameter (known: hours)",
+                ));
+            }
+        }
+    }
+    // Make the figures include everything up to now, not only what the last flush wrote.
+    app.flush_analytics().await;
+    let now = now_ms();
+    let bucket = bucket_ms(hours);
+    // Whole buckets, aligned, covering the last `hours`.
+    let since = (now - hours * 3_600_000).div_euclid(60_000) * 60_000;
+    let rows = app.store.rollup_totals(since).await?;
+    let mut dims: BTreeMap<String, Sums> = BTreeMap::new();
+    for (dim, metric, value) in rows {
+        dims.entry(dim).or_default().0.insert(metric, value);
+    }
+    let all = dims.remove(ALL).unwrap_or_default();
+    let (unsettled, with_dead) = app.store.unsettled_events(since).await?;
+    let processed = all.get(m::EVENTS) - all.get(m::FILTERED);
+    let mut metrics = all.event_figures();
+    metrics["successfulEvents"] = json!((processed - unsettled as i64).max(0));
+    metrics["failedEvents"] = json!(with_dead);
+    metrics["deliveries"] = all.delivery_figures();
+    let mut by_source = serde_json::Map::new();
+    let mut by_agent = serde_json::Map::new();
+    for (dim, sums) in &dims {
+        if let Some(s) = dim.strip_prefix("s:") {
+            by_source.insert(s.to_string(), sums.event_figures());
+        } else if let Some(a) = dim.strip_prefix("a:") {
+            by_agent.insert(a.to_string(), sums.delivery_figures());
+        }
+    }
+    let series = app
+        .store
+        .rollup_timeline(
+            since,
+            bucket,
+            vec![
+                m::EVENTS.into(),
+                m::DELIVERED.into(),
+                m::ATTEMPTS_FAILED.into(),
+            ],
+        )
+        .await?;
+    let mut points: BTreeMap<i64, [i64; 3]> = BTreeMap::new();
+    let mut start = since;
+    while start <= now {
+        points.insert(start, [0; 3]);
+        start += bucket;
+    }
+    for (b, metric, v) in series {
+        let slot = match metric.as_str() {
+            x if x == m::EVENTS => 0,
+            x if x == m::DELIVERED => 1,
+            _ => 2,
+        };
+        points.entry(b).or_insert([0; 3])[slot] += v;
+    }
+    let timeline: Vec<Value> = points
+        .into_iter()
+        .map(|(start, [events, delivered, failed])| {
+            json!({"start": start, "events": events, "delivered": delivered, "failed": failed})
+        })
+        .collect();
+    Ok(Json(json!({
+        "hours": hours,
+        "metrics": metrics,
+        "bySource": by_source,
+        "byAgent": by_agent,
+        "timeline": timeline,
+    })))
+}
+
+pub async fn prometheus(State(app): State<AppState>) -> Response {
+    super::Analytics::gauges(
+        app.queue.unfinished(),
+        app.hub
+            .stats
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        app.hub
+            .stats
+            .messages_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.analytics.render_prometheus(),
+    )
+        .into_response()
+}

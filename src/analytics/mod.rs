@@ -1,0 +1,299 @@
+//! Analytics and metrics, in one place: every counter, histogram and log event the router
+//! emits is a typed function here (not strings scattered through the code). Each one feeds
+//! both the Prometheus exporter (`/metrics`) and the per-minute rollups kept in the store
+//! (`/analytics/metrics`, which therefore survives restarts).
+
+pub mod api;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::ingest::now_ms;
+use crate::store::{RollupDelta, Store};
+
+/// Buckets (ms) of the processing-time and latency histograms, for both the Prometheus
+/// histograms and the stored rollups (percentiles are read from them).
+pub const BUCKETS_MS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0,
+    250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
+];
+
+/// The rollup dimension of the whole router.
+pub const ALL: &str = "";
+
+pub fn source_dim(source: &str) -> String {
+    format!("s:{source}")
+}
+
+pub fn agent_dim(agent: &str) -> String {
+    format!("a:{agent}")
+}
+
+/// Names of the stored rollup metrics.
+pub mod m {
+    pub const EVENTS: &str = "events";
+    pub const FILTERED: &str = "filtered";
+    pub const DUPLICATES: &str = "duplicates";
+    pub const REJECTED: &str = "rejected";
+    pub const PROCESSING_SUM_US: &str = "pt_sum_us";
+    pub const PROCESSING_COUNT: &str = "pt_count";
+    /// Followed by the bucket index: `pt_b:7`.
+    pub const PROCESSING_BUCKET: &str = "pt_b:";
+    pub const ATTEMPTS: &str = "attempts";
+    pub const ATTEMPTS_FAILED: &str = "attempts_failed";
+    pub const RETRIES: &str = "retries";
+    pub const DELIVERED: &str = "delivered";
+    pub const DEAD: &str = "dead";
+    pub const LATENCY_SUM_MS: &str = "latency_sum_ms";
+    pub const LATENCY_COUNT: &str = "latency_count";
+}
+
+/// Index of the first bucket whose bound is >= `ms` (the last bucket catches the rest).
+pub fn bucket_of(ms: f64) -> usize {
+    BUCKETS_MS
+        .iter()
+        .position(|b| ms <= *b)
+        .unwrap_or(BUCKETS_MS.len() - 1)
+}
+
+/// Accumulates rollup deltas in memory; a background task writes them every second.
+pub struct Analytics {
+    pending: Mutex<HashMap<(i64, String, String), i64>>,
+    prometheus: PrometheusHandle,
+}
+
+fn minute(ms: i64) -> i64 {
+    ms.div_euclid(60_000) * 60_000
+}
+
+impl Analytics {
+    pub fn new() -> Arc<Analytics> {
+        Arc::new(Analytics {
+            pending: Mutex::new(HashMap::new()),
+            prometheus: install_prometheus(),
+        })
+    }
+
+    fn add(&self, dims: &[&str], metric: &str, value: i64) {
+        let at = minute(now_ms());
+        if let Ok(mut p) = self.pending.lock() {
+            for d in dims {
+                *p.entry((at, (*d).to_string(), metric.to_string()))
+                    .or_insert(0) += value;
+            }
+        }
+    }
+
+    /// Takes what accumulated since the last flush.
+    pub fn drain(&self) -> Vec<RollupDelta> {
+        let taken = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return Vec::new(),
+        };
+        taken
+            .into_iter()
+            .map(|((minute, dim, metric), value)| RollupDelta {
+                minute,
+                dim,
+                metric,
+                value,
+            })
+            .collect()
+    }
+
+    pub fn render_prometheus(&self) -> String {
+        self.prometheus.render()
+    }
+
+    // ---- the typed events ----
+
+    /// A webhook was stored (answered 2xx): counts, and request-received → 2xx time.
+    pub fn event_accepted(&self, source: &str, filtered: bool, routed: bool, took: Duration) {
+        let s = source_dim(source);
+        let dims = [ALL, s.as_str()];
+        self.add(&dims, m::EVENTS, 1);
+        if filtered {
+            self.add(&dims, m::FILTERED, 1);
+        }
+        let us = took.as_micros() as i64;
+        self.add(&dims, m::PROCESSING_SUM_US, us);
+        self.add(&dims, m::PROCESSING_COUNT, 1);
+        let b = bucket_of(us as f64 / 1000.0);
+        self.add(&dims, &format!("{}{b}", m::PROCESSING_BUCKET), 1);
+        let outcome = if filtered {
+            "filtered"
+        } else if routed {
+            "routed"
+        } else {
+            "unrouted"
+        };
+        metrics::counter!("webhooks_total", "source" => source.to_string(), "status" => "200", "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("webhook_processing_seconds", "source" => source.to_string())
+            .record(took.as_secs_f64());
+    }
+
+    /// A webhook was answered as a duplicate of an earlier delivery.
+    pub fn duplicate(&self, source: &str) {
+        let s = source_dim(source);
+        self.add(&[ALL, s.as_str()], m::DUPLICATES, 1);
+        metrics::counter!("webhooks_total", "source" => source.to_string(), "status" => "200", "outcome" => "duplicate")
+            .increment(1);
+    }
+
+    /// A webhook was refused with an error status (`source` only when it is a known one).
+    pub fn rejected(&self, source: Option<&str>, status: u16, code: &'static str) {
+        let label = source.unwrap_or("unknown").to_string();
+        match source {
+            Some(s) => {
+                let d = source_dim(s);
+                self.add(&[ALL, d.as_str()], m::REJECTED, 1);
+            }
+            None => self.add(&[ALL], m::REJECTED, 1),
+        }
+        metrics::counter!("webhooks_total", "source" => label.clone(), "status" => status.to_string(), "outcome" => code)
+            .increment(1);
+        match code {
+            "invalid_signature" | "stale_timestamp" => {
+                metrics::counter!("webhook_verification_failures_total", "source" => label, "reason" => code)
+                    .increment(1)
+            }
+            "rate_limited" => {
+                metrics::counter!("webhook_rate_limited_total", "source" => label).increment(1)
+            }
+            _ => {}
+        }
+    }
+
+    /// One delivery attempt finished. `latency` is event receipt → delivered, when delivered.
+    pub fn attempt(
+        &self,
+        agent: &str,
+        attempt: u32,
+        outcome: &'static str,
+        took: Duration,
+        latency_ms: Option<i64>,
+    ) {
+        let a = agent_dim(agent);
+        let dims = [ALL, a.as_str()];
+        self.add(&dims, m::ATTEMPTS, 1);
+        if attempt > 1 {
+            self.add(&dims, m::RETRIES, 1);
+        }
+        match outcome {
+            "delivered" => self.add(&dims, m::DELIVERED, 1),
+            "dead" => {
+                self.add(&dims, m::ATTEMPTS_FAILED, 1);
+                self.add(&dims, m::DEAD, 1);
+            }
+            _ => self.add(&dims, m::ATTEMPTS_FAILED, 1),
+        }
+        if let Some(l) = latency_ms {
+            self.add(&dims, m::LATENCY_SUM_MS, l.max(0));
+            self.add(&dims, m::LATENCY_COUNT, 1);
+        }
+        metrics::counter!("deliveries_total", "agent" => agent.to_string(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("delivery_attempt_seconds", "agent" => agent.to_string())
+            .record(took.as_secs_f64());
+    }
+
+    /// A delivery was dead-lettered without an attempt (its agent is gone).
+    pub fn dead_without_attempt(&self, agent: &str) {
+        let a = agent_dim(agent);
+        self.add(&[ALL, a.as_str()], m::DEAD, 1);
+        metrics::counter!("deliveries_total", "agent" => agent.to_string(), "outcome" => "dead")
+            .increment(1);
+    }
+
+    /// A group commit finished.
+    pub fn commit(batch: usize, took: Duration) {
+        metrics::histogram!("store_commit_seconds").record(took.as_secs_f64());
+        metrics::histogram!("store_commit_batch_size").record(batch as f64);
+    }
+
+    /// Gauges sampled when /metrics is scraped.
+    pub fn gauges(queue_unfinished: u64, streams_open: u64, stream_messages: u64) {
+        metrics::gauge!("queue_unfinished_deliveries").set(queue_unfinished as f64);
+        metrics::gauge!("streams_open").set(streams_open as f64);
+        metrics::gauge!("stream_messages_sent").set(stream_messages as f64);
+    }
+}
+
+/// The exporter's recorder is global; it is installed once per process (tests start many
+/// servers in one process and share it).
+fn install_prometheus() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds: Vec<f64> = BUCKETS_MS.iter().map(|b| b / 1000.0).collect();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("store_commit_batch_size".into()),
+                        &[
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                        ],
+                    )
+                })
+                .map(|b| b.build_recorder());
+            match recorder {
+                Ok(r) => {
+                    let handle = r.handle();
+                    // Another recorder may already be installed (an embedding application):
+                    // then this handle renders only what it saw, which is nothing.
+                    let _ = metrics::set_global_recorder(r);
+                    handle
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "prometheus exporter set-up failed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+/// Writes the accumulated rollups every second until shutdown, then once more.
+pub fn spawn_flusher(
+    analytics: Arc<Analytics>,
+    store: Arc<dyn Store>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.cancelled() => true,
+            };
+            let deltas = analytics.drain();
+            if !deltas.is_empty()
+                && let Err(e) = store.add_rollups(deltas).await
+            {
+                tracing::error!(error = %e, "writing analytics rollups failed");
+            }
+            if stop {
+                break;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets() {
+        assert_eq!(bucket_of(0.0), 0);
+        assert_eq!(bucket_of(0.1), 0);
+        assert_eq!(bucket_of(0.11), 1);
+        assert_eq!(bucket_of(20.0), 10);
+        assert_eq!(bucket_of(1e9), BUCKETS_MS.len() - 1);
+    }
+}
