@@ -184,16 +184,13 @@ pub async fn analytics(
 }
 
 pub async fn prometheus(State(app): State<AppState>) -> Response {
-    super::Analytics::gauges(
+    let stats = &app.hub.stats;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    super::Analytics::sampled(
         app.queue.unfinished(),
-        app.hub
-            .stats
-            .open
-            .load(std::sync::atomic::Ordering::Relaxed),
-        app.hub
-            .stats
-            .messages_sent
-            .load(std::sync::atomic::Ordering::Relaxed),
+        stats.open.load(relaxed),
+        stats.messages_sent.load(relaxed),
+        stats.overflows.load(relaxed),
     );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

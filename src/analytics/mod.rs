@@ -215,11 +215,12 @@ impl Analytics {
         metrics::histogram!("store_commit_batch_size").record(batch as f64);
     }
 
-    /// Gauges sampled when /metrics is scraped.
-    pub fn gauges(queue_unfinished: u64, streams_open: u64, stream_messages: u64) {
+    /// Values sampled when /metrics is scraped (the stream counters live in the hub).
+    pub fn sampled(queue_unfinished: u64, streams_open: u64, stream_messages: u64, overflows: u64) {
         metrics::gauge!("queue_unfinished_deliveries").set(queue_unfinished as f64);
         metrics::gauge!("streams_open").set(streams_open as f64);
-        metrics::gauge!("stream_messages_sent").set(stream_messages as f64);
+        metrics::counter!("stream_messages_sent_total").absolute(stream_messages);
+        metrics::counter!("stream_overflows_total").absolute(overflows);
     }
 }
 

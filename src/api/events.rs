@@ -107,16 +107,19 @@ pub async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiRe
     Ok(Json(json!({ "items": items, "nextCursor": next })))
 }
 
+/// The archived event with this id, or a 404.
+async fn find_event(app: &AppState, id: &str) -> ApiResult<EventRecord> {
+    let missing = || ApiError::not_found("No event with that id");
+    let id = Uuid::parse_str(id).map_err(|_| missing())?;
+    app.store.get_event(id).await?.ok_or_else(missing)
+}
+
 pub async fn get_one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("No event with that id"))?;
-    let rec = app
-        .store
-        .get_event(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("No event with that id"))?;
+    let rec = find_event(&app, &id).await?;
+    let id = rec.id;
     let deliveries = app.store.event_deliveries(id).await?;
     Ok(Json(json!({
         "event": rec.event_json()?,
@@ -128,12 +131,8 @@ pub async fn get_one(
 /// `POST /admin/events/{id}/replay`: routes an archived event again under the current rules and
 /// creates fresh deliveries for it.
 pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("No event with that id"))?;
-    let rec = app
-        .store
-        .get_event(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("No event with that id"))?;
+    let rec = find_event(&app, &id).await?;
+    let id = rec.id;
     let mut event = rec.event_json()?;
     let str_field = |k: &str| event.get(k).and_then(Value::as_str).map(str::to_string);
     let head = EventHeader {

@@ -100,7 +100,8 @@ fn take_path_id(body: &Bytes, path_id: &str) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(&v).map_err(|e| ApiError::internal("re-encode body", e))
 }
 
-/// Writes one rule and swaps in the rebuilt rule set; answers 201 (created) or 200 (replaced).
+/// Writes one rule and swaps in the rebuilt rule set; answers 201 to a create (POST) and 200 to
+/// every PUT, whether it created or replaced (API.md section 7).
 async fn save(
     app: &AppState,
     kind: RuleKind,
@@ -127,10 +128,9 @@ async fn save(
         )));
     }
     app.reload_rules().await?;
-    let status = match (mode, outcome) {
-        (PutMode::Create, _) => StatusCode::CREATED,
-        (_, PutOutcome::Created) => StatusCode::CREATED,
-        _ => StatusCode::OK,
+    let status = match mode {
+        PutMode::Create => StatusCode::CREATED,
+        PutMode::Upsert => StatusCode::OK,
     };
     Ok((status, Json(answer)).into_response())
 }

@@ -646,8 +646,12 @@ fn requeue(
     let now = crate::ingest::now_ms();
     let ids: Vec<Vec<u8>> = c
         .prepare(&format!(
+            // A delivery whose route transformation failed has nothing to send: it is fixed by
+            // correcting the route and replaying the event, not by a retry.
             "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id
-             WHERE d.status = 'dead' AND {where_sql}"
+             WHERE d.status = 'dead' AND NOT (d.attempts = 0 AND d.body IS NULL
+                   AND d.last_error LIKE 'transformation failed:%')
+               AND {where_sql}"
         ))?
         .query_map(args, |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
@@ -940,7 +944,13 @@ impl AuditStore for SqliteStore {
         self.write(move |c| {
             let floor = id_floor(cutoff).to_vec();
             let ids: Vec<Vec<u8>> = c
-                .prepare_cached("SELECT id FROM events WHERE id < ?1 ORDER BY id LIMIT ?2")?
+                // Events still being delivered stay until their deliveries finish.
+                .prepare_cached(
+                    "SELECT id FROM events WHERE id < ?1 AND NOT EXISTS (
+                         SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+                            AND d.status IN ('pending', 'in_flight', 'scheduled'))
+                     ORDER BY id LIMIT ?2",
+                )?
                 .query_map(params![floor, batch as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut del_attempts = c.prepare_cached(
