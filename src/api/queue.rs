@@ -63,7 +63,8 @@ pub async fn dlq_retry_one(
     let id = delivery_id(&id)?;
     let Some(pending) = app.store.retry_dead(id).await? else {
         return Err(ApiError::not_found(
-            "No dead-lettered delivery with that id",
+            "No retryable dead-lettered delivery with that id (a delivery whose transformation \
+             failed cannot be retried: fix the route, then replay the event)",
         ));
     };
     app.requeue(vec![pending]);

@@ -737,6 +737,21 @@ async fn a_failing_transformation_dead_letters_only_its_delivery() {
         );
     }
 
+    // Nothing to send, so no blind retry: neither one by one nor in bulk.
+    let boom = items.iter().find(|d| d["agentId"] == "boom").unwrap();
+    let (code, body) = admin(
+        &app,
+        Method::POST,
+        &format!("/admin/dlq/{}/retry", boom["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("replay"), "{body}");
+    let (code, body) = admin(&app, Method::POST, "/admin/dlq/retry", Some(&json!({}))).await;
+    assert_eq!((code, &body["retried"]), (200, &json!(0)), "{body}");
+    assert!(rx.received("/boom").is_empty());
+
     // Other events are unaffected by the failure: a Linear event passes the boom route.
     let issue = send_linear(&app, |_| {}).await;
     received_event(&rx, "/boom", issue.id).await;
