@@ -5,8 +5,10 @@ mod support;
 
 mod receiver;
 mod signed;
+mod stream_client;
 
 mod archive;
+mod browser;
 mod cli;
 mod crash;
 mod delivery;
@@ -19,3 +21,4 @@ mod rate_limits;
 mod rules;
 mod rules_admin;
 mod rules_routing;
+mod streaming;
