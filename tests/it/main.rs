@@ -5,9 +5,11 @@ mod support;
 
 mod receiver;
 mod signed;
+mod stream_client;
 
 mod analytics;
 mod archive;
+mod browser;
 mod cli;
 mod crash;
 mod delivery;
@@ -20,3 +22,4 @@ mod rate_limits;
 mod rules;
 mod rules_admin;
 mod rules_routing;
+mod streaming;

@@ -63,9 +63,28 @@ impl TestApp {
 
     /// Starts a server on an existing data dir (e.g. to restart on the same store).
     pub async fn spawn_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_on(listener, dir, adjust).await
+    }
+
+    /// Starts a server on `addr` (e.g. where a stopped one listened, so that its clients
+    /// reconnect) on an existing data dir.
+    pub async fn spawn_at(
+        addr: SocketAddr,
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Self::spawn_on(listener, dir, adjust).await
+    }
+
+    async fn spawn_on(
+        listener: tokio::net::TcpListener,
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let mut cfg = test_config(dir.path());
         adjust(&mut cfg);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = event_router::start(cfg, listener).await.unwrap();
         let addr = server.addr;
         TestApp {
@@ -75,6 +94,12 @@ impl TestApp {
             client: reqwest::Client::new(),
             server: Some(server),
         }
+    }
+
+    /// The running server's state, for what the wire does not show (e.g. the stream hub's
+    /// counters).
+    pub fn state(&self) -> &event_router::app::AppState {
+        &self.server.as_ref().expect("the server is running").state
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,868 @@
+//! Real-time streaming (API.md section 7 "Streaming"), with real WebSocket and SSE clients: who
+//! may open which stream, the message envelopes, transformations and filters, `subscribe`,
+//! heartbeats, resume across the replay/live seam, slow consumers, vanished clients, shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::receiver::TestReceiver;
+use crate::rules::{
+    GITHUB_PR, agent as push_agent, cond, create, delete, filter, jq, put_ok, route, route_when,
+    send_linear, send_pr,
+};
+use crate::signed::*;
+use crate::stream_client::*;
+use crate::support::*;
+
+/// Agents' own keys (`apiKey`; at least 16 characters).
+const KEY_A: &str = "own-key-of-agent-a";
+const KEY_A2: &str = "own-key-of-agent-a-rotated";
+const KEY_B: &str = "own-key-of-agent-b";
+const KEY_BOT: &str = "own-key-of-agent-bot";
+
+/// A stream-only agent (no `url`).
+fn stream_agent(id: &str) -> Value {
+    json!({"id": id, "name": format!("agent {id}"), "enabled": true})
+}
+
+/// A stream-only agent `id` and a route of every processed event to it.
+async fn agent_with_route(app: &TestApp, id: &str) {
+    create(app, "agents", stream_agent(id)).await;
+    create(app, "routes", route(&format!("to-{id}"), &[id])).await;
+}
+
+fn push_body(n: usize) -> String {
+    json!({"ref": "refs/heads/main", "n": n, "sender": {"login": "octocat"}}).to_string()
+}
+
+/// A GitHub `push` event with a marker `n`; its id.
+async fn post_push(app: &TestApp, n: usize) -> Uuid {
+    Webhook::github("push", push_body(n))
+        .send(app)
+        .await
+        .accepted()
+        .id
+}
+
+fn open_count(app: &TestApp) -> u64 {
+    app.state().hub.stats.open.load(Ordering::Relaxed)
+}
+
+async fn wait_open_count(app: &TestApp, n: u64) {
+    wait_for(SOON, || async { (open_count(app) == n).then_some(()) }).await;
+}
+
+/// A refused stream request: this status, and the contract's error form where the client could
+/// read a body (the WebSocket handshake keeps only what arrived with the response head).
+fn assert_refused(r: &Refused, status: u16, t: Transport, what: &str) {
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, status, "{t:?} {what}: {body}");
+    match r.json() {
+        Some(v) => assert_error_form(&v),
+        None if t == Transport::Sse => {
+            panic!("{t:?} {what}: the body is not the error form: {body:?}")
+        }
+        None => {}
+    }
+}
+
+async fn expect_refused(app: &TestApp, t: Transport, req: &StreamRequest, status: u16) {
+    let r = open_refused(app, t, req).await;
+    let what = format!("{:?} bearer {:?}", req.query_string(), req.bearer);
+    assert_refused(&r, status, t, &what);
+}
+
+/// `got` is exactly `want`, in order; on failure, says what is missing, doubled or out of place.
+fn assert_sequence(got: &[Uuid], want: &[Uuid], what: &str) {
+    if got == want {
+        return;
+    }
+    let mut count: HashMap<Uuid, usize> = HashMap::new();
+    for id in got {
+        *count.entry(*id).or_default() += 1;
+    }
+    let missing: Vec<usize> = (0..want.len())
+        .filter(|&i| !count.contains_key(&want[i]))
+        .collect();
+    let doubled: Vec<&Uuid> = count
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    let unexpected = got.iter().filter(|id| !want.contains(id)).count();
+    let first_diff = got.iter().zip(want).position(|(a, b)| a != b);
+    panic!(
+        "{what}: got {} events, want {}; missing positions {missing:?}, duplicated {doubled:?}, \
+         {unexpected} unexpected, first difference at {first_diff:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+#[tokio::test]
+async fn a_key_in_the_authorization_header_or_in_the_query_opens_a_stream() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    for t in BOTH {
+        expect_refused(&app, t, &StreamRequest::keyless("bot"), 401).await;
+        expect_refused(&app, t, &StreamRequest::new("bot", "wrong-key"), 401).await;
+        expect_refused(
+            &app,
+            t,
+            &StreamRequest::keyless("bot").bearer("wrong-key"),
+            401,
+        )
+        .await;
+        expect_refused(&app, t, &StreamRequest::new("bot", ""), 401).await;
+    }
+    let mut clients = Vec::new();
+    for t in BOTH {
+        clients.push(open_ok(&app, t, &StreamRequest::new("bot", AGENT_KEY)).await);
+        clients.push(open_ok(&app, t, &StreamRequest::keyless("bot").bearer(AGENT_KEY)).await);
+    }
+    let id = post_push(&app, 1).await;
+    for c in &mut clients {
+        assert_eq!(c.next_event_id().await, id, "{:?}", c.transport());
+    }
+}
+
+#[tokio::test]
+async fn an_agents_own_key_opens_only_that_agent_and_the_agent_key_opens_any() {
+    let app = TestApp::spawn().await;
+    let mut a = stream_agent("a");
+    a["apiKey"] = json!(KEY_A);
+    create(&app, "agents", a.clone()).await;
+    let mut b = stream_agent("b");
+    b["apiKey"] = json!(KEY_B);
+    create(&app, "agents", b).await;
+    create(&app, "agents", stream_agent("c")).await;
+    create(&app, "routes", route("to-all", &["a", "b", "c"])).await;
+
+    let mut clients = Vec::new();
+    for t in BOTH {
+        clients.push(open_ok(&app, t, &StreamRequest::new("a", KEY_A)).await);
+        clients.push(open_ok(&app, t, &StreamRequest::keyless("a").bearer(KEY_A)).await);
+        for other in ["b", "c", "*"] {
+            expect_refused(&app, t, &StreamRequest::new(other, KEY_A), 401).await;
+            let by_header = StreamRequest::keyless(other).bearer(KEY_A);
+            expect_refused(&app, t, &by_header, 401).await;
+        }
+        expect_refused(&app, t, &StreamRequest::new("a", KEY_B), 401).await;
+        for any in ["a", "b", "c"] {
+            clients.push(open_ok(&app, t, &StreamRequest::new(any, AGENT_KEY)).await);
+        }
+    }
+    let id = post_push(&app, 1).await;
+    for c in &mut clients {
+        assert_eq!(c.next_event_id().await, id, "{:?}", c.transport());
+    }
+
+    // Replacing the agent with a new key: the old key no longer opens it, the new one does.
+    a["apiKey"] = json!(KEY_A2);
+    put_ok(&app, "agents", "a", &a).await;
+    for t in BOTH {
+        expect_refused(&app, t, &StreamRequest::new("a", KEY_A), 401).await;
+        open_ok(&app, t, &StreamRequest::new("a", KEY_A2)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_firehose_needs_the_admin_key_and_carries_every_processed_event() {
+    let app = TestApp::spawn().await;
+    let mut bot = stream_agent("bot");
+    bot["apiKey"] = json!(KEY_BOT);
+    create(&app, "agents", bot).await;
+    let only_linear = json!([cond("source", "equals", json!("linear"))]);
+    create(
+        &app,
+        "routes",
+        route_when("linear-only", &["bot"], only_linear),
+    )
+    .await;
+    let no_push = json!([cond("type", "equals", json!("push"))]);
+    create(
+        &app,
+        "filters",
+        filter("no-push", "exclude", (None, None), no_push),
+    )
+    .await;
+
+    for t in BOTH {
+        for key in [AGENT_KEY, KEY_BOT, "wrong-key"] {
+            expect_refused(&app, t, &StreamRequest::new("*", key), 401).await;
+            expect_refused(&app, t, &StreamRequest::keyless("*").bearer(key), 401).await;
+        }
+    }
+    let mut clients = Vec::new();
+    for t in BOTH {
+        clients.push(open_ok(&app, t, &StreamRequest::new("*", ADMIN_KEY)).await);
+        clients.push(open_ok(&app, t, &StreamRequest::keyless("*").bearer(ADMIN_KEY)).await);
+    }
+
+    let unrouted = send_pr(&app, |_| {}).await;
+    assert!(unrouted.processed && !unrouted.routed, "{unrouted:?}");
+    let filtered = Webhook::github("push", push_body(1))
+        .send(&app)
+        .await
+        .accepted();
+    assert!(
+        !filtered.processed,
+        "the exclude filter did not apply: {filtered:?}"
+    );
+    let routed = send_linear(&app, |_| {}).await;
+    assert!(routed.routed, "{routed:?}");
+    let last = send_pr(&app, |v| v["action"] = json!("closed")).await;
+
+    let archived = archived_event(&app, unrouted.id).await;
+    for c in &mut clients {
+        let t = c.transport();
+        assert_eq!(
+            c.next_event().await,
+            archived,
+            "{t:?}: the firehose carries the event"
+        );
+        let rest = c.event_ids_through(last.id).await;
+        assert_sequence(
+            &rest,
+            &[routed.id, last.id],
+            &format!("{t:?} firehose after the first event (the filtered one is left out)"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_agent_id_that_is_not_a_configured_agent_is_404() {
+    let app = TestApp::spawn().await;
+    create(&app, "agents", stream_agent("gone")).await;
+    assert_eq!(delete(&app, "agents", "gone").await, 204);
+    for t in BOTH {
+        for agent in ["nobody", "gone"] {
+            expect_refused(&app, t, &StreamRequest::new(agent, AGENT_KEY), 404).await;
+            let by_header = StreamRequest::keyless(agent).bearer(AGENT_KEY);
+            expect_refused(&app, t, &by_header, 404).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_filters_are_400_before_any_upgrade() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let bad = [
+        "not json",
+        "42",
+        r#""github""#,
+        r#"{"source": 5}"#,
+        r#"[{"field":"payload.action","operator":"like","value":"x"}]"#,
+        r#"[{"field":"payload.action","operator":"regex","value":"("}]"#,
+        r#"[{"operator":"equals","value":"x"}]"#,
+        r#"{"conditions":[{"field":"payload.action","operator":"in","value":"opened"}]}"#,
+        r#"[{"field":"payload.action","operator":"exists","value":"yes"}]"#,
+    ];
+    for t in BOTH {
+        for f in bad {
+            let req = StreamRequest::new("bot", AGENT_KEY).param("filters", f);
+            // On the WebSocket this is the handshake's answer: a 400, never a 101.
+            expect_refused(&app, t, &req, 400).await;
+        }
+    }
+    let stats = &app.state().hub.stats;
+    assert_eq!(
+        stats.opened_total.load(Ordering::Relaxed),
+        0,
+        "a refused request opened a subscription"
+    );
+    // The same request with valid filters is accepted (so the 400s were about the filters).
+    for t in BOTH {
+        let req = StreamRequest::new("bot", AGENT_KEY).param("filters", r#"{"source":"github"}"#);
+        open_ok(&app, t, &req).await;
+    }
+}
+
+#[tokio::test]
+async fn events_arrive_in_the_contract_envelope_with_or_without_a_push_url() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    create(&app, "agents", stream_agent("bot")).await;
+    create(&app, "agents", push_agent("pusher", &rx, "/hook")).await;
+    create(&app, "routes", route("both", &["bot", "pusher"])).await;
+    let mut clients = Vec::new();
+    for agent in ["bot", "pusher"] {
+        for t in BOTH {
+            clients.push((
+                agent,
+                open_ok(&app, t, &StreamRequest::new(agent, AGENT_KEY)).await,
+            ));
+        }
+    }
+    for (_, c) in &clients {
+        if let StreamClient::Sse(sse) = c {
+            let ct = sse.headers.get("content-type").map(|v| v.to_str().unwrap());
+            assert!(
+                ct.is_some_and(|c| c.starts_with("text/event-stream")),
+                "SSE content-type {ct:?}"
+            );
+        }
+    }
+    let sent = send_pr(&app, |_| {}).await;
+    let archived = archived_event(&app, sent.id).await;
+    for (agent, c) in &mut clients {
+        let t = c.transport();
+        // `next_event` checks the envelope and, on SSE, `id:` = the event id.
+        assert_eq!(c.next_event().await, archived, "{agent} over {t:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_routes_transformation_is_what_its_streams_carry_live_and_on_resume() {
+    let app = TestApp::spawn().await;
+    create(&app, "agents", stream_agent("shaped")).await;
+    create(&app, "agents", stream_agent("raw")).await;
+    let mut shaping = route("shape", &["shaped"]);
+    shaping["transformation"] =
+        jq(r#"{id, source, type, title: .payload.pull_request.title, via: "stream"}"#);
+    create(&app, "routes", shaping).await;
+    create(&app, "routes", route("as-is", &["raw"])).await;
+    let mut shaped = Vec::new();
+    let mut raw = Vec::new();
+    for t in BOTH {
+        shaped.push(open_ok(&app, t, &StreamRequest::new("shaped", AGENT_KEY)).await);
+        raw.push(open_ok(&app, t, &StreamRequest::new("raw", AGENT_KEY)).await);
+    }
+    let title: Value =
+        serde_json::from_slice::<Value>(GITHUB_PR).unwrap()["pull_request"]["title"].clone();
+
+    let first = send_pr(&app, |_| {}).await;
+    let second = send_pr(&app, |v| v["action"] = json!("closed")).await;
+    let mut live_second = None;
+    for c in &mut shaped {
+        let t = c.transport();
+        for sent in [first, second] {
+            let ev = c.next_event().await;
+            assert_eq!(ev["id"], sent.id.to_string(), "{t:?}: {ev}");
+            assert_eq!(
+                ev["title"], title,
+                "{t:?}: the route's jq did not apply: {ev}"
+            );
+            assert_eq!(ev["via"], "stream", "{t:?}: {ev}");
+            assert_eq!(ev["source"], "github", "{t:?}: {ev}");
+            assert!(ev.get("payload").is_none(), "{t:?}: {ev}");
+            assert!(ev.get("metadata").is_none(), "{t:?}: {ev}");
+            if sent.id == second.id {
+                live_second = Some(ev);
+            }
+        }
+    }
+    for c in &mut raw {
+        let t = c.transport();
+        assert_eq!(
+            c.next_event().await,
+            archived_event(&app, first.id).await,
+            "{t:?}"
+        );
+    }
+    // A resumed stream replays the transformed copy, the same as was sent live.
+    let live_second = live_second.unwrap();
+    for t in BOTH {
+        let req =
+            StreamRequest::new("shaped", AGENT_KEY).param("lastEventId", &first.id.to_string());
+        let mut c = open_ok(&app, t, &req).await;
+        assert_eq!(c.next_event().await, live_second, "{t:?} replay");
+    }
+}
+
+#[tokio::test]
+async fn filters_in_either_form_narrow_the_stream_live_and_on_resume() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let opened_any_case = json!([
+        {"field": "payload.action", "operator": "equals", "value": "OPENED", "caseSensitive": false}
+    ]);
+    let prs_not_closed = json!({
+        "source": "github", "eventType": "pull_request",
+        "conditions": [{"field": "payload.action", "operator": "equals", "value": "closed", "negate": true}]
+    });
+    let linear_only = json!({"source": "linear"});
+    let filters = [&opened_any_case, &prs_not_closed, &linear_only];
+    let mut clients = Vec::new();
+    for (i, f) in filters.iter().enumerate() {
+        for t in BOTH {
+            let req = StreamRequest::new("bot", AGENT_KEY).param("filters", &f.to_string());
+            clients.push((i, open_ok(&app, t, &req).await));
+        }
+    }
+
+    let opened = send_pr(&app, |_| {}).await.id;
+    let closed = send_pr(&app, |v| v["action"] = json!("closed")).await.id;
+    let issue = send_linear(&app, |_| {}).await.id;
+    let _push = post_push(&app, 1).await;
+    let reopened = send_pr(&app, |v| v["action"] = json!("reopened")).await.id;
+    let last_pr = send_pr(&app, |_| {}).await.id;
+    let last_issue = send_linear(&app, |_| {}).await.id;
+    let _ = closed;
+
+    let want = [
+        vec![opened, last_pr],
+        vec![opened, reopened, last_pr],
+        vec![issue, last_issue],
+    ];
+    for (i, c) in &mut clients {
+        let t = c.transport();
+        let got = c.event_ids_through(*want[*i].last().unwrap()).await;
+        assert_sequence(
+            &got,
+            &want[*i],
+            &format!("{t:?} with filters {}", filters[*i]),
+        );
+    }
+    // The replay of a resumed stream is narrowed the same way.
+    for t in BOTH {
+        let req = StreamRequest::new("bot", AGENT_KEY)
+            .param("filters", &prs_not_closed.to_string())
+            .param("lastEventId", &opened.to_string());
+        let mut c = open_ok(&app, t, &req).await;
+        let got = c.event_ids_through(last_pr).await;
+        assert_sequence(
+            &got,
+            &[reopened, last_pr],
+            &format!("{t:?} resumed with filters"),
+        );
+    }
+}
+
+/// The filters a `subscription_update` echoes, after checking its envelope.
+fn subscription_update(v: &Value) -> Value {
+    assert_eq!(v["type"], "subscription_update", "{v}");
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["data", "type"], "{v}");
+    assert!(
+        v["data"].get("filters").is_some(),
+        "data.filters is missing: {v}"
+    );
+    v["data"]["filters"].clone()
+}
+
+/// The conditions of filters in either form.
+fn conditions_of(filters: &Value) -> Value {
+    match filters {
+        Value::Array(_) => filters.clone(),
+        _ => filters.get("conditions").cloned().unwrap_or(json!([])),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_subscribe_replaces_the_filters_and_is_answered() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let mut ws = open_ok(&app, Transport::Ws, &StreamRequest::new("bot", AGENT_KEY)).await;
+
+    ws.send(&json!({"type": "subscribe", "filters": {"source": "linear"}}))
+        .await;
+    let echoed = subscription_update(&ws.next_message().await.1);
+    assert_eq!(echoed["source"], "linear", "{echoed}");
+    let _pr = send_pr(&app, |_| {}).await;
+    let issue = send_linear(&app, |_| {}).await;
+    assert_eq!(
+        ws.next_event_id().await,
+        issue.id,
+        "the new filters did not apply"
+    );
+
+    // The array form replaces the previous filters (it is not added to them).
+    let closed = json!([cond("payload.action", "equals", json!("closed"))]);
+    ws.send(&json!({"type": "subscribe", "filters": closed}))
+        .await;
+    let echoed = subscription_update(&ws.next_message().await.1);
+    crate::rules::assert_subset(&closed, &conditions_of(&echoed), "filters");
+    let _issue = send_linear(&app, |_| {}).await;
+    let closed_pr = send_pr(&app, |v| v["action"] = json!("closed")).await;
+    assert_eq!(ws.next_event_id().await, closed_pr.id);
+
+    // `{}`: everything again.
+    ws.send(&json!({"type": "subscribe", "filters": {}})).await;
+    subscription_update(&ws.next_message().await.1);
+    let issue = send_linear(&app, |_| {}).await;
+    assert_eq!(ws.next_event_id().await, issue.id);
+}
+
+#[tokio::test]
+async fn heartbeats_arrive_at_the_configured_interval() {
+    let app = TestApp::spawn_with(|c| c.stream_heartbeat = Duration::from_millis(200)).await;
+    agent_with_route(&app, "bot").await;
+    for t in BOTH {
+        let start = Instant::now();
+        let mut c = open_ok(&app, t, &StreamRequest::new("bot", AGENT_KEY)).await;
+        let mut at = Vec::new();
+        let mut last_ts = 0;
+        while at.len() < 4 {
+            match c.recv().await {
+                Got::Message { id, json } => {
+                    assert_eq!(json["type"], "heartbeat", "{t:?}: {json}");
+                    assert_heartbeat(&json);
+                    assert_eq!(id, None, "{t:?}: a heartbeat carries no event id");
+                    let ts = json["timestamp"].as_i64().unwrap();
+                    assert!(ts >= last_ts, "{t:?}: heartbeat timestamps go back");
+                    last_ts = ts;
+                    at.push(start.elapsed());
+                }
+                other => panic!("{t:?}: {other:?}"),
+            }
+        }
+        // Four beats about 200 ms apart: not the 15 s default, not a burst.
+        assert!(
+            at[0] >= Duration::from_millis(100),
+            "{t:?}: first beat at {at:?}"
+        );
+        let span = at[3] - at[0];
+        assert!(
+            span >= Duration::from_millis(300) && span <= Duration::from_secs(3),
+            "{t:?}: three intervals took {span:?} ({at:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resume_replays_what_came_after_the_last_id_in_order_then_goes_on_live() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    create(&app, "agents", stream_agent("bot")).await;
+    create(&app, "agents", push_agent("pusher", &rx, "/hook")).await;
+    let github_only = json!([cond("source", "equals", json!("github"))]);
+    create(
+        &app,
+        "routes",
+        route_when("gh", &["bot", "pusher"], github_only),
+    )
+    .await;
+
+    let a = post_push(&app, 1).await;
+    let b = post_push(&app, 2).await;
+    let not_theirs = send_linear(&app, |_| {}).await;
+    assert!(!not_theirs.routed);
+    let c = post_push(&app, 3).await;
+
+    let mut clients = Vec::new();
+    for agent in ["bot", "pusher"] {
+        let base = StreamRequest::new(agent, AGENT_KEY);
+        let a = a.to_string();
+        for (how, t, req) in [
+            (
+                "ws lastEventId",
+                Transport::Ws,
+                base.clone().param("lastEventId", &a),
+            ),
+            (
+                "sse lastEventId",
+                Transport::Sse,
+                base.clone().param("lastEventId", &a),
+            ),
+            (
+                "sse Last-Event-ID",
+                Transport::Sse,
+                base.clone().header("last-event-id", &a),
+            ),
+        ] {
+            clients.push((format!("{agent} {how}"), open_ok(&app, t, &req).await));
+        }
+    }
+    for (what, s) in &mut clients {
+        let replayed = [s.next_event_id().await, s.next_event_id().await];
+        assert_sequence(&replayed, &[b, c], &format!("{what}: replay"));
+    }
+    let d = post_push(&app, 4).await;
+    let e = post_push(&app, 5).await;
+    for (what, s) in &mut clients {
+        let live = [s.next_event_id().await, s.next_event_id().await];
+        assert_sequence(&live, &[d, e], &format!("{what}: live after the replay"));
+    }
+}
+
+#[tokio::test]
+async fn resume_during_concurrent_ingest_has_no_gap_and_no_duplicate() {
+    const TOTAL: usize = 200;
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let (tx, mut posted) = tokio::sync::watch::channel(Vec::<Uuid>::new());
+    let poster = {
+        let client = app.client.clone();
+        let base = app.base.clone();
+        tokio::spawn(async move {
+            for n in 0..TOTAL {
+                let answer = Webhook::github("push", push_body(n))
+                    .send_to(&client, &base)
+                    .await;
+                let id = answer.accepted().id;
+                tx.send_modify(|ids| ids.push(id));
+            }
+        })
+    };
+    // Clients join at three points while the events keep coming, each resuming a little behind
+    // the newest acknowledged event so that its replay and the live events overlap.
+    let mut clients = Vec::new();
+    for at in [40, 100, 160] {
+        let ids = tokio::time::timeout(SOON, posted.wait_for(|ids| ids.len() >= at))
+            .await
+            .expect("ingest goes on")
+            .unwrap()
+            .clone();
+        let k = ids.len() - 10;
+        for t in BOTH {
+            let req =
+                StreamRequest::new("bot", AGENT_KEY).param("lastEventId", &ids[k].to_string());
+            clients.push((k, open_ok(&app, t, &req).await));
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(30), poster)
+        .await
+        .expect("ingest finishes")
+        .unwrap();
+    let all = posted.borrow().clone();
+    assert_eq!(all.len(), TOTAL);
+    for (k, mut c) in clients {
+        let t = c.transport();
+        let got = c.event_ids_through(all[TOTAL - 1]).await;
+        assert_sequence(
+            &got,
+            &all[k + 1..],
+            &format!("{t:?} resumed after event #{k}"),
+        );
+    }
+}
+
+/// Runs `clients` resuming stream readers against 8 concurrent posters of `per_poster` events
+/// each, on a multi-threaded runtime (as the server runs in production): each reader takes 10
+/// events at a time, leaves, and comes back with its last id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resuming_with_the_last_id_misses_nothing_under_concurrent_ingest() {
+    const POSTERS: usize = 8;
+    const PER_POSTER: usize = 50;
+    let app = Arc::new(TestApp::spawn().await);
+    agent_with_route(&app, "bot").await;
+    let req = StreamRequest::new("bot", AGENT_KEY);
+    let mut first = Vec::new();
+    for t in BOTH {
+        first.push(open_ok(&app, t, &req).await);
+    }
+    wait_open_count(&app, 2).await;
+    let mut posters = Vec::new();
+    for p in 0..POSTERS {
+        let app = app.clone();
+        posters.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..PER_POSTER {
+                let w = Webhook::github("push", push_body(p * 1000 + n));
+                ids.push(w.send(&app).await.accepted().id);
+            }
+            ids
+        }));
+    }
+    // The last event, known once it was answered: a reader that has it is done.
+    let (last_tx, last_rx) = tokio::sync::watch::channel(None::<Uuid>);
+    let mut readers = Vec::new();
+    for c in first {
+        let app = app.clone();
+        let req = req.clone();
+        let mut last_rx = last_rx.clone();
+        readers.push(tokio::spawn(async move {
+            let t = c.transport();
+            let mut c = Some(c);
+            let mut got: Vec<Uuid> = Vec::new();
+            loop {
+                let mut s = match c.take() {
+                    Some(s) => s,
+                    None => {
+                        let last = got.last().unwrap().to_string();
+                        open_ok(&app, t, &req.clone().param("lastEventId", &last)).await
+                    }
+                };
+                for _ in 0..10 {
+                    let done = |l: &Option<Uuid>| l.is_some_and(|l| got.contains(&l));
+                    let id = tokio::select! {
+                        id = s.next_event_id() => id,
+                        _ = last_rx.wait_for(done) => return (t, got),
+                    };
+                    got.push(id);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for p in posters {
+        all.extend(p.await.unwrap());
+    }
+    // Posted after every other event was answered: the last one any reader gets.
+    let last = post_push(&app, 999_999).await;
+    last_tx.send_replace(Some(last));
+    all.push(last);
+    all.sort();
+    for r in readers {
+        let (t, mut got) = tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .expect("the reader reaches the last event")
+            .unwrap();
+        got.sort();
+        assert_sequence(
+            &got,
+            &all,
+            &format!("{t:?}: a reader resuming with its last id every 10 events (sorted ids)"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_with_a_reason_and_slows_neither_ingest_nor_others() {
+    const TOTAL: usize = 200;
+    let app = TestApp::spawn_with(|c| c.stream_buffer = 8).await;
+    agent_with_route(&app, "bot").await;
+    let req = StreamRequest::new("bot", AGENT_KEY);
+    // Opened and then not read until ingest is over.
+    let mut stalled = Vec::new();
+    for t in BOTH {
+        stalled.push(open_ok(&app, t, &req).await);
+    }
+    let mut readers = Vec::new();
+    for t in BOTH {
+        let mut c = open_ok(&app, t, &req).await;
+        readers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < TOTAL {
+                ids.push(c.next_event_id().await);
+            }
+            ids
+        }));
+    }
+    wait_open_count(&app, 4).await;
+
+    // Large events, so that what the stalled clients leave unread is far beyond what the
+    // sockets' kernel buffers and the server's channels can hold.
+    let pad = "x".repeat(100 * 1024);
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..TOTAL {
+        let body = json!({"n": n, "pad": pad, "sender": {"login": "octocat"}}).to_string();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            Webhook::github("push", body).send(&app),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("ingest of event #{n} blocked behind a stalled stream"));
+        ids.push(answer.accepted().id);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "200 events took {took:?}");
+
+    for r in readers {
+        let got = tokio::time::timeout(SOON, r)
+            .await
+            .expect("the reading subscriber gets every event")
+            .unwrap();
+        assert_sequence(&got, &ids, "the subscriber that reads");
+    }
+    for mut s in stalled {
+        let t = s.transport();
+        let (got, end) = s.drain().await;
+        match &end {
+            Got::Closed { code, reason } => {
+                assert!(!reason.trim().is_empty(), "{t:?}: closed without a reason");
+                if t == Transport::Ws {
+                    assert!(code.is_some(), "{t:?}: the close frame has no code");
+                }
+            }
+            other => panic!(
+                "{t:?}: the stalled stream was not closed with a reason; after {} of {TOTAL} \
+                 events it {other:?}",
+                got.len()
+            ),
+        }
+        assert!(got.len() < TOTAL, "{t:?}: {end:?} after every event");
+        assert_sequence(
+            &got,
+            &ids[..got.len()],
+            &format!("{t:?}: what the cut-off stream delivered"),
+        );
+        // It resumes with its last id and misses nothing.
+        if let Some(last) = got.last() {
+            let req = req.clone().param("lastEventId", &last.to_string());
+            let mut again = open_ok(&app, t, &req).await;
+            let rest = again.event_ids_through(ids[TOTAL - 1]).await;
+            assert_sequence(
+                &rest,
+                &ids[got.len()..],
+                &format!("{t:?} resumed after the cut"),
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_frees_its_subscription() {
+    // Short heartbeats: a server learns that an idle SSE client is gone when it next writes.
+    let app = TestApp::spawn_with(|c| c.stream_heartbeat = Duration::from_millis(200)).await;
+    agent_with_route(&app, "bot").await;
+    let req = StreamRequest::new("bot", AGENT_KEY);
+    let ws = open_ok(&app, Transport::Ws, &req).await;
+    let sse = open_ok(&app, Transport::Sse, &req).await;
+    let mut polite = open_ok(&app, Transport::Ws, &req).await;
+    wait_open_count(&app, 3).await;
+    assert!(app.state().hub.listening("bot"));
+
+    // Two vanish without a word (their sockets just close); one closes the WebSocket properly.
+    drop(ws);
+    drop(sse);
+    if let StreamClient::Ws(ws) = &mut polite {
+        ws.close(None).await.unwrap();
+    }
+    wait_open_count(&app, 0).await;
+    assert!(!app.state().hub.listening("bot"));
+    // Ingest still routes to the agent, and a new stream works.
+    let mut again = open_ok(&app, Transport::Sse, &req).await;
+    let id = post_push(&app, 1).await;
+    assert_eq!(again.next_event_id().await, id);
+}
+
+#[tokio::test]
+async fn shutdown_closes_streams_with_a_close_message() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let req = StreamRequest::new("bot", AGENT_KEY);
+    let mut ws = open_ok(&app, Transport::Ws, &req).await;
+    let mut sse = open_ok(&app, Transport::Sse, &req).await;
+    wait_open_count(&app, 2).await;
+    let stopping = tokio::spawn(async move {
+        let started = Instant::now();
+        app.stop().await;
+        started.elapsed()
+    });
+    match ws.recv().await {
+        Got::Closed {
+            code: Some(1001),
+            reason,
+        } => {
+            assert!(!reason.trim().is_empty(), "the close frame has no reason")
+        }
+        other => panic!("WebSocket: expected a close frame 1001 (going away), got {other:?}"),
+    }
+    match sse.recv().await {
+        Got::Closed { code: None, reason } => {
+            assert!(
+                !reason.trim().is_empty(),
+                "the SSE close message has no reason"
+            )
+        }
+        other => panic!("SSE: expected a final close message, got {other:?}"),
+    }
+    assert!(
+        matches!(sse.recv().await, Got::Ended),
+        "the SSE body ends after the close message"
+    );
+    let took = tokio::time::timeout(Duration::from_secs(15), stopping)
+        .await
+        .expect("the server stops")
+        .unwrap();
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+}
