@@ -29,7 +29,15 @@ fn run(c: &mut Criterion, name: &str, src: &Source, h: &HeaderMap, body: &[u8]) 
     g.bench_function(name, |b| {
         b.iter(|| {
             let now = now_ms();
-            match ingest::prepare(src, h, black_box(body), "127.0.0.1", now, &|_| false) {
+            match ingest::prepare(
+                src,
+                h,
+                black_box(body),
+                "127.0.0.1",
+                now,
+                &|_| false,
+                &mut event_router::event::new_event_id,
+            ) {
                 Ok(Prepared::Event {
                     event, raw_json, ..
                 }) => black_box(serialize_event(&event, raw_json.then_some(body))),

@@ -27,6 +27,7 @@ use crate::rules::{self, RuleOptions};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{PendingDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
 use crate::stream::Hub;
+use crate::stream::sequencer::Sequencer;
 
 pub use crate::routing::hash_api_key;
 
@@ -49,6 +50,7 @@ pub struct Inner {
     pub targets: Arc<ArcSwap<Targets>>,
     pub queue: Queue,
     pub hub: Arc<Hub>,
+    pub sequencer: Arc<Sequencer>,
     pub analytics: Arc<Analytics>,
     pub default_policy: Arc<RetryPolicy>,
     pub rule_options: RuleOptions,
@@ -320,6 +322,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let compiled = routing::load(store.as_ref(), rule_options.clone()).await?;
     let targets = Arc::new(ArcSwap::new(compiled.targets.clone()));
     let analytics = Analytics::new();
+    let hub = Arc::new(Hub::new(config.stream_buffer));
     let scheduler = queue::start(
         store.clone(),
         targets.clone(),
@@ -335,7 +338,8 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         compiled: ArcSwap::new(Arc::new(compiled)),
         targets,
         queue: scheduler.queue.clone(),
-        hub: Arc::new(Hub::new(config.stream_buffer)),
+        hub: hub.clone(),
+        sequencer: Sequencer::new(hub),
         analytics,
         default_policy,
         rule_options,

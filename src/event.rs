@@ -379,6 +379,8 @@ pub fn new_event_id() -> (Uuid, i64) {
 }
 
 pub struct EventInput<'a> {
+    /// The event's id and receipt time (ms), from `new_event_id` or the stream sequencer.
+    pub id: (Uuid, i64),
     pub source: &'a str,
     pub classified: Classified,
     pub payload: Value,
@@ -390,8 +392,8 @@ pub struct EventInput<'a> {
 
 /// Builds the section 4 event object. Returns the header columns and the JSON object.
 pub fn normalize(input: EventInput<'_>) -> (EventHeader, Value) {
-    let (id, timestamp) = new_event_id();
     let EventInput {
+        id: (id, timestamp),
         source,
         classified,
         payload,
@@ -643,6 +645,7 @@ mod tests {
             ("authorization", "Bearer k"),
         ]);
         let (h, ev) = normalize(EventInput {
+            id: new_event_id(),
             source: "github",
             classified: Classified {
                 event_type: "pull_request".into(),

@@ -162,7 +162,8 @@ pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
         app.store.add_deliveries(id, plan.deliveries).await?;
         app.queue.enqueue_unreserved(plan.jobs);
     }
-    crate::stream::publish_event(&app.hub, id, event, None, plan.streams);
+    // Not published to live streams: they show events in id order, and a replayed event has
+    // an old id (a stream client sees it by resuming from before it).
     Ok(Json(json!({
         "eventId": id,
         "processed": plan.processed,

@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::config::{Scheme, SourceConfig};
 use crate::event::{self, Decoded, EventHeader, EventInput};
 use crate::store::{CommitOutcome, NewEvent};
+use crate::stream::sequencer::Publication;
 use dedupe::Original;
 use verify::{SecretSet, VerifyError};
 
@@ -128,19 +129,34 @@ async fn ingest(
     }
     let bytes = read_body(body, headers, app.config.max_event_size).await?;
     let client_ip = peer.ip().to_string();
-    let (head, mut event, raw_json) =
-        match prepare(&source, headers, &bytes, &client_ip, now_ms(), &|auth| {
-            app.is_agent_key(auth)
-        })? {
-            Prepared::Challenge(challenge) => {
-                return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
-            }
-            Prepared::Event {
-                head,
-                event,
-                raw_json,
-            } => (head, event, raw_json),
-        };
+    // The id comes from the stream sequencer, which publishes events in id order; `pending`
+    // releases it however this request ends.
+    let mut pending = None;
+    let mut next_id = || {
+        let (p, ts) = app.sequencer.next_id();
+        let id = p.id();
+        pending = Some(p);
+        (id, ts)
+    };
+    let prepared = prepare(
+        &source,
+        headers,
+        &bytes,
+        &client_ip,
+        now_ms(),
+        &|auth| app.is_agent_key(auth),
+        &mut next_id,
+    )?;
+    let (head, mut event, raw_json) = match prepared {
+        Prepared::Challenge(challenge) => {
+            return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
+        }
+        Prepared::Event {
+            head,
+            event,
+            raw_json,
+        } => (head, event, raw_json),
+    };
 
     tracing::Span::current().record("event_id", tracing::field::display(head.id));
     if let Some(d) = &head.delivery_id
@@ -175,7 +191,21 @@ async fn ingest(
         &event,
         raw_json.then_some(&bytes[..]),
     ));
-    let plan = app.plan(&head, &mut event, &body);
+    // jq programs may run up to their time budget: keep them off the async workers.
+    let plan = if app.compiled.load().rules.has_transforms() {
+        let (app3, head3, body3) = (app.clone(), head.clone(), body.clone());
+        let (plan, ev) = tokio::task::spawn_blocking(move || {
+            let mut ev = event;
+            let plan = app3.plan(&head3, &mut ev, &body3);
+            (plan, ev)
+        })
+        .await
+        .map_err(|e| ApiError::internal("routing task failed", e))?;
+        event = ev;
+        plan
+    } else {
+        app.plan(&head, &mut event, &body)
+    };
     let reservation = app.queue.reserve(plan.jobs.len()).map_err(|_| {
         ApiError::unavailable("queue_full", "The delivery queue is full; retry later")
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
@@ -206,7 +236,13 @@ async fn ingest(
             let outcome = app2.store.commit_event(new_event).await?;
             if outcome == CommitOutcome::Stored {
                 app2.queue.enqueue(jobs, reservation);
-                crate::stream::publish_event(&app2.hub, head.id, event, firehose, streams);
+                if let Some(p) = pending {
+                    p.publish(Publication {
+                        event_view: event,
+                        firehose_body: firehose,
+                        items: streams,
+                    });
+                }
                 if let Some(d) = &head.delivery_id {
                     app2.dedupe.insert(
                         &head.source,
@@ -310,6 +346,7 @@ pub fn prepare(
     client_ip: &str,
     now_ms: i64,
     agent_key: &dyn Fn(&[u8]) -> bool,
+    next_id: &mut dyn FnMut() -> (uuid::Uuid, i64),
 ) -> Result<Prepared, ApiError> {
     verify_request(source, headers, bytes, now_ms, agent_key)?;
     let kind = event::body_kind(headers).map_err(|e| ApiError::invalid_body(e.0))?;
@@ -330,6 +367,7 @@ pub fn prepare(
     let classified = event::classify(source.scheme, headers, &payload)
         .map_err(|e| ApiError::invalid_body(e.0))?;
     let (head, event) = event::normalize(EventInput {
+        id: next_id(),
         source: &source.name,
         classified,
         payload,

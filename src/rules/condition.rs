@@ -32,7 +32,7 @@ use regex::{Regex, RegexBuilder};
 use serde_json::{Number, Value};
 
 use super::model::{FilterCondition, Operator};
-use super::path::FieldPath;
+use super::path::{FieldPath, Memo, PrefixTable};
 use super::validate::ValidationError;
 
 /// Compiled regexes larger than this are refused (the default of the regex
@@ -142,6 +142,20 @@ impl Condition {
         let test = &self.test;
         let hit = self.path.any(event, &mut |leaf| test.test(leaf));
         hit != self.negate
+    }
+
+    /// [`Condition::holds`] through a per-event prefix memo (see
+    /// [`PrefixTable`]).
+    #[inline]
+    pub(crate) fn holds_memo(&self, memo: &mut Memo<'_, '_>) -> bool {
+        let test = &self.test;
+        let hit = self.path.any_memo(memo, &mut |leaf| test.test(leaf));
+        hit != self.negate
+    }
+
+    /// Shares this condition's path prefix with the others of a rule set.
+    pub(crate) fn link(&mut self, table: &mut PrefixTable) {
+        table.link(&mut self.path);
     }
 
     pub fn path(&self) -> &FieldPath {
@@ -286,9 +300,20 @@ thread_local! {
     static FOLD_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Haystacks up to this size are searched in place when both sides are
+/// ASCII; longer ones are folded into a buffer for a fast substring search.
+const SMALL_HAYSTACK: usize = 512;
+
 fn contains_folded(hay: &str, folded_needle: &str) -> bool {
     if folded_needle.is_empty() {
         return true;
+    }
+    if hay.len() <= SMALL_HAYSTACK && hay.is_ascii() && folded_needle.is_ascii() {
+        let needle = folded_needle.as_bytes();
+        return hay
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle));
     }
     FOLD_BUFFER.with(|buf| {
         let Ok(mut buf) = buf.try_borrow_mut() else {
@@ -317,7 +342,7 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -739,9 +764,14 @@ mod tests {
         assert!(eq_folded("ΟΔΟΣ", &fold_str("ΟΔΟΣ")));
         assert!(eq_folded("İ", &fold_str("İ")));
         assert!(contains_folded("xxİyy", &fold_str("İY")));
+        assert!(contains_folded("Hello World", "o w"));
+        assert!(!contains_folded("Hello", "hello!"));
+        let long = format!("{}Needle", "x".repeat(1000));
+        assert!(contains_folded(&long, "needle"));
+        assert!(!contains_folded(&long, "needles"));
     }
 
-    fn arb_json() -> impl Strategy<Value = Value> {
+    pub(crate) fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
@@ -758,16 +788,16 @@ mod tests {
         })
     }
 
-    fn arb_path() -> impl Strategy<Value = String> {
+    pub(crate) fn arb_path() -> impl Strategy<Value = String> {
         prop::collection::vec("[a-c0-2]", 1..4).prop_map(|s| s.join("."))
     }
 
-    fn arb_operator() -> impl Strategy<Value = Operator> {
+    pub(crate) fn arb_operator() -> impl Strategy<Value = Operator> {
         prop::sample::select(Operator::ALL.to_vec())
     }
 
     /// A value the operator accepts, drawn from or shaped like `v`.
-    fn fit(op: Operator, v: Value) -> Value {
+    pub(crate) fn fit(op: Operator, v: Value) -> Value {
         match op {
             Operator::Exists => Value::Bool(v.as_bool().unwrap_or(true)),
             Operator::In => match v {

@@ -25,6 +25,9 @@ struct Segment {
 pub struct FieldPath {
     raw: Box<str>,
     segments: Box<[Segment]>,
+    /// Set by [`PrefixTable::link`]: the shared node of this path, resolved
+    /// (with its prefixes) once per event by a [`Memo`].
+    node: Option<PrefixId>,
 }
 
 impl fmt::Debug for FieldPath {
@@ -76,6 +79,7 @@ impl FieldPath {
         Ok(FieldPath {
             raw: path.into(),
             segments: segments.into(),
+            node: None,
         })
     }
 
@@ -97,6 +101,41 @@ impl FieldPath {
         walk(root, &self.segments, test)
     }
 
+    /// [`FieldPath::any`] through a per-event memo of shared prefixes.
+    #[inline]
+    pub(crate) fn any_memo<'v>(
+        &self,
+        memo: &mut Memo<'v, '_>,
+        test: &mut dyn FnMut(Option<&'v Value>) -> bool,
+    ) -> bool {
+        let Some(node) = self.node else {
+            return walk(memo.root, &self.segments, test);
+        };
+        match memo.resolve(node) {
+            Slot::Found(v) => test(Some(v)),
+            Slot::Missing => test(None),
+            // An array without an index on the way: the any-element rule
+            // walks from the deepest prefix that resolved to one value.
+            Slot::Unresolved | Slot::Crossing => {
+                let mut id = node;
+                let mut depth = self.segments.len();
+                loop {
+                    let Some(parent) = memo.table.nodes.get(id as usize).map(|n| n.parent) else {
+                        return walk(memo.root, &self.segments, test);
+                    };
+                    depth -= 1;
+                    if parent == ROOT || depth == 0 {
+                        return walk(memo.root, &self.segments, test);
+                    }
+                    if let Slot::Found(v) = memo.resolve(parent) {
+                        return walk(v, &self.segments[depth..], test);
+                    }
+                    id = parent;
+                }
+            }
+        }
+    }
+
     /// The single value at this path, ignoring the any-element rule (a
     /// non-numeric segment on an array is missing).
     pub fn get<'v>(&self, root: &'v Value) -> Option<&'v Value> {
@@ -109,6 +148,156 @@ impl FieldPath {
             };
         }
         Some(current)
+    }
+}
+
+/// Index of a node in a [`PrefixTable`].
+pub(crate) type PrefixId = u32;
+const ROOT: PrefixId = PrefixId::MAX;
+
+#[derive(Debug, Clone)]
+struct PrefixNode {
+    parent: PrefixId,
+    segment: Segment,
+}
+
+/// The distinct paths of a rule set and their prefixes, as a tree.
+/// Conditions on the same field, or sharing `payload.pull_request.`, then
+/// look those keys up once per event instead of once per condition: map
+/// lookups (string compares in a BTreeMap) are most of the cost of
+/// evaluating a rule set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PrefixTable {
+    nodes: Vec<PrefixNode>,
+    index: std::collections::HashMap<(PrefixId, Box<str>), PrefixId>,
+}
+
+impl PrefixTable {
+    /// Links `path` to its node, creating nodes for it and its prefixes as
+    /// needed.
+    pub(crate) fn link(&mut self, path: &mut FieldPath) {
+        let mut parent = ROOT;
+        for seg in path.segments.iter() {
+            let key = (parent, seg.key.clone());
+            parent = match self.index.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let Ok(id) = PrefixId::try_from(self.nodes.len()) else {
+                        return;
+                    };
+                    if id == ROOT {
+                        return;
+                    }
+                    self.nodes.push(PrefixNode {
+                        parent,
+                        segment: seg.clone(),
+                    });
+                    self.index.insert(key, id);
+                    id
+                }
+            };
+        }
+        if parent != ROOT {
+            path.node = Some(parent);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+/// What a prefix resolved to in one event.
+#[derive(Debug, Clone, Copy)]
+enum Slot<'v> {
+    Unresolved,
+    Found(&'v Value),
+    Missing,
+    /// Reached through an array without an index.
+    Crossing,
+}
+
+/// Per-event cache of resolved prefixes. Cheap to create; must not outlive
+/// a change of the event (it borrows it).
+pub(crate) struct Memo<'v, 't> {
+    root: &'v Value,
+    table: &'t PrefixTable,
+    slots: Slots<'v>,
+}
+
+/// Slots live on the stack for tables of up to [`INLINE_SLOTS`] nodes, so
+/// evaluating an event does not allocate.
+const INLINE_SLOTS: usize = 64;
+
+struct Slots<'v> {
+    inline: [Slot<'v>; INLINE_SLOTS],
+    /// Used instead when the table is larger (`Vec::new` does not allocate).
+    heap: Vec<Slot<'v>>,
+}
+
+impl<'v> Slots<'v> {
+    fn new(len: usize) -> Self {
+        Slots {
+            inline: [Slot::Unresolved; INLINE_SLOTS],
+            heap: if len > INLINE_SLOTS {
+                vec![Slot::Unresolved; len]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [Slot<'v>] {
+        if self.heap.is_empty() {
+            &mut self.inline[..]
+        } else {
+            &mut self.heap[..]
+        }
+    }
+}
+
+impl<'v, 't> Memo<'v, 't> {
+    pub(crate) fn new(table: &'t PrefixTable, root: &'v Value) -> Self {
+        let len = table.nodes.len();
+        Memo {
+            root,
+            table,
+            slots: Slots::new(len),
+        }
+    }
+
+    fn resolve(&mut self, id: PrefixId) -> Slot<'v> {
+        let i = id as usize;
+        match self.slots.as_mut_slice().get(i) {
+            Some(Slot::Unresolved) => {}
+            Some(slot) => return *slot,
+            None => return Slot::Unresolved,
+        }
+        let Some(node) = self.table.nodes.get(i) else {
+            return Slot::Unresolved;
+        };
+        let parent = if node.parent == ROOT {
+            Slot::Found(self.root)
+        } else {
+            self.resolve(node.parent)
+        };
+        let slot = match parent {
+            Slot::Found(Value::Object(map)) => map
+                .get(&*node.segment.key)
+                .map_or(Slot::Missing, Slot::Found),
+            Slot::Found(Value::Array(items)) => match node.segment.index {
+                Some(idx) => items.get(idx).map_or(Slot::Missing, Slot::Found),
+                None => Slot::Crossing,
+            },
+            Slot::Found(_) | Slot::Missing => Slot::Missing,
+            Slot::Crossing | Slot::Unresolved => Slot::Crossing,
+        };
+        if let Some(cell) = self.slots.as_mut_slice().get_mut(i) {
+            *cell = slot;
+        }
+        slot
     }
 }
 
@@ -205,6 +394,94 @@ mod tests {
             leaf == Some(&json!(2))
         }));
         assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn memo_agrees_with_walk() {
+        let events = [
+            json!({"a": {"b": {"c": 1, "d": [1, 2]}, "x": [{"c": 1}, {"c": 2}]}}),
+            json!({"a": {"b": 5}}),
+            json!({"a": [{"b": {"c": 2}}, {"b": {"c": 1}}]}),
+            json!({"a": null}),
+            json!([]),
+        ];
+        let paths = [
+            "a.b.c", "a.b.d", "a.x.c", "a.x.1.c", "a.b", "a", "a.b.c.d", "a.0.b.c", "q.r",
+        ];
+        let mut table = PrefixTable::default();
+        let mut linked: Vec<FieldPath> =
+            paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect();
+        for p in &mut linked {
+            table.link(p);
+        }
+        // a a.b a.b.c a.b.d a.x a.x.c a.x.1 a.x.1.c a.b.c.d a.0 a.0.b a.0.b.c q q.r
+        assert_eq!(table.len(), 14);
+        for event in &events {
+            let mut memo = Memo::new(&table, event);
+            for (p, path) in paths.iter().zip(&linked) {
+                let plain = FieldPath::parse(p).unwrap();
+                let mut expected = Vec::new();
+                plain.any(event, &mut |leaf| {
+                    expected.push(leaf.cloned());
+                    false
+                });
+                let mut got = Vec::new();
+                path.any_memo(&mut memo, &mut |leaf| {
+                    got.push(leaf.cloned());
+                    false
+                });
+                assert_eq!(got, expected, "{p} on {event}");
+            }
+        }
+    }
+
+    use proptest::prelude::*;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<i8>().prop_map(Value::from),
+            "[ab]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 48, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c0-1]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn memo_equals_walk_for_random_events(
+            event in arb_json(),
+            paths in prop::collection::vec(
+                prop::collection::vec("[a-c0-1]", 1..5).prop_map(|s| s.join(".")),
+                1..8,
+            ),
+        ) {
+            let mut table = PrefixTable::default();
+            let mut linked: Vec<FieldPath> =
+                paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect();
+            for p in &mut linked {
+                table.link(p);
+            }
+            let mut memo = Memo::new(&table, &event);
+            for path in &linked {
+                let mut expected = Vec::new();
+                path.any(&event, &mut |leaf| {
+                    expected.push(leaf.cloned());
+                    false
+                });
+                let mut got = Vec::new();
+                path.any_memo(&mut memo, &mut |leaf| {
+                    got.push(leaf.cloned());
+                    false
+                });
+                prop_assert_eq!(got, expected);
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! `GET /stream/ws` and `GET /stream/sse`: authenticate, resolve the agent and filters (all
 //! before any upgrade), replay what a reconnecting client missed, then stream live.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -128,20 +127,18 @@ fn heartbeat() -> String {
     json!({"type": "heartbeat", "timestamp": now_ms()}).to_string()
 }
 
-/// Replays the backlog after `last`, then forwards live messages (skipping what the replay
-/// already sent) and heartbeats, until the client goes, the buffer overflows, or shutdown.
+/// Replays the backlog after `last` up to `bound`, then forwards live messages and heartbeats,
+/// until the client goes, the buffer overflows, or shutdown. Streams carry events in id order
+/// (see `sequencer`): every event below `bound` was published before the subscription, so it
+/// comes from the store; every event from `bound` on arrives live. No gap, no duplicate.
 async fn feed(
     app: AppState,
     opened: Opened,
-    reg: Registration,
-    mut live: mpsc::Receiver<Arc<Message>>,
+    sub: (Registration, mpsc::Receiver<Arc<Message>>, Uuid),
     out: mpsc::Sender<Out>,
 ) {
+    let (reg, mut live, bound) = sub;
     let hub_stats = &app.hub.stats;
-    // Ids replayed from the store; the same events may also be in the live buffer (committed
-    // before the subscription, published after), and are skipped there. Ids, not an order
-    // bound: concurrent commits can publish out of id order.
-    let mut replayed: HashSet<Uuid> = HashSet::new();
     if let Some(mut after) = opened.last_event_id {
         let agent = (&*opened.agent != FIREHOSE).then(|| opened.agent.to_string());
         loop {
@@ -163,9 +160,13 @@ async fn feed(
                 }
             };
             let n = batch.len();
+            let mut reached_bound = false;
             for item in batch {
+                if item.event_id >= bound {
+                    reached_bound = true;
+                    break;
+                }
                 after = item.event_id;
-                replayed.insert(item.event_id);
                 let view: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
                 if !reg.subscriber.filter.load().matches(&view) {
                     continue;
@@ -180,7 +181,7 @@ async fn feed(
                 }
                 hub_stats.messages_sent.fetch_add(1, Ordering::Relaxed);
             }
-            if n < REPLAY_BATCH {
+            if n < REPLAY_BATCH || reached_bound {
                 break;
             }
         }
@@ -192,9 +193,6 @@ async fn feed(
         tokio::select! {
             msg = live.recv() => match msg {
                 Some(m) => {
-                    if !replayed.is_empty() && replayed.remove(&m.event_id) {
-                        continue;
-                    }
                     if out.send(Out::Event(m)).await.is_err() {
                         return;
                     }
@@ -233,9 +231,11 @@ pub async fn sse(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
-    let (reg, live) = app.hub.subscribe(&opened.agent, opened.filter.clone());
+    let sub = app
+        .sequencer
+        .subscribe(&opened.agent, opened.filter.clone());
     let (tx, rx) = mpsc::channel::<Out>(64);
-    tokio::spawn(feed(app.clone(), opened, reg, live, tx));
+    tokio::spawn(feed(app.clone(), opened, sub, tx));
     let stream = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
         if done {
             return None;
@@ -289,11 +289,13 @@ pub async fn ws(
 }
 
 async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
-    let (reg, live) = app.hub.subscribe(&opened.agent, opened.filter.clone());
-    let subscriber = reg.subscriber.clone();
+    let sub = app
+        .sequencer
+        .subscribe(&opened.agent, opened.filter.clone());
+    let subscriber = sub.0.subscriber.clone();
     let (tx, mut rx) = mpsc::channel::<Out>(64);
     let (mut sink, mut stream) = socket.split();
-    let feeding = tokio::spawn(feed(app.clone(), opened, reg, live, tx.clone()));
+    let feeding = tokio::spawn(feed(app.clone(), opened, sub, tx.clone()));
     // Client messages: `subscribe` changes the filters; answers go out through the same queue.
     let control_tx = tx;
     let reader = tokio::spawn(async move {

@@ -4,6 +4,7 @@
 //! consumer never slows ingest or the others.
 
 pub mod handlers;
+pub mod sequencer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
