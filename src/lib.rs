@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod config_check;
+pub mod crypto;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
@@ -20,6 +21,7 @@ pub mod send;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{Server, run, start};
 

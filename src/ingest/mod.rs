@@ -128,19 +128,33 @@ async fn ingest(
     }
     let bytes = read_body(body, headers, app.config.max_event_size).await?;
     let client_ip = peer.ip().to_string();
-    let (head, mut event, raw_json) =
-        match prepare(&source, headers, &bytes, &client_ip, now_ms(), &|auth| {
-            app.is_agent_key(auth)
-        })? {
-            Prepared::Challenge(challenge) => {
-                return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
-            }
-            Prepared::Event {
-                head,
-                event,
-                raw_json,
-            } => (head, event, raw_json),
-        };
+    // A wrong `Authorization: Bearer` key on `internal` is a failed agent authentication, and
+    // counts toward the per-address throttle.
+    let wrong_bearer = std::cell::Cell::new(false);
+    let prepared = prepare(&source, headers, &bytes, &client_ip, now_ms(), &|auth| {
+        let ok = app.is_agent_key(auth);
+        wrong_bearer.set(!ok);
+        ok
+    });
+    let prepared = match prepared {
+        Err(e) if wrong_bearer.get() => {
+            return Err(match app.auth_throttle.failed(peer.ip()) {
+                Ok(()) => e,
+                Err(retry_after) => crate::api::throttle::too_many_failures(retry_after),
+            });
+        }
+        other => other?,
+    };
+    let (head, mut event, raw_json) = match prepared {
+        Prepared::Challenge(challenge) => {
+            return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
+        }
+        Prepared::Event {
+            head,
+            event,
+            raw_json,
+        } => (head, event, raw_json),
+    };
 
     tracing::Span::current().record("event_id", tracing::field::display(head.id));
     if let Some(d) = &head.delivery_id

@@ -1,6 +1,7 @@
 //! The store is the truth: events, deliveries and rules live here, behind small per-concern
 //! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL later).
 
+pub mod encrypted;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -338,6 +339,8 @@ pub enum RuleKind {
     Route,
     Agent,
     RateLimit,
+    /// Server bookkeeping kept by id (the encryption key check value); never served.
+    Meta,
 }
 
 impl RuleKind {
@@ -347,6 +350,7 @@ impl RuleKind {
             RuleKind::Route => "route",
             RuleKind::Agent => "agent",
             RuleKind::RateLimit => "rate_limit",
+            RuleKind::Meta => "meta",
         }
     }
 }

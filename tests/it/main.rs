@@ -20,3 +20,4 @@ mod rate_limits;
 mod rules;
 mod rules_admin;
 mod rules_routing;
+mod security;

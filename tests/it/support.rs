@@ -77,6 +77,11 @@ impl TestApp {
         }
     }
 
+    /// The running server (e.g. to reload its TLS certificate).
+    pub fn server(&self) -> &event_router::Server {
+        self.server.as_ref().expect("the server is running")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
