@@ -319,7 +319,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.sqlite_path() {
         Some(path) => {
             let store = SqliteStore::open(

@@ -15,6 +15,7 @@ pub mod event;
 pub mod ingest;
 pub mod queue;
 pub mod ratelimit;
+pub mod rotate;
 pub mod routing;
 pub mod rules;
 pub mod send;

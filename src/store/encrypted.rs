@@ -21,7 +21,7 @@ use super::{
 use crate::crypto::{Cipher, CryptoError};
 
 /// The id under which the key check value is kept (rules of kind `meta`).
-const KEY_CHECK_ID: &str = "encryption_key_check";
+pub const KEY_CHECK_ID: &str = "encryption_key_check";
 
 pub struct EncryptedStore {
     inner: Arc<dyn Store>,
@@ -349,5 +349,8 @@ impl Store for EncryptedStore {
     }
     async fn close(&self) {
         self.inner.close().await
+    }
+    async fn rewrite_bodies(&self, rewrite: super::BodyRewrite) -> Result<u64> {
+        self.inner.rewrite_bodies(rewrite).await
     }
 }

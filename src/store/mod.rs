@@ -395,4 +395,12 @@ pub trait Store: EventStore + RuleStore + DeliveryStore + AnalyticsStore + Audit
     async fn ping(&self) -> Result<()>;
     /// Finishes queued writes and closes. Later calls fail with `Closed`.
     async fn close(&self);
+    /// Passes every archived body (events, deliveries, stream-resume rows) through `rewrite`,
+    /// storing what it returns (`None` = unchanged), in small batches; how many were changed.
+    /// For re-encryption while the server is stopped (`event-router rotate-key`).
+    async fn rewrite_bodies(&self, rewrite: BodyRewrite) -> Result<u64>;
 }
+
+/// A function from a stored body to its replacement (`None` = keep it).
+pub type BodyRewrite =
+    std::sync::Arc<dyn Fn(&str) -> std::result::Result<Option<String>, String> + Send + Sync>;

@@ -453,3 +453,81 @@ async fn a_key_is_generated_into_the_data_dir_when_none_is_given() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn rotate_key_re_encrypts_everything_under_the_new_key() {
+    let with_key = |key: &'static str| {
+        move |c: &mut event_router::Config| {
+            c.encryption_key = Some(event_router::config::Secret(key.into()));
+            c.encrypt_payloads = true;
+        }
+    };
+    let app = TestApp::spawn_with(with_key(KEY_A)).await;
+    let admin = Admin::of(&app);
+    admin
+        .create_agent(json!({"id": "s", "name": "s", "secret": crate::delivery::CHOSEN_SECRET}))
+        .await;
+    let marker = "rotation-marker-51c2";
+    let body = json!({"ref": marker, "sender": {"login": "octocat"}}).to_string();
+    let a = Webhook::github("push", body.into_bytes())
+        .send_to(&app.client, &app.base)
+        .await
+        .accepted();
+    let dir = app.stop().await;
+
+    let mut cfg = crate::support::test_config(dir.path());
+    with_key(KEY_A)(&mut cfg);
+    let r = event_router::rotate::rotate_key(&cfg, KEY_B).await.unwrap();
+    assert_eq!(r.agents, 1, "{r:?}");
+    assert!(r.bodies >= 1, "{r:?}");
+    // Running it again (as after an interruption) changes nothing and does not fail.
+    let again = event_router::rotate::rotate_key(&cfg, KEY_B).await.unwrap();
+    assert_eq!((again.agents, again.bodies), (0, 0));
+
+    // The old key no longer opens the store; the new one reads everything back.
+    let mut old_cfg = crate::support::test_config(dir.path());
+    with_key(KEY_A)(&mut old_cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    assert!(event_router::start(old_cfg, listener).await.is_err());
+    let app = TestApp::spawn_in(dir, with_key(KEY_B)).await;
+    let admin = Admin::of(&app);
+    assert_eq!(
+        admin.agent_secret("s").await,
+        crate::delivery::CHOSEN_SECRET
+    );
+    assert_eq!(admin.event(a.id).await["event"]["payload"]["ref"], marker);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rotate_key_command_updates_the_generated_key_file() {
+    let app = TestApp::spawn().await;
+    Admin::of(&app)
+        .create_agent(json!({"id": "s", "name": "s", "secret": crate::delivery::CHOSEN_SECRET}))
+        .await;
+    let dir = app.stop().await;
+    let out = tokio::process::Command::new(crate::support::binary())
+        .arg("rotate-key")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_clear()
+        .env("NEW_ENCRYPTION_KEY", KEY_B)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("1 agent secrets"), "{stderr}");
+    assert!(
+        !stderr.contains(KEY_B),
+        "the key is never printed: {stderr}"
+    );
+    let file = std::fs::read_to_string(dir.path().join("encryption.key")).unwrap();
+    assert_eq!(file.trim(), KEY_B);
+    let app = TestApp::spawn_in(dir, |_| {}).await;
+    assert_eq!(
+        Admin::of(&app).agent_secret("s").await,
+        crate::delivery::CHOSEN_SECRET
+    );
+    app.stop().await;
+}
