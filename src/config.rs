@@ -1063,6 +1063,59 @@ mod tests {
     }
 
     #[test]
+    fn security_settings_layer_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"/etc/er/cert.pem\"\ntls_key = \"/etc/er/key.pem\"\nencrypt_payloads = true\nextra_ca_certs = \"/etc/er/ca.pem\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let env = |k: &str| match k {
+            "TLS_CERT" => Some("/run/cert.pem".to_string()),
+            "ENCRYPT_PAYLOADS" => Some("false".to_string()),
+            "ENCRYPTION_KEY" => Some(key.to_string()),
+            _ => None,
+        };
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/run/cert.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/er/key.pem")));
+        assert_eq!(c.extra_ca_certs, Some(PathBuf::from("/etc/er/ca.pem")));
+        assert!(!c.encrypt_payloads);
+        assert!(!format!("{c:?}").contains(key));
+
+        // A certificate without its key, a short key, a bad boolean: each reported.
+        let env = |k: &str| match k {
+            "TLS_CERT" => Some("/run/cert.pem".to_string()),
+            "ENCRYPTION_KEY" => Some("c2hvcnQ=".to_string()),
+            "ENCRYPT_PAYLOADS" => Some("maybe".to_string()),
+            _ => None,
+        };
+        let errors = Config::load(&Overrides::default(), &env).unwrap_err().0;
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{shown:#?}");
+        assert!(shown.iter().any(|e| e.contains("tls_key")), "{shown:#?}");
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.contains("ENCRYPTION_KEY") && e.contains("5 bytes")),
+            "{shown:#?}"
+        );
+        assert!(!shown.iter().any(|e| e.contains("c2hvcnQ")), "{shown:#?}");
+        assert!(shown.iter().any(|e| e.contains("ENCRYPT_PAYLOADS")));
+        assert!(
+            file_errors("encrypt_payloads = \"yes\"\n")[0]
+                .message
+                .contains("true or false")
+        );
+    }
+
+    #[test]
     fn secrets_never_debug_print() {
         let s = Secret("hunter2".into());
         assert!(!format!("{s:?}").contains("hunter2"));
