@@ -531,3 +531,58 @@ async fn rotate_key_command_updates_the_generated_key_file() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_of_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("first CA");
+    let (cert, key) = ca.issue_into(dir.path());
+    let port = crate::delivery::closed_port();
+    let mut child = tokio::process::Command::new(crate::support::binary())
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_clear()
+        .env("ADMIN_API_KEY", ADMIN_KEY)
+        .env("TLS_CERT", &cert)
+        .env("TLS_KEY", &key)
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let first = ca.client();
+    crate::support::wait_for(std::time::Duration::from_secs(20), || async {
+        health(&first, &base).await.ok().filter(|s| *s == 200)
+    })
+    .await;
+    let ca2 = TestCa::new("second CA");
+    ca2.issue_into(dir.path());
+    let pid = child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let second = ca2.client();
+    crate::support::wait_for(std::time::Duration::from_secs(10), || async {
+        health(&second, &base).await.ok().filter(|s| *s == 200)
+    })
+    .await;
+    // Still running (SIGHUP did not stop it), and SIGTERM still stops it cleanly.
+    assert!(child.try_wait().unwrap().is_none());
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
