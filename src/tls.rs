@@ -117,7 +117,9 @@ impl CertStore {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/1.1 only: the server is built without axum's `http2` feature, so offering h2
+        // could hand a client a protocol nobody on this side speaks.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
 }
