@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt as _;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,10 +25,12 @@ use crate::queue::{self, Job, Queue, QueueConfig, Targets};
 use crate::ratelimit::{self, RateLimiter, SystemClock};
 use crate::routing::{self, Compiled, Plan};
 use crate::rules::{self, RuleOptions};
+use crate::store::encrypted::EncryptedStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{PendingDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
 use crate::stream::Hub;
 use crate::stream::sequencer::Sequencer;
+use crate::tls::{CertStore, TlsListener};
 
 pub use crate::routing::hash_api_key;
 
@@ -42,6 +45,8 @@ pub struct Inner {
     pub admin_key: Secret,
     pub dedupe: RecentDeliveries,
     pub limiter: RateLimiter,
+    /// Failed admin / agent authentications per client address.
+    pub auth_throttle: crate::api::throttle::AuthThrottle,
     /// Serializes admin changes to rules so each rebuild sees the previous one.
     pub rules_lock: tokio::sync::Mutex<()>,
     /// The compiled rules, delivery targets and agent keys; swapped whole on every change.
@@ -203,12 +208,23 @@ pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
 pub struct Server {
     pub addr: SocketAddr,
     pub state: AppState,
+    /// The served certificate, when serving HTTPS.
+    tls: Option<Arc<CertStore>>,
     shutdown: CancellationToken,
     scheduler: queue::Running,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Server {
+    /// Reads the TLS certificate and key files again (what SIGHUP does). Connections already
+    /// open keep theirs; new handshakes get the new one. `Ok(false)` when not serving HTTPS.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.tls {
+            Some(certs) => certs.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// Stops accepting, lets in-flight requests and commits finish (at most `deadline`), then
     /// closes the store.
     pub async fn shutdown(self, deadline: Duration) {
@@ -269,7 +285,7 @@ pub fn random_token(bytes: usize) -> String {
 }
 
 /// Writes a file readable only by its owner.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
@@ -285,7 +301,27 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the backend and puts the encryption layer over it (agent secrets are always sealed;
+/// payloads with `encrypt_payloads`). A key that does not match the data refuses the start.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let key = crate::crypto::load_or_generate_key(
+        config.encryption_key.as_ref().map(|k| k.0.as_str()),
+        &config.data_dir,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let cipher = Arc::new(crate::crypto::Cipher::new(&key));
+    let backend = open_backend(config)?;
+    let store = EncryptedStore::open(backend.clone(), cipher, config.encrypt_payloads).await;
+    match store {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => {
+            backend.close().await;
+            anyhow::bail!("{e}")
+        }
+    }
+}
+
+pub fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.sqlite_path() {
         Some(path) => {
             let store = SqliteStore::open(
@@ -310,7 +346,14 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     let sources = ingest::build_sources(&config.sources).map_err(anyhow::Error::msg)?;
     let admin_key = admin_key(&config)?;
-    let store = open_store(&config)?;
+    // TLS material and CA certificates are checked before anything starts, so a bad path is
+    // reported at once and clearly.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(CertStore::load(cert, key)?),
+        _ => None,
+    };
+    let client = outbound_client(&config)?;
+    let store = open_store(&config).await?;
     let shutdown = CancellationToken::new();
     let rule_options = RuleOptions::default();
     let default_policy = Arc::new(RetryPolicy::server_default(
@@ -330,6 +373,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             max_queue_size: config.max_queue_size,
             default_policy: default_policy.clone(),
             analytics: analytics.clone(),
+            client,
         },
         shutdown.clone(),
     )
@@ -352,6 +396,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             config.rate_limit_window_ms,
             Arc::new(SystemClock),
         ),
+        auth_throttle: Default::default(),
         rules_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
         tasks: TaskTracker::new(),
@@ -363,22 +408,90 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let addr = listener.local_addr()?;
     let router = crate::api::router(state.clone());
     let token = shutdown.clone();
-    let serving = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-    });
-    tracing::info!(%addr, backend = state.store.backend(), "event-router listening");
+    let serving = match &tls {
+        None => tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+        }),
+        Some(certs) => {
+            let server_config = certs
+                .server_config()
+                .context("cannot build the TLS configuration")?;
+            // `tap_io` only so that axum's `ConnectInfo<SocketAddr>` applies to this listener.
+            let listener =
+                TlsListener::new(listener, server_config, shutdown.clone())?.tap_io(|_| {});
+            spawn_tls_reload_on_sighup(certs.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+            })
+        }
+    };
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        backend = state.store.backend(),
+        "event-router listening"
+    );
     Ok(Server {
         addr,
         state,
+        tls,
         shutdown,
         scheduler,
         serving,
     })
+}
+
+/// The outbound delivery client, trusting `extra_ca_certs` besides the built-in roots.
+fn outbound_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    let extra = match &config.extra_ca_certs {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("extra_ca_certs: cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    crate::deliver::client(extra.as_deref()).map_err(|e| match &config.extra_ca_certs {
+        Some(path) => anyhow::anyhow!("extra_ca_certs: {}: {e}", path.display()),
+        None => anyhow::anyhow!("cannot build the HTTP client: {e}"),
+    })
+}
+
+/// SIGHUP re-reads the certificate and key; a failed reload keeps the certificate in use.
+fn spawn_tls_reload_on_sighup(certs: Arc<CertStore>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; the TLS certificate will not be reloaded");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    match certs.reload() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one"),
+                    }
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (certs, shutdown);
 }
 
 /// Writes the config file's `[[agents]]`, `[[filters]]` and `[[routes]]` into the store, by id
@@ -497,6 +610,7 @@ fn spawn_housekeeping(state: &AppState) {
                     let limiter_state = state.clone();
                     // Purging walks every shard; keep it off the async workers.
                     let _ = tokio::task::spawn_blocking(move || limiter_state.limiter.purge_idle()).await;
+                    state.auth_throttle.purge_expired();
                 }
             }
         }

@@ -123,6 +123,15 @@ pub struct Config {
     pub commit_batch_max: usize,
     /// The file the config came from, if any.
     pub config_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: serve HTTPS when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of CA certificates trusted, besides the built-in roots, for deliveries.
+    pub extra_ca_certs: Option<PathBuf>,
+    /// Encrypt archived event and delivery bodies too (agent secrets always are).
+    pub encrypt_payloads: bool,
+    /// `ENCRYPTION_KEY` (32 bytes, base64); `None` = the key kept in the data dir.
+    pub encryption_key: Option<Secret>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -153,6 +162,11 @@ impl Default for Config {
             stream_buffer: 4096,
             commit_batch_max: 1024,
             config_file: None,
+            tls_cert: None,
+            tls_key: None,
+            extra_ca_certs: None,
+            encrypt_payloads: false,
+            encryption_key: None,
         }
     }
 }
@@ -267,6 +281,7 @@ impl Config {
         cfg.apply_env(env, &mut errors);
         cfg.apply_overrides(overrides, &mut errors);
         cfg.resolve_secrets(env);
+        cfg.check_security(&mut errors);
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -287,6 +302,7 @@ impl Config {
             }),
         }
         cfg.config_file = Some(path.to_path_buf());
+        cfg.check_security(&mut errors);
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -388,6 +404,21 @@ impl Config {
                 "stream_buffer" => match int_in(item, 1, 1_000_000) {
                     Ok(v) => self.stream_buffer = v as usize,
                     Err(m) => err(m),
+                },
+                "tls_cert" | "tls_key" | "extra_ca_certs" => match item.as_str() {
+                    Some(p) if !p.is_empty() => {
+                        let p = Some(PathBuf::from(p));
+                        match key {
+                            "tls_cert" => self.tls_cert = p,
+                            "tls_key" => self.tls_key = p,
+                            _ => self.extra_ca_certs = p,
+                        }
+                    }
+                    _ => err(expected("a file path", item)),
+                },
+                "encrypt_payloads" => match item.as_bool() {
+                    Some(b) => self.encrypt_payloads = b,
+                    None => err(expected("true or false", item)),
                 },
                 "log_format" => match item.as_str().map(parse_log_format) {
                     Some(Ok(f)) => self.log_format = f,
@@ -591,6 +622,22 @@ impl Config {
                 Err(m) => push("LOG_LEVEL", m),
             }
         }
+        if let Some(v) = env("TLS_CERT") {
+            self.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("TLS_KEY") {
+            self.tls_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("EXTRA_CA_CERTS") {
+            self.extra_ca_certs = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("ENCRYPT_PAYLOADS") {
+            match v.trim() {
+                "true" | "1" => self.encrypt_payloads = true,
+                "false" | "0" => self.encrypt_payloads = false,
+                _ => push("ENCRYPT_PAYLOADS", "expected true or false".into()),
+            }
+        }
         if let Some(v) = env("LOG_FORMAT") {
             match parse_log_format(&v) {
                 Ok(f) => self.log_format = f,
@@ -635,6 +682,38 @@ impl Config {
         }
         self.agent_api_key = env("AGENT_API_KEY").map(Secret);
         self.admin_api_key = env("ADMIN_API_KEY").map(Secret);
+        self.encryption_key = env("ENCRYPTION_KEY").map(Secret);
+    }
+
+    /// Settings that only make sense together, and the encryption key's form.
+    fn check_security(&self, errors: &mut Vec<ConfigError>) {
+        let at = |key: &str| match &self.config_file {
+            Some(f) => format!("{} or env {}", f.display(), key.to_ascii_uppercase()),
+            None => format!("env {}", key.to_ascii_uppercase()),
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => errors.push(ConfigError {
+                location: at("tls_key"),
+                key: "tls_key".into(),
+                message: "tls_cert is set, so tls_key (the PEM private key) is required".into(),
+            }),
+            (None, Some(_)) => errors.push(ConfigError {
+                location: at("tls_cert"),
+                key: "tls_cert".into(),
+                message: "tls_key is set, so tls_cert (the PEM certificate chain) is required"
+                    .into(),
+            }),
+            _ => {}
+        }
+        if let Some(k) = &self.encryption_key
+            && let Err(message) = crate::crypto::parse_key(&k.0)
+        {
+            errors.push(ConfigError {
+                location: "env ENCRYPTION_KEY".into(),
+                key: "ENCRYPTION_KEY".into(),
+                message,
+            });
+        }
     }
 }
 
@@ -651,6 +730,10 @@ const KNOWN_KEYS: &[&str] = &[
     "retention_days",
     "log_level",
     "log_format",
+    "tls_cert",
+    "tls_key",
+    "extra_ca_certs",
+    "encrypt_payloads",
     "stream_heartbeat_ms",
     "stream_buffer",
     "sources",
@@ -977,6 +1060,59 @@ mod tests {
             &mut errors,
         );
         assert_eq!(cfg.routes[0].location_of("targetAgents[0]"), "c.toml:3:1");
+    }
+
+    #[test]
+    fn security_settings_layer_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"/etc/er/cert.pem\"\ntls_key = \"/etc/er/key.pem\"\nencrypt_payloads = true\nextra_ca_certs = \"/etc/er/ca.pem\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let env = |k: &str| match k {
+            "TLS_CERT" => Some("/run/cert.pem".to_string()),
+            "ENCRYPT_PAYLOADS" => Some("false".to_string()),
+            "ENCRYPTION_KEY" => Some(key.to_string()),
+            _ => None,
+        };
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/run/cert.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/er/key.pem")));
+        assert_eq!(c.extra_ca_certs, Some(PathBuf::from("/etc/er/ca.pem")));
+        assert!(!c.encrypt_payloads);
+        assert!(!format!("{c:?}").contains(key));
+
+        // A certificate without its key, a short key, a bad boolean: each reported.
+        let env = |k: &str| match k {
+            "TLS_CERT" => Some("/run/cert.pem".to_string()),
+            "ENCRYPTION_KEY" => Some("c2hvcnQ=".to_string()),
+            "ENCRYPT_PAYLOADS" => Some("maybe".to_string()),
+            _ => None,
+        };
+        let errors = Config::load(&Overrides::default(), &env).unwrap_err().0;
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{shown:#?}");
+        assert!(shown.iter().any(|e| e.contains("tls_key")), "{shown:#?}");
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.contains("ENCRYPTION_KEY") && e.contains("5 bytes")),
+            "{shown:#?}"
+        );
+        assert!(!shown.iter().any(|e| e.contains("c2hvcnQ")), "{shown:#?}");
+        assert!(shown.iter().any(|e| e.contains("ENCRYPT_PAYLOADS")));
+        assert!(
+            file_errors("encrypt_payloads = \"yes\"\n")[0]
+                .message
+                .contains("true or false")
+        );
     }
 
     #[test]

@@ -9,17 +9,20 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod config_check;
+pub mod crypto;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
 pub mod queue;
 pub mod ratelimit;
+pub mod rotate;
 pub mod routing;
 pub mod rules;
 pub mod send;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{Server, run, start};
 

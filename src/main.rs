@@ -54,6 +54,22 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8787")]
         url: String,
     },
+    /// Re-encrypt agent secrets and archived payloads under a new key (stop the server first).
+    RotateKey {
+        /// The new key: 32 bytes, base64 (`openssl rand -base64 32`). Prefer the environment
+        /// variable, which keeps the key out of the process list and shell history.
+        #[arg(long, env = "NEW_ENCRYPTION_KEY", hide_env_values = true)]
+        new_key: String,
+        /// TOML configuration file.
+        #[arg(long, env = "EVENT_ROUTER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Directory of the embedded database and generated keys [default: ./data].
+        #[arg(long, env = "DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// sqlite://PATH or postgres://… [default: sqlite://DATA_DIR/event-router.db].
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
     /// Validate a configuration file: exit 0, or print every error with its location and exit 1.
     CheckConfig {
         /// The TOML file.
@@ -142,6 +158,55 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("event-router: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::RotateKey {
+            new_key,
+            config,
+            data_dir,
+            database_url,
+        } => {
+            let overrides = Overrides {
+                config,
+                listen: None,
+                data_dir,
+                database_url,
+            };
+            let cfg = match Config::load(&overrides, &config::process_env) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("event-router: invalid configuration:\n{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("event-router: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(event_router::rotate::rotate_key(&cfg, &new_key)) {
+                Ok(r) => {
+                    eprintln!(
+                        "event-router: re-encrypted {} archived bodies and {} agent secrets",
+                        r.bodies, r.agents
+                    );
+                    match r.key_file {
+                        Some(f) => eprintln!("event-router: the new key is in {}", f.display()),
+                        None => eprintln!(
+                            "event-router: set ENCRYPTION_KEY to the new key before starting the server"
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("event-router: rotate-key: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -6,6 +6,7 @@ pub mod events;
 pub mod queue;
 pub mod rate_limits;
 pub mod rules;
+pub mod throttle;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -102,9 +103,20 @@ async fn require_admin(State(app): State<AppState>, req: Request, next: Next) ->
         .get(header::AUTHORIZATION)
         .is_some_and(|v| app.is_admin_key(v.as_bytes()));
     if !ok {
-        return ApiError::unauthorized().into_response();
+        return match client_ip(&req) {
+            Some(ip) => app.auth_throttle.refuse(ip),
+            None => ApiError::unauthorized(),
+        }
+        .into_response();
     }
     next.run(req).await
+}
+
+/// The peer address of the connection (not `X-Forwarded-For`, which any client can write).
+pub fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 async fn health(State(app): State<AppState>) -> Response {

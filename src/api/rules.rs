@@ -45,6 +45,7 @@ fn kind_name(kind: RuleKind) -> &'static str {
         RuleKind::Route => "route",
         RuleKind::Agent => "agent",
         RuleKind::RateLimit => "rate limit",
+        RuleKind::Meta => "setting",
     }
 }
 

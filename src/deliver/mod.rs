@@ -55,17 +55,26 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
 }
 
-/// The shared outbound client: connection pooling and keep-alive to every agent.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The shared outbound client: connection pooling and keep-alive to every agent. `extra_ca`
+/// holds PEM CA certificates trusted for `https://` agents besides the built-in roots.
+pub fn client(extra_ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .pool_idle_timeout(Duration::from_secs(90))
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("event-router/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client builds with static settings")
+        .user_agent(concat!("event-router/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = extra_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+        if certs.is_empty() {
+            return Err("no PEM certificate found".into());
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -210,7 +219,7 @@ mod tests {
         };
         let body = Bytes::from_static(b"{}");
         let r = attempt(
-            &client(),
+            &client(None).unwrap(),
             &target,
             AttemptRequest {
                 event_id: "e",

@@ -138,15 +138,31 @@ async fn ingest(
         pending = Some(p);
         (id, ts)
     };
+    // A wrong `Authorization: Bearer` key on `internal` is a failed agent authentication, and
+    // counts toward the per-address throttle.
+    let wrong_bearer = std::cell::Cell::new(false);
     let prepared = prepare(
         &source,
         headers,
         &bytes,
         &client_ip,
         now_ms(),
-        &|auth| app.is_agent_key(auth),
+        &|auth| {
+            let ok = app.is_agent_key(auth);
+            wrong_bearer.set(!ok);
+            ok
+        },
         &mut next_id,
-    )?;
+    );
+    let prepared = match prepared {
+        Err(e) if wrong_bearer.get() => {
+            return Err(match app.auth_throttle.failed(peer.ip()) {
+                Ok(()) => e,
+                Err(retry_after) => crate::api::throttle::too_many_failures(retry_after),
+            });
+        }
+        other => other?,
+    };
     let (head, mut event, raw_json) = match prepared {
         Prepared::Challenge(challenge) => {
             return Ok(axum::Json(json!({ "challenge": challenge })).into_response());

@@ -281,6 +281,8 @@ pub struct QueueConfig {
     pub max_queue_size: u64,
     pub default_policy: Arc<RetryPolicy>,
     pub analytics: Arc<Analytics>,
+    /// The shared outbound client (`deliver::client`).
+    pub client: reqwest::Client,
 }
 
 /// The running scheduler: the handle, and what shutdown waits on.
@@ -345,7 +347,7 @@ pub async fn start(
         timers: BinaryHeap::new(),
         wakeups: BinaryHeap::new(),
         targets,
-        client: deliver::client(),
+        client: cfg.client,
         recorder: rec_tx,
         attempts: TaskTracker::new(),
         unfinished,

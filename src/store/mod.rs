@@ -1,6 +1,7 @@
 //! The store is the truth: events, deliveries and rules live here, behind small per-concern
 //! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL later).
 
+pub mod encrypted;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -338,6 +339,8 @@ pub enum RuleKind {
     Route,
     Agent,
     RateLimit,
+    /// Server bookkeeping kept by id (the encryption key check value); never served.
+    Meta,
 }
 
 impl RuleKind {
@@ -347,6 +350,7 @@ impl RuleKind {
             RuleKind::Route => "route",
             RuleKind::Agent => "agent",
             RuleKind::RateLimit => "rate_limit",
+            RuleKind::Meta => "meta",
         }
     }
 }
@@ -391,4 +395,12 @@ pub trait Store: EventStore + RuleStore + DeliveryStore + AnalyticsStore + Audit
     async fn ping(&self) -> Result<()>;
     /// Finishes queued writes and closes. Later calls fail with `Closed`.
     async fn close(&self);
+    /// Passes every archived body (events, deliveries, stream-resume rows) through `rewrite`,
+    /// storing what it returns (`None` = unchanged), in small batches; how many were changed.
+    /// For re-encryption while the server is stopped (`event-router rotate-key`).
+    async fn rewrite_bodies(&self, rewrite: BodyRewrite) -> Result<u64>;
 }
+
+/// A function from a stored body to its replacement (`None` = keep it).
+pub type BodyRewrite =
+    std::sync::Arc<dyn Fn(&str) -> std::result::Result<Option<String>, String> + Send + Sync>;

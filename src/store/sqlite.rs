@@ -18,9 +18,9 @@ use uuid::Uuid;
 
 use super::{
     AnalyticsStore, AttemptRecord, AttemptUpdate, AuditRecord, AuditStore, BacklogItem,
-    CommitOutcome, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore, EventQuery,
-    EventRecord, EventStatus, EventStore, NewDelivery, NewEvent, PendingDelivery, PutMode,
-    PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store, StoreError, StoredRule,
+    BodyRewrite, CommitOutcome, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
+    EventQuery, EventRecord, EventStatus, EventStore, NewDelivery, NewEvent, PendingDelivery,
+    PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store, StoreError, StoredRule,
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
@@ -1030,6 +1030,11 @@ impl RuleStore for SqliteStore {
     }
 }
 
+/// A rewrite that failed, carried out of rusqlite's error type.
+fn rewrite_failed(message: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(message.into())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -1047,6 +1052,83 @@ impl Store for SqliteStore {
         })
         .await
         .map(|_| ())
+    }
+
+    async fn rewrite_bodies(&self, rewrite: BodyRewrite) -> Result<u64> {
+        /// Rows per write transaction: keeps each one short.
+        const BATCH: i64 = 500;
+        let mut changed = 0u64;
+        // (select a page after a rowid, update by rowid); `streamed` is WITHOUT ROWID, so it
+        // pages by its key instead.
+        for table in ["events", "deliveries"] {
+            let mut after = i64::MIN;
+            loop {
+                let f = rewrite.clone();
+                let (last, n) = self
+                    .write(move |c| {
+                        let rows: Vec<(i64, Option<String>)> = c
+                            .prepare(&format!(
+                                "SELECT rowid, body FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+                            ))?
+                            .query_map(params![after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect::<rusqlite::Result<_>>()?;
+                        let mut update =
+                            c.prepare(&format!("UPDATE {table} SET body = ?1 WHERE rowid = ?2"))?;
+                        let mut n = 0u64;
+                        for (rowid, body) in &rows {
+                            let Some(body) = body else { continue };
+                            if let Some(new) = f(body).map_err(rewrite_failed)? {
+                                update.execute(params![new, rowid])?;
+                                n += 1;
+                            }
+                        }
+                        Ok((rows.last().map(|r| r.0), n))
+                    })
+                    .await?;
+                changed += n;
+                match last {
+                    Some(l) => after = l,
+                    None => break,
+                }
+            }
+        }
+        let mut after: (String, Vec<u8>) = (String::new(), Vec::new());
+        loop {
+            let f = rewrite.clone();
+            let (a, e) = after.clone();
+            let (last, n) = self
+                .write(move |c| {
+                    let rows: Vec<(String, Vec<u8>, Option<String>)> = c
+                        .prepare(
+                            "SELECT agent_id, event_id, body FROM streamed
+                              WHERE (agent_id, event_id) > (?1, ?2)
+                              ORDER BY agent_id, event_id LIMIT ?3",
+                        )?
+                        .query_map(params![a, e, BATCH], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let mut update = c.prepare(
+                        "UPDATE streamed SET body = ?1 WHERE agent_id = ?2 AND event_id = ?3",
+                    )?;
+                    let mut n = 0u64;
+                    for (agent, event, body) in &rows {
+                        let Some(body) = body else { continue };
+                        if let Some(new) = f(body).map_err(rewrite_failed)? {
+                            update.execute(params![new, agent, event])?;
+                            n += 1;
+                        }
+                    }
+                    Ok((rows.last().map(|r| (r.0.clone(), r.1.clone())), n))
+                })
+                .await?;
+            changed += n;
+            match last {
+                Some(l) => after = l,
+                None => break,
+            }
+        }
+        Ok(changed)
     }
 
     async fn close(&self) {

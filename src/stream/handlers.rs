@@ -2,12 +2,13 @@
 //! before any upgrade), replay what a reconnecting client missed, then stream live.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -42,14 +43,20 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Auth (401), agent (404), filters and resume id (400) — in that order, before any upgrade.
-fn open(app: &AppState, raw: &Option<String>, headers: &HeaderMap, sse: bool) -> ApiResult<Opened> {
+fn open(
+    app: &AppState,
+    peer: SocketAddr,
+    raw: &Option<String>,
+    headers: &HeaderMap,
+    sse: bool,
+) -> ApiResult<Opened> {
     let pairs = query_pairs(raw);
     let key: Option<Vec<u8>> = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| bearer(v.as_bytes()).map(<[u8]>::to_vec))
         .or_else(|| param(&pairs, "apiKey").map(|k| k.as_bytes().to_vec()));
     let Some(key) = key else {
-        return Err(ApiError::unauthorized());
+        return Err(app.auth_throttle.refuse(peer.ip()));
     };
     let agent = param(&pairs, "agentId")
         .filter(|a| !a.is_empty())
@@ -59,17 +66,18 @@ fn open(app: &AppState, raw: &Option<String>, headers: &HeaderMap, sse: bool) ->
     let is_admin = app.admin_key_matches(&key);
     if agent == FIREHOSE {
         if !is_admin {
-            return Err(ApiError::unauthorized());
+            return Err(app.auth_throttle.refuse(peer.ip()));
         }
     } else {
-        let allowed = is_admin
-            || match app.agent_for_key(&key) {
-                Some(None) => true,
-                Some(Some(own)) => &*own == agent,
-                None => false,
-            };
+        // API.md section 7: an agent's stream opens with AGENT_API_KEY or the agent's own key
+        // (the admin key opens the `*` firehose).
+        let allowed = match app.agent_for_key(&key) {
+            Some(None) => true,
+            Some(Some(own)) => &*own == agent,
+            None => false,
+        };
         if !allowed {
-            return Err(ApiError::unauthorized());
+            return Err(app.auth_throttle.refuse(peer.ip()));
         }
         if app.compiled.load().rules.agent(agent).is_none() {
             return Err(ApiError::not_found(format!(
@@ -224,10 +232,11 @@ async fn feed(
 
 pub async fn sse(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let opened = match open(&app, &raw, &headers, true) {
+    let opened = match open(&app, peer, &raw, &headers, true) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
@@ -268,11 +277,12 @@ pub async fn sse(
 
 pub async fn ws(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let opened = match open(&app, &raw, &headers, false) {
+    let opened = match open(&app, peer, &raw, &headers, false) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
@@ -285,6 +295,9 @@ pub async fn ws(
     };
     upgrade
         .max_message_size(64 * 1024)
+        // Clients send only small `subscribe` messages: a small read buffer keeps an idle
+        // connection at a few KiB instead of tungstenite's default 128 KiB.
+        .read_buffer_size(4 * 1024)
         .on_upgrade(move |socket| ws_session(app, opened, socket))
 }
 

@@ -22,4 +22,5 @@ mod rate_limits;
 mod rules;
 mod rules_admin;
 mod rules_routing;
+mod security;
 mod streaming;

@@ -863,3 +863,22 @@ async fn shutdown_closes_streams_with_a_close_message() {
         .unwrap();
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
 }
+
+#[tokio::test]
+async fn the_admin_key_opens_only_the_firehose() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let status = |path: String| {
+        let client = app.client.clone();
+        async move { client.get(path).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        status(app.url(&format!("/stream/sse?agentId=bot&apiKey={ADMIN_KEY}"))).await,
+        401
+    );
+    assert_eq!(
+        status(app.url(&format!("/stream/sse?agentId=*&apiKey={AGENT_KEY}"))).await,
+        401
+    );
+    app.stop().await;
+}

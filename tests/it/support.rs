@@ -99,7 +99,12 @@ impl TestApp {
     /// The running server's state, for what the wire does not show (e.g. the stream hub's
     /// counters).
     pub fn state(&self) -> &event_router::app::AppState {
-        &self.server.as_ref().expect("the server is running").state
+        &self.server().state
+    }
+
+    /// The running server (e.g. to reload its TLS certificate).
+    pub fn server(&self) -> &event_router::Server {
+        self.server.as_ref().expect("the server is running")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,356 @@
+//! Encryption at rest as a layer over any `Store`: agents' signing secrets are always sealed,
+//! archived event and delivery bodies too with `encrypt_payloads`. Reads open whatever is
+//! sealed, so a store written before encryption was turned on still reads back.
+//!
+//! Why a decorator and not code in each backend: every backend then gets the same guarantee,
+//! and the backends stay about storage only.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{
+    AnalyticsStore, AttemptUpdate, AuditRecord, AuditStore, BacklogItem, CommitOutcome, DeadFilter,
+    DeliveryRecord, DeliveryStore, EventQuery, EventRecord, EventStore, NewDelivery, NewEvent,
+    PendingDelivery, PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store,
+    StoreError, StoredRule,
+};
+use crate::crypto::{Cipher, CryptoError};
+
+/// The id under which the key check value is kept (rules of kind `meta`).
+pub const KEY_CHECK_ID: &str = "encryption_key_check";
+
+pub struct EncryptedStore {
+    inner: Arc<dyn Store>,
+    cipher: Arc<Cipher>,
+    payloads: bool,
+}
+
+fn corrupt(what: &str, e: CryptoError) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+impl EncryptedStore {
+    /// Wraps `inner`, first making sure the data in it was encrypted under this key (or that
+    /// nothing was encrypted yet, in which case this key's check value is stored).
+    pub async fn open(
+        inner: Arc<dyn Store>,
+        cipher: Arc<Cipher>,
+        payloads: bool,
+    ) -> std::result::Result<EncryptedStore, String> {
+        let stored = inner
+            .list_rules(RuleKind::Meta)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.id == KEY_CHECK_ID);
+        match stored {
+            Some(r) if cipher.matches_check(&r.body) => {}
+            Some(_) => {
+                return Err(
+                    "the encryption key does not match the one this data was encrypted \
+                            with (check ENCRYPTION_KEY, or DATA_DIR/encryption.key); refusing to \
+                            start"
+                        .into(),
+                );
+            }
+            None => {
+                let check = cipher.key_check().map_err(|e| e.to_string())?;
+                inner
+                    .put_rule(
+                        RuleKind::Meta,
+                        StoredRule {
+                            id: KEY_CHECK_ID.into(),
+                            body: check,
+                        },
+                        PutMode::Upsert,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let store = EncryptedStore {
+            inner,
+            cipher,
+            payloads,
+        };
+        // Agents stored before encryption was in place get their secret sealed now.
+        for rule in store
+            .inner
+            .list_rules(RuleKind::Agent)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if !rule.body.contains(crate::crypto::PREFIX) {
+                store
+                    .put_rule(RuleKind::Agent, rule, PutMode::Upsert)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(store)
+    }
+
+    fn seal_body(&self, body: Bytes) -> Result<Bytes> {
+        if !self.payloads {
+            return Ok(body);
+        }
+        self.cipher
+            .seal(&body)
+            .map(Bytes::from)
+            .map_err(|e| corrupt("sealing a body", e))
+    }
+
+    fn open_body(&self, body: String) -> Result<String> {
+        self.cipher
+            .open_text(&body)
+            .map_err(|e| corrupt("archived body", e))
+    }
+
+    fn seal_delivery(&self, mut d: NewDelivery) -> Result<NewDelivery> {
+        d.body = d.body.map(|b| self.seal_body(b)).transpose()?;
+        Ok(d)
+    }
+
+    fn open_pending(&self, mut p: PendingDelivery) -> Result<PendingDelivery> {
+        p.body = self.open_body(p.body)?;
+        Ok(p)
+    }
+
+    /// Seals the `secret` field of an agent's stored JSON.
+    fn seal_agent(&self, body: String) -> Result<String> {
+        let mut v: Value =
+            serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(Value::String(s)) = v.get_mut("secret")
+            && !s.starts_with(crate::crypto::PREFIX)
+        {
+            *s = self
+                .cipher
+                .seal(s.as_bytes())
+                .map_err(|e| corrupt("sealing an agent secret", e))?;
+        }
+        Ok(v.to_string())
+    }
+
+    fn open_agent(&self, body: String) -> Result<String> {
+        let mut v: Value =
+            serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(Value::String(s)) = v.get_mut("secret")
+            && s.starts_with(crate::crypto::PREFIX)
+        {
+            *s = self
+                .cipher
+                .open_text(s)
+                .map_err(|e| corrupt("agent secret", e))?;
+            return Ok(v.to_string());
+        }
+        Ok(body)
+    }
+}
+
+#[async_trait]
+impl EventStore for EncryptedStore {
+    async fn commit_event(&self, mut event: NewEvent) -> Result<CommitOutcome> {
+        if self.payloads {
+            event.body = self.seal_body(event.body)?;
+            event.deliveries = event
+                .deliveries
+                .into_iter()
+                .map(|d| self.seal_delivery(d))
+                .collect::<Result<_>>()?;
+            event.streamed = event
+                .streamed
+                .into_iter()
+                .map(|(a, b)| Ok((a, b.map(|b| self.seal_body(b)).transpose()?)))
+                .collect::<Result<_>>()?;
+        }
+        self.inner.commit_event(event).await
+    }
+
+    async fn get_event(&self, id: Uuid) -> Result<Option<EventRecord>> {
+        match self.inner.get_event(id).await? {
+            Some(mut e) => {
+                e.body = self.open_body(e.body)?;
+                Ok(Some(e))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn list_events(&self, query: EventQuery) -> Result<Vec<EventRecord>> {
+        self.inner
+            .list_events(query)
+            .await?
+            .into_iter()
+            .map(|mut e| {
+                e.body = self.open_body(e.body)?;
+                Ok(e)
+            })
+            .collect()
+    }
+
+    async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>> {
+        self.inner.event_deliveries(id).await
+    }
+
+    async fn stream_backlog(
+        &self,
+        agent: Option<String>,
+        after: Uuid,
+        limit: usize,
+    ) -> Result<Vec<BacklogItem>> {
+        self.inner
+            .stream_backlog(agent, after, limit)
+            .await?
+            .into_iter()
+            .map(|mut b| {
+                b.body = self.open_body(b.body)?;
+                Ok(b)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for EncryptedStore {
+    async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()> {
+        self.inner.record_attempts(updates).await
+    }
+
+    async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>> {
+        self.inner
+            .unfinished_deliveries()
+            .await?
+            .into_iter()
+            .map(|p| self.open_pending(p))
+            .collect()
+    }
+
+    async fn dead_letters(
+        &self,
+        agent_id: Option<String>,
+        limit: usize,
+        before: Option<Uuid>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        self.inner.dead_letters(agent_id, limit, before).await
+    }
+
+    async fn retry_dead(&self, id: Uuid) -> Result<Option<PendingDelivery>> {
+        self.inner
+            .retry_dead(id)
+            .await?
+            .map(|p| self.open_pending(p))
+            .transpose()
+    }
+
+    async fn retry_dead_matching(&self, filter: DeadFilter) -> Result<Vec<PendingDelivery>> {
+        self.inner
+            .retry_dead_matching(filter)
+            .await?
+            .into_iter()
+            .map(|p| self.open_pending(p))
+            .collect()
+    }
+
+    async fn delete_dead(&self, id: Uuid) -> Result<bool> {
+        self.inner.delete_dead(id).await
+    }
+
+    async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()> {
+        let deliveries = deliveries
+            .into_iter()
+            .map(|d| self.seal_delivery(d))
+            .collect::<Result<_>>()?;
+        self.inner.add_deliveries(event_id, deliveries).await
+    }
+
+    async fn finished_counts(&self) -> Result<(u64, u64)> {
+        self.inner.finished_counts().await
+    }
+}
+
+#[async_trait]
+impl AnalyticsStore for EncryptedStore {
+    async fn add_rollups(&self, deltas: Vec<RollupDelta>) -> Result<()> {
+        self.inner.add_rollups(deltas).await
+    }
+    async fn rollup_totals(&self, since: i64) -> Result<Vec<(String, String, i64)>> {
+        self.inner.rollup_totals(since).await
+    }
+    async fn rollup_timeline(
+        &self,
+        since: i64,
+        bucket_ms: i64,
+        metrics: Vec<String>,
+    ) -> Result<Vec<(i64, String, i64)>> {
+        self.inner.rollup_timeline(since, bucket_ms, metrics).await
+    }
+    async fn unsettled_events(&self, since: i64) -> Result<(u64, u64)> {
+        self.inner.unsettled_events(since).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for EncryptedStore {
+    async fn add_audit(&self, record: AuditRecord) -> Result<()> {
+        self.inner.add_audit(record).await
+    }
+    async fn list_audit(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditRecord>> {
+        self.inner.list_audit(limit, before).await
+    }
+    async fn purge_before(&self, cutoff: i64, batch: usize) -> Result<usize> {
+        self.inner.purge_before(cutoff, batch).await
+    }
+}
+
+#[async_trait]
+impl RuleStore for EncryptedStore {
+    async fn list_rules(&self, kind: RuleKind) -> Result<Vec<StoredRule>> {
+        let rules = self.inner.list_rules(kind).await?;
+        if kind != RuleKind::Agent {
+            return Ok(rules);
+        }
+        rules
+            .into_iter()
+            .map(|mut r| {
+                r.body = self.open_agent(r.body)?;
+                Ok(r)
+            })
+            .collect()
+    }
+
+    async fn put_rule(
+        &self,
+        kind: RuleKind,
+        mut rule: StoredRule,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        if kind == RuleKind::Agent {
+            rule.body = self.seal_agent(rule.body)?;
+        }
+        self.inner.put_rule(kind, rule, mode).await
+    }
+
+    async fn delete_rule(&self, kind: RuleKind, id: String) -> Result<bool> {
+        self.inner.delete_rule(kind, id).await
+    }
+}
+
+#[async_trait]
+impl Store for EncryptedStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+    async fn rewrite_bodies(&self, rewrite: super::BodyRewrite) -> Result<u64> {
+        self.inner.rewrite_bodies(rewrite).await
+    }
+}
