@@ -259,3 +259,19 @@ async fn admin_changes_are_audited_without_secrets() {
     assert!(!v.to_string().contains("a-very-secret-agent-key-123"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn health_turns_503_when_the_store_is_unreachable() {
+    let app = TestApp::spawn().await;
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Close the store under the running server: it can no longer be reached.
+    app.state().store.close().await;
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "unavailable");
+    assert_eq!(v["storage"]["ok"], false);
+    assert_eq!(v["storage"]["backend"], "sqlite");
+    app.stop().await;
+}
