@@ -7,6 +7,7 @@ mod receiver;
 mod signed;
 
 mod archive;
+mod bench_tool;
 mod cli;
 mod crash;
 mod delivery;
