@@ -5,8 +5,9 @@
 //!
 //! The client is built to measure the router and not itself: bodies and signatures are made
 //! before the clock starts (a pool of one body per sender, reused round robin; only the
-//! `X-GitHub-Delivery` header changes per request), each worker keeps its own histogram and
-//! records, and nothing is shared between workers but two counters.
+//! `X-GitHub-Delivery` header changes per request), each worker keeps its own records, and
+//! workers share only two counters and a few histogram shards (a histogram with microsecond
+//! resolution up to ten minutes is ~170 KB, too big to keep one per worker at 1,000 workers).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -132,6 +133,9 @@ pub struct Machine {
     pub cpus: usize,
     pub cpu_model: String,
     pub memory_mb: u64,
+    /// 1-minute load average when the run started and when it ended: above `cpus`, other work
+    /// competed for the CPU and the figures are pessimistic.
+    pub load_average: [f64; 2],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +154,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Phase {
+    /// Requests the plan called for (`None`: as many as fit in the duration).
+    pub planned: Option<u64>,
     /// Requests that got an answer or failed.
     pub sent: u64,
     /// 2xx answers.
@@ -287,6 +293,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
         (None, Some(d)) => args.rate.map(|r| (r * d).ceil() as u64),
         (None, None) => Some(10_000),
     };
+    let load_at_start = load_average();
     let say = |msg: String| {
         if progress {
             eprintln!("{msg}");
@@ -439,7 +446,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
             Some(u) => u.clone(),
             None => "in-process".into(),
         },
-        machine: machine(),
+        machine: machine(load_at_start),
         settings: Settings {
             events,
             duration_secs: args.duration,
@@ -652,9 +659,10 @@ async fn measure_router(
         drain_secs,
         latency_ms: latency(&e2e),
     };
-    let records = (load.acks.capacity() * std::mem::size_of::<([u8; 16], u64)>()
-        + arrivals.capacity() * (std::mem::size_of::<([u8; 16], u64)>() + 1)
-        + acked.capacity() * (std::mem::size_of::<([u8; 16], u64)>() + 1)) as u64;
+    // What the tool held while RSS was sampled: the ack log, its index, the receiver's maps.
+    let entry = std::mem::size_of::<([u8; 16], u64)>();
+    let records = (load.acks.capacity() * entry
+        + (receiver.capacity() + acked.capacity()) * (entry + 1)) as u64;
 
     if args.router.is_some() {
         // Leave an external router as we found it (its archive keeps the events).
@@ -847,7 +855,6 @@ struct Load {
 
 /// What one worker measured.
 struct WorkerLog {
-    hist: Histogram<u64>,
     acks: Vec<([u8; 16], u64)>,
     errors: BTreeMap<String, u64>,
     sent: u64,
@@ -920,8 +927,14 @@ async fn drive(
         })
     });
 
+    let hists: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
+        (0..HIST_SHARDS)
+            .map(|_| Mutex::new(new_histogram()))
+            .collect(),
+    );
     let mut workers = Vec::with_capacity(plan.concurrency);
-    for _ in 0..plan.concurrency {
+    for w in 0..plan.concurrency {
+        let hists = hists.clone();
         let client = client.clone();
         let url = url.clone();
         let pool = pool.clone();
@@ -931,7 +944,6 @@ async fn drive(
         let rate = plan.rate;
         workers.push(tokio::spawn(async move {
             let mut log = WorkerLog {
-                hist: new_histogram(),
                 acks: Vec::with_capacity(if track { per_worker } else { 0 }),
                 errors: BTreeMap::new(),
                 sent: 0,
@@ -946,7 +958,9 @@ async fn drive(
                 let t0 = match rate {
                     Some(r) => {
                         let at = start + Duration::from_secs_f64(i as f64 / r);
-                        if deadline.is_some_and(|d| at >= d) {
+                        // A request whose slot is past the end, or that the client could only
+                        // send after the end (it fell behind), is not sent: the run stays bounded.
+                        if deadline.is_some_and(|d| at >= d || Instant::now() >= d) {
                             break;
                         }
                         tokio::time::sleep_until(at.into()).await;
@@ -984,7 +998,7 @@ async fn drive(
                                     match serde_json::from_slice::<Ack>(&answer) {
                                         Ok(ack) => {
                                             log.accepted += 1;
-                                            log.hist.saturating_record(took.max(1));
+                                            record(&hists[w % HIST_SHARDS], took);
                                             if ack.duplicate {
                                                 log.duplicates += 1;
                                             } else {
@@ -997,7 +1011,7 @@ async fn drive(
                                     }
                                 } else {
                                     log.accepted += 1;
-                                    log.hist.saturating_record(took.max(1));
+                                    record(&hists[w % HIST_SHARDS], took);
                                 }
                             }
                             Ok(_) => count(&mut log.errors, &format!("http_{}", status.as_u16())),
@@ -1012,13 +1026,11 @@ async fn drive(
         }));
     }
 
-    let mut hist = new_histogram();
     let mut acks = Vec::new();
     let mut errors = BTreeMap::new();
     let (mut sent, mut accepted, mut duplicates) = (0, 0, 0);
     for w in workers {
         let log = w.await.context("a load worker failed")?;
-        let _ = hist.add(&log.hist);
         if acks.is_empty() {
             acks = log.acks;
         } else {
@@ -1032,6 +1044,13 @@ async fn drive(
         duplicates += log.duplicates;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // Every worker has finished: the shards are complete.
+    let mut hist = new_histogram();
+    for shard in hists.iter() {
+        if let Ok(h) = shard.lock() {
+            let _ = hist.add(&*h);
+        }
+    }
     ticking.store(false, Ordering::Release);
     if let Some(t) = ticker {
         let _ = t.await;
@@ -1041,6 +1060,7 @@ async fn drive(
     }
     Ok(Load {
         phase: Phase {
+            planned: plan.total,
             sent,
             accepted,
             duplicates,
@@ -1073,6 +1093,15 @@ fn error_kind(e: &reqwest::Error) -> &'static str {
         "connect"
     } else {
         "request"
+    }
+}
+
+/// Histogram shards the workers share (worker `w` uses shard `w % HIST_SHARDS`).
+const HIST_SHARDS: usize = 8;
+
+fn record(shard: &Mutex<Histogram<u64>>, micros: u64) {
+    if let Ok(mut h) = shard.lock() {
+        h.saturating_record(micros.max(1));
     }
 }
 
@@ -1177,6 +1206,15 @@ impl Receiver {
             .count() as u64
     }
 
+    /// Entries the receiver's maps have room for.
+    fn capacity(&self) -> usize {
+        self.state
+            .shards
+            .iter()
+            .map(|m| m.lock().map_or(0, |m| m.capacity()))
+            .sum()
+    }
+
     fn snapshot(&self) -> HashMap<[u8; 16], u64> {
         let mut all = HashMap::with_capacity(self.unique.load(Ordering::Acquire) as usize);
         for shard in &self.state.shards {
@@ -1274,7 +1312,15 @@ fn stat_cpu_secs(stat: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-fn machine() -> Machine {
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn machine(load_at_start: f64) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -1293,6 +1339,7 @@ fn machine() -> Machine {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model,
         memory_mb: memory_kb / 1024,
+        load_average: [load_at_start, load_average()],
     }
 }
 
@@ -1318,9 +1365,20 @@ pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "machine:   {} × {}, {} MiB; router {}",
-        r.machine.cpus, r.machine.cpu_model, r.machine.memory_mb, r.router
+        "machine:   {} × {}, {} MiB; load average {:.1} → {:.1}; router {}",
+        r.machine.cpus,
+        r.machine.cpu_model,
+        r.machine.memory_mb,
+        r.machine.load_average[0],
+        r.machine.load_average[1],
+        r.router
     );
+    if r.machine.load_average[0] > r.machine.cpus as f64 {
+        let _ = writeln!(
+            out,
+            "           (other work was competing for the CPU: treat the figures as pessimistic)"
+        );
+    }
     if let Some(b) = &r.baseline {
         let _ = writeln!(
             out,
@@ -1345,6 +1403,13 @@ pub fn render(r: &Report) -> String {
             .map(|x| format!("; {:.1}% of the baseline", x * 100.0))
             .unwrap_or_default()
     );
+    if let Some(p) = i.planned.filter(|&p| p > i.sent) {
+        let _ = writeln!(
+            out,
+            "           {} of {p} planned webhooks not sent: the router fell behind the offered rate",
+            p - i.sent
+        );
+    }
     let _ = writeln!(out, "           ack {}", lat(&i.ack_latency_ms));
     let _ = writeln!(out, "           errors {}", errors(&i.errors));
     if let Some(cpu) = i.process_cpu_secs {
