@@ -7,6 +7,7 @@
 pub mod analytics;
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod config_check;
 pub mod crypto;

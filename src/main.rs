@@ -75,11 +75,14 @@ enum Command {
         /// The TOML file.
         path: PathBuf,
     },
+    /// Load test: send signed webhooks to a router and report throughput, latency and losses.
+    Bench(event_router::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => event_router::bench::main(args),
         Command::Serve {
             config,
             listen,

@@ -9,6 +9,7 @@ mod stream_client;
 
 mod analytics;
 mod archive;
+mod bench_tool;
 mod browser;
 mod cli;
 mod crash;
