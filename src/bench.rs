@@ -751,10 +751,8 @@ impl PayloadPool {
             pr["deletions"] = json!((i * 3) % 200);
             pr["body"] = json!("");
             let bare_len = serde_json::to_vec(&p)?.len();
-            pr_body(
-                &mut p,
-                words(i as u64, target_bytes.saturating_sub(bare_len)),
-            );
+            p["pull_request"]["body"] =
+                Value::String(words(i as u64, target_bytes.saturating_sub(bare_len)));
             let body = serde_json::to_vec(&p)?;
             let signature = HeaderValue::from_str(&sign_github(secret, &body))?;
             items.push(Payload {
@@ -782,10 +780,6 @@ impl PayloadPool {
             .encode_lower(&mut buf);
         HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
-}
-
-fn pr_body(p: &mut Value, text: String) {
-    p["pull_request"]["body"] = Value::String(text);
 }
 
 /// Deterministic prose of about `len` bytes (ASCII, so its JSON length is its length).
