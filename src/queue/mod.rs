@@ -300,8 +300,13 @@ impl Running {
         // attempt still hanging at the deadline is abandoned: its delivery stays pending in the
         // store and is made again after restart (at-least-once).
         let mut dispatcher = self.dispatcher;
-        if tokio::time::timeout(deadline, &mut dispatcher).await.is_err() {
-            tracing::warn!("delivery attempts still running at the shutdown deadline; handed back as pending");
+        if tokio::time::timeout(deadline, &mut dispatcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "delivery attempts still running at the shutdown deadline; handed back as pending"
+            );
             dispatcher.abort();
             let _ = dispatcher.await;
         }
