@@ -30,7 +30,9 @@ const BROWSER_START: Duration = Duration::from_secs(45);
 /// Opens the stream and reports `open`, each message (data and lastEventId) and each error.
 const PAGE: &str = r#"<!doctype html>
 <html><head><title>stream</title></head><body><script>
-const report = (r) => fetch("/report", {method: "POST", body: JSON.stringify(r)});
+// Reports go one after another, so they reach the test in the order the page saw them.
+let chain = Promise.resolve();
+const report = (r) => { chain = chain.then(() => fetch("/report", {method: "POST", body: JSON.stringify(r)})).catch(() => {}); };
 const source = new EventSource(STREAM_URL);
 source.onopen = () => report({kind: "open"});
 source.onmessage = (m) => report({kind: "message", lastEventId: m.lastEventId, data: m.data});
