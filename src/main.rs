@@ -79,6 +79,14 @@ enum Command {
     Bench(event_router::bench::BenchArgs),
 }
 
+/// Layers flags, environment and file into a `Config`; a bad one is printed with every error.
+fn load_config(overrides: &Overrides) -> Result<Config, ExitCode> {
+    Config::load(overrides, &config::process_env).map_err(|errors| {
+        eprintln!("event-router: invalid configuration:\n{errors}");
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -95,12 +103,9 @@ fn main() -> ExitCode {
                 data_dir,
                 database_url,
             };
-            let cfg = match Config::load(&overrides, &config::process_env) {
+            let cfg = match load_config(&overrides) {
                 Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("event-router: invalid configuration:\n{errors}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             if let Err(errors) = event_router::config_check::check_declarations(&cfg, false) {
                 eprintln!("event-router: invalid configuration:\n{errors}");
@@ -177,12 +182,9 @@ fn main() -> ExitCode {
                 data_dir,
                 database_url,
             };
-            let cfg = match Config::load(&overrides, &config::process_env) {
+            let cfg = match load_config(&overrides) {
                 Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("event-router: invalid configuration:\n{errors}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
