@@ -1036,6 +1036,9 @@ fn rewrite_failed(message: String) -> rusqlite::Error {
 }
 
 #[async_trait]
+impl super::ClusterStore for SqliteStore {}
+
+#[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
