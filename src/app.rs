@@ -45,6 +45,8 @@ pub struct Inner {
     pub admin_key: Secret,
     pub dedupe: RecentDeliveries,
     pub limiter: RateLimiter,
+    /// Allowed hits to share with the other nodes (`None` on a single node).
+    pub cluster_hits: Option<Arc<crate::cluster::ClusterHits>>,
     /// Failed admin / agent authentications per client address.
     pub auth_throttle: crate::api::throttle::AuthThrottle,
     /// Serializes admin changes to rules so each rebuild sees the previous one.
@@ -249,6 +251,16 @@ impl Server {
             )
             .await;
         self.state.flush_analytics().await;
+        // On a cluster, what is left unfinished goes to the other nodes now rather than after
+        // this node's lease lapses.
+        match self.state.store.release().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "handed unfinished deliveries to the other nodes"
+            ),
+            Err(e) => tracing::error!(error = %e, "handing back unfinished deliveries failed"),
+        }
         self.state.store.close().await;
     }
 }
@@ -378,6 +390,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown.clone(),
     )
     .await?;
+    let cluster_hits = store
+        .node_id()
+        .map(|_| Arc::new(crate::cluster::ClusterHits::default()));
     let state = AppState(Arc::new(Inner {
         compiled: ArcSwap::new(Arc::new(compiled)),
         targets,
@@ -396,6 +411,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             config.rate_limit_window_ms,
             Arc::new(SystemClock),
         ),
+        cluster_hits,
         auth_throttle: Default::default(),
         rules_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
@@ -405,6 +421,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     }));
     apply_declared(&state).await?;
     spawn_housekeeping(&state);
+    crate::cluster::start(&state).await?;
     let addr = listener.local_addr()?;
     let router = crate::api::router(state.clone());
     let token = shutdown.clone();

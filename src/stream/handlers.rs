@@ -1,6 +1,7 @@
 //! `GET /stream/ws` and `GET /stream/sse`: authenticate, resolve the agent and filters (all
 //! before any upgrade), replay what a reconnecting client missed, then stream live.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -147,6 +148,18 @@ async fn feed(
 ) {
     let (reg, mut live, bound) = sub;
     let hub_stats = &app.hub.stats;
+    // On several nodes, other nodes' events reach this node's streams after their commit and
+    // not in id order, so the seam is kept differently: the replay runs past `bound` to a
+    // ceiling a little after now (every event with a larger id commits after this
+    // subscription, so arrives live), and live messages the replay already sent are skipped.
+    let clustered = app.store.node_id().is_some();
+    let bound = if clustered {
+        bound.max(id_floor(crate::ingest::now_ms() + CLUSTER_CEILING_MS))
+    } else {
+        bound
+    };
+    let mut replayed: HashSet<Uuid> = HashSet::new();
+    let recent_floor = id_floor(uuid_ms(&bound) - CLUSTER_SEAM_MS);
     if let Some(mut after) = opened.last_event_id {
         let agent = (&*opened.agent != FIREHOSE).then(|| opened.agent.to_string());
         loop {
@@ -175,6 +188,9 @@ async fn feed(
                     break;
                 }
                 after = item.event_id;
+                if clustered && item.event_id >= recent_floor {
+                    replayed.insert(item.event_id);
+                }
                 let view: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
                 if !reg.subscriber.filter.load().matches(&view) {
                     continue;
@@ -201,6 +217,9 @@ async fn feed(
         tokio::select! {
             msg = live.recv() => match msg {
                 Some(m) => {
+                    if !replayed.is_empty() && replayed.remove(&m.event_id) {
+                        continue;
+                    }
                     if out.send(Out::Event(m)).await.is_err() {
                         return;
                     }
@@ -228,6 +247,27 @@ async fn feed(
             _ = out.closed() => return,
         }
     }
+}
+
+/// How far past now a clustered replay reads (covers clock differences between nodes), ms.
+const CLUSTER_CEILING_MS: i64 = 5_000;
+
+/// How late another node's event may reach a stream and still be recognised as already
+/// replayed, ms.
+const CLUSTER_SEAM_MS: i64 = 30_000;
+
+/// The millisecond timestamp of a UUID v7 (its first 48 bits).
+fn uuid_ms(id: &Uuid) -> i64 {
+    let b = id.as_bytes();
+    i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// The smallest UUID v7 of millisecond `ms`.
+fn id_floor(ms: i64) -> Uuid {
+    let ms = ms.clamp(0, (1 << 48) - 1).to_be_bytes();
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms[2..8]);
+    Uuid::from_bytes(b)
 }
 
 pub async fn sse(
@@ -372,4 +412,19 @@ async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
     feeding.abort();
     // Give a closing handshake a moment; the client may already be gone.
     let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_floor_and_uuid_ms_agree_with_v7_ids() {
+        let (id, ms) = crate::event::new_event_id();
+        assert_eq!(uuid_ms(&id), ms);
+        assert!(id_floor(ms) <= id);
+        assert!(id_floor(ms + 1) > id);
+        assert_eq!(uuid_ms(&id_floor(ms)), ms);
+        assert_eq!(id_floor(-5), Uuid::nil());
+    }
 }
