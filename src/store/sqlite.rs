@@ -280,14 +280,9 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// checkpoint has copied everything, so the file stays small.
 fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
-    loop {
-        match stop.recv_timeout(CHECKPOINT_EVERY) {
-            Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
-                }
-            }
-            _ => break,
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
     // A last full pass so a clean stop leaves the WAL empty.
@@ -1385,7 +1380,8 @@ mod tests {
         assert_eq!(rows, 2, "only the retried delivery has attempts rows");
         let list = store.event_deliveries(event_id).await.unwrap();
         let find = |id| list.iter().find(|d| d.id == id).unwrap();
-        let log = |id| -> Vec<(u32, i64, u64, Option<u16>, Option<String>)> {
+        type Logged = (u32, i64, u64, Option<u16>, Option<String>);
+        let log = |id| -> Vec<Logged> {
             find(id)
                 .attempt_log
                 .iter()
