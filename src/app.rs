@@ -47,6 +47,8 @@ pub struct Inner {
     pub limiter: RateLimiter,
     /// Failed admin / agent authentications per client address.
     pub auth_throttle: crate::api::throttle::AuthThrottle,
+    /// Dashboard sign-in sessions (in memory: per process).
+    pub sessions: crate::dashboard::Sessions,
     /// Serializes admin changes to rules so each rebuild sees the previous one.
     pub rules_lock: tokio::sync::Mutex<()>,
     /// The compiled rules, delivery targets and agent keys; swapped whole on every change.
@@ -397,6 +399,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             Arc::new(SystemClock),
         ),
         auth_throttle: Default::default(),
+        sessions: crate::dashboard::Sessions::new(config.dashboard_session_ttl),
         rules_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
         tasks: TaskTracker::new(),
@@ -569,7 +572,10 @@ fn spawn_housekeeping(state: &AppState) {
         loop {
             tokio::select! {
                 _ = flusher.shutdown.cancelled() => break,
-                _ = tick.tick() => flusher.flush_analytics().await,
+                _ = tick.tick() => {
+                    flusher.analytics.queue_sampled(flusher.queue.unfinished());
+                    flusher.flush_analytics().await
+                }
             }
         }
     });
@@ -611,6 +617,7 @@ fn spawn_housekeeping(state: &AppState) {
                     // Purging walks every shard; keep it off the async workers.
                     let _ = tokio::task::spawn_blocking(move || limiter_state.limiter.purge_idle()).await;
                     state.auth_throttle.purge_expired();
+                    state.sessions.purge_expired();
                 }
             }
         }

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod config_check;
 pub mod crypto;
+pub mod dashboard;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
