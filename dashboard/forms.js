@@ -111,7 +111,10 @@ export function showFieldError(form, e) {
   }
   const name = best.dataset.field;
   // Exactly this field: the message without its "field: " prefix; a part of it: all of it.
-  const message = path === name && e.message.startsWith(`${name}: `) ? e.message.slice(name.length + 2) : e.message;
+  // This field, or a plain sub-field of it (transformation.expression): the message without
+  // its "path: " prefix. Deeper inside (sourceFilters[0].conditions[1]): all of it.
+  const plain = path === name || !path.slice(name.length).includes("[");
+  const message = plain && e.message.startsWith(`${path}: `) ? e.message.slice(path.length + 2) : e.message;
   const box = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
   best.setAttribute("aria-invalid", "true");
   if (box) box.textContent = message;

@@ -168,6 +168,13 @@ export function viewHead(title, ...actions) {
 /** A table from column headers and rows of cells; `empty` is shown when there are no rows. */
 export function table(headers, rows, empty, attrs = {}) {
   if (!rows.length) return h("div", { class: "table-wrap" }, h("p", { class: "empty" }, empty));
+  // Each cell knows its column's name: on a phone the rows become stacked cards labelled so.
+  const labels = headers.map((c) => (typeof c === "string" ? c : c.label));
+  for (const row of rows) {
+    [...row.children].forEach((cell, i) => {
+      if (labels[i]) cell.dataset.label = labels[i];
+    });
+  }
   return h("div", { class: "table-wrap" },
     h("table", attrs,
       h("thead", {}, h("tr", {}, headers.map((c) =>

@@ -174,7 +174,9 @@ impl Default for Config {
             extra_ca_certs: None,
             encrypt_payloads: false,
             encryption_key: None,
-            dashboard_session_ttl: std::time::Duration::from_secs(DEFAULT_DASHBOARD_SESSION_TTL_SECS),
+            dashboard_session_ttl: std::time::Duration::from_secs(
+                DEFAULT_DASHBOARD_SESSION_TTL_SECS,
+            ),
         }
     }
 }

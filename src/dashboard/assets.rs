@@ -84,21 +84,34 @@ mod tests {
             for part in text.split("from \"./").skip(1) {
                 referenced.push(part.split('"').next().unwrap().to_string());
             }
-            for part in text.split("\"/dashboard/").skip(1) {
-                referenced.push(part.split('"').next().unwrap().to_string());
-            }
+        }
+        let html = std::str::from_utf8(INDEX.body).unwrap();
+        for part in html.split("\"/dashboard/").skip(1) {
+            referenced.push(part.split('"').next().unwrap().to_string());
         }
         assert!(!referenced.is_empty());
         for name in referenced {
-            assert!(find(&name).is_some(), "{name} is referenced but not embedded");
+            assert!(
+                find(&name).is_some(),
+                "{name} is referenced but not embedded"
+            );
         }
     }
 
     #[test]
     fn no_inline_script_or_style() {
         let html = std::str::from_utf8(INDEX.body).unwrap();
-        assert!(!html.contains("<script>"), "inline scripts are refused by the CSP");
-        assert!(!html.contains("style="), "inline styles are refused by the CSP");
-        assert!(!html.contains("<style"), "inline styles are refused by the CSP");
+        assert!(
+            !html.contains("<script>"),
+            "inline scripts are refused by the CSP"
+        );
+        assert!(
+            !html.contains("style="),
+            "inline styles are refused by the CSP"
+        );
+        assert!(
+            !html.contains("<style"),
+            "inline styles are refused by the CSP"
+        );
     }
 }

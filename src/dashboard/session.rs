@@ -207,8 +207,14 @@ mod tests {
         let start = Instant::now();
         let new = s.create_at(start);
         assert_eq!(new.token.len(), 43, "256 bits in base64url");
-        assert!(s.check_at(&new.token, start + Duration::from_secs(59)).is_some());
-        assert!(s.check_at(&new.token, start + Duration::from_secs(60)).is_none());
+        assert!(
+            s.check_at(&new.token, start + Duration::from_secs(59))
+                .is_some()
+        );
+        assert!(
+            s.check_at(&new.token, start + Duration::from_secs(60))
+                .is_none()
+        );
         // An expired session is forgotten on sight.
         assert_eq!(s.len(), 0);
     }
@@ -251,14 +257,20 @@ mod tests {
     #[test]
     fn cookie_parsing() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; er_session=tok; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; er_session=tok; b=2"),
+        );
         assert_eq!(cookie_token(&h).as_deref(), Some("tok"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(header::COOKIE, HeaderValue::from_static("er_session=x"));
         assert_eq!(cookie_token(&h).as_deref(), Some("x"));
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("er_session_other=1; er_session="));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("er_session_other=1; er_session="),
+        );
         assert_eq!(cookie_token(&h), None);
     }
 
@@ -266,13 +278,21 @@ mod tests {
     fn cookie_flags() {
         let c = set_cookie("t", Duration::from_secs(43200), true);
         let c = c.to_str().unwrap();
-        for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200", "Secure"] {
+        for flag in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/",
+            "Max-Age=43200",
+            "Secure",
+        ] {
             assert!(c.contains(flag), "{c}");
         }
-        assert!(!set_cookie("t", Duration::from_secs(1), false)
-            .to_str()
-            .unwrap()
-            .contains("Secure"));
+        assert!(
+            !set_cookie("t", Duration::from_secs(1), false)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
         assert!(clear_cookie(false).to_str().unwrap().contains("Max-Age=0"));
     }
 }

@@ -872,7 +872,11 @@ impl AnalyticsStore for SqliteStore {
                  GROUP BY b, metric ORDER BY b",
             )?;
             stmt.query_map(params![wanted, since, bucket_ms.max(60_000)], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })

@@ -64,12 +64,18 @@ async fn the_page_and_its_files_are_served_from_the_binary_with_strict_headers()
     ] {
         assert!(csp.contains(part), "{csp}");
     }
-    assert!(!csp.contains("unsafe"), "no unsafe-inline or unsafe-eval: {csp}");
+    assert!(
+        !csp.contains("unsafe"),
+        "no unsafe-inline or unsafe-eval: {csp}"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h[CACHE_CONTROL], "no-cache");
     let html = r.text().await.unwrap();
-    assert!(html.contains(r#"type="password""#), "a password field for the key");
+    assert!(
+        html.contains(r#"type="password""#),
+        "a password field for the key"
+    );
     assert!(html.contains("/dashboard/app.js"));
 
     // A revalidation of an unchanged file is a 304.
@@ -355,7 +361,10 @@ async fn signing_out_ends_the_session_for_good() {
         .unwrap();
     assert_eq!(out.status(), 204);
     let set = out.headers()[SET_COOKIE].to_str().unwrap();
-    assert!(set.starts_with("er_session=;") && set.contains("Max-Age=0"), "{set}");
+    assert!(
+        set.starts_with("er_session=;") && set.contains("Max-Age=0"),
+        "{set}"
+    );
     assert_eq!(get_with_cookie(&app, "/admin/agents", &cookie).await, 401);
     assert_eq!(
         get_with_cookie(&app, "/stream/sse?agentId=*", &cookie).await,
@@ -486,14 +495,18 @@ fn screenshot_dir() -> PathBuf {
 /// What the browser test needs, or why it cannot run.
 fn missing_prerequisite() -> Option<String> {
     if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} is not installed (apt-get install chromium)"));
+        return Some(format!(
+            "{CHROMIUM} is not installed (apt-get install chromium)"
+        ));
     }
     let node = std::process::Command::new("node").arg("--version").output();
     if !node.is_ok_and(|o| o.status.success()) {
         return Some("node is not installed".into());
     }
     if !e2e_dir().join("node_modules/playwright-core").exists() {
-        return Some("tests/dashboard/node_modules is missing (npm ci --prefix tests/dashboard)".into());
+        return Some(
+            "tests/dashboard/node_modules is missing (npm ci --prefix tests/dashboard)".into(),
+        );
     }
     None
 }
@@ -510,7 +523,10 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
     }
     let rx = TestReceiver::start().await;
     // The flaky agent fails three times (three events go to the DLQ), then accepts.
-    rx.script("/flaky", [Reply::Status(500), Reply::Status(500), Reply::Status(500)]);
+    rx.script(
+        "/flaky",
+        [Reply::Status(500), Reply::Status(500), Reply::Status(500)],
+    );
     let app = TestApp::spawn().await;
     create(&app, "agents", agent("ok-agent", &rx, "/ok")).await;
     create(&app, "agents", agent("flaky-agent", &rx, "/flaky")).await;
