@@ -975,6 +975,32 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_session_ttl_from_file_and_env() {
+        let c = Config::load(&Overrides::default(), &no_env).unwrap();
+        assert_eq!(
+            c.dashboard_session_ttl,
+            std::time::Duration::from_secs(12 * 3600)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "dashboard_session_ttl_secs = 600\n").unwrap();
+        let o = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = Config::load(&o, &no_env).unwrap();
+        assert_eq!(c.dashboard_session_ttl, std::time::Duration::from_secs(600));
+        let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "60".to_string());
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.dashboard_session_ttl, std::time::Duration::from_secs(60));
+        let errors = file_errors("dashboard_session_ttl_secs = 0\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "dashboard_session_ttl_secs");
+        let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "forever".to_string());
+        assert!(Config::load(&Overrides::default(), &env).is_err());
+    }
+
+    #[test]
     fn flag_beats_env_beats_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
