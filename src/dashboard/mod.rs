@@ -169,6 +169,7 @@ async fn sign_out(State(app): State<AppState>, headers: HeaderMap) -> Response {
             return harden(csrf_refused().into_response(), "no-store");
         }
         app.sessions.end(&token);
+        tracing::info!(target: "audit", "dashboard sign-out");
     }
     let secure = session::over_tls(app.config.tls_cert.is_some(), &headers);
     let mut resp = StatusCode::NO_CONTENT.into_response();

@@ -33,8 +33,9 @@ struct Opened {
     agent: Arc<str>,
     filter: Subscription,
     last_event_id: Option<Uuid>,
-    /// Authenticated by the dashboard's session cookie.
-    via_session: bool,
+    /// The dashboard session's token, when the session cookie opened the stream: the stream
+    /// ends when that session does (sign-out or expiry), checked at each heartbeat.
+    session: Option<String>,
 }
 
 fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -66,7 +67,12 @@ fn open(
         None => sse,
         Some(_) => same_origin(headers),
     };
-    let via_session = key.is_none() && origin_ok && app.sessions.from_headers(headers).is_some();
+    let session = if key.is_none() && origin_ok {
+        app.sessions.from_headers(headers).map(|(token, _)| token)
+    } else {
+        None
+    };
+    let via_session = session.is_some();
     if key.is_none() && !via_session {
         return Err(app.auth_throttle.refuse(peer.ip()));
     }
@@ -129,7 +135,7 @@ fn open(
         agent: Arc::from(agent),
         filter,
         last_event_id,
-        via_session,
+        session,
     })
 }
 
@@ -246,6 +252,13 @@ async fn feed(
                 }
             },
             _ = beat.tick() => {
+                if let Some(token) = &opened.session
+                    && app.sessions.check(token).is_none()
+                {
+                    let reason = "the dashboard session ended; sign in again";
+                    let _ = out.send(Out::Close { code: 1008, reason: reason.into() }).await;
+                    return;
+                }
                 if out.send(Out::Text(heartbeat())).await.is_err() {
                     return;
                 }
@@ -269,7 +282,7 @@ pub async fn sse(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
-    let via_session = opened.via_session;
+    let via_session = opened.session.is_some();
     let sub = app
         .sequencer
         .subscribe(&opened.agent, opened.filter.clone());

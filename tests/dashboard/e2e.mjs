@@ -210,6 +210,27 @@ try {
     await shot(page, "live-1280");
   });
 
+  await step("new events do not move the rows being read; a pill counts them", async () => {
+    for (let i = 0; i < 16; i++) await postGithub("ping", { zen: `zen ${i}`, sender: { login: "octocat" } });
+    await waitFor("the rows", async () => (await page.locator(".feed-row").count()) >= 18);
+    const list = page.locator(".feed-list");
+    await list.evaluate((el) => { el.scrollTop = 150; });
+    const reading = page.locator(".feed-row").nth(6);
+    const id = await reading.getAttribute("data-id");
+    const before = (await page.locator(`.feed-row[data-id="${id}"]`).boundingBox()).y;
+    const newer = await postGithub("ping", { zen: "one more", sender: { login: "octocat" } });
+    await page.locator(`.feed-row[data-id="${newer}"]`).waitFor({ state: "attached", timeout: 2000 });
+    const pill = page.locator(".pill");
+    await pill.waitFor({ state: "visible" });
+    assert((await pill.textContent()).startsWith("1 new"), await pill.textContent());
+    const after = (await page.locator(`.feed-row[data-id="${id}"]`).boundingBox()).y;
+    assert(Math.abs(after - before) < 1, `the row moved from ${before} to ${after}`);
+    await pill.click();
+    await waitFor("the top", async () => (await list.evaluate((el) => el.scrollTop)) === 0);
+    assert(await pill.isHidden(), "the pill goes once the top is shown");
+    assert(await page.locator(`.feed-row[data-id="${newer}"]`).isVisible(), "the new event is in view");
+  });
+
   await step("clicking an event opens its payload, deliveries and every attempt", async () => {
     await waitForStatus(pushId, "ok-agent", "delivered");
     await page.locator(`.feed-row[data-id="${pushId}"]`).click();

@@ -455,6 +455,42 @@ async fn the_cookie_opens_the_firehose_for_this_origin_only() {
 }
 
 #[tokio::test]
+async fn a_stream_opened_by_the_cookie_ends_with_the_session() {
+    use futures_util::StreamExt as _;
+    let app = TestApp::spawn_with(|c| c.stream_heartbeat = Duration::from_millis(100)).await;
+    let (_, cookie) = sign_in(&app).await;
+    let sse = app
+        .client
+        .get(app.url("/stream/sse?agentId=*"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let out = app
+        .client
+        .delete(app.url("/dashboard/session"))
+        .header(COOKIE, &cookie)
+        .header(CSRF.0, CSRF.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let mut body = sse.bytes_stream();
+    let mut text = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream goes on after sign-out: {text}");
+    assert!(text.contains(r#""type":"close""#), "{text}");
+    assert!(text.contains("session ended"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_overview_timeline_has_p95_and_queue_depth() {
     let app = TestApp::spawn().await;
     let body = json!({"sender": {"login": "octocat"}}).to_string();
