@@ -86,8 +86,8 @@ function content(a, q) {
       id: "success", title: "Success rate", subtitle: "delivery attempts that succeeded (gaps: no attempts)",
       color: "--chart-2", format: (v) => `${number(v, 1)} %`, fixedMax: 100,
     }),
-    lineChart(timeline.map((p) => ({ t: p.start, v: p.p95ProcessingTime ?? null })), {
-      id: "p95", title: "p95 processing time", subtitle: "request received → 2xx sent",
+    lineChart(timeline.map((p) => ({ t: p.start, v: p.events ? p.p95ProcessingTime : null })), {
+      id: "p95", title: "p95 processing time", subtitle: "request received → 2xx sent (gaps: no events)",
       color: "--chart-3", format: ms,
     }),
     lineChart(timeline.map((p) => ({ t: p.start, v: p.queueDepth ?? null })), {
