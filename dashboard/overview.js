@@ -33,6 +33,12 @@ export function render(main) {
   let timer = null;
   async function refresh() {
     clearTimeout(timer);
+    if (stopped) return;
+    // A tab in the background does not poll; it catches up when shown again.
+    if (document.hidden) {
+      document.addEventListener("visibilitychange", refresh, { once: true });
+      return;
+    }
     const hours = chosenHours;
     try {
       const [analytics, queue] = await Promise.all([
