@@ -23,7 +23,7 @@ async function renderList(main) {
       ["Id", "Name", "Targets", { label: "Priority", class: "num" }, { label: "Source filters", class: "hide-narrow" }, { label: "Retries", class: "hide-narrow" }, "Enabled", ""],
       items.map((r) => h("tr", { "data-id": r.id },
         h("td", { class: "mono" }, r.id),
-        h("td", {}, r.name, r.transformation ? h("span", { class: "badge info" }, " jq") : null),
+        h("td", {}, h("span", {}, r.name, r.transformation ? [" ", h("span", { class: "badge info", title: "has a jq transformation" }, "jq")] : null)),
         h("td", {}, r.targetAgents.join(", ")),
         h("td", { class: "num" }, String(r.priority)),
         h("td", { class: "hide-narrow" }, r.sourceFilters.length ? r.sourceFilters.map(describeFilter).join("; ") : h("span", { class: "muted" }, "every event")),
