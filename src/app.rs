@@ -49,6 +49,8 @@ pub struct Inner {
     pub cluster_hits: Option<Arc<crate::cluster::ClusterHits>>,
     /// Failed admin / agent authentications per client address.
     pub auth_throttle: crate::api::throttle::AuthThrottle,
+    /// Dashboard sign-in sessions (in memory: per process).
+    pub sessions: crate::dashboard::Sessions,
     /// Serializes admin changes to rules so each rebuild sees the previous one.
     pub rules_lock: tokio::sync::Mutex<()>,
     /// The compiled rules, delivery targets and agent keys; swapped whole on every change.
@@ -413,6 +415,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         ),
         cluster_hits,
         auth_throttle: Default::default(),
+        sessions: crate::dashboard::Sessions::new(config.dashboard_session_ttl),
         rules_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
         tasks: TaskTracker::new(),
@@ -586,7 +589,10 @@ fn spawn_housekeeping(state: &AppState) {
         loop {
             tokio::select! {
                 _ = flusher.shutdown.cancelled() => break,
-                _ = tick.tick() => flusher.flush_analytics().await,
+                _ = tick.tick() => {
+                    flusher.analytics.queue_sampled(flusher.queue.unfinished());
+                    flusher.flush_analytics().await
+                }
             }
         }
     });
@@ -628,6 +634,7 @@ fn spawn_housekeeping(state: &AppState) {
                     // Purging walks every shard; keep it off the async workers.
                     let _ = tokio::task::spawn_blocking(move || limiter_state.limiter.purge_idle()).await;
                     state.auth_throttle.purge_expired();
+                    state.sessions.purge_expired();
                 }
             }
         }

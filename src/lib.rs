@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_check;
 pub mod crypto;
+pub mod dashboard;
 pub mod deliver;
 pub mod event;
 pub mod ingest;

@@ -34,6 +34,9 @@ struct Opened {
     agent: Arc<str>,
     filter: Subscription,
     last_event_id: Option<Uuid>,
+    /// The dashboard session's token, when the session cookie opened the stream: the stream
+    /// ends when that session does (sign-out or expiry), checked at each heartbeat.
+    session: Option<String>,
 }
 
 fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -56,23 +59,38 @@ fn open(
         .get(header::AUTHORIZATION)
         .and_then(|v| bearer(v.as_bytes()).map(<[u8]>::to_vec))
         .or_else(|| param(&pairs, "apiKey").map(|k| k.as_bytes().to_vec()));
-    let Some(key) = key else {
-        return Err(app.auth_throttle.refuse(peer.ip()));
+    // Without a key, a dashboard session cookie stands for the admin key (so the key never has
+    // to be put in a URL). A WebSocket handshake is not covered by CORS, and a page on another
+    // origin of the same site (another port) would send the SameSite cookie with it, so a
+    // cookie opens a stream only for requests from this origin: a WebSocket handshake always
+    // names its origin; a same-origin EventSource sends none, a cross-origin one always does.
+    let origin_ok = match headers.get(header::ORIGIN) {
+        None => sse,
+        Some(_) => same_origin(headers),
     };
+    let session = if key.is_none() && origin_ok {
+        app.sessions.from_headers(headers).map(|(token, _)| token)
+    } else {
+        None
+    };
+    let via_session = session.is_some();
+    if key.is_none() && !via_session {
+        return Err(app.auth_throttle.refuse(peer.ip()));
+    }
     let agent = param(&pairs, "agentId")
         .filter(|a| !a.is_empty())
         .ok_or_else(|| {
             ApiError::bad_request("agentId is required (an agent id, or * with the admin key)")
         })?;
-    let is_admin = app.admin_key_matches(&key);
+    let is_admin = via_session || key.as_deref().is_some_and(|k| app.admin_key_matches(k));
     if agent == FIREHOSE {
         if !is_admin {
             return Err(app.auth_throttle.refuse(peer.ip()));
         }
     } else {
         // API.md section 7: an agent's stream opens with AGENT_API_KEY or the agent's own key
-        // (the admin key opens the `*` firehose).
-        let allowed = match app.agent_for_key(&key) {
+        // (the admin key, and so a dashboard session, opens the `*` firehose).
+        let allowed = match key.as_deref().and_then(|k| app.agent_for_key(k)) {
             Some(None) => true,
             Some(Some(own)) => &*own == agent,
             None => false,
@@ -118,7 +136,24 @@ fn open(
         agent: Arc::from(agent),
         filter,
         last_event_id,
+        session,
     })
+}
+
+/// Whether the request's `Origin` is this server (its `Host`, or the `X-Forwarded-Host` a proxy
+/// passed on). A browser always sends `Origin` with a WebSocket handshake, and a page cannot
+/// forge either header there.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .any(|host| host.eq_ignore_ascii_case(authority))
 }
 
 /// What a session sends, transport-neutral.
@@ -236,6 +271,13 @@ async fn feed(
                 }
             },
             _ = beat.tick() => {
+                if let Some(token) = &opened.session
+                    && app.sessions.check(token).is_none()
+                {
+                    let reason = "the dashboard session ended; sign in again";
+                    let _ = out.send(Out::Close { code: 1008, reason: reason.into() }).await;
+                    return;
+                }
                 if out.send(Out::Text(heartbeat())).await.is_err() {
                     return;
                 }
@@ -280,6 +322,7 @@ pub async fn sse(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
+    let via_session = opened.session.is_some();
     let sub = app
         .sequencer
         .subscribe(&opened.agent, opened.filter.clone());
@@ -306,12 +349,15 @@ pub async fn sse(
         Some((Ok::<_, Infallible>(event), (rx, done)))
     });
     let mut resp = Sse::new(stream).into_response();
-    // A browser's EventSource on a page of another origin may read the stream: it carries no
-    // cookies, and the key is in its URL.
-    resp.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        header::HeaderValue::from_static("*"),
-    );
+    // A browser's EventSource on a page of another origin may read the stream when the key is
+    // in its URL. A stream opened by the session cookie is for the dashboard's own page only
+    // (a credentialed cross-origin read would be refused by the browser anyway).
+    if !via_session {
+        resp.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::HeaderValue::from_static("*"),
+        );
+    }
     resp
 }
 
