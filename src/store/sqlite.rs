@@ -21,6 +21,7 @@ use super::{
     BodyRewrite, CommitOutcome, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
     EventQuery, EventRecord, EventStatus, EventStore, NewDelivery, NewEvent, PendingDelivery,
     PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store, StoreError, StoredRule,
+    id_floor,
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
@@ -439,14 +440,6 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
         filtered: r.get(4)?,
         body: r.get(5)?,
     })
-}
-
-/// The smallest v7 id at or after `ms` (ids embed their millisecond in the top 48 bits).
-fn id_floor(ms: i64) -> [u8; 16] {
-    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b
 }
 
 #[async_trait]
