@@ -2,6 +2,8 @@
 //! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL shared
 //! by several nodes).
 
+#[cfg(test)]
+mod conformance;
 pub mod encrypted;
 pub mod postgres;
 pub mod sqlite;
