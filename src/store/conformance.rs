@@ -78,6 +78,7 @@ macro_rules! conformance {
 conformance!(
     commit_dedupe_and_read_back,
     concurrent_commits_all_land_and_duplicates_resolve,
+    one_bad_event_does_not_fail_its_batch,
     list_events_filters_and_cursor,
     deliveries_attempts_and_dead_letters,
     retry_and_delete_dead_letters,
@@ -228,6 +229,44 @@ async fn concurrent_commits_all_land_and_duplicates_resolve(store: Arc<dyn Store
 
 /// (id, source, type, filtered) of an event committed by the test.
 type Listed = (Uuid, String, String, bool);
+
+async fn one_bad_event_does_not_fail_its_batch(store: Arc<dyn Store>) {
+    let mut first = ev("github", None);
+    first
+        .deliveries
+        .push(delivery("a", DeliveryStatus::Pending));
+    store.commit_event(first.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = store.clone();
+        let taken = first.deliveries[0].id;
+        tasks.push(tokio::spawn(async move {
+            let mut e = ev("github", Some(&format!("b{i}")));
+            let mut d = delivery("a", DeliveryStatus::Pending);
+            if i == 17 {
+                // A delivery id that is already stored: this event cannot be committed.
+                d.id = taken;
+            }
+            e.deliveries.push(d);
+            let id = e.id;
+            (i, id, s.commit_event(e).await)
+        }));
+    }
+    for t in tasks {
+        let (i, id, r) = t.await.unwrap();
+        if i == 17 {
+            assert!(r.is_err(), "the bad event fails");
+            assert!(
+                store.get_event(id).await.unwrap().is_none(),
+                "nothing of it"
+            );
+        } else {
+            assert_eq!(r.unwrap(), CommitOutcome::Stored);
+        }
+    }
+    assert_eq!(store.list_events(all()).await.unwrap().len(), 40);
+    assert_eq!(store.unfinished_deliveries().await.unwrap().len(), 40);
+}
 
 async fn list_events_filters_and_cursor(store: Arc<dyn Store>) {
     let mut ids = Vec::new();
@@ -1309,4 +1348,44 @@ async fn cluster_rate_hits_add_up_across_nodes() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let got = b.sync_rate_hits(vec![d("slack:t", 2)], 100).await.unwrap();
     assert_eq!(got, vec![("slack:t".into(), 2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_listener_reconnects_and_asks_for_a_reload() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(60_000).await;
+    let b = c.node(60_000).await;
+    let mut rx = a.listen().await.unwrap().expect("a cluster listens");
+    // The server ends the LISTEN connection (a restart, a network cut, an admin).
+    let (admin, conn) = tokio_postgres::connect(&c.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    // Notices may have been missed meanwhile: reload rules, claim what has no owner.
+    assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
+    assert_eq!(next_notice(&mut rx).await, Notice::Wake);
+    // And it listens again.
+    b.put_rule(
+        RuleKind::Route,
+        StoredRule {
+            id: "r".into(),
+            body: "{}".into(),
+        },
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
 }
