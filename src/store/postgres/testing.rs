@@ -99,9 +99,15 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}{query}")
 }
 
-/// Creates an empty database; returns its URL and the guard that drops it.
+/// Creates an empty database on the `TEST_DATABASE_URL` server; returns its URL and the guard
+/// that drops it.
 pub async fn fresh_database() -> Result<(String, DatabaseGuard), String> {
-    let server = server_url();
+    fresh_database_on(&server_url()).await
+}
+
+/// Creates an empty database on the server `server` (a URL naming any database on it).
+pub async fn fresh_database_on(server: &str) -> Result<(String, DatabaseGuard), String> {
+    let server = server.to_string();
     let (client, conn) = connect(&server).await?;
     let driver = tokio::spawn(conn);
     let name = format!("er_test_{}", Uuid::new_v4().simple());
