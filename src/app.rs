@@ -26,6 +26,7 @@ use crate::ratelimit::{self, RateLimiter, SystemClock};
 use crate::routing::{self, Compiled, Plan};
 use crate::rules::{self, RuleOptions};
 use crate::store::encrypted::EncryptedStore;
+use crate::store::postgres::{PgOptions, PgStore, redact_url};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{PendingDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
 use crate::stream::Hub;
@@ -324,7 +325,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     )
     .map_err(anyhow::Error::msg)?;
     let cipher = Arc::new(crate::crypto::Cipher::new(&key));
-    let backend = open_backend(config)?;
+    let backend = open_backend(config).await?;
     let store = EncryptedStore::open(backend.clone(), cipher, config.encrypt_payloads).await;
     match store {
         Ok(s) => Ok(Arc::new(s)),
@@ -335,23 +336,38 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-pub fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match config.sqlite_path() {
-        Some(path) => {
-            let store = SqliteStore::open(
-                &path,
-                SqliteOptions {
-                    batch_max: config.commit_batch_max,
-                    ..Default::default()
-                },
-            )
-            .with_context(|| format!("cannot open the store at {}", path.display()))?;
-            Ok(Arc::new(store))
-        }
-        None => anyhow::bail!(
-            "PostgreSQL (DATABASE_URL=postgres://…) is not supported by this build yet"
-        ),
+/// The store `database_url` names: SQLite (none, `sqlite://`) or PostgreSQL (`postgres://`).
+pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = config.sqlite_path() {
+        let store = SqliteStore::open(
+            &path,
+            SqliteOptions {
+                batch_max: config.commit_batch_max,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        return Ok(Arc::new(store));
     }
+    let url = config.database_url.as_deref().unwrap_or_default();
+    let store = PgStore::open(
+        url,
+        PgOptions {
+            pool_size: config.db_pool_size,
+            batch_max: config.commit_batch_max,
+            node_id: None,
+            lease_ms: i64::try_from(config.node_lease_ms).unwrap_or(i64::MAX),
+        },
+    )
+    .await
+    // The error names the database by its redacted URL: never the password.
+    .context("cannot open the PostgreSQL store")?;
+    tracing::info!(
+        database = %redact_url(url),
+        node = ?crate::store::ClusterStore::node_id(&store),
+        "PostgreSQL store open"
+    );
+    Ok(Arc::new(store))
 }
 
 /// Starts serving on `listener` and returns at once.

@@ -121,6 +121,11 @@ pub struct Config {
     pub stream_buffer: usize,
     /// Group-commit batch ceiling: how many webhooks may share one transaction.
     pub commit_batch_max: usize,
+    /// PostgreSQL: pooled connections per node.
+    pub db_pool_size: usize,
+    /// PostgreSQL: how long a node's heartbeat keeps its deliveries its own (ms); after that
+    /// without a heartbeat, other nodes take them over.
+    pub node_lease_ms: u64,
     /// The file the config came from, if any.
     pub config_file: Option<PathBuf>,
     /// PEM certificate chain and private key: serve HTTPS when both are set.
@@ -168,6 +173,8 @@ impl Default for Config {
             stream_heartbeat: std::time::Duration::from_secs(15),
             stream_buffer: 4096,
             commit_batch_max: 1024,
+            db_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
+            node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
             config_file: None,
             tls_cert: None,
             tls_key: None,
@@ -423,6 +430,14 @@ impl Config {
                     Ok(v) => self.stream_buffer = v as usize,
                     Err(m) => err(m),
                 },
+                "db_pool_size" => match int_in(item, 1, 1000) {
+                    Ok(v) => self.db_pool_size = v as usize,
+                    Err(m) => err(m),
+                },
+                "node_lease_ms" => match int_in(item, 1000, 3_600_000) {
+                    Ok(v) => self.node_lease_ms = v as u64,
+                    Err(m) => err(m),
+                },
                 "tls_cert" | "tls_key" | "extra_ca_certs" => match item.as_str() {
                     Some(p) if !p.is_empty() => {
                         let p = Some(PathBuf::from(p));
@@ -619,6 +634,12 @@ impl Config {
         ) {
             self.dashboard_session_ttl = std::time::Duration::from_secs(v as u64);
         }
+        if let Some(v) = num("DB_POOL_SIZE", 1, 1000) {
+            self.db_pool_size = v as usize;
+        }
+        if let Some(v) = num("NODE_LEASE_MS", 1000, 3_600_000) {
+            self.node_lease_ms = v as u64;
+        }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
                 location: format!("env {name}"),
@@ -762,6 +783,8 @@ const KNOWN_KEYS: &[&str] = &[
     "stream_heartbeat_ms",
     "stream_buffer",
     "dashboard_session_ttl_secs",
+    "db_pool_size",
+    "node_lease_ms",
     "sources",
     "agents",
     "filters",

@@ -1,7 +1,11 @@
 //! The store is the truth: events, deliveries and rules live here, behind small per-concern
-//! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL later).
+//! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL shared
+//! by several nodes).
 
+#[cfg(test)]
+mod conformance;
 pub mod encrypted;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -141,6 +145,15 @@ pub fn parse_stored(text: &str) -> Result<Value> {
     serde::Deserialize::deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The smallest v7 id at or after `ms` (ids embed their millisecond in the top 48 bits), so
+/// time bounds on the archive are bounds on its key.
+pub(crate) fn id_floor(ms: i64) -> [u8; 16] {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b
 }
 
 /// `processed` (passed the filters) or `filtered`, as the archive can be narrowed by.

@@ -21,6 +21,7 @@ use super::{
     BodyRewrite, CommitOutcome, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
     EventQuery, EventRecord, EventStatus, EventStore, NewDelivery, NewEvent, PendingDelivery,
     PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store, StoreError, StoredRule,
+    id_floor,
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
@@ -509,14 +510,6 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
         filtered: r.get(4)?,
         body: r.get(5)?,
     })
-}
-
-/// The smallest v7 id at or after `ms` (ids embed their millisecond in the top 48 bits).
-fn id_floor(ms: i64) -> [u8; 16] {
-    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b
 }
 
 #[async_trait]
@@ -1256,8 +1249,9 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    // The behaviour every backend shares is tested once for all in `store::conformance`.
     use super::*;
-    use crate::store::{DeliveryStatus, NewDelivery, RollupDelta};
+    use crate::store::{DeliveryStatus, NewDelivery};
 
     fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
         let (id, ts) = crate::event::new_event_id();
@@ -1411,181 +1405,6 @@ mod tests {
             ]
         );
         store.close().await;
-    }
-
-    #[tokio::test]
-    async fn commit_dedupe_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap();
-        let a = ev("github", Some("d1"));
-        assert_eq!(
-            store.commit_event(a.clone()).await.unwrap(),
-            CommitOutcome::Stored
-        );
-        let mut b = ev("github", Some("d1"));
-        b.deliveries.push(NewDelivery {
-            id: Uuid::now_v7(),
-            agent_id: "x".into(),
-            route_id: "r".into(),
-            priority: 0,
-            status: DeliveryStatus::Pending,
-            body: None,
-            retry_policy: None,
-            next_attempt_at: 0,
-            last_error: None,
-        });
-        assert_eq!(
-            store.commit_event(b.clone()).await.unwrap(),
-            CommitOutcome::Duplicate {
-                event_id: a.id,
-                filtered: false,
-                routed: false
-            }
-        );
-        // Same delivery id from another source is not a duplicate.
-        assert_eq!(
-            store.commit_event(ev("linear", Some("d1"))).await.unwrap(),
-            CommitOutcome::Stored
-        );
-        assert!(store.get_event(b.id).await.unwrap().is_none());
-        assert_eq!(
-            store.get_event(a.id).await.unwrap().unwrap().source,
-            "github"
-        );
-        let all = store
-            .list_events(EventQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(all.len(), 2);
-        assert!(all[0].id > all[1].id, "newest first");
-        store.close().await;
-        assert!(matches!(
-            store.commit_event(ev("x", None)).await,
-            Err(StoreError::Closed)
-        ));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_commits_share_transactions_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap(),
-        );
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                s.commit_event(ev("github", Some(&format!("d{i}")))).await
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap(), CommitOutcome::Stored);
-        }
-        let n = store
-            .list_events(EventQuery {
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .len();
-        assert_eq!(n, 200);
-    }
-
-    #[tokio::test]
-    async fn rules_create_replace_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap();
-        let r = |id: &str, body: &str| StoredRule {
-            id: id.into(),
-            body: body.into(),
-        };
-        let k = RuleKind::Filter;
-        assert_eq!(
-            store
-                .put_rule(k, r("b", "1"), PutMode::Create)
-                .await
-                .unwrap(),
-            PutOutcome::Created
-        );
-        assert_eq!(
-            store
-                .put_rule(k, r("b", "2"), PutMode::Create)
-                .await
-                .unwrap(),
-            PutOutcome::Exists
-        );
-        assert_eq!(
-            store
-                .put_rule(k, r("a", "3"), PutMode::Upsert)
-                .await
-                .unwrap(),
-            PutOutcome::Created
-        );
-        assert_eq!(
-            store
-                .put_rule(k, r("b", "4"), PutMode::Upsert)
-                .await
-                .unwrap(),
-            PutOutcome::Replaced
-        );
-        assert_eq!(
-            store.list_rules(k).await.unwrap(),
-            vec![r("a", "3"), r("b", "4")]
-        );
-        assert!(store.list_rules(RuleKind::Route).await.unwrap().is_empty());
-        assert!(store.delete_rule(k, "a".into()).await.unwrap());
-        assert!(!store.delete_rule(k, "a".into()).await.unwrap());
-        assert_eq!(store.list_rules(k).await.unwrap(), vec![r("b", "4")]);
-    }
-
-    #[tokio::test]
-    async fn purge_removes_old_events_in_batches_with_their_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap();
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            let mut e = ev("github", Some(&format!("p{i}")));
-            e.deliveries.push(NewDelivery {
-                id: Uuid::now_v7(),
-                agent_id: "a".into(),
-                route_id: "r".into(),
-                priority: 0,
-                status: DeliveryStatus::Dead,
-                body: None,
-                retry_policy: None,
-                next_attempt_at: 0,
-                last_error: None,
-            });
-            ids.push(e.id);
-            store.commit_event(e).await.unwrap();
-        }
-        store
-            .add_rollups(vec![RollupDelta {
-                minute: 0,
-                dim: String::new(),
-                metric: "events".into(),
-                value: 1,
-            }])
-            .await
-            .unwrap();
-        // Nothing is older than an hour ago.
-        let hour_ago = crate::ingest::now_ms() - 3_600_000;
-        assert_eq!(store.purge_before(hour_ago, 2).await.unwrap(), 0);
-        let future = crate::ingest::now_ms() + 1000;
-        assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
-        assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
-        assert_eq!(store.purge_before(future, 2).await.unwrap(), 1);
-        assert_eq!(store.purge_before(future, 2).await.unwrap(), 0);
-        for id in ids {
-            assert!(store.get_event(id).await.unwrap().is_none());
-            assert!(store.event_deliveries(id).await.unwrap().is_empty());
-        }
-        assert!(store.rollup_totals(-1).await.unwrap().is_empty());
-        assert_eq!(store.finished_counts().await.unwrap(), (0, 0));
     }
 
     #[test]
