@@ -15,6 +15,8 @@ pub mod crypto;
 pub mod dashboard;
 pub mod deliver;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod queue;
 pub mod ratelimit;
@@ -30,7 +32,10 @@ pub mod tls;
 pub use app::{Server, run, start};
 
 /// The ingest path allocates many small JSON nodes per webhook; mimalloc's thread-local free
-/// lists make that markedly cheaper than glibc malloc (measured in benches/ingest.rs).
+/// lists make that markedly cheaper than glibc malloc (measured in benches/ingest.rs). Not in fuzz
+/// builds (`cargo fuzz` sets `--cfg fuzzing`): there the fuzz crate installs an allocator that
+/// refuses huge single allocations, and the sanitizers see every allocation.
+#[cfg(not(fuzzing))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use config::Config;

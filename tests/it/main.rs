@@ -19,6 +19,7 @@ mod delivery;
 mod delivery_crash;
 mod delivery_dlq;
 mod delivery_queue;
+mod fuzz_regressions;
 mod ingest;
 mod ingest_errors;
 mod rate_limits;

@@ -1,0 +1,1433 @@
+//! Fuzz target bodies, shared by the cargo-fuzz targets in `fuzz/` and by the regression test
+//! `tests/it/fuzz_regressions.rs`, so that a saved crash input replays through exactly the code
+//! that found it. Not part of the API.
+//!
+//! Each target takes arbitrary bytes and panics only when a property breaks: the code under test
+//! must never panic, recurse without bound or allocate hugely, and its answers are checked against
+//! a reference model written here from the documented rules (for the verifiers: an HMAC computed
+//! independently and compared as text). The fuzz build caps single allocations (see
+//! `fuzz/src/lib.rs`) and libFuzzer limits time and memory per input.
+//!
+//! Inputs are NUL-separated fields, `ctrl \0 field \0 … \0 body`, the last field taking the rest
+//! of the input (NULs included), so that seed files can be written by hand and the fuzzer reaches
+//! the code behind the header parsing. `ctrl` holds small choices (which key signs, which edit is
+//! made to a genuine signature, clock skew), read a byte at a time, 0 once used up. A missing field
+//! is an absent header. Each target documents its layout.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ring::hmac;
+use serde::Deserialize as _;
+use serde_json::{Map, Value};
+
+use crate::config::Scheme;
+use crate::event::{self, BodyKind, MAX_DEPTH};
+use crate::ingest::verify::{
+    self, LINEAR_WINDOW_MS, SecretError, SecretSet, StandardSigner, TIMESTAMP_WINDOW_SECS,
+    VerifyError,
+};
+use crate::ingest::{Prepared, Source, prepare};
+use crate::rules::condition::Condition;
+use crate::rules::model::{FilterCondition, Operator};
+use crate::rules::path::{FieldPath, MAX_SEGMENTS, Memo, PrefixTable};
+
+/// A fuzz target: panics when a property breaks.
+pub type Target = fn(&[u8]);
+
+/// Every target by name; the names are those of `fuzz/fuzz_targets/*.rs` and of the directories
+/// under `fuzz/corpus/` and `tests/fuzz_regressions/`.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("verify_github", verify_github),
+    ("verify_linear", verify_linear),
+    ("verify_slack", verify_slack),
+    ("verify_standard", verify_standard),
+    ("decode_body", decode_body),
+    ("field_path", field_path),
+    ("ingest_prepare", ingest_prepare),
+];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<Target> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// A fixed clock, so that a saved input replays the same way on any day (ms since the epoch).
+const NOW_MS: i64 = 1_700_000_000_000;
+const NOW_SECS: i64 = NOW_MS / 1000;
+/// Keys beyond this many are checked by the secret-list parsers only, not used to verify: each
+/// key costs an HMAC of the body per verification.
+const MAX_KEYS: usize = 4;
+/// Used when the secrets field yields no key, so the verifiers are still exercised.
+const FALLBACK_KEY: &[u8] = b"fuzz-fallback-secret";
+
+// --- input reading ---
+
+/// The NUL-separated fields of an input.
+struct Fields<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Fields { rest: Some(data) }
+    }
+
+    /// The next field, up to the next NUL; `None` once the input is used up.
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match rest.iter().position(|&b| b == 0) {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+
+    /// Everything left, NULs included.
+    fn rest(self) -> &'a [u8] {
+        self.rest.unwrap_or_default()
+    }
+}
+
+/// Small choices, a byte at a time.
+struct Ctrl<'a>(&'a [u8]);
+
+impl Ctrl<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    fn flag(&mut self) -> bool {
+        self.byte() & 1 == 1
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        usize::from(u16::from_le_bytes([self.byte(), self.byte()])) % n
+    }
+
+    fn i16(&mut self) -> i64 {
+        i64::from(i16::from_le_bytes([self.byte(), self.byte()]))
+    }
+
+    fn i64(&mut self) -> i64 {
+        let mut b = [0u8; 8];
+        for x in &mut b {
+            *x = self.byte();
+        }
+        i64::from_le_bytes(b)
+    }
+
+    /// A clock: usually the fixed one, sometimes anything at all (the window arithmetic must
+    /// not overflow whatever the values).
+    fn clock(&mut self, fixed: i64) -> i64 {
+        match self.byte() % 8 {
+            0 => self.i64(),
+            1 => i64::MIN,
+            2 => i64::MAX,
+            3 => 0,
+            _ => fixed,
+        }
+    }
+}
+
+/// A change to a header value chosen by the fuzzer. The verifiers must judge the result exactly
+/// as the reference model does, whatever it became.
+fn edit(ctrl: &mut Ctrl<'_>, value: &mut Vec<u8>) {
+    let len = value.len();
+    let at = |ctrl: &mut Ctrl<'_>, n: usize| if n == 0 { 0 } else { ctrl.below(n) };
+    match ctrl.byte() % 9 {
+        0 => {}
+        1 if len > 0 => {
+            let i = at(ctrl, len);
+            value[i] ^= 1 << (ctrl.byte() % 8);
+        }
+        2 => value.make_ascii_uppercase(),
+        3 => {
+            let ws = [b' ', b'\t', b'\r', b'\n', 0x0c, 0x0b][ctrl.below(6)];
+            value.insert(0, ws);
+            value.push(ws);
+        }
+        4 => value.truncate(at(ctrl, len + 1)),
+        5 => {
+            let i = at(ctrl, len + 1);
+            let b = ctrl.byte();
+            value.insert(i, b);
+        }
+        6 if len > 0 => {
+            let i = at(ctrl, len);
+            value.remove(i);
+        }
+        7 if len > 0 => {
+            let i = at(ctrl, len);
+            value[i] = ctrl.byte();
+        }
+        8 => value.insert(0, b'0'),
+        _ => {}
+    }
+}
+
+// --- reference model of the signature schemes ---
+
+/// HMAC-SHA256 of the concatenated parts, as lowercase hex.
+fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    hex::encode(hmac_raw(key, parts))
+}
+
+fn hmac_raw(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let message = parts.concat();
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), &message)
+        .as_ref()
+        .to_vec()
+}
+
+/// Decimal digits only, not empty, fitting an i64.
+fn digits(raw: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(raw).ok()?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn within(ts: i64, now: i64, window: u64) -> Result<(), VerifyError> {
+    if (i128::from(ts) - i128::from(now)).unsigned_abs() <= u128::from(window) {
+        Ok(())
+    } else {
+        Err(VerifyError::StaleTimestamp)
+    }
+}
+
+/// Whether one of `keys` signed `parts` as the hex `sig` (either case).
+fn hex_signed(keys: &[Vec<u8>], sig: &[u8], parts: &[&[u8]]) -> bool {
+    keys.iter()
+        .any(|k| sig.eq_ignore_ascii_case(hmac_hex(k, parts).as_bytes()))
+}
+
+fn github_expected(keys: &[Vec<u8>], sig: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+    let ok = sig
+        .map(<[u8]>::trim_ascii)
+        .and_then(|s| s.strip_prefix(b"sha256="))
+        .is_some_and(|hex| hex_signed(keys, hex, &[body]));
+    ok.then_some(()).ok_or(VerifyError::InvalidSignature)
+}
+
+fn linear_expected(keys: &[Vec<u8>], sig: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+    let ok = sig
+        .map(<[u8]>::trim_ascii)
+        .is_some_and(|hex| hex_signed(keys, hex, &[body]));
+    ok.then_some(()).ok_or(VerifyError::InvalidSignature)
+}
+
+fn linear_ts_expected(
+    header: Option<&[u8]>,
+    body_ts: Option<i64>,
+    now_ms: i64,
+) -> Result<(), VerifyError> {
+    let ts = match header {
+        Some(h) => digits(h),
+        None => body_ts.filter(|t| *t >= 0),
+    };
+    within(
+        ts.ok_or(VerifyError::StaleTimestamp)?,
+        now_ms,
+        LINEAR_WINDOW_MS,
+    )
+}
+
+fn slack_expected(
+    keys: &[Vec<u8>],
+    sig: Option<&[u8]>,
+    ts: Option<&[u8]>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), VerifyError> {
+    let invalid = Err(VerifyError::InvalidSignature);
+    let Some(hex) = sig
+        .map(<[u8]>::trim_ascii)
+        .and_then(|s| s.strip_prefix(b"v0="))
+    else {
+        return invalid;
+    };
+    let Some(ts_raw) = ts.map(<[u8]>::trim_ascii) else {
+        return invalid;
+    };
+    let Some(t) = digits(ts_raw) else {
+        return invalid;
+    };
+    if !hex_signed(keys, hex, &[b"v0:", ts_raw, b":", body]) {
+        return invalid;
+    }
+    within(t, now, TIMESTAMP_WINDOW_SECS)
+}
+
+fn standard_expected(
+    keys: &[Vec<u8>],
+    id: Option<&[u8]>,
+    ts: Option<&[u8]>,
+    sig: Option<&[u8]>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), VerifyError> {
+    let invalid = Err(VerifyError::InvalidSignature);
+    let Some(id) = id.map(<[u8]>::trim_ascii).filter(|id| !id.is_empty()) else {
+        return invalid;
+    };
+    let Some(ts_raw) = ts.map(<[u8]>::trim_ascii) else {
+        return invalid;
+    };
+    let Some(t) = digits(ts_raw) else {
+        return invalid;
+    };
+    let Some(sig) = sig else {
+        return invalid;
+    };
+    let macs: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| hmac_raw(k, &[id, b".", ts_raw, b".", body]))
+        .collect();
+    let matched = sig
+        .split(|b| *b == b' ')
+        .filter_map(|e| e.strip_prefix(b"v1,"))
+        .filter_map(|b64| STANDARD_PAD_INDIFFERENT.decode(b64).ok())
+        .any(|mac| macs.contains(&mac));
+    if !matched {
+        return invalid;
+    }
+    within(t, now, TIMESTAMP_WINDOW_SECS)
+}
+
+/// Checks a constructed set against the number of keys the documented rules give.
+fn check_set(set: &Result<SecretSet, SecretError>, expected: &Result<Vec<Vec<u8>>, SecretError>) {
+    match (set, expected) {
+        (Ok(set), Ok(keys)) => {
+            assert!(!keys.is_empty());
+            assert_eq!(set.len(), keys.len(), "key count");
+            assert!(!set.is_empty());
+        }
+        (Err(got), Err(want)) => assert_eq!(got, want),
+        (got, want) => panic!("secret set {got:?}, expected {want:?}"),
+    }
+}
+
+fn no_keys(keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, SecretError> {
+    if keys.is_empty() {
+        Err(SecretError::Empty)
+    } else {
+        Ok(keys)
+    }
+}
+
+/// The HMAC keys a secrets field gives, either as an env-variable list
+/// (`SecretSet::hmac_from_list`) or as raw comma-separated bytes (`SecretSet::from_keys`), after
+/// checking the constructor against the documented rules; capped at [`MAX_KEYS`], never empty.
+fn hmac_keys(ctrl: &mut Ctrl<'_>, field: &[u8]) -> Vec<Vec<u8>> {
+    let expected = if ctrl.flag() {
+        let raw: Vec<&[u8]> = field.split(|&b| b == b',').collect();
+        let expected = no_keys(
+            raw.iter()
+                .filter(|k| !k.is_empty())
+                .map(|k| k.to_vec())
+                .collect(),
+        );
+        check_set(&SecretSet::from_keys(raw), &expected);
+        expected
+    } else {
+        let list = String::from_utf8_lossy(field);
+        let expected = no_keys(
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec())
+                .collect(),
+        );
+        check_set(&SecretSet::hmac_from_list(&list), &expected);
+        expected
+    };
+    capped(expected.unwrap_or_default())
+}
+
+/// The keys a Standard Webhooks secret list gives (`whsec_` prefix optional, base64 with or
+/// without padding), with the error the documented rules give for a bad list.
+fn standard_list_expected(list: &str) -> Result<Vec<Vec<u8>>, SecretError> {
+    let mut keys = Vec::new();
+    for (i, entry) in list.split(',').enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        keys.push(standard_secret_expected(i + 1, entry)?);
+    }
+    no_keys(keys)
+}
+
+fn standard_secret_expected(position: usize, secret: &str) -> Result<Vec<u8>, SecretError> {
+    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = STANDARD_PAD_INDIFFERENT
+        .decode(b64)
+        .map_err(|_| SecretError::InvalidBase64 { position })?;
+    if key.is_empty() {
+        return Err(SecretError::EmptyKey { position });
+    }
+    Ok(key)
+}
+
+fn capped(mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    keys.truncate(MAX_KEYS);
+    if keys.is_empty() {
+        keys.push(FALLBACK_KEY.to_vec());
+    }
+    keys
+}
+
+fn key_set(keys: &[Vec<u8>]) -> SecretSet {
+    SecretSet::from_keys(keys).expect("keys are never empty")
+}
+
+/// A copy of `body` with one byte changed.
+fn tampered(ctrl: &mut Ctrl<'_>, body: &[u8]) -> Option<Vec<u8>> {
+    if body.is_empty() {
+        return None;
+    }
+    let mut out = body.to_vec();
+    let i = ctrl.below(out.len());
+    out[i] ^= ctrl.byte() | 1;
+    Some(out)
+}
+
+/// `hex` with the digit at a chosen position (from `start`) replaced by a digit of another value.
+fn other_hex_digit(ctrl: &mut Ctrl<'_>, sig: &str, start: usize) -> Vec<u8> {
+    let mut out = sig.as_bytes().to_vec();
+    let i = start + ctrl.below(out.len() - start);
+    let value = char::from(out[i]).to_digit(16).expect("hex digit");
+    let other = (value + 1 + ctrl.below(15) as u32) % 16;
+    out[i] = char::from_digit(other, 16).expect("below 16") as u8;
+    out
+}
+
+// --- the verifier targets ---
+
+/// `verify::verify_github`. Layout: `ctrl \0 secrets \0 signature \0 body`.
+///
+/// Every key's own signature verifies (in either hex case); a changed body or another hex digit
+/// never does; and the fuzzer's header, or a genuine one it edited, is judged as the reference
+/// model judges it.
+pub fn verify_github(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
+    let keys = hmac_keys(&mut ctrl, fields.next().unwrap_or_default());
+    let raw_sig = fields.next();
+    let body = fields.rest();
+    let set = key_set(&keys);
+    let verify = |sig: Option<&[u8]>, body: &[u8]| verify::verify_github(&set, sig, body);
+
+    for key in &keys {
+        let sig = verify::sign_github(key, body);
+        assert_eq!(verify(Some(sig.as_bytes()), body), Ok(()));
+        let upper = format!("sha256={}", sig["sha256=".len()..].to_ascii_uppercase());
+        assert_eq!(verify(Some(upper.as_bytes()), body), Ok(()));
+    }
+    let good = verify::sign_github(&keys[ctrl.below(keys.len())], body);
+    if let Some(other) = tampered(&mut ctrl, body) {
+        assert_eq!(
+            verify(Some(good.as_bytes()), &other),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let wrong = other_hex_digit(&mut ctrl, &good, "sha256=".len());
+    assert_eq!(
+        verify(Some(&wrong), body),
+        Err(VerifyError::InvalidSignature)
+    );
+
+    let header = match ctrl.byte() % 4 {
+        0 => raw_sig.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(&mut ctrl, &mut v);
+            edit(&mut ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let header = header.as_deref();
+    assert_eq!(
+        verify(header, body),
+        github_expected(&keys, header, body),
+        "signature {:?}",
+        header.map(String::from_utf8_lossy)
+    );
+}
+
+/// `verify::verify_linear` and `verify::check_linear_timestamp`.
+/// Layout: `ctrl \0 secrets \0 signature \0 timestamp \0 body`.
+///
+/// As for GitHub, and the replay window (header in ms, else the body's `webhookTimestamp`) is
+/// judged as the reference model judges it, for any clock.
+pub fn verify_linear(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
+    let keys = hmac_keys(&mut ctrl, fields.next().unwrap_or_default());
+    let raw_sig = fields.next();
+    let raw_ts = fields.next();
+    let body = fields.rest();
+    let set = key_set(&keys);
+    let verify = |sig: Option<&[u8]>, body: &[u8]| verify::verify_linear(&set, sig, body);
+
+    for key in &keys {
+        let sig = verify::sign_linear(key, body);
+        assert_eq!(verify(Some(sig.as_bytes()), body), Ok(()));
+        assert_eq!(
+            verify(Some(sig.to_ascii_uppercase().as_bytes()), body),
+            Ok(())
+        );
+    }
+    let good = verify::sign_linear(&keys[ctrl.below(keys.len())], body);
+    if let Some(other) = tampered(&mut ctrl, body) {
+        assert_eq!(
+            verify(Some(good.as_bytes()), &other),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let wrong = other_hex_digit(&mut ctrl, &good, 0);
+    assert_eq!(
+        verify(Some(&wrong), body),
+        Err(VerifyError::InvalidSignature)
+    );
+
+    let header = match ctrl.byte() % 4 {
+        0 => raw_sig.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(&mut ctrl, &mut v);
+            edit(&mut ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let header = header.as_deref();
+    assert_eq!(
+        verify(header, body),
+        linear_expected(&keys, header, body),
+        "signature {:?}",
+        header.map(String::from_utf8_lossy)
+    );
+
+    // The replay window.
+    let now = ctrl.clock(NOW_MS);
+    let near = now.saturating_add(ctrl.i16() * 4);
+    let ts_header = match ctrl.byte() % 4 {
+        0 => raw_ts.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = near.to_string().into_bytes();
+            edit(&mut ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let body_ts = match ctrl.byte() % 4 {
+        0 => serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("webhookTimestamp").and_then(Value::as_i64)),
+        1 => Some(near),
+        2 => Some(ctrl.i64()),
+        _ => None,
+    };
+    let ts_header = ts_header.as_deref();
+    assert_eq!(
+        verify::check_linear_timestamp(ts_header, body_ts, now),
+        linear_ts_expected(ts_header, body_ts, now),
+        "timestamp {:?}, body {body_ts:?}, now {now}",
+        ts_header.map(String::from_utf8_lossy)
+    );
+}
+
+/// `verify::verify_slack`. Layout: `ctrl \0 secrets \0 signature \0 timestamp \0 body`.
+///
+/// Every key's signature verifies within the 300 s window and is stale just outside it; a changed
+/// body, timestamp or hex digit never verifies; any header pair, or a genuine one edited, is
+/// judged as the reference model judges it.
+pub fn verify_slack(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
+    let keys = hmac_keys(&mut ctrl, fields.next().unwrap_or_default());
+    let raw_sig = fields.next();
+    let raw_ts = fields.next();
+    let body = fields.rest();
+    let set = key_set(&keys);
+    let verify = |sig: Option<&[u8]>, ts: Option<&[u8]>, body: &[u8], now: i64| {
+        verify::verify_slack(&set, sig, ts, body, now)
+    };
+
+    let now = ctrl.clock(NOW_SECS);
+    // Slack timestamps are never negative: the header accepts digits only.
+    let ts = now.saturating_add(ctrl.i16() / 64).max(0);
+    let ts_text = ts.to_string();
+    let window = TIMESTAMP_WINDOW_SECS as i64;
+    for key in &keys {
+        let sig = verify::sign_slack(key, ts, body);
+        let at = |now| verify(Some(sig.as_bytes()), Some(ts_text.as_bytes()), body, now);
+        assert_eq!(at(ts), Ok(()));
+        if let (Some(early), Some(late)) = (ts.checked_sub(window), ts.checked_add(window)) {
+            assert_eq!(at(early), Ok(()));
+            assert_eq!(at(late), Ok(()));
+        }
+        if let Some(late) = ts.checked_add(window + 1) {
+            assert_eq!(at(late), Err(VerifyError::StaleTimestamp));
+        }
+        if let Some(early) = ts.checked_sub(window + 1) {
+            assert_eq!(at(early), Err(VerifyError::StaleTimestamp));
+        }
+    }
+    let good = verify::sign_slack(&keys[ctrl.below(keys.len())], ts, body);
+    let ts_b = Some(ts_text.as_bytes());
+    if let Some(other) = tampered(&mut ctrl, body) {
+        assert_eq!(
+            verify(Some(good.as_bytes()), ts_b, &other, ts),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let wrong = other_hex_digit(&mut ctrl, &good, "v0=".len());
+    assert_eq!(
+        verify(Some(&wrong), ts_b, body, ts),
+        Err(VerifyError::InvalidSignature)
+    );
+    if let Some(other_ts) = ts.checked_add(1 + ctrl.below(300) as i64) {
+        assert_eq!(
+            verify(
+                Some(good.as_bytes()),
+                Some(other_ts.to_string().as_bytes()),
+                body,
+                ts
+            ),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    let sig = match ctrl.byte() % 4 {
+        0 => raw_sig.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(&mut ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let ts_header = match ctrl.byte() % 4 {
+        0 => raw_ts.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = ts_text.into_bytes();
+            edit(&mut ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let (sig, ts_header) = (sig.as_deref(), ts_header.as_deref());
+    assert_eq!(
+        verify(sig, ts_header, body, now),
+        slack_expected(&keys, sig, ts_header, body, now),
+        "signature {:?}, timestamp {:?}, now {now}",
+        sig.map(String::from_utf8_lossy),
+        ts_header.map(String::from_utf8_lossy)
+    );
+}
+
+/// `verify::verify_standard`, `SecretSet::standard_from_list` and `StandardSigner`.
+/// Layout: `ctrl \0 secrets \0 id \0 timestamp \0 signature \0 body`.
+///
+/// The secret-list and signer constructors follow the documented rules (errors included); every
+/// key's signature verifies within the window, among decoys, and is stale outside it; a changed
+/// body, id, timestamp or MAC never verifies; any header triple, or a genuine one edited, is judged
+/// as the reference model judges it.
+pub fn verify_standard(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
+    let secrets = fields.next().unwrap_or_default();
+    let raw_id = fields.next();
+    let raw_ts = fields.next();
+    let raw_sig = fields.next();
+    let body = fields.rest();
+
+    let list = String::from_utf8_lossy(secrets);
+    let expected = standard_list_expected(&list);
+    check_set(&SecretSet::standard_from_list(&list), &expected);
+    let signer = StandardSigner::from_secret(&list);
+    let signer_expected = match list.trim() {
+        "" => Err(SecretError::Empty),
+        s => standard_secret_expected(1, s).map(drop),
+    };
+    assert_eq!(
+        signer.as_ref().map(drop).map_err(Clone::clone),
+        signer_expected
+    );
+
+    let keys = capped(if ctrl.flag() {
+        expected.unwrap_or_default()
+    } else {
+        // Raw keys, as the store would hand them over.
+        secrets
+            .split(|&b| b == b',')
+            .filter(|k| !k.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    });
+    let set = key_set(&keys);
+    let signers: Vec<StandardSigner> = keys
+        .iter()
+        .map(|k| StandardSigner::from_secret(&format!("whsec_{}", STANDARD.encode(k))))
+        .collect::<Result<_, _>>()
+        .expect("a base64 key is a valid secret");
+    let verify = |id: Option<&[u8]>, ts: Option<&[u8]>, sig: Option<&[u8]>, body: &[u8], now| {
+        verify::verify_standard(&set, id, ts, sig, body, now)
+    };
+
+    let now = ctrl.clock(NOW_SECS);
+    let ts = now.saturating_add(ctrl.i16() / 64).max(0);
+    let ts_text = ts.to_string();
+    let id = match raw_id.map(std::str::from_utf8) {
+        Some(Ok(id)) if !id.is_empty() && id.trim() == id => id,
+        _ => "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+    };
+    let decoys = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= v2,abc v1,";
+    let window = TIMESTAMP_WINDOW_SECS as i64;
+    for signer in &signers {
+        let sig = signer.sign(id, ts, body);
+        assert!(sig.starts_with("v1,") && sig.len() == 3 + 44, "{sig}");
+        let among = format!("{decoys} {sig} {decoys}");
+        for header in [&sig, &among] {
+            let at = |now| {
+                verify(
+                    Some(id.as_bytes()),
+                    Some(ts_text.as_bytes()),
+                    Some(header.as_bytes()),
+                    body,
+                    now,
+                )
+            };
+            assert_eq!(at(ts), Ok(()));
+            if let Some(late) = ts.checked_add(window) {
+                assert_eq!(at(late), Ok(()));
+            }
+            if let Some(late) = ts.checked_add(window + 1) {
+                assert_eq!(at(late), Err(VerifyError::StaleTimestamp));
+            }
+        }
+    }
+    let good = signers[ctrl.below(signers.len())].sign(id, ts, body);
+    let (id_b, ts_b) = (Some(id.as_bytes()), Some(ts_text.as_bytes()));
+    let invalid = Err(VerifyError::InvalidSignature);
+    if let Some(other) = tampered(&mut ctrl, body) {
+        assert_eq!(
+            verify(id_b, ts_b, Some(good.as_bytes()), &other, ts),
+            invalid
+        );
+    }
+    let other_id = format!("{id}x");
+    assert_eq!(
+        verify(
+            Some(other_id.as_bytes()),
+            ts_b,
+            Some(good.as_bytes()),
+            body,
+            ts
+        ),
+        invalid
+    );
+    if let Some(other_ts) = ts.checked_add(1 + ctrl.below(300) as i64) {
+        let other_ts = other_ts.to_string();
+        assert_eq!(
+            verify(
+                id_b,
+                Some(other_ts.as_bytes()),
+                Some(good.as_bytes()),
+                body,
+                ts
+            ),
+            invalid
+        );
+    }
+    let mut mac = STANDARD.decode(&good["v1,".len()..]).expect("own base64");
+    let i = ctrl.below(mac.len());
+    mac[i] ^= ctrl.byte() | 1;
+    let wrong = format!("v1,{}", STANDARD.encode(&mac));
+    assert_eq!(
+        verify(id_b, ts_b, Some(wrong.as_bytes()), body, ts),
+        invalid
+    );
+
+    let id_header = match ctrl.byte() % 4 {
+        0 => raw_id.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = id.as_bytes().to_vec();
+            edit(&mut ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let ts_header = match ctrl.byte() % 4 {
+        0 => raw_ts.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = ts_text.into_bytes();
+            edit(&mut ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let sig = match ctrl.byte() % 4 {
+        0 => raw_sig.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(&mut ctrl, &mut v);
+            if ctrl.flag() {
+                // The genuine entry among the fuzzer's own.
+                let mut with = raw_sig.unwrap_or_default().to_vec();
+                with.push(b' ');
+                with.extend_from_slice(&v);
+                v = with;
+            }
+            Some(v)
+        }
+    };
+    let (id_h, ts_h, sig) = (id_header.as_deref(), ts_header.as_deref(), sig.as_deref());
+    assert_eq!(
+        verify(id_h, ts_h, sig, body, now),
+        standard_expected(&keys, id_h, ts_h, sig, body, now),
+        "id {:?}, timestamp {:?}, signature {:?}, now {now}",
+        id_h.map(String::from_utf8_lossy),
+        ts_h.map(String::from_utf8_lossy),
+        sig.map(String::from_utf8_lossy)
+    );
+}
+
+// --- the decoder ---
+
+/// Nesting depth of a value (a scalar is 0, `{}` is 1).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Above this many opening brackets the reference parse (unbounded recursion) is not run: it
+/// would risk the stack. The code under test is still run and its answer checked for shape.
+const REFERENCE_MAX_BRACKETS: usize = 512;
+
+/// What `event::parse_json_object` must answer, worked out independently: any JSON text whose
+/// value is an object nested at most [`MAX_DEPTH`] deep is accepted as that value, anything else
+/// refused. `None` when the input has too many brackets to run the reference safely.
+fn json_object_expected(bytes: &[u8]) -> Option<Option<Value>> {
+    let brackets = bytes.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+    if brackets > REFERENCE_MAX_BRACKETS {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let parsed = Value::deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    Some(match parsed {
+        Ok(v @ Value::Object(_)) if depth(&v) <= MAX_DEPTH => Some(v),
+        _ => None,
+    })
+}
+
+fn check_json_object(got: &Result<Value, event::BodyError>, bytes: &[u8]) {
+    if let Ok(v) = got {
+        assert!(v.is_object(), "accepted a non-object");
+        assert!(depth(v) <= MAX_DEPTH, "accepted a body nested too deep");
+    }
+    if let Some(expected) = json_object_expected(bytes) {
+        match (got, expected) {
+            (Ok(v), Some(want)) => assert_eq!(*v, want),
+            (Err(_), None) => {}
+            (got, want) => panic!(
+                "JSON {:?}: got {got:?}, expected {want:?}",
+                String::from_utf8_lossy(bytes)
+            ),
+        }
+    }
+}
+
+/// What `decode_body(Form, …)` must answer: `Some(Ok)`/`Some(Err)`, or `None` when the JSON in a
+/// `payload` field is too bracket-heavy for the reference.
+fn form_expected(bytes: &[u8]) -> Option<Result<Value, ()>> {
+    if std::str::from_utf8(bytes).is_err() || bytes.iter().all(u8::is_ascii_whitespace) {
+        return Some(Err(()));
+    }
+    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(bytes).collect();
+    if let Some((_, json)) = pairs.iter().find(|(k, _)| k == "payload") {
+        return json_object_expected(json.as_bytes()).map(|v| v.ok_or(()));
+    }
+    let map: Map<String, Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    Some(if map.is_empty() {
+        Err(())
+    } else {
+        Ok(Value::Object(map))
+    })
+}
+
+/// What `event::body_kind` must answer for a `Content-Type` value: the media type (before `;`,
+/// trimmed, any case) `application/json` or `*/*+json` is JSON, the form type is a form, and
+/// anything else, or a value that is not visible ASCII, is refused.
+fn body_kind_expected(ct: Option<&HeaderValue>) -> Option<BodyKind> {
+    let Some(ct) = ct else {
+        return Some(BodyKind::Json);
+    };
+    let bytes = ct.as_bytes();
+    if !bytes
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?.to_ascii_lowercase();
+    let essence = text.split(';').next().unwrap_or("").trim();
+    let suffixed = essence
+        .strip_suffix("+json")
+        .is_some_and(|head| head.contains('/'));
+    if essence == "application/json" || suffixed {
+        Some(BodyKind::Json)
+    } else if essence == "application/x-www-form-urlencoded" {
+        Some(BodyKind::Form)
+    } else {
+        None
+    }
+}
+
+/// `event::body_kind` and `event::decode_body` (JSON and form). Layout: `ctrl \0 content-type \0
+/// body`; an absent content-type field is an absent header.
+///
+/// The content type is classified as the reference says; each decoder accepts exactly the bodies
+/// the reference accepts, with the same value, and nothing nested deeper than 128.
+pub fn decode_body(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let _ctrl = fields.next();
+    let ct = fields.next();
+    let body = fields.rest();
+
+    let mut headers = HeaderMap::new();
+    let ct_value = ct.and_then(|ct| HeaderValue::from_bytes(ct).ok());
+    if let Some(v) = &ct_value {
+        headers.insert(http::header::CONTENT_TYPE, v.clone());
+    }
+    let kind = event::body_kind(&headers);
+    assert_eq!(
+        kind.as_ref().ok().copied(),
+        body_kind_expected(ct_value.as_ref()),
+        "content type {ct_value:?}: {kind:?}"
+    );
+
+    let json = event::decode_body(BodyKind::Json, body);
+    if let Ok(d) = &json {
+        assert!(d.raw_json);
+    }
+    check_json_object(&json.map(|d| d.payload), body);
+    // The same body parsed by the other entry point gives the same answer.
+    let direct = event::parse_json_object(body);
+    check_json_object(&direct, body);
+
+    let form = event::decode_body(BodyKind::Form, body);
+    if let Ok(d) = &form {
+        assert!(!d.raw_json);
+        assert!(d.payload.is_object());
+        assert!(depth(&d.payload) <= MAX_DEPTH);
+    }
+    if let Some(expected) = form_expected(body) {
+        match (&form, expected) {
+            (Ok(d), Ok(want)) => assert_eq!(d.payload, want),
+            (Err(_), Err(())) => {}
+            (got, want) => panic!(
+                "form {:?}: got {got:?}, expected {want:?}",
+                String::from_utf8_lossy(body)
+            ),
+        }
+    }
+}
+
+// --- the filter path parser and conditions ---
+
+/// What `FieldPath::parse` must accept: non-empty, dot-separated, no segment empty or with
+/// surrounding whitespace, at most [`MAX_SEGMENTS`] segments.
+fn path_expected(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('.').count() <= MAX_SEGMENTS
+        && path.split('.').all(|s| !s.is_empty() && s.trim() == s)
+}
+
+/// An event from bytes: a JSON object as ingest accepts it, else any JSON value serde's default
+/// nesting limit allows, else the bytes as a string.
+fn event_value(bytes: &[u8]) -> Value {
+    event::parse_json_object(bytes)
+        .or_else(|_| serde_json::from_slice(bytes))
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn condition(
+    field: &str,
+    operator: Operator,
+    value: Value,
+    case_sensitive: bool,
+) -> FilterCondition {
+    FilterCondition {
+        field: field.to_string(),
+        operator,
+        value,
+        case_sensitive,
+        negate: false,
+    }
+}
+
+/// A piece of `s` between two char boundaries chosen by the fuzzer.
+fn substring<'s>(ctrl: &mut Ctrl<'_>, s: &'s str) -> &'s str {
+    let bounds: Vec<usize> = (0..=s.len()).filter(|&i| s.is_char_boundary(i)).collect();
+    let a = bounds[ctrl.below(bounds.len())];
+    let b = bounds[ctrl.below(bounds.len())];
+    &s[a.min(b)..a.max(b)]
+}
+
+/// `FieldPath::parse`, `FieldPath::get`/`any`, `Condition::compile`/`holds` and the shared-prefix
+/// memo. Layout: `ctrl \0 path \0 literal \0 event`, the literal and the event as JSON (an event
+/// that is not JSON is a string).
+///
+/// The parser accepts exactly the documented paths and keeps the text; the value `get` finds is
+/// the one leaf `any` visits; a condition compiled from the fuzzer's operator and literal holds
+/// the same through the memo and inverts with `negate`; and conditions built from the value found
+/// (`equals` it, `in` a list with it, `contains` a piece of it, a `regex` of it, `exists`) hold,
+/// in either case mode, while `gt`/`lt` it do not.
+pub fn field_path(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
+    let path = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+    let literal = fields.next();
+    let event = event_value(fields.rest());
+
+    let parsed = FieldPath::parse(&path);
+    assert_eq!(parsed.is_ok(), path_expected(&path), "{path:?}: {parsed:?}");
+    let Ok(fp) = parsed else {
+        return;
+    };
+    assert_eq!(fp.as_str(), path);
+    assert_eq!(fp.to_string(), path);
+
+    let exact = fp.get(&event);
+    let (mut leaves, mut saw_exact) = (0usize, false);
+    fp.any(&event, &mut |leaf| {
+        leaves += 1;
+        saw_exact |= matches!((leaf, exact), (Some(l), Some(e)) if std::ptr::eq(l, e));
+        false
+    });
+    assert!(leaves >= 1, "any() must look at least once");
+    if exact.is_some() {
+        assert!(
+            saw_exact && leaves == 1,
+            "get() found a value any() did not"
+        );
+    }
+
+    // The fuzzer's own condition.
+    let operator = Operator::ALL[ctrl.below(Operator::ALL.len())];
+    let literal = literal
+        .and_then(|l| serde_json::from_slice(l).ok())
+        .unwrap_or_else(|| {
+            Value::String(String::from_utf8_lossy(literal.unwrap_or_default()).into())
+        });
+    let mut own = condition(&path, operator, literal, ctrl.flag());
+    let mut conditions: Vec<(Condition, bool)> = Vec::new();
+    if let Ok(c) = Condition::compile(&own) {
+        let holds = c.holds(&event);
+        own.negate = true;
+        let negated = Condition::compile(&own).expect("compiled once already");
+        assert_eq!(negated.holds(&event), !holds, "negate must invert");
+        conditions.push((c, holds));
+        conditions.push((negated, !holds));
+    }
+
+    // Conditions that must hold (or not) by what the path finds.
+    if let Some(v) = exact {
+        // One case mode per input: compiling regexes is most of this target's cost.
+        {
+            let case_sensitive = ctrl.flag();
+            let mut must = |op, value: Value, want: bool| {
+                let c = Condition::compile(&condition(&path, op, value.clone(), case_sensitive))
+                    .unwrap_or_else(|e| panic!("{op:?} {value}: {e:?}"));
+                assert_eq!(c.holds(&event), want, "{path} {op:?} {value} on {event}");
+                conditions.push((c, want));
+            };
+            must(Operator::Equals, v.clone(), true);
+            must(
+                Operator::In,
+                Value::Array(vec![Value::Null, v.clone()]),
+                true,
+            );
+            must(Operator::Exists, Value::Bool(true), true);
+            must(Operator::Exists, Value::Bool(false), false);
+            match v {
+                Value::String(s) => {
+                    let piece = substring(&mut ctrl, s);
+                    must(Operator::Contains, Value::String(piece.into()), true);
+                    must(Operator::Gt, v.clone(), false);
+                    must(Operator::Lt, v.clone(), false);
+                    let pattern = format!("^(?:{})$", regex::escape(s));
+                    // Compiling a regex is most of this target's cost: done for every other
+                    // input, and not for long strings (short ones reach the same code). A
+                    // pattern over the size limit is refused, which is fine; compiled, it
+                    // must match.
+                    let compiled = (s.len() <= 256 && ctrl.flag()).then(|| {
+                        Condition::compile(&condition(
+                            &path,
+                            Operator::Regex,
+                            Value::String(pattern),
+                            case_sensitive,
+                        ))
+                    });
+                    if let Some(Ok(c)) = compiled {
+                        assert!(c.holds(&event), "{path} regex of {s:?}");
+                        conditions.push((c, true));
+                    }
+                }
+                Value::Number(_) => {
+                    must(Operator::Gt, v.clone(), false);
+                    must(Operator::Lt, v.clone(), false);
+                }
+                Value::Array(items) if !items.is_empty() => {
+                    let item = items[ctrl.below(items.len())].clone();
+                    must(Operator::Contains, item, true);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // Through a shared-prefix memo (with the path's own prefixes also linked), every condition
+    // answers as it does alone.
+    let mut table = PrefixTable::default();
+    let segments: Vec<&str> = path.split('.').collect();
+    let mut prefixes: Vec<FieldPath> = (1..segments.len())
+        .filter_map(|n| FieldPath::parse(&segments[..n].join(".")).ok())
+        .collect();
+    for p in &mut prefixes {
+        table.link(p);
+    }
+    for (c, _) in &mut conditions {
+        c.link(&mut table);
+    }
+    let mut memo = Memo::new(&table, &event);
+    for (c, want) in &conditions {
+        assert_eq!(c.holds(&event), *want);
+        assert_eq!(c.holds_memo(&mut memo), *want, "memo disagrees on {c:?}");
+    }
+}
+
+// --- the whole pure ingest stage ---
+
+const AGENT_BEARER: &[u8] = b"Bearer fuzz-agent-key";
+const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const HMAC_SECRET: &str = "fuzz-source-secret";
+const IDENTIFIER_FIELDS: [Option<&str>; 5] = [
+    None,
+    Some("payload.sender.login"),
+    Some("payload.user_id"),
+    Some("payload.data.0.id"),
+    Some("metadata.clientIp"),
+];
+const SENSITIVE: [&str; 8] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "linear-signature",
+    "x-slack-signature",
+    "webhook-signature",
+];
+
+/// `name: value` lines; lines that are no valid header are skipped.
+fn header_lines(field: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in field.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(n, v);
+        }
+    }
+    headers
+}
+
+fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    headers.insert(
+        HeaderName::from_static(name),
+        HeaderValue::from_str(value).expect("a signature is a valid header value"),
+    );
+}
+
+/// `ingest::prepare`: verify, decode, classify and normalize. Layout: `ctrl \0 headers \0 body`,
+/// headers as `name: value` lines.
+///
+/// `ctrl` picks the scheme and whether the harness signs the request properly (as the provider
+/// would, at the current time). A request it signed is never refused for its signature; one it did
+/// not sign is always refused (seeds carry no valid signature, and the fuzzer cannot forge one),
+/// except on `internal` with the right agent key. An accepted event has the documented shape,
+/// keeps no credential header, and its archived text (the provider's JSON spliced in) parses back
+/// to the same event.
+pub fn ingest_prepare(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
+    let mut headers = header_lines(fields.next().unwrap_or_default());
+    let body = fields.rest();
+
+    let scheme = [
+        Scheme::Github,
+        Scheme::Linear,
+        Scheme::Slack,
+        Scheme::Standard,
+    ][ctrl.below(4)];
+    let internal = ctrl.flag() && scheme == Scheme::Standard;
+    let sign = ctrl.byte() % 4 != 0;
+    let linear_body_ts = ctrl.flag();
+    let identifier_field = IDENTIFIER_FIELDS[ctrl.below(IDENTIFIER_FIELDS.len())];
+    let secrets = match scheme {
+        Scheme::Standard => SecretSet::standard_from_list(STANDARD_SECRET),
+        _ => SecretSet::hmac_from_list(HMAC_SECRET),
+    }
+    .expect("valid fixed secret");
+    let source = Source {
+        name: if internal { "internal" } else { "fuzz" }.to_string(),
+        scheme,
+        secrets: Some(secrets),
+        identifier_field: identifier_field.map(str::to_string),
+    };
+
+    let now_s = NOW_SECS;
+    if sign {
+        let key = HMAC_SECRET.as_bytes();
+        match scheme {
+            Scheme::Github => set_header(
+                &mut headers,
+                "x-hub-signature-256",
+                &verify::sign_github(key, body),
+            ),
+            Scheme::Linear => {
+                set_header(
+                    &mut headers,
+                    "linear-signature",
+                    &verify::sign_linear(key, body),
+                );
+                if linear_body_ts {
+                    headers.remove("linear-timestamp");
+                } else {
+                    set_header(&mut headers, "linear-timestamp", &NOW_MS.to_string());
+                }
+            }
+            Scheme::Slack => {
+                set_header(
+                    &mut headers,
+                    "x-slack-signature",
+                    &verify::sign_slack(key, now_s, body),
+                );
+                set_header(
+                    &mut headers,
+                    "x-slack-request-timestamp",
+                    &now_s.to_string(),
+                );
+            }
+            Scheme::Standard => {
+                let id = "msg_fuzz";
+                let sig = StandardSigner::from_secret(STANDARD_SECRET)
+                    .expect("valid fixed secret")
+                    .sign(id, now_s, body);
+                set_header(&mut headers, "webhook-id", id);
+                set_header(&mut headers, "webhook-timestamp", &now_s.to_string());
+                set_header(&mut headers, "webhook-signature", &sig);
+            }
+        }
+    }
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .filter(|_| internal)
+        .map(|v| v.as_bytes() == AGENT_BEARER);
+    let authentic = bearer.unwrap_or(sign);
+
+    let id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+    let result = prepare(
+        &source,
+        &headers,
+        body,
+        "203.0.113.7",
+        NOW_MS,
+        &|key| key == AGENT_BEARER,
+        &mut || (id, NOW_MS),
+    );
+    let prepared = match result {
+        Err(e) => {
+            let allowed: &[&str] = match (authentic, scheme) {
+                (false, _) => &["invalid_signature"],
+                // Linear's fallback timestamp is the body's, which the fuzzer chose.
+                (true, Scheme::Linear) if sign && linear_body_ts => {
+                    &["invalid_body", "stale_timestamp"]
+                }
+                (true, _) => &["invalid_body"],
+            };
+            assert!(
+                allowed.contains(&e.code),
+                "refused with {} ({}), authentic: {authentic}",
+                e.code,
+                e.message
+            );
+            return;
+        }
+        Ok(p) => p,
+    };
+    assert!(authentic, "an unsigned request was accepted");
+    let (head, event, raw_json) = match prepared {
+        Prepared::Challenge(_) => {
+            assert_eq!(scheme, Scheme::Slack, "only Slack has a challenge");
+            return;
+        }
+        Prepared::Event {
+            head,
+            event,
+            raw_json,
+        } => (head, event, raw_json),
+    };
+    assert_eq!(event["id"], head.id.to_string());
+    assert_eq!(event["source"], source.name.as_str());
+    assert_eq!(event["type"], head.event_type.as_str());
+    assert_eq!(event["timestamp"], NOW_MS);
+    assert!(event["payload"].is_object());
+    let metadata = &event["metadata"];
+    assert!(
+        metadata["identifier"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "identifier {}",
+        metadata["identifier"]
+    );
+    let kept = metadata["headers"].as_object().expect("headers object");
+    assert!(kept.len() <= 64);
+    for (name, value) in kept {
+        assert!(!SENSITIVE.contains(&name.as_str()), "kept {name}");
+        assert!(value.as_str().is_some_and(|v| v.len() <= 1024));
+    }
+
+    let text = event::serialize_event(&event, raw_json.then_some(body));
+    // The event is one level deeper than the payload: past serde's default limit at most by one.
+    let mut de = serde_json::Deserializer::from_str(&text);
+    de.disable_recursion_limit();
+    let back = Value::deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .unwrap_or_else(|e| panic!("archived text does not parse: {e}: {text}"));
+    assert_eq!(back, event, "archived text differs from the event");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_split_on_nul_and_the_last_takes_the_rest() {
+        let mut f = Fields::new(b"a\0\0b\0c\0d");
+        assert_eq!(f.next(), Some(&b"a"[..]));
+        assert_eq!(f.next(), Some(&b""[..]));
+        assert_eq!(f.next(), Some(&b"b"[..]));
+        assert_eq!(f.rest(), b"c\0d");
+        let mut f = Fields::new(b"x");
+        assert_eq!(f.next(), Some(&b"x"[..]));
+        assert_eq!(f.next(), None);
+        assert_eq!(f.rest(), b"");
+    }
+
+    #[test]
+    fn ctrl_reads_zero_when_used_up() {
+        let mut c = Ctrl(&[7, 1]);
+        assert_eq!(c.byte(), 7);
+        assert!(c.flag());
+        assert_eq!(c.byte(), 0);
+        assert_eq!(c.below(5), 0);
+    }
+
+    #[test]
+    fn the_reference_models_accept_genuine_signatures() {
+        let keys = vec![b"k1".to_vec(), b"k2".to_vec()];
+        let sig = verify::sign_github(b"k2", b"body");
+        assert_eq!(
+            github_expected(&keys, Some(sig.as_bytes()), b"body"),
+            Ok(())
+        );
+        assert!(github_expected(&keys, Some(sig.as_bytes()), b"other").is_err());
+        let sig = verify::sign_slack(b"k1", NOW_SECS, b"body");
+        let ts = NOW_SECS.to_string();
+        let slack = |now| {
+            slack_expected(
+                &keys,
+                Some(sig.as_bytes()),
+                Some(ts.as_bytes()),
+                b"body",
+                now,
+            )
+        };
+        assert_eq!(slack(NOW_SECS + 300), Ok(()));
+        assert_eq!(slack(NOW_SECS + 301), Err(VerifyError::StaleTimestamp));
+        let sig = StandardSigner::from_secret(&format!("whsec_{}", STANDARD.encode(b"k1")))
+            .unwrap()
+            .sign("msg_1", NOW_SECS, b"body");
+        let header = format!("v1,AAAA {sig}");
+        assert_eq!(
+            standard_expected(
+                &keys,
+                Some(b"msg_1"),
+                Some(ts.as_bytes()),
+                Some(header.as_bytes()),
+                b"body",
+                NOW_SECS
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            linear_ts_expected(None, Some(NOW_MS - 60_000), NOW_MS),
+            Ok(())
+        );
+        assert_eq!(
+            linear_ts_expected(Some(b"-1"), Some(NOW_MS), NOW_MS),
+            Err(VerifyError::StaleTimestamp)
+        );
+    }
+
+    #[test]
+    fn the_json_reference_enforces_the_depth_limit() {
+        let ok = format!("{}{{}}{}", "{\"a\":".repeat(127), "}".repeat(127));
+        assert!(json_object_expected(ok.as_bytes()).unwrap().is_some());
+        let deep = format!("{}{{}}{}", "{\"a\":".repeat(128), "}".repeat(128));
+        assert_eq!(json_object_expected(deep.as_bytes()), Some(None));
+        assert_eq!(json_object_expected(b"[]"), Some(None));
+        assert_eq!(json_object_expected("[".repeat(600).as_bytes()), None);
+    }
+
+    #[test]
+    fn every_target_accepts_empty_and_garbage_input() {
+        for (_, target) in TARGETS {
+            target(b"");
+            target(b"\0\0\0\0\0\0");
+            target(b"\xff\xfe\0\xff\0{\0[");
+        }
+    }
+}
