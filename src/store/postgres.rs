@@ -112,12 +112,20 @@ impl From<PoolError> for StoreError {
     }
 }
 
-/// The server's own message when there is one (tokio-postgres's `Display` says only "db error").
-fn pg_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+/// The server's own message when there is one, else the error with its causes
+/// (tokio-postgres's `Display` says only "db error" or "error connecting to server").
+pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The URL with its password replaced, for messages and logs.
