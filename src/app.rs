@@ -46,8 +46,12 @@ pub struct Inner {
     pub admin_key: Secret,
     pub dedupe: RecentDeliveries,
     pub limiter: RateLimiter,
+    /// Allowed hits to share with the other nodes (`None` on a single node).
+    pub cluster_hits: Option<Arc<crate::cluster::ClusterHits>>,
     /// Failed admin / agent authentications per client address.
     pub auth_throttle: crate::api::throttle::AuthThrottle,
+    /// Dashboard sign-in sessions (in memory: per process).
+    pub sessions: crate::dashboard::Sessions,
     /// Serializes admin changes to rules so each rebuild sees the previous one.
     pub rules_lock: tokio::sync::Mutex<()>,
     /// The compiled rules, delivery targets and agent keys; swapped whole on every change.
@@ -250,6 +254,16 @@ impl Server {
             )
             .await;
         self.state.flush_analytics().await;
+        // On a cluster, what is left unfinished goes to the other nodes now rather than after
+        // this node's lease lapses.
+        match self.state.store.release().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "handed unfinished deliveries to the other nodes"
+            ),
+            Err(e) => tracing::error!(error = %e, "handing back unfinished deliveries failed"),
+        }
         self.state.store.close().await;
     }
 }
@@ -394,6 +408,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown.clone(),
     )
     .await?;
+    let cluster_hits = store
+        .node_id()
+        .map(|_| Arc::new(crate::cluster::ClusterHits::default()));
     let state = AppState(Arc::new(Inner {
         compiled: ArcSwap::new(Arc::new(compiled)),
         targets,
@@ -412,7 +429,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             config.rate_limit_window_ms,
             Arc::new(SystemClock),
         ),
+        cluster_hits,
         auth_throttle: Default::default(),
+        sessions: crate::dashboard::Sessions::new(config.dashboard_session_ttl),
         rules_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
         tasks: TaskTracker::new(),
@@ -421,6 +440,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     }));
     apply_declared(&state).await?;
     spawn_housekeeping(&state);
+    crate::cluster::start(&state).await?;
     let addr = listener.local_addr()?;
     let router = crate::api::router(state.clone());
     let token = shutdown.clone();
@@ -585,7 +605,10 @@ fn spawn_housekeeping(state: &AppState) {
         loop {
             tokio::select! {
                 _ = flusher.shutdown.cancelled() => break,
-                _ = tick.tick() => flusher.flush_analytics().await,
+                _ = tick.tick() => {
+                    flusher.analytics.queue_sampled(flusher.queue.unfinished());
+                    flusher.flush_analytics().await
+                }
             }
         }
     });
@@ -627,6 +650,7 @@ fn spawn_housekeeping(state: &AppState) {
                     // Purging walks every shard; keep it off the async workers.
                     let _ = tokio::task::spawn_blocking(move || limiter_state.limiter.purge_idle()).await;
                     state.auth_throttle.purge_expired();
+                    state.sessions.purge_expired();
                 }
             }
         }

@@ -137,9 +137,16 @@ pub struct Config {
     pub encrypt_payloads: bool,
     /// `ENCRYPTION_KEY` (32 bytes, base64); `None` = the key kept in the data dir.
     pub encryption_key: Option<Secret>,
+    /// How long a dashboard sign-in lasts (absolute, from sign-in).
+    pub dashboard_session_ttl: std::time::Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// A dashboard session lasts 12 hours: a working day, after which the admin key is asked again.
+pub const DEFAULT_DASHBOARD_SESSION_TTL_SECS: u64 = 12 * 3600;
+/// The longest session allowed: 30 days.
+pub const MAX_DASHBOARD_SESSION_TTL_SECS: i64 = 30 * 86_400;
 
 impl Default for Config {
     fn default() -> Self {
@@ -174,6 +181,9 @@ impl Default for Config {
             extra_ca_certs: None,
             encrypt_payloads: false,
             encryption_key: None,
+            dashboard_session_ttl: std::time::Duration::from_secs(
+                DEFAULT_DASHBOARD_SESSION_TTL_SECS,
+            ),
         }
     }
 }
@@ -408,6 +418,14 @@ impl Config {
                     Ok(v) => self.stream_heartbeat = std::time::Duration::from_millis(v as u64),
                     Err(m) => err(m),
                 },
+                "dashboard_session_ttl_secs" => {
+                    match int_in(item, 1, MAX_DASHBOARD_SESSION_TTL_SECS) {
+                        Ok(v) => {
+                            self.dashboard_session_ttl = std::time::Duration::from_secs(v as u64)
+                        }
+                        Err(m) => err(m),
+                    }
+                }
                 "stream_buffer" => match int_in(item, 1, 1_000_000) {
                     Ok(v) => self.stream_buffer = v as usize,
                     Err(m) => err(m),
@@ -615,6 +633,13 @@ impl Config {
         if let Some(v) = num("NODE_LEASE_MS", 1000, 3_600_000) {
             self.node_lease_ms = v as u64;
         }
+        if let Some(v) = num(
+            "DASHBOARD_SESSION_TTL_SECS",
+            1,
+            MAX_DASHBOARD_SESSION_TTL_SECS,
+        ) {
+            self.dashboard_session_ttl = std::time::Duration::from_secs(v as u64);
+        }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
                 location: format!("env {name}"),
@@ -759,6 +784,7 @@ const KNOWN_KEYS: &[&str] = &[
     "stream_buffer",
     "db_pool_size",
     "node_lease_ms",
+    "dashboard_session_ttl_secs",
     "sources",
     "agents",
     "filters",
@@ -969,6 +995,32 @@ mod tests {
             PathBuf::from("./data/event-router.db")
         );
         assert!(c.sources["github"].secret.is_none());
+    }
+
+    #[test]
+    fn dashboard_session_ttl_from_file_and_env() {
+        let c = Config::load(&Overrides::default(), &no_env).unwrap();
+        assert_eq!(
+            c.dashboard_session_ttl,
+            std::time::Duration::from_secs(12 * 3600)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "dashboard_session_ttl_secs = 600\n").unwrap();
+        let o = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = Config::load(&o, &no_env).unwrap();
+        assert_eq!(c.dashboard_session_ttl, std::time::Duration::from_secs(600));
+        let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "60".to_string());
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.dashboard_session_ttl, std::time::Duration::from_secs(60));
+        let errors = file_errors("dashboard_session_ttl_secs = 0\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "dashboard_session_ttl_secs");
+        let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "forever".to_string());
+        assert!(Config::load(&Overrides::default(), &env).is_err());
     }
 
     #[test]

@@ -616,16 +616,21 @@ async fn rollups_and_unsettled_events(store: Arc<dyn Store>) {
     let mut since = store.rollup_totals(120_000).await.unwrap();
     since.sort();
     assert_eq!(since[1], ("".into(), "events".into(), 11));
-    let timeline = store
+    let mut timeline = store
         .rollup_timeline(60_000, 120_000, vec!["events".into(), "delivered".into()])
         .await
         .unwrap();
+    assert!(
+        timeline.windows(2).all(|w| w[0].0 <= w[1].0),
+        "bucket order"
+    );
+    timeline.sort();
     assert_eq!(
         timeline,
         vec![
             (60_000, "events".into(), 7),
-            (300_000, "events".into(), 10),
             (300_000, "delivered".into(), 7),
+            (300_000, "events".into(), 10),
         ]
     );
 

@@ -1204,21 +1204,22 @@ impl AnalyticsStore for PgStore {
         bucket_ms: i64,
         metrics: Vec<String>,
     ) -> Result<Vec<(i64, String, i64)>> {
+        // One pass over the window for every metric asked, in bucket order.
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "SELECT $2 + ((minute - $2) / $3) * $3 AS b, SUM(value)::int8 FROM rollups
-                 WHERE minute >= $2 AND dim = '' AND metric = $1 GROUP BY b ORDER BY b",
+                "SELECT $2 + ((minute - $2) / $3) * $3 AS b, metric, SUM(value)::int8
+                 FROM rollups
+                 WHERE minute >= $2 AND dim = '' AND metric = ANY($1)
+                 GROUP BY b, metric ORDER BY b, metric",
             )
             .await?;
         let bucket = bucket_ms.max(60_000);
-        let mut out = Vec::new();
-        for m in &metrics {
-            for r in c.query(&stmt, &[m, &since, &bucket]).await? {
-                out.push((r.get(0), m.clone(), r.get(1)));
-            }
-        }
-        Ok(out)
+        Ok(c.query(&stmt, &[&metrics, &since, &bucket])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     async fn unsettled_events(&self, since: i64) -> Result<(u64, u64)> {

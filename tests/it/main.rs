@@ -13,6 +13,7 @@ mod bench_tool;
 mod browser;
 mod cli;
 mod crash;
+mod dashboard;
 mod delivery;
 mod delivery_crash;
 mod delivery_dlq;
