@@ -627,18 +627,18 @@ impl Config {
         if let Some(v) = num("STREAM_HEARTBEAT_MS", 100, 3_600_000) {
             self.stream_heartbeat = std::time::Duration::from_millis(v as u64);
         }
-        if let Some(v) = num("DB_POOL_SIZE", 1, 1000) {
-            self.db_pool_size = v as usize;
-        }
-        if let Some(v) = num("NODE_LEASE_MS", 1000, 3_600_000) {
-            self.node_lease_ms = v as u64;
-        }
         if let Some(v) = num(
             "DASHBOARD_SESSION_TTL_SECS",
             1,
             MAX_DASHBOARD_SESSION_TTL_SECS,
         ) {
             self.dashboard_session_ttl = std::time::Duration::from_secs(v as u64);
+        }
+        if let Some(v) = num("DB_POOL_SIZE", 1, 1000) {
+            self.db_pool_size = v as usize;
+        }
+        if let Some(v) = num("NODE_LEASE_MS", 1000, 3_600_000) {
+            self.node_lease_ms = v as u64;
         }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
@@ -782,9 +782,9 @@ const KNOWN_KEYS: &[&str] = &[
     "encrypt_payloads",
     "stream_heartbeat_ms",
     "stream_buffer",
+    "dashboard_session_ttl_secs",
     "db_pool_size",
     "node_lease_ms",
-    "dashboard_session_ttl_secs",
     "sources",
     "agents",
     "filters",

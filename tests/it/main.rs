@@ -12,6 +12,7 @@ mod archive;
 mod bench_tool;
 mod browser;
 mod cli;
+mod cluster;
 mod crash;
 mod dashboard;
 mod delivery;
