@@ -355,8 +355,8 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         PgOptions {
             pool_size: config.db_pool_size,
             batch_max: config.commit_batch_max,
-            node_id: None,
             lease_ms: i64::try_from(config.node_lease_ms).unwrap_or(i64::MAX),
+            ..PgOptions::default()
         },
     )
     .await

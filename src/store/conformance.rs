@@ -616,16 +616,21 @@ async fn rollups_and_unsettled_events(store: Arc<dyn Store>) {
     let mut since = store.rollup_totals(120_000).await.unwrap();
     since.sort();
     assert_eq!(since[1], ("".into(), "events".into(), 11));
-    let timeline = store
+    let mut timeline = store
         .rollup_timeline(60_000, 120_000, vec!["events".into(), "delivered".into()])
         .await
         .unwrap();
+    assert!(
+        timeline.windows(2).all(|w| w[0].0 <= w[1].0),
+        "bucket order"
+    );
+    timeline.sort();
     assert_eq!(
         timeline,
         vec![
             (60_000, "events".into(), 7),
-            (300_000, "events".into(), 10),
             (300_000, "delivered".into(), 7),
+            (300_000, "events".into(), 10),
         ]
     );
 
@@ -1388,4 +1393,43 @@ async fn cluster_listener_reconnects_and_asks_for_a_reload() {
     .await
     .unwrap();
     assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_remote_events_open_sealed_bodies() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let cipher = Arc::new(Cipher::new(&[9u8; 32]));
+    let sealed = |node: Arc<PgStore>| {
+        let cipher = cipher.clone();
+        async move {
+            encrypted::EncryptedStore::open(node, cipher, true)
+                .await
+                .unwrap()
+        }
+    };
+    let a = sealed(c.node(60_000).await).await;
+    let b = sealed(c.node(60_000).await).await;
+    let mut e = ev("github", None);
+    let mut d = delivery("x", DeliveryStatus::Pending);
+    d.body = Some(Bytes::from_static(b"{\"x\":1}"));
+    e.deliveries.push(d);
+    e.streamed
+        .push(("y".into(), Some(Bytes::from_static(b"{\"y\":1}"))));
+    b.commit_event(e.clone()).await.unwrap();
+    let got = a.remote_events(vec![e.id]).await.unwrap();
+    assert_eq!(got[0].body.as_bytes(), &e.body[..]);
+    assert_eq!(
+        got[0].routed,
+        vec![
+            ("x".to_string(), Some("{\"x\":1}".to_string())),
+            ("y".to_string(), Some("{\"y\":1}".to_string())),
+        ]
+    );
+    // Taken over by another node, a sealed delivery is opened too.
+    b.release().await.unwrap();
+    let taken = a.take_over(10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].body, "{\"x\":1}");
 }

@@ -18,16 +18,17 @@ mod cluster;
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
@@ -55,6 +56,8 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Most events in one group-commit transaction.
     pub batch_max: usize,
+    /// Group-commit transactions in flight at once (each on its own connection).
+    pub commit_lanes: usize,
     /// This node's id; `None` = a fresh v7 id.
     pub node_id: Option<Uuid>,
     /// How long a heartbeat keeps this node's deliveries its own (ms).
@@ -69,6 +72,7 @@ impl Default for PgOptions {
         PgOptions {
             pool_size: DEFAULT_POOL_SIZE,
             batch_max: 1024,
+            commit_lanes: 2,
             node_id: None,
             lease_ms: DEFAULT_LEASE_MS,
         }
@@ -108,12 +112,20 @@ impl From<PoolError> for StoreError {
     }
 }
 
-/// The server's own message when there is one (tokio-postgres's `Display` says only "db error").
-fn pg_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+/// The server's own message when there is one, else the error with its causes
+/// (tokio-postgres's `Display` says only "db error" or "error connecting to server").
+pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The URL with its password replaced, for messages and logs.
@@ -213,7 +225,13 @@ impl PgStore {
         }
         let batch_max = opts.batch_max.max(1);
         let (tx, rx) = mpsc::channel::<CommitJob>(batch_max * 4);
-        let writer = tokio::spawn(writer_loop(pool.clone(), node, rx, batch_max));
+        let writer = tokio::spawn(writer_loop(
+            pool.clone(),
+            node,
+            rx,
+            batch_max,
+            opts.commit_lanes,
+        ));
         Ok(PgStore {
             pool,
             pg_config,
@@ -259,14 +277,8 @@ async fn migrate(pool: &Pool) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL);
-         -- The database's clock in ms: leases and rate-limit recency are judged by one clock
-         -- for every node, so skew between nodes' clocks does not matter.
-         CREATE OR REPLACE FUNCTION db_now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS
-           $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;",
-    )
-    .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        .await?;
     let version: i64 = match tx
         .query_opt("SELECT version::bigint FROM schema_version", &[])
         .await?
@@ -335,31 +347,54 @@ impl From<PoolError> for BatchFailure {
     }
 }
 
-async fn writer_loop(pool: Pool, node: Uuid, mut rx: mpsc::Receiver<CommitJob>, batch_max: usize) {
-    let mut batch: Vec<CommitJob> = Vec::with_capacity(batch_max);
-    while let Some(first) = rx.recv().await {
+/// Takes whatever is waiting (up to `batch_max`) as one batch, and commits up to `lanes`
+/// batches at once on separate connections: while one batch waits for its COMMIT to reach the
+/// disk, the next is already being inserted. While every lane is busy, new events queue up and
+/// so make the next batch bigger.
+async fn writer_loop(
+    pool: Pool,
+    node: Uuid,
+    mut rx: mpsc::Receiver<CommitJob>,
+    batch_max: usize,
+    lanes: usize,
+) {
+    let free = Arc::new(Semaphore::new(lanes.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        let Ok(lane) = free.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = rx.recv().await else { break };
+        let mut batch: Vec<CommitJob> = Vec::with_capacity(batch_max.min(64));
         batch.push(first);
-        // Whatever queued up while the last commit was in flight shares this transaction.
         while batch.len() < batch_max {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let events: Vec<&NewEvent> = batch.iter().map(|j| &j.event).collect();
-        let results = commit_batch(&pool, node, &events).await;
-        crate::analytics::Analytics::commit(batch.len(), started.elapsed());
-        tracing::trace!(
-            batch = batch.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "group commit"
-        );
-        for (job, result) in batch.drain(..).zip(results) {
-            // The requester may have gone away (client disconnected); the event is stored anyway.
-            let _ = job.reply.send(result);
-        }
+        let pool = pool.clone();
+        running.spawn(async move {
+            let started = Instant::now();
+            let events: Vec<&NewEvent> = batch.iter().map(|j| &j.event).collect();
+            let results = commit_batch(&pool, node, &events).await;
+            drop(lane);
+            crate::analytics::Analytics::commit(batch.len(), started.elapsed());
+            tracing::trace!(
+                batch = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "group commit"
+            );
+            for (job, result) in batch.into_iter().zip(results) {
+                // The requester may have gone away (client disconnected); the event is stored
+                // anyway.
+                let _ = job.reply.send(result);
+            }
+        });
+        while running.try_join_next().is_some() {}
     }
+    // Closing: every batch already taken is committed and answered.
+    while running.join_next().await.is_some() {}
 }
 
 /// Commits a batch; when the server refuses something in it, commits its events one by one so
@@ -476,6 +511,14 @@ async fn try_commit(
     let mut s_agent = Vec::new();
     let mut s_event = Vec::new();
     let mut s_body = Vec::new();
+    // A body that is not UTF-8 (only a programming error can make one) fails its own event.
+    fn text(b: &[u8]) -> std::result::Result<&str, BatchFailure> {
+        utf8(b).map_err(|error| BatchFailure {
+            error,
+            data: true,
+            transient: false,
+        })
+    }
     for e in events {
         ids.push(e.id);
         sources.push(e.source.as_str());
@@ -484,7 +527,7 @@ async fn try_commit(
         delivery_ids.push(e.delivery_id.as_deref());
         timestamps.push(e.timestamp);
         filtered.push(e.filtered);
-        bodies.push(utf8(&e.body)?);
+        bodies.push(text(&e.body)?);
         for d in &e.deliveries {
             d_id.push(d.id);
             d_event.push(e.id);
@@ -494,13 +537,13 @@ async fn try_commit(
             d_status.push(d.status.as_str());
             d_next.push(d.next_attempt_at);
             d_error.push(d.last_error.as_deref());
-            d_body.push(d.body.as_deref().map(utf8).transpose()?);
+            d_body.push(d.body.as_deref().map(text).transpose()?);
             d_policy.push(d.retry_policy.as_deref());
         }
         for (agent, body) in &e.streamed {
             s_agent.push(agent.as_str());
             s_event.push(e.id);
-            s_body.push(body.as_deref().map(utf8).transpose()?);
+            s_body.push(body.as_deref().map(text).transpose()?);
         }
     }
     let mut client = pool.get().await?;
@@ -1161,21 +1204,22 @@ impl AnalyticsStore for PgStore {
         bucket_ms: i64,
         metrics: Vec<String>,
     ) -> Result<Vec<(i64, String, i64)>> {
+        // One pass over the window for every metric asked, in bucket order.
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "SELECT $2 + ((minute - $2) / $3) * $3 AS b, SUM(value)::int8 FROM rollups
-                 WHERE minute >= $2 AND dim = '' AND metric = $1 GROUP BY b ORDER BY b",
+                "SELECT $2 + ((minute - $2) / $3) * $3 AS b, metric, SUM(value)::int8
+                 FROM rollups
+                 WHERE minute >= $2 AND dim = '' AND metric = ANY($1)
+                 GROUP BY b, metric ORDER BY b, metric",
             )
             .await?;
         let bucket = bucket_ms.max(60_000);
-        let mut out = Vec::new();
-        for m in &metrics {
-            for r in c.query(&stmt, &[m, &since, &bucket]).await? {
-                out.push((r.get(0), m.clone(), r.get(1)));
-            }
-        }
-        Ok(out)
+        Ok(c.query(&stmt, &[&metrics, &since, &bucket])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     async fn unsettled_events(&self, since: i64) -> Result<(u64, u64)> {

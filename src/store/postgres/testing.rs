@@ -9,7 +9,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::redact_url;
+use super::{pg_message, redact_url};
 
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -78,7 +78,7 @@ async fn connect(
     config
         .connect(NoTls)
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", redact_url(url)))
+        .map_err(|e| format!("cannot connect to {}: {}", redact_url(url), pg_message(&e)))
 }
 
 /// `url` with its database name replaced by `name`.
@@ -124,7 +124,7 @@ pub async fn fresh_database_on(server: &str) -> Result<(String, DatabaseGuard), 
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
             }
-            Err(e) => break Err(format!("cannot create a test database: {e}")),
+            Err(e) => break Err(format!("cannot create a test database: {}", pg_message(&e))),
         }
     };
     drop(client);
