@@ -26,6 +26,7 @@ use crate::ratelimit::{self, RateLimiter, SystemClock};
 use crate::routing::{self, Compiled, Plan};
 use crate::rules::{self, RuleOptions};
 use crate::store::encrypted::EncryptedStore;
+use crate::store::postgres::{PgOptions, PgStore, redact_url};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{PendingDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
 use crate::stream::Hub;
@@ -45,8 +46,12 @@ pub struct Inner {
     pub admin_key: Secret,
     pub dedupe: RecentDeliveries,
     pub limiter: RateLimiter,
+    /// Allowed hits to share with the other nodes (`None` on a single node).
+    pub cluster_hits: Option<Arc<crate::cluster::ClusterHits>>,
     /// Failed admin / agent authentications per client address.
     pub auth_throttle: crate::api::throttle::AuthThrottle,
+    /// Dashboard sign-in sessions (in memory: per process).
+    pub sessions: crate::dashboard::Sessions,
     /// Serializes admin changes to rules so each rebuild sees the previous one.
     pub rules_lock: tokio::sync::Mutex<()>,
     /// The compiled rules, delivery targets and agent keys; swapped whole on every change.
@@ -249,6 +254,16 @@ impl Server {
             )
             .await;
         self.state.flush_analytics().await;
+        // On a cluster, what is left unfinished goes to the other nodes now rather than after
+        // this node's lease lapses.
+        match self.state.store.release().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "handed unfinished deliveries to the other nodes"
+            ),
+            Err(e) => tracing::error!(error = %e, "handing back unfinished deliveries failed"),
+        }
         self.state.store.close().await;
     }
 }
@@ -310,7 +325,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     )
     .map_err(anyhow::Error::msg)?;
     let cipher = Arc::new(crate::crypto::Cipher::new(&key));
-    let backend = open_backend(config)?;
+    let backend = open_backend(config).await?;
     let store = EncryptedStore::open(backend.clone(), cipher, config.encrypt_payloads).await;
     match store {
         Ok(s) => Ok(Arc::new(s)),
@@ -321,23 +336,38 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-pub fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match config.sqlite_path() {
-        Some(path) => {
-            let store = SqliteStore::open(
-                &path,
-                SqliteOptions {
-                    batch_max: config.commit_batch_max,
-                    ..Default::default()
-                },
-            )
-            .with_context(|| format!("cannot open the store at {}", path.display()))?;
-            Ok(Arc::new(store))
-        }
-        None => anyhow::bail!(
-            "PostgreSQL (DATABASE_URL=postgres://…) is not supported by this build yet"
-        ),
+/// The store `database_url` names: SQLite (none, `sqlite://`) or PostgreSQL (`postgres://`).
+pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = config.sqlite_path() {
+        let store = SqliteStore::open(
+            &path,
+            SqliteOptions {
+                batch_max: config.commit_batch_max,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        return Ok(Arc::new(store));
     }
+    let url = config.database_url.as_deref().unwrap_or_default();
+    let store = PgStore::open(
+        url,
+        PgOptions {
+            pool_size: config.db_pool_size,
+            batch_max: config.commit_batch_max,
+            lease_ms: i64::try_from(config.node_lease_ms).unwrap_or(i64::MAX),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    // The error names the database by its redacted URL: never the password.
+    .context("cannot open the PostgreSQL store")?;
+    tracing::info!(
+        database = %redact_url(url),
+        node = ?crate::store::ClusterStore::node_id(&store),
+        "PostgreSQL store open"
+    );
+    Ok(Arc::new(store))
 }
 
 /// Starts serving on `listener` and returns at once.
@@ -378,6 +408,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown.clone(),
     )
     .await?;
+    let cluster_hits = store
+        .node_id()
+        .map(|_| Arc::new(crate::cluster::ClusterHits::default()));
     let state = AppState(Arc::new(Inner {
         compiled: ArcSwap::new(Arc::new(compiled)),
         targets,
@@ -396,7 +429,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             config.rate_limit_window_ms,
             Arc::new(SystemClock),
         ),
+        cluster_hits,
         auth_throttle: Default::default(),
+        sessions: crate::dashboard::Sessions::new(config.dashboard_session_ttl),
         rules_lock: tokio::sync::Mutex::new(()),
         started: Instant::now(),
         tasks: TaskTracker::new(),
@@ -405,6 +440,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     }));
     apply_declared(&state).await?;
     spawn_housekeeping(&state);
+    crate::cluster::start(&state).await?;
     let addr = listener.local_addr()?;
     let router = crate::api::router(state.clone());
     let token = shutdown.clone();
@@ -569,7 +605,10 @@ fn spawn_housekeeping(state: &AppState) {
         loop {
             tokio::select! {
                 _ = flusher.shutdown.cancelled() => break,
-                _ = tick.tick() => flusher.flush_analytics().await,
+                _ = tick.tick() => {
+                    flusher.analytics.queue_sampled(flusher.queue.unfinished());
+                    flusher.flush_analytics().await
+                }
             }
         }
     });
@@ -611,6 +650,7 @@ fn spawn_housekeeping(state: &AppState) {
                     // Purging walks every shard; keep it off the async workers.
                     let _ = tokio::task::spawn_blocking(move || limiter_state.limiter.purge_idle()).await;
                     state.auth_throttle.purge_expired();
+                    state.sessions.purge_expired();
                 }
             }
         }

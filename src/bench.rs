@@ -74,8 +74,10 @@ pub struct BenchArgs {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Target an existing router at this base URL instead of starting one in process.
-    #[arg(long, value_name = "URL")]
+    /// Target an existing router at this base URL instead of starting one in process. Several
+    /// nodes of one cluster: comma-separated URLs; webhooks go round-robin to each, the agent
+    /// and route are created on the first.
+    #[arg(long, value_name = "URL[,URL…]")]
     pub router: Option<String>,
     /// The router's admin key (with --router).
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
@@ -359,7 +361,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
 
     let (router_url, under_test) = match &args.router {
         Some(url) => (
-            url.trim_end_matches('/').to_string(),
+            url.trim().trim_end_matches('/').to_string(),
             RouterUnderTest::External,
         ),
         None => {
@@ -491,7 +493,7 @@ async fn run_baseline(
     };
     let url: reqwest::Url = format!("http://{addr}/webhook/github").parse()?;
     let load = drive(
-        &url,
+        std::slice::from_ref(&url),
         pool,
         &baseline_plan,
         Instant::now(),
@@ -529,7 +531,13 @@ async fn measure_router(
 ) -> anyhow::Result<(Phase, EndToEnd, Option<u64>, u64)> {
     let admin = Admin {
         client: reqwest::Client::new(),
-        base: router_url.to_string(),
+        base: router_url
+            .split(',')
+            .next()
+            .unwrap_or(router_url)
+            .trim()
+            .trim_end_matches('/')
+            .to_string(),
         key: admin_key.to_string(),
     };
     let tag = Uuid::new_v4().simple().to_string();
@@ -566,12 +574,15 @@ async fn measure_router(
     let peak_rss = Arc::new(AtomicU64::new(rss_bytes().unwrap_or(0)));
     let sampler = tokio::spawn(sample_rss(peak_rss.clone(), sampling.clone()));
 
-    let url: reqwest::Url = format!("{router_url}/webhook/github").parse()?;
+    let urls = router_url
+        .split(',')
+        .map(|u| format!("{}/webhook/github", u.trim().trim_end_matches('/')).parse())
+        .collect::<Result<Vec<reqwest::Url>, _>>()?;
     let cpu_before = process_cpu_secs();
     let writer_before = in_process
         .then(|| thread_cpu_secs("sqlite-writer"))
         .flatten();
-    let load = drive(&url, pool, plan, epoch, true, progress.then_some("ingest")).await;
+    let load = drive(&urls, pool, plan, epoch, true, progress.then_some("ingest")).await;
     let sent_until = epoch.elapsed();
     let mut load = match load {
         Ok(l) => l,
@@ -867,7 +878,7 @@ struct Ack {
 /// Sends the plan's webhooks to `url` with `plan.concurrency` workers sharing one pool of
 /// keep-alive connections. Times are microseconds since `epoch`.
 async fn drive(
-    url: &reqwest::Url,
+    urls: &[reqwest::Url],
     pool: &Arc<PayloadPool>,
     plan: &LoadPlan,
     epoch: Instant,
@@ -930,7 +941,7 @@ async fn drive(
     for w in 0..plan.concurrency {
         let hists = hists.clone();
         let client = client.clone();
-        let url = url.clone();
+        let urls = urls.to_vec();
         let pool = pool.clone();
         let next = next.clone();
         let done = done.clone();
@@ -970,7 +981,7 @@ async fn drive(
                 };
                 let p = &pool.items[(i % pool.items.len() as u64) as usize];
                 let sent = client
-                    .post(url.clone())
+                    .post(urls[(i % urls.len() as u64) as usize].clone())
                     .header(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),

@@ -121,6 +121,11 @@ pub struct Config {
     pub stream_buffer: usize,
     /// Group-commit batch ceiling: how many webhooks may share one transaction.
     pub commit_batch_max: usize,
+    /// PostgreSQL: pooled connections per node.
+    pub db_pool_size: usize,
+    /// PostgreSQL: how long a node's heartbeat keeps its deliveries its own (ms); after that
+    /// without a heartbeat, other nodes take them over.
+    pub node_lease_ms: u64,
     /// The file the config came from, if any.
     pub config_file: Option<PathBuf>,
     /// PEM certificate chain and private key: serve HTTPS when both are set.
@@ -132,9 +137,16 @@ pub struct Config {
     pub encrypt_payloads: bool,
     /// `ENCRYPTION_KEY` (32 bytes, base64); `None` = the key kept in the data dir.
     pub encryption_key: Option<Secret>,
+    /// How long a dashboard sign-in lasts (absolute, from sign-in).
+    pub dashboard_session_ttl: std::time::Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// A dashboard session lasts 12 hours: a working day, after which the admin key is asked again.
+pub const DEFAULT_DASHBOARD_SESSION_TTL_SECS: u64 = 12 * 3600;
+/// The longest session allowed: 30 days.
+pub const MAX_DASHBOARD_SESSION_TTL_SECS: i64 = 30 * 86_400;
 
 impl Default for Config {
     fn default() -> Self {
@@ -161,12 +173,17 @@ impl Default for Config {
             stream_heartbeat: std::time::Duration::from_secs(15),
             stream_buffer: 4096,
             commit_batch_max: 1024,
+            db_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
+            node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
             config_file: None,
             tls_cert: None,
             tls_key: None,
             extra_ca_certs: None,
             encrypt_payloads: false,
             encryption_key: None,
+            dashboard_session_ttl: std::time::Duration::from_secs(
+                DEFAULT_DASHBOARD_SESSION_TTL_SECS,
+            ),
         }
     }
 }
@@ -401,8 +418,24 @@ impl Config {
                     Ok(v) => self.stream_heartbeat = std::time::Duration::from_millis(v as u64),
                     Err(m) => err(m),
                 },
+                "dashboard_session_ttl_secs" => {
+                    match int_in(item, 1, MAX_DASHBOARD_SESSION_TTL_SECS) {
+                        Ok(v) => {
+                            self.dashboard_session_ttl = std::time::Duration::from_secs(v as u64)
+                        }
+                        Err(m) => err(m),
+                    }
+                }
                 "stream_buffer" => match int_in(item, 1, 1_000_000) {
                     Ok(v) => self.stream_buffer = v as usize,
+                    Err(m) => err(m),
+                },
+                "db_pool_size" => match int_in(item, 1, 1000) {
+                    Ok(v) => self.db_pool_size = v as usize,
+                    Err(m) => err(m),
+                },
+                "node_lease_ms" => match int_in(item, 1000, 3_600_000) {
+                    Ok(v) => self.node_lease_ms = v as u64,
                     Err(m) => err(m),
                 },
                 "tls_cert" | "tls_key" | "extra_ca_certs" => match item.as_str() {
@@ -594,6 +627,19 @@ impl Config {
         if let Some(v) = num("STREAM_HEARTBEAT_MS", 100, 3_600_000) {
             self.stream_heartbeat = std::time::Duration::from_millis(v as u64);
         }
+        if let Some(v) = num(
+            "DASHBOARD_SESSION_TTL_SECS",
+            1,
+            MAX_DASHBOARD_SESSION_TTL_SECS,
+        ) {
+            self.dashboard_session_ttl = std::time::Duration::from_secs(v as u64);
+        }
+        if let Some(v) = num("DB_POOL_SIZE", 1, 1000) {
+            self.db_pool_size = v as usize;
+        }
+        if let Some(v) = num("NODE_LEASE_MS", 1000, 3_600_000) {
+            self.node_lease_ms = v as u64;
+        }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
                 location: format!("env {name}"),
@@ -736,6 +782,9 @@ const KNOWN_KEYS: &[&str] = &[
     "encrypt_payloads",
     "stream_heartbeat_ms",
     "stream_buffer",
+    "dashboard_session_ttl_secs",
+    "db_pool_size",
+    "node_lease_ms",
     "sources",
     "agents",
     "filters",
@@ -946,6 +995,32 @@ mod tests {
             PathBuf::from("./data/event-router.db")
         );
         assert!(c.sources["github"].secret.is_none());
+    }
+
+    #[test]
+    fn dashboard_session_ttl_from_file_and_env() {
+        let c = Config::load(&Overrides::default(), &no_env).unwrap();
+        assert_eq!(
+            c.dashboard_session_ttl,
+            std::time::Duration::from_secs(12 * 3600)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "dashboard_session_ttl_secs = 600\n").unwrap();
+        let o = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = Config::load(&o, &no_env).unwrap();
+        assert_eq!(c.dashboard_session_ttl, std::time::Duration::from_secs(600));
+        let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "60".to_string());
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.dashboard_session_ttl, std::time::Duration::from_secs(60));
+        let errors = file_errors("dashboard_session_ttl_secs = 0\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "dashboard_session_ttl_secs");
+        let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "forever".to_string());
+        assert!(Config::load(&Overrides::default(), &env).is_err());
     }
 
     #[test]

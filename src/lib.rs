@@ -8,9 +8,11 @@ pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod config_check;
 pub mod crypto;
+pub mod dashboard;
 pub mod deliver;
 pub mod event;
 #[doc(hidden)]

@@ -37,19 +37,7 @@ impl Sums {
         let counts: Vec<i64> = (0..BUCKETS_MS.len())
             .map(|i| self.get(&format!("{}{i}", m::PROCESSING_BUCKET)))
             .collect();
-        let total: i64 = counts.iter().sum();
-        if total == 0 {
-            return 0.0;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as i64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return BUCKETS_MS[i];
-            }
-        }
-        BUCKETS_MS[BUCKETS_MS.len() - 1]
+        quantile(&counts, q)
     }
 
     fn delivery_figures(&self) -> Value {
@@ -77,6 +65,23 @@ impl Sums {
             "p99ProcessingTime": self.processing_quantile(0.99),
         })
     }
+}
+
+/// The upper bound (ms) of the histogram bucket holding the q-quantile; 0 with no samples.
+fn quantile(counts: &[i64], q: f64) -> f64 {
+    let total: i64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as i64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return BUCKETS_MS[i.min(BUCKETS_MS.len() - 1)];
+        }
+    }
+    BUCKETS_MS[BUCKETS_MS.len() - 1]
 }
 
 fn round2(x: f64) -> f64 {
@@ -142,36 +147,54 @@ pub async fn analytics(
             by_agent.insert(a.to_string(), sums.delivery_figures());
         }
     }
+    // Per bucket: events, successful and failed attempts, the processing-time histogram (for
+    // the bucket's p95) and the queue-depth samples (for its average depth).
+    const EVENTS: usize = 0;
+    const DELIVERED: usize = 1;
+    const FAILED: usize = 2;
+    const DEPTH_SUM: usize = 3;
+    const DEPTH_SAMPLES: usize = 4;
+    const HISTOGRAM: usize = 5;
+    let mut names: Vec<String> = vec![
+        m::EVENTS.into(),
+        m::DELIVERED.into(),
+        m::ATTEMPTS_FAILED.into(),
+        m::QUEUE_DEPTH_SUM.into(),
+        m::QUEUE_DEPTH_SAMPLES.into(),
+    ];
+    names.extend((0..BUCKETS_MS.len()).map(|i| format!("{}{i}", m::PROCESSING_BUCKET)));
+    let slots = names.len();
     let series = app
         .store
-        .rollup_timeline(
-            since,
-            bucket,
-            vec![
-                m::EVENTS.into(),
-                m::DELIVERED.into(),
-                m::ATTEMPTS_FAILED.into(),
-            ],
-        )
+        .rollup_timeline(since, bucket, names.clone())
         .await?;
-    let mut points: BTreeMap<i64, [i64; 3]> = BTreeMap::new();
+    let mut points: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     let mut start = since;
     while start <= now {
-        points.insert(start, [0; 3]);
+        points.insert(start, vec![0; slots]);
         start += bucket;
     }
     for (b, metric, v) in series {
-        let slot = match metric.as_str() {
-            x if x == m::EVENTS => 0,
-            x if x == m::DELIVERED => 1,
-            _ => 2,
-        };
-        points.entry(b).or_insert([0; 3])[slot] += v;
+        if let Some(slot) = names.iter().position(|n| *n == metric) {
+            points.entry(b).or_insert_with(|| vec![0; slots])[slot] += v;
+        }
     }
     let timeline: Vec<Value> = points
         .into_iter()
-        .map(|(start, [events, delivered, failed])| {
-            json!({"start": start, "events": events, "delivered": delivered, "failed": failed})
+        .map(|(start, p)| {
+            let depth = if p[DEPTH_SAMPLES] > 0 {
+                round2(p[DEPTH_SUM] as f64 / p[DEPTH_SAMPLES] as f64)
+            } else {
+                0.0
+            };
+            json!({
+                "start": start,
+                "events": p[EVENTS],
+                "delivered": p[DELIVERED],
+                "failed": p[FAILED],
+                "p95ProcessingTime": quantile(&p[HISTOGRAM..], 0.95),
+                "queueDepth": depth,
+            })
         })
         .collect();
     Ok(Json(json!({
@@ -197,4 +220,19 @@ pub async fn prometheus(State(app): State<AppState>) -> Response {
         app.analytics.render_prometheus(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_bounds() {
+        let mut counts = vec![0; BUCKETS_MS.len()];
+        assert_eq!(quantile(&counts, 0.95), 0.0);
+        counts[3] = 95;
+        counts[10] = 5;
+        assert_eq!(quantile(&counts, 0.95), BUCKETS_MS[3]);
+        assert_eq!(quantile(&counts, 0.99), BUCKETS_MS[10]);
+    }
 }

@@ -49,6 +49,10 @@ pub mod m {
     pub const DEAD: &str = "dead";
     pub const LATENCY_SUM_MS: &str = "latency_sum_ms";
     pub const LATENCY_COUNT: &str = "latency_count";
+    /// Unfinished deliveries, summed over the once-a-second samples of a minute…
+    pub const QUEUE_DEPTH_SUM: &str = "queue_depth_sum";
+    /// …and how many samples were taken: their ratio is the minute's average queue depth.
+    pub const QUEUE_DEPTH_SAMPLES: &str = "queue_depth_samples";
 }
 
 /// Index of the first bucket whose bound is >= `ms` (the last bucket catches the rest).
@@ -62,6 +66,9 @@ pub fn bucket_of(ms: f64) -> usize {
 /// Accumulates rollup deltas in memory; a background task writes them every second.
 pub struct Analytics {
     pending: Mutex<HashMap<(i64, String, String), i64>>,
+    /// Queue-depth samples of the current minute: (minute, sum, samples). Handed to `pending`
+    /// when the minute is over, so an idle router writes once a minute, not every second.
+    queue_depth: Mutex<(i64, i64, i64)>,
     prometheus: PrometheusHandle,
 }
 
@@ -73,6 +80,7 @@ impl Analytics {
     pub fn new() -> Arc<Analytics> {
         Arc::new(Analytics {
             pending: Mutex::new(HashMap::new()),
+            queue_depth: Mutex::new((0, 0, 0)),
             prometheus: install_prometheus(),
         })
     }
@@ -209,6 +217,35 @@ impl Analytics {
             .increment(1);
     }
 
+    /// One sample of the queue depth (unfinished deliveries), taken once a second.
+    pub fn queue_sampled(&self, depth: u64) {
+        self.queue_sampled_at(now_ms(), depth);
+    }
+
+    fn queue_sampled_at(&self, at_ms: i64, depth: u64) {
+        let now = minute(at_ms);
+        let finished = {
+            let Ok(mut q) = self.queue_depth.lock() else {
+                return;
+            };
+            let finished = (q.0 != now && q.2 > 0).then_some(*q);
+            if q.0 != now {
+                *q = (now, 0, 0);
+            }
+            q.1 += depth as i64;
+            q.2 += 1;
+            finished
+        };
+        if let Some((at, sum, samples)) = finished
+            && let Ok(mut p) = self.pending.lock()
+        {
+            *p.entry((at, ALL.to_string(), m::QUEUE_DEPTH_SUM.to_string()))
+                .or_insert(0) += sum;
+            *p.entry((at, ALL.to_string(), m::QUEUE_DEPTH_SAMPLES.to_string()))
+                .or_insert(0) += samples;
+        }
+    }
+
     /// A group commit finished.
     pub fn commit(batch: usize, took: Duration) {
         metrics::histogram!("store_commit_seconds").record(took.as_secs_f64());
@@ -288,6 +325,29 @@ pub fn spawn_flusher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_depth_is_written_once_a_minute() {
+        let a = Analytics::new();
+        let t = 1_764_170_000_000 / 60_000 * 60_000;
+        a.queue_sampled_at(t, 4);
+        a.queue_sampled_at(t + 1_000, 6);
+        assert!(a.drain().is_empty(), "nothing until the minute is over");
+        a.queue_sampled_at(t + 60_000, 1);
+        let mut got: Vec<(i64, String, i64)> = a
+            .drain()
+            .into_iter()
+            .map(|d| (d.minute, d.metric, d.value))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (t, m::QUEUE_DEPTH_SAMPLES.to_string(), 2),
+                (t, m::QUEUE_DEPTH_SUM.to_string(), 10),
+            ]
+        );
+    }
 
     #[test]
     fn buckets() {

@@ -10,7 +10,7 @@ pub mod throttle;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stream/ws", get(crate::stream::handlers::ws))
         .route("/stream/sse", get(crate::stream::handlers::sse))
         .merge(admin)
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -97,11 +98,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Admin authentication: `Authorization: Bearer <admin key>`, or (without an `Authorization`
+/// header) a live dashboard session cookie. A cookie-authenticated change must also carry the
+/// dashboard's CSRF header; Bearer requests are not cookie-borne, so they need none.
 async fn require_admin(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| app.is_admin_key(v.as_bytes()));
+    let ok = match req.headers().get(header::AUTHORIZATION) {
+        Some(v) => app.is_admin_key(v.as_bytes()),
+        None => match app.sessions.from_headers(req.headers()) {
+            Some(_) => {
+                let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+                if !safe && !crate::dashboard::session::csrf_header_ok(req.headers()) {
+                    return crate::dashboard::csrf_refused().into_response();
+                }
+                true
+            }
+            None => false,
+        },
+    };
     if !ok {
         return match client_ip(&req) {
             Some(ip) => app.auth_throttle.refuse(ip),

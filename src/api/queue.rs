@@ -120,7 +120,7 @@ pub async fn dlq_delete(
 }
 
 pub async fn stats(State(app): State<AppState>) -> ApiResult<Json<Value>> {
-    let snap = app.queue.snapshot().await;
+    let snap = crate::cluster::queue_snapshot(&app).await;
     let (dead, delivered) = app.store.finished_counts().await?;
     Ok(Json(json!({
         "pending": snap.pending,

@@ -188,6 +188,11 @@ async fn ingest(
         .and_then(Value::as_str)
         .unwrap_or(&client_ip);
     let limit = app.limiter.check(&source.name, identifier);
+    if limit.allowed
+        && let Some(hits) = &app.cluster_hits
+    {
+        hits.record(&source.name, identifier);
+    }
     if !limit.allowed {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

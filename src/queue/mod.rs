@@ -81,7 +81,7 @@ impl Job {
 pub type Targets = HashMap<Arc<str>, Arc<AgentTarget>>;
 
 /// Figures for `/queue/stats`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSnapshot {
     pub pending: u64,
@@ -92,12 +92,31 @@ pub struct QueueSnapshot {
     pub by_agent: BTreeMap<String, AgentQueue>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentQueue {
     pub pending: u64,
     pub in_flight: u64,
     pub scheduled: u64,
+}
+
+impl QueueSnapshot {
+    /// Adds another node's figures (cluster-wide `/queue/stats`).
+    pub fn add(&mut self, other: &QueueSnapshot) {
+        self.pending += other.pending;
+        self.in_flight += other.in_flight;
+        self.scheduled += other.scheduled;
+        self.oldest_pending_age_ms = self.oldest_pending_age_ms.max(other.oldest_pending_age_ms);
+        for (p, n) in &other.by_priority {
+            *self.by_priority.entry(p.clone()).or_default() += n;
+        }
+        for (a, q) in &other.by_agent {
+            let mine = self.by_agent.entry(a.clone()).or_default();
+            mine.pending += q.pending;
+            mine.in_flight += q.in_flight;
+            mine.scheduled += q.scheduled;
+        }
+    }
 }
 
 enum Msg {

@@ -376,6 +376,36 @@ impl RateLimiter {
         decision
     }
 
+    /// Counts `hits` requests that other nodes of a cluster allowed for this key, as if they
+    /// had been checked here now (stopping once the key is exhausted: past that point more
+    /// hits change nothing). See `docs/scaling.md` for the accuracy this gives.
+    pub fn absorb(&self, source: &str, identifier: &str, hits: u64) {
+        if hits == 0 {
+            return;
+        }
+        let now_ms = self.clock.now_ms();
+        let rules = self.rules.load();
+        let rule = rules.lookup(source, identifier);
+        let key = self.key(source, identifier);
+        let shard = &self.shards[key.shard_bits as usize % SHARDS];
+        let mut map = shard.lock();
+        if !map.contains_key(&key) {
+            if map.len() >= self.max_keys_per_shard {
+                return;
+            }
+            map.insert(key, Slot::new(rule));
+        }
+        let Some(slot) = map.get_mut(&key) else {
+            return;
+        };
+        let cap = rule.quota.limit.max(rule.quota.burst);
+        for _ in 0..hits.min(cap) {
+            if !slot.check(rule, now_ms).allowed {
+                break;
+            }
+        }
+    }
+
     /// Drops the keys whose state has become indistinguishable from a new
     /// key's (fixed window: its window ended; sliding window: both counted
     /// windows passed; token bucket: refilled to full) for at least
@@ -481,6 +511,18 @@ mod tests {
     fn is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<RateLimiter>();
+    }
+
+    #[test]
+    fn absorbed_remote_hits_use_up_the_quota() {
+        let (rl, _clock) = limiter(10, 60_000);
+        rl.absorb("github", "org", 4);
+        assert_eq!(allowed_in_a_row(&rl, "github", "org"), 6);
+        // More remote hits than the limit: exhausted, not overflowed.
+        rl.absorb("github", "other", 1_000_000);
+        assert!(!rl.check("github", "other").allowed);
+        rl.absorb("github", "none", 0);
+        assert_eq!(rl.key_count(), 2);
     }
 
     #[test]

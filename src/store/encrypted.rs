@@ -340,6 +340,56 @@ impl RuleStore for EncryptedStore {
 }
 
 #[async_trait]
+impl super::ClusterStore for EncryptedStore {
+    fn node_id(&self) -> Option<Uuid> {
+        self.inner.node_id()
+    }
+    async fn heartbeat(&self, snapshot: String) -> Result<()> {
+        self.inner.heartbeat(snapshot).await
+    }
+    async fn live_nodes(&self) -> Result<Vec<super::NodeInfo>> {
+        self.inner.live_nodes().await
+    }
+    async fn take_over(&self, limit: usize) -> Result<Vec<PendingDelivery>> {
+        self.inner
+            .take_over(limit)
+            .await?
+            .into_iter()
+            .map(|p| self.open_pending(p))
+            .collect()
+    }
+    async fn release(&self) -> Result<u64> {
+        self.inner.release().await
+    }
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<super::Notice>>> {
+        self.inner.listen().await
+    }
+    async fn remote_events(&self, ids: Vec<Uuid>) -> Result<Vec<super::RemoteEvent>> {
+        self.inner
+            .remote_events(ids)
+            .await?
+            .into_iter()
+            .map(|mut e| {
+                e.body = self.open_body(e.body)?;
+                for (_, body) in &mut e.routed {
+                    if let Some(b) = body.take() {
+                        *body = Some(self.open_body(b)?);
+                    }
+                }
+                Ok(e)
+            })
+            .collect()
+    }
+    async fn sync_rate_hits(
+        &self,
+        deltas: Vec<super::RateDelta>,
+        recent_ms: i64,
+    ) -> Result<Vec<(String, u64)>> {
+        self.inner.sync_rate_hits(deltas, recent_ms).await
+    }
+}
+
+#[async_trait]
 impl Store for EncryptedStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()

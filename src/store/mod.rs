@@ -1,7 +1,11 @@
 //! The store is the truth: events, deliveries and rules live here, behind small per-concern
-//! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL later).
+//! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL shared
+//! by several nodes).
 
+#[cfg(test)]
+mod conformance;
 pub mod encrypted;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -141,6 +145,15 @@ pub fn parse_stored(text: &str) -> Result<Value> {
     serde::Deserialize::deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The smallest v7 id at or after `ms` (ids embed their millisecond in the top 48 bits), so
+/// time bounds on the archive are bounds on its key.
+pub(crate) fn id_floor(ms: i64) -> [u8; 16] {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b
 }
 
 /// `processed` (passed the filters) or `filtered`, as the archive can be narrowed by.
@@ -388,7 +401,9 @@ pub trait RuleStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: EventStore + RuleStore + DeliveryStore + AnalyticsStore + AuditStore {
+pub trait Store:
+    EventStore + RuleStore + DeliveryStore + AnalyticsStore + AuditStore + ClusterStore
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip proving the store answers.
@@ -404,3 +419,95 @@ pub trait Store: EventStore + RuleStore + DeliveryStore + AnalyticsStore + Audit
 /// A function from a stored body to its replacement (`None` = keep it).
 pub type BodyRewrite =
     std::sync::Arc<dyn Fn(&str) -> std::result::Result<Option<String>, String> + Send + Sync>;
+
+/// One node of a cluster as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: Uuid,
+    /// Time of the last heartbeat (ms).
+    pub last_seen: i64,
+    /// The node's queue figures (`queue::QueueSnapshot` as JSON), for cluster-wide stats.
+    pub snapshot: String,
+}
+
+/// A message from one node to the others (PostgreSQL LISTEN/NOTIFY).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Rules, agents or rate limits changed: reload them from the store.
+    RulesChanged,
+    /// Events another node committed (every stored event, filtered or not), in id order.
+    Events { node: Uuid, ids: Vec<Uuid> },
+    /// Work was handed back (a node stopped): claim what has no live owner.
+    Wake,
+}
+
+/// What a stream needs to publish an event that another node committed.
+#[derive(Debug, Clone)]
+pub struct RemoteEvent {
+    pub id: Uuid,
+    pub filtered: bool,
+    /// The section 4 event object (for the `*` firehose).
+    pub body: String,
+    /// Every agent the event was routed to (push and stream-only), with the body that agent
+    /// receives (`None` = the event's own body).
+    pub routed: Vec<(String, Option<String>)>,
+}
+
+/// Hits one node counted for a rate-limit key since its last sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateDelta {
+    /// `source:identifier`.
+    pub key: String,
+    pub hits: u64,
+}
+
+/// What several nodes sharing one database need. SQLite is a single node, so the defaults
+/// describe a cluster of one: no other nodes, nothing to take over, no notices.
+///
+/// Delivery ownership: every unfinished delivery has an owner node (the node that committed or
+/// requeued it). A node keeps its lease alive by `heartbeat`; once a node's last heartbeat is
+/// older than the lease, any other node may `take_over` its unfinished deliveries (claimed with
+/// `FOR UPDATE SKIP LOCKED`, so each is taken by exactly one node).
+#[async_trait]
+pub trait ClusterStore: Send + Sync {
+    /// This process's node id (`None`: not clustered).
+    fn node_id(&self) -> Option<Uuid> {
+        None
+    }
+    /// Renews this node's lease (until now + lease) and stores its queue snapshot.
+    async fn heartbeat(&self, _snapshot: String) -> Result<()> {
+        Ok(())
+    }
+    /// Nodes whose lease has not expired, this one included.
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>> {
+        Ok(Vec::new())
+    }
+    /// Claims up to `limit` unfinished deliveries whose owner's lease expired (or that were
+    /// released), making this node their owner; returns them with the body to send.
+    async fn take_over(&self, _limit: usize) -> Result<Vec<PendingDelivery>> {
+        Ok(Vec::new())
+    }
+    /// Graceful stop: hands this node's unfinished deliveries back (owner cleared), removes
+    /// the node and sends `Notice::Wake`; how many were released.
+    async fn release(&self) -> Result<u64> {
+        Ok(0)
+    }
+    /// Notices from the other nodes (never this node's own). Called once, at start; `None`
+    /// when there is no cluster.
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notice>>> {
+        Ok(None)
+    }
+    /// The stream view of events another node committed, in id order (missing ids skipped).
+    async fn remote_events(&self, _ids: Vec<Uuid>) -> Result<Vec<RemoteEvent>> {
+        Ok(Vec::new())
+    }
+    /// Adds this node's rate-limit hits to the shared totals and returns the cluster-wide
+    /// running total of every key that anyone changed within the last `recent_ms`.
+    async fn sync_rate_hits(
+        &self,
+        _deltas: Vec<RateDelta>,
+        _recent_ms: i64,
+    ) -> Result<Vec<(String, u64)>> {
+        Ok(Vec::new())
+    }
+}

@@ -1,6 +1,7 @@
 //! `GET /stream/ws` and `GET /stream/sse`: authenticate, resolve the agent and filters (all
 //! before any upgrade), replay what a reconnecting client missed, then stream live.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ struct Opened {
     agent: Arc<str>,
     filter: Subscription,
     last_event_id: Option<Uuid>,
+    /// The dashboard session's token, when the session cookie opened the stream: the stream
+    /// ends when that session does (sign-out or expiry), checked at each heartbeat.
+    session: Option<String>,
 }
 
 fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -55,23 +59,38 @@ fn open(
         .get(header::AUTHORIZATION)
         .and_then(|v| bearer(v.as_bytes()).map(<[u8]>::to_vec))
         .or_else(|| param(&pairs, "apiKey").map(|k| k.as_bytes().to_vec()));
-    let Some(key) = key else {
-        return Err(app.auth_throttle.refuse(peer.ip()));
+    // Without a key, a dashboard session cookie stands for the admin key (so the key never has
+    // to be put in a URL). A WebSocket handshake is not covered by CORS, and a page on another
+    // origin of the same site (another port) would send the SameSite cookie with it, so a
+    // cookie opens a stream only for requests from this origin: a WebSocket handshake always
+    // names its origin; a same-origin EventSource sends none, a cross-origin one always does.
+    let origin_ok = match headers.get(header::ORIGIN) {
+        None => sse,
+        Some(_) => same_origin(headers),
     };
+    let session = if key.is_none() && origin_ok {
+        app.sessions.from_headers(headers).map(|(token, _)| token)
+    } else {
+        None
+    };
+    let via_session = session.is_some();
+    if key.is_none() && !via_session {
+        return Err(app.auth_throttle.refuse(peer.ip()));
+    }
     let agent = param(&pairs, "agentId")
         .filter(|a| !a.is_empty())
         .ok_or_else(|| {
             ApiError::bad_request("agentId is required (an agent id, or * with the admin key)")
         })?;
-    let is_admin = app.admin_key_matches(&key);
+    let is_admin = via_session || key.as_deref().is_some_and(|k| app.admin_key_matches(k));
     if agent == FIREHOSE {
         if !is_admin {
             return Err(app.auth_throttle.refuse(peer.ip()));
         }
     } else {
         // API.md section 7: an agent's stream opens with AGENT_API_KEY or the agent's own key
-        // (the admin key opens the `*` firehose).
-        let allowed = match app.agent_for_key(&key) {
+        // (the admin key, and so a dashboard session, opens the `*` firehose).
+        let allowed = match key.as_deref().and_then(|k| app.agent_for_key(k)) {
             Some(None) => true,
             Some(Some(own)) => &*own == agent,
             None => false,
@@ -117,7 +136,24 @@ fn open(
         agent: Arc::from(agent),
         filter,
         last_event_id,
+        session,
     })
+}
+
+/// Whether the request's `Origin` is this server (its `Host`, or the `X-Forwarded-Host` a proxy
+/// passed on). A browser always sends `Origin` with a WebSocket handshake, and a page cannot
+/// forge either header there.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .any(|host| host.eq_ignore_ascii_case(authority))
 }
 
 /// What a session sends, transport-neutral.
@@ -147,6 +183,18 @@ async fn feed(
 ) {
     let (reg, mut live, bound) = sub;
     let hub_stats = &app.hub.stats;
+    // On several nodes, other nodes' events reach this node's streams after their commit and
+    // not in id order, so the seam is kept differently: the replay runs past `bound` to a
+    // ceiling a little after now (every event with a larger id commits after this
+    // subscription, so arrives live), and live messages the replay already sent are skipped.
+    let clustered = app.store.node_id().is_some();
+    let bound = if clustered {
+        bound.max(id_floor(crate::ingest::now_ms() + CLUSTER_CEILING_MS))
+    } else {
+        bound
+    };
+    let mut replayed: HashSet<Uuid> = HashSet::new();
+    let recent_floor = id_floor(uuid_ms(&bound) - CLUSTER_SEAM_MS);
     if let Some(mut after) = opened.last_event_id {
         let agent = (&*opened.agent != FIREHOSE).then(|| opened.agent.to_string());
         loop {
@@ -175,6 +223,9 @@ async fn feed(
                     break;
                 }
                 after = item.event_id;
+                if clustered && item.event_id >= recent_floor {
+                    replayed.insert(item.event_id);
+                }
                 let view: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
                 if !reg.subscriber.filter.load().matches(&view) {
                     continue;
@@ -201,6 +252,9 @@ async fn feed(
         tokio::select! {
             msg = live.recv() => match msg {
                 Some(m) => {
+                    if !replayed.is_empty() && replayed.remove(&m.event_id) {
+                        continue;
+                    }
                     if out.send(Out::Event(m)).await.is_err() {
                         return;
                     }
@@ -217,6 +271,13 @@ async fn feed(
                 }
             },
             _ = beat.tick() => {
+                if let Some(token) = &opened.session
+                    && app.sessions.check(token).is_none()
+                {
+                    let reason = "the dashboard session ended; sign in again";
+                    let _ = out.send(Out::Close { code: 1008, reason: reason.into() }).await;
+                    return;
+                }
                 if out.send(Out::Text(heartbeat())).await.is_err() {
                     return;
                 }
@@ -230,6 +291,27 @@ async fn feed(
     }
 }
 
+/// How far past now a clustered replay reads (covers clock differences between nodes), ms.
+const CLUSTER_CEILING_MS: i64 = 5_000;
+
+/// How late another node's event may reach a stream and still be recognised as already
+/// replayed, ms.
+const CLUSTER_SEAM_MS: i64 = 30_000;
+
+/// The millisecond timestamp of a UUID v7 (its first 48 bits).
+fn uuid_ms(id: &Uuid) -> i64 {
+    let b = id.as_bytes();
+    i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// The smallest UUID v7 of millisecond `ms`.
+fn id_floor(ms: i64) -> Uuid {
+    let ms = ms.clamp(0, (1 << 48) - 1).to_be_bytes();
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms[2..8]);
+    Uuid::from_bytes(b)
+}
+
 pub async fn sse(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -240,6 +322,7 @@ pub async fn sse(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
+    let via_session = opened.session.is_some();
     let sub = app
         .sequencer
         .subscribe(&opened.agent, opened.filter.clone());
@@ -266,12 +349,15 @@ pub async fn sse(
         Some((Ok::<_, Infallible>(event), (rx, done)))
     });
     let mut resp = Sse::new(stream).into_response();
-    // A browser's EventSource on a page of another origin may read the stream: it carries no
-    // cookies, and the key is in its URL.
-    resp.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        header::HeaderValue::from_static("*"),
-    );
+    // A browser's EventSource on a page of another origin may read the stream when the key is
+    // in its URL. A stream opened by the session cookie is for the dashboard's own page only
+    // (a credentialed cross-origin read would be refused by the browser anyway).
+    if !via_session {
+        resp.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::HeaderValue::from_static("*"),
+        );
+    }
     resp
 }
 
@@ -372,4 +458,19 @@ async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
     feeding.abort();
     // Give a closing handshake a moment; the client may already be gone.
     let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_floor_and_uuid_ms_agree_with_v7_ids() {
+        let (id, ms) = crate::event::new_event_id();
+        assert_eq!(uuid_ms(&id), ms);
+        assert!(id_floor(ms) <= id);
+        assert!(id_floor(ms + 1) > id);
+        assert_eq!(uuid_ms(&id_floor(ms)), ms);
+        assert_eq!(id_floor(-5), Uuid::nil());
+    }
 }

@@ -145,6 +145,11 @@ impl Hub {
     }
 
     /// Whether anyone listens to `agent` (publishing is skipped entirely when not).
+    /// Whether any stream is open on this node.
+    pub fn has_subscribers(&self) -> bool {
+        self.by_agent.read().map(|m| !m.is_empty()).unwrap_or(false)
+    }
+
     pub fn listening(&self, agent: &str) -> bool {
         self.by_agent
             .read()

@@ -272,6 +272,6 @@ async fn health_turns_503_when_the_store_is_unreachable() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "unavailable");
     assert_eq!(v["storage"]["ok"], false);
-    assert_eq!(v["storage"]["backend"], "sqlite");
+    assert_eq!(v["storage"]["backend"], crate::support::backend());
     app.stop().await;
 }

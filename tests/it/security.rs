@@ -334,8 +334,12 @@ async fn an_unreadable_extra_ca_file_refuses_to_start() {
 const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY_B: &str = "HxweHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=";
 
-/// Every byte of the database and its WAL (and anything else SQLite left beside it).
+/// Every byte of the database and its WAL (and anything else SQLite left beside it); on
+/// PostgreSQL, every row of every table as text.
 fn raw_store_bytes(dir: &Path) -> Vec<u8> {
+    if let Some(url) = crate::support::database_for(dir) {
+        return crate::support::postgres_dump(&url);
+    }
     let mut all = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -511,6 +515,7 @@ async fn rotate_key_command_updates_the_generated_key_file() {
         .arg("--data-dir")
         .arg(dir.path())
         .env_clear()
+        .envs(crate::support::database_for(dir.path()).map(|u| ("DATABASE_URL", u)))
         .env("NEW_ENCRYPTION_KEY", KEY_B)
         .output()
         .await

@@ -1,9 +1,11 @@
 //! Test helpers: `TestApp` runs the real server in process; `ChildServer` runs the real binary.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use event_router::config::{Config, Secret};
@@ -22,11 +24,102 @@ pub fn now_ms() -> i64 {
     event_router::ingest::now_ms()
 }
 
+/// With `EVENT_ROUTER_TEST_DATABASE_URL` set to a PostgreSQL server URL, the servers these
+/// tests start store in PostgreSQL: each data dir gets a fresh database of its own (the same one
+/// again when a test restarts on that dir), so the whole suite can be run against PostgreSQL:
+///
+/// `EVENT_ROUTER_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test --test it`
+///
+/// The databases (`er_test_…`) outlive the run; drop them afterwards. Unset (as in CI), the
+/// servers use SQLite in their data dir.
+pub fn database_for(dir: &Path) -> Option<String> {
+    type Databases = HashMap<
+        PathBuf,
+        (
+            String,
+            event_router::store::postgres::testing::DatabaseGuard,
+        ),
+    >;
+    static DATABASES: OnceLock<Mutex<Databases>> = OnceLock::new();
+    let server = std::env::var("EVENT_ROUTER_TEST_DATABASE_URL")
+        .ok()
+        .filter(|s| !s.trim().is_empty())?;
+    let mut map = DATABASES.get_or_init(Default::default).lock().unwrap();
+    if let Some((url, _)) = map.get(dir) {
+        return Some(url.clone());
+    }
+    // Called from sync code inside a runtime: create it on a thread with a runtime of its own.
+    let (url, guard) = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(event_router::store::postgres::testing::fresh_database_on(
+                &server,
+            ))
+    })
+    .join()
+    .unwrap()
+    .expect("a fresh PostgreSQL database");
+    map.insert(dir.to_path_buf(), (url.clone(), guard));
+    Some(url)
+}
+
+/// The storage backend the servers of this run use (`/health` reports it).
+pub fn backend() -> &'static str {
+    if std::env::var("EVENT_ROUTER_TEST_DATABASE_URL").is_ok_and(|s| !s.trim().is_empty()) {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+/// Every row of every table of a PostgreSQL database, as text (what is "at rest" there).
+pub fn postgres_dump(url: &str) -> Vec<u8> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let tables: Vec<String> = client
+                    .query(
+                        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut all = Vec::new();
+                for t in tables {
+                    for r in client
+                        .query(&format!("SELECT t::text FROM {t} t"), &[])
+                        .await
+                        .unwrap()
+                    {
+                        all.extend(r.get::<_, String>(0).into_bytes());
+                    }
+                }
+                all
+            })
+    })
+    .join()
+    .unwrap()
+}
+
 /// A config with every built-in source enabled and known keys, storing under `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: database_for(dir),
         ..Config::default()
     };
     for (name, secret) in [
@@ -190,6 +283,9 @@ impl ChildServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(url) = database_for(data_dir) {
+            cmd.env("DATABASE_URL", url);
+        }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }

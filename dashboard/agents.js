@@ -1,0 +1,138 @@
+// Agents: list (with the signing secret, revealed on demand and copyable), create, edit, delete.
+
+import { get, post, put, del } from "./api.js";
+import { h, viewHead, table, toast, confirmDialog, copyButton, showError, number } from "./ui.js";
+import { input, textarea, checkbox, resourceForm, numberOf, textOf, LocalError } from "./forms.js";
+
+export function render(main, args) {
+  if (args[0] === "new") return renderForm(main, null);
+  if (args[1] === "edit") return renderForm(main, args[0]);
+  return renderList(main);
+}
+
+async function renderList(main) {
+  const error = h("p", { class: "form-error", role: "alert" });
+  const body = h("div", {}, h("p", { class: "empty" }, "Loading…"));
+  main.append(viewHead("Agents", h("a", { class: "button primary", href: "#/agents/new" }, "New agent")), error, body);
+  try {
+    const { items } = await get("/admin/agents");
+    body.replaceChildren(table(
+      ["Id", "Name", "Delivers to", { label: "Concurrency", class: "num hide-narrow" }, "Enabled", "Signing secret", ""],
+      items.map((a) => h("tr", { "data-id": a.id },
+        h("td", { class: "mono" }, a.id),
+        h("td", {}, a.name),
+        h("td", {}, a.url ? h("span", { class: "mono" }, a.url) : h("span", { class: "muted" }, "stream only")),
+        h("td", { class: "num hide-narrow" }, number(a.maxConcurrency)),
+        h("td", {}, a.enabled ? h("span", { class: "badge ok" }, "yes") : h("span", { class: "badge" }, "no")),
+        h("td", {}, secretCell(a)),
+        h("td", { class: "actions" },
+          h("a", { class: "button small", href: `#/agents/${encodeURIComponent(a.id)}/edit` }, "Edit"),
+          h("button", { type: "button", class: "small danger", onclick: () => remove(a.id, main) }, "Delete")))),
+      "No agents yet. Create one to deliver events to it."));
+  } catch (e) {
+    body.replaceChildren();
+    showError(e, error);
+  }
+}
+
+/** The secret hidden until asked for; Copy works either way. */
+function secretCell(agent) {
+  if (!agent.secret) return h("span", { class: "muted" }, "—");
+  const shown = h("code", { "data-secret": "" }, "whsec_••••••••");
+  const reveal = h("button", { type: "button", class: "small", "aria-pressed": "false" }, "Reveal");
+  reveal.addEventListener("click", () => {
+    const on = reveal.getAttribute("aria-pressed") !== "true";
+    shown.textContent = on ? agent.secret : "whsec_••••••••";
+    reveal.textContent = on ? "Hide" : "Reveal";
+    reveal.setAttribute("aria-pressed", String(on));
+  });
+  return h("span", { class: "secret" }, shown, reveal, copyButton(agent.secret));
+}
+
+async function remove(id, main) {
+  if (!(await confirmDialog(`Delete agent "${id}"? Routes that target it must be changed first.`))) return;
+  try {
+    await del(`/admin/agents/${encodeURIComponent(id)}`);
+    toast(`Agent "${id}" deleted`);
+    main.replaceChildren();
+    renderList(main);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function renderForm(main, id) {
+  main.append(viewHead(id ? `Edit agent ${id}` : "New agent"));
+  let agent = {};
+  if (id) {
+    try {
+      agent = await get(`/admin/agents/${encodeURIComponent(id)}`);
+    } catch (e) {
+      main.append(h("p", { class: "form-error", role: "alert" }, e.message));
+      return;
+    }
+  }
+  const headers = Object.entries(agent.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+  const form = resourceForm({
+    title: id ? "Edit agent" : "New agent",
+    back: "#/agents",
+    saved: id ? "Agent saved" : "Agent created",
+    fields: [
+      h("div", { class: "row" },
+        input("id", "Id", agent.id, { required: true, readonly: Boolean(id) }, id ? "The id cannot change." : "Letters, digits and _ . : -"),
+        input("name", "Name", agent.name, { required: true })),
+      input("description", "Description", agent.description),
+      input("url", "URL", agent.url, { type: "url", placeholder: "https://agent.example.com/events" }, "Where deliveries are posted. Leave empty for a stream-only agent."),
+      h("div", { class: "row" },
+        input("secret", "Signing secret", "", { placeholder: id ? "unchanged" : "generated", autocomplete: "off" },
+          id ? "Leave empty to keep the current secret." : "whsec_… (Standard Webhooks). Leave empty to generate one."),
+        input("apiKey", "API key", "", { type: "password", autocomplete: "new-password", placeholder: id ? "unchanged" : "none" },
+          "The agent's own stream key, at least 16 characters. Write-only.")),
+      textarea("headers", "Extra headers", headers, { rows: 3, placeholder: "X-Team: platform" }, "One per line, as Name: value."),
+      h("div", { class: "row three" },
+        input("timeoutMs", "Timeout (ms)", agent.timeoutMs ?? 10000, { inputmode: "numeric" }),
+        input("maxConcurrency", "Max concurrency", agent.maxConcurrency ?? 16, { inputmode: "numeric" }),
+        h("div", {})),
+      h("fieldset", { "data-field": "rateLimit" },
+        h("legend", {}, "Pacing (optional)"),
+        h("div", { class: "row" },
+          input("rateLimit.limit", "Deliveries", agent.rateLimit?.limit, { inputmode: "numeric" }),
+          input("rateLimit.window", "per window (ms)", agent.rateLimit?.window, { inputmode: "numeric" })),
+        h("p", { class: "field-error", "data-error-for": "rateLimit", role: "alert" })),
+      checkbox("enabled", "Enabled", agent.enabled ?? true),
+    ],
+    collect: (f) => {
+      const body = {
+        id: textOf(f, "id") ?? "",
+        name: textOf(f, "name") ?? "",
+        description: textOf(f, "description"),
+        url: textOf(f, "url"),
+        secret: textOf(f, "secret"),
+        apiKey: textOf(f, "apiKey"),
+        headers: parseHeaders(f.elements.headers.value),
+        timeoutMs: numberOf(f, "timeoutMs"),
+        maxConcurrency: numberOf(f, "maxConcurrency"),
+        enabled: f.elements.enabled.checked,
+      };
+      const limit = numberOf(f, "rateLimit.limit");
+      const window = numberOf(f, "rateLimit.window");
+      if (limit !== undefined || window !== undefined) body.rateLimit = { limit, window };
+      return body;
+    },
+    send: (body) => (id ? put(`/admin/agents/${encodeURIComponent(id)}`, body) : post("/admin/agents", body)),
+  });
+  main.append(form);
+  form.querySelector(id ? "[name=name]" : "[name=id]").focus();
+}
+
+/** "Name: value" lines into an object. */
+function parseHeaders(text) {
+  const out = {};
+  for (const [i, line] of text.split("\n").entries()) {
+    if (!line.trim()) continue;
+    const at = line.indexOf(":");
+    if (at <= 0) throw new LocalError("headers", `line ${i + 1}: expected Name: value`);
+    out[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return out;
+}

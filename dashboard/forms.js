@@ -1,0 +1,151 @@
+// Form building and the API's validation errors: a 400 names the offending field (e.g.
+// `transformation.expression`, `conditions[1].operator`, `targetAgents[0]`); the error is shown
+// under the input whose `data-field` is the longest prefix of that path.
+
+import { h, toast } from "./ui.js";
+
+let uid = 0;
+
+/** A labelled control with a hint and a place for its error. */
+export function field(name, labelText, control, hint) {
+  const id = control.id || `f-${++uid}`;
+  control.id = id;
+  control.dataset.field = name;
+  const errorId = `${id}-error`;
+  const hintId = hint ? `${id}-hint` : null;
+  control.setAttribute("aria-describedby", [hintId, errorId].filter(Boolean).join(" "));
+  return h("div", { class: "field" },
+    h("label", { for: id }, labelText),
+    control,
+    hint ? h("p", { class: "hint", id: hintId }, hint) : null,
+    h("p", { class: "field-error", id: errorId, "data-error-for": name, role: "alert" }));
+}
+
+export function input(name, labelText, value, attrs = {}, hint) {
+  return field(name, labelText, h("input", { type: "text", name, value: value ?? "", autocomplete: "off", ...attrs }), hint);
+}
+
+export function textarea(name, labelText, value, attrs = {}, hint) {
+  const t = h("textarea", { name, rows: 4, spellcheck: "false", ...attrs });
+  t.value = value ?? "";
+  return field(name, labelText, t, hint);
+}
+
+export function select(name, labelText, options, value, hint) {
+  const s = h("select", { name },
+    options.map((o) => {
+      const [v, text] = Array.isArray(o) ? o : [o, o];
+      return h("option", { value: v, selected: v === value }, text);
+    }));
+  return field(name, labelText, s, hint);
+}
+
+export function checkbox(name, labelText, checked) {
+  const id = `f-${++uid}`;
+  return h("div", { class: "field" },
+    h("label", { class: "check", for: id },
+      h("input", { type: "checkbox", id, name, checked: Boolean(checked), "data-field": name }), labelText),
+    h("p", { class: "field-error", "data-error-for": name, role: "alert" }));
+}
+
+/** A number from an input: `undefined` when empty; throws a field error when not a number. */
+export function numberOf(form, name, integer = true) {
+  const raw = form.elements[name].value.trim();
+  if (raw === "") return undefined;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) {
+    throw new LocalError(name, integer ? "must be a whole number" : "must be a number");
+  }
+  return n;
+}
+
+export function textOf(form, name) {
+  const v = form.elements[name].value.trim();
+  return v === "" ? undefined : v;
+}
+
+/** JSON from a textarea; `fallback` when empty; a field error when it does not parse. */
+export function jsonOf(form, name, fallback) {
+  const raw = form.elements[name].value.trim();
+  if (raw === "") return fallback;
+  try {
+    return JSON.parse(raw);
+  } catch (e) {
+    throw new LocalError(name, `not valid JSON: ${e.message}`);
+  }
+}
+
+/** A problem found before sending, shown like the API's own. */
+export class LocalError extends Error {
+  constructor(fieldName, message) {
+    super(`${fieldName}: ${message}`);
+    this.field = fieldName;
+    this.status = 400;
+  }
+}
+
+export function clearErrors(form) {
+  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  for (const el of form.querySelectorAll("[data-error-for]")) el.textContent = "";
+  const top = form.querySelector(".form-error");
+  if (top) top.textContent = "";
+}
+
+/** Shows an error next to the field it concerns, or at the top of the form. */
+export function showFieldError(form, e) {
+  clearErrors(form);
+  const top = form.querySelector(".form-error");
+  const path = e && e.field;
+  let best = null;
+  if (path) {
+    for (const el of form.querySelectorAll("[data-field]")) {
+      const d = el.dataset.field;
+      const hit = path === d || path.startsWith(`${d}.`) || path.startsWith(`${d}[`);
+      if (hit && (!best || d.length > best.dataset.field.length)) best = el;
+    }
+  }
+  if (!best) {
+    top.textContent = e.message;
+    top.scrollIntoView({ block: "nearest" });
+    return;
+  }
+  const name = best.dataset.field;
+  // Exactly this field: the message without its "field: " prefix; a part of it: all of it.
+  // This field, or a plain sub-field of it (transformation.expression): the message without
+  // its "path: " prefix. Deeper inside (sourceFilters[0].conditions[1]): all of it.
+  const plain = path === name || !path.slice(name.length).includes("[");
+  const message = plain && e.message.startsWith(`${path}: `) ? e.message.slice(path.length + 2) : e.message;
+  const box = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
+  best.setAttribute("aria-invalid", "true");
+  if (box) box.textContent = message;
+  else top.textContent = e.message;
+  best.focus();
+}
+
+/**
+ * The form shell: fields, a top error box, Save and Cancel. `collect(form)` builds the body
+ * (throwing LocalError for what can be checked here); `send(body)` calls the API.
+ */
+export function resourceForm({ title, fields, collect, send, back, saved }) {
+  const submit = h("button", { type: "submit", class: "primary" }, "Save");
+  const form = h("form", { class: "form card", novalidate: true, "aria-label": title },
+    h("p", { class: "form-error", role: "alert" }),
+    fields,
+    h("div", { class: "form-actions" }, submit, h("a", { class: "button", href: back }, "Cancel")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    submit.disabled = true;
+    try {
+      const body = collect(form);
+      await send(body);
+      toast(saved);
+      location.hash = back;
+    } catch (e) {
+      showFieldError(form, e);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  return form;
+}

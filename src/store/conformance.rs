@@ -1,0 +1,1435 @@
+//! One store test suite, run against every backend: each test body takes an `Arc<dyn Store>`
+//! and is instantiated for SQLite (a temp dir) and PostgreSQL (a fresh database of its own).
+//! The cluster tests at the end run on PostgreSQL only, with several nodes on one database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::postgres::testing::{DatabaseGuard, fresh_database_or_skip};
+use super::postgres::{PgOptions, PgStore};
+use super::sqlite::{SqliteOptions, SqliteStore};
+use super::*;
+use crate::crypto::Cipher;
+
+/// A store under test and what must outlive it.
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    _db: Option<DatabaseGuard>,
+}
+
+fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).expect("open");
+    Backend {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        _db: None,
+    }
+}
+
+fn pg_options() -> PgOptions {
+    PgOptions {
+        pool_size: 4,
+        ..PgOptions::default()
+    }
+}
+
+async fn postgres() -> Option<Backend> {
+    let (url, guard) = fresh_database_or_skip().await?;
+    let store = PgStore::open(&url, pg_options()).await.expect("open");
+    Some(Backend {
+        store: Arc::new(store),
+        _dir: None,
+        _db: Some(guard),
+    })
+}
+
+/// Instantiates each generic test for both backends.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let b = super::sqlite();
+                    super::$name(b.store.clone()).await;
+                    b.store.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(b) = super::postgres().await else { return };
+                    super::$name(b.store.clone()).await;
+                    b.store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    commit_dedupe_and_read_back,
+    concurrent_commits_all_land_and_duplicates_resolve,
+    one_bad_event_does_not_fail_its_batch,
+    list_events_filters_and_cursor,
+    deliveries_attempts_and_dead_letters,
+    retry_and_delete_dead_letters,
+    rollups_and_unsettled_events,
+    audit_newest_first_with_cursor,
+    purge_removes_old_events_in_batches_with_their_rows,
+    rules_create_replace_delete,
+    stream_backlog_per_agent_and_firehose,
+    rewrite_bodies_reaches_every_body,
+    bodies_come_back_byte_exact_through_encryption,
+    ping_and_close,
+);
+
+fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
+    let (id, ts) = crate::event::new_event_id();
+    NewEvent {
+        id,
+        source: source.into(),
+        event_type: "t".into(),
+        action: None,
+        delivery_id: delivery.map(str::to_string),
+        timestamp: ts,
+        filtered: false,
+        body: format!("{{\"id\":\"{id}\"}}").into(),
+        deliveries: vec![],
+        streamed: vec![],
+    }
+}
+
+fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
+    NewDelivery {
+        id: Uuid::now_v7(),
+        agent_id: agent.into(),
+        route_id: format!("route-{agent}"),
+        priority: 0,
+        status,
+        body: None,
+        retry_policy: None,
+        next_attempt_at: 0,
+        last_error: None,
+    }
+}
+
+fn all() -> EventQuery {
+    EventQuery {
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
+async fn commit_dedupe_and_read_back(store: Arc<dyn Store>) {
+    let a = ev("github", Some("d1"));
+    assert_eq!(
+        store.commit_event(a.clone()).await.unwrap(),
+        CommitOutcome::Stored
+    );
+    let mut b = ev("github", Some("d1"));
+    b.deliveries.push(delivery("x", DeliveryStatus::Pending));
+    assert_eq!(
+        store.commit_event(b.clone()).await.unwrap(),
+        CommitOutcome::Duplicate {
+            event_id: a.id,
+            filtered: false,
+            routed: false
+        }
+    );
+    // The duplicate stored nothing, deliveries included.
+    assert!(store.unfinished_deliveries().await.unwrap().is_empty());
+    // Same delivery id from another source is not a duplicate.
+    assert_eq!(
+        store.commit_event(ev("linear", Some("d1"))).await.unwrap(),
+        CommitOutcome::Stored
+    );
+    // A routed, filtered original is reported as such.
+    let mut c = ev("slack", Some("d2"));
+    c.filtered = true;
+    c.deliveries.push(delivery("x", DeliveryStatus::Dead));
+    store.commit_event(c.clone()).await.unwrap();
+    assert_eq!(
+        store.commit_event(ev("slack", Some("d2"))).await.unwrap(),
+        CommitOutcome::Duplicate {
+            event_id: c.id,
+            filtered: true,
+            routed: true
+        }
+    );
+    // No delivery id: never a duplicate.
+    store.commit_event(ev("github", None)).await.unwrap();
+    store.commit_event(ev("github", None)).await.unwrap();
+
+    assert!(store.get_event(b.id).await.unwrap().is_none());
+    let got = store.get_event(a.id).await.unwrap().unwrap();
+    assert_eq!(got.source, "github");
+    assert_eq!(got.event_type, "t");
+    assert_eq!(got.timestamp, a.timestamp);
+    assert!(!got.filtered);
+    assert_eq!(got.body.as_bytes(), &a.body[..]);
+    assert_eq!(got.event_json().unwrap()["id"], a.id.to_string());
+    let list = store.list_events(all()).await.unwrap();
+    assert_eq!(list.len(), 5);
+    assert!(list.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+}
+
+async fn concurrent_commits_all_land_and_duplicates_resolve(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut e = ev("github", Some(&format!("d{i}")));
+            e.deliveries.push(delivery("a", DeliveryStatus::Pending));
+            e.streamed.push(("s".into(), None));
+            let id = e.id;
+            (id, s.commit_event(e).await)
+        }));
+    }
+    // Twenty copies of one webhook at once: one is stored, the others point at it.
+    for _ in 0..20 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = ev("github", Some("same"));
+            let id = e.id;
+            (id, s.commit_event(e).await)
+        }));
+    }
+    let mut stored = Vec::new();
+    let mut duplicates = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (id, Ok(CommitOutcome::Stored)) => stored.push(id),
+            (_, Ok(CommitOutcome::Duplicate { event_id, .. })) => duplicates.push(event_id),
+            (_, Err(e)) => panic!("commit failed: {e}"),
+        }
+    }
+    assert_eq!(stored.len(), 101);
+    assert_eq!(duplicates.len(), 19);
+    let original = duplicates[0];
+    assert!(duplicates.iter().all(|d| *d == original));
+    assert!(stored.contains(&original));
+    let n = store.list_events(all()).await.unwrap().len();
+    assert_eq!(n, 101);
+    assert_eq!(store.unfinished_deliveries().await.unwrap().len(), 100);
+    let backlog = store
+        .stream_backlog(Some("s".into()), Uuid::nil(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(backlog.len(), 100);
+}
+
+/// (id, source, type, filtered) of an event committed by the test.
+type Listed = (Uuid, String, String, bool);
+
+async fn one_bad_event_does_not_fail_its_batch(store: Arc<dyn Store>) {
+    let mut first = ev("github", None);
+    first
+        .deliveries
+        .push(delivery("a", DeliveryStatus::Pending));
+    store.commit_event(first.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = store.clone();
+        let taken = first.deliveries[0].id;
+        tasks.push(tokio::spawn(async move {
+            let mut e = ev("github", Some(&format!("b{i}")));
+            let mut d = delivery("a", DeliveryStatus::Pending);
+            if i == 17 {
+                // A delivery id that is already stored: this event cannot be committed.
+                d.id = taken;
+            }
+            e.deliveries.push(d);
+            let id = e.id;
+            (i, id, s.commit_event(e).await)
+        }));
+    }
+    for t in tasks {
+        let (i, id, r) = t.await.unwrap();
+        if i == 17 {
+            assert!(r.is_err(), "the bad event fails");
+            assert!(
+                store.get_event(id).await.unwrap().is_none(),
+                "nothing of it"
+            );
+        } else {
+            assert_eq!(r.unwrap(), CommitOutcome::Stored);
+        }
+    }
+    assert_eq!(store.list_events(all()).await.unwrap().len(), 40);
+    assert_eq!(store.unfinished_deliveries().await.unwrap().len(), 40);
+}
+
+async fn list_events_filters_and_cursor(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let mut e = ev(if i % 2 == 0 { "github" } else { "linear" }, None);
+        e.event_type = if i % 3 == 0 {
+            "push".into()
+        } else {
+            "issue".into()
+        };
+        e.filtered = i % 4 == 0;
+        ids.push((e.id, e.source.clone(), e.event_type.clone(), e.filtered));
+        store.commit_event(e).await.unwrap();
+    }
+    let q = |f: &dyn Fn(&mut EventQuery)| {
+        let mut q = all();
+        f(&mut q);
+        q
+    };
+    let got = |v: Vec<EventRecord>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let expect = |f: &dyn Fn(&Listed) -> bool| {
+        let mut v: Vec<Uuid> = ids.iter().filter(|x| f(x)).map(|x| x.0).collect();
+        v.reverse();
+        v
+    };
+    let by_source = store
+        .list_events(q(&|q| q.source = Some("github".into())))
+        .await
+        .unwrap();
+    assert_eq!(got(by_source), expect(&|x| x.1 == "github"));
+    let by_type = store
+        .list_events(q(&|q| q.event_type = Some("push".into())))
+        .await
+        .unwrap();
+    assert_eq!(got(by_type), expect(&|x| x.2 == "push"));
+    let filtered = store
+        .list_events(q(&|q| q.status = Some(EventStatus::Filtered)))
+        .await
+        .unwrap();
+    assert_eq!(got(filtered), expect(&|x| x.3));
+    let processed = store
+        .list_events(q(&|q| {
+            q.status = Some(EventStatus::Processed);
+            q.source = Some("linear".into());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(got(processed), expect(&|x| !x.3 && x.1 == "linear"));
+    // Pages of 5 through the cursor, newest first, cover everything once.
+    let mut before = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = store
+            .list_events(EventQuery {
+                limit: 5,
+                before,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|e| e.id);
+        pages.extend(page.into_iter().map(|e| e.id));
+    }
+    assert_eq!(pages, expect(&|_| true));
+    // Time bounds: since is inclusive, until exclusive, both on the receipt time in the id.
+    let now = crate::ingest::now_ms();
+    assert_eq!(
+        store
+            .list_events(q(&|q| q.since = Some(now + 60_000)))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        store
+            .list_events(q(&|q| q.until = Some(now + 60_000)))
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
+    assert_eq!(
+        store
+            .list_events(q(&|q| q.until = Some(now - 60_000)))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        store
+            .list_events(q(&|q| q.since = Some(now - 60_000)))
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
+}
+
+async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
+    let mut e = ev("github", Some("x"));
+    let mut low = delivery("b-agent", DeliveryStatus::Pending);
+    low.priority = 1;
+    low.body = Some(Bytes::from_static(b"{\"transformed\":true}"));
+    low.retry_policy = Some("{\"maxAttempts\":3}".into());
+    low.next_attempt_at = 42;
+    let mut high = delivery("z-agent", DeliveryStatus::Pending);
+    high.priority = 5;
+    let mut same = delivery("a-agent", DeliveryStatus::Pending);
+    same.priority = 1;
+    e.deliveries = vec![low.clone(), high.clone(), same.clone()];
+    store.commit_event(e.clone()).await.unwrap();
+
+    let list = store.event_deliveries(e.id).await.unwrap();
+    let order: Vec<&str> = list.iter().map(|d| d.agent_id.as_str()).collect();
+    assert_eq!(
+        order,
+        ["z-agent", "a-agent", "b-agent"],
+        "priority, then agent"
+    );
+    assert!(list.iter().all(|d| d.status == DeliveryStatus::Pending));
+
+    let pending = store.unfinished_deliveries().await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert!(pending.windows(2).all(|w| w[0].id < w[1].id));
+    let p = pending.iter().find(|p| p.id == low.id).unwrap();
+    assert_eq!(p.body, "{\"transformed\":true}");
+    assert_eq!(p.retry_policy.as_deref(), Some("{\"maxAttempts\":3}"));
+    assert_eq!(p.next_attempt_at, 42);
+    assert_eq!(p.event_id, e.id);
+    assert_eq!(p.source, "github");
+    assert_eq!(p.event_type, "t");
+    assert_eq!(p.route_id, "route-b-agent");
+    assert_eq!(p.priority, 1);
+    assert_eq!(p.created_at, e.timestamp);
+    let h = pending.iter().find(|p| p.id == high.id).unwrap();
+    assert_eq!(
+        h.body.as_bytes(),
+        &e.body[..],
+        "no transformation: the event"
+    );
+
+    let attempt = |id: Uuid, n: u32, status: DeliveryStatus, code: Option<u16>| AttemptUpdate {
+        delivery_id: id,
+        attempt: n,
+        started_at: 1000 + i64::from(n),
+        duration_ms: 7,
+        status_code: code,
+        error: code.filter(|c| *c >= 400).map(|c| format!("HTTP {c}")),
+        response_prefix: Some("nope".into()),
+        status,
+        next_attempt_at: (status == DeliveryStatus::Scheduled).then_some(5000),
+    };
+    store
+        .record_attempts(vec![
+            attempt(high.id, 1, DeliveryStatus::Scheduled, Some(500)),
+            attempt(low.id, 1, DeliveryStatus::Delivered, Some(200)),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_attempts(vec![
+            attempt(high.id, 2, DeliveryStatus::Scheduled, Some(502)),
+            attempt(high.id, 3, DeliveryStatus::Dead, Some(503)),
+            attempt(same.id, 1, DeliveryStatus::Dead, None),
+        ])
+        .await
+        .unwrap();
+    let list = store.event_deliveries(e.id).await.unwrap();
+    let h = &list[0];
+    assert_eq!(h.status, DeliveryStatus::Dead);
+    assert_eq!(h.attempts, 3);
+    assert_eq!(h.last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(h.next_attempt_at, None);
+    let log: Vec<(u32, Option<u16>)> = h
+        .attempt_log
+        .iter()
+        .map(|a| (a.attempt, a.status_code))
+        .collect();
+    assert_eq!(log, [(1, Some(500)), (2, Some(502)), (3, Some(503))]);
+    assert_eq!(h.attempt_log[0].started_at, 1001);
+    assert_eq!(h.attempt_log[0].duration_ms, 7);
+    assert_eq!(list[2].status, DeliveryStatus::Delivered);
+    assert_eq!(list[1].attempt_log[0].status_code, None);
+    assert!(store.unfinished_deliveries().await.unwrap().is_empty());
+    assert_eq!(store.finished_counts().await.unwrap(), (2, 1));
+
+    // Dead letters: newest first, by agent, through the cursor.
+    let dead = store.dead_letters(None, 10, None).await.unwrap();
+    let ids: Vec<Uuid> = dead.iter().map(|d| d.id).collect();
+    let mut expect = vec![high.id, same.id];
+    expect.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(ids, expect);
+    assert_eq!(
+        dead[0].attempt_log.len(),
+        if dead[0].id == high.id { 3 } else { 1 }
+    );
+    let first = store.dead_letters(None, 1, None).await.unwrap();
+    let second = store
+        .dead_letters(None, 1, Some(first[0].id))
+        .await
+        .unwrap();
+    assert_eq!(vec![first[0].id, second[0].id], expect);
+    let only = store
+        .dead_letters(Some("a-agent".into()), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].id, same.id);
+
+    // Replay: fresh deliveries for an archived event.
+    let again = delivery("c-agent", DeliveryStatus::Pending);
+    store
+        .add_deliveries(e.id, vec![again.clone()])
+        .await
+        .unwrap();
+    let pending = store.unfinished_deliveries().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, again.id);
+    assert_eq!(pending[0].attempts, 0);
+}
+
+async fn retry_and_delete_dead_letters(store: Arc<dyn Store>) {
+    let failed = |agent: &str| NewDelivery {
+        last_error: Some("HTTP 500".into()),
+        ..delivery(agent, DeliveryStatus::Dead)
+    };
+    let mut a = ev("github", None);
+    let dead_a = failed("x");
+    let mut broken = delivery("x", DeliveryStatus::Dead);
+    broken.last_error = Some("transformation failed: no".into());
+    a.deliveries = vec![dead_a.clone(), broken.clone()];
+    let mut b = ev("linear", None);
+    let dead_b = failed("y");
+    b.deliveries = vec![dead_b.clone()];
+    let mut c = ev("linear", None);
+    let dead_c = failed("x");
+    c.deliveries = vec![dead_c.clone()];
+    for e in [&a, &b, &c] {
+        store.commit_event(e.clone()).await.unwrap();
+    }
+    // Two attempts spent before dying.
+    for n in 1..=2 {
+        store
+            .record_attempts(vec![AttemptUpdate {
+                delivery_id: dead_a.id,
+                attempt: n,
+                started_at: 1,
+                duration_ms: 1,
+                status_code: Some(500),
+                error: Some("HTTP 500".into()),
+                response_prefix: None,
+                status: DeliveryStatus::Dead,
+                next_attempt_at: None,
+            }])
+            .await
+            .unwrap();
+    }
+    let retried = store.retry_dead(dead_a.id).await.unwrap().unwrap();
+    assert_eq!(retried.id, dead_a.id);
+    assert_eq!(retried.attempts, 2);
+    assert_eq!(retried.retry_base, 2);
+    assert_eq!(retried.body.as_bytes(), &a.body[..]);
+    assert!(retried.next_attempt_at > 0);
+    assert!(
+        store.retry_dead(dead_a.id).await.unwrap().is_none(),
+        "not dead"
+    );
+    // A failed transformation has nothing to send: not retried.
+    assert!(store.retry_dead(broken.id).await.unwrap().is_none());
+    assert!(store.retry_dead(Uuid::now_v7()).await.unwrap().is_none());
+    let unfinished = store.unfinished_deliveries().await.unwrap();
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].retry_base, 2);
+
+    let none = store
+        .retry_dead_matching(DeadFilter {
+            since: Some(crate::ingest::now_ms() + 60_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let by_source = store
+        .retry_dead_matching(DeadFilter {
+            agent_id: Some("x".into()),
+            source: Some("linear".into()),
+            since: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_source.len(), 1);
+    assert_eq!(by_source[0].id, dead_c.id);
+    let rest = store
+        .retry_dead_matching(DeadFilter::default())
+        .await
+        .unwrap();
+    let rest: Vec<Uuid> = rest.iter().map(|p| p.id).collect();
+    assert_eq!(rest, vec![dead_b.id]);
+
+    // Delete: only dead ones, with their attempts.
+    assert!(!store.delete_dead(dead_b.id).await.unwrap(), "pending now");
+    assert!(store.delete_dead(broken.id).await.unwrap());
+    assert!(!store.delete_dead(broken.id).await.unwrap());
+    let left = store.event_deliveries(a.id).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, dead_a.id);
+    assert_eq!(left[0].attempt_log.len(), 2);
+}
+
+async fn rollups_and_unsettled_events(store: Arc<dyn Store>) {
+    let d = |minute: i64, dim: &str, metric: &str, value: i64| RollupDelta {
+        minute,
+        dim: dim.into(),
+        metric: metric.into(),
+        value,
+    };
+    store
+        .add_rollups(vec![
+            d(60_000, "", "events", 2),
+            d(60_000, "", "events", 3),
+            d(120_000, "", "events", 1),
+            d(120_000, "s:github", "events", 4),
+            d(300_000, "", "events", 10),
+            d(300_000, "", "delivered", 7),
+        ])
+        .await
+        .unwrap();
+    store
+        .add_rollups(vec![d(60_000, "", "events", 1)])
+        .await
+        .unwrap();
+    let mut totals = store.rollup_totals(0).await.unwrap();
+    totals.sort();
+    assert_eq!(
+        totals,
+        vec![
+            ("".into(), "delivered".into(), 7),
+            ("".into(), "events".into(), 17),
+            ("s:github".into(), "events".into(), 4),
+        ]
+    );
+    let mut since = store.rollup_totals(120_000).await.unwrap();
+    since.sort();
+    assert_eq!(since[1], ("".into(), "events".into(), 11));
+    let mut timeline = store
+        .rollup_timeline(60_000, 120_000, vec!["events".into(), "delivered".into()])
+        .await
+        .unwrap();
+    assert!(
+        timeline.windows(2).all(|w| w[0].0 <= w[1].0),
+        "bucket order"
+    );
+    timeline.sort();
+    assert_eq!(
+        timeline,
+        vec![
+            (60_000, "events".into(), 7),
+            (300_000, "delivered".into(), 7),
+            (300_000, "events".into(), 10),
+        ]
+    );
+
+    let mut pending = ev("github", None);
+    pending.deliveries = vec![
+        delivery("a", DeliveryStatus::Pending),
+        delivery("b", DeliveryStatus::Delivered),
+    ];
+    let mut dead = ev("github", None);
+    dead.deliveries = vec![
+        delivery("a", DeliveryStatus::Dead),
+        delivery("b", DeliveryStatus::Dead),
+    ];
+    let mut done = ev("github", None);
+    done.deliveries = vec![delivery("a", DeliveryStatus::Delivered)];
+    for e in [pending, dead, done] {
+        store.commit_event(e).await.unwrap();
+    }
+    let now = crate::ingest::now_ms();
+    assert_eq!(store.unsettled_events(now - 60_000).await.unwrap(), (2, 1));
+    assert_eq!(store.unsettled_events(now + 60_000).await.unwrap(), (0, 0));
+}
+
+async fn audit_newest_first_with_cursor(store: Arc<dyn Store>) {
+    for i in 0..5u16 {
+        store
+            .add_audit(AuditRecord {
+                id: 0,
+                at: 1000 + i64::from(i),
+                client_ip: "127.0.0.1".into(),
+                method: "PUT".into(),
+                path: format!("/admin/routes/r{i}"),
+                status: 200 + i,
+                action: "route.update".into(),
+                target_id: (i % 2 == 0).then(|| format!("r{i}")),
+            })
+            .await
+            .unwrap();
+    }
+    let all = store.list_audit(10, None).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+    assert_eq!(all[0].path, "/admin/routes/r4");
+    assert_eq!(all[0].status, 204);
+    assert_eq!(all[0].at, 1004);
+    assert_eq!(all[0].target_id.as_deref(), Some("r4"));
+    assert_eq!(all[1].target_id, None);
+    assert_eq!(all[0].method, "PUT");
+    assert_eq!(all[0].client_ip, "127.0.0.1");
+    assert_eq!(all[0].action, "route.update");
+    let page = store.list_audit(2, Some(all[1].id)).await.unwrap();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0].id, all[2].id);
+    assert_eq!(page[1].id, all[3].id);
+}
+
+async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut e = ev("github", Some(&format!("p{i}")));
+        e.deliveries.push(delivery("a", DeliveryStatus::Dead));
+        e.streamed.push(("s".into(), None));
+        ids.push(e.id);
+        store.commit_event(e).await.unwrap();
+    }
+    // Still being delivered: stays whatever its age.
+    let mut busy = ev("github", None);
+    busy.deliveries
+        .push(delivery("a", DeliveryStatus::Scheduled));
+    store.commit_event(busy.clone()).await.unwrap();
+    store
+        .add_rollups(vec![RollupDelta {
+            minute: 0,
+            dim: String::new(),
+            metric: "events".into(),
+            value: 1,
+        }])
+        .await
+        .unwrap();
+    store
+        .add_audit(AuditRecord {
+            id: 0,
+            at: 5,
+            client_ip: "::1".into(),
+            method: "DELETE".into(),
+            path: "/admin/filters/f".into(),
+            status: 204,
+            action: "filter.delete".into(),
+            target_id: None,
+        })
+        .await
+        .unwrap();
+    // Nothing is older than an hour ago.
+    let hour_ago = crate::ingest::now_ms() - 3_600_000;
+    assert_eq!(store.purge_before(hour_ago, 2).await.unwrap(), 0);
+    let future = crate::ingest::now_ms() + 1000;
+    assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_before(future, 2).await.unwrap(), 1);
+    assert_eq!(store.purge_before(future, 2).await.unwrap(), 0);
+    for id in ids {
+        assert!(store.get_event(id).await.unwrap().is_none());
+        assert!(store.event_deliveries(id).await.unwrap().is_empty());
+    }
+    assert!(store.get_event(busy.id).await.unwrap().is_some());
+    assert_eq!(store.unfinished_deliveries().await.unwrap().len(), 1);
+    assert!(
+        store
+            .stream_backlog(Some("s".into()), Uuid::nil(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.rollup_totals(-1).await.unwrap().is_empty());
+    assert!(store.list_audit(10, None).await.unwrap().is_empty());
+    assert_eq!(store.finished_counts().await.unwrap(), (0, 0));
+}
+
+async fn rules_create_replace_delete(store: Arc<dyn Store>) {
+    let r = |id: &str, body: &str| StoredRule {
+        id: id.into(),
+        body: body.into(),
+    };
+    let k = RuleKind::Filter;
+    assert_eq!(
+        store
+            .put_rule(k, r("b", "1"), PutMode::Create)
+            .await
+            .unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store
+            .put_rule(k, r("b", "2"), PutMode::Create)
+            .await
+            .unwrap(),
+        PutOutcome::Exists
+    );
+    assert_eq!(
+        store
+            .put_rule(k, r("a", "3"), PutMode::Upsert)
+            .await
+            .unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store
+            .put_rule(k, r("b", "4"), PutMode::Upsert)
+            .await
+            .unwrap(),
+        PutOutcome::Replaced
+    );
+    // Byte order of ids, whatever the database's collation.
+    store
+        .put_rule(k, r("B", "5"), PutMode::Create)
+        .await
+        .unwrap();
+    store
+        .put_rule(k, r("_", "6"), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_rules(k).await.unwrap(),
+        vec![r("B", "5"), r("_", "6"), r("a", "3"), r("b", "4")]
+    );
+    // Same id, another kind: independent.
+    assert_eq!(
+        store
+            .put_rule(RuleKind::Route, r("a", "7"), PutMode::Create)
+            .await
+            .unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store.list_rules(RuleKind::Route).await.unwrap(),
+        vec![r("a", "7")]
+    );
+    assert!(store.list_rules(RuleKind::Agent).await.unwrap().is_empty());
+    assert!(store.delete_rule(k, "a".into()).await.unwrap());
+    assert!(!store.delete_rule(k, "a".into()).await.unwrap());
+    assert_eq!(store.list_rules(k).await.unwrap().len(), 3);
+    assert_eq!(store.list_rules(RuleKind::Route).await.unwrap().len(), 1);
+}
+
+async fn stream_backlog_per_agent_and_firehose(store: Arc<dyn Store>) {
+    let mut events = Vec::new();
+    for i in 0..6 {
+        let mut e = ev("github", None);
+        e.filtered = i == 1;
+        match i {
+            0 => e.deliveries.push(delivery("push", DeliveryStatus::Pending)),
+            2 => {
+                // Two routes to one agent: one backlog item, the transformed body.
+                let mut t = delivery("push", DeliveryStatus::Delivered);
+                t.body = Some(Bytes::from_static(b"{\"t\":1}"));
+                e.deliveries.push(delivery("push", DeliveryStatus::Pending));
+                e.deliveries.push(t);
+            }
+            3 => e.streamed.push(("live".into(), None)),
+            4 => e
+                .streamed
+                .push(("live".into(), Some(Bytes::from_static(b"{\"s\":2}")))),
+            _ => {}
+        }
+        store.commit_event(e.clone()).await.unwrap();
+        events.push(e);
+    }
+    let firehose = store.stream_backlog(None, Uuid::nil(), 100).await.unwrap();
+    let ids: Vec<Uuid> = firehose.iter().map(|b| b.event_id).collect();
+    let expect: Vec<Uuid> = events
+        .iter()
+        .filter(|e| !e.filtered)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, expect, "processed events, oldest first");
+    assert_eq!(firehose[0].body.as_bytes(), &events[0].body[..]);
+    let after = store.stream_backlog(None, events[2].id, 2).await.unwrap();
+    let ids: Vec<Uuid> = after.iter().map(|b| b.event_id).collect();
+    assert_eq!(ids, vec![events[3].id, events[4].id]);
+
+    let push = store
+        .stream_backlog(Some("push".into()), Uuid::nil(), 100)
+        .await
+        .unwrap();
+    let got: Vec<(Uuid, &str)> = push.iter().map(|b| (b.event_id, b.body.as_str())).collect();
+    let e0 = std::str::from_utf8(&events[0].body).unwrap();
+    assert_eq!(got, vec![(events[0].id, e0), (events[2].id, "{\"t\":1}")]);
+    let live = store
+        .stream_backlog(Some("live".into()), events[0].id, 100)
+        .await
+        .unwrap();
+    let e3 = std::str::from_utf8(&events[3].body).unwrap();
+    let got: Vec<(Uuid, &str)> = live.iter().map(|b| (b.event_id, b.body.as_str())).collect();
+    assert_eq!(got, vec![(events[3].id, e3), (events[4].id, "{\"s\":2}")]);
+    let limited = store
+        .stream_backlog(Some("live".into()), Uuid::nil(), 1)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+    assert!(
+        store
+            .stream_backlog(Some("nobody".into()), Uuid::nil(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn rewrite_bodies_reaches_every_body(store: Arc<dyn Store>) {
+    // More rows than one rewrite batch.
+    for i in 0..520 {
+        let mut e = ev("github", None);
+        if i % 100 == 0 {
+            let mut d = delivery("a", DeliveryStatus::Pending);
+            d.body = Some(Bytes::from_static(b"{\"d\":1}"));
+            e.deliveries.push(d);
+            e.deliveries.push(delivery("b", DeliveryStatus::Pending));
+            e.streamed
+                .push(("s".into(), Some(Bytes::from_static(b"{\"s\":1}"))));
+            e.streamed.push(("t".into(), None));
+        }
+        store.commit_event(e).await.unwrap();
+    }
+    let rewrite: BodyRewrite = Arc::new(|body: &str| {
+        if body.starts_with("X") {
+            Ok(None)
+        } else {
+            Ok(Some(format!("X{body}")))
+        }
+    });
+    // 520 events + 6 transformed deliveries + 6 transformed stream rows.
+    assert_eq!(store.rewrite_bodies(rewrite.clone()).await.unwrap(), 532);
+    assert_eq!(
+        store.rewrite_bodies(rewrite).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let events = store.list_events(all()).await.unwrap();
+    assert!(events.iter().all(|e| e.body.starts_with("X{")));
+    let pending = store.unfinished_deliveries().await.unwrap();
+    assert_eq!(pending.len(), 12);
+    assert!(pending.iter().all(|p| p.body.starts_with("X{")));
+    let s = store
+        .stream_backlog(Some("s".into()), Uuid::nil(), 100)
+        .await
+        .unwrap();
+    assert_eq!(s.len(), 6);
+    assert!(s.iter().all(|b| b.body == "X{\"s\":1}"));
+
+    let failing: BodyRewrite = Arc::new(|_: &str| Err("cannot".to_string()));
+    assert!(store.rewrite_bodies(failing).await.is_err());
+}
+
+async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
+    let body = "{\"b\":2,  \"a\":\"\\u00e9 é 😀 \\n\\\"\",\"n\":1.50}";
+    let mut e = ev("github", Some("exact"));
+    e.body = Bytes::from(body.to_string());
+    let mut d = delivery("a", DeliveryStatus::Pending);
+    d.body = Some(Bytes::from(format!("[{body}]")));
+    e.deliveries.push(d);
+    store.commit_event(e.clone()).await.unwrap();
+    assert_eq!(store.get_event(e.id).await.unwrap().unwrap().body, body);
+
+    // The encryption layer over the same backend: sealed at rest, the same bytes read back.
+    let cipher = Arc::new(Cipher::new(&[7u8; 32]));
+    let enc = encrypted::EncryptedStore::open(store.clone(), cipher, true)
+        .await
+        .unwrap();
+    let mut e2 = ev("github", Some("sealed"));
+    e2.body = Bytes::from(body.to_string());
+    let mut d2 = delivery("b", DeliveryStatus::Pending);
+    d2.body = Some(Bytes::from(format!("[{body}]")));
+    e2.deliveries.push(d2);
+    e2.streamed
+        .push(("s".into(), Some(Bytes::from(format!("({body})")))));
+    enc.commit_event(e2.clone()).await.unwrap();
+    let raw = store.get_event(e2.id).await.unwrap().unwrap().body;
+    assert!(raw.starts_with(crate::crypto::PREFIX), "sealed at rest");
+    assert_eq!(enc.get_event(e2.id).await.unwrap().unwrap().body, body);
+    let pending = enc.unfinished_deliveries().await.unwrap();
+    let p = pending.iter().find(|p| p.event_id == e2.id).unwrap();
+    assert_eq!(p.body, format!("[{body}]"));
+    let s = enc
+        .stream_backlog(Some("s".into()), Uuid::nil(), 10)
+        .await
+        .unwrap();
+    assert_eq!(s[0].body, format!("({body})"));
+    // Plain rows written before encryption still read back.
+    assert_eq!(enc.get_event(e.id).await.unwrap().unwrap().body, body);
+}
+
+async fn ping_and_close(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    assert!(matches!(store.backend(), "sqlite" | "postgres"));
+    store.commit_event(ev("x", None)).await.unwrap();
+    store.close().await;
+    assert!(matches!(
+        store.commit_event(ev("x", None)).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(store.ping().await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster tests: PostgreSQL only, several nodes (stores) on one database.
+
+/// Nodes on one fresh database (`None`: PostgreSQL unreachable outside CI).
+struct Cluster {
+    url: String,
+    _db: DatabaseGuard,
+}
+
+impl Cluster {
+    async fn new() -> Option<Cluster> {
+        let (url, db) = fresh_database_or_skip().await?;
+        Some(Cluster { url, _db: db })
+    }
+
+    async fn node(&self, lease_ms: i64) -> Arc<PgStore> {
+        Arc::new(
+            PgStore::open(
+                &self.url,
+                PgOptions {
+                    lease_ms,
+                    pool_size: 3,
+                    ..PgOptions::default()
+                },
+            )
+            .await
+            .expect("open"),
+        )
+    }
+}
+
+/// Waits for the next notice, failing after a few seconds.
+async fn next_notice(rx: &mut tokio::sync::mpsc::Receiver<Notice>) -> Notice {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a notice in time")
+        .expect("the listener is running")
+}
+
+fn with_pending(n: usize) -> NewEvent {
+    let mut e = ev("github", None);
+    for i in 0..n {
+        e.deliveries
+            .push(delivery(&format!("agent{i}"), DeliveryStatus::Pending));
+    }
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_migrations_race_safely_and_nodes_register() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    // Several nodes starting at once on an empty database.
+    let (a, b, d) = tokio::join!(c.node(10_000), c.node(10_000), c.node(10_000));
+    assert_ne!(a.node_id(), b.node_id());
+    let mut live: Vec<Uuid> = a.live_nodes().await.unwrap().iter().map(|n| n.id).collect();
+    live.sort_unstable();
+    let mut expect = vec![
+        a.node_id().unwrap(),
+        b.node_id().unwrap(),
+        d.node_id().unwrap(),
+    ];
+    expect.sort_unstable();
+    assert_eq!(live, expect);
+    a.heartbeat("{\"pending\":3}".into()).await.unwrap();
+    let me = b
+        .live_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| Some(n.id) == a.node_id())
+        .unwrap();
+    assert_eq!(me.snapshot, "{\"pending\":3}");
+    assert!(me.last_seen > 0);
+    assert_eq!(a.backend(), "postgres");
+    // A restart with a fixed node id keeps it.
+    let id = Uuid::now_v7();
+    let fixed = PgStore::open(
+        &c.url,
+        PgOptions {
+            node_id: Some(id),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(fixed.node_id(), Some(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_take_over_only_after_the_lease_expired() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(300).await;
+    let b = c.node(60_000).await;
+    let e = with_pending(3);
+    a.commit_event(e.clone()).await.unwrap();
+    a.heartbeat("{}".into()).await.unwrap();
+    let beat = std::time::Instant::now();
+    // A is alive: its deliveries are its own.
+    assert!(b.take_over(100).await.unwrap().is_empty());
+    assert!(b.unfinished_deliveries().await.unwrap().is_empty());
+    assert_eq!(a.unfinished_deliveries().await.unwrap().len(), 3);
+    // A stops heartbeating; once its lease is over B takes them.
+    let taken = loop {
+        let t = b.take_over(2).await.unwrap();
+        if !t.is_empty() {
+            break t;
+        }
+        assert!(beat.elapsed() < Duration::from_secs(5), "never taken over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        beat.elapsed() >= Duration::from_millis(250),
+        "taken too early"
+    );
+    assert_eq!(taken.len(), 2, "the limit holds");
+    assert!(
+        taken
+            .iter()
+            .all(|p| p.event_id == e.id && p.source == "github")
+    );
+    assert!(taken[0].id < taken[1].id);
+    let rest = b.take_over(100).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(b.unfinished_deliveries().await.unwrap().len(), 3);
+    // A comes back: nothing of it is left to A.
+    a.heartbeat("{}".into()).await.unwrap();
+    assert!(a.unfinished_deliveries().await.unwrap().is_empty());
+    assert!(a.take_over(100).await.unwrap().is_empty(), "B is alive");
+    let live: Vec<Uuid> = b.live_nodes().await.unwrap().iter().map(|n| n.id).collect();
+    assert_eq!(live.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_each_delivery_is_claimed_by_exactly_one_node() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let dead = c.node(10_000).await;
+    for _ in 0..20 {
+        dead.commit_event(with_pending(10)).await.unwrap();
+    }
+    // The node is gone without a word: its deliveries are free once it has no lease.
+    dead.release().await.unwrap();
+    let a = c.node(10_000).await;
+    let b = c.node(10_000).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for _ in 0..10 {
+        let (x, y) = tokio::join!(a.take_over(15), b.take_over(15));
+        for p in x.unwrap().into_iter().chain(y.unwrap()) {
+            assert!(seen.insert(p.id), "claimed twice: {}", p.id);
+            total += 1;
+        }
+    }
+    assert_eq!(total, 200);
+    let (ua, ub) = (
+        a.unfinished_deliveries().await.unwrap(),
+        b.unfinished_deliveries().await.unwrap(),
+    );
+    assert_eq!(ua.len() + ub.len(), 200);
+    assert!(ua.iter().all(|p| !ub.iter().any(|q| q.id == p.id)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_release_hands_work_back_and_wakes_the_others() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(60_000).await;
+    let b = c.node(60_000).await;
+    let mut rx = b.listen().await.unwrap().expect("a cluster listens");
+    let e = with_pending(4);
+    a.commit_event(e.clone()).await.unwrap();
+    // A finished one stays finished.
+    a.record_attempts(vec![AttemptUpdate {
+        delivery_id: e.deliveries[0].id,
+        attempt: 1,
+        started_at: 1,
+        duration_ms: 1,
+        status_code: Some(200),
+        error: None,
+        response_prefix: None,
+        status: DeliveryStatus::Delivered,
+        next_attempt_at: None,
+    }])
+    .await
+    .unwrap();
+    assert!(matches!(next_notice(&mut rx).await, Notice::Events { .. }));
+    assert_eq!(a.release().await.unwrap(), 3);
+    assert_eq!(next_notice(&mut rx).await, Notice::Wake);
+    let live: Vec<Uuid> = b.live_nodes().await.unwrap().iter().map(|n| n.id).collect();
+    assert_eq!(live, vec![b.node_id().unwrap()]);
+    // No lease to wait for: released work is free at once.
+    let taken = b.take_over(100).await.unwrap();
+    assert_eq!(taken.len(), 3);
+    assert!(taken.iter().all(|p| p.id != e.deliveries[0].id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_notices_reach_the_other_nodes_only() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(60_000).await;
+    let b = c.node(60_000).await;
+    let mut rx = a.listen().await.unwrap().expect("a cluster listens");
+    let rule = |id: &str| StoredRule {
+        id: id.into(),
+        body: "{}".into(),
+    };
+    // A's own changes are not echoed back to A...
+    a.put_rule(RuleKind::Route, rule("mine"), PutMode::Create)
+        .await
+        .unwrap();
+    a.commit_event(ev("github", None)).await.unwrap();
+    // ...so the first notice A hears is B's.
+    b.put_rule(RuleKind::Filter, rule("theirs"), PutMode::Upsert)
+        .await
+        .unwrap();
+    assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
+    // An unchanged rule (create of an existing id) says nothing; a delete does.
+    b.put_rule(RuleKind::Filter, rule("theirs"), PutMode::Create)
+        .await
+        .unwrap();
+    b.delete_rule(RuleKind::Filter, "theirs".into())
+        .await
+        .unwrap();
+    assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
+    // A batch of B's events arrives as id-ordered notices naming B; a duplicate is not news.
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut e = ev("linear", Some(&format!("n{i}")));
+            e.filtered = i % 7 == 0;
+            let id = e.id;
+            b.commit_event(e).await.map(|_| id)
+        }));
+    }
+    let mut sent = Vec::new();
+    for t in tasks {
+        sent.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        b.commit_event(ev("linear", Some("n0"))).await.unwrap(),
+        CommitOutcome::Duplicate {
+            event_id: sent[0],
+            filtered: true,
+            routed: false
+        }
+    );
+    let mut heard = Vec::new();
+    while heard.len() < sent.len() {
+        match next_notice(&mut rx).await {
+            Notice::Events { node, ids } => {
+                assert_eq!(Some(node), b.node_id());
+                assert!(ids.windows(2).all(|w| w[0] < w[1]), "id order");
+                heard.extend(ids);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    heard.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(heard, sent);
+    // Nothing else is pending: B's next change is the next notice.
+    b.put_rule(RuleKind::Agent, rule("x"), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
+    a.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_remote_events_carry_what_streams_need() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(60_000).await;
+    let b = c.node(60_000).await;
+    let mut f = ev("github", None);
+    f.filtered = true;
+    let mut e = ev("github", None);
+    let mut transformed = delivery("x", DeliveryStatus::Pending);
+    transformed.body = Some(Bytes::from_static(b"{\"x\":1}"));
+    e.deliveries = vec![
+        delivery("x", DeliveryStatus::Pending),
+        transformed,
+        delivery("w", DeliveryStatus::Pending),
+    ];
+    e.streamed = vec![
+        ("z".into(), None),
+        ("y".into(), Some(Bytes::from_static(b"{\"y\":2}"))),
+    ];
+    b.commit_event(f.clone()).await.unwrap();
+    b.commit_event(e.clone()).await.unwrap();
+    let got = a
+        .remote_events(vec![e.id, Uuid::now_v7(), f.id])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "missing ids skipped");
+    assert_eq!(got[0].id, f.id, "id order");
+    assert!(got[0].filtered);
+    assert!(got[0].routed.is_empty());
+    assert_eq!(got[0].body.as_bytes(), &f.body[..]);
+    assert_eq!(got[1].id, e.id);
+    assert!(!got[1].filtered);
+    assert_eq!(got[1].body.as_bytes(), &e.body[..]);
+    assert_eq!(
+        got[1].routed,
+        vec![
+            ("w".to_string(), None),
+            ("x".to_string(), Some("{\"x\":1}".to_string())),
+            ("y".to_string(), Some("{\"y\":2}".to_string())),
+            ("z".to_string(), None),
+        ]
+    );
+    assert!(a.remote_events(vec![]).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rate_hits_add_up_across_nodes() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(60_000).await;
+    let b = c.node(60_000).await;
+    let d = |key: &str, hits: u64| RateDelta {
+        key: key.into(),
+        hits,
+    };
+    let got = a
+        .sync_rate_hits(
+            vec![
+                d("github:alice", 3),
+                d("github:bob", 1),
+                d("github:alice", 2),
+            ],
+            60_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![("github:alice".into(), 5), ("github:bob".into(), 1)]
+    );
+    let got = b
+        .sync_rate_hits(vec![d("github:alice", 4), d("linear:org", 0)], 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![("github:alice".into(), 9), ("github:bob".into(), 1)]
+    );
+    // Concurrent syncs from both nodes lose nothing.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            s.sync_rate_hits(vec![d("github:bob", 1), d("github:alice", 1)], 60_000)
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let got = a.sync_rate_hits(vec![], 60_000).await.unwrap();
+    assert_eq!(
+        got,
+        vec![("github:alice".into(), 49), ("github:bob".into(), 41)]
+    );
+    // Only keys changed within the window are reported.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let got = b.sync_rate_hits(vec![d("slack:t", 2)], 100).await.unwrap();
+    assert_eq!(got, vec![("slack:t".into(), 2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_listener_reconnects_and_asks_for_a_reload() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(60_000).await;
+    let b = c.node(60_000).await;
+    let mut rx = a.listen().await.unwrap().expect("a cluster listens");
+    // The server ends the LISTEN connection (a restart, a network cut, an admin).
+    let (admin, conn) = tokio_postgres::connect(&c.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    // Notices may have been missed meanwhile: reload rules, claim what has no owner.
+    assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
+    assert_eq!(next_notice(&mut rx).await, Notice::Wake);
+    // And it listens again.
+    b.put_rule(
+        RuleKind::Route,
+        StoredRule {
+            id: "r".into(),
+            body: "{}".into(),
+        },
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_remote_events_open_sealed_bodies() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let cipher = Arc::new(Cipher::new(&[9u8; 32]));
+    let sealed = |node: Arc<PgStore>| {
+        let cipher = cipher.clone();
+        async move {
+            encrypted::EncryptedStore::open(node, cipher, true)
+                .await
+                .unwrap()
+        }
+    };
+    let a = sealed(c.node(60_000).await).await;
+    let b = sealed(c.node(60_000).await).await;
+    let mut e = ev("github", None);
+    let mut d = delivery("x", DeliveryStatus::Pending);
+    d.body = Some(Bytes::from_static(b"{\"x\":1}"));
+    e.deliveries.push(d);
+    e.streamed
+        .push(("y".into(), Some(Bytes::from_static(b"{\"y\":1}"))));
+    b.commit_event(e.clone()).await.unwrap();
+    let got = a.remote_events(vec![e.id]).await.unwrap();
+    assert_eq!(got[0].body.as_bytes(), &e.body[..]);
+    assert_eq!(
+        got[0].routed,
+        vec![
+            ("x".to_string(), Some("{\"x\":1}".to_string())),
+            ("y".to_string(), Some("{\"y\":1}".to_string())),
+        ]
+    );
+    // Taken over by another node, a sealed delivery is opened too.
+    b.release().await.unwrap();
+    let taken = a.take_over(10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].body, "{\"x\":1}");
+}

@@ -1,0 +1,447 @@
+// End-to-end test of the dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core). Started by tests/it/dashboard.rs, which runs the real server and a test
+// receiver and sets up the agents and routes; this script does what an operator would.
+//
+// Environment:
+//   BASE_URL        the router, e.g. http://127.0.0.1:41234
+//   ADMIN_KEY       its admin key
+//   GITHUB_SECRET   the github source's secret (to sign webhooks as GitHub does)
+//   SCREENSHOT_DIR  where to write the screenshots (1280×800 and 390×844 of every view)
+//   CHROMIUM        the browser (default /usr/bin/chromium)
+// Set up by the Rust side: agent "ok-agent" (answers 200), agent "flaky-agent" (answers 500
+// three times, then 200) reached by route "issues-to-flaky" (github issues, maxAttempts 1).
+//
+// Prints one line per step; exits 0 when every step passed.
+
+import { createHmac, randomUUID } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const BASE = must("BASE_URL");
+const ADMIN_KEY = must("ADMIN_KEY");
+const GITHUB_SECRET = must("GITHUB_SECRET");
+const SHOTS = must("SCREENSHOT_DIR");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WIDE = { width: 1280, height: 800 };
+const NARROW = { width: 390, height: 844 };
+
+function must(name) {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`e2e: ${name} is not set`);
+    process.exit(2);
+  }
+  return v;
+}
+
+let passed = 0;
+async function step(name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+  } catch (e) {
+    console.log(`not ok - ${name}: ${e && e.stack ? e.stack : e}`);
+    throw e;
+  }
+  passed += 1;
+  console.log(`ok - ${name} (${Date.now() - started} ms)`);
+}
+
+function assert(cond, message) {
+  if (!cond) throw new Error(`assertion failed: ${message}`);
+}
+
+/** Polls `check` until it returns a truthy value. */
+async function waitFor(what, check, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The admin API with the Bearer key (for the test's own checks, not the page's). */
+async function admin(path) {
+  const r = await fetch(BASE + path, { headers: { Authorization: `Bearer ${ADMIN_KEY}` } });
+  assert(r.ok, `GET ${path}: ${r.status}`);
+  return r.json();
+}
+
+/** A webhook signed exactly as GitHub signs it; the stored event's id. */
+async function postGithub(event, payload) {
+  const body = JSON.stringify(payload);
+  const signature = "sha256=" + createHmac("sha256", GITHUB_SECRET).update(body).digest("hex");
+  const r = await fetch(`${BASE}/webhook/github`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      "x-github-event": event,
+      "x-github-delivery": randomUUID(),
+      "x-hub-signature-256": signature,
+    },
+    body,
+  });
+  const answer = await r.json();
+  assert(r.status === 200 && answer.success, `webhook answered ${r.status} ${JSON.stringify(answer)}`);
+  return answer.eventId;
+}
+
+async function deliveryOf(eventId, agentId) {
+  const detail = await admin(`/admin/events/${eventId}`);
+  return detail.deliveries.find((d) => d.agentId === agentId);
+}
+
+async function waitForStatus(eventId, agentId, status) {
+  return waitFor(`${agentId}'s delivery of ${eventId} to be ${status}`, async () => {
+    const d = await deliveryOf(eventId, agentId);
+    return d && d.status === status ? d : null;
+  });
+}
+
+async function shot(page, name) {
+  // Toasts from earlier steps would cover the view.
+  await page.evaluate(() => document.getElementById("toasts").replaceChildren());
+  await page.screenshot({ path: join(SHOTS, `${name}.png`) });
+}
+
+async function signIn(page) {
+  await page.goto(BASE + "/");
+  await page.locator("#admin-key").fill(ADMIN_KEY);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("#shell").waitFor({ state: "visible" });
+}
+
+/** Goes to a view and waits until it has drawn (its container has something besides "Loading…"). */
+async function visit(page, hash, ready) {
+  await page.evaluate((h) => { location.hash = h; }, hash);
+  await page.locator(ready).first().waitFor({ state: "visible" });
+}
+
+mkdirSync(SHOTS, { recursive: true });
+// launch() starts Chromium on a fresh, temporary --user-data-dir of its own and removes it on
+// close (it refuses one given in args).
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+  ],
+});
+
+const pageErrors = [];
+let exitCode = 0;
+try {
+  const context = await browser.newContext({ viewport: WIDE });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: BASE });
+  context.setDefaultTimeout(10000);
+  const page = await context.newPage();
+  page.on("pageerror", (e) => pageErrors.push(`pageerror: ${e.message}`));
+  page.on("console", (m) => {
+    // The browser logs every 4xx answer ("Failed to load resource"); the refusals this test
+    // provokes (wrong key, validation errors) are expected. Anything else is a fault.
+    if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) pageErrors.push(`console: ${m.text()}`);
+  });
+
+  await step("a visit without a session shows the sign-in form", async () => {
+    await page.goto(BASE + "/");
+    await page.locator("#signin-form").waitFor({ state: "visible" });
+    assert(await page.locator("#shell").isHidden(), "the views are hidden");
+    assert((await page.locator("#admin-key").getAttribute("type")) === "password", "one password field");
+    await shot(page, "signin-1280");
+  });
+
+  await step("a wrong key is refused with a message", async () => {
+    await page.locator("#admin-key").fill("not-the-key");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await waitFor("the error", async () => (await page.locator("#signin-error").textContent()).includes("not the admin key"));
+    assert(await page.locator("#shell").isHidden(), "still signed out");
+  });
+
+  await step("signing in sets an HttpOnly, SameSite=Strict session cookie, not the key", async () => {
+    await page.locator("#admin-key").fill(ADMIN_KEY);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.locator("#shell").waitFor({ state: "visible" });
+    const cookies = await context.cookies(BASE);
+    const c = cookies.find((x) => x.name === "er_session");
+    assert(c, `a session cookie: ${JSON.stringify(cookies)}`);
+    assert(c.httpOnly && c.sameSite === "Strict", `flags: ${JSON.stringify(c)}`);
+    assert(!c.value.includes(ADMIN_KEY), "the cookie is not the key");
+    assert(await page.evaluate(() => document.cookie === ""), "scripts cannot read the cookie");
+  });
+
+  await step("overview shows the four charts and refreshes", async () => {
+    await visit(page, "#/overview", "[data-stat=queue-depth]");
+    for (const id of ["events", "success", "p95", "queue"]) {
+      assert(await page.locator(`[data-chart=${id}] svg`).count() === 1, `chart ${id}`);
+    }
+    await page.locator("input[name=window][value='24']").check({ force: true });
+    await waitFor("the 24 h window", async () => (await page.locator("[data-stat=events-per-minute] .sub").textContent()).includes("24 hours"));
+  });
+
+  let pushId;
+  await step("a signed webhook appears in the live view within 2 s", async () => {
+    await visit(page, "#/live", ".feed-list");
+    await waitFor("the stream to open", async () => (await page.locator(".live-status").getAttribute("data-state")) === "live");
+    const sent = Date.now();
+    pushId = await postGithub("push", { ref: "refs/heads/main", sender: { login: "octocat" } });
+    await page.locator(`.feed-row[data-id="${pushId}"]`).waitFor({ state: "visible", timeout: 2000 });
+    const took = Date.now() - sent;
+    const text = await page.locator(`.feed-row[data-id="${pushId}"]`).textContent();
+    assert(text.includes("github") && text.includes("push"), `row shows source and type: ${text}`);
+    console.log(`# event ${pushId} shown ${took} ms after it was posted`);
+  });
+
+  await step("the live view filters by source and type", async () => {
+    const issuesId = await postGithub("ping", { zen: "Design for failure.", sender: { login: "octocat" } });
+    await page.locator(`.feed-row[data-id="${issuesId}"]`).waitFor({ state: "visible", timeout: 2000 });
+    await page.locator("#live-type").fill("push");
+    await waitFor("the filter", async () => (await page.locator(`.feed-row[data-id="${issuesId}"]`).count()) === 0);
+    assert(await page.locator(`.feed-row[data-id="${pushId}"]`).isVisible(), "push still shown");
+    await page.locator("#live-source").fill("linear");
+    await waitFor("the source filter", async () => (await page.locator(".feed-row").count()) === 0);
+    await page.locator("#live-source").fill("");
+    await page.locator("#live-type").fill("");
+    await page.locator(`.feed-row[data-id="${issuesId}"]`).waitFor({ state: "visible" });
+    await shot(page, "live-1280");
+  });
+
+  await step("new events do not move the rows being read; a pill counts them", async () => {
+    for (let i = 0; i < 16; i++) await postGithub("ping", { zen: `zen ${i}`, sender: { login: "octocat" } });
+    await waitFor("the rows", async () => (await page.locator(".feed-row").count()) >= 18);
+    const list = page.locator(".feed-list");
+    await list.evaluate((el) => { el.scrollTop = 150; });
+    const reading = page.locator(".feed-row").nth(6);
+    const id = await reading.getAttribute("data-id");
+    const before = (await page.locator(`.feed-row[data-id="${id}"]`).boundingBox()).y;
+    const newer = await postGithub("ping", { zen: "one more", sender: { login: "octocat" } });
+    await page.locator(`.feed-row[data-id="${newer}"]`).waitFor({ state: "attached", timeout: 2000 });
+    const pill = page.locator(".pill");
+    await pill.waitFor({ state: "visible" });
+    assert((await pill.textContent()).startsWith("1 new"), await pill.textContent());
+    const after = (await page.locator(`.feed-row[data-id="${id}"]`).boundingBox()).y;
+    assert(Math.abs(after - before) < 1, `the row moved from ${before} to ${after}`);
+    await pill.click();
+    await waitFor("the top", async () => (await list.evaluate((el) => el.scrollTop)) === 0);
+    assert(await pill.isHidden(), "the pill goes once the top is shown");
+    assert(await page.locator(`.feed-row[data-id="${newer}"]`).isVisible(), "the new event is in view");
+  });
+
+  await step("clicking an event opens its payload, deliveries and every attempt", async () => {
+    await waitForStatus(pushId, "ok-agent", "delivered");
+    await page.locator(`.feed-row[data-id="${pushId}"]`).click();
+    const drawer = page.locator("dialog.drawer");
+    await drawer.waitFor({ state: "visible" });
+    await drawer.locator(`[data-event-id="${pushId}"]`).waitFor();
+    const delivery = drawer.locator(".delivery[data-status=delivered]");
+    await delivery.waitFor();
+    assert((await delivery.textContent()).includes("ok-agent"), "the delivery's agent");
+    assert(await delivery.locator("tr[data-attempt='1']").count() === 1, "attempt 1 is listed");
+    assert((await delivery.locator("tr[data-attempt='1']").textContent()).includes("200"), "with its answer");
+    assert((await drawer.locator("pre.json").first().textContent()).includes("refs/heads/main"), "the payload");
+    await shot(page, "event-1280");
+    await page.keyboard.press("Escape");
+    await drawer.waitFor({ state: "detached" });
+  });
+
+  const dead = [];
+  await step("failing deliveries land in the dead-letter queue", async () => {
+    for (let i = 0; i < 3; i++) {
+      const id = await postGithub("issues", { action: "opened", issue: { number: i + 1 }, sender: { login: "octocat" } });
+      const d = await waitForStatus(id, "flaky-agent", "dead");
+      dead.push({ eventId: id, deliveryId: d.id });
+    }
+    await visit(page, "#/dlq", "table");
+    for (const d of dead) await page.locator(`tr[data-id="${d.deliveryId}"]`).waitFor();
+    await shot(page, "dlq-1280");
+  });
+
+  await step("a dead letter can be deleted from the page", async () => {
+    const gone = dead[2];
+    await page.locator(`tr[data-id="${gone.deliveryId}"]`).getByRole("button", { name: "Delete" }).click();
+    await page.locator("dialog.confirm").getByRole("button", { name: "Delete" }).click();
+    await page.locator(`tr[data-id="${gone.deliveryId}"]`).waitFor({ state: "detached" });
+    const list = await admin("/admin/dlq");
+    assert(!list.items.some((d) => d.id === gone.deliveryId), "deleted in the store");
+  });
+
+  await step("retrying one dead letter from the page delivers it", async () => {
+    const one = dead[0];
+    await page.locator(`tr[data-id="${one.deliveryId}"]`).getByRole("button", { name: "Retry" }).click();
+    await waitFor("the answer", async () => (await page.getByTestId("dlq-result").textContent()).includes("Retried 1"));
+    await waitForStatus(one.eventId, "flaky-agent", "delivered");
+  });
+
+  await step("retry all answers how many it retried", async () => {
+    await page.locator(`tr[data-id="${dead[1].deliveryId}"]`).waitFor();
+    await page.getByRole("button", { name: "Retry all" }).click();
+    await page.locator("dialog.confirm").getByRole("button", { name: "Retry all" }).click();
+    await waitFor("the count", async () => (await page.getByTestId("dlq-result").textContent()).includes("Retried 1 delivery"));
+    const d = await waitForStatus(dead[1].eventId, "flaky-agent", "delivered");
+    assert(d.attemptLog.length === 2, `two attempts: ${JSON.stringify(d.attemptLog)}`);
+  });
+
+  await step("the event of a retried delivery shows both attempts", async () => {
+    await visit(page, `#/events/${dead[1].eventId}`, ".delivery[data-status=delivered]");
+    const rows = page.locator(".delivery tr[data-attempt]");
+    assert(await rows.count() === 2, "two attempts");
+    assert((await rows.nth(0).textContent()).includes("500"), "the first failed with 500");
+  });
+
+  await step("a route with an invalid jq program shows the error next to the field", async () => {
+    await visit(page, "#/routes/new", "main form");
+    await page.getByLabel("Id", { exact: true }).fill("ui-route");
+    await page.getByLabel("Name", { exact: true }).fill("Made in the dashboard");
+    await page.getByRole("checkbox", { name: "ok-agent" }).check();
+    await page.getByLabel("Transformation (jq)").fill(".payload | {title: ");
+    await page.getByRole("button", { name: "Save" }).click();
+    const error = page.locator('[data-error-for="transformation"]');
+    await waitFor("the field's error", async () => (await error.textContent()).length > 0);
+    const text = await error.textContent();
+    assert(/jq/i.test(text), `a jq compile error: ${text}`);
+    assert((await page.getByLabel("Transformation (jq)").getAttribute("aria-invalid")) === "true", "the field is marked");
+    assert(await page.locator("form .form-error").textContent() === "", "not only at the top");
+    await shot(page, "route-error-1280");
+    await page.getByLabel("Transformation (jq)").fill(".payload |= {title: .title}");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-route"]').waitFor();
+    await shot(page, "routes-1280");
+  });
+
+  await step("an agent is created and edited from the page, its secret revealed and copied", async () => {
+    await visit(page, "#/agents/new", "main form");
+    await page.getByLabel("Id", { exact: true }).fill("ui-agent");
+    await page.getByLabel("Name", { exact: true }).fill("Made in the dashboard");
+    await page.getByLabel("API key").fill("short");
+    await page.getByRole("button", { name: "Save" }).click();
+    const error = page.locator('[data-error-for="apiKey"]');
+    await waitFor("the apiKey error", async () => (await error.textContent()).includes("16"));
+    await page.getByLabel("API key").fill("");
+    await page.getByRole("button", { name: "Save" }).click();
+    const row = page.locator('tr[data-id="ui-agent"]');
+    await row.waitFor();
+    const agent = await admin("/admin/agents/ui-agent");
+    assert(!(await row.textContent()).includes(agent.secret), "the secret is hidden at first");
+    await row.getByRole("button", { name: "Reveal" }).click();
+    assert((await row.locator("code").textContent()) === agent.secret, "revealed");
+    await row.getByRole("button", { name: "Copy" }).click();
+    await waitFor("the copy", async () => (await page.evaluate(() => navigator.clipboard.readText())) === agent.secret);
+    await shot(page, "agents-1280");
+    await row.getByRole("link", { name: "Edit" }).click();
+    await page.getByLabel("Name", { exact: true }).fill("Renamed");
+    await page.getByRole("button", { name: "Save" }).click();
+    await waitFor("the new name", async () => (await page.locator('tr[data-id="ui-agent"]').textContent()).includes("Renamed"));
+    assert((await admin("/admin/agents/ui-agent")).secret === agent.secret, "editing keeps the secret");
+    await page.locator('tr[data-id="ui-agent"]').getByRole("button", { name: "Delete" }).click();
+    await page.locator("dialog.confirm").getByRole("button", { name: "Delete" }).click();
+    await page.locator('tr[data-id="ui-agent"]').waitFor({ state: "detached" });
+  });
+
+  await step("a filter with a bad regex shows the error at its condition", async () => {
+    await visit(page, "#/filters/new", "main form");
+    await page.getByLabel("Id", { exact: true }).fill("ui-filter");
+    await page.getByLabel("Name", { exact: true }).fill("No bots");
+    await page.getByLabel("Action").selectOption("exclude");
+    await page.getByRole("button", { name: "Add condition" }).click();
+    await page.getByLabel("Field", { exact: true }).fill("payload.sender.login");
+    await page.getByLabel("Operator").selectOption("regex");
+    await page.getByLabel("Value").fill("bot(");
+    await page.getByRole("button", { name: "Save" }).click();
+    const error = page.locator('[data-error-for="conditions[0].value"]');
+    await waitFor("the condition's error", async () => (await error.textContent()).length > 0);
+    await page.getByLabel("Value").fill("\\[bot\\]$");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-filter"]').waitFor();
+    await shot(page, "filters-1280");
+  });
+
+  await step("a rate limit is created from the page, a bad value shown at its field", async () => {
+    await visit(page, "#/rate-limits/new", "main form");
+    await page.getByLabel("Source", { exact: true }).fill("github");
+    await page.getByLabel("Identifier").fill("octocat");
+    await page.getByLabel("Limit", { exact: true }).fill("0");
+    await page.getByRole("button", { name: "Save" }).click();
+    await waitFor("the limit's error", async () => (await page.locator('[data-error-for="limit"]').textContent()).length > 0);
+    await page.getByLabel("Limit", { exact: true }).fill("600");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="github:octocat"]').waitFor();
+    await shot(page, "rate-limits-1280");
+  });
+
+  await step("every view fits a phone (390×844)", async () => {
+    const phone = await browser.newContext({ viewport: NARROW, isMobile: true, hasTouch: true });
+    const p = await phone.newPage();
+    p.on("pageerror", (e) => pageErrors.push(`pageerror (phone): ${e.message}`));
+    await p.goto(BASE + "/");
+    await p.locator("#signin-form").waitFor({ state: "visible" });
+    await shot(p, "signin-390");
+    await signIn(p);
+    for (const [hash, ready, name] of [
+      ["#/overview", "[data-chart=queue] svg", "overview"],
+      ["#/live", ".feed-row", "live"],
+      ["#/dlq", ".table-wrap", "dlq"],
+      ["#/agents", "tr[data-id]", "agents"],
+      ["#/routes", "tr[data-id]", "routes"],
+      ["#/filters", "tr[data-id]", "filters"],
+      ["#/rate-limits", "tr[data-id]", "rate-limits"],
+      [`#/events/${pushId}`, ".delivery", "event"],
+    ]) {
+      await visit(p, hash, ready);
+      const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert(overflow <= 0, `${name}: the page scrolls sideways by ${overflow} px`);
+      await shot(p, `${name}-390`);
+    }
+    await phone.close();
+  });
+
+  await step("the overview at 1280×800, light and dark", async () => {
+    await visit(page, "#/overview", "[data-chart=queue] svg");
+    await page.locator("input[name=window][value='1']").check({ force: true });
+    await waitFor("the 1 h window", async () => (await page.locator("[data-stat=events-per-minute] .sub").textContent()).includes("last hour"));
+    await shot(page, "overview-1280");
+    const dark = await browser.newContext({ viewport: WIDE, colorScheme: "dark" });
+    const p = await dark.newPage();
+    await signIn(p);
+    await visit(p, "#/overview", "[data-chart=queue] svg");
+    await shot(p, "overview-dark-1280");
+    await visit(p, "#/live", ".feed-row");
+    await shot(p, "live-dark-1280");
+    await dark.close();
+  });
+
+  await step("the keyboard reaches the views: tab to a link, Enter follows it", async () => {
+    await page.locator('nav a[data-view="dlq"]').focus();
+    await page.keyboard.press("Enter");
+    await waitFor("the DLQ view", async () => (await page.locator("main").getAttribute("data-view")) === "dlq");
+    assert((await page.locator('nav a[aria-current="page"]').textContent()) === "Dead letters", "the current view is marked");
+  });
+
+  await step("signing out ends the session: the page shows the sign-in form and the old cookie gets 401", async () => {
+    const cookie = (await context.cookies(BASE)).find((c) => c.name === "er_session");
+    const before = await fetch(`${BASE}/admin/agents`, { headers: { Cookie: `er_session=${cookie.value}` } });
+    assert(before.status === 200, `the cookie works before: ${before.status}`);
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.locator("#signin-form").waitFor({ state: "visible" });
+    assert(await page.locator("#shell").isHidden(), "the views are gone");
+    const after = await fetch(`${BASE}/admin/agents`, { headers: { Cookie: `er_session=${cookie.value}` } });
+    assert(after.status === 401, `the old cookie is refused: ${after.status}`);
+    const stream = await fetch(`${BASE}/stream/sse?agentId=*`, { headers: { Cookie: `er_session=${cookie.value}` } });
+    assert(stream.status === 401, `and opens no stream: ${stream.status}`);
+    await page.reload();
+    await page.locator("#signin-form").waitFor({ state: "visible" });
+  });
+
+  await step("the page raised no script error", async () => {
+    assert(pageErrors.length === 0, pageErrors.join("\n"));
+  });
+} catch (e) {
+  exitCode = 1;
+} finally {
+  await browser.close();
+}
+console.log(`e2e: ${passed} steps passed${exitCode ? ", a step failed" : ""}`);
+process.exit(exitCode);

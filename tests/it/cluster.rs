@@ -1,0 +1,347 @@
+//! Three nodes of the real binary on one PostgreSQL database (API.md section 9): webhooks
+//! spread over every node reach the agent exactly once each; a stream on one node sees what the
+//! others ingested; an admin change on one node steers the next event on another; rate limits
+//! hold across nodes; a node killed mid-delivery has its deliveries finished by the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::delivery::*;
+use crate::receiver::*;
+use crate::signed::*;
+use crate::stream_client::SseParser;
+use crate::support::*;
+
+/// The same key on every node: each seals agent secrets with it.
+const ENCRYPTION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Short leases so a killed node's work moves within seconds.
+const LEASE_MS: &str = "3000";
+
+struct Cluster {
+    nodes: Vec<ChildServer>,
+    _dirs: Vec<tempfile::TempDir>,
+    _db: event_router::store::postgres::testing::DatabaseGuard,
+}
+
+impl Cluster {
+    /// `n` nodes on a fresh database; `None` when PostgreSQL is unavailable outside CI.
+    async fn start(n: usize) -> Option<Cluster> {
+        let (url, db) = event_router::store::postgres::testing::fresh_database_or_skip().await?;
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let node = ChildServer::start(
+                dir.path(),
+                &[
+                    ("DATABASE_URL", url.as_str()),
+                    ("ENCRYPTION_KEY", ENCRYPTION_KEY),
+                    ("NODE_LEASE_MS", LEASE_MS),
+                ],
+            )
+            .await;
+            nodes.push(node);
+            dirs.push(dir);
+        }
+        Some(Cluster {
+            nodes,
+            _dirs: dirs,
+            _db: db,
+        })
+    }
+
+    fn base(&self, i: usize) -> &str {
+        &self.nodes[i].base
+    }
+}
+
+/// An open firehose (`agentId=*`) on one node, read in the background; what it saw.
+struct Firehose {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Uuid>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Firehose {
+    async fn open(base: &str) -> Firehose {
+        let resp = reqwest::Client::new()
+            .get(format!("{base}/stream/sse?agentId=*"))
+            .bearer_auth(ADMIN_KEY)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut parser = SseParser::default();
+            while let Some(Ok(chunk)) = body.next().await {
+                parser.push(&chunk);
+                while let Some(m) = parser.pop() {
+                    if let Some(id) = m.id.as_deref().and_then(|i| i.parse().ok()) {
+                        out.lock().unwrap().push(id);
+                    }
+                }
+            }
+        });
+        Firehose { seen, task }
+    }
+
+    fn ids(&self) -> BTreeSet<Uuid> {
+        self.seen.lock().unwrap().iter().copied().collect()
+    }
+}
+
+impl Drop for Firehose {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The event id each delivery carried (`webhook-id`), counted.
+fn delivered_ids(got: &[Received]) -> BTreeMap<Uuid, usize> {
+    let mut seen = BTreeMap::new();
+    for r in got {
+        let id: Uuid = r.header("webhook-id").unwrap().parse().unwrap();
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_work_streams_and_rules() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    // Set up on node 1; the nodes reload from their notices.
+    let admin1 = Admin::at(cluster.base(0));
+    admin1
+        .create_agent(agent(
+            "bot",
+            &rx.url("/bot"),
+            json!({ "maxConcurrency": 8 }),
+        ))
+        .await;
+    admin1
+        .create_route(route(
+            "r",
+            &["bot"],
+            policy(5, "fixed", 200, 200),
+            json!({}),
+        ))
+        .await;
+    let firehose = Firehose::open(cluster.base(0)).await;
+    let client = reqwest::Client::new();
+
+    // Every node routes with rules it learnt from node 1.
+    let n = 150;
+    let mut acked = BTreeSet::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let base = cluster.base(i % 3);
+        let id = wait_for(Duration::from_secs(5), || {
+            let client = client.clone();
+            async move {
+                let a = Webhook::github("issues", gh_body(i))
+                    .send_to(&client, base)
+                    .await
+                    .accepted();
+                // Before the route reaches a node its event is stored, just not routed; such
+                // events are not counted (only the first second can see that).
+                if a.routed {
+                    Some(a.id)
+                } else {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(2),
+                        "rules did not arrive"
+                    );
+                    None
+                }
+            }
+        })
+        .await;
+        acked.insert(id);
+    }
+
+    // Exactly once each at the agent, whichever node took the webhook.
+    rx.wait_for("/bot", n, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = rx.received("/bot");
+    let counts = delivered_ids(&got);
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let delivered: BTreeSet<Uuid> = counts.keys().copied().collect();
+    assert!(
+        acked.is_subset(&delivered),
+        "acknowledged events not delivered"
+    );
+
+    // The stream on node 1 saw the events ingested on nodes 2 and 3 too.
+    wait_for(Duration::from_secs(10), || {
+        let seen = firehose.ids();
+        let acked = &acked;
+        async move { acked.is_subset(&seen).then_some(()) }
+    })
+    .await;
+
+    // Cluster-wide figures: analytics on node 2 count every node's events.
+    let admin2 = Admin::at(cluster.base(1));
+    wait_for(Duration::from_secs(10), || {
+        let admin2 = &admin2;
+        async move {
+            let (status, body) = admin2.get("/analytics/metrics?hours=1").await;
+            assert_eq!(status, 200);
+            (body["metrics"]["totalEvents"].as_i64() >= Some(n as i64)).then_some(())
+        }
+    })
+    .await;
+    let (status, stats) = admin2.get("/queue/stats").await;
+    assert_eq!(status, 200);
+    assert!(stats["delivered"].as_u64() >= Some(n as u64), "{stats}");
+
+    // An admin change on node 2 (the route now goes to another path) steers the next event
+    // taken by node 1.
+    let (status, _) = admin2
+        .call(
+            reqwest::Method::PUT,
+            "/admin/agents/bot",
+            Some(agent(
+                "bot",
+                &rx.url("/moved"),
+                json!({ "maxConcurrency": 8 }),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a = Webhook::github("issues", gh_body(10_000))
+        .send_to(&client, cluster.base(0))
+        .await
+        .accepted();
+    let moved = rx.wait_for("/moved", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        moved[0].header("webhook-id").unwrap(),
+        a.id.to_string(),
+        "node 1 used node 2's change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_nodes() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let admin = Admin::at(cluster.base(0));
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PUT,
+            "/admin/rate-limits",
+            Some(json!({ "source": "github", "identifier": "*", "limit": 12, "window": 60_000 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = reqwest::Client::new();
+    let mut accepted = 0;
+    let mut limited = 0;
+    // Spread over the nodes, slower than the nodes exchange their counts.
+    for i in 0..36 {
+        let answer = Webhook::github("issues", gh_body(i))
+            .send_to(&client, cluster.base(i % 3))
+            .await;
+        match answer.status {
+            200 | 202 => accepted += 1,
+            429 => limited += 1,
+            s => panic!(
+                "unexpected status {s}: {:?}",
+                String::from_utf8_lossy(&answer.bytes)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One node alone would take 12 of its own 12 requests: 36 in all. Shared, the cluster
+    // takes about 12 (a little more while a burst is in flight between two exchanges).
+    assert!(
+        (12..=15).contains(&accepted),
+        "accepted {accepted}, limited {limited}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_deliveries_are_finished_by_the_others() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    // A slow agent, so that node 3 still has most of its deliveries when it dies.
+    rx.set_default("/slow", Reply::Hang(Duration::from_millis(200)));
+    let admin = Admin::at(cluster.base(0));
+    admin
+        .create_agent(agent(
+            "slow",
+            &rx.url("/slow"),
+            json!({ "maxConcurrency": 2 }),
+        ))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["slow"],
+            policy(5, "fixed", 200, 200),
+            json!({}),
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = reqwest::Client::new();
+    let n = 40;
+    let mut acked = BTreeSet::new();
+    for i in 0..n {
+        let a = Webhook::github("issues", gh_body(i))
+            .send_to(&client, cluster.base(2))
+            .await
+            .accepted();
+        assert!(a.routed);
+        acked.insert(a.id);
+    }
+    rx.wait_for("/slow", 3, Duration::from_secs(10)).await;
+    cluster.nodes[2].child.start_kill().unwrap();
+    cluster.nodes[2].child.wait().await.unwrap();
+    let at_kill = rx.received("/slow").len();
+    assert!(at_kill < n, "node 3 finished before it was killed");
+
+    // Once its lease lapses, nodes 1 and 2 take the rest over; nothing acknowledged is lost.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: BTreeSet<Uuid> = delivered_ids(&rx.received("/slow")).into_keys().collect();
+        if acked.is_subset(&delivered) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} delivered after the kill",
+            acked.intersection(&delivered).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // At-least-once: only what was in flight at the kill (at most maxConcurrency) may repeat.
+    let counts = delivered_ids(&rx.received("/slow"));
+    let repeated = counts.values().filter(|c| **c > 1).count();
+    assert!(repeated <= 2, "{repeated} deliveries repeated: {counts:?}");
+    // The survivors report no unfinished work left.
+    wait_for(Duration::from_secs(10), || {
+        let admin = &admin;
+        async move {
+            let stats: Value = admin.stats().await;
+            (stats["pending"] == 0 && stats["inFlight"] == 0 && stats["scheduled"] == 0)
+                .then_some(())
+        }
+    })
+    .await;
+}
