@@ -48,15 +48,19 @@ pub struct ClusterHits {
 impl ClusterHits {
     /// Counts one request the local limiter allowed.
     pub fn record(&self, source: &str, identifier: &str) {
+        self.add(source, identifier, 1);
+    }
+
+    fn add(&self, source: &str, identifier: &str, hits: u64) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let ids = match pending.get_mut(source) {
             Some(ids) => ids,
             None => pending.entry(source.to_string()).or_default(),
         };
         match ids.get_mut(identifier) {
-            Some(n) => *n += 1,
+            Some(n) => *n += hits,
             None => {
-                ids.insert(identifier.to_string(), 1);
+                ids.insert(identifier.to_string(), hits);
             }
         }
     }
@@ -265,14 +269,9 @@ async fn sync_rate_hits(state: &AppState, hits: &ClusterHits) {
         Err(e) => {
             tracing::error!(error = %e, "exchanging rate-limit counts failed");
             // Put them back so the next exchange carries them.
-            let mut pending = hits.pending.lock().unwrap_or_else(PoisonError::into_inner);
             for d in deltas {
                 if let Some((source, identifier)) = d.key.split_once(':') {
-                    *pending
-                        .entry(source.to_string())
-                        .or_default()
-                        .entry(identifier.to_string())
-                        .or_default() += d.hits;
+                    hits.add(source, identifier, d.hits);
                 }
             }
         }

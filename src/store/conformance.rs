@@ -92,7 +92,7 @@ conformance!(
     ping_and_close,
 );
 
-fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
+pub(super) fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
     let (id, ts) = crate::event::new_event_id();
     NewEvent {
         id,
@@ -108,7 +108,7 @@ fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
     }
 }
 
-fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
+pub(super) fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
     NewDelivery {
         id: Uuid::now_v7(),
         agent_id: agent.into(),

@@ -1251,35 +1251,14 @@ impl Store for SqliteStore {
 mod tests {
     // The behaviour every backend shares is tested once for all in `store::conformance`.
     use super::*;
+    use crate::store::conformance::{delivery as new_delivery, ev};
     use crate::store::{DeliveryStatus, NewDelivery};
 
-    fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
-        let (id, ts) = crate::event::new_event_id();
-        NewEvent {
-            id,
-            source: source.into(),
-            event_type: "t".into(),
-            action: None,
-            delivery_id: delivery.map(str::to_string),
-            timestamp: ts,
-            filtered: false,
-            body: format!("{{\"id\":\"{id}\"}}").into(),
-            deliveries: vec![],
-            streamed: vec![],
-        }
-    }
-
+    /// A pending delivery to agent `a` with this id.
     fn delivery(id: Uuid) -> NewDelivery {
         NewDelivery {
             id,
-            agent_id: "a".into(),
-            route_id: "r".into(),
-            priority: 0,
-            status: DeliveryStatus::Pending,
-            body: None,
-            retry_policy: None,
-            next_attempt_at: 0,
-            last_error: None,
+            ..new_delivery("a", DeliveryStatus::Pending)
         }
     }
 

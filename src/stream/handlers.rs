@@ -304,12 +304,9 @@ fn uuid_ms(id: &Uuid) -> i64 {
     i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
 }
 
-/// The smallest UUID v7 of millisecond `ms`.
+/// The smallest UUID v7 of millisecond `ms` (the archive's `store::id_floor`, as a `Uuid`).
 fn id_floor(ms: i64) -> Uuid {
-    let ms = ms.clamp(0, (1 << 48) - 1).to_be_bytes();
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms[2..8]);
-    Uuid::from_bytes(b)
+    Uuid::from_bytes(crate::store::id_floor(ms))
 }
 
 pub async fn sse(
