@@ -217,7 +217,7 @@ pub struct Server {
     tls: Option<Arc<CertStore>>,
     shutdown: CancellationToken,
     scheduler: queue::Running,
-    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    serving: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -445,30 +445,20 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let router = crate::api::router(state.clone());
     let token = shutdown.clone();
     let serving = match &tls {
-        None => tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-        }),
+        None => {
+            // Webhook answers and stream messages are small writes: send each at once.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(crate::serve::serve(listener, router, token))
+        }
         Some(certs) => {
             let server_config = certs
                 .server_config()
                 .context("cannot build the TLS configuration")?;
-            // `tap_io` only so that axum's `ConnectInfo<SocketAddr>` applies to this listener.
-            let listener =
-                TlsListener::new(listener, server_config, shutdown.clone())?.tap_io(|_| {});
+            let listener = TlsListener::new(listener, server_config, shutdown.clone())?;
             spawn_tls_reload_on_sighup(certs.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-            })
+            tokio::spawn(crate::serve::serve(listener, router, token))
         }
     };
     tracing::info!(

@@ -24,6 +24,7 @@ pub mod rotate;
 pub mod routing;
 pub mod rules;
 pub mod send;
+pub mod serve;
 pub mod store;
 pub mod stream;
 pub mod telemetry;

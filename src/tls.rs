@@ -130,7 +130,7 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// A listener that yields connections whose TLS handshake is done, for `axum::serve`.
+/// A listener that yields connections whose TLS handshake is done, for `serve::serve`.
 pub struct TlsListener {
     local: SocketAddr,
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
