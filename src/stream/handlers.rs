@@ -28,6 +28,9 @@ use crate::rules::Subscription;
 /// Backlog rows read per query while replaying.
 const REPLAY_BATCH: usize = 500;
 
+/// Most WebSocket messages written before a flush.
+const WS_BATCH: usize = 64;
+
 /// A stream request that passed every check.
 struct Opened {
     /// The agent id, or `*`.
@@ -425,8 +428,8 @@ async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
         }
     });
     let mut reader = reader;
-    loop {
-        let out = tokio::select! {
+    'session: loop {
+        let first = tokio::select! {
             out = rx.recv() => match out {
                 Some(o) => o,
                 None => break,
@@ -434,20 +437,33 @@ async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
             // The client closed or vanished: free everything now.
             _ = &mut reader => break,
         };
-        let sent = match out {
-            Out::Event(m) => sink.send(WsMessage::Text(m.text.clone())).await,
-            Out::Text(t) => sink.send(WsMessage::Text(t.into())).await,
-            Out::Close { code, reason } => {
-                let _ = sink
-                    .send(WsMessage::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await;
-                break;
+        // Whatever else is already queued goes out in the same write: one flush (one
+        // syscall) per batch rather than per message when a burst fans out.
+        let mut next = Some(first);
+        let mut batched = 0;
+        while let Some(out) = next.take() {
+            let fed = match out {
+                Out::Event(m) => sink.feed(WsMessage::Text(m.text.clone())).await,
+                Out::Text(t) => sink.feed(WsMessage::Text(t.into())).await,
+                Out::Close { code, reason } => {
+                    let _ = sink
+                        .send(WsMessage::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    break 'session;
+                }
+            };
+            if fed.is_err() {
+                break 'session;
             }
-        };
-        if sent.is_err() {
+            batched += 1;
+            if batched < WS_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
             break;
         }
     }
