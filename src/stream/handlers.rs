@@ -11,7 +11,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -333,22 +332,29 @@ pub async fn sse(
             return None;
         }
         let out = rx.recv().await?;
-        let (event, done) = match out {
-            Out::Event(m) => (
-                SseEvent::default()
-                    .id(m.event_id.to_string())
-                    .data(m.text.as_str()),
-                false,
-            ),
-            Out::Text(t) => (SseEvent::default().data(t), false),
+        let (frame, done) = match out {
+            Out::Event(m) => (m.sse_frame(), false),
+            Out::Text(t) => (super::sse_frame(None, &t), false),
             Out::Close { reason, .. } => (
-                SseEvent::default().data(json!({"type": "close", "reason": reason}).to_string()),
+                super::sse_frame(
+                    None,
+                    &json!({"type": "close", "reason": reason}).to_string(),
+                ),
                 true,
             ),
         };
-        Some((Ok::<_, Infallible>(event), (rx, done)))
+        Some((Ok::<_, Infallible>(frame), (rx, done)))
     });
-    let mut resp = Sse::new(stream).into_response();
+    // The frames are written by hand (not with axum's `Sse`) so that one event's frame is
+    // built once and shared by every SSE subscriber.
+    let mut resp = (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response();
     // A browser's EventSource on a page of another origin may read the stream when the key is
     // in its URL. A stream opened by the session cookie is for the dashboard's own page only
     // (a credentialed cross-origin read would be refused by the browser anyway).

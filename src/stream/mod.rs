@@ -8,7 +8,7 @@ pub mod sequencer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use arc_swap::ArcSwap;
 use axum::extract::ws::Utf8Bytes;
@@ -30,6 +30,9 @@ pub struct Message {
     pub text: Utf8Bytes,
     /// The body as JSON, for subscribers' `filters`.
     pub view: Arc<Value>,
+    /// The SSE frame (`id:` and `data:` lines), built by the first SSE subscriber and shared by
+    /// the rest: each sends the same bytes, with no copy per subscriber.
+    sse: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -43,6 +46,43 @@ impl Message {
             event_id,
             text: Utf8Bytes::from(text),
             view,
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// This message as an SSE event frame.
+    pub fn sse_frame(&self) -> Bytes {
+        self.sse
+            .get_or_init(|| sse_frame(Some(&self.event_id.to_string()), self.text.as_str()))
+            .clone()
+    }
+}
+
+/// One SSE event: an optional `id:` line, then `data:` lines (each line of `data` its own,
+/// as the format requires; a client joins them back with `\n`), then the blank line.
+pub fn sse_frame(id: Option<&str>, data: &str) -> Bytes {
+    let mut frame = Vec::with_capacity(data.len() + 64);
+    if let Some(id) = id {
+        frame.extend_from_slice(b"id: ");
+        frame.extend_from_slice(id.as_bytes());
+        frame.push(b'\n');
+    }
+    // SSE ends a line at CRLF, CR or LF.
+    let mut rest = data;
+    loop {
+        frame.extend_from_slice(b"data: ");
+        match rest.find(['\r', '\n']) {
+            Some(i) => {
+                frame.extend_from_slice(&rest.as_bytes()[..i]);
+                frame.push(b'\n');
+                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+            None => {
+                frame.extend_from_slice(rest.as_bytes());
+                frame.extend_from_slice(b"\n\n");
+                return Bytes::from(frame);
+            }
         }
     }
 }
@@ -276,5 +316,28 @@ mod tests {
         drop(a);
         assert_eq!(hub.stats.open.load(Ordering::Relaxed), 0);
         assert!(!hub.listening("bot"));
+    }
+
+    #[test]
+    fn sse_frames_put_each_line_in_its_own_data_field() {
+        assert_eq!(
+            &sse_frame(Some("7"), r#"{"a":1}"#)[..],
+            b"id: 7\ndata: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            &sse_frame(None, "{\r\n \"a\":\r1\n}")[..],
+            b"data: {\ndata:  \"a\":\ndata: 1\ndata: }\n\n"
+        );
+        assert_eq!(&sse_frame(None, "")[..], b"data: \n\n");
+        let m = msg(9, serde_json::json!({"x": "y"}));
+        let frame = m.sse_frame();
+        assert!(frame.starts_with(
+            format!("id: {}\ndata: {{\"type\":\"event\"", Uuid::from_u128(9)).as_bytes()
+        ));
+        assert_eq!(
+            frame.as_ptr(),
+            m.sse_frame().as_ptr(),
+            "built once, then shared"
+        );
     }
 }

@@ -738,7 +738,6 @@ async fn a_slow_consumer_is_cut_off_with_a_reason_and_slows_neither_ingest_nor_o
     // Large events, so that what the stalled clients leave unread is far beyond what the
     // sockets' kernel buffers and the server's channels can hold.
     let pad = "x".repeat(100 * 1024);
-    let started = Instant::now();
     let mut ids = Vec::new();
     for n in 0..TOTAL {
         let body = json!({"n": n, "pad": pad, "sender": {"login": "octocat"}}).to_string();
@@ -750,8 +749,6 @@ async fn a_slow_consumer_is_cut_off_with_a_reason_and_slows_neither_ingest_nor_o
         .unwrap_or_else(|_| panic!("ingest of event #{n} blocked behind a stalled stream"));
         ids.push(answer.accepted().id);
     }
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(20), "200 events took {took:?}");
 
     for r in readers {
         let got = tokio::time::timeout(SOON, r)
