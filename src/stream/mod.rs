@@ -197,7 +197,8 @@ pub struct StreamItem {
 pub fn publish_event(
     hub: &Hub,
     event_id: Uuid,
-    event_view: Value,
+    mut event_view: Value,
+    deferred_payload: Option<Bytes>,
     firehose_body: Option<Bytes>,
     items: Vec<StreamItem>,
 ) {
@@ -205,6 +206,10 @@ pub fn publish_event(
         || (firehose_body.is_some() && hub.listening(FIREHOSE));
     if !listened {
         return;
+    }
+    if let Some(raw) = deferred_payload {
+        // A stream opened between ingest's check and now: subscriber filters need the payload.
+        crate::event::materialize_payload(&mut event_view, &raw);
     }
     let event_view = Arc::new(event_view);
     // Agents that get the event as is share one serialized message.
