@@ -1,7 +1,7 @@
 //! The normalized event of API.md section 4, and how each provider's request becomes one.
 
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use http::HeaderMap;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -939,47 +939,32 @@ pub fn normalize(input: EventInput<'_>) -> (EventHeader, Value) {
     (header, event)
 }
 
-/// Serializes an event object, writing `raw_payload` verbatim in place of the parsed payload when
-/// given (the provider's own JSON text, already validated), which saves re-serializing the
-/// largest part of the event on the hot path.
-pub fn serialize_event(event: &Value, raw_payload: Option<&[u8]>) -> String {
+/// Serializes an event object (compact JSON text), writing `raw_payload` verbatim in place of the
+/// event's `payload` when given: the provider's own JSON text, already validated at ingest. That
+/// saves re-serializing the largest part of the event on the hot path, and is what lets ingest
+/// leave the payload unparsed (`null` in the event) when nothing else needs it.
+pub fn serialize_event(event: &Value, raw_payload: Option<&[u8]>) -> Vec<u8> {
     let (Value::Object(map), Some(raw)) = (event, raw_payload) else {
-        return event.to_string();
+        return serde_json::to_vec(event).unwrap_or_default();
     };
-    let Ok(raw) = std::str::from_utf8(raw) else {
-        return event.to_string();
-    };
-    let mut out = String::with_capacity(raw.len() + 512);
-    out.push('{');
-    let mut first = true;
-    for (k, v) in map {
-        if !first {
-            out.push(',');
+    let raw = raw.trim_ascii();
+    let mut out = Vec::with_capacity(raw.len() + 1024);
+    out.push(b'{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        first = false;
-        push_json_key(&mut out, k);
+        // Writing to a Vec cannot fail; serde escapes the key as needed.
+        let _ = serde_json::to_writer(&mut out, k);
+        out.push(b':');
         if k == "payload" {
-            out.push_str(raw.trim());
+            out.extend_from_slice(raw);
         } else {
-            // `Value`'s Display writes compact JSON straight into `out`.
-            let _ = write!(out, "{v}");
+            let _ = serde_json::to_writer(&mut out, v);
         }
     }
-    out.push('}');
+    out.push(b'}');
     out
-}
-
-/// Writes `"key":`. Keys are our own field names, which need no escaping; anything else is
-/// escaped by serde.
-fn push_json_key(out: &mut String, k: &str) {
-    if k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(k);
-        out.push('"');
-    } else {
-        let _ = write!(out, "{}", Value::String(k.to_string()));
-    }
-    out.push(':');
 }
 
 #[cfg(test)]
@@ -1215,10 +1200,16 @@ mod tests {
         let raw = br#"{ "b": 1,  "a": [1, 2] }"#;
         let mut ev = serde_json::json!({"id": "x", "type": "t", "payload": {}});
         ev["payload"] = serde_json::from_slice(raw).unwrap();
-        let s = serialize_event(&ev, Some(raw));
+        let s = String::from_utf8(serialize_event(&ev, Some(raw))).unwrap();
         let back: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(back, ev);
         assert!(s.contains(r#""b": 1,  "a""#));
+        // Without a raw payload, or with keys that need escaping, it is serde's own text.
+        ev["we\"ird\nkey"] = Value::from("v");
+        assert_eq!(serialize_event(&ev, None), serde_json::to_vec(&ev).unwrap());
+        let spliced = serialize_event(&ev, Some(b" \n{}\t "));
+        ev["payload"] = serde_json::json!({});
+        assert_eq!(spliced, serde_json::to_vec(&ev).unwrap());
     }
 
     #[test]
@@ -1432,7 +1423,7 @@ mod tests {
             let full = build(Some(parsed.clone()), &probe.read_value(&parsed));
             let text = serialize_event(&deferred, Some(body));
             assert_eq!(text, serialize_event(&full, Some(body)));
-            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), full);
+            assert_eq!(serde_json::from_slice::<Value>(&text).unwrap(), full);
             materialize_payload(&mut deferred, body);
             assert_eq!(deferred, full);
             let want = match ident {

@@ -1394,11 +1394,14 @@ pub fn ingest_prepare(data: &[u8]) {
     }
 
     // The event is one level deeper than the payload: past serde's default limit at most by one.
-    let mut de = serde_json::Deserializer::from_str(&text);
+    let mut de = serde_json::Deserializer::from_slice(&text);
     de.disable_recursion_limit();
     let back = Value::deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
-        .unwrap_or_else(|e| panic!("archived text does not parse: {e}: {text}"));
+        .unwrap_or_else(|e| {
+            let text = String::from_utf8_lossy(&text);
+            panic!("archived text does not parse: {e}: {text}")
+        });
     assert_eq!(back, event, "archived text differs from the event");
 }
 

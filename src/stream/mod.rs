@@ -282,4 +282,37 @@ mod tests {
         assert_eq!(hub.stats.open.load(Ordering::Relaxed), 0);
         assert!(!hub.listening("bot"));
     }
+
+    #[tokio::test]
+    async fn a_deferred_payload_is_parsed_for_listeners_only() {
+        let hub = Arc::new(Hub::new(4));
+        let raw = Bytes::from_static(br#"{"n": 2, "s": "x"}"#);
+        let view = serde_json::json!({"source": "github", "payload": null});
+        let body = Bytes::from_static(br#"{"source":"github","payload":{"n": 2, "s": "x"}}"#);
+        // Nobody listens: nothing to do.
+        publish_event(
+            &hub,
+            Uuid::from_u128(1),
+            view.clone(),
+            Some(raw.clone()),
+            Some(body.clone()),
+            Vec::new(),
+        );
+        // A stream opened after ingest left the payload unparsed: its filter sees the payload.
+        let filter =
+            Subscription::parse(r#"[{"field":"payload.n","operator":"equals","value":2}]"#)
+                .unwrap();
+        let (_reg, mut rx) = hub.subscribe(FIREHOSE, filter);
+        publish_event(
+            &hub,
+            Uuid::from_u128(2),
+            view,
+            Some(raw),
+            Some(body),
+            Vec::new(),
+        );
+        let msg = rx.recv().await.unwrap();
+        assert_eq!(msg.event_id, Uuid::from_u128(2));
+        assert_eq!(msg.view["payload"], serde_json::json!({"n": 2, "s": "x"}));
+    }
 }
