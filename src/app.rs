@@ -148,7 +148,18 @@ impl AppState {
         event: &mut Value,
         body: &bytes::Bytes,
     ) -> Plan {
-        let compiled = self.compiled.load();
+        self.plan_with(&self.compiled.load(), head, event, body)
+    }
+
+    /// Filters and routes an event against `compiled` (a rule set the caller already consulted,
+    /// such as ingest deciding whether the event needs its payload parsed).
+    pub fn plan_with(
+        &self,
+        compiled: &routing::Compiled,
+        head: &crate::event::EventHeader,
+        event: &mut Value,
+        body: &bytes::Bytes,
+    ) -> Plan {
         routing::plan(
             &compiled.rules,
             &compiled.targets,

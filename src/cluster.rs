@@ -249,7 +249,7 @@ fn publish_one(state: &AppState, e: RemoteEvent) {
         })
         .collect();
     let firehose = (!e.filtered).then_some(body);
-    publish_event(&state.hub, e.id, view, firehose, items);
+    publish_event(&state.hub, e.id, view, None, firehose, items);
 }
 
 async fn sync_rate_hits(state: &AppState, hits: &ClusterHits) {

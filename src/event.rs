@@ -1,9 +1,11 @@
 //! The normalized event of API.md section 4, and how each provider's request becomes one.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::fmt;
 
 use http::HeaderMap;
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 use uuid::Uuid;
 
 use crate::config::Scheme;
@@ -156,6 +158,484 @@ pub fn decode_body(kind: BodyKind, bytes: &[u8]) -> Result<Decoded, BodyError> {
     }
 }
 
+// --- The payload probe -------------------------------------------------------------------
+//
+// Most webhooks need only a handful of their payload's fields on the ingest path: what
+// `classify` reads, and the rate-limit identifier. The stored body splices in the provider's raw
+// JSON text (`serialize_event`), so a full `Value` tree is needed only when a rule looks into the
+// payload or a stream subscriber filters on it. The probe validates the body exactly as
+// `parse_json_object` does (it runs the same parser through `deserialize_any`, so strings, escapes,
+// surrogates, numbers and serde's nesting guard are checked the same way) while keeping nothing
+// but the fields asked for, borrowed from the body where they contain no escapes.
+
+/// A payload field the ingest path reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `action` (every scheme).
+    Action,
+    /// `type` (Linear, Slack, standard).
+    Type,
+    /// `event_id` (Slack).
+    EventId,
+    /// `command` (Slack slash commands).
+    Command,
+    /// `event.type` (Slack `event_callback`).
+    EventType,
+    /// `event.subtype` (Slack `event_callback`).
+    EventSubtype,
+    /// `webhookTimestamp` (Linear).
+    WebhookTimestamp,
+    /// The source's identifier path, when it points into the payload.
+    Identifier,
+}
+
+const FIELD_COUNT: usize = 8;
+
+/// A probed scalar. Anything else (object, array, bool, null, absent) is not kept: no caller
+/// reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Leaf<'a> {
+    Str(Cow<'a, str>),
+    Num(Number),
+}
+
+/// The probed fields of one payload.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Fields<'a> {
+    leaves: [Option<Leaf<'a>>; FIELD_COUNT],
+}
+
+impl<'a> Fields<'a> {
+    pub fn get(&self, f: Field) -> Option<&Leaf<'a>> {
+        self.leaves[f as usize].as_ref()
+    }
+
+    /// The field if it is a string (what `Value::as_str` would give).
+    pub fn str(&self, f: Field) -> Option<&str> {
+        match self.get(f) {
+            Some(Leaf::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The field if it is an integer that fits an i64 (what `Value::as_i64` would give).
+    pub fn i64(&self, f: Field) -> Option<i64> {
+        match self.get(f) {
+            Some(Leaf::Num(n)) => n.as_i64(),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, node: &ProbeNode, leaf: Leaf<'a>) {
+        for &f in node.fields.iter() {
+            self.leaves[f as usize] = Some(leaf.clone());
+        }
+    }
+}
+
+/// One key (or array index) of the probed paths; the paths form a tree from the payload root.
+#[derive(Debug, Clone, Default)]
+struct ProbeNode {
+    key: Box<str>,
+    /// The key as an array index, parsed as `lookup` does.
+    index: Option<usize>,
+    /// The fields whose path ends here.
+    fields: Box<[Field]>,
+    /// The fields whose path ends here or below: cleared when the key occurs again, so that, as
+    /// in a parsed `Value`, the last of duplicate keys wins.
+    subtree: Box<[Field]>,
+    children: Vec<ProbeNode>,
+}
+
+impl ProbeNode {
+    fn insert(&mut self, path: &[&str], field: Field) {
+        let mut node = self;
+        for seg in path {
+            let pos = match node.children.iter().position(|c| &*c.key == *seg) {
+                Some(p) => p,
+                None => {
+                    node.children.push(ProbeNode {
+                        key: (*seg).into(),
+                        index: seg.parse::<usize>().ok(),
+                        ..ProbeNode::default()
+                    });
+                    node.children.len() - 1
+                }
+            };
+            node = &mut node.children[pos];
+        }
+        let mut fields = node.fields.to_vec();
+        fields.push(field);
+        node.fields = fields.into();
+    }
+
+    /// Fills in `subtree` (after every path was inserted).
+    fn seal(&mut self) -> Vec<Field> {
+        let mut all = self.fields.to_vec();
+        for c in &mut self.children {
+            all.extend(c.seal());
+        }
+        self.subtree = all.clone().into();
+        all
+    }
+
+    fn child(&self, key: &str) -> Option<&ProbeNode> {
+        self.children.iter().find(|c| &*c.key == key)
+    }
+
+    fn child_at(&self, index: usize) -> Option<&ProbeNode> {
+        self.children.iter().find(|c| c.index == Some(index))
+    }
+
+    /// The same fields read from a parsed payload (form bodies, and the rare JSON bodies the
+    /// probe leaves to `parse_json_object`).
+    fn read_value(&self, v: &Value, out: &mut Fields<'_>) {
+        match v {
+            Value::String(s) => out.set(self, Leaf::Str(Cow::Owned(s.clone()))),
+            Value::Number(n) => out.set(self, Leaf::Num(n.clone())),
+            Value::Object(m) => {
+                for c in &self.children {
+                    if let Some(v) = m.get(&*c.key) {
+                        c.read_value(v, out);
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for c in &self.children {
+                    if let Some(v) = c.index.and_then(|i| a.get(i)) {
+                        c.read_value(v, out);
+                    }
+                }
+            }
+            Value::Bool(_) | Value::Null => {}
+        }
+    }
+}
+
+/// Where a source's rate-limit identifier comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IdentifierPath {
+    None,
+    /// `payload.…`: probed as [`Field::Identifier`].
+    InPayload,
+    /// Any other path, read from the event object (without its payload or metadata).
+    InEvent(Box<str>),
+}
+
+/// What to probe in a source's payloads: the fields its scheme classifies by, and its identifier
+/// path. Built once per source.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    root: ProbeNode,
+    identifier: IdentifierPath,
+}
+
+impl ProbeSpec {
+    pub fn new(scheme: Scheme, identifier_field: Option<&str>) -> ProbeSpec {
+        let mut root = ProbeNode::default();
+        let wanted: &[(&[&str], Field)] = match scheme {
+            Scheme::Github => &[(&["action"], Field::Action)],
+            Scheme::Linear => &[
+                (&["type"], Field::Type),
+                (&["action"], Field::Action),
+                (&["webhookTimestamp"], Field::WebhookTimestamp),
+            ],
+            Scheme::Slack => &[
+                (&["type"], Field::Type),
+                (&["event_id"], Field::EventId),
+                (&["command"], Field::Command),
+                (&["event", "type"], Field::EventType),
+                (&["event", "subtype"], Field::EventSubtype),
+            ],
+            Scheme::Standard => &[(&["type"], Field::Type), (&["action"], Field::Action)],
+        };
+        for (path, field) in wanted {
+            root.insert(path, *field);
+        }
+        let identifier = match identifier_field {
+            None => IdentifierPath::None,
+            Some(p) => match p.strip_prefix("payload.") {
+                Some(rest) => {
+                    root.insert(&rest.split('.').collect::<Vec<_>>(), Field::Identifier);
+                    IdentifierPath::InPayload
+                }
+                // The payload itself is an object, never an identifier.
+                None if p == "payload" => IdentifierPath::None,
+                None => IdentifierPath::InEvent(p.into()),
+            },
+        };
+        root.seal();
+        ProbeSpec { root, identifier }
+    }
+
+    /// The probed fields of a parsed payload.
+    pub fn read_value(&self, payload: &Value) -> Fields<'static> {
+        let mut out = Fields::default();
+        self.root.read_value(payload, &mut out);
+        out
+    }
+}
+
+/// Deserializes one value at `node`: keeps the scalars the node asks for, descends into the
+/// children asked for, and skips the rest. Answers whether the value was an object.
+struct NodeSeed<'n, 'f, 'de> {
+    node: &'n ProbeNode,
+    fields: &'f mut Fields<'de>,
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        for &f in self.node.subtree.iter() {
+            self.fields.leaves[f as usize] = None;
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<bool, E> {
+        if !self.node.fields.is_empty() {
+            self.fields.set(self.node, Leaf::Str(Cow::Borrowed(v)));
+        }
+        Ok(false)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        // Strings with escapes come unescaped in a scratch buffer: copied only if wanted.
+        if !self.node.fields.is_empty() {
+            self.fields
+                .set(self.node, Leaf::Str(Cow::Owned(v.to_owned())));
+        }
+        Ok(false)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+        self.fields.set(self.node, Leaf::Num(v.into()));
+        Ok(false)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+        self.fields.set(self.node, Leaf::Num(v.into()));
+        Ok(false)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+        // JSON numbers are finite (serde_json refuses overflow), so this is always Some.
+        if let Some(n) = Number::from_f64(v) {
+            self.fields.set(self.node, Leaf::Num(n));
+        }
+        Ok(false)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let NodeSeed { node, fields } = self;
+        while let Some(child) = map.next_key_seed(KeySeed(node))? {
+            match child {
+                Some(child) => {
+                    map.next_value_seed(NodeSeed {
+                        node: child,
+                        fields: &mut *fields,
+                    })?;
+                }
+                None => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let NodeSeed { node, fields } = self;
+        let mut index = 0usize;
+        loop {
+            let more = match node.child_at(index) {
+                Some(child) => seq
+                    .next_element_seed(NodeSeed {
+                        node: child,
+                        fields: &mut *fields,
+                    })?
+                    .is_some(),
+                None => seq.next_element::<Skip>()?.is_some(),
+            };
+            if !more {
+                return Ok(false);
+            }
+            index += 1;
+        }
+    }
+}
+
+/// Reads an object key and answers the probed child it names, if any (no allocation).
+struct KeySeed<'n>(&'n ProbeNode);
+
+impl<'de, 'n> DeserializeSeed<'de> for KeySeed<'n> {
+    type Value = Option<&'n ProbeNode>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 'n> Visitor<'de> for KeySeed<'n> {
+    type Value = Option<&'n ProbeNode>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.child(key))
+    }
+}
+
+/// Any JSON value, validated exactly as parsing it into a `Value` would (unlike
+/// `serde::de::IgnoredAny`, whose fast path in serde_json checks neither surrogate escapes,
+/// number ranges nor nesting depth), and then dropped without allocating.
+struct Skip;
+
+impl<'de> de::Deserialize<'de> for Skip {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+}
+
+/// A decoded body: the probed fields, and the payload when it had to be parsed.
+#[derive(Debug)]
+pub struct Probed<'a> {
+    /// `None`: the payload is the body's JSON text, validated but not parsed into a tree
+    /// (`materialize_payload` does that when something needs it).
+    pub payload: Option<Value>,
+    pub fields: Fields<'a>,
+    /// The payload is the body's JSON text as received (so it can be stored verbatim).
+    pub raw_json: bool,
+}
+
+/// Validates a body that must be a JSON object nested at most `MAX_DEPTH` deep, as
+/// `parse_json_object` does, and probes the fields `spec` asks for without building the tree.
+/// Bodies the fast pass refuses (or that sit at serde's nesting guard) go through
+/// `parse_json_object`, so the answers and error messages are the same as its own.
+pub fn probe_json_object<'a>(bytes: &'a [u8], spec: &ProbeSpec) -> Result<Probed<'a>, BodyError> {
+    // Validating UTF-8 up front lets serde_json read the text as a `str`: strings can then be
+    // borrowed, and the validation is the same as in the byte-slice parser.
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let mut fields = Fields::default();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let probed = NodeSeed {
+            node: &spec.root,
+            fields: &mut fields,
+        }
+        .deserialize(&mut de)
+        .and_then(|object| de.end().map(|()| object));
+        if let Ok(true) = probed {
+            return Ok(Probed {
+                payload: None,
+                fields,
+                raw_json: true,
+            });
+        }
+    }
+    let payload = parse_json_object(bytes)?;
+    Ok(Probed {
+        fields: spec.read_value(&payload),
+        payload: Some(payload),
+        raw_json: true,
+    })
+}
+
+/// `decode_body` with the payload's fields probed; a JSON body's payload is left unparsed.
+pub fn probe_body<'a>(
+    kind: BodyKind,
+    bytes: &'a [u8],
+    spec: &ProbeSpec,
+) -> Result<Probed<'a>, BodyError> {
+    match kind {
+        BodyKind::Json => probe_json_object(bytes, spec),
+        BodyKind::Form => {
+            let Decoded { payload, raw_json } = decode_body(kind, bytes)?;
+            Ok(Probed {
+                fields: spec.read_value(&payload),
+                payload: Some(payload),
+                raw_json,
+            })
+        }
+    }
+}
+
+/// Parses the payload of an event built without it (see `Probed::payload`) from the body's JSON
+/// text, which ingest validated, into the event's `payload` field.
+pub fn materialize_payload(event: &mut Value, raw: &[u8]) {
+    match parse_json_object(raw) {
+        Ok(payload) => {
+            if let Value::Object(m) = event {
+                m.insert("payload".into(), payload);
+            }
+        }
+        // Unreachable: the same text passed the same checks at ingest.
+        Err(e) => tracing::error!(error = %e, "a validated payload did not parse"),
+    }
+}
+
 /// What normalization learns from the provider's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classified {
@@ -172,40 +652,38 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-/// Type, action and delivery id per provider (API.md section 3 table, section 4 `action`).
+/// Type, action and delivery id per provider (API.md section 3 table, section 4 `action`), from
+/// the payload's probed fields (`ProbeSpec::new` for the same scheme).
 pub fn classify(
     scheme: Scheme,
     headers: &HeaderMap,
-    payload: &Value,
+    payload: &Fields<'_>,
 ) -> Result<Classified, BodyError> {
-    let action_of = |p: &Value| str_at(p, "action").map(str::to_string);
+    let action = || payload.str(Field::Action).map(str::to_string);
     match scheme {
         Scheme::Github => {
             let event_type = header_str(headers, "x-github-event")
                 .ok_or_else(|| bad("missing X-GitHub-Event header"))?;
             Ok(Classified {
                 event_type: event_type.to_string(),
-                action: action_of(payload),
+                action: action(),
                 delivery_id: header_str(headers, "x-github-delivery").map(str::to_string),
             })
         }
         Scheme::Linear => {
-            let t = str_at(payload, "type")
+            let t = payload
+                .str(Field::Type)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| bad("a Linear webhook needs a string \"type\" field"))?;
             Ok(Classified {
                 event_type: snake_case(t),
-                action: action_of(payload),
+                action: action(),
                 delivery_id: header_str(headers, "linear-delivery").map(str::to_string),
             })
         }
         Scheme::Slack => {
-            let delivery_id = str_at(payload, "event_id").map(str::to_string);
-            if let Some(cmd) = str_at(payload, "command") {
+            let delivery_id = payload.str(Field::EventId).map(str::to_string);
+            if let Some(cmd) = payload.str(Field::Command) {
                 // Slash commands arrive as plain form fields.
                 return Ok(Classified {
                     event_type: "slash_command".into(),
@@ -213,13 +691,12 @@ pub fn classify(
                     delivery_id,
                 });
             }
-            let outer = str_at(payload, "type").unwrap_or("");
+            let outer = payload.str(Field::Type).unwrap_or("");
             let (event_type, action) = if outer == "event_callback" {
-                let inner = payload.get("event");
-                let t = inner
-                    .and_then(|e| str_at(e, "type"))
+                let t = payload
+                    .str(Field::EventType)
                     .ok_or_else(|| bad("a Slack event_callback needs event.type"))?;
-                (t, inner.and_then(|e| str_at(e, "subtype")))
+                (t, payload.str(Field::EventSubtype))
             } else if !outer.is_empty() {
                 // Interactivity payloads (block_actions, view_submission, …) and other envelopes.
                 (outer, None)
@@ -233,7 +710,8 @@ pub fn classify(
             })
         }
         Scheme::Standard => {
-            let event_type = str_at(payload, "type")
+            let event_type = payload
+                .str(Field::Type)
                 .filter(|t| !t.is_empty())
                 .or_else(|| header_str(headers, "x-event-type"))
                 .ok_or_else(|| {
@@ -241,7 +719,7 @@ pub fn classify(
                 })?;
             Ok(Classified {
                 event_type: event_type.to_string(),
-                action: action_of(payload),
+                action: action(),
                 delivery_id: header_str(headers, "webhook-id").map(str::to_string),
             })
         }
@@ -335,11 +813,35 @@ pub fn lookup<'a>(event: &'a Value, path: &str) -> Option<&'a Value> {
 /// string or a number, else the client IP.
 pub fn identifier(event: &Value, path: Option<&str>, client_ip: &str) -> String {
     let found = path.and_then(|p| lookup(event, p)).and_then(|v| match v {
-        Value::String(s) if !s.is_empty() => Some(truncate(s, 256).to_string()),
+        Value::String(s) => identifier_text(s),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     });
     found.unwrap_or_else(|| client_ip.to_string())
+}
+
+fn identifier_text(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| truncate(s, 256).to_string())
+}
+
+/// `identifier` for an event built by `normalize`: a `payload.…` path reads the probed field,
+/// any other path the event object (which has no metadata yet).
+fn probed_identifier(
+    spec: &ProbeSpec,
+    fields: &Fields<'_>,
+    event: &Value,
+    client_ip: &str,
+) -> String {
+    match &spec.identifier {
+        IdentifierPath::None => client_ip.to_string(),
+        IdentifierPath::InEvent(path) => identifier(event, Some(path), client_ip),
+        IdentifierPath::InPayload => match fields.get(Field::Identifier) {
+            Some(Leaf::Str(s)) => identifier_text(s),
+            Some(Leaf::Num(n)) => Some(n.to_string()),
+            None => None,
+        }
+        .unwrap_or_else(|| client_ip.to_string()),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -383,11 +885,15 @@ pub struct EventInput<'a> {
     pub id: (Uuid, i64),
     pub source: &'a str,
     pub classified: Classified,
-    pub payload: Value,
+    /// `None` when the payload stays the body's JSON text for now: the event's `payload` is then
+    /// `null` until `materialize_payload` (`serialize_event` splices the text in its place).
+    pub payload: Option<Value>,
+    /// The payload's probed fields, and what was probed (for the identifier path).
+    pub fields: &'a Fields<'a>,
+    pub probe: &'a ProbeSpec,
     pub headers: &'a HeaderMap,
     pub client_ip: &'a str,
     pub received_bytes: usize,
-    pub identifier_field: Option<&'a str>,
 }
 
 /// Builds the section 4 event object. Returns the header columns and the JSON object.
@@ -397,43 +903,29 @@ pub fn normalize(input: EventInput<'_>) -> (EventHeader, Value) {
         source,
         classified,
         payload,
+        fields,
+        probe,
         headers,
         client_ip,
         received_bytes,
-        identifier_field,
     } = input;
-    let mut metadata = Map::new();
-    metadata.insert("clientIp".into(), Value::String(client_ip.to_string()));
-    metadata.insert("receivedBytes".into(), Value::from(received_bytes as u64));
-    metadata.insert("headers".into(), Value::Object(kept_headers(headers)));
+    let opt_string = |s: &Option<String>| s.clone().map(Value::String).unwrap_or(Value::Null);
     let mut event = Map::new();
     event.insert("id".into(), Value::String(id.to_string()));
     event.insert("source".into(), Value::String(source.to_string()));
     event.insert("type".into(), Value::String(classified.event_type.clone()));
-    event.insert(
-        "action".into(),
-        classified
-            .action
-            .clone()
-            .map(Value::String)
-            .unwrap_or(Value::Null),
-    );
-    event.insert(
-        "deliveryId".into(),
-        classified
-            .delivery_id
-            .clone()
-            .map(Value::String)
-            .unwrap_or(Value::Null),
-    );
+    event.insert("action".into(), opt_string(&classified.action));
+    event.insert("deliveryId".into(), opt_string(&classified.delivery_id));
     event.insert("timestamp".into(), Value::from(timestamp));
-    event.insert("payload".into(), payload);
+    event.insert("payload".into(), payload.unwrap_or(Value::Null));
     let mut event = Value::Object(event);
-    let ident = identifier(&event, identifier_field, client_ip);
-    if let Some(Value::Object(m)) = event.get_mut("metadata") {
-        m.insert("identifier".into(), Value::String(ident));
-    } else if let Value::Object(m) = &mut event {
-        metadata.insert("identifier".into(), Value::String(ident));
+    let ident = probed_identifier(probe, fields, &event, client_ip);
+    let mut metadata = Map::new();
+    metadata.insert("clientIp".into(), Value::String(client_ip.to_string()));
+    metadata.insert("receivedBytes".into(), Value::from(received_bytes as u64));
+    metadata.insert("headers".into(), Value::Object(kept_headers(headers)));
+    metadata.insert("identifier".into(), Value::String(ident));
+    if let Value::Object(m) = &mut event {
         m.insert("metadata".into(), Value::Object(metadata));
     }
     let header = EventHeader {
@@ -447,33 +939,31 @@ pub fn normalize(input: EventInput<'_>) -> (EventHeader, Value) {
     (header, event)
 }
 
-/// Serializes an event object, writing `raw_payload` verbatim in place of the parsed payload when
-/// given (the provider's own JSON text, already validated), which saves re-serializing the
-/// largest part of the event on the hot path.
-pub fn serialize_event(event: &Value, raw_payload: Option<&[u8]>) -> String {
+/// Serializes an event object (compact JSON text), writing `raw_payload` verbatim in place of the
+/// event's `payload` when given: the provider's own JSON text, already validated at ingest. That
+/// saves re-serializing the largest part of the event on the hot path, and is what lets ingest
+/// leave the payload unparsed (`null` in the event) when nothing else needs it.
+pub fn serialize_event(event: &Value, raw_payload: Option<&[u8]>) -> Vec<u8> {
     let (Value::Object(map), Some(raw)) = (event, raw_payload) else {
-        return event.to_string();
+        return serde_json::to_vec(event).unwrap_or_default();
     };
-    let Ok(raw) = std::str::from_utf8(raw) else {
-        return event.to_string();
-    };
-    let mut out = String::with_capacity(raw.len() + 512);
-    out.push('{');
-    let mut first = true;
-    for (k, v) in map {
-        if !first {
-            out.push(',');
+    let raw = raw.trim_ascii();
+    let mut out = Vec::with_capacity(raw.len() + 1024);
+    out.push(b'{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        first = false;
-        // Keys are our own field names or come from a transformation; serde escapes them.
-        let _ = write!(out, "{}:", Value::String(k.clone()));
+        // Writing to a Vec cannot fail; serde escapes the key as needed.
+        let _ = serde_json::to_writer(&mut out, k);
+        out.push(b':');
         if k == "payload" {
-            out.push_str(raw.trim());
+            out.extend_from_slice(raw);
         } else {
-            out.push_str(&v.to_string());
+            let _ = serde_json::to_writer(&mut out, v);
         }
     }
-    out.push('}');
+    out.push(b'}');
     out
 }
 
@@ -579,6 +1069,15 @@ mod tests {
         assert!(decode_body(BodyKind::Form, b"").is_err());
     }
 
+    /// A payload's fields as ingest probes them for `scheme` (through the JSON text).
+    fn probed(scheme: Scheme, v: &Value) -> Fields<'static> {
+        let text = v.to_string();
+        let spec = ProbeSpec::new(scheme, None);
+        let p = probe_json_object(text.as_bytes(), &spec).unwrap();
+        assert_eq!(p.fields, spec.read_value(v));
+        spec.read_value(v)
+    }
+
     #[test]
     fn classify_per_provider() {
         let gh = classify(
@@ -587,18 +1086,21 @@ mod tests {
                 ("x-github-event", "pull_request"),
                 ("x-github-delivery", "d1"),
             ]),
-            &serde_json::json!({"action": "opened"}),
+            &probed(Scheme::Github, &serde_json::json!({"action": "opened"})),
         )
         .unwrap();
         assert_eq!(gh.event_type, "pull_request");
         assert_eq!(gh.action.as_deref(), Some("opened"));
         assert_eq!(gh.delivery_id.as_deref(), Some("d1"));
-        assert!(classify(Scheme::Github, &hdrs(&[]), &serde_json::json!({})).is_err());
+        assert!(classify(Scheme::Github, &hdrs(&[]), &Fields::default()).is_err());
 
         let li = classify(
             Scheme::Linear,
             &hdrs(&[("linear-delivery", "L1")]),
-            &serde_json::json!({"type": "IssueLabel", "action": "create"}),
+            &probed(
+                Scheme::Linear,
+                &serde_json::json!({"type": "IssueLabel", "action": "create"}),
+            ),
         )
         .unwrap();
         assert_eq!(li.event_type, "issue_label");
@@ -607,7 +1109,7 @@ mod tests {
         let sl = classify(
             Scheme::Slack,
             &hdrs(&[]),
-            &serde_json::json!({"type": "event_callback", "event_id": "Ev1", "event": {"type": "message", "subtype": "bot_message"}}),
+            &probed(Scheme::Slack, &serde_json::json!({"type": "event_callback", "event_id": "Ev1", "event": {"type": "message", "subtype": "bot_message"}})),
         )
         .unwrap();
         assert_eq!(
@@ -621,7 +1123,10 @@ mod tests {
         let cmd = classify(
             Scheme::Slack,
             &hdrs(&[]),
-            &serde_json::json!({"command": "/deploy", "text": "x"}),
+            &probed(
+                Scheme::Slack,
+                &serde_json::json!({"command": "/deploy", "text": "x"}),
+            ),
         )
         .unwrap();
         assert_eq!(cmd.event_type, "slash_command");
@@ -630,7 +1135,7 @@ mod tests {
         let int = classify(
             Scheme::Standard,
             &hdrs(&[("x-event-type", "build.done"), ("webhook-id", "msg_1")]),
-            &serde_json::json!({"x": 1}),
+            &probed(Scheme::Standard, &serde_json::json!({"x": 1})),
         )
         .unwrap();
         assert_eq!(int.event_type, "build.done");
@@ -644,6 +1149,9 @@ mod tests {
             ("x-hub-signature-256", "sha256=secretish"),
             ("authorization", "Bearer k"),
         ]);
+        let payload = serde_json::json!({"sender": {"login": "octocat"}, "action": "opened"});
+        let probe = ProbeSpec::new(Scheme::Github, Some("payload.sender.login"));
+        let fields = probe.read_value(&payload);
         let (h, ev) = normalize(EventInput {
             id: new_event_id(),
             source: "github",
@@ -652,11 +1160,12 @@ mod tests {
                 action: Some("opened".into()),
                 delivery_id: Some("d".into()),
             },
-            payload: serde_json::json!({"sender": {"login": "octocat"}, "action": "opened"}),
+            payload: Some(payload),
+            fields: &fields,
+            probe: &probe,
             headers: &headers,
             client_ip: "127.0.0.1",
             received_bytes: 42,
-            identifier_field: Some("payload.sender.login"),
         });
         assert_eq!(h.id.get_version_num(), 7);
         assert_eq!(ev["id"], h.id.to_string());
@@ -691,9 +1200,238 @@ mod tests {
         let raw = br#"{ "b": 1,  "a": [1, 2] }"#;
         let mut ev = serde_json::json!({"id": "x", "type": "t", "payload": {}});
         ev["payload"] = serde_json::from_slice(raw).unwrap();
-        let s = serialize_event(&ev, Some(raw));
+        let s = String::from_utf8(serialize_event(&ev, Some(raw))).unwrap();
         let back: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(back, ev);
         assert!(s.contains(r#""b": 1,  "a""#));
+        // Without a raw payload, or with keys that need escaping, it is serde's own text.
+        ev["we\"ird\nkey"] = Value::from("v");
+        assert_eq!(serialize_event(&ev, None), serde_json::to_vec(&ev).unwrap());
+        let spliced = serialize_event(&ev, Some(b" \n{}\t "));
+        ev["payload"] = serde_json::json!({});
+        assert_eq!(spliced, serde_json::to_vec(&ev).unwrap());
+    }
+
+    #[test]
+    fn probe_accepts_and_refuses_what_parsing_does() {
+        let deep = |n: usize| format!("{{\"a\":{}{}}}", "[".repeat(n - 1), "]".repeat(n - 1));
+        let bodies: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b" \r\n\t ".to_vec(),
+            b"hello".to_vec(),
+            b"[1,2]".to_vec(),
+            b"\"s\"".to_vec(),
+            b"42".to_vec(),
+            b"null".to_vec(),
+            b"{".to_vec(),
+            b"{\"a\":1} x".to_vec(),
+            b"{\"a\":1}  \n".to_vec(),
+            b"{\"a\":\"\xff\xfe\"}".to_vec(),
+            b"\xef\xbb{\"a\":1}".to_vec(),
+            b"{\"a\":\"x\x00y\"}".to_vec(),
+            br#"{"a":"\ud800"}"#.to_vec(),
+            br#"{"a":"\ud83d\ude00"}"#.to_vec(),
+            br#"{"\ud800":1}"#.to_vec(),
+            br#"{"a":"\q"}"#.to_vec(),
+            br#"{"n":1e400}"#.to_vec(),
+            br#"{"n":-1e400}"#.to_vec(),
+            br#"{"n":1e-400}"#.to_vec(),
+            br#"{"n":01}"#.to_vec(),
+            br#"{"a":[1,]}"#.to_vec(),
+            br#"{"a":1,}"#.to_vec(),
+            br#"{1:1}"#.to_vec(),
+            br#"{"action":"opened","action":5}"#.to_vec(),
+            deep(127).into_bytes(),
+            deep(128).into_bytes(),
+            deep(129).into_bytes(),
+            "[".repeat(10_000).into_bytes(),
+            "{\"a\":".repeat(10_000).into_bytes(),
+            include_bytes!("../examples/github-pull_request.json").to_vec(),
+        ];
+        for scheme in [
+            Scheme::Github,
+            Scheme::Linear,
+            Scheme::Slack,
+            Scheme::Standard,
+        ] {
+            let spec = ProbeSpec::new(scheme, Some("payload.a.0"));
+            for body in &bodies {
+                let want = parse_json_object(body);
+                let got = probe_json_object(body, &spec);
+                match (&want, &got) {
+                    (Ok(v), Ok(p)) => {
+                        assert!(p.raw_json);
+                        assert_eq!(p.fields, spec.read_value(v));
+                        if let Some(parsed) = &p.payload {
+                            assert_eq!(parsed, v);
+                        }
+                    }
+                    (Err(w), Err(g)) => assert_eq!(w, g, "same message"),
+                    _ => panic!("{:?}: {want:?} vs {got:?}", String::from_utf8_lossy(body)),
+                }
+            }
+        }
+        // The common case builds no tree; bodies at serde's nesting guard take the parser.
+        let spec = ProbeSpec::new(Scheme::Github, None);
+        let pr = include_bytes!("../examples/github-pull_request.json");
+        assert!(probe_json_object(pr, &spec).unwrap().payload.is_none());
+        let at_limit = deep(128);
+        assert!(
+            probe_json_object(at_limit.as_bytes(), &spec)
+                .unwrap()
+                .payload
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn probe_reads_fields_and_identifier_paths() {
+        let body = br#"{"action":"op\"ened","type":"IssueLabel","webhookTimestamp":1764170000123,
+            "event":{"type":"message","subtype":"bot_message"},"event_id":"Ev1","command":"/x",
+            "sender":{"login":"octocat","id":-7},"data":[{"id":"first"},{"id":2.5}],
+            "byKey":{"0":{"id":"zero"}},"n":18446744073709551615,"empty":"","obj":{},
+            "other":{"action":"nested, not ours"}}"#;
+        let cases: &[(&str, Option<Leaf<'_>>)] = &[
+            ("payload.sender.login", Some(Leaf::Str("octocat".into()))),
+            ("payload.sender.id", Some(Leaf::Num((-7).into()))),
+            ("payload.data.0.id", Some(Leaf::Str("first".into()))),
+            (
+                "payload.data.1.id",
+                Some(Leaf::Num(Number::from_f64(2.5).unwrap())),
+            ),
+            ("payload.data.2.id", None),
+            ("payload.data.x", None),
+            ("payload.byKey.0.id", Some(Leaf::Str("zero".into()))),
+            ("payload.n", Some(Leaf::Num(u64::MAX.into()))),
+            ("payload.empty", Some(Leaf::Str("".into()))),
+            ("payload.obj", None),
+            ("payload.missing.deeper", None),
+            ("payload.sender.login.more", None),
+            ("payload.event.type", Some(Leaf::Str("message".into()))),
+        ];
+        for (path, want) in cases {
+            let spec = ProbeSpec::new(Scheme::Slack, Some(path));
+            let p = probe_json_object(body, &spec).unwrap();
+            assert!(p.payload.is_none());
+            assert_eq!(p.fields.get(Field::Identifier), want.as_ref(), "{path}");
+            assert_eq!(p.fields.str(Field::EventType), Some("message"));
+            assert_eq!(p.fields.str(Field::EventSubtype), Some("bot_message"));
+            assert_eq!(p.fields.str(Field::EventId), Some("Ev1"));
+            assert_eq!(p.fields.str(Field::Command), Some("/x"));
+            // The same as the parsed payload's `identifier`.
+            let event = serde_json::json!({ "payload": parse_json_object(body).unwrap() });
+            let ident = probed_identifier(&spec, &p.fields, &event, "ip");
+            assert_eq!(ident, identifier(&event, Some(path), "ip"), "{path}");
+        }
+        let spec = ProbeSpec::new(Scheme::Linear, None);
+        let p = probe_json_object(body, &spec).unwrap();
+        // Escaped strings are unescaped (copied); plain ones are borrowed from the body.
+        assert_eq!(p.fields.str(Field::Action), Some("op\"ened"));
+        assert!(matches!(
+            p.fields.get(Field::Type),
+            Some(Leaf::Str(Cow::Borrowed("IssueLabel")))
+        ));
+        assert_eq!(p.fields.i64(Field::WebhookTimestamp), Some(1764170000123));
+        // Slack's fields are not probed for Linear.
+        assert_eq!(p.fields.get(Field::EventType), None);
+        assert_eq!(p.fields.get(Field::Identifier), None);
+    }
+
+    #[test]
+    fn probe_keeps_the_last_of_duplicate_keys() {
+        let spec = ProbeSpec::new(Scheme::Slack, Some("payload.event.type"));
+        for body in [
+            &br#"{"type":"a","type":"event_callback","event":{"type":"x"},"event":{"type":"y"}}"#[..],
+            br#"{"type":"event_callback","event":{"type":"x","subtype":"s"},"event":5}"#,
+            br#"{"type":1,"type":"t","event":{"type":"x","type":null}}"#,
+            br#"{"event":{"type":"x"},"event":{"subtype":"s"}}"#,
+        ] {
+            let p = probe_json_object(body, &spec).unwrap();
+            let v = parse_json_object(body).unwrap();
+            assert_eq!(
+                p.fields,
+                spec.read_value(&v),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let p = probe_json_object(br#"{"type":"a","type":5}"#, &spec).unwrap();
+        assert_eq!(p.fields.str(Field::Type), None);
+    }
+
+    #[test]
+    fn probe_of_form_bodies_parses_them() {
+        let spec = ProbeSpec::new(Scheme::Slack, Some("payload.user_id"));
+        let p = probe_body(
+            BodyKind::Form,
+            b"command=%2Fdeploy&text=prod&user_id=U1",
+            &spec,
+        )
+        .unwrap();
+        assert!(!p.raw_json);
+        assert_eq!(p.payload.as_ref().unwrap()["text"], "prod");
+        assert_eq!(p.fields.str(Field::Command), Some("/deploy"));
+        assert_eq!(p.fields.str(Field::Identifier), Some("U1"));
+        let p = probe_body(
+            BodyKind::Form,
+            b"payload=%7B%22type%22%3A%22block_actions%22%7D",
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(p.fields.str(Field::Type), Some("block_actions"));
+        assert!(p.payload.is_some());
+        for bad_body in [&b"payload=notjson"[..], b"", b"payload=%5B1%5D"] {
+            assert_eq!(
+                probe_body(BodyKind::Form, bad_body, &spec).unwrap_err(),
+                decode_body(BodyKind::Form, bad_body).unwrap_err()
+            );
+        }
+    }
+
+    #[test]
+    fn a_deferred_payload_serializes_and_materializes_as_a_parsed_one() {
+        let body = include_bytes!("../examples/github-pull_request.json");
+        let headers = hdrs(&[("x-github-event", "pull_request")]);
+        for ident in [
+            Some("payload.sender.login"),
+            Some("source"),
+            Some("metadata.clientIp"),
+            Some("payload"),
+            None,
+        ] {
+            let probe = ProbeSpec::new(Scheme::Github, ident);
+            let id = new_event_id();
+            let build = |payload: Option<Value>, fields: &Fields<'_>| {
+                normalize(EventInput {
+                    id,
+                    source: "github",
+                    classified: classify(Scheme::Github, &headers, fields).unwrap(),
+                    payload,
+                    fields,
+                    probe: &probe,
+                    headers: &headers,
+                    client_ip: "10.0.0.1",
+                    received_bytes: body.len(),
+                })
+                .1
+            };
+            let p = probe_json_object(body, &probe).unwrap();
+            assert!(p.payload.is_none());
+            let mut deferred = build(None, &p.fields);
+            assert!(deferred["payload"].is_null());
+            let parsed = parse_json_object(body).unwrap();
+            let full = build(Some(parsed.clone()), &probe.read_value(&parsed));
+            let text = serialize_event(&deferred, Some(body));
+            assert_eq!(text, serialize_event(&full, Some(body)));
+            assert_eq!(serde_json::from_slice::<Value>(&text).unwrap(), full);
+            materialize_payload(&mut deferred, body);
+            assert_eq!(deferred, full);
+            let want = match ident {
+                Some("payload.sender.login") => "octocat",
+                Some("source") => "github",
+                _ => "10.0.0.1",
+            };
+            assert_eq!(full["metadata"]["identifier"], want, "{ident:?}");
+        }
     }
 }

@@ -939,6 +939,7 @@ pub fn decode_body(data: &[u8]) {
     if let Ok(d) = &json {
         assert!(d.raw_json);
     }
+    check_probe(&json, body);
     check_json_object(&json.map(|d| d.payload), body);
     // The same body nested in up to 139 objects: any body the fuzzer finds is thereby also tried
     // at the 128-level limit, where the depth check has to be exact.
@@ -962,6 +963,34 @@ pub fn decode_body(data: &[u8]) {
             (Err(_), Err(())) => {}
             (got, want) => panic!(
                 "form {:?}: got {got:?}, expected {want:?}",
+                String::from_utf8_lossy(body)
+            ),
+        }
+    }
+}
+
+/// What the probe of every scheme's fields (and some identifier paths) must answer: the
+/// decoder's verdict, its error message, and the fields read from its value.
+fn check_probe(decoded: &Result<event::Decoded, event::BodyError>, body: &[u8]) {
+    for (scheme, ident) in [
+        (Scheme::Github, Some("payload.sender.login")),
+        (Scheme::Linear, Some("payload.data.0.id")),
+        (Scheme::Slack, Some("payload.a")),
+        (Scheme::Standard, Some("payload.event.type")),
+    ] {
+        let spec = event::ProbeSpec::new(scheme, ident);
+        let probed = event::probe_json_object(body, &spec);
+        match (decoded, &probed) {
+            (Ok(d), Ok(p)) => {
+                assert!(p.raw_json);
+                if let Some(v) = &p.payload {
+                    assert_eq!(*v, d.payload);
+                }
+                assert_eq!(p.fields, spec.read_value(&d.payload), "{scheme:?} fields");
+            }
+            (Err(want), Err(got)) => assert_eq!(got, want),
+            (want, got) => panic!(
+                "probe of {:?}: got {got:?}, expected {want:?}",
                 String::from_utf8_lossy(body)
             ),
         }
@@ -1217,12 +1246,12 @@ pub fn ingest_prepare(data: &[u8]) {
         _ => SecretSet::hmac_from_list(HMAC_SECRET),
     }
     .expect("valid fixed secret");
-    let source = Source {
-        name: if internal { "internal" } else { "fuzz" }.to_string(),
+    let source = Source::new(
+        if internal { "internal" } else { "fuzz" },
         scheme,
-        secrets: Some(secrets),
-        identifier_field: identifier_field.map(str::to_string),
-    };
+        Some(secrets),
+        identifier_field.map(str::to_string),
+    );
 
     let now_s = NOW_SECS;
     if sign {
@@ -1305,7 +1334,7 @@ pub fn ingest_prepare(data: &[u8]) {
         Ok(p) => p,
     };
     assert!(authentic, "an unsigned request was accepted");
-    let (head, event, raw_json) = match prepared {
+    let (head, mut event, raw_json, payload_deferred) = match prepared {
         Prepared::Challenge(_) => {
             assert_eq!(scheme, Scheme::Slack, "only Slack has a challenge");
             return;
@@ -1314,13 +1343,41 @@ pub fn ingest_prepare(data: &[u8]) {
             head,
             event,
             raw_json,
-        } => (head, event, raw_json),
+            payload_deferred,
+        } => (head, event, raw_json, payload_deferred),
     };
     assert_eq!(event["id"], head.id.to_string());
     assert_eq!(event["source"], source.name.as_str());
     assert_eq!(event["type"], head.event_type.as_str());
     assert_eq!(event["timestamp"], NOW_MS);
+    // The archived text is the same whether or not the payload was parsed at ingest.
+    let text = event::serialize_event(&event, raw_json.then_some(body));
+    if payload_deferred {
+        assert!(raw_json, "only a JSON body's payload is deferred");
+        assert!(event["payload"].is_null());
+        event::materialize_payload(&mut event, body);
+        assert_eq!(
+            text,
+            event::serialize_event(&event, Some(body)),
+            "materializing changed the archived text"
+        );
+    }
     assert!(event["payload"].is_object());
+    // The probe read the same fields a parsed payload gives.
+    if scheme != Scheme::Slack {
+        let action = event["payload"].get("action").and_then(Value::as_str);
+        assert_eq!(head.action.as_deref(), action);
+    }
+    if let Some(path) = identifier_field
+        && path.starts_with("payload.")
+    {
+        let want = event::identifier(&event, Some(path), "203.0.113.7");
+        assert_eq!(
+            event["metadata"]["identifier"],
+            want.as_str(),
+            "identifier {path}"
+        );
+    }
     let metadata = &event["metadata"];
     assert!(
         metadata["identifier"]
@@ -1336,13 +1393,15 @@ pub fn ingest_prepare(data: &[u8]) {
         assert!(value.as_str().is_some_and(|v| v.len() <= 1024));
     }
 
-    let text = event::serialize_event(&event, raw_json.then_some(body));
     // The event is one level deeper than the payload: past serde's default limit at most by one.
-    let mut de = serde_json::Deserializer::from_str(&text);
+    let mut de = serde_json::Deserializer::from_slice(&text);
     de.disable_recursion_limit();
     let back = Value::deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
-        .unwrap_or_else(|e| panic!("archived text does not parse: {e}: {text}"));
+        .unwrap_or_else(|e| {
+            let text = String::from_utf8_lossy(&text);
+            panic!("archived text does not parse: {e}: {text}")
+        });
     assert_eq!(back, event, "archived text differs from the event");
 }
 

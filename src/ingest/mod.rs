@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::config::{Scheme, SourceConfig};
-use crate::event::{self, Decoded, EventHeader, EventInput};
+use crate::event::{self, EventHeader, EventInput, Field, Probed};
 use crate::store::{CommitOutcome, NewEvent};
 use crate::stream::sequencer::Publication;
 use dedupe::Original;
@@ -30,6 +30,8 @@ pub struct Source {
     pub scheme: Scheme,
     pub secrets: Option<SecretSet>,
     pub identifier_field: Option<String>,
+    /// The payload fields ingest reads for this source's scheme and identifier path.
+    pub probe: event::ProbeSpec,
 }
 
 impl Source {
@@ -50,12 +52,29 @@ impl Source {
                 })?,
             ),
         };
-        Ok(Source {
-            name: name.to_string(),
-            scheme: cfg.scheme,
+        Ok(Source::new(
+            name,
+            cfg.scheme,
             secrets,
-            identifier_field: cfg.identifier_field.clone(),
-        })
+            cfg.identifier_field.clone(),
+        ))
+    }
+}
+
+impl Source {
+    pub fn new(
+        name: &str,
+        scheme: Scheme,
+        secrets: Option<SecretSet>,
+        identifier_field: Option<String>,
+    ) -> Source {
+        Source {
+            name: name.to_string(),
+            scheme,
+            secrets,
+            probe: event::ProbeSpec::new(scheme, identifier_field.as_deref()),
+            identifier_field,
+        }
     }
 }
 
@@ -163,7 +182,7 @@ async fn ingest(
         }
         other => other?,
     };
-    let (head, mut event, raw_json) = match prepared {
+    let (head, mut event, raw_json, mut payload_deferred) = match prepared {
         Prepared::Challenge(challenge) => {
             return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
         }
@@ -171,7 +190,8 @@ async fn ingest(
             head,
             event,
             raw_json,
-        } => (head, event, raw_json),
+            payload_deferred,
+        } => (head, event, raw_json, payload_deferred),
     };
 
     tracing::Span::current().record("event_id", tracing::field::display(head.id));
@@ -212,12 +232,25 @@ async fn ingest(
         &event,
         raw_json.then_some(&bytes[..]),
     ));
+    // The rules that route this event: loaded once, so that the payload decision below and the
+    // evaluation see the same rule set.
+    let compiled = app.compiled.load_full();
+    // The payload tree is built only for rules that read it (conditions on `payload.…`, jq
+    // programs) and for live streams, whose subscriber filters see the whole event. A stream
+    // opened after this check still gets it: publishing materializes a deferred payload.
+    if payload_deferred
+        && (compiled.rules.reads_payload(&head.source, &head.event_type)
+            || app.hub.has_subscribers())
+    {
+        event::materialize_payload(&mut event, &bytes);
+        payload_deferred = false;
+    }
     // jq programs may run up to their time budget: keep them off the async workers.
-    let plan = if app.compiled.load().rules.has_transforms() {
+    let plan = if compiled.rules.has_transforms() {
         let (app3, head3, body3) = (app.clone(), head.clone(), body.clone());
         let (plan, ev) = tokio::task::spawn_blocking(move || {
             let mut ev = event;
-            let plan = app3.plan(&head3, &mut ev, &body3);
+            let plan = app3.plan_with(&compiled, &head3, &mut ev, &body3);
             (plan, ev)
         })
         .await
@@ -225,7 +258,7 @@ async fn ingest(
         event = ev;
         plan
     } else {
-        app.plan(&head, &mut event, &body)
+        app.plan_with(&compiled, &head, &mut event, &body)
     };
     let reservation = app.queue.reserve(plan.jobs.len()).map_err(|_| {
         ApiError::unavailable("queue_full", "The delivery queue is full; retry later")
@@ -260,6 +293,7 @@ async fn ingest(
                 if let Some(p) = pending {
                     p.publish(Publication {
                         event_view: event,
+                        deferred_payload: payload_deferred.then_some(bytes),
                         firehose_body: firehose,
                         items: streams,
                     });
@@ -355,6 +389,10 @@ pub enum Prepared {
         event: Value,
         /// The payload is the body's JSON text as received (so it can be stored verbatim).
         raw_json: bool,
+        /// The event's `payload` is still `null`: the body's JSON text was validated and probed
+        /// but not parsed into a tree. `event::materialize_payload` fills it in when a rule or a
+        /// stream needs it; `event::serialize_event` splices the text in regardless.
+        payload_deferred: bool,
     },
 }
 
@@ -371,36 +409,45 @@ pub fn prepare(
 ) -> Result<Prepared, ApiError> {
     verify_request(source, headers, bytes, now_ms, agent_key)?;
     let kind = event::body_kind(headers).map_err(|e| ApiError::invalid_body(e.0))?;
-    let Decoded { payload, raw_json } =
-        event::decode_body(kind, bytes).map_err(|e| ApiError::invalid_body(e.0))?;
-    if source.scheme == Scheme::Slack
-        && payload.get("type").and_then(Value::as_str) == Some("url_verification")
-    {
+    let Probed {
+        payload,
+        fields,
+        raw_json,
+    } = event::probe_body(kind, bytes, &source.probe).map_err(|e| ApiError::invalid_body(e.0))?;
+    if source.scheme == Scheme::Slack && fields.str(Field::Type) == Some("url_verification") {
+        // Rare, and the challenge may be any JSON: parse the whole payload for it.
+        let payload = match payload {
+            Some(p) => p,
+            None => event::parse_json_object(bytes).map_err(|e| ApiError::invalid_body(e.0))?,
+        };
         return Ok(Prepared::Challenge(
             payload.get("challenge").cloned().unwrap_or(Value::Null),
         ));
     }
     if source.scheme == Scheme::Linear {
-        let body_ts = payload.get("webhookTimestamp").and_then(Value::as_i64);
+        let body_ts = fields.i64(Field::WebhookTimestamp);
         verify::check_linear_timestamp(header_bytes(headers, "linear-timestamp"), body_ts, now_ms)
             .map_err(signature_error)?;
     }
-    let classified = event::classify(source.scheme, headers, &payload)
+    let classified = event::classify(source.scheme, headers, &fields)
         .map_err(|e| ApiError::invalid_body(e.0))?;
+    let payload_deferred = payload.is_none();
     let (head, event) = event::normalize(EventInput {
         id: next_id(),
         source: &source.name,
         classified,
         payload,
+        fields: &fields,
+        probe: &source.probe,
         headers,
         client_ip,
         received_bytes: bytes.len(),
-        identifier_field: source.identifier_field.as_deref(),
     });
     Ok(Prepared::Event {
         head,
         event,
         raw_json,
+        payload_deferred,
     })
 }
 

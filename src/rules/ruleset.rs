@@ -162,10 +162,44 @@ struct SourceIndex {
     includes: Box<[u32]>,
     transforms: Box<[u32]>,
     routes: Box<[u32]>,
+    /// Which event types of this source some rule reads the payload of.
+    payload: PayloadReaders,
+}
+
+/// The event types for which evaluation may look into `payload`: a condition on a `payload…`
+/// path, or a jq program (which sees the whole event).
+#[derive(Debug, Default)]
+struct PayloadReaders {
+    any_type: bool,
+    types: Vec<ScopeId>,
+}
+
+impl PayloadReaders {
+    /// Counts `f` (already known to fit the source) if it reads the payload.
+    fn add(&mut self, f: &CompiledFilter) {
+        let reads = f.program.is_some()
+            || f.conditions.iter().any(|c| {
+                let path = c.path().as_str();
+                path.strip_prefix("payload")
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            });
+        if !reads {
+            return;
+        }
+        match f.event_type {
+            None => self.any_type = true,
+            Some(t) if !self.types.contains(&t) => self.types.push(t),
+            Some(_) => {}
+        }
+    }
+
+    fn includes(&self, event_type: ScopeId) -> bool {
+        self.any_type || self.types.contains(&event_type)
+    }
 }
 
 impl SourceIndex {
-    fn build(source: ScopeId, global: &FilterGroup, routes: &[CompiledRoute]) -> Self {
+    fn build(source: ScopeId, global: &FilterGroup, all_routes: &[CompiledRoute]) -> Self {
         let fits = |f: &CompiledFilter| f.source.is_none_or(|s| s == source);
         let positions = |list: &[CompiledFilter]| -> Box<[u32]> {
             (0u32..)
@@ -174,17 +208,36 @@ impl SourceIndex {
                 .map(|(i, _)| i)
                 .collect()
         };
+        let routes: Box<[u32]> = (0u32..)
+            .zip(all_routes)
+            .filter(|(_, r)| r.filters.includes.is_empty() || r.filters.includes.iter().any(fits))
+            .map(|(i, _)| i)
+            .collect();
+        // Filters out of the event's scope are never evaluated, so only those that fit the
+        // source (and, per type, the event's type) count. Conservative beyond that: a route's
+        // own transformation counts for every type, whatever its include filters.
+        let mut payload = PayloadReaders::default();
+        let add_group = |g: &FilterGroup, payload: &mut PayloadReaders| {
+            for f in g.excludes.iter().chain(&*g.includes).chain(&*g.transforms) {
+                if fits(f) {
+                    payload.add(f);
+                }
+            }
+        };
+        add_group(global, &mut payload);
+        for &ri in routes.iter() {
+            let route = &all_routes[ri as usize];
+            add_group(&route.filters, &mut payload);
+            if route.transformation.is_some() {
+                payload.any_type = true;
+            }
+        }
         SourceIndex {
             excludes: positions(&global.excludes),
             includes: positions(&global.includes),
             transforms: positions(&global.transforms),
-            routes: (0u32..)
-                .zip(routes)
-                .filter(|(_, r)| {
-                    r.filters.includes.is_empty() || r.filters.includes.iter().any(fits)
-                })
-                .map(|(i, _)| i)
-                .collect(),
+            routes,
+            payload,
         }
     }
 }
@@ -794,6 +847,20 @@ impl RuleSet {
         }
     }
 
+    /// Whether evaluating an event of this source and type may read its `payload` (a condition
+    /// on a `payload…` path or a jq program that can apply). When not, the event can be
+    /// evaluated with its payload left out: the outcome is the same.
+    pub fn reads_payload(&self, source: &str, event_type: &str) -> bool {
+        let scope = |table: &HashMap<Box<str>, ScopeId>, name: &str| {
+            table.get(name).copied().unwrap_or(UNKNOWN_SCOPE)
+        };
+        let scope = EventScope {
+            source: scope(&self.sources, source),
+            event_type: scope(&self.types, event_type),
+        };
+        self.source_index(scope).payload.includes(scope.event_type)
+    }
+
     /// Whether any filter or route runs a jq program. `evaluate` then may
     /// block the calling thread for up to the transformation budget (per
     /// program run), so async callers should use `spawn_blocking`; without
@@ -1401,6 +1468,75 @@ mod tests {
         );
         let out = rules.evaluate(&mut event("internal", "raw", json!({})));
         assert_eq!(targets(&out), [("ops".to_string(), "deploys".to_string())]);
+    }
+
+    #[test]
+    fn reads_payload_only_where_a_rule_can_look_into_it() {
+        // No rules, or rules on the event's own fields only: the payload is never read.
+        assert!(!RuleSet::empty().reads_payload("github", "push"));
+        let rules = build(
+            vec![json!({"id": "bots", "name": "b", "action": "exclude",
+                        "conditions": [{"field": "metadata.identifier", "operator": "contains", "value": "[bot]"},
+                                       {"field": "payloadish", "operator": "exists", "value": true}]})],
+            vec![json!({"id": "gh", "name": "g", "targetAgents": ["a"],
+                        "sourceFilters": [{"action": "include", "source": "github",
+                            "conditions": [{"field": "action", "operator": "equals", "value": "opened"}]}]})],
+            &["a"],
+        );
+        assert!(!rules.reads_payload("github", "pull_request"));
+        assert!(!rules.reads_payload("linear", "issue"));
+
+        // Payload conditions count for their scope only.
+        let rules = build(
+            vec![exclude_draft_prs(), high_priority_issues()],
+            vec![everything_to("bot")],
+            &["bot"],
+        );
+        assert!(rules.reads_payload("github", "pull_request"));
+        assert!(!rules.reads_payload("github", "issues"));
+        assert!(!rules.reads_payload("github", "never_named"));
+        assert!(rules.reads_payload("linear", "issue"));
+        assert!(!rules.reads_payload("slack", "message"));
+        let rules = build(
+            vec![json!({"id": "p", "name": "p", "action": "include",
+                        "conditions": [{"field": "payload", "operator": "exists", "value": true}]})],
+            vec![],
+            &[],
+        );
+        assert!(rules.reads_payload("anything", "at_all"));
+
+        // Route filters count for the routes the source can reach; jq programs always read.
+        let rules = build(
+            vec![],
+            vec![
+                json!({"id": "lin", "name": "l", "targetAgents": ["a"],
+                        "sourceFilters": [{"action": "include", "source": "linear", "eventType": "issue",
+                            "conditions": [{"field": "payload.data.priority", "operator": "gt", "value": 2}]}]}),
+                json!({"id": "slack", "name": "s", "targetAgents": ["b"],
+                        "sourceFilters": [{"action": "include", "source": "slack"}],
+                        "transformation": {"type": "jq", "expression": ".payload.text"}}),
+                json!({"id": "int", "name": "i", "targetAgents": ["c"],
+                        "sourceFilters": [{"action": "transform", "source": "internal", "eventType": "build",
+                            "transformation": {"type": "jq", "expression": ".x = 1"}}]}),
+            ],
+            &["a", "b", "c"],
+        );
+        assert!(rules.reads_payload("linear", "issue"));
+        assert!(!rules.reads_payload("linear", "comment"));
+        assert!(rules.reads_payload("slack", "message"));
+        assert!(rules.reads_payload("internal", "build"));
+        assert!(!rules.reads_payload("internal", "deploy"));
+        assert!(!rules.reads_payload("github", "push"));
+        let rules = build(
+            vec![
+                json!({"id": "t", "name": "t", "action": "transform", "source": "internal",
+                        "transformation": {"type": "jq", "expression": ".type = \"deploy\""}}),
+            ],
+            vec![],
+            &[],
+        );
+        assert!(rules.reads_payload("internal", "raw"));
+        assert!(!rules.reads_payload("github", "raw"));
     }
 
     mod properties {

@@ -237,7 +237,8 @@ pub struct StreamItem {
 pub fn publish_event(
     hub: &Hub,
     event_id: Uuid,
-    event_view: Value,
+    mut event_view: Value,
+    deferred_payload: Option<Bytes>,
     firehose_body: Option<Bytes>,
     items: Vec<StreamItem>,
 ) {
@@ -245,6 +246,10 @@ pub fn publish_event(
         || (firehose_body.is_some() && hub.listening(FIREHOSE));
     if !listened {
         return;
+    }
+    if let Some(raw) = deferred_payload {
+        // A stream opened between ingest's check and now: subscriber filters need the payload.
+        crate::event::materialize_payload(&mut event_view, &raw);
     }
     let event_view = Arc::new(event_view);
     // Agents that get the event as is share one serialized message.
@@ -339,5 +344,38 @@ mod tests {
             m.sse_frame().as_ptr(),
             "built once, then shared"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deferred_payload_is_parsed_for_listeners_only() {
+        let hub = Arc::new(Hub::new(4));
+        let raw = Bytes::from_static(br#"{"n": 2, "s": "x"}"#);
+        let view = serde_json::json!({"source": "github", "payload": null});
+        let body = Bytes::from_static(br#"{"source":"github","payload":{"n": 2, "s": "x"}}"#);
+        // Nobody listens: nothing to do.
+        publish_event(
+            &hub,
+            Uuid::from_u128(1),
+            view.clone(),
+            Some(raw.clone()),
+            Some(body.clone()),
+            Vec::new(),
+        );
+        // A stream opened after ingest left the payload unparsed: its filter sees the payload.
+        let filter =
+            Subscription::parse(r#"[{"field":"payload.n","operator":"equals","value":2}]"#)
+                .unwrap();
+        let (_reg, mut rx) = hub.subscribe(FIREHOSE, filter);
+        publish_event(
+            &hub,
+            Uuid::from_u128(2),
+            view,
+            Some(raw),
+            Some(body),
+            Vec::new(),
+        );
+        let msg = rx.recv().await.unwrap();
+        assert_eq!(msg.event_id, Uuid::from_u128(2));
+        assert_eq!(msg.view["payload"], serde_json::json!({"n": 2, "s": "x"}));
     }
 }

@@ -20,6 +20,9 @@ use crate::rules::Subscription;
 /// What a committed event publishes.
 pub struct Publication {
     pub event_view: Value,
+    /// Set when `event_view`'s payload was left unparsed at ingest (no stream was open then):
+    /// the payload's JSON text, parsed into the view only if someone listens by now.
+    pub deferred_payload: Option<Bytes>,
     pub firehose_body: Option<Bytes>,
     pub items: Vec<StreamItem>,
 }
@@ -103,7 +106,14 @@ impl Sequencer {
                 break;
             }
             let (id, p) = entry.remove_entry();
-            publish_event(&self.hub, id, p.event_view, p.firehose_body, p.items);
+            publish_event(
+                &self.hub,
+                id,
+                p.event_view,
+                p.deferred_payload,
+                p.firehose_body,
+                p.items,
+            );
         }
     }
 
@@ -142,6 +152,7 @@ mod tests {
         let (ia, ib, ic) = (a.id(), b.id(), c.id());
         let publication = || Publication {
             event_view: serde_json::json!({}),
+            deferred_payload: None,
             firehose_body: Some(Bytes::from_static(b"{}")),
             items: Vec::new(),
         };

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::receiver::TestReceiver;
 use crate::rules::{
-    GITHUB_PR, agent as push_agent, cond, create, delete, filter, jq, put_ok, route, route_when,
-    send_linear, send_pr,
+    GITHUB_PR, agent as push_agent, cond, count_event, create, delete, filter, jq, put_ok,
+    received_event, route, route_when, send_linear, send_pr, settled_deliveries,
 };
 use crate::signed::*;
 use crate::stream_client::*;
@@ -878,4 +878,83 @@ async fn the_admin_key_opens_only_the_firehose() {
         401
     );
     app.stop().await;
+}
+
+/// Ingest leaves a JSON payload unparsed unless a rule that can read it applies or a stream is
+/// open. Which of the two happened must not show: routing on payload conditions, the delivered
+/// and archived bodies, and what a stream with a payload filter carries are the same before,
+/// while and after a stream is open.
+#[tokio::test]
+async fn payload_rules_bodies_and_stream_filters_with_and_without_a_stream_open() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    create(&app, "agents", push_agent("all", &rx, "/all")).await;
+    create(&app, "agents", push_agent("ready", &rx, "/ready")).await;
+    create(&app, "routes", route("everything", &["all"])).await;
+    // Only GitHub pull_request events are read into: pushes keep their payload unparsed.
+    let mut ready = route("ready-prs", &["ready"]);
+    ready["sourceFilters"] = json!([{
+        "id": "ready-when", "name": "ready", "source": "github", "eventType": "pull_request",
+        "conditions": [cond("payload.pull_request.draft", "equals", json!(false))],
+        "action": "include", "priority": 0, "enabled": true
+    }]);
+    create(&app, "routes", ready).await;
+
+    // Sends a push, a ready PR and a draft PR; checks their routing and bodies; their ids.
+    async fn round(app: &TestApp, rx: &TestReceiver, n: usize) -> [Uuid; 3] {
+        let push = post_push(app, n).await;
+        let ready = send_pr(app, |v| v["pull_request"]["draft"] = json!(false)).await;
+        let draft = send_pr(app, |v| v["pull_request"]["draft"] = json!(true)).await;
+        assert!(ready.routed && draft.routed);
+        for id in [push, ready.id, draft.id] {
+            let stored = app.state().store.get_event(id).await.unwrap().unwrap();
+            let got = received_event(rx, "/all", id).await;
+            assert_eq!(
+                std::str::from_utf8(&got.body).unwrap(),
+                stored.body,
+                "the delivered body is the archived one, byte for byte"
+            );
+        }
+        let archived = archived_event(app, push).await;
+        assert_eq!(
+            archived["payload"],
+            serde_json::from_str::<Value>(&push_body(n)).unwrap()
+        );
+        assert_eq!(archived["metadata"]["identifier"], "octocat");
+        received_event(rx, "/ready", ready.id).await;
+        settled_deliveries(app, draft.id).await;
+        assert_eq!(
+            count_event(rx, "/ready", draft.id),
+            0,
+            "a draft is not ready"
+        );
+        [push, ready.id, draft.id]
+    }
+
+    round(&app, &rx, 1).await;
+    // A firehose narrowed on a payload field: its filter needs every event's payload.
+    let filters = json!([cond("payload.n", "equals", json!(2))]).to_string();
+    let mut clients = Vec::new();
+    for t in BOTH {
+        let req = StreamRequest::new("*", ADMIN_KEY).param("filters", &filters);
+        clients.push(open_ok(&app, t, &req).await);
+    }
+    let [push, ..] = round(&app, &rx, 2).await;
+    let archived = archived_event(&app, push).await;
+    let marker = post_push(&app, 3).await;
+    let last = send_pr(&app, |v| v["n"] = json!(2)).await.id;
+    for c in &mut clients {
+        let t = c.transport();
+        assert_eq!(c.next_event().await, archived, "{t:?}: the push with n = 2");
+        let rest = c.event_ids_through(last).await;
+        assert_sequence(
+            &rest,
+            &[last],
+            &format!("{t:?}: then only the PR with n = 2"),
+        );
+    }
+    let _ = marker;
+    drop(clients);
+    wait_open_count(&app, 0).await;
+    round(&app, &rx, 4).await;
 }
