@@ -102,7 +102,7 @@ pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
     };
     let url: reqwest::Url = url.parse().map_err(|e| format!("url: {e}"))?;
     // The parsed form (normalised, percent-encoded) is what requests go to.
-    let uri: http::Uri = url.as_str().parse().map_err(|e| format!("url: {e}"))?;
+    let (uri, authorization) = crate::deliver::request_target(&url)?;
     let secret = a.secret.as_deref().ok_or("no signing secret")?;
     let signer = StandardSigner::from_secret(secret).map_err(|e| format!("secret: {e}"))?;
     let mut headers = HeaderMap::new();
@@ -115,7 +115,7 @@ pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
         id: Arc::from(a.id.as_str()),
         uri,
         signer,
-        headers: crate::deliver::header_template(headers),
+        headers: crate::deliver::header_template(headers, authorization),
         timeout: Duration::from_millis(a.timeout_ms.max(1)),
         max_concurrency: a.max_concurrency.max(1) as usize,
         pacing: a.rate_limit.map(|r| Pacing {

@@ -121,9 +121,47 @@ pub fn client(extra_ca: Option<&[u8]>) -> Result<Client, String> {
     Ok(Client { http })
 }
 
-/// The fixed part of every attempt's headers for an agent with these `headers`. The agent may
-/// set its own `user-agent` and `accept`; `content-type` and the webhook headers are ours.
-pub fn header_template(mut headers: HeaderMap) -> HeaderMap {
+/// Where an agent's requests go, from its parsed `url`, and the `authorization` its userinfo
+/// stands for: credentials in the URL (`https://user:pass@host/hook`) are sent as HTTP Basic
+/// auth, as HTTP clients do, and never in the request line or `Host`.
+pub fn request_target(url: &reqwest::Url) -> Result<(Uri, Option<HeaderValue>), String> {
+    use base64::Engine as _;
+    let mut url = url.clone();
+    let mut basic = None;
+    if !url.username().is_empty() || url.password().is_some() {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let credentials = format!(
+            "{}:{}",
+            decode(url.username()),
+            url.password().map(decode).unwrap_or_default()
+        );
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        let mut value =
+            HeaderValue::try_from(format!("Basic {encoded}")).map_err(|e| e.to_string())?;
+        value.set_sensitive(true);
+        basic = Some(value);
+        // Only fails for URLs that cannot have credentials, which these had.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    let uri = url
+        .as_str()
+        .parse::<Uri>()
+        .map_err(|e| format!("url: {e}"))?;
+    Ok((uri, basic))
+}
+
+/// The fixed part of every attempt's headers for an agent with these `headers` (and the
+/// `authorization` of its URL's credentials). The agent's own `authorization`, `user-agent` and
+/// `accept` win; `content-type` and the webhook headers are ours.
+pub fn header_template(mut headers: HeaderMap, authorization: Option<HeaderValue>) -> HeaderMap {
+    if let Some(auth) = authorization {
+        headers.entry(header::AUTHORIZATION).or_insert(auth);
+    }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -289,7 +327,7 @@ mod tests {
             id: "a".into(),
             uri: uri.parse().unwrap(),
             signer: StandardSigner::from_secret(SECRET).unwrap(),
-            headers: header_template(headers),
+            headers: header_template(headers, None),
             timeout: Duration::from_secs(5),
             max_concurrency: 1,
             pacing: None,
@@ -409,6 +447,38 @@ mod tests {
         );
         assert_eq!(signature, expected.to_ascii_lowercase());
         assert_eq!(head.matches("webhook-id:").count(), 1, "{head}");
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_url_are_sent_as_basic_auth() {
+        let (url, _, mut heads) = agent("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let with_userinfo = url.replace("http://", "http://bot%40acme:p%3Ass@");
+        let (uri, basic) = request_target(&with_userinfo.parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), url);
+        let mut t = target(&url, HeaderMap::new());
+        t.uri = uri;
+        t.headers = header_template(HeaderMap::new(), basic.clone());
+        let body = Bytes::from_static(b"{}");
+        assert!(
+            attempt(&client(None).unwrap(), &t, req(&body))
+                .await
+                .delivered
+        );
+        let head = heads.recv().await.unwrap();
+        // base64("bot@acme:p:ss"), lower-cased with the rest of the head.
+        assert!(
+            head.lines()
+                .any(|l| l == "authorization: basic ym90qgfjbwu6cdpzcw=="),
+            "{head}"
+        );
+        assert!(!head.contains("bot"), "{head}");
+        // The agent's own `authorization` header wins.
+        let mut own = HeaderMap::new();
+        own.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        let template = header_template(own, basic);
+        assert_eq!(template[header::AUTHORIZATION], "Bearer t");
+        let (_, none) = request_target(&url.parse().unwrap()).unwrap();
+        assert!(none.is_none());
     }
 
     #[tokio::test]
