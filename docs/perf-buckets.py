@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Buckets a `perf record -g --call-graph dwarf` profile of the router by pipeline stage.
 
-Usage: python3 docs/perf-buckets.py perf.data
+Usage: python3 docs/perf-buckets.py [--inline] perf.data
+
+With --inline, inlined frames count too (slower). Without it, the outbound connections' hyper
+tasks of the delivery client cannot be told from the server's (their non-inlined frames are
+the same generic `Dispatcher`), and both land in "HTTP server"; a profile of a `bench
+--backlog` drain, where the server is idle, needs --inline.
 
 Each sample goes to the first rule (in order) whose pattern matches any frame of its stack,
 restricted to a thread name when the rule names one. The cross-cutting counters below the
@@ -34,8 +39,9 @@ RULES = [
     ("ingest: commit hand-off/dedupe/queue", None,
      ["commit_event", "dedupe::", "Queue::enqueue", "publish_event"]),
     ("ingest: handler other", None, ["event_router::ingest::ingest", "event_router::ingest::webhook"]),
-    ("delivery: attempt (reqwest/hyper client)", None,
-     ["deliver::attempt", "reqwest::", "hyper::client", "hyper_util::client"]),
+    ("delivery: attempt and its connection (hyper client)", None,
+     ["deliver::attempt", "deliver::request", "reqwest::", "hyper::client", "hyper_util::client",
+      "hyper::proto::h1::role::Client", "MaybeHttpsStream"]),
     ("scheduler/recorder tasks", None, ["queue::Dispatcher", "record_loop", "queue::start"]),
     ("HTTP server (hyper h1, axum routing, TraceLayer)", None,
      ["hyper::proto::h1", "axum::", "tower_http", "hyper::server"]),
@@ -54,9 +60,10 @@ CROSS = [
 ]
 
 
-def samples(path):
+def samples(path, inline=False):
     """Yields (thread name, [frame symbols, leaf first]) for each sample."""
-    proc = subprocess.Popen(["perf", "script", "-i", path, "-F", "comm,ip,sym", "--no-inline"],
+    cmd = ["perf", "script", "-i", path, "-F", "comm,ip,sym"] + ([] if inline else ["--no-inline"])
+    proc = subprocess.Popen(cmd,
                             stdout=subprocess.PIPE, text=True, errors="replace")
     comm, frames = None, []
     for line in proc.stdout:
@@ -75,9 +82,9 @@ def samples(path):
         yield comm, frames
 
 
-def main(path):
+def main(path, inline=False):
     buckets, cross, total = collections.Counter(), collections.Counter(), 0
-    for comm, frames in samples(path):
+    for comm, frames in samples(path, inline):
         total += 1
         for name, pats in CROSS:
             if any(p in f for f in frames for p in pats):
@@ -100,4 +107,5 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--inline"][0], "--inline" in args)

@@ -489,7 +489,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
 }
 
 /// The outbound delivery client, trusting `extra_ca_certs` besides the built-in roots.
-fn outbound_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+fn outbound_client(config: &Config) -> anyhow::Result<crate::deliver::Client> {
     let extra = match &config.extra_ca_certs {
         Some(path) => Some(
             std::fs::read(path)

@@ -103,6 +103,11 @@ pub struct BenchArgs {
     /// Where the receiver agent listens (the router must be able to reach it).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub receiver_listen: SocketAddr,
+    /// Measure the delivery engine alone: the receiver holds every delivery unanswered while
+    /// the webhooks are sent (the agent's `maxConcurrency` attempts in flight, the rest queued in
+    /// the router), then answers them all at once and times the drain of the backlog.
+    #[arg(long)]
+    pub backlog: bool,
 }
 
 impl BenchArgs {
@@ -125,6 +130,8 @@ pub struct Report {
     /// Router acks per second ÷ baseline answers per second.
     pub ratio_to_baseline: Option<f64>,
     pub end_to_end: EndToEnd,
+    /// The drain of a held backlog (`--backlog` only).
+    pub backlog: Option<Backlog>,
     /// Resident memory (in-process router only).
     pub rss: Option<Rss>,
 }
@@ -150,6 +157,8 @@ pub struct Settings {
     pub identifiers: usize,
     pub payload_bytes_mean: usize,
     pub agent_concurrency: u32,
+    /// `--backlog`: deliveries were held until every webhook was sent.
+    pub backlog: bool,
 }
 
 /// One load phase (the baseline, or ingest into the router).
@@ -207,6 +216,27 @@ pub struct EndToEnd {
     pub drain_secs: f64,
     /// From send (scheduled) to arrival at the receiver.
     pub latency_ms: Latency,
+}
+
+/// `--backlog`: how fast the router empties a queue of deliveries to one agent.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backlog {
+    /// Deliveries waiting in the router when the receiver was released (acknowledged events).
+    pub queued: u64,
+    /// Of those, attempts the receiver was holding open at the release.
+    pub held_in_flight: u64,
+    /// Delivered from the release until the last acknowledged event arrived.
+    pub delivered: u64,
+    /// From the release to the last arrival (or the drain timeout).
+    pub drain_secs: f64,
+    /// `delivered ÷ drain_secs`: the delivery engine's throughput to one local agent.
+    pub drain_per_second: f64,
+    /// CPU time of this whole process over the drain (the in-process router and the receiver;
+    /// with `--router`, the tool alone).
+    pub process_cpu_secs: Option<f64>,
+    /// CPU time of the SQLite writer thread over the drain (in-process router).
+    pub writer_cpu_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -357,7 +387,13 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
 
     let epoch = Instant::now();
     let rss_before = rss_bytes();
-    let receiver = Receiver::start(args.receiver_listen, epoch, events.unwrap_or(0)).await?;
+    let receiver = Receiver::start(
+        args.receiver_listen,
+        epoch,
+        events.unwrap_or(0),
+        args.backlog,
+    )
+    .await?;
 
     let (router_url, under_test) = match &args.router {
         Some(url) => (
@@ -425,7 +461,13 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
             let _ = std::fs::remove_dir_all(&data_dir);
         }
     }
-    let (ingest, end_to_end, peak_rss, records) = outcome?;
+    let Measured {
+        ingest,
+        end_to_end,
+        backlog,
+        peak_rss,
+        records,
+    } = outcome?;
 
     let rss = match (rss_before, peak_rss) {
         (Some(before), Some(peak)) if args.router.is_none() => {
@@ -457,11 +499,13 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
             identifiers: args.identifiers,
             payload_bytes_mean: mean_bytes,
             agent_concurrency: args.agent_concurrency,
+            backlog: args.backlog,
         },
         baseline,
         ingest,
         ratio_to_baseline,
         end_to_end,
+        backlog,
         rss,
     })
 }
@@ -516,6 +560,20 @@ async fn bare(_body: Bytes) -> impl IntoResponse {
     )
 }
 
+/// What `measure_router` found.
+struct Measured {
+    ingest: Phase,
+    end_to_end: EndToEnd,
+    backlog: Option<Backlog>,
+    peak_rss: Option<u64>,
+    /// Bytes of the tool's own per-event records.
+    records: u64,
+}
+
+/// How long an agent may hold an attempt in `--backlog` mode: longer than any run, so no held
+/// attempt times out (and is retried later) while the backlog builds.
+const BACKLOG_AGENT_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Configures the agent and route, sends, waits for the deliveries, and compares.
 #[allow(clippy::too_many_arguments)]
 async fn measure_router(
@@ -528,7 +586,7 @@ async fn measure_router(
     epoch: Instant,
     in_process: bool,
     progress: bool,
-) -> anyhow::Result<(Phase, EndToEnd, Option<u64>, u64)> {
+) -> anyhow::Result<Measured> {
     let admin = Admin {
         client: reqwest::Client::new(),
         base: router_url
@@ -551,7 +609,7 @@ async fn measure_router(
                 "name": "bench receiver",
                 "url": format!("http://{}/deliveries", receiver.addr),
                 "maxConcurrency": args.agent_concurrency,
-                "timeoutMs": 10_000,
+                "timeoutMs": if args.backlog { BACKLOG_AGENT_TIMEOUT_MS } else { 10_000 },
                 "enabled": true,
             }),
         )
@@ -598,6 +656,25 @@ async fn measure_router(
 
     // Stragglers: every acknowledged event must arrive.
     let accepted_ids = load.acks.len() as u64;
+    // `--backlog`: every acknowledged event is now queued in the router, and the first
+    // `maxConcurrency` of them are being held by the receiver. Release them and time the drain.
+    let release = if args.backlog {
+        let in_flight = accepted_ids.min(u64::from(args.agent_concurrency));
+        let settle = Instant::now() + Duration::from_secs(10);
+        while receiver.held() < in_flight && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let held = receiver.held();
+        let cpu = process_cpu_secs();
+        let writer = in_process
+            .then(|| thread_cpu_secs("sqlite-writer"))
+            .flatten();
+        let at = epoch.elapsed();
+        receiver.release();
+        Some((at, held, cpu, writer))
+    } else {
+        None
+    };
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout.max(0.0));
     let spinner = progress.then(|| {
         let pb = ProgressBar::new(accepted_ids);
@@ -624,6 +701,14 @@ async fn measure_router(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drained_at = epoch.elapsed();
+    let drain_cpu = release.as_ref().map(|_| {
+        (
+            process_cpu_secs(),
+            in_process
+                .then(|| thread_cpu_secs("sqlite-writer"))
+                .flatten(),
+        )
+    });
     if let Some(pb) = spinner {
         pb.finish_and_clear();
     }
@@ -670,6 +755,28 @@ async fn measure_router(
         drain_secs,
         latency_ms: latency(&e2e),
     };
+    let backlog = release.map(|(at, held, cpu, writer)| {
+        let (cpu_after, writer_after) = drain_cpu.unwrap_or((None, None));
+        let until = if missing == 0 {
+            Duration::from_micros(last_arrival)
+        } else {
+            drained_at
+        };
+        let drain_secs = until.saturating_sub(at).as_secs_f64();
+        Backlog {
+            queued: accepted_ids,
+            held_in_flight: held,
+            delivered,
+            drain_secs,
+            drain_per_second: if drain_secs > 0.0 {
+                delivered as f64 / drain_secs
+            } else {
+                0.0
+            },
+            process_cpu_secs: cpu.zip(cpu_after).map(|(a, b)| b - a),
+            writer_cpu_secs: writer.zip(writer_after).map(|(a, b)| b - a),
+        }
+    });
     // What the tool held while RSS was sampled: the ack log, its index, the receiver's maps.
     let entry = std::mem::size_of::<([u8; 16], u64)>();
     let records = (load.acks.capacity() * entry
@@ -681,7 +788,13 @@ async fn measure_router(
         admin.delete(&format!("/admin/agents/{agent_id}")).await;
     }
     let peak = Some(peak_rss.load(Ordering::Acquire)).filter(|&p| p > 0);
-    Ok((load.phase, end_to_end, peak, records))
+    Ok(Measured {
+        ingest: load.phase,
+        end_to_end,
+        backlog,
+        peak_rss: peak,
+        records,
+    })
 }
 
 /// The admin API, for setting up and removing the bench's agent and route.
@@ -1143,7 +1256,8 @@ fn timed_style(label: &str) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-/// The agent: records each delivery's `webhook-id` and arrival time, answers 200.
+/// The agent: records each delivery's `webhook-id` and arrival time, answers 200. With a hold
+/// (`--backlog`), it answers nothing until released; an arrival is then the time of the answer.
 struct Receiver {
     addr: SocketAddr,
     state: Arc<Arrivals>,
@@ -1158,12 +1272,21 @@ struct Arrivals {
     shards: Vec<Mutex<HashMap<[u8; 16], u64>>>,
     unique: Arc<AtomicU64>,
     duplicates: Arc<AtomicU64>,
+    /// Cancelled = released; `None`: answers at once.
+    hold: Option<CancellationToken>,
+    /// Deliveries waiting on the hold.
+    held: AtomicU64,
 }
 
 const SHARDS: usize = 64;
 
 impl Receiver {
-    async fn start(listen: SocketAddr, epoch: Instant, expected: u64) -> anyhow::Result<Receiver> {
+    async fn start(
+        listen: SocketAddr,
+        epoch: Instant,
+        expected: u64,
+        hold: bool,
+    ) -> anyhow::Result<Receiver> {
         let unique = Arc::new(AtomicU64::new(0));
         let duplicates = Arc::new(AtomicU64::new(0));
         let per_shard = (expected as usize / SHARDS) + 16;
@@ -1174,6 +1297,8 @@ impl Receiver {
                 .collect(),
             unique: unique.clone(),
             duplicates: duplicates.clone(),
+            hold: hold.then(CancellationToken::new),
+            held: AtomicU64::new(0),
         });
         let listener = TcpListener::bind(listen)
             .await
@@ -1197,7 +1322,20 @@ impl Receiver {
     }
 
     fn stop(&self) {
+        self.release();
         self.stop.cancel();
+    }
+
+    /// Answers the held deliveries and every later one at once.
+    fn release(&self) {
+        if let Some(hold) = &self.state.hold {
+            hold.cancel();
+        }
+    }
+
+    /// Deliveries currently held unanswered.
+    fn held(&self) -> u64 {
+        self.state.held.load(Ordering::Acquire)
     }
 
     /// How many of `acked` have not arrived.
@@ -1241,6 +1379,11 @@ async fn receive(
     headers: HeaderMap,
     _body: Bytes,
 ) -> StatusCode {
+    if let Some(hold) = arrivals.hold.as_ref().filter(|h| !h.is_cancelled()) {
+        arrivals.held.fetch_add(1, Ordering::AcqRel);
+        hold.cancelled().await;
+        arrivals.held.fetch_sub(1, Ordering::AcqRel);
+    }
     let at = arrivals.epoch.elapsed().as_micros() as u64;
     let Some(id) = headers
         .get("webhook-id")
@@ -1441,6 +1584,24 @@ pub fn render(r: &Report) -> String {
         e.unacknowledged
     );
     let _ = writeln!(out, "           end to end {}", lat(&e.latency_ms));
+    if let Some(b) = &r.backlog {
+        let _ = writeln!(
+            out,
+            "backlog:   {:.0} deliveries/s draining {} queued ({} held in flight) in {:.2} s; {} delivered",
+            b.drain_per_second, b.queued, b.held_in_flight, b.drain_secs, b.delivered
+        );
+        if let Some(cpu) = b.process_cpu_secs {
+            let _ = writeln!(
+                out,
+                "           cpu {:.2} s for the process during the drain ({:.0} µs per delivery){}",
+                cpu,
+                cpu * 1e6 / (b.delivered.max(1) as f64),
+                b.writer_cpu_secs
+                    .map(|w| format!(", of which SQLite writer {w:.2} s"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Some(m) = &r.rss {
         let _ = writeln!(
             out,

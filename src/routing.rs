@@ -101,6 +101,8 @@ pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
         return Ok(None);
     };
     let url: reqwest::Url = url.parse().map_err(|e| format!("url: {e}"))?;
+    // The parsed form (normalised, percent-encoded) is what requests go to.
+    let (uri, authorization) = crate::deliver::request_target(&url)?;
     let secret = a.secret.as_deref().ok_or("no signing secret")?;
     let signer = StandardSigner::from_secret(secret).map_err(|e| format!("secret: {e}"))?;
     let mut headers = HeaderMap::new();
@@ -111,9 +113,9 @@ pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
     }
     Ok(Some(AgentTarget {
         id: Arc::from(a.id.as_str()),
-        url,
+        uri,
         signer,
-        headers,
+        headers: crate::deliver::header_template(headers, authorization),
         timeout: Duration::from_millis(a.timeout_ms.max(1)),
         max_concurrency: a.max_concurrency.max(1) as usize,
         pacing: a.rate_limit.map(|r| Pacing {

@@ -63,9 +63,57 @@ pub fn bucket_of(ms: f64) -> usize {
         .unwrap_or(BUCKETS_MS.len() - 1)
 }
 
+/// Rollup deltas by dimension, metric and minute. Nested rather than keyed by a tuple so that
+/// adding to a counter that already exists (nearly always) looks it up by `&str` and
+/// allocates nothing: it runs several times for every webhook and every delivery attempt.
+type Pending = HashMap<String, HashMap<String, HashMap<i64, i64>>>;
+
+/// The entry for `key`, created empty if missing (the key is copied only then).
+fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
+    slot_with(map, key, |_| V::default())
+}
+
+/// Like `slot`, for values that need the key to be made.
+fn slot_with<'a, V>(map: &'a mut HashMap<String, V>, key: &str, make: fn(&str) -> V) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), make(key));
+    }
+    map.get_mut(key).expect("present or just inserted")
+}
+
+/// An agent's Prometheus handles, registered once instead of looked up by labels per attempt.
+struct AgentMetrics {
+    /// `deliveries_total` by outcome (`delivered`, `dead`, `retry_scheduled`).
+    outcomes: Vec<(&'static str, metrics::Counter)>,
+    attempt_seconds: metrics::Histogram,
+}
+
+impl AgentMetrics {
+    fn new(agent: &str) -> AgentMetrics {
+        AgentMetrics {
+            outcomes: Vec::new(),
+            attempt_seconds: metrics::histogram!("delivery_attempt_seconds", "agent" => agent.to_string()),
+        }
+    }
+
+    fn outcome(&mut self, agent: &str, outcome: &'static str) -> &metrics::Counter {
+        let i = match self.outcomes.iter().position(|(o, _)| *o == outcome) {
+            Some(i) => i,
+            None => {
+                let c = metrics::counter!("deliveries_total", "agent" => agent.to_string(), "outcome" => outcome);
+                self.outcomes.push((outcome, c));
+                self.outcomes.len() - 1
+            }
+        };
+        &self.outcomes[i].1
+    }
+}
+
 /// Accumulates rollup deltas in memory; a background task writes them every second.
 pub struct Analytics {
-    pending: Mutex<HashMap<(i64, String, String), i64>>,
+    pending: Mutex<Pending>,
+    /// Prometheus handles by agent id.
+    agents: Mutex<HashMap<String, AgentMetrics>>,
     /// Queue-depth samples of the current minute: (minute, sum, samples). Handed to `pending`
     /// when the minute is over, so an idle router writes once a minute, not every second.
     queue_depth: Mutex<(i64, i64, i64)>,
@@ -80,17 +128,29 @@ impl Analytics {
     pub fn new() -> Arc<Analytics> {
         Arc::new(Analytics {
             pending: Mutex::new(HashMap::new()),
+            agents: Mutex::new(HashMap::new()),
             queue_depth: Mutex::new((0, 0, 0)),
             prometheus: install_prometheus(),
         })
     }
 
     fn add(&self, dims: &[&str], metric: &str, value: i64) {
-        let at = minute(now_ms());
-        if let Ok(mut p) = self.pending.lock() {
-            for d in dims {
-                *p.entry((at, (*d).to_string(), metric.to_string()))
-                    .or_insert(0) += value;
+        self.add_all(dims, &[(metric, value)]);
+    }
+
+    /// Adds each `(metric, value)` to each dimension of the current minute, under one lock.
+    fn add_all(&self, dims: &[&str], values: &[(&str, i64)]) {
+        self.add_at(minute(now_ms()), dims, values);
+    }
+
+    fn add_at(&self, at: i64, dims: &[&str], values: &[(&str, i64)]) {
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
+        for d in dims {
+            let by_metric = slot(&mut p, d);
+            for (metric, value) in values {
+                *slot(by_metric, metric).entry(at).or_insert(0) += value;
             }
         }
     }
@@ -101,15 +161,20 @@ impl Analytics {
             Ok(mut p) => std::mem::take(&mut *p),
             Err(_) => return Vec::new(),
         };
-        taken
-            .into_iter()
-            .map(|((minute, dim, metric), value)| RollupDelta {
-                minute,
-                dim,
-                metric,
-                value,
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (dim, by_metric) in taken {
+            for (metric, by_minute) in by_metric {
+                for (minute, value) in by_minute {
+                    out.push(RollupDelta {
+                        minute,
+                        dim: dim.clone(),
+                        metric: metric.clone(),
+                        value,
+                    });
+                }
+            }
+        }
+        out
     }
 
     pub fn render_prometheus(&self) -> String {
@@ -187,26 +252,35 @@ impl Analytics {
     ) {
         let a = agent_dim(agent);
         let dims = [ALL, a.as_str()];
-        self.add(&dims, m::ATTEMPTS, 1);
+        // At most six metrics per attempt: collected first, added under one lock.
+        let mut values: [(&str, i64); 6] = [("", 0); 6];
+        let mut n = 0;
+        let mut push = |metric: &'static str, value: i64| {
+            values[n] = (metric, value);
+            n += 1;
+        };
+        push(m::ATTEMPTS, 1);
         if attempt > 1 {
-            self.add(&dims, m::RETRIES, 1);
+            push(m::RETRIES, 1);
         }
         match outcome {
-            "delivered" => self.add(&dims, m::DELIVERED, 1),
+            "delivered" => push(m::DELIVERED, 1),
             "dead" => {
-                self.add(&dims, m::ATTEMPTS_FAILED, 1);
-                self.add(&dims, m::DEAD, 1);
+                push(m::ATTEMPTS_FAILED, 1);
+                push(m::DEAD, 1);
             }
-            _ => self.add(&dims, m::ATTEMPTS_FAILED, 1),
+            _ => push(m::ATTEMPTS_FAILED, 1),
         }
         if let Some(l) = latency_ms {
-            self.add(&dims, m::LATENCY_SUM_MS, l.max(0));
-            self.add(&dims, m::LATENCY_COUNT, 1);
+            push(m::LATENCY_SUM_MS, l.max(0));
+            push(m::LATENCY_COUNT, 1);
         }
-        metrics::counter!("deliveries_total", "agent" => agent.to_string(), "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("delivery_attempt_seconds", "agent" => agent.to_string())
-            .record(took.as_secs_f64());
+        self.add_all(&dims, &values[..n]);
+        if let Ok(mut agents) = self.agents.lock() {
+            let handles = slot_with(&mut agents, agent, AgentMetrics::new);
+            handles.outcome(agent, outcome).increment(1);
+            handles.attempt_seconds.record(took.as_secs_f64());
+        }
     }
 
     /// A delivery was dead-lettered without an attempt (its agent is gone).
@@ -236,13 +310,12 @@ impl Analytics {
             q.2 += 1;
             finished
         };
-        if let Some((at, sum, samples)) = finished
-            && let Ok(mut p) = self.pending.lock()
-        {
-            *p.entry((at, ALL.to_string(), m::QUEUE_DEPTH_SUM.to_string()))
-                .or_insert(0) += sum;
-            *p.entry((at, ALL.to_string(), m::QUEUE_DEPTH_SAMPLES.to_string()))
-                .or_insert(0) += samples;
+        if let Some((at, sum, samples)) = finished {
+            self.add_at(
+                at,
+                &[ALL],
+                &[(m::QUEUE_DEPTH_SUM, sum), (m::QUEUE_DEPTH_SAMPLES, samples)],
+            );
         }
     }
 

@@ -1,11 +1,25 @@
 //! One HTTP attempt to push an event to an agent (API.md section 7), signed the Standard
 //! Webhooks way, over a shared keep-alive connection pool.
+//!
+//! The client is hyper's own pooled client (`hyper_util`'s legacy `Client`) behind rustls: an
+//! attempt is a POST and nothing else (no redirects, no retries of its own), so the general
+//! purpose layers of a higher-level client only cost time on a path that runs for every
+//! delivery. What can be prepared once per agent (its `Uri`, its fixed headers) is prepared
+//! when the rules change; an attempt adds only the headers that vary.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Body as _;
+use hyper_util::client::legacy::Client as PooledClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 
 use crate::ingest::now_ms;
 use crate::ingest::verify::StandardSigner;
@@ -14,11 +28,18 @@ use crate::queue::policy::parse_retry_after;
 /// How much of an agent's answer is kept in the attempt log.
 pub const RESPONSE_PREFIX: usize = 1024;
 
+/// How much of an answer is read at most, so a connection with a small answer can be reused;
+/// past this the connection is dropped rather than drained.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
 /// An agent as the delivery path uses it: everything parsed once when the rules change.
 pub struct AgentTarget {
     pub id: Arc<str>,
-    pub url: reqwest::Url,
+    pub uri: Uri,
     pub signer: StandardSigner,
+    /// Every header that is the same on each attempt: the agent's own `headers`, then
+    /// `content-type`, and the client's `user-agent` and `accept` unless the agent sets them
+    /// (see `header_template`).
     pub headers: HeaderMap,
     pub timeout: Duration,
     pub max_concurrency: usize,
@@ -55,26 +76,106 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
 }
 
-/// The shared outbound client: connection pooling and keep-alive to every agent. `extra_ca`
-/// holds PEM CA certificates trusted for `https://` agents besides the built-in roots.
-pub fn client(extra_ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("event-router/", env!("CARGO_PKG_VERSION")));
+/// The shared outbound client: one pool of keep-alive connections per agent (scheme, host and
+/// port), HTTP/1.1, or HTTP/2 where an `https://` agent offers it. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: PooledClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// Builds the outbound client. `extra_ca` holds PEM CA certificates trusted for `https://`
+/// agents besides the built-in (webpki) roots.
+pub fn client(extra_ca: Option<&[u8]>) -> Result<Client, String> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca {
-        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         if certs.is_empty() {
             return Err("no PEM certificate found".into());
         }
         for cert in certs {
-            builder = builder.add_root_certificate(cert);
+            roots.add(cert).map_err(|e| e.to_string())?;
         }
     }
-    builder.build().map_err(|e| e.to_string())
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(Duration::from_secs(5)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(tcp);
+    let http = PooledClient::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    Ok(Client { http })
+}
+
+/// Where an agent's requests go, from its parsed `url`, and the `authorization` its userinfo
+/// stands for: credentials in the URL (`https://user:pass@host/hook`) are sent as HTTP Basic
+/// auth, as HTTP clients do, and never in the request line or `Host`.
+pub fn request_target(url: &reqwest::Url) -> Result<(Uri, Option<HeaderValue>), String> {
+    use base64::Engine as _;
+    let mut url = url.clone();
+    let mut basic = None;
+    if !url.username().is_empty() || url.password().is_some() {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let credentials = format!(
+            "{}:{}",
+            decode(url.username()),
+            url.password().map(decode).unwrap_or_default()
+        );
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        let mut value =
+            HeaderValue::try_from(format!("Basic {encoded}")).map_err(|e| e.to_string())?;
+        value.set_sensitive(true);
+        basic = Some(value);
+        // Only fails for URLs that cannot have credentials, which these had.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    let uri = url
+        .as_str()
+        .parse::<Uri>()
+        .map_err(|e| format!("url: {e}"))?;
+    Ok((uri, basic))
+}
+
+/// The fixed part of every attempt's headers for an agent with these `headers` (and the
+/// `authorization` of its URL's credentials). The agent's own `authorization`, `user-agent` and
+/// `accept` win; `content-type` and the webhook headers are ours.
+pub fn header_template(mut headers: HeaderMap, authorization: Option<HeaderValue>) -> HeaderMap {
+    if let Some(auth) = authorization {
+        headers.entry(header::AUTHORIZATION).or_insert(auth);
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers
+        .entry(header::USER_AGENT)
+        .or_insert(HeaderValue::from_static(concat!(
+            "event-router/",
+            env!("CARGO_PKG_VERSION")
+        )));
+    headers
+        .entry(header::ACCEPT)
+        .or_insert(HeaderValue::from_static("*/*"));
+    headers
 }
 
 static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -88,36 +189,46 @@ fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// The request of one attempt: the agent's template plus the per-attempt headers.
+fn request(target: &AgentTarget, req: &AttemptRequest<'_>, ts: i64) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(req.body.clone()));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = target.uri.clone();
+    // Sized for the template and the six headers below, so nothing grows while filling it.
+    let mut headers = HeaderMap::with_capacity(target.headers.len() + 6);
+    for (name, v) in &target.headers {
+        headers.append(name.clone(), v.clone());
+    }
+    headers.insert(WEBHOOK_ID.clone(), value(req.event_id));
+    headers.insert(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(ts));
+    let signature = target.signer.sign(req.event_id, ts, req.body);
+    headers.insert(
+        WEBHOOK_SIGNATURE.clone(),
+        HeaderValue::try_from(signature).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+    );
+    headers.insert(X_EVENT_SOURCE.clone(), value(req.source));
+    headers.insert(X_EVENT_TYPE.clone(), value(req.event_type));
+    headers.insert(X_DELIVERY_ATTEMPT.clone(), HeaderValue::from(req.attempt));
+    *request.headers_mut() = headers;
+    request
+}
+
 /// Makes one attempt. Never panics; every failure becomes an `AttemptResult` with an error.
 pub async fn attempt(
-    client: &reqwest::Client,
+    client: &Client,
     target: &AgentTarget,
     req: AttemptRequest<'_>,
 ) -> AttemptResult {
     let started_at = now_ms();
     let clock = Instant::now();
-    let ts = started_at / 1000;
-    let mut headers = target.headers.clone();
-    headers.insert(
-        reqwest::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(WEBHOOK_ID.clone(), value(req.event_id));
-    headers.insert(WEBHOOK_TIMESTAMP.clone(), value(&ts.to_string()));
-    headers.insert(
-        WEBHOOK_SIGNATURE.clone(),
-        value(&target.signer.sign(req.event_id, ts, req.body)),
-    );
-    headers.insert(X_EVENT_SOURCE.clone(), value(req.source));
-    headers.insert(X_EVENT_TYPE.clone(), value(req.event_type));
-    headers.insert(X_DELIVERY_ATTEMPT.clone(), value(&req.attempt.to_string()));
-    let sent = client
-        .post(target.url.clone())
-        .headers(headers)
-        .timeout(target.timeout)
-        .body(req.body.clone())
-        .send()
-        .await;
+    let deadline = tokio::time::Instant::from_std(clock + target.timeout);
+    let sent = tokio::time::timeout_at(
+        deadline,
+        client
+            .http
+            .request(request(target, &req, started_at / 1000)),
+    )
+    .await;
     let mut result = AttemptResult {
         delivered: false,
         started_at,
@@ -128,47 +239,57 @@ pub async fn attempt(
         retry_after: None,
     };
     match sent {
-        Ok(resp) => {
+        Ok(Ok(resp)) => {
             let status = resp.status();
             result.status_code = Some(status.as_u16());
             result.delivered = status.is_success();
             if status.as_u16() == 429 || status.as_u16() == 503 {
                 result.retry_after = resp
                     .headers()
-                    .get(reqwest::header::RETRY_AFTER)
+                    .get(header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
             }
-            let prefix = read_prefix(resp, target.timeout.saturating_sub(clock.elapsed())).await;
             if !result.delivered {
                 result.error = Some(format!("agent answered {status}"));
             }
-            result.response_prefix = prefix;
+            // Most agents answer a delivery with an empty body: then there is nothing to read
+            // (hyper hands the connection back to the pool by itself).
+            if !resp.body().is_end_stream() {
+                let budget = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_millis(100));
+                result.response_prefix = read_prefix(resp.into_body(), budget).await;
+            }
         }
-        Err(e) => result.error = Some(describe(&e, target.timeout)),
+        Ok(Err(e)) => result.error = Some(describe(&e)),
+        Err(_) => result.error = Some(format!("timed out after {} ms", target.timeout.as_millis())),
     }
     result.duration_ms = clock.elapsed().as_millis() as u64;
     result
 }
 
-/// Reads at most a bounded amount of the answer (so the connection can be reused for small
+/// Reads at most `DRAIN_LIMIT` of the answer (so the connection can be reused for small
 /// answers) and keeps its first `RESPONSE_PREFIX` bytes.
-async fn read_prefix(mut resp: reqwest::Response, budget: Duration) -> Option<String> {
+async fn read_prefix(mut body: hyper::body::Incoming, budget: Duration) -> Option<String> {
     let mut kept: Vec<u8> = Vec::new();
     let mut read = 0usize;
     let reading = async {
-        while let Ok(Some(chunk)) = resp.chunk().await {
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
             read += chunk.len();
             if kept.len() < RESPONSE_PREFIX {
                 let take = (RESPONSE_PREFIX - kept.len()).min(chunk.len());
                 kept.extend_from_slice(&chunk[..take]);
             }
-            if read > 64 * 1024 {
+            if read > DRAIN_LIMIT {
                 break;
             }
         }
     };
-    let _ = tokio::time::timeout(budget.max(Duration::from_millis(100)), reading).await;
+    let _ = tokio::time::timeout(budget, reading).await;
     if kept.is_empty() {
         None
     } else {
@@ -176,11 +297,9 @@ async fn read_prefix(mut resp: reqwest::Response, budget: Duration) -> Option<St
     }
 }
 
-/// A clear sentence for a failed request, including certificate problems and timeouts.
-fn describe(e: &reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        return format!("timed out after {} ms", timeout.as_millis());
-    }
+/// A clear sentence for a failed request, including certificate problems: what failed, then
+/// the chain of causes (the client's own "client error (Connect)" adds nothing to them).
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut msg = if e.is_connect() {
         "connection failed".to_string()
     } else {
@@ -198,6 +317,225 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn target(uri: &str, headers: HeaderMap) -> AgentTarget {
+        AgentTarget {
+            id: "a".into(),
+            uri: uri.parse().unwrap(),
+            signer: StandardSigner::from_secret(SECRET).unwrap(),
+            headers: header_template(headers, None),
+            timeout: Duration::from_secs(5),
+            max_concurrency: 1,
+            pacing: None,
+            enabled: true,
+        }
+    }
+
+    fn req(body: &Bytes) -> AttemptRequest<'_> {
+        AttemptRequest {
+            event_id: "0195f1a4-7c2e-7000-8000-000000000001",
+            source: "github",
+            event_type: "pull_request.opened",
+            attempt: 2,
+            body,
+        }
+    }
+
+    /// A bare HTTP/1.1 agent: answers every request on a connection with `answer`, counts the
+    /// connections it accepted, and hands back the head of each request it read.
+    async fn agent(
+        answer: &'static str,
+    ) -> (
+        String,
+        Arc<AtomicUsize>,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (heads, rx) = tokio::sync::mpsc::unbounded_channel();
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let heads = heads.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: the head, then `content-length` bytes of body.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 8192];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < head_end + len {
+                            let mut chunk = [0u8; 8192];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + len);
+                        let _ = heads.send(head);
+                        if sock.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/hook"), accepted, rx)
+    }
+
+    #[tokio::test]
+    async fn an_attempt_carries_the_contract_headers_and_the_agents_own() {
+        let (url, _, mut heads) = agent("HTTP/1.1 204 No Content\r\n\r\n").await;
+        let mut own = HeaderMap::new();
+        own.insert("x-team", HeaderValue::from_static("core"));
+        own.insert(header::USER_AGENT, HeaderValue::from_static("mine/1"));
+        // Ours wins over the agent's for the content type and the webhook headers.
+        own.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        own.insert("webhook-id", HeaderValue::from_static("forged"));
+        let body = Bytes::from_static(br#"{"a":1}"#);
+        let r = attempt(&client(None).unwrap(), &target(&url, own), req(&body)).await;
+        assert!(r.delivered, "{r:?}");
+        assert_eq!(r.status_code, Some(204));
+        let head = heads.recv().await.unwrap();
+        for line in [
+            "post /hook http/1.1",
+            "content-type: application/json",
+            "webhook-id: 0195f1a4-7c2e-7000-8000-000000000001",
+            "x-event-source: github",
+            "x-event-type: pull_request.opened",
+            "x-delivery-attempt: 2",
+            "x-team: core",
+            "user-agent: mine/1",
+            "content-length: 7",
+        ] {
+            assert!(head.lines().any(|l| l == line), "{line} not in\n{head}");
+        }
+        let ts: i64 = head
+            .lines()
+            .find_map(|l| l.strip_prefix("webhook-timestamp: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((ts - r.started_at / 1000).abs() <= 1, "{ts}");
+        let signature = head
+            .lines()
+            .find_map(|l| l.strip_prefix("webhook-signature: "))
+            .unwrap();
+        // Lower-cased with the rest of the head: compare likewise.
+        let expected = StandardSigner::from_secret(SECRET).unwrap().sign(
+            "0195f1a4-7c2e-7000-8000-000000000001",
+            ts,
+            &body,
+        );
+        assert_eq!(signature, expected.to_ascii_lowercase());
+        assert_eq!(head.matches("webhook-id:").count(), 1, "{head}");
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_url_are_sent_as_basic_auth() {
+        let (url, _, mut heads) = agent("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let with_userinfo = url.replace("http://", "http://bot%40acme:p%3Ass@");
+        let (uri, basic) = request_target(&with_userinfo.parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), url);
+        let mut t = target(&url, HeaderMap::new());
+        t.uri = uri;
+        t.headers = header_template(HeaderMap::new(), basic.clone());
+        let body = Bytes::from_static(b"{}");
+        assert!(
+            attempt(&client(None).unwrap(), &t, req(&body))
+                .await
+                .delivered
+        );
+        let head = heads.recv().await.unwrap();
+        // base64("bot@acme:p:ss"), lower-cased with the rest of the head.
+        assert!(
+            head.lines()
+                .any(|l| l == "authorization: basic ym90qgfjbwu6cdpzcw=="),
+            "{head}"
+        );
+        assert!(!head.contains("bot"), "{head}");
+        // The agent's own `authorization` header wins.
+        let mut own = HeaderMap::new();
+        own.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        let template = header_template(own, basic);
+        assert_eq!(template[header::AUTHORIZATION], "Bearer t");
+        let (_, none) = request_target(&url.parse().unwrap()).unwrap();
+        assert!(none.is_none());
+    }
+
+    #[tokio::test]
+    async fn empty_success_answers_reuse_one_connection() {
+        let (url, accepted, _heads) = agent("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let (client, target) = (client(None).unwrap(), target(&url, HeaderMap::new()));
+        let body = Bytes::from_static(b"{}");
+        for _ in 0..5 {
+            let r = attempt(&client, &target, req(&body)).await;
+            assert!(r.delivered, "{r:?}");
+            assert_eq!(r.response_prefix, None);
+        }
+        // The pool takes a connection back a moment after its answer, so an attempt that
+        // follows at once may open a second one; an unread answer would close each (five).
+        assert!(accepted.load(Ordering::SeqCst) <= 2, "{accepted:?}");
+    }
+
+    #[tokio::test]
+    async fn answers_with_a_body_are_drained_and_kept_on_failure() {
+        let (url, accepted, _heads) = agent(
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ncontent-length: 9\r\n\r\ntry later",
+        )
+        .await;
+        let (client, target) = (client(None).unwrap(), target(&url, HeaderMap::new()));
+        let body = Bytes::from_static(b"{}");
+        for _ in 0..3 {
+            let r = attempt(&client, &target, req(&body)).await;
+            assert!(!r.delivered);
+            assert_eq!(r.status_code, Some(503));
+            assert_eq!(
+                r.error.as_deref(),
+                Some("agent answered 503 Service Unavailable")
+            );
+            assert_eq!(r.response_prefix.as_deref(), Some("try later"));
+            assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
+        }
+        // Drained, so kept alive (see above for why two).
+        assert!(accepted.load(Ordering::SeqCst) <= 2, "{accepted:?}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_does_not_answer_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(sock);
+        });
+        let mut t = target(&format!("http://{addr}/hook"), HeaderMap::new());
+        t.timeout = Duration::from_millis(200);
+        let body = Bytes::from_static(b"{}");
+        let r = attempt(&client(None).unwrap(), &t, req(&body)).await;
+        assert!(!r.delivered);
+        assert_eq!(r.error.as_deref(), Some("timed out after 200 ms"));
+        held.abort();
+    }
 
     #[tokio::test]
     async fn refused_connection_is_a_clear_failure() {
@@ -207,31 +545,12 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let target = AgentTarget {
-            id: "a".into(),
-            url: format!("http://127.0.0.1:{port}/hook").parse().unwrap(),
-            signer: StandardSigner::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
-            headers: HeaderMap::new(),
-            timeout: Duration::from_secs(2),
-            max_concurrency: 1,
-            pacing: None,
-            enabled: true,
-        };
+        let target = target(&format!("http://127.0.0.1:{port}/hook"), HeaderMap::new());
         let body = Bytes::from_static(b"{}");
-        let r = attempt(
-            &client(None).unwrap(),
-            &target,
-            AttemptRequest {
-                event_id: "e",
-                source: "s",
-                event_type: "t",
-                attempt: 1,
-                body: &body,
-            },
-        )
-        .await;
+        let r = attempt(&client(None).unwrap(), &target, req(&body)).await;
         assert!(!r.delivered);
         assert_eq!(r.status_code, None);
-        assert!(r.error.unwrap().starts_with("connection failed"));
+        let error = r.error.unwrap();
+        assert!(error.starts_with("connection failed: "), "{error}");
     }
 }

@@ -286,7 +286,7 @@ struct Dispatcher {
     timers: BinaryHeap<Reverse<Timed>>,
     wakeups: BinaryHeap<Reverse<(i64, Arc<str>)>>,
     targets: Arc<ArcSwap<Targets>>,
-    client: reqwest::Client,
+    client: deliver::Client,
     recorder: mpsc::UnboundedSender<AttemptUpdate>,
     attempts: TaskTracker,
     unfinished: Arc<AtomicI64>,
@@ -301,7 +301,7 @@ pub struct QueueConfig {
     pub default_policy: Arc<RetryPolicy>,
     pub analytics: Arc<Analytics>,
     /// The shared outbound client (`deliver::client`).
-    pub client: reqwest::Client,
+    pub client: deliver::Client,
 }
 
 /// The running scheduler: the handle, and what shutdown waits on.

@@ -62,3 +62,72 @@ async fn a_small_run_loses_nothing_and_reports_every_figure() {
     assert!(rss["routerEstimateMb"].is_number(), "{v}");
     assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_run_holds_then_drains_every_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = BenchArgs::try_parse_from([
+        "bench",
+        "-n",
+        "300",
+        "--concurrency",
+        "8",
+        "--no-baseline",
+        "--identifiers",
+        "50",
+        "--agent-concurrency",
+        "16",
+        "--backlog",
+        "--drain-timeout",
+        "20",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), bench::run(&args, false))
+        .await
+        .expect("the bench run finished in time")
+        .expect("the bench run succeeded");
+    let v = serde_json::to_value(&report).unwrap();
+
+    assert_eq!(v["settings"]["backlog"], true, "{v}");
+    assert_eq!(v["ingest"]["accepted"], 300, "{v}");
+    let e2e = &v["endToEnd"];
+    assert_eq!(e2e["delivered"], 300, "{v}");
+    assert_eq!(e2e["lost"], 0, "{v}");
+    assert_eq!(e2e["duplicates"], 0, "{v}");
+    assert_eq!(e2e["unacknowledged"], 0, "{v}");
+    // Nothing was answered while sending: every delivery arrived after the release.
+    assert_eq!(e2e["deliveredDuringSend"], 0, "{v}");
+
+    let backlog = &v["backlog"];
+    assert_eq!(backlog["queued"], 300, "{v}");
+    // The agent's whole `maxConcurrency` was in flight, held by the receiver.
+    assert_eq!(backlog["heldInFlight"], 16, "{v}");
+    assert_eq!(backlog["delivered"], 300, "{v}");
+    assert!(backlog["drainSecs"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(backlog["drainPerSecond"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(backlog["processCpuSecs"].is_number(), "{v}");
+    assert!(backlog["writerCpuSecs"].is_number(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regular_run_reports_no_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = BenchArgs::try_parse_from([
+        "bench",
+        "-n",
+        "20",
+        "--concurrency",
+        "4",
+        "--no-baseline",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let report = bench::run(&args, false).await.unwrap();
+    let v = serde_json::to_value(&report).unwrap();
+    assert!(v["backlog"].is_null(), "{v}");
+    assert_eq!(v["settings"]["backlog"], false, "{v}");
+    assert_eq!(v["endToEnd"]["lost"], 0, "{v}");
+}
