@@ -12,7 +12,7 @@
 //!    first connection to when every stream has proved live by receiving an event.
 //!    Target: < 300 MB for 10,000.
 //!
-//! `cargo bench --bench stream_fanout`. Sizes: FANOUT_SUBSCRIBERS (1000), FANOUT_RATES ("50,100"
+//! `cargo bench --bench stream_fanout`. Sizes: FANOUT_SUBSCRIBERS (1000), FANOUT_RATES ("50,100,120"
 //! events/s), FANOUT_SECONDS (4 per rate), FANOUT_BURST (300 events), IDLE_CONNECTIONS (10000);
 //! STREAM_BENCH_ONLY=fanout or =idle runs one part.
 //! 10,000 connections need that many file descriptors on each side: the soft RLIMIT_NOFILE is
@@ -54,7 +54,7 @@ fn main() {
         .expect("a tokio runtime");
     rt.block_on(async {
         let rates: Vec<usize> = std::env::var("FANOUT_RATES")
-            .unwrap_or_else(|_| "50,100".into())
+            .unwrap_or_else(|_| "50,100,120".into())
             .split(',')
             .filter_map(|r| r.trim().parse().ok())
             .collect();
