@@ -256,7 +256,7 @@ impl ProbeNode {
                 None => {
                     node.children.push(ProbeNode {
                         key: (*seg).into(),
-                        index: seg.parse::<usize>().ok(),
+                        index: array_index(seg),
                         ..ProbeNode::default()
                     });
                     node.children.len() - 1
@@ -796,13 +796,20 @@ pub fn kept_headers(headers: &HeaderMap) -> Map<String, Value> {
     out
 }
 
+/// A path segment as an array index: ASCII digits only (so not `+0` or ` 1`), as rule paths
+/// read them; an index too large for `usize` is one no array has.
+pub fn array_index(seg: &str) -> Option<usize> {
+    (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| seg.parse().unwrap_or(usize::MAX))
+}
+
 /// Reads a dot path (`payload.sender.login`, numeric segments index arrays) from an event.
 pub fn lookup<'a>(event: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = event;
     for seg in path.split('.') {
         cur = match cur {
             Value::Object(m) => m.get(seg)?,
-            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            Value::Array(a) => a.get(array_index(seg)?)?,
             _ => return None,
         };
     }
@@ -971,6 +978,28 @@ pub fn serialize_event(event: &Value, raw_payload: Option<&[u8]>) -> Vec<u8> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn identifier_paths_index_arrays_with_plain_digits_only() {
+        let event = serde_json::json!({"payload": {"owners": ["ann", "bob"]}});
+        assert_eq!(
+            lookup(&event, "payload.owners.1"),
+            Some(&Value::from("bob"))
+        );
+        for odd in ["+1", " 1", "1 ", "-0", "0x1", "", "99999999999999999999999"] {
+            assert_eq!(
+                lookup(&event, &format!("payload.owners.{odd}")),
+                None,
+                "{odd:?}"
+            );
+        }
+        assert_eq!(
+            identifier(&event, Some("payload.owners.+0"), "10.0.0.1"),
+            "10.0.0.1"
+        );
+        assert_eq!(array_index("007"), Some(7));
+        assert_eq!(array_index("99999999999999999999999"), Some(usize::MAX));
+    }
 
     fn hdrs(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -53,6 +53,11 @@ impl FieldPath {
         }
         let mut segments = Vec::new();
         for (i, key) in path.split('.').enumerate() {
+            if i == MAX_SEGMENTS {
+                return Err(format!(
+                    "invalid path {path:?}: more than {MAX_SEGMENTS} segments"
+                ));
+            }
             if key.is_empty() {
                 return Err(format!("invalid path {path:?}: segment {} is empty", i + 1));
             }
@@ -61,20 +66,10 @@ impl FieldPath {
                     "invalid path {path:?}: segment {key:?} has surrounding spaces"
                 ));
             }
-            let index = if key.bytes().all(|b| b.is_ascii_digit()) {
-                Some(key.parse::<usize>().unwrap_or(usize::MAX))
-            } else {
-                None
-            };
             segments.push(Segment {
                 key: key.into(),
-                index,
+                index: crate::event::array_index(key),
             });
-        }
-        if segments.len() > MAX_SEGMENTS {
-            return Err(format!(
-                "invalid path {path:?}: more than {MAX_SEGMENTS} segments"
-            ));
         }
         Ok(FieldPath {
             raw: path.into(),
