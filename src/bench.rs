@@ -1492,6 +1492,25 @@ fn machine(load_at_start: f64) -> Machine {
 }
 
 /// The human-readable report.
+/// `cpu … s for the process… (… µs per <unit>)`, with the SQLite writer's share when known;
+/// seconds to `decimals` places.
+fn cpu_line(
+    cpu: f64,
+    writer: Option<f64>,
+    decimals: usize,
+    during: &str,
+    count: u64,
+    unit: &str,
+) -> String {
+    format!(
+        "cpu {cpu:.decimals$} s for the process{during} ({:.0} µs per {unit}){}",
+        cpu * 1e6 / (count.max(1) as f64),
+        writer
+            .map(|w| format!(", of which SQLite writer {w:.decimals$} s"))
+            .unwrap_or_default()
+    )
+}
+
 pub fn render(r: &Report) -> String {
     use std::fmt::Write as _;
     let lat = |l: &Latency| {
@@ -1561,15 +1580,8 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(out, "           ack {}", lat(&i.ack_latency_ms));
     let _ = writeln!(out, "           errors {}", errors(&i.errors));
     if let Some(cpu) = i.process_cpu_secs {
-        let _ = writeln!(
-            out,
-            "           cpu {:.1} s for the process ({:.0} µs per webhook){}",
-            cpu,
-            cpu * 1e6 / (i.sent.max(1) as f64),
-            i.writer_cpu_secs
-                .map(|w| format!(", of which SQLite writer {w:.1} s"))
-                .unwrap_or_default()
-        );
+        let line = cpu_line(cpu, i.writer_cpu_secs, 1, "", i.sent, "webhook");
+        let _ = writeln!(out, "           {line}");
     }
     let e = &r.end_to_end;
     let _ = writeln!(
@@ -1591,15 +1603,15 @@ pub fn render(r: &Report) -> String {
             b.drain_per_second, b.queued, b.held_in_flight, b.drain_secs, b.delivered
         );
         if let Some(cpu) = b.process_cpu_secs {
-            let _ = writeln!(
-                out,
-                "           cpu {:.2} s for the process during the drain ({:.0} µs per delivery){}",
+            let line = cpu_line(
                 cpu,
-                cpu * 1e6 / (b.delivered.max(1) as f64),
-                b.writer_cpu_secs
-                    .map(|w| format!(", of which SQLite writer {w:.2} s"))
-                    .unwrap_or_default()
+                b.writer_cpu_secs,
+                2,
+                " during the drain",
+                b.delivered,
+                "delivery",
             );
+            let _ = writeln!(out, "           {line}");
         }
     }
     if let Some(m) = &r.rss {

@@ -59,9 +59,7 @@ impl Source {
             cfg.identifier_field.clone(),
         ))
     }
-}
 
-impl Source {
     pub fn new(
         name: &str,
         scheme: Scheme,

@@ -108,6 +108,21 @@ pub(super) fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
     }
 }
 
+/// A first attempt at delivery `id` that the agent answered 200.
+pub(super) fn delivered(id: Uuid) -> AttemptUpdate {
+    AttemptUpdate {
+        delivery_id: id,
+        attempt: 1,
+        started_at: 1,
+        duration_ms: 1,
+        status_code: Some(200),
+        error: None,
+        response_prefix: None,
+        status: DeliveryStatus::Delivered,
+        next_attempt_at: None,
+    }
+}
+
 pub(super) fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
     NewDelivery {
         id: Uuid::now_v7(),
@@ -1152,19 +1167,9 @@ async fn cluster_release_hands_work_back_and_wakes_the_others() {
     let e = with_pending(4);
     a.commit_event(e.clone()).await.unwrap();
     // A finished one stays finished.
-    a.record_attempts(vec![AttemptUpdate {
-        delivery_id: e.deliveries[0].id,
-        attempt: 1,
-        started_at: 1,
-        duration_ms: 1,
-        status_code: Some(200),
-        error: None,
-        response_prefix: None,
-        status: DeliveryStatus::Delivered,
-        next_attempt_at: None,
-    }])
-    .await
-    .unwrap();
+    a.record_attempts(vec![delivered(e.deliveries[0].id)])
+        .await
+        .unwrap();
     assert!(matches!(next_notice(&mut rx).await, Notice::Events { .. }));
     assert_eq!(a.release().await.unwrap(), 3);
     assert_eq!(next_notice(&mut rx).await, Notice::Wake);

@@ -1306,7 +1306,7 @@ impl Store for SqliteStore {
 mod tests {
     // The behaviour every backend shares is tested once for all in `store::conformance`.
     use super::*;
-    use crate::store::conformance::{delivery as new_delivery, ev};
+    use crate::store::conformance::{delivered, delivery as new_delivery, ev};
     use crate::store::{DeliveryStatus, NewDelivery};
 
     /// A pending delivery to agent `a` with this id.
@@ -1393,20 +1393,7 @@ mod tests {
         let (pending, done) = (Uuid::now_v7(), Uuid::now_v7());
         e.deliveries = vec![delivery(pending), delivery(done)];
         store.commit_event(e).await.unwrap();
-        store
-            .record_attempts(vec![AttemptUpdate {
-                delivery_id: done,
-                attempt: 1,
-                started_at: 0,
-                duration_ms: 1,
-                status_code: Some(200),
-                error: None,
-                response_prefix: None,
-                status: DeliveryStatus::Delivered,
-                next_attempt_at: None,
-            }])
-            .await
-            .unwrap();
+        store.record_attempts(vec![delivered(done)]).await.unwrap();
         // `INDEXED BY` makes the query fail outright if the index cannot serve it.
         let left: Vec<Uuid> = store
             .unfinished_deliveries()

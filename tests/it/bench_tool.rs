@@ -6,29 +6,41 @@ use std::time::Duration;
 use clap::Parser as _;
 use event_router::bench::{self, BenchArgs};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_run_loses_nothing_and_reports_every_figure() {
+/// Runs `bench` with `args` (plus `--no-baseline` and a fresh data dir), in process, within
+/// `limit`, and returns its report as JSON.
+async fn run_bench(args: &[&str], limit: Duration) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let args = BenchArgs::try_parse_from([
+    let mut argv = vec![
         "bench",
-        "-n",
-        "200",
-        "--concurrency",
-        "8",
         "--no-baseline",
-        "--identifiers",
-        "50",
-        "--drain-timeout",
-        "10",
         "--data-dir",
         dir.path().to_str().unwrap(),
-    ])
-    .unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(30), bench::run(&args, false))
+    ];
+    argv.extend_from_slice(args);
+    let args = BenchArgs::try_parse_from(argv).unwrap();
+    let report = tokio::time::timeout(limit, bench::run(&args, false))
         .await
         .expect("the bench run finished in time")
         .expect("the bench run succeeded");
-    let v = serde_json::to_value(&report).unwrap();
+    serde_json::to_value(&report).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_run_loses_nothing_and_reports_every_figure() {
+    let v = run_bench(
+        &[
+            "-n",
+            "200",
+            "--concurrency",
+            "8",
+            "--identifiers",
+            "50",
+            "--drain-timeout",
+            "10",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
 
     assert_eq!(v["router"], "in-process");
     assert_eq!(v["settings"]["events"], 200);
@@ -65,30 +77,23 @@ async fn a_small_run_loses_nothing_and_reports_every_figure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_run_holds_then_drains_every_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = BenchArgs::try_parse_from([
-        "bench",
-        "-n",
-        "300",
-        "--concurrency",
-        "8",
-        "--no-baseline",
-        "--identifiers",
-        "50",
-        "--agent-concurrency",
-        "16",
-        "--backlog",
-        "--drain-timeout",
-        "20",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ])
-    .unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(60), bench::run(&args, false))
-        .await
-        .expect("the bench run finished in time")
-        .expect("the bench run succeeded");
-    let v = serde_json::to_value(&report).unwrap();
+    let v = run_bench(
+        &[
+            "-n",
+            "300",
+            "--concurrency",
+            "8",
+            "--identifiers",
+            "50",
+            "--agent-concurrency",
+            "16",
+            "--backlog",
+            "--drain-timeout",
+            "20",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
 
     assert_eq!(v["settings"]["backlog"], true, "{v}");
     assert_eq!(v["ingest"]["accepted"], 300, "{v}");
@@ -113,20 +118,7 @@ async fn a_backlog_run_holds_then_drains_every_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regular_run_reports_no_backlog() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = BenchArgs::try_parse_from([
-        "bench",
-        "-n",
-        "20",
-        "--concurrency",
-        "4",
-        "--no-baseline",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ])
-    .unwrap();
-    let report = bench::run(&args, false).await.unwrap();
-    let v = serde_json::to_value(&report).unwrap();
+    let v = run_bench(&["-n", "20", "--concurrency", "4"], Duration::from_secs(60)).await;
     assert!(v["backlog"].is_null(), "{v}");
     assert_eq!(v["settings"]["backlog"], false, "{v}");
     assert_eq!(v["endToEnd"]["lost"], 0, "{v}");
