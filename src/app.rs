@@ -415,6 +415,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             default_policy: default_policy.clone(),
             analytics: analytics.clone(),
             client,
+            body_budget: config.delivery_memory,
         },
         shutdown.clone(),
     )

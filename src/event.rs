@@ -951,11 +951,22 @@ pub fn normalize(input: EventInput<'_>) -> (EventHeader, Value) {
 /// saves re-serializing the largest part of the event on the hot path, and is what lets ingest
 /// leave the payload unparsed (`null` in the event) when nothing else needs it.
 pub fn serialize_event(event: &Value, raw_payload: Option<&[u8]>) -> Vec<u8> {
+    serialize_event_spliced(event, raw_payload).0
+}
+
+/// `serialize_event`, and where in its output the spliced payload text lies (when it was
+/// spliced in), so that the payload can be taken from the serialized event (`Bytes::slice`)
+/// rather than by keeping the request body around.
+pub fn serialize_event_spliced(
+    event: &Value,
+    raw_payload: Option<&[u8]>,
+) -> (Vec<u8>, Option<std::ops::Range<usize>>) {
     let (Value::Object(map), Some(raw)) = (event, raw_payload) else {
-        return serde_json::to_vec(event).unwrap_or_default();
+        return (serde_json::to_vec(event).unwrap_or_default(), None);
     };
     let raw = raw.trim_ascii();
     let mut out = Vec::with_capacity(raw.len() + 1024);
+    let mut span = None;
     out.push(b'{');
     for (i, (k, v)) in map.iter().enumerate() {
         if i > 0 {
@@ -965,13 +976,14 @@ pub fn serialize_event(event: &Value, raw_payload: Option<&[u8]>) -> Vec<u8> {
         let _ = serde_json::to_writer(&mut out, k);
         out.push(b':');
         if k == "payload" {
+            span = Some(out.len()..out.len() + raw.len());
             out.extend_from_slice(raw);
         } else {
             let _ = serde_json::to_writer(&mut out, v);
         }
     }
     out.push(b'}');
-    out
+    (out, span)
 }
 
 #[cfg(test)]
@@ -1450,11 +1462,18 @@ mod tests {
             assert!(deferred["payload"].is_null());
             let parsed = parse_json_object(body).unwrap();
             let full = build(Some(parsed.clone()), &probe.read_value(&parsed));
-            let text = serialize_event(&deferred, Some(body));
+            let (text, span) = serialize_event_spliced(&deferred, Some(body));
             assert_eq!(text, serialize_event(&full, Some(body)));
             assert_eq!(serde_json::from_slice::<Value>(&text).unwrap(), full);
+            // The span is the payload's text inside the serialized event: materializing from
+            // it is materializing from the request body.
+            let span = span.expect("spliced");
+            assert_eq!(&text[span.clone()], body.trim_ascii());
+            let mut from_span = deferred.clone();
+            materialize_payload(&mut from_span, &text[span]);
             materialize_payload(&mut deferred, body);
             assert_eq!(deferred, full);
+            assert_eq!(from_span, full);
             let want = match ident {
                 Some("payload.sender.login") => "octocat",
                 Some("source") => "github",

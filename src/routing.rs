@@ -248,7 +248,7 @@ pub fn plan(
                     .unwrap_or_else(|| default_policy.clone()),
                 source: source.clone(),
                 event_type: event_type.clone(),
-                body,
+                body: Some(body),
                 due_at: now,
                 created_at: now,
             });

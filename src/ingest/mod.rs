@@ -226,10 +226,9 @@ async fn ingest(
     }
 
     // The archive keeps the event as received; transformations only shape what agents get.
-    let body = bytes::Bytes::from(event::serialize_event(
-        &event,
-        raw_json.then_some(&bytes[..]),
-    ));
+    let (text, payload_span) =
+        event::serialize_event_spliced(&event, raw_json.then_some(&bytes[..]));
+    let body = bytes::Bytes::from(text);
     // The rules that route this event: loaded once, so that the payload decision below and the
     // evaluation see the same rule set.
     let compiled = app.compiled.load_full();
@@ -262,6 +261,14 @@ async fn ingest(
         ApiError::unavailable("queue_full", "The delivery queue is full; retry later")
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
     })?;
+    // A payload still deferred is published from its text inside `body`, not from the request
+    // body: that is a slice of the connection's read buffer, which would stay pinned until the
+    // event is published (behind every earlier event still committing).
+    let deferred_payload = payload_deferred.then(|| match payload_span {
+        Some(span) => body.slice(span),
+        None => bytes.clone(),
+    });
+    drop(bytes);
     let new_event = NewEvent {
         id: head.id,
         source: head.source.clone(),
@@ -291,7 +298,7 @@ async fn ingest(
                 if let Some(p) = pending {
                     p.publish(Publication {
                         event_view: event,
-                        deferred_payload: payload_deferred.then_some(bytes),
+                        deferred_payload,
                         firehose_body: firehose,
                         items: streams,
                     });

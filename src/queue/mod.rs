@@ -44,7 +44,9 @@ pub struct Job {
     pub policy: Arc<RetryPolicy>,
     pub source: Arc<str>,
     pub event_type: Arc<str>,
-    pub body: Bytes,
+    /// What to send; `None` while the job waits without it (past the scheduler's body budget),
+    /// to be read from the store when its attempt starts.
+    pub body: Option<Bytes>,
     pub due_at: i64,
     /// When the delivery was created (ms), for age and end-to-end latency.
     pub created_at: i64,
@@ -70,7 +72,7 @@ impl Job {
             policy,
             source: p.source.into(),
             event_type: p.event_type.into(),
-            body: Bytes::from(p.body),
+            body: Some(Bytes::from(p.body)),
             due_at: p.next_attempt_at,
             created_at: p.created_at,
         }
@@ -281,18 +283,24 @@ struct Lane {
 
 struct Dispatcher {
     rx: mpsc::UnboundedReceiver<Msg>,
-    tx: mpsc::UnboundedSender<Msg>,
     lanes: HashMap<Arc<str>, Lane>,
     timers: BinaryHeap<Reverse<Timed>>,
     wakeups: BinaryHeap<Reverse<(i64, Arc<str>)>>,
     targets: Arc<ArcSwap<Targets>>,
-    client: deliver::Client,
     recorder: mpsc::UnboundedSender<AttemptUpdate>,
     attempts: TaskTracker,
     unfinished: Arc<AtomicI64>,
     analytics: Arc<Analytics>,
     seq: u64,
     stopping: bool,
+    /// What attempt tasks need (the client, the way back here, the tracker).
+    ctx: AttemptCtx,
+    /// Jobs held without their body, on their way to an attempt through `load_loop`; `None`
+    /// once stopping.
+    loader: Option<mpsc::UnboundedSender<(Job, Arc<AgentTarget>)>>,
+    /// Bytes of body held by queued (ready and scheduled) jobs, and the most it may be.
+    resident: usize,
+    body_budget: usize,
 }
 
 /// Everything `start` needs.
@@ -302,6 +310,10 @@ pub struct QueueConfig {
     pub analytics: Arc<Analytics>,
     /// The shared outbound client (`deliver::client`).
     pub client: deliver::Client,
+    /// Bytes of delivery body that queued jobs may hold in memory (`delivery_memory_mb`); jobs
+    /// queued past it wait without their body and read it from the store when attempted, so a
+    /// deep backlog costs memory for its ids, not its payloads.
+    pub body_budget: usize,
 }
 
 /// The running scheduler: the handle, and what shutdown waits on.
@@ -359,20 +371,30 @@ pub async fn start(
         max: cfg.max_queue_size.min(i64::MAX as u64) as i64,
     };
     let recorder = tokio::spawn(record_loop(store.clone(), rec_rx));
+    let attempts = TaskTracker::new();
+    let ctx = AttemptCtx {
+        client: cfg.client.clone(),
+        tx: tx.clone(),
+        attempts: attempts.clone(),
+    };
+    let (load_tx, load_rx) = mpsc::unbounded_channel();
+    attempts.spawn(load_loop(store.clone(), ctx.clone(), load_rx));
     let mut d = Dispatcher {
         rx,
-        tx,
         lanes: HashMap::new(),
         timers: BinaryHeap::new(),
         wakeups: BinaryHeap::new(),
         targets,
-        client: cfg.client,
         recorder: rec_tx,
-        attempts: TaskTracker::new(),
+        attempts,
         unfinished,
         analytics: cfg.analytics,
         seq: 0,
         stopping: false,
+        ctx: ctx.clone(),
+        loader: Some(load_tx),
+        resident: 0,
+        body_budget: cfg.body_budget,
     };
     d.add(reloaded);
     let dispatcher = tokio::spawn(async move { d.run(shutdown).await });
@@ -412,7 +434,9 @@ impl Dispatcher {
             }
             self.fire_due();
         }
-        // Hand back: whatever is queued stays pending in the store; in-flight attempts finish.
+        // Hand back: whatever is queued stays pending in the store; in-flight attempts finish
+        // (the loader too, once it has started the attempts it was handed).
+        self.loader = None;
         self.attempts.close();
         let drain = async {
             loop {
@@ -468,7 +492,8 @@ impl Dispatcher {
     fn add(&mut self, jobs: Vec<Job>) {
         let now = now_ms();
         let mut touched: Vec<Arc<str>> = Vec::new();
-        for job in jobs {
+        for mut job in jobs {
+            self.hold(&mut job);
             self.seq += 1;
             let lane = self.lanes.entry(job.agent_id.clone()).or_default();
             if job.due_at > now {
@@ -491,6 +516,24 @@ impl Dispatcher {
         }
         for agent in touched {
             self.pump(&agent);
+        }
+    }
+
+    /// Counts a job's body as queued, or lets go of it when the budget is spent.
+    fn hold(&mut self, job: &mut Job) {
+        if let Some(b) = &job.body {
+            if self.resident + b.len() > self.body_budget {
+                job.body = None;
+            } else {
+                self.resident += b.len();
+            }
+        }
+    }
+
+    /// A job leaves the queue (for an attempt, or dead without one).
+    fn unhold(&mut self, job: &Job) {
+        if let Some(b) = &job.body {
+            self.resident = self.resident.saturating_sub(b.len());
         }
     }
 
@@ -547,6 +590,7 @@ impl Dispatcher {
             // The agent was deleted (or lost its url): its deliveries cannot be made.
             let dead: Vec<Job> = lane.ready.drain().map(|r| r.job).collect();
             for job in dead {
+                self.unhold(&job);
                 let result = AttemptResult {
                     delivered: false,
                     started_at: now_ms(),
@@ -597,54 +641,28 @@ impl Dispatcher {
             lane.in_flight += 1;
             start.push(job);
         }
-        for job in start {
-            self.spawn_attempt(job, target.clone());
+        for job in &start {
+            self.unhold(job);
+        }
+        if !start.is_empty() {
+            self.spawn_attempts(start, target);
         }
     }
 
-    fn spawn_attempt(&self, mut job: Job, target: Arc<AgentTarget>) {
-        let client = self.client.clone();
-        let tx = self.tx.clone();
-        job.attempts += 1;
-        let span = tracing::info_span!(
-            "delivery",
-            event_id = %job.event_id,
-            delivery_id = %job.delivery_id,
-            agent = %job.agent_id,
-            attempt = job.attempts,
-        );
-        self.attempts.spawn(tracing::Instrument::instrument(
-            async move {
-                let event_id = job.event_id.to_string();
-                let result = deliver::attempt(
-                    &client,
-                    &target,
-                    AttemptRequest {
-                        event_id: &event_id,
-                        source: &job.source,
-                        event_type: &job.event_type,
-                        attempt: job.attempts,
-                        body: &job.body,
-                    },
-                )
-                .await;
-                tracing::debug!(
-                    event_id = %job.event_id,
-                    agent = %job.agent_id,
-                    attempt = job.attempts,
-                    status = ?result.status_code,
-                    delivered = result.delivered,
-                    "delivery attempt"
-                );
-                let unit: f64 = rand::random();
-                let _ = tx.send(Msg::Done {
-                    job: Box::new(job),
-                    result,
-                    unit,
-                });
-            },
-            span,
-        ));
+    /// Starts attempts for jobs popped from one lane. Jobs held without their body go to the
+    /// loader first.
+    fn spawn_attempts(&self, jobs: Vec<Job>, target: Arc<AgentTarget>) {
+        for mut job in jobs {
+            match job.body.take() {
+                Some(body) => self.ctx.spawn(job, target.clone(), Ok(body)),
+                None => match &self.loader {
+                    Some(loader) => {
+                        let _ = loader.send((job, target.clone()));
+                    }
+                    None => self.ctx.spawn(job, target.clone(), Err(STOPPING.into())),
+                },
+            }
+        }
     }
 
     /// Records an attempt's outcome and decides what comes next.
@@ -689,6 +707,8 @@ impl Dispatcher {
         });
         match next {
             Some(due) => {
+                let mut job = job;
+                self.hold(&mut job);
                 self.seq += 1;
                 let lane = self.lanes.entry(job.agent_id.clone()).or_default();
                 lane.scheduled += 1;
@@ -752,6 +772,113 @@ impl Dispatcher {
     }
 }
 
+/// Refused to a bodiless job that reaches `spawn_attempts` after the loader stopped.
+const STOPPING: &str = "the scheduler is stopping";
+
+/// Reads the bodies of jobs held without one, for everything that queued up during the last
+/// read at once (as the writer batches commits), and starts their attempts. One read at a time:
+/// a backlog of bodiless jobs costs one store round trip per batch, not one per attempt.
+async fn load_loop(
+    store: Arc<dyn Store>,
+    ctx: AttemptCtx,
+    mut rx: mpsc::UnboundedReceiver<(Job, Arc<AgentTarget>)>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        Analytics::bodies_read(batch.len());
+        let ids = batch.iter().map(|(j, _)| j.delivery_id).collect();
+        let mut found = match store.delivery_bodies(ids).await {
+            Ok(found) => Ok(found.into_iter().collect::<HashMap<Uuid, String>>()),
+            Err(e) => Err(format!(
+                "reading the delivery body from the store failed: {e}"
+            )),
+        };
+        for (job, target) in batch.drain(..) {
+            // A failure is the attempt's error, and is retried as any failed attempt is.
+            let body = match &mut found {
+                Ok(found) => found
+                    .remove(&job.delivery_id)
+                    .map(Bytes::from)
+                    .ok_or_else(|| "the delivery is no longer in the store".to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            ctx.spawn(job, target, body);
+        }
+    }
+}
+
+/// What an attempt task needs of the dispatcher.
+#[derive(Clone)]
+struct AttemptCtx {
+    client: deliver::Client,
+    tx: mpsc::UnboundedSender<Msg>,
+    attempts: TaskTracker,
+}
+
+impl AttemptCtx {
+    /// Makes one attempt (or, when its body could not be had, records that as its failure) and
+    /// reports the outcome to the dispatcher.
+    fn spawn(&self, mut job: Job, target: Arc<AgentTarget>, body: Result<Bytes, String>) {
+        let client = self.client.clone();
+        let tx = self.tx.clone();
+        job.attempts += 1;
+        let span = tracing::info_span!(
+            "delivery",
+            event_id = %job.event_id,
+            delivery_id = %job.delivery_id,
+            agent = %job.agent_id,
+            attempt = job.attempts,
+        );
+        self.attempts.spawn(tracing::Instrument::instrument(
+            async move {
+                let event_id = job.event_id.to_string();
+                let result = match &body {
+                    Ok(body) => {
+                        deliver::attempt(
+                            &client,
+                            &target,
+                            AttemptRequest {
+                                event_id: &event_id,
+                                source: &job.source,
+                                event_type: &job.event_type,
+                                attempt: job.attempts,
+                                body,
+                            },
+                        )
+                        .await
+                    }
+                    Err(error) => AttemptResult {
+                        delivered: false,
+                        started_at: now_ms(),
+                        duration_ms: 0,
+                        status_code: None,
+                        error: Some(error.clone()),
+                        response_prefix: None,
+                        retry_after: None,
+                    },
+                };
+                // A retry keeps the body if the budget has room for it then.
+                job.body = body.ok();
+                tracing::debug!(
+                    event_id = %job.event_id,
+                    agent = %job.agent_id,
+                    attempt = job.attempts,
+                    status = ?result.status_code,
+                    delivered = result.delivered,
+                    "delivery attempt"
+                );
+                let unit: f64 = rand::random();
+                let _ = tx.send(Msg::Done {
+                    job: Box::new(job),
+                    result,
+                    unit,
+                });
+            },
+            span,
+        ));
+    }
+}
+
 async fn sleep_until_ms(at: Option<i64>) {
     let Some(at) = at else {
         return std::future::pending().await;
@@ -777,7 +904,7 @@ mod tests {
             policy: Arc::new(RetryPolicy::server_default(3, 10)),
             source: "s".into(),
             event_type: "t".into(),
-            body: Bytes::new(),
+            body: Some(Bytes::new()),
             due_at: 0,
             created_at: 0,
         };

@@ -89,6 +89,7 @@ conformance!(
     stream_backlog_per_agent_and_firehose,
     rewrite_bodies_reaches_every_body,
     bodies_come_back_byte_exact_through_encryption,
+    delivery_bodies_are_read_back_alone,
     ping_and_close,
 );
 
@@ -975,6 +976,57 @@ async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
     assert_eq!(s[0].body, format!("({body})"));
     // Plain rows written before encryption still read back.
     assert_eq!(enc.get_event(e.id).await.unwrap().unwrap().body, body);
+}
+
+async fn delivery_bodies_are_read_back_alone(store: Arc<dyn Store>) {
+    // The route's transformed body when it has one, the event's own otherwise; ids no longer
+    // stored are left out.
+    let mut e = ev("github", Some("bodies"));
+    let own = delivery("a", DeliveryStatus::Pending);
+    let mut shaped = delivery("b", DeliveryStatus::Pending);
+    shaped.body = Some(Bytes::from_static(b"{\"shaped\":true}"));
+    let (own_id, shaped_id) = (own.id, shaped.id);
+    e.deliveries = vec![own, shaped];
+    store.commit_event(e.clone()).await.unwrap();
+    let mut got = store
+        .delivery_bodies(vec![shaped_id, Uuid::now_v7(), own_id])
+        .await
+        .unwrap();
+    got.sort();
+    let own_body = String::from_utf8(e.body.to_vec()).unwrap();
+    let mut want = vec![
+        (own_id, own_body),
+        (shaped_id, "{\"shaped\":true}".to_string()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(store.delivery_bodies(vec![]).await.unwrap().is_empty());
+
+    // Through the encryption layer: sealed at rest, opened on the way out.
+    let cipher = Arc::new(Cipher::new(&[9u8; 32]));
+    let enc = encrypted::EncryptedStore::open(store.clone(), cipher, true)
+        .await
+        .unwrap();
+    let mut e2 = ev("github", Some("sealed-bodies"));
+    let mut d = delivery("c", DeliveryStatus::Pending);
+    d.body = Some(Bytes::from_static(b"[1,2,3]"));
+    let plain = delivery("c", DeliveryStatus::Pending);
+    let (d_id, plain_id) = (d.id, plain.id);
+    e2.deliveries = vec![d, plain];
+    enc.commit_event(e2.clone()).await.unwrap();
+    let raw = store.delivery_bodies(vec![d_id]).await.unwrap();
+    assert!(
+        raw[0].1.starts_with(crate::crypto::PREFIX),
+        "sealed at rest"
+    );
+    let mut opened = enc.delivery_bodies(vec![d_id, plain_id]).await.unwrap();
+    opened.sort();
+    let mut want = vec![
+        (d_id, "[1,2,3]".to_string()),
+        (plain_id, String::from_utf8(e2.body.to_vec()).unwrap()),
+    ];
+    want.sort();
+    assert_eq!(opened, want);
 }
 
 async fn ping_and_close(store: Arc<dyn Store>) {

@@ -229,6 +229,15 @@ impl DeliveryStore for EncryptedStore {
             .collect()
     }
 
+    async fn delivery_bodies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, String)>> {
+        self.inner
+            .delivery_bodies(ids)
+            .await?
+            .into_iter()
+            .map(|(id, b)| Ok((id, self.open_body(b)?)))
+            .collect()
+    }
+
     async fn dead_letters(
         &self,
         agent_id: Option<String>,

@@ -274,6 +274,10 @@ pub trait DeliveryStore: Send + Sync {
     async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()>;
     /// Everything pending, in flight or scheduled, with the body to send.
     async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>>;
+    /// What each delivery sends (its route's transformed event, or the event itself), for
+    /// attempts on deliveries the scheduler holds without their body. Ids no longer stored are
+    /// left out.
+    async fn delivery_bodies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, String)>>;
     /// Dead letters, newest first.
     async fn dead_letters(
         &self,

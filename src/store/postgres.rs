@@ -1060,6 +1060,21 @@ impl DeliveryStore for PgStore {
         Ok(out)
     }
 
+    async fn delivery_bodies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, String)>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT d.id, COALESCE(d.body, e.body) FROM deliveries d
+                 JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1)",
+            )
+            .await?;
+        Ok(c.query(&stmt, &[&ids])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     async fn dead_letters(
         &self,
         agent_id: Option<String>,

@@ -895,6 +895,26 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn delivery_bodies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, String)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT COALESCE(d.body, e.body) FROM deliveries d
+                 JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(body) = stmt
+                    .query_row([id.as_bytes().as_slice()], |r| r.get(0))
+                    .optional()?
+                {
+                    out.push((id, body));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn dead_letters(
         &self,
         agent_id: Option<String>,

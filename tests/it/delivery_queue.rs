@@ -431,3 +431,102 @@ async fn a_full_queue_refuses_with_503_and_stores_nothing() {
 fn httpdate_like(v: &str) -> bool {
     v.ends_with(" GMT")
 }
+
+/// The value of a counter on `/metrics` (summed over its series).
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(c) | prometheus_parse::Value::Untyped(c) => c,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_deliveries_past_the_memory_budget_read_their_body_from_the_store() {
+    // No memory at all for queued bodies: every queued delivery reads its body back from the
+    // (encrypted) store when its attempt starts. Plain and transformed bodies, and a retry,
+    // arrive signed and exactly as they would from memory.
+    let app = TestApp::spawn_with(|c| {
+        c.delivery_memory = 0;
+        c.encrypt_payloads = true;
+    })
+    .await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    let secret = json!({ "secret": CHOSEN_SECRET });
+    admin
+        .create_agent(agent("plain", &rx.url("/plain"), secret.clone()))
+        .await;
+    admin
+        .create_agent(agent("shaped", &rx.url("/shaped"), secret))
+        .await;
+    let retry = policy(3, "fixed", 100, 100);
+    admin
+        .create_route(route("r-plain", &["plain"], retry.clone(), json!({})))
+        .await;
+    admin
+        .create_route(route(
+            "r-shaped",
+            &["shaped"],
+            retry,
+            json!({ "transformation": { "type": "jq",
+                    "expression": ".payload = {number: .payload.number}" } }),
+        ))
+        .await;
+    let read_before = metric(&app, "delivery_bodies_read_total").await;
+    // The first plain attempt fails: its retry is queued again, and read again.
+    rx.script("/plain", [Reply::Status(500)]);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(post_routed(&app, "pull_request", n).await);
+    }
+    let plain = rx.wait_for("/plain", 6, Duration::from_secs(20)).await;
+    let shaped = rx.wait_for("/shaped", 5, Duration::from_secs(20)).await;
+    let verifier = standardwebhooks::Webhook::new(CHOSEN_SECRET).unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let id = id.to_string();
+        let mine = |got: &[Received]| -> Vec<Received> {
+            got.iter()
+                .filter(|r| r.header("webhook-id") == Some(id.as_str()))
+                .cloned()
+                .collect()
+        };
+        let p = mine(&plain);
+        assert!(!p.is_empty(), "no plain delivery of event {n}");
+        for r in &p {
+            verifier.verify(&r.body, &r.headers).expect("signed");
+            let ev = r.json();
+            assert_eq!(ev["id"], id.as_str());
+            assert_eq!(ev["payload"]["number"], n, "{ev}");
+            assert_eq!(ev["payload"]["sender"]["login"], "octocat");
+        }
+        // A retry sends the same bytes as the first attempt.
+        assert!(p.windows(2).all(|w| w[0].body == w[1].body));
+        let s = mine(&shaped);
+        assert_eq!(s.len(), 1, "event {n}");
+        verifier.verify(&s[0].body, &s[0].headers).expect("signed");
+        assert_eq!(s[0].json()["payload"], json!({ "number": n }));
+        assert_eq!(s[0].json()["id"], id.as_str());
+    }
+    assert_eq!(plain.len(), 6, "one retry");
+    admin.wait_all_status(ids[0], 2, "delivered").await;
+    let read = metric(&app, "delivery_bodies_read_total").await - read_before;
+    assert!(
+        read >= 11.0,
+        "{read} bodies read back from the store, 11 expected"
+    );
+}
