@@ -72,7 +72,7 @@ impl Job {
             policy,
             source: p.source.into(),
             event_type: p.event_type.into(),
-            body: Some(Bytes::from(p.body)),
+            body: p.body.map(Bytes::from),
             due_at: p.next_attempt_at,
             created_at: p.created_at,
         }
@@ -356,7 +356,7 @@ pub async fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let (rec_tx, rec_rx) = mpsc::unbounded_channel();
     let unfinished = Arc::new(AtomicI64::new(0));
-    let pending = store.unfinished_deliveries().await?;
+    let pending = store.unfinished_deliveries(cfg.body_budget).await?;
     let reloaded: Vec<Job> = pending
         .into_iter()
         .map(|p| Job::from_pending(p, &cfg.default_policy))

@@ -162,7 +162,13 @@ async fn commit_dedupe_and_read_back(store: Arc<dyn Store>) {
         }
     );
     // The duplicate stored nothing, deliveries included.
-    assert!(store.unfinished_deliveries().await.unwrap().is_empty());
+    assert!(
+        store
+            .unfinished_deliveries(usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Same delivery id from another source is not a duplicate.
     assert_eq!(
         store.commit_event(ev("linear", Some("d1"))).await.unwrap(),
@@ -235,7 +241,10 @@ async fn concurrent_commits_all_land_and_duplicates_resolve(store: Arc<dyn Store
     assert!(stored.contains(&original));
     let n = store.list_events(all()).await.unwrap().len();
     assert_eq!(n, 101);
-    assert_eq!(store.unfinished_deliveries().await.unwrap().len(), 100);
+    assert_eq!(
+        store.unfinished_deliveries(usize::MAX).await.unwrap().len(),
+        100
+    );
     let backlog = store
         .stream_backlog(Some("s".into()), Uuid::nil(), 1000)
         .await
@@ -281,7 +290,10 @@ async fn one_bad_event_does_not_fail_its_batch(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(store.list_events(all()).await.unwrap().len(), 40);
-    assert_eq!(store.unfinished_deliveries().await.unwrap().len(), 40);
+    assert_eq!(
+        store.unfinished_deliveries(usize::MAX).await.unwrap().len(),
+        40
+    );
 }
 
 async fn list_events_filters_and_cursor(store: Arc<dyn Store>) {
@@ -409,11 +421,11 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     );
     assert!(list.iter().all(|d| d.status == DeliveryStatus::Pending));
 
-    let pending = store.unfinished_deliveries().await.unwrap();
+    let pending = store.unfinished_deliveries(usize::MAX).await.unwrap();
     assert_eq!(pending.len(), 3);
     assert!(pending.windows(2).all(|w| w[0].id < w[1].id));
     let p = pending.iter().find(|p| p.id == low.id).unwrap();
-    assert_eq!(p.body, "{\"transformed\":true}");
+    assert_eq!(p.body.as_deref(), Some("{\"transformed\":true}"));
     assert_eq!(p.retry_policy.as_deref(), Some("{\"maxAttempts\":3}"));
     assert_eq!(p.next_attempt_at, 42);
     assert_eq!(p.event_id, e.id);
@@ -424,7 +436,7 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     assert_eq!(p.created_at, e.timestamp);
     let h = pending.iter().find(|p| p.id == high.id).unwrap();
     assert_eq!(
-        h.body.as_bytes(),
+        h.body.as_deref().unwrap_or_default().as_bytes(),
         &e.body[..],
         "no transformation: the event"
     );
@@ -471,7 +483,13 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     assert_eq!(h.attempt_log[0].duration_ms, 7);
     assert_eq!(list[2].status, DeliveryStatus::Delivered);
     assert_eq!(list[1].attempt_log[0].status_code, None);
-    assert!(store.unfinished_deliveries().await.unwrap().is_empty());
+    assert!(
+        store
+            .unfinished_deliveries(usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.finished_counts().await.unwrap(), (2, 1));
 
     // Dead letters: newest first, by agent, through the cursor.
@@ -503,7 +521,7 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
         .add_deliveries(e.id, vec![again.clone()])
         .await
         .unwrap();
-    let pending = store.unfinished_deliveries().await.unwrap();
+    let pending = store.unfinished_deliveries(usize::MAX).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, again.id);
     assert_eq!(pending[0].attempts, 0);
@@ -549,7 +567,10 @@ async fn retry_and_delete_dead_letters(store: Arc<dyn Store>) {
     assert_eq!(retried.id, dead_a.id);
     assert_eq!(retried.attempts, 2);
     assert_eq!(retried.retry_base, 2);
-    assert_eq!(retried.body.as_bytes(), &a.body[..]);
+    assert_eq!(
+        retried.body.as_deref().unwrap_or_default().as_bytes(),
+        &a.body[..]
+    );
     assert!(retried.next_attempt_at > 0);
     assert!(
         store.retry_dead(dead_a.id).await.unwrap().is_none(),
@@ -558,7 +579,7 @@ async fn retry_and_delete_dead_letters(store: Arc<dyn Store>) {
     // A failed transformation has nothing to send: not retried.
     assert!(store.retry_dead(broken.id).await.unwrap().is_none());
     assert!(store.retry_dead(Uuid::now_v7()).await.unwrap().is_none());
-    let unfinished = store.unfinished_deliveries().await.unwrap();
+    let unfinished = store.unfinished_deliveries(usize::MAX).await.unwrap();
     assert_eq!(unfinished.len(), 1);
     assert_eq!(unfinished[0].retry_base, 2);
 
@@ -752,7 +773,10 @@ async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Stor
         assert!(store.event_deliveries(id).await.unwrap().is_empty());
     }
     assert!(store.get_event(busy.id).await.unwrap().is_some());
-    assert_eq!(store.unfinished_deliveries().await.unwrap().len(), 1);
+    assert_eq!(
+        store.unfinished_deliveries(usize::MAX).await.unwrap().len(),
+        1
+    );
     assert!(
         store
             .stream_backlog(Some("s".into()), Uuid::nil(), 10)
@@ -926,9 +950,13 @@ async fn rewrite_bodies_reaches_every_body(store: Arc<dyn Store>) {
     );
     let events = store.list_events(all()).await.unwrap();
     assert!(events.iter().all(|e| e.body.starts_with("X{")));
-    let pending = store.unfinished_deliveries().await.unwrap();
+    let pending = store.unfinished_deliveries(usize::MAX).await.unwrap();
     assert_eq!(pending.len(), 12);
-    assert!(pending.iter().all(|p| p.body.starts_with("X{")));
+    assert!(
+        pending
+            .iter()
+            .all(|p| p.body.as_ref().unwrap().starts_with("X{"))
+    );
     let s = store
         .stream_backlog(Some("s".into()), Uuid::nil(), 100)
         .await
@@ -966,9 +994,9 @@ async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
     let raw = store.get_event(e2.id).await.unwrap().unwrap().body;
     assert!(raw.starts_with(crate::crypto::PREFIX), "sealed at rest");
     assert_eq!(enc.get_event(e2.id).await.unwrap().unwrap().body, body);
-    let pending = enc.unfinished_deliveries().await.unwrap();
+    let pending = enc.unfinished_deliveries(usize::MAX).await.unwrap();
     let p = pending.iter().find(|p| p.event_id == e2.id).unwrap();
-    assert_eq!(p.body, format!("[{body}]"));
+    assert_eq!(p.body, Some(format!("[{body}]")));
     let s = enc
         .stream_backlog(Some("s".into()), Uuid::nil(), 10)
         .await
@@ -1001,6 +1029,24 @@ async fn delivery_bodies_are_read_back_alone(store: Arc<dyn Store>) {
     want.sort();
     assert_eq!(got, want);
     assert!(store.delivery_bodies(vec![]).await.unwrap().is_empty());
+
+    // Unfinished deliveries come with their bodies while these add up to the budget, in id
+    // order; the rest without.
+    let all = store.unfinished_deliveries(usize::MAX).await.unwrap();
+    let ours: Vec<&PendingDelivery> = all.iter().filter(|p| p.event_id == e.id).collect();
+    assert_eq!(ours.len(), 2);
+    assert!(ours.iter().all(|p| p.body.is_some()));
+    let first = all[0].body.as_ref().unwrap().len();
+    let cut = store.unfinished_deliveries(first).await.unwrap();
+    assert_eq!(
+        cut.len(),
+        all.len(),
+        "every delivery, with or without its body"
+    );
+    assert_eq!(cut[0].body, all[0].body);
+    assert!(cut[1..].iter().all(|p| p.body.is_none()));
+    let none = store.unfinished_deliveries(0).await.unwrap();
+    assert!(none.iter().all(|p| p.body.is_none()));
 
     // Through the encryption layer: sealed at rest, opened on the way out.
     let cipher = Arc::new(Cipher::new(&[9u8; 32]));
@@ -1144,8 +1190,13 @@ async fn cluster_take_over_only_after_the_lease_expired() {
     let beat = std::time::Instant::now();
     // A is alive: its deliveries are its own.
     assert!(b.take_over(100).await.unwrap().is_empty());
-    assert!(b.unfinished_deliveries().await.unwrap().is_empty());
-    assert_eq!(a.unfinished_deliveries().await.unwrap().len(), 3);
+    assert!(
+        b.unfinished_deliveries(usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(a.unfinished_deliveries(usize::MAX).await.unwrap().len(), 3);
     // A stops heartbeating; once its lease is over B takes them.
     let taken = loop {
         let t = b.take_over(2).await.unwrap();
@@ -1168,10 +1219,15 @@ async fn cluster_take_over_only_after_the_lease_expired() {
     assert!(taken[0].id < taken[1].id);
     let rest = b.take_over(100).await.unwrap();
     assert_eq!(rest.len(), 1);
-    assert_eq!(b.unfinished_deliveries().await.unwrap().len(), 3);
+    assert_eq!(b.unfinished_deliveries(usize::MAX).await.unwrap().len(), 3);
     // A comes back: nothing of it is left to A.
     a.heartbeat("{}".into()).await.unwrap();
-    assert!(a.unfinished_deliveries().await.unwrap().is_empty());
+    assert!(
+        a.unfinished_deliveries(usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(a.take_over(100).await.unwrap().is_empty(), "B is alive");
     let live: Vec<Uuid> = b.live_nodes().await.unwrap().iter().map(|n| n.id).collect();
     assert_eq!(live.len(), 2);
@@ -1201,8 +1257,8 @@ async fn cluster_each_delivery_is_claimed_by_exactly_one_node() {
     }
     assert_eq!(total, 200);
     let (ua, ub) = (
-        a.unfinished_deliveries().await.unwrap(),
-        b.unfinished_deliveries().await.unwrap(),
+        a.unfinished_deliveries(usize::MAX).await.unwrap(),
+        b.unfinished_deliveries(usize::MAX).await.unwrap(),
     );
     assert_eq!(ua.len() + ub.len(), 200);
     assert!(ua.iter().all(|p| !ub.iter().any(|q| q.id == p.id)));
@@ -1488,5 +1544,5 @@ async fn cluster_remote_events_open_sealed_bodies() {
     b.release().await.unwrap();
     let taken = a.take_over(10).await.unwrap();
     assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].body, "{\"x\":1}");
+    assert_eq!(taken[0].body.as_deref(), Some("{\"x\":1}"));
 }

@@ -116,7 +116,7 @@ impl EncryptedStore {
     }
 
     fn open_pending(&self, mut p: PendingDelivery) -> Result<PendingDelivery> {
-        p.body = self.open_body(p.body)?;
+        p.body = p.body.map(|b| self.open_body(b)).transpose()?;
         Ok(p)
     }
 
@@ -220,9 +220,9 @@ impl DeliveryStore for EncryptedStore {
         self.inner.record_attempts(updates).await
     }
 
-    async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>> {
+    async fn unfinished_deliveries(&self, body_budget: usize) -> Result<Vec<PendingDelivery>> {
         self.inner
-            .unfinished_deliveries()
+            .unfinished_deliveries(body_budget)
             .await?
             .into_iter()
             .map(|p| self.open_pending(p))

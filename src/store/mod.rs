@@ -239,8 +239,9 @@ pub struct PendingDelivery {
     pub retry_policy: Option<String>,
     pub source: String,
     pub event_type: String,
-    /// What to POST: the route's transformed event, or the event itself.
-    pub body: String,
+    /// What to POST: the route's transformed event, or the event itself. `None` from
+    /// `unfinished_deliveries` past its body budget: read it with `delivery_bodies` when needed.
+    pub body: Option<String>,
     pub created_at: i64,
 }
 
@@ -272,8 +273,11 @@ pub struct DeadFilter {
 pub trait DeliveryStore: Send + Sync {
     /// Writes attempt outcomes (one transaction for the batch).
     async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()>;
-    /// Everything pending, in flight or scheduled, with the body to send.
-    async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>>;
+    /// Everything pending, in flight or scheduled, in id order, with the body to send while the
+    /// bodies so far add up to at most `body_budget` bytes; the rest come without (the store
+    /// does not even read them out), so a restart under a deep backlog does not hold it all in
+    /// memory at once.
+    async fn unfinished_deliveries(&self, body_budget: usize) -> Result<Vec<PendingDelivery>>;
     /// What each delivery sends (its route's transformed event, or the event itself), for
     /// attempts on deliveries the scheduler holds without their body. Ids no longer stored are
     /// left out.

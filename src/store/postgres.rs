@@ -1037,19 +1037,26 @@ impl DeliveryStore for PgStore {
         Ok(())
     }
 
-    async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>> {
+    async fn unfinished_deliveries(&self, body_budget: usize) -> Result<Vec<PendingDelivery>> {
         // What this node owns, plus whatever no live node owns (released, or whose owner's
         // lease ran out): never a delivery another live node is working on.
+        let budget = body_budget.min(i64::MAX as usize) as i64;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let stmt = tx
             .prepare_cached(&format!(
-                "SELECT {PENDING_SELECT} FROM deliveries d JOIN events e ON e.id = d.event_id
+                "SELECT d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts,
+                        d.retry_base, d.next_attempt_at, d.retry_policy, e.source, e.type,
+                        CASE WHEN sum(octet_length(COALESCE(d.body, e.body)))
+                                  OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= $2
+                             THEN COALESCE(d.body, e.body) END,
+                        d.created_at
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
                  WHERE d.status IN {UNFINISHED} AND d.owner = $1 ORDER BY d.id"
             ))
             .await?;
         let mut out = tx
-            .query(&stmt, &[&self.node])
+            .query(&stmt, &[&self.node, &budget])
             .await?
             .iter()
             .map(pending_row)
@@ -1057,6 +1064,17 @@ impl DeliveryStore for PgStore {
         out.extend(cluster::claim(&tx, self.node, None).await?);
         tx.commit().await?;
         out.sort_by_key(|p| p.id);
+        // Claimed deliveries come with their bodies: the budget applies to them in id order too.
+        let mut held = 0usize;
+        for p in &mut out {
+            if let Some(b) = &p.body {
+                if held + b.len() > body_budget {
+                    p.body = None;
+                } else {
+                    held += b.len();
+                }
+            }
+        }
         Ok(out)
     }
 

@@ -878,18 +878,23 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn unfinished_deliveries(&self) -> Result<Vec<PendingDelivery>> {
-        self.read(|c| {
+    async fn unfinished_deliveries(&self, body_budget: usize) -> Result<Vec<PendingDelivery>> {
+        let budget = body_budget.min(i64::MAX as usize) as i64;
+        self.read(move |c| {
             // Without statistics the planner would rather walk every delivery in id order than
             // sort the few unfinished ones; the partial index holds exactly those.
-            c.prepare(concat!(
-                "SELECT ",
-                pending_columns!(),
-                " FROM deliveries d INDEXED BY deliveries_unfinished
+            c.prepare(
+                "SELECT d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts,
+                        d.retry_base, d.next_attempt_at, d.retry_policy, e.source, e.type,
+                        CASE WHEN sum(length(CAST(COALESCE(d.body, e.body) AS BLOB)))
+                                  OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= ?1
+                             THEN COALESCE(d.body, e.body) END,
+                        d.created_at
+                 FROM deliveries d INDEXED BY deliveries_unfinished
                      JOIN events e ON e.id = d.event_id
-                 WHERE d.status NOT IN ('delivered', 'dead') ORDER BY d.id"
-            ))?
-            .query_map([], pending_row)?
+                 WHERE d.status NOT IN ('delivered', 'dead') ORDER BY d.id",
+            )?
+            .query_map([budget], pending_row)?
             .collect()
         })
         .await
@@ -1416,7 +1421,7 @@ mod tests {
         store.record_attempts(vec![delivered(done)]).await.unwrap();
         // `INDEXED BY` makes the query fail outright if the index cannot serve it.
         let left: Vec<Uuid> = store
-            .unfinished_deliveries()
+            .unfinished_deliveries(usize::MAX)
             .await
             .unwrap()
             .into_iter()

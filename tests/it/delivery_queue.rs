@@ -530,3 +530,65 @@ async fn queued_deliveries_past_the_memory_budget_read_their_body_from_the_store
         "{read} bodies read back from the store, 11 expected"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_reloaded_past_the_memory_budget_after_a_restart_are_made_intact() {
+    // Retries waiting for their time survive a restart; with no memory for queued bodies they
+    // are reloaded without them (the store does not even read them out) and read back when
+    // they fall due.
+    let budget_zero = |c: &mut event_router::Config| c.delivery_memory = 0;
+    let app = TestApp::spawn_with(budget_zero).await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    admin
+        .create_agent(agent("a", &rx.url("/a"), json!({})))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["a"],
+            policy(3, "fixed", 1500, 1500),
+            json!({}),
+        ))
+        .await;
+    rx.script(
+        "/a",
+        [Reply::Status(500), Reply::Status(500), Reply::Status(500)],
+    );
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(post_routed(&app, "pull_request", n).await);
+    }
+    for id in &ids {
+        admin.wait_status(*id, "scheduled").await;
+    }
+    // The counter is the process's: read before the restart, so that reads made as soon as
+    // the reloaded retries fall due are counted.
+    let read_before = metric(&app, "delivery_bodies_read_total").await;
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, budget_zero).await;
+    let got = rx.wait_for("/a", 6, Duration::from_secs(20)).await;
+    for (n, id) in ids.iter().enumerate() {
+        let mine: Vec<&Received> = got
+            .iter()
+            .filter(|r| r.header("webhook-id") == Some(id.to_string().as_str()))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            2,
+            "event {n}: one failed attempt, one after the restart"
+        );
+        assert_eq!(
+            mine[0].body, mine[1].body,
+            "the same bytes after the restart"
+        );
+        let ev = mine[1].json();
+        assert_eq!(ev["id"], id.to_string());
+        assert_eq!(ev["payload"]["number"], n, "{ev}");
+    }
+    let read = metric(&app, "delivery_bodies_read_total").await - read_before;
+    assert!(
+        read >= 3.0,
+        "{read} bodies read back from the store, 3 expected"
+    );
+}
