@@ -319,13 +319,13 @@ impl Analytics {
         }
     }
 
-    /// A group commit finished.
     /// Queued deliveries whose body was read back from the store (the queue held more than
     /// `delivery_memory_mb` of bodies when they were queued).
     pub fn bodies_read(n: usize) {
         metrics::counter!("delivery_bodies_read_total").increment(n as u64);
     }
 
+    /// A group commit finished.
     pub fn commit(batch: usize, took: Duration) {
         metrics::histogram!("store_commit_seconds").record(took.as_secs_f64());
         metrics::histogram!("store_commit_batch_size").record(batch as f64);

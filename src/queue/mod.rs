@@ -131,7 +131,13 @@ enum Msg {
     },
     TargetsChanged,
     Snapshot(oneshot::Sender<QueueSnapshot>),
+    /// Jobs whose bodies the store could not give: no attempt was made; they wait and are read
+    /// again.
+    Requeue(Vec<Job>),
 }
+
+/// How long jobs wait after the store failed to give their bodies.
+const BODY_RETRY_MS: i64 = 1000;
 
 /// The handle the rest of the server holds.
 #[derive(Clone)]
@@ -486,6 +492,27 @@ impl Dispatcher {
             Msg::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
             }
+            Msg::Requeue(jobs) => {
+                let due = now_ms() + BODY_RETRY_MS;
+                let mut freed: Vec<Arc<str>> = Vec::new();
+                for job in jobs {
+                    if !freed.contains(&job.agent_id) {
+                        freed.push(job.agent_id.clone());
+                    }
+                    self.seq += 1;
+                    let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+                    lane.in_flight = lane.in_flight.saturating_sub(1);
+                    lane.scheduled += 1;
+                    self.timers.push(Reverse(Timed {
+                        due,
+                        seq: self.seq,
+                        job,
+                    }));
+                }
+                for agent in freed {
+                    self.pump(&agent);
+                }
+            }
         }
     }
 
@@ -657,9 +684,13 @@ impl Dispatcher {
                 Some(body) => self.ctx.spawn(job, target.clone(), Ok(body)),
                 None => match &self.loader {
                     Some(loader) => {
-                        let _ = loader.send((job, target.clone()));
+                        if let Err(mpsc::error::SendError((job, target))) =
+                            loader.send((job, target.clone()))
+                        {
+                            self.ctx.spawn(job, target, Err(LOADER_GONE.into()));
+                        }
                     }
-                    None => self.ctx.spawn(job, target.clone(), Err(STOPPING.into())),
+                    None => self.ctx.spawn(job, target.clone(), Err(LOADER_GONE.into())),
                 },
             }
         }
@@ -772,8 +803,9 @@ impl Dispatcher {
     }
 }
 
-/// Refused to a bodiless job that reaches `spawn_attempts` after the loader stopped.
-const STOPPING: &str = "the scheduler is stopping";
+/// The failure of a bodiless job that reaches `spawn_attempts` after the loader stopped (which
+/// only happens when stopping, when `pump` starts nothing).
+const LOADER_GONE: &str = "the delivery body loader has stopped";
 
 /// Reads the bodies of jobs held without one, for everything that queued up during the last
 /// read at once (as the writer batches commits), and starts their attempts. One read at a time:
@@ -788,20 +820,25 @@ async fn load_loop(
         Analytics::bodies_read(batch.len());
         let ids = batch.iter().map(|(j, _)| j.delivery_id).collect();
         let mut found = match store.delivery_bodies(ids).await {
-            Ok(found) => Ok(found.into_iter().collect::<HashMap<Uuid, String>>()),
-            Err(e) => Err(format!(
-                "reading the delivery body from the store failed: {e}"
-            )),
+            Ok(found) => found.into_iter().collect::<HashMap<Uuid, String>>(),
+            Err(e) => {
+                // The store failing is no failure of the deliveries: they use up no attempt,
+                // and wait to be read again.
+                tracing::warn!(error = %e, deliveries = batch.len(), "reading delivery bodies failed; trying again shortly");
+                let jobs = batch.drain(..).map(|(job, _)| job).collect();
+                let _ = ctx.tx.send(Msg::Requeue(jobs));
+                continue;
+            }
         };
         for (job, target) in batch.drain(..) {
-            // A failure is the attempt's error, and is retried as any failed attempt is.
-            let body = match &mut found {
-                Ok(found) => found
-                    .remove(&job.delivery_id)
-                    .map(Bytes::from)
-                    .ok_or_else(|| "the delivery is no longer in the store".to_string()),
-                Err(e) => Err(e.clone()),
-            };
+            // A body the store no longer has (or cannot open) fails this attempt, which is
+            // retried and dead-lettered as any failed attempt is.
+            let body = found
+                .remove(&job.delivery_id)
+                .map(Bytes::from)
+                .ok_or_else(|| {
+                    "the delivery's body is no longer in the store or does not open".to_string()
+                });
             ctx.spawn(job, target, body);
         }
     }

@@ -1073,6 +1073,19 @@ async fn delivery_bodies_are_read_back_alone(store: Arc<dyn Store>) {
     ];
     want.sort();
     assert_eq!(opened, want);
+    // A body that does not open (damaged at rest) is left out; the others in the batch still
+    // come.
+    let mut e3 = ev("github", Some("damaged"));
+    let mut bad = delivery("c", DeliveryStatus::Pending);
+    bad.body = Some(Bytes::from(format!(
+        "{}not-a-sealed-body",
+        crate::crypto::PREFIX
+    )));
+    let bad_id = bad.id;
+    e3.deliveries = vec![bad];
+    store.commit_event(e3).await.unwrap();
+    let got = enc.delivery_bodies(vec![bad_id, own_id]).await.unwrap();
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [own_id]);
 }
 
 async fn ping_and_close(store: Arc<dyn Store>) {
@@ -1287,6 +1300,18 @@ async fn cluster_release_hands_work_back_and_wakes_the_others() {
     let taken = b.take_over(100).await.unwrap();
     assert_eq!(taken.len(), 3);
     assert!(taken.iter().all(|p| p.id != e.deliveries[0].id));
+    assert!(
+        taken.iter().all(|p| p.body.is_some()),
+        "take-over brings bodies"
+    );
+
+    // Released again and claimed at a start: within the body budget, in id order.
+    assert_eq!(b.release().await.unwrap(), 3);
+    let size = e.body.len();
+    let claimed = a.unfinished_deliveries(size).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let with_body: Vec<bool> = claimed.iter().map(|p| p.body.is_some()).collect();
+    assert_eq!(with_body, [true, false, false], "one body fits the budget");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -230,12 +230,20 @@ impl DeliveryStore for EncryptedStore {
     }
 
     async fn delivery_bodies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, String)>> {
-        self.inner
+        // One body that does not open fails its own delivery's attempt, not the whole batch.
+        Ok(self
+            .inner
             .delivery_bodies(ids)
             .await?
             .into_iter()
-            .map(|(id, b)| Ok((id, self.open_body(b)?)))
-            .collect()
+            .filter_map(|(id, b)| match self.open_body(b) {
+                Ok(b) => Some((id, b)),
+                Err(e) => {
+                    tracing::error!(delivery_id = %id, error = %e, "a delivery body does not open");
+                    None
+                }
+            })
+            .collect())
     }
 
     async fn dead_letters(

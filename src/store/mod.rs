@@ -274,13 +274,12 @@ pub trait DeliveryStore: Send + Sync {
     /// Writes attempt outcomes (one transaction for the batch).
     async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()>;
     /// Everything pending, in flight or scheduled, in id order, with the body to send while the
-    /// bodies so far add up to at most `body_budget` bytes; the rest come without (the store
-    /// does not even read them out), so a restart under a deep backlog does not hold it all in
-    /// memory at once.
+    /// bodies so far add up to at most `body_budget` bytes; the rest come without theirs, so a
+    /// restart under a deep backlog does not hold it all in memory at once.
     async fn unfinished_deliveries(&self, body_budget: usize) -> Result<Vec<PendingDelivery>>;
     /// What each delivery sends (its route's transformed event, or the event itself), for
-    /// attempts on deliveries the scheduler holds without their body. Ids no longer stored are
-    /// left out.
+    /// attempts on deliveries the scheduler holds without their body. Ids no longer stored, and
+    /// bodies that cannot be opened (logged), are left out.
     async fn delivery_bodies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, String)>>;
     /// Dead letters, newest first.
     async fn dead_letters(

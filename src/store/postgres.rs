@@ -783,6 +783,20 @@ const PENDING_SELECT: &str = "d.id, d.event_id, d.agent_id, d.route_id, d.priori
      d.retry_base, d.next_attempt_at, d.retry_policy, e.source, e.type, COALESCE(d.body, e.body),
      d.created_at";
 
+/// `PENDING_SELECT` with the body only while the bodies so far (in id order) add up to at most
+/// the `int8` parameter `budget` (`$n`; NULL = no limit).
+fn pending_select_within(budget: &str) -> String {
+    format!(
+        "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
+         d.next_attempt_at, d.retry_policy, e.source, e.type,
+         CASE WHEN {budget}::int8 IS NULL
+                   OR sum(octet_length(COALESCE(d.body, e.body)))
+                          OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= {budget}::int8
+              THEN COALESCE(d.body, e.body) END,
+         d.created_at"
+    )
+}
+
 fn pending_row(r: &Row) -> Result<PendingDelivery> {
     Ok(PendingDelivery {
         id: r.get(0),
@@ -1045,14 +1059,9 @@ impl DeliveryStore for PgStore {
         let tx = c.transaction().await?;
         let stmt = tx
             .prepare_cached(&format!(
-                "SELECT d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts,
-                        d.retry_base, d.next_attempt_at, d.retry_policy, e.source, e.type,
-                        CASE WHEN sum(octet_length(COALESCE(d.body, e.body)))
-                                  OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= $2
-                             THEN COALESCE(d.body, e.body) END,
-                        d.created_at
-                 FROM deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE d.status IN {UNFINISHED} AND d.owner = $1 ORDER BY d.id"
+                "SELECT {} FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.status IN {UNFINISHED} AND d.owner = $1 ORDER BY d.id",
+                pending_select_within("$2")
             ))
             .await?;
         let mut out = tx
@@ -1061,20 +1070,16 @@ impl DeliveryStore for PgStore {
             .iter()
             .map(pending_row)
             .collect::<Result<Vec<_>>>()?;
-        out.extend(cluster::claim(&tx, self.node, None).await?);
+        // Deliveries claimed from no live node share what the node's own left of the budget.
+        let used: usize = out
+            .iter()
+            .filter_map(|p| p.body.as_ref())
+            .map(String::len)
+            .sum();
+        let left = (body_budget.saturating_sub(used)).min(i64::MAX as usize) as i64;
+        out.extend(cluster::claim(&tx, self.node, None, Some(left)).await?);
         tx.commit().await?;
         out.sort_by_key(|p| p.id);
-        // Claimed deliveries come with their bodies: the budget applies to them in id order too.
-        let mut held = 0usize;
-        for p in &mut out {
-            if let Some(b) = &p.body {
-                if held + b.len() > body_budget {
-                    p.body = None;
-                } else {
-                    held += b.len();
-                }
-            }
-        }
         Ok(out)
     }
 

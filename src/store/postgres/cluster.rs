@@ -16,7 +16,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Socket};
 use uuid::Uuid;
 
-use super::{PENDING_SELECT, PgStore, UNFINISHED, pending_row};
+use super::{PgStore, UNFINISHED, pending_row, pending_select_within};
 use crate::store::{
     ClusterStore, NodeInfo, Notice, PendingDelivery, RateDelta, RemoteEvent, Result, StoreError,
 };
@@ -93,6 +93,7 @@ pub(super) async fn claim<C: GenericClient>(
     c: &C,
     node: Uuid,
     limit: Option<i64>,
+    body_budget: Option<i64>,
 ) -> Result<Vec<PendingDelivery>> {
     let stmt = c
         .prepare_cached(&format!(
@@ -108,11 +109,12 @@ pub(super) async fn claim<C: GenericClient>(
                  UPDATE deliveries d SET owner = $1 FROM picked WHERE d.id = picked.id
                  RETURNING d.*
              )
-             SELECT {PENDING_SELECT} FROM upd d JOIN events e ON e.id = d.event_id
-             ORDER BY d.id"
+             SELECT {} FROM upd d JOIN events e ON e.id = d.event_id
+             ORDER BY d.id",
+            pending_select_within("$3")
         ))
         .await?;
-    c.query(&stmt, &[&node, &limit])
+    c.query(&stmt, &[&node, &limit, &body_budget])
         .await?
         .iter()
         .map(pending_row)
@@ -263,7 +265,7 @@ impl ClusterStore for PgStore {
     async fn take_over(&self, limit: usize) -> Result<Vec<PendingDelivery>> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let taken = claim(&tx, self.node, Some(super::limit_of(limit))).await?;
+        let taken = claim(&tx, self.node, Some(super::limit_of(limit)), None).await?;
         tx.execute(
             "DELETE FROM nodes WHERE lease_until < db_now_ms() - $1",
             &[&FORGET_NODES_AFTER_MS.max(self.lease_ms.saturating_mul(10))],
