@@ -294,12 +294,12 @@ struct Dispatcher {
     wakeups: BinaryHeap<Reverse<(i64, Arc<str>)>>,
     targets: Arc<ArcSwap<Targets>>,
     recorder: mpsc::UnboundedSender<AttemptUpdate>,
-    attempts: TaskTracker,
     unfinished: Arc<AtomicI64>,
     analytics: Arc<Analytics>,
     seq: u64,
     stopping: bool,
-    /// What attempt tasks need (the client, the way back here, the tracker).
+    /// What attempt tasks need: the client, the way back here, and the tracker that shutdown
+    /// waits on.
     ctx: AttemptCtx,
     /// Jobs held without their body, on their way to an attempt through `load_loop`; `None`
     /// once stopping.
@@ -377,14 +377,14 @@ pub async fn start(
         max: cfg.max_queue_size.min(i64::MAX as u64) as i64,
     };
     let recorder = tokio::spawn(record_loop(store.clone(), rec_rx));
-    let attempts = TaskTracker::new();
     let ctx = AttemptCtx {
-        client: cfg.client.clone(),
+        client: cfg.client,
         tx: tx.clone(),
-        attempts: attempts.clone(),
+        attempts: TaskTracker::new(),
     };
     let (load_tx, load_rx) = mpsc::unbounded_channel();
-    attempts.spawn(load_loop(store.clone(), ctx.clone(), load_rx));
+    ctx.attempts
+        .spawn(load_loop(store.clone(), ctx.clone(), load_rx));
     let mut d = Dispatcher {
         rx,
         lanes: HashMap::new(),
@@ -392,12 +392,11 @@ pub async fn start(
         wakeups: BinaryHeap::new(),
         targets,
         recorder: rec_tx,
-        attempts,
         unfinished,
         analytics: cfg.analytics,
         seq: 0,
         stopping: false,
-        ctx: ctx.clone(),
+        ctx,
         loader: Some(load_tx),
         resident: 0,
         body_budget: cfg.body_budget,
@@ -443,11 +442,11 @@ impl Dispatcher {
         // Hand back: whatever is queued stays pending in the store; in-flight attempts finish
         // (the loader too, once it has started the attempts it was handed).
         self.loader = None;
-        self.attempts.close();
+        self.ctx.attempts.close();
         let drain = async {
             loop {
                 tokio::select! {
-                    _ = self.attempts.wait() => break,
+                    _ = self.ctx.attempts.wait() => break,
                     msg = self.rx.recv() => match msg {
                         Some(Msg::Done { job, result, unit }) => self.finish(*job, result, unit),
                         Some(Msg::Snapshot(tx)) => { let _ = tx.send(self.snapshot()); }
@@ -492,23 +491,20 @@ impl Dispatcher {
             Msg::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
             }
-            Msg::Requeue(jobs) => {
+            Msg::Requeue(mut jobs) => {
+                // Out of flight, and queued again for a moment from now.
                 let due = now_ms() + BODY_RETRY_MS;
                 let mut freed: Vec<Arc<str>> = Vec::new();
-                for job in jobs {
+                for job in &mut jobs {
+                    if let Some(lane) = self.lanes.get_mut(&job.agent_id) {
+                        lane.in_flight = lane.in_flight.saturating_sub(1);
+                    }
                     if !freed.contains(&job.agent_id) {
                         freed.push(job.agent_id.clone());
                     }
-                    self.seq += 1;
-                    let lane = self.lanes.entry(job.agent_id.clone()).or_default();
-                    lane.in_flight = lane.in_flight.saturating_sub(1);
-                    lane.scheduled += 1;
-                    self.timers.push(Reverse(Timed {
-                        due,
-                        seq: self.seq,
-                        job,
-                    }));
+                    job.due_at = due;
                 }
+                self.add(jobs);
                 for agent in freed {
                     self.pump(&agent);
                 }
@@ -680,18 +676,16 @@ impl Dispatcher {
     /// loader first.
     fn spawn_attempts(&self, jobs: Vec<Job>, target: Arc<AgentTarget>) {
         for mut job in jobs {
-            match job.body.take() {
-                Some(body) => self.ctx.spawn(job, target.clone(), Ok(body)),
-                None => match &self.loader {
-                    Some(loader) => {
-                        if let Err(mpsc::error::SendError((job, target))) =
-                            loader.send((job, target.clone()))
-                        {
-                            self.ctx.spawn(job, target, Err(LOADER_GONE.into()));
-                        }
-                    }
-                    None => self.ctx.spawn(job, target.clone(), Err(LOADER_GONE.into())),
-                },
+            if let Some(body) = job.body.take() {
+                self.ctx.spawn(job, target.clone(), Ok(body));
+                continue;
+            }
+            let handed = match &self.loader {
+                Some(loader) => loader.send((job, target.clone())).map_err(|e| e.0),
+                None => Err((job, target.clone())),
+            };
+            if let Err((job, target)) = handed {
+                self.ctx.spawn(job, target, Err(LOADER_GONE.into()));
             }
         }
     }

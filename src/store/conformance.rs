@@ -138,6 +138,11 @@ pub(super) fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
     }
 }
 
+/// Every unfinished delivery, with its body.
+async fn unfinished(store: &dyn Store) -> Vec<PendingDelivery> {
+    store.unfinished_deliveries(usize::MAX).await.unwrap()
+}
+
 fn all() -> EventQuery {
     EventQuery {
         limit: 10_000,
@@ -162,13 +167,7 @@ async fn commit_dedupe_and_read_back(store: Arc<dyn Store>) {
         }
     );
     // The duplicate stored nothing, deliveries included.
-    assert!(
-        store
-            .unfinished_deliveries(usize::MAX)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(unfinished(store.as_ref()).await.is_empty());
     // Same delivery id from another source is not a duplicate.
     assert_eq!(
         store.commit_event(ev("linear", Some("d1"))).await.unwrap(),
@@ -241,10 +240,7 @@ async fn concurrent_commits_all_land_and_duplicates_resolve(store: Arc<dyn Store
     assert!(stored.contains(&original));
     let n = store.list_events(all()).await.unwrap().len();
     assert_eq!(n, 101);
-    assert_eq!(
-        store.unfinished_deliveries(usize::MAX).await.unwrap().len(),
-        100
-    );
+    assert_eq!(unfinished(store.as_ref()).await.len(), 100);
     let backlog = store
         .stream_backlog(Some("s".into()), Uuid::nil(), 1000)
         .await
@@ -290,10 +286,7 @@ async fn one_bad_event_does_not_fail_its_batch(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(store.list_events(all()).await.unwrap().len(), 40);
-    assert_eq!(
-        store.unfinished_deliveries(usize::MAX).await.unwrap().len(),
-        40
-    );
+    assert_eq!(unfinished(store.as_ref()).await.len(), 40);
 }
 
 async fn list_events_filters_and_cursor(store: Arc<dyn Store>) {
@@ -421,7 +414,7 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     );
     assert!(list.iter().all(|d| d.status == DeliveryStatus::Pending));
 
-    let pending = store.unfinished_deliveries(usize::MAX).await.unwrap();
+    let pending = unfinished(store.as_ref()).await;
     assert_eq!(pending.len(), 3);
     assert!(pending.windows(2).all(|w| w[0].id < w[1].id));
     let p = pending.iter().find(|p| p.id == low.id).unwrap();
@@ -483,13 +476,7 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     assert_eq!(h.attempt_log[0].duration_ms, 7);
     assert_eq!(list[2].status, DeliveryStatus::Delivered);
     assert_eq!(list[1].attempt_log[0].status_code, None);
-    assert!(
-        store
-            .unfinished_deliveries(usize::MAX)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(unfinished(store.as_ref()).await.is_empty());
     assert_eq!(store.finished_counts().await.unwrap(), (2, 1));
 
     // Dead letters: newest first, by agent, through the cursor.
@@ -521,7 +508,7 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
         .add_deliveries(e.id, vec![again.clone()])
         .await
         .unwrap();
-    let pending = store.unfinished_deliveries(usize::MAX).await.unwrap();
+    let pending = unfinished(store.as_ref()).await;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, again.id);
     assert_eq!(pending[0].attempts, 0);
@@ -579,7 +566,7 @@ async fn retry_and_delete_dead_letters(store: Arc<dyn Store>) {
     // A failed transformation has nothing to send: not retried.
     assert!(store.retry_dead(broken.id).await.unwrap().is_none());
     assert!(store.retry_dead(Uuid::now_v7()).await.unwrap().is_none());
-    let unfinished = store.unfinished_deliveries(usize::MAX).await.unwrap();
+    let unfinished = unfinished(store.as_ref()).await;
     assert_eq!(unfinished.len(), 1);
     assert_eq!(unfinished[0].retry_base, 2);
 
@@ -773,10 +760,7 @@ async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Stor
         assert!(store.event_deliveries(id).await.unwrap().is_empty());
     }
     assert!(store.get_event(busy.id).await.unwrap().is_some());
-    assert_eq!(
-        store.unfinished_deliveries(usize::MAX).await.unwrap().len(),
-        1
-    );
+    assert_eq!(unfinished(store.as_ref()).await.len(), 1);
     assert!(
         store
             .stream_backlog(Some("s".into()), Uuid::nil(), 10)
@@ -950,7 +934,7 @@ async fn rewrite_bodies_reaches_every_body(store: Arc<dyn Store>) {
     );
     let events = store.list_events(all()).await.unwrap();
     assert!(events.iter().all(|e| e.body.starts_with("X{")));
-    let pending = store.unfinished_deliveries(usize::MAX).await.unwrap();
+    let pending = unfinished(store.as_ref()).await;
     assert_eq!(pending.len(), 12);
     assert!(
         pending
@@ -994,7 +978,7 @@ async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
     let raw = store.get_event(e2.id).await.unwrap().unwrap().body;
     assert!(raw.starts_with(crate::crypto::PREFIX), "sealed at rest");
     assert_eq!(enc.get_event(e2.id).await.unwrap().unwrap().body, body);
-    let pending = enc.unfinished_deliveries(usize::MAX).await.unwrap();
+    let pending = unfinished(&enc).await;
     let p = pending.iter().find(|p| p.event_id == e2.id).unwrap();
     assert_eq!(p.body, Some(format!("[{body}]")));
     let s = enc
@@ -1032,7 +1016,7 @@ async fn delivery_bodies_are_read_back_alone(store: Arc<dyn Store>) {
 
     // Unfinished deliveries come with their bodies while these add up to the budget, in id
     // order; the rest without.
-    let all = store.unfinished_deliveries(usize::MAX).await.unwrap();
+    let all = unfinished(store.as_ref()).await;
     let ours: Vec<&PendingDelivery> = all.iter().filter(|p| p.event_id == e.id).collect();
     assert_eq!(ours.len(), 2);
     assert!(ours.iter().all(|p| p.body.is_some()));
@@ -1203,13 +1187,8 @@ async fn cluster_take_over_only_after_the_lease_expired() {
     let beat = std::time::Instant::now();
     // A is alive: its deliveries are its own.
     assert!(b.take_over(100).await.unwrap().is_empty());
-    assert!(
-        b.unfinished_deliveries(usize::MAX)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(a.unfinished_deliveries(usize::MAX).await.unwrap().len(), 3);
+    assert!(unfinished(b.as_ref()).await.is_empty());
+    assert_eq!(unfinished(a.as_ref()).await.len(), 3);
     // A stops heartbeating; once its lease is over B takes them.
     let taken = loop {
         let t = b.take_over(2).await.unwrap();
@@ -1232,15 +1211,10 @@ async fn cluster_take_over_only_after_the_lease_expired() {
     assert!(taken[0].id < taken[1].id);
     let rest = b.take_over(100).await.unwrap();
     assert_eq!(rest.len(), 1);
-    assert_eq!(b.unfinished_deliveries(usize::MAX).await.unwrap().len(), 3);
+    assert_eq!(unfinished(b.as_ref()).await.len(), 3);
     // A comes back: nothing of it is left to A.
     a.heartbeat("{}".into()).await.unwrap();
-    assert!(
-        a.unfinished_deliveries(usize::MAX)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(unfinished(a.as_ref()).await.is_empty());
     assert!(a.take_over(100).await.unwrap().is_empty(), "B is alive");
     let live: Vec<Uuid> = b.live_nodes().await.unwrap().iter().map(|n| n.id).collect();
     assert_eq!(live.len(), 2);
@@ -1269,10 +1243,7 @@ async fn cluster_each_delivery_is_claimed_by_exactly_one_node() {
         }
     }
     assert_eq!(total, 200);
-    let (ua, ub) = (
-        a.unfinished_deliveries(usize::MAX).await.unwrap(),
-        b.unfinished_deliveries(usize::MAX).await.unwrap(),
-    );
+    let (ua, ub) = (unfinished(a.as_ref()).await, unfinished(b.as_ref()).await);
     assert_eq!(ua.len() + ub.len(), 200);
     assert!(ua.iter().all(|p| !ub.iter().any(|q| q.id == p.id)));
 }

@@ -778,22 +778,22 @@ impl EventStore for PgStore {
     }
 }
 
-/// What a `PendingDelivery` needs, over `deliveries d JOIN events e`.
-const PENDING_SELECT: &str = "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts,
-     d.retry_base, d.next_attempt_at, d.retry_policy, e.source, e.type, COALESCE(d.body, e.body),
-     d.created_at";
-
-/// `PENDING_SELECT` with the body only while the bodies so far (in id order) add up to at most
-/// the `int8` parameter `budget` (`$n`; NULL = no limit).
-fn pending_select_within(budget: &str) -> String {
+/// What a `PendingDelivery` needs, over `deliveries d JOIN events e`. With a `budget` (an
+/// `int8` parameter such as `$2`; NULL = no limit), the body only while the bodies so far, in
+/// id order, add up to at most it.
+fn pending_select(budget: Option<&str>) -> String {
+    let body = match budget {
+        None => "COALESCE(d.body, e.body)".to_string(),
+        Some(b) => format!(
+            "CASE WHEN {b}::int8 IS NULL
+                       OR sum(octet_length(COALESCE(d.body, e.body)))
+                              OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= {b}::int8
+                  THEN COALESCE(d.body, e.body) END"
+        ),
+    };
     format!(
         "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
-         d.next_attempt_at, d.retry_policy, e.source, e.type,
-         CASE WHEN {budget}::int8 IS NULL
-                   OR sum(octet_length(COALESCE(d.body, e.body)))
-                          OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= {budget}::int8
-              THEN COALESCE(d.body, e.body) END,
-         d.created_at"
+         d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at"
     )
 }
 
@@ -891,7 +891,7 @@ async fn requeue<C: GenericClient>(
              RETURNING d.*
          )
          SELECT {} FROM upd d JOIN events e ON e.id = d.event_id ORDER BY d.id",
-        PENDING_SELECT
+        pending_select(None)
     );
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now, &node];
     params.extend_from_slice(args);
@@ -1061,7 +1061,7 @@ impl DeliveryStore for PgStore {
             .prepare_cached(&format!(
                 "SELECT {} FROM deliveries d JOIN events e ON e.id = d.event_id
                  WHERE d.status IN {UNFINISHED} AND d.owner = $1 ORDER BY d.id",
-                pending_select_within("$2")
+                pending_select(Some("$2"))
             ))
             .await?;
         let mut out = tx

@@ -679,12 +679,19 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// `pending_row`'s columns, of `deliveries d` joined to `events e`.
+/// `pending_row`'s columns, of `deliveries d` joined to `events e`; the body column's
+/// expression can be given.
 macro_rules! pending_columns {
     () => {
-        "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
-         d.next_attempt_at, d.retry_policy, e.source, e.type, COALESCE(d.body, e.body),
-         d.created_at"
+        pending_columns!("COALESCE(d.body, e.body)")
+    };
+    ($body:literal) => {
+        concat!(
+            "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
+             d.next_attempt_at, d.retry_policy, e.source, e.type, ",
+            $body,
+            ", d.created_at"
+        )
     };
 }
 const PENDING_COLUMNS: &str = concat!(
@@ -883,17 +890,18 @@ impl DeliveryStore for SqliteStore {
         self.read(move |c| {
             // Without statistics the planner would rather walk every delivery in id order than
             // sort the few unfinished ones; the partial index holds exactly those.
-            c.prepare(
-                "SELECT d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts,
-                        d.retry_base, d.next_attempt_at, d.retry_policy, e.source, e.type,
-                        CASE WHEN sum(length(CAST(COALESCE(d.body, e.body) AS BLOB)))
-                                  OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= ?1
-                             THEN COALESCE(d.body, e.body) END,
-                        d.created_at
-                 FROM deliveries d INDEXED BY deliveries_unfinished
+            // The body only while the bodies so far, in id order, add up to at most the budget.
+            c.prepare(concat!(
+                "SELECT ",
+                pending_columns!(
+                    "CASE WHEN sum(length(CAST(COALESCE(d.body, e.body) AS BLOB)))
+                               OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= ?1
+                          THEN COALESCE(d.body, e.body) END"
+                ),
+                " FROM deliveries d INDEXED BY deliveries_unfinished
                      JOIN events e ON e.id = d.event_id
-                 WHERE d.status NOT IN ('delivered', 'dead') ORDER BY d.id",
-            )?
+                 WHERE d.status NOT IN ('delivered', 'dead') ORDER BY d.id"
+            ))?
             .query_map([budget], pending_row)?
             .collect()
         })

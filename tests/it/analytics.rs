@@ -149,28 +149,8 @@ async fn analytics_figures_are_exact_and_survive_a_restart() {
     assert_eq!(q["deadLettered"], 1);
 
     // Prometheus text, parsed by a real parser; agent-labelled series are this test's own.
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-    let counter = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(c) | prometheus_parse::Value::Untyped(c) => c,
-                _ => 0.0,
-            })
-            .sum()
-    };
+    let scrape = app.metrics().await;
+    let counter = |name: &str, labels: &[(&str, &str)]| counter(&scrape, name, labels);
     assert_eq!(
         counter(
             "deliveries_total",

@@ -434,25 +434,7 @@ fn httpdate_like(v: &str) -> bool {
 
 /// The value of a counter on `/metrics` (summed over its series).
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(c) | prometheus_parse::Value::Untyped(c) => c,
-            _ => 0.0,
-        })
-        .sum()
+    counter(&app.metrics().await, name, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,8 +516,7 @@ async fn queued_deliveries_past_the_memory_budget_read_their_body_from_the_store
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_reloaded_past_the_memory_budget_after_a_restart_are_made_intact() {
     // Retries waiting for their time survive a restart; with no memory for queued bodies they
-    // are reloaded without them (the store does not even read them out) and read back when
-    // they fall due.
+    // are reloaded without them and read back from the store when they fall due.
     let budget_zero = |c: &mut event_router::Config| c.delivery_memory = 0;
     let app = TestApp::spawn_with(budget_zero).await;
     let rx = TestReceiver::start().await;

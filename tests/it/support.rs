@@ -245,6 +245,34 @@ impl TestApp {
         let v = serde::Deserialize::deserialize(&mut de).unwrap_or(Value::Null);
         (status, v)
     }
+
+    /// `GET /metrics`, parsed by a real Prometheus parser.
+    pub async fn metrics(&self) -> prometheus_parse::Scrape {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+    }
+}
+
+/// The sum of a counter's samples whose labels include `labels`.
+pub fn counter(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(c) | prometheus_parse::Value::Untyped(c) => c,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 /// The real binary as a child process (for crash and signal tests).

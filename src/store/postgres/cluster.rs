@@ -16,7 +16,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Socket};
 use uuid::Uuid;
 
-use super::{PgStore, UNFINISHED, pending_row, pending_select_within};
+use super::{PgStore, UNFINISHED, pending_row, pending_select};
 use crate::store::{
     ClusterStore, NodeInfo, Notice, PendingDelivery, RateDelta, RemoteEvent, Result, StoreError,
 };
@@ -111,7 +111,7 @@ pub(super) async fn claim<C: GenericClient>(
              )
              SELECT {} FROM upd d JOIN events e ON e.id = d.event_id
              ORDER BY d.id",
-            pending_select_within("$3")
+            pending_select(Some("$3"))
         ))
         .await?;
     c.query(&stmt, &[&node, &limit, &body_budget])
