@@ -108,6 +108,21 @@ pub struct BenchArgs {
     /// the router), then answers them all at once and times the drain of the backlog.
     #[arg(long)]
     pub backlog: bool,
+    /// How the receiver gets its events: `http` push deliveries to a receiver agent with a
+    /// `url`, or `sse`, one live Server-Sent Events stream of a stream-only agent (resumed with
+    /// `Last-Event-ID` if the router cuts it off as a slow consumer).
+    #[arg(long, value_enum, default_value_t = DeliverVia::Http, conflicts_with = "backlog")]
+    pub deliver: DeliverVia,
+}
+
+/// `--deliver`: how the events reach the tool.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliverVia {
+    /// Push deliveries (signed HTTP POSTs) to the tool's receiver agent.
+    Http,
+    /// One SSE stream (`GET /stream/sse`) of a stream-only agent.
+    Sse,
 }
 
 impl BenchArgs {
@@ -159,6 +174,8 @@ pub struct Settings {
     pub agent_concurrency: u32,
     /// `--backlog`: deliveries were held until every webhook was sent.
     pub backlog: bool,
+    /// `http` (push deliveries) or `sse` (one live stream).
+    pub deliver: DeliverVia,
 }
 
 /// One load phase (the baseline, or ingest into the router).
@@ -216,6 +233,9 @@ pub struct EndToEnd {
     pub drain_secs: f64,
     /// From send (scheduled) to arrival at the receiver.
     pub latency_ms: Latency,
+    /// `--deliver sse`: times the stream ended early (e.g. cut off as a slow consumer) and was
+    /// resumed from the last event received.
+    pub stream_reconnects: Option<u64>,
 }
 
 /// `--backlog`: how fast the router empties a queue of deliveries to one agent.
@@ -388,7 +408,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
     let epoch = Instant::now();
     let rss_before = rss_bytes();
     let receiver = Receiver::start(
-        args.receiver_listen,
+        (args.deliver == DeliverVia::Http).then_some(args.receiver_listen),
         epoch,
         events.unwrap_or(0),
         args.backlog,
@@ -500,6 +520,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
             payload_bytes_mean: mean_bytes,
             agent_concurrency: args.agent_concurrency,
             backlog: args.backlog,
+            deliver: args.deliver,
         },
         baseline,
         ingest,
@@ -601,19 +622,22 @@ async fn measure_router(
     let tag = Uuid::new_v4().simple().to_string();
     let agent_id = format!("bench-agent-{}", &tag[..12]);
     let route_id = format!("bench-route-{}", &tag[..12]);
-    admin
-        .create(
-            "/admin/agents",
-            json!({
-                "id": agent_id,
-                "name": "bench receiver",
-                "url": format!("http://{}/deliveries", receiver.addr),
-                "maxConcurrency": args.agent_concurrency,
-                "timeoutMs": if args.backlog { BACKLOG_AGENT_TIMEOUT_MS } else { 10_000 },
-                "enabled": true,
-            }),
-        )
-        .await?;
+    let mut agent = json!({
+        "id": agent_id,
+        "name": "bench receiver",
+        "maxConcurrency": args.agent_concurrency,
+        "timeoutMs": if args.backlog { BACKLOG_AGENT_TIMEOUT_MS } else { 10_000 },
+        "enabled": true,
+    });
+    if let Some(addr) = receiver.addr {
+        agent["url"] = json!(format!("http://{addr}/deliveries"));
+    }
+    // `--deliver sse`: the agent's own key opens its stream (the admin key opens only `*`).
+    let stream_key = format!("bench-stream-{}", crate::app::random_token(16));
+    if args.deliver == DeliverVia::Sse {
+        agent["apiKey"] = json!(stream_key);
+    }
+    admin.create("/admin/agents", agent).await?;
     admin
         .create(
             "/admin/routes",
@@ -627,6 +651,30 @@ async fn measure_router(
             }),
         )
         .await?;
+
+    // `--deliver sse`: the stream is open (so every event from now on reaches it live) before
+    // the first webhook is sent.
+    let reconnects = Arc::new(AtomicU64::new(0));
+    if args.deliver == DeliverVia::Sse {
+        let url = format!(
+            "{}/stream/sse?agentId={agent_id}",
+            admin.base.trim_end_matches('/')
+        );
+        let (opened, is_open) = tokio::sync::oneshot::channel();
+        tokio::spawn(subscribe_sse(
+            receiver.state.clone(),
+            url,
+            stream_key,
+            receiver.stop.clone(),
+            reconnects.clone(),
+            opened,
+        ));
+        match tokio::time::timeout(Duration::from_secs(10), is_open).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => bail!("opening the SSE stream: {e}"),
+            _ => bail!("the SSE stream did not open within 10 s"),
+        }
+    }
 
     let sampling = CancellationToken::new();
     let peak_rss = Arc::new(AtomicU64::new(rss_bytes().unwrap_or(0)));
@@ -754,6 +802,8 @@ async fn measure_router(
         delivered_during_send: during_send,
         drain_secs,
         latency_ms: latency(&e2e),
+        stream_reconnects: (args.deliver == DeliverVia::Sse)
+            .then(|| reconnects.load(Ordering::Acquire)),
     };
     let backlog = release.map(|(at, held, cpu, writer)| {
         let (cpu_after, writer_after) = drain_cpu.unwrap_or((None, None));
@@ -1258,8 +1308,10 @@ fn timed_style(label: &str) -> ProgressStyle {
 
 /// The agent: records each delivery's `webhook-id` and arrival time, answers 200. With a hold
 /// (`--backlog`), it answers nothing until released; an arrival is then the time of the answer.
+/// With `--deliver sse` it has no HTTP server (`addr` is `None`): `subscribe_sse` records into
+/// the same arrivals.
 struct Receiver {
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     state: Arc<Arrivals>,
     unique: Arc<AtomicU64>,
     duplicates: Arc<AtomicU64>,
@@ -1282,7 +1334,7 @@ const SHARDS: usize = 64;
 
 impl Receiver {
     async fn start(
-        listen: SocketAddr,
+        listen: Option<SocketAddr>,
         epoch: Instant,
         expected: u64,
         hold: bool,
@@ -1300,18 +1352,24 @@ impl Receiver {
             hold: hold.then(CancellationToken::new),
             held: AtomicU64::new(0),
         });
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("the receiver cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
-        let app = Router::new().fallback(receive).with_state(state.clone());
         let stop = CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
-        });
+        let addr = match listen {
+            Some(listen) => {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("the receiver cannot listen on {listen}"))?;
+                let addr = listener.local_addr()?;
+                let app = Router::new().fallback(receive).with_state(state.clone());
+                let token = stop.clone();
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { token.cancelled().await })
+                        .await;
+                });
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Receiver {
             addr,
             state,
@@ -1391,24 +1449,167 @@ async fn receive(
     else {
         return StatusCode::BAD_REQUEST;
     };
-    let id = id.into_bytes();
-    let fresh = match arrivals.shards[shard_of(&id)].lock() {
-        Ok(mut m) => match m.entry(id) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(at);
-                true
-            }
-            std::collections::hash_map::Entry::Occupied(_) => false,
-        },
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    if fresh {
-        arrivals.unique.fetch_add(1, Ordering::Release);
+    if arrivals.record(id.into_bytes(), at) {
+        StatusCode::OK
     } else {
-        arrivals.duplicates.fetch_add(1, Ordering::Relaxed);
+        StatusCode::INTERNAL_SERVER_ERROR
     }
-    StatusCode::OK
 }
+
+impl Arrivals {
+    /// Notes that event `id` arrived at `at` (µs since the epoch), or counts a duplicate.
+    /// `false` if the shard's lock was poisoned.
+    fn record(&self, id: [u8; 16], at: u64) -> bool {
+        let fresh = match self.shards[shard_of(&id)].lock() {
+            Ok(mut m) => match m.entry(id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(at);
+                    true
+                }
+                std::collections::hash_map::Entry::Occupied(_) => false,
+            },
+            Err(_) => return false,
+        };
+        if fresh {
+            self.unique.fetch_add(1, Ordering::Release);
+        } else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+/// `--deliver sse`: reads the agent's SSE stream until `stop`, recording each event when its
+/// frame is complete. A stream that ends (the router cut off a slow consumer, or the connection
+/// failed) is reopened with `Last-Event-ID` = the last event recorded, so the router replays
+/// what was missed from its store. `opened` gets the outcome of the first request.
+async fn subscribe_sse(
+    arrivals: Arc<Arrivals>,
+    url: String,
+    key: String,
+    stop: CancellationToken,
+    reconnects: Arc<AtomicU64>,
+    opened: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+) {
+    use futures_util::StreamExt as _;
+    let client = match reqwest::Client::builder().tcp_nodelay(true).build() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = opened.send(Err(e.into()));
+            return;
+        }
+    };
+    let mut opened = Some(opened);
+    let mut frames = SseFrames::default();
+    loop {
+        let mut request = client.get(&url).bearer_auth(&key);
+        if let Some(last) = frames.last_id {
+            request = request.header("last-event-id", last.to_string());
+        }
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = request.send() => a,
+        };
+        let response = match answer {
+            Ok(r) if r.status() == StatusCode::OK => r,
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                match opened.take() {
+                    Some(tx) => {
+                        let _ = tx.send(Err(anyhow::anyhow!("{status}: {text}")));
+                        return;
+                    }
+                    None => {
+                        tracing::warn!(%status, "bench: reopening the SSE stream failed");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => {
+                if let Some(tx) = opened.take() {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Some(tx) = opened.take() {
+            let _ = tx.send(Ok(()));
+        }
+        frames.pending.clear();
+        frames.id = None;
+        let mut body = response.bytes_stream();
+        loop {
+            let chunk = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = body.next() => c,
+            };
+            let Some(Ok(chunk)) = chunk else { break };
+            let at = arrivals.epoch.elapsed().as_micros() as u64;
+            frames.feed(&chunk, |id| {
+                arrivals.record(id.into_bytes(), at);
+            });
+        }
+        reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Splits an SSE byte stream into frames and hands over the `id` of each complete one.
+#[derive(Default)]
+struct SseFrames {
+    /// The start of a line not yet complete: at most `LINE_KEEP` bytes, enough to tell an `id:`
+    /// line or a blank one (a `data:` line is several KB, and its text is not needed).
+    pending: Vec<u8>,
+    /// The `id:` of the frame being read.
+    id: Option<Uuid>,
+    /// The id of the last complete frame: where a reopened stream resumes.
+    last_id: Option<Uuid>,
+}
+
+impl SseFrames {
+    fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(Uuid)) {
+        let mut rest = chunk;
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            if self.pending.is_empty() {
+                self.line(&rest[..end], &mut on_event);
+            } else {
+                self.keep(&rest[..end]);
+                let line = std::mem::take(&mut self.pending);
+                self.line(&line, &mut on_event);
+                self.pending = line;
+                self.pending.clear();
+            }
+            rest = &rest[end + 1..];
+        }
+        self.keep(rest);
+    }
+
+    fn keep(&mut self, part: &[u8]) {
+        let room = LINE_KEEP.saturating_sub(self.pending.len());
+        self.pending
+            .extend_from_slice(&part[..part.len().min(room)]);
+    }
+
+    fn line(&mut self, line: &[u8], on_event: &mut impl FnMut(Uuid)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            // The blank line ends a frame; one with an id is an event.
+            if let Some(id) = self.id.take() {
+                self.last_id = Some(id);
+                on_event(id);
+            }
+        } else if let Some(value) = line.strip_prefix(b"id:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            self.id = Uuid::try_parse_ascii(value).ok();
+        }
+    }
+}
+
+/// Bytes of an unfinished line `SseFrames` keeps (an `id:` line is 40).
+const LINE_KEEP: usize = 64;
 
 /// Samples the process RSS until cancelled, keeping the highest.
 async fn sample_rss(peak: Arc<AtomicU64>, stop: CancellationToken) {
@@ -1595,6 +1796,12 @@ pub fn render(r: &Report) -> String {
         e.duplicates,
         e.unacknowledged
     );
+    if let Some(n) = e.stream_reconnects {
+        let _ = writeln!(
+            out,
+            "           over one SSE stream; reopened {n} times (resumed with Last-Event-ID)"
+        );
+    }
     let _ = writeln!(out, "           end to end {}", lat(&e.latency_ms));
     if let Some(b) = &r.backlog {
         let _ = writeln!(
@@ -1644,6 +1851,34 @@ mod tests {
         }
         assert_eq!(logins.len(), 10);
         assert_ne!(pool.delivery_id(1), pool.delivery_id(2));
+    }
+
+    #[test]
+    fn sse_frames_give_each_event_id_once_its_frame_is_complete() {
+        let a = Uuid::now_v7();
+        let b = Uuid::now_v7();
+        let long = "y".repeat(300);
+        let stream = format!(
+            "id: {a}\ndata: {{\"type\":\"event\",\"v\":\"{long}\"}}\n\ndata: {{\"type\":\"heartbeat\"}}\n\nid:{b}\r\ndata: {long}\r\n\r\n"
+        );
+        // Every split point: the ids come out in order, each once, at the frame's blank line.
+        for cut in 0..stream.len() {
+            let mut frames = SseFrames::default();
+            let mut seen = Vec::new();
+            frames.feed(&stream.as_bytes()[..cut], |id| seen.push(id));
+            frames.feed(&stream.as_bytes()[cut..], |id| seen.push(id));
+            assert_eq!(seen, vec![a, b], "cut at {cut}");
+            assert_eq!(frames.last_id, Some(b));
+            assert!(frames.pending.is_empty());
+        }
+        // A frame cut off before its blank line is not an event yet.
+        let mut frames = SseFrames::default();
+        let mut seen = Vec::new();
+        frames.feed(format!("id: {a}\ndata: {{}}\n").as_bytes(), |id| {
+            seen.push(id)
+        });
+        assert!(seen.is_empty());
+        assert_eq!(frames.last_id, None);
     }
 
     #[test]

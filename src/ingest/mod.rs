@@ -233,11 +233,11 @@ async fn ingest(
     // evaluation see the same rule set.
     let compiled = app.compiled.load_full();
     // The payload tree is built only for rules that read it (conditions on `payload.…`, jq
-    // programs) and for live streams, whose subscriber filters see the whole event. A stream
-    // opened after this check still gets it: publishing materializes a deferred payload.
+    // programs) and for live streams whose filters read it (a stream's message is the stored
+    // text either way). A filter opened after this check still gets it: publishing
+    // materializes a deferred payload when a filter reads it.
     if payload_deferred
-        && (compiled.rules.reads_payload(&head.source, &head.event_type)
-            || app.hub.has_subscribers())
+        && (compiled.rules.reads_payload(&head.source, &head.event_type) || app.hub.needs_payload())
     {
         event::materialize_payload(&mut event, &bytes);
         payload_deferred = false;

@@ -161,6 +161,14 @@ impl Condition {
     pub fn path(&self) -> &FieldPath {
         &self.path
     }
+
+    /// Whether this condition looks into the event's `payload` (its path is `payload…`).
+    pub fn reads_payload(&self) -> bool {
+        self.path
+            .as_str()
+            .strip_prefix("payload")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    }
 }
 
 impl Test {

@@ -177,12 +177,7 @@ struct PayloadReaders {
 impl PayloadReaders {
     /// Counts `f` (already known to fit the source) if it reads the payload.
     fn add(&mut self, f: &CompiledFilter) {
-        let reads = f.program.is_some()
-            || f.conditions.iter().any(|c| {
-                let path = c.path().as_str();
-                path.strip_prefix("payload")
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
-            });
+        let reads = f.program.is_some() || f.conditions.iter().any(Condition::reads_payload);
         if !reads {
             return;
         }

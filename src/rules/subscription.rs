@@ -80,6 +80,17 @@ impl Subscription {
         Ok(Subscription { spec, conditions })
     }
 
+    /// Whether a condition looks into the event's `payload`: only then must a stream's events
+    /// carry the payload as a tree for this filter (its text is in the message either way).
+    pub fn reads_payload(&self) -> bool {
+        self.conditions.iter().any(Condition::reads_payload)
+    }
+
+    /// Whether every event passes (no source, type or condition), so matching needs no event.
+    pub fn passes_everything(&self) -> bool {
+        self.spec.source.is_none() && self.spec.event_type.is_none() && self.conditions.is_empty()
+    }
+
     /// Whether `event` (the section 4 object) passes.
     pub fn matches(&self, event: &Value) -> bool {
         let scope_ok = |want: &Option<String>, key: &str| {

@@ -228,8 +228,14 @@ async fn feed(
                 if clustered && item.event_id >= recent_floor {
                     replayed.insert(item.event_id);
                 }
-                let view: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
-                if !reg.subscriber.filter.load().matches(&view) {
+                // Parsed for the filter only: a filter that passes everything needs no tree.
+                let filter = reg.subscriber.filter.load();
+                let view = if filter.passes_everything() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&item.body).unwrap_or(Value::Null)
+                };
+                if !filter.matches(&view) {
                     continue;
                 }
                 let msg = Arc::new(Message::new(
@@ -398,6 +404,7 @@ async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
         .sequencer
         .subscribe(&opened.agent, opened.filter.clone());
     let subscriber = sub.0.subscriber.clone();
+    let (sequencer, agent) = (app.sequencer.clone(), opened.agent.clone());
     let (tx, mut rx) = mpsc::channel::<Out>(64);
     let (mut sink, mut stream) = socket.split();
     let feeding = tokio::spawn(feed(app.clone(), opened, sub, tx.clone()));
@@ -416,7 +423,7 @@ async fn ws_session(app: AppState, opened: Opened, socket: WebSocket) {
                     {
                         Ok(sub) => {
                             let spec = serde_json::to_value(sub.spec()).unwrap_or(Value::Null);
-                            subscriber.filter.store(Arc::new(sub));
+                            sequencer.refilter(&agent, &subscriber, sub);
                             json!({"type": "subscription_update", "data": {"filters": spec}})
                         }
                         Err(e) => {

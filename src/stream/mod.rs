@@ -7,7 +7,7 @@ pub mod handlers;
 pub mod sequencer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use arc_swap::ArcSwap;
@@ -37,7 +37,12 @@ pub struct Message {
 
 impl Message {
     pub fn new(event_id: Uuid, body: &[u8], view: Arc<Value>) -> Message {
-        let body = String::from_utf8_lossy(body);
+        // Bodies are text this server serialized: the strict check passes (and is much faster
+        // than the lossy conversion, which walks the text in chunks).
+        let body = match std::str::from_utf8(body) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(body),
+        };
         let mut text = String::with_capacity(body.len() + 24);
         text.push_str(r#"{"type":"event","data":"#);
         text.push_str(&body);
@@ -67,19 +72,20 @@ pub fn sse_frame(id: Option<&str>, data: &str) -> Bytes {
         frame.extend_from_slice(id.as_bytes());
         frame.push(b'\n');
     }
-    // SSE ends a line at CRLF, CR or LF.
-    let mut rest = data;
+    // SSE ends a line at CRLF, CR or LF. (`memchr2`: `str::find` with a set of chars tests
+    // one char at a time, and this runs over every byte of every event sent over SSE.)
+    let mut rest = data.as_bytes();
     loop {
         frame.extend_from_slice(b"data: ");
-        match rest.find(['\r', '\n']) {
+        match memchr::memchr2(b'\r', b'\n', rest) {
             Some(i) => {
-                frame.extend_from_slice(&rest.as_bytes()[..i]);
+                frame.extend_from_slice(&rest[..i]);
                 frame.push(b'\n');
-                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                let skip = if rest[i..].starts_with(b"\r\n") { 2 } else { 1 };
                 rest = &rest[i + skip..];
             }
             None => {
-                frame.extend_from_slice(rest.as_bytes());
+                frame.extend_from_slice(rest);
                 frame.extend_from_slice(b"\n\n");
                 return Bytes::from(frame);
             }
@@ -113,6 +119,9 @@ pub struct StreamStats {
 pub struct Hub {
     // A std RwLock: publishing only reads; (un)subscribing is rare and brief.
     by_agent: RwLock<HashMap<Arc<str>, Vec<Entry>>>,
+    /// Subscribers whose filter reads the payload (changed under `by_agent`'s write lock).
+    /// While there are none, an event's payload is never parsed for streams.
+    payload_readers: AtomicUsize,
     next_id: AtomicU64,
     buffer: usize,
     pub stats: StreamStats,
@@ -136,6 +145,7 @@ impl Hub {
     pub fn new(buffer: usize) -> Hub {
         Hub {
             by_agent: RwLock::new(HashMap::new()),
+            payload_readers: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             buffer: buffer.max(1),
             stats: StreamStats::default(),
@@ -149,6 +159,7 @@ impl Hub {
         filter: Subscription,
     ) -> (Registration, mpsc::Receiver<Arc<Message>>) {
         let (tx, rx) = mpsc::channel(self.buffer);
+        let reads_payload = filter.reads_payload();
         let sub = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             filter: ArcSwap::from_pointee(filter),
@@ -160,6 +171,9 @@ impl Hub {
                 sub: sub.clone(),
                 tx,
             });
+            if reads_payload {
+                self.payload_readers.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         self.stats.opened_total.fetch_add(1, Ordering::Relaxed);
@@ -177,19 +191,51 @@ impl Hub {
         if let Ok(mut map) = self.by_agent.write()
             && let Some(list) = map.get_mut(agent)
         {
-            list.retain(|e| e.sub.id != id);
+            list.retain(|e| {
+                let keep = e.sub.id != id;
+                if !keep && e.sub.filter.load().reads_payload() {
+                    self.payload_readers.fetch_sub(1, Ordering::Relaxed);
+                }
+                keep
+            });
             if list.is_empty() {
                 map.remove(agent);
             }
         }
     }
 
-    /// Whether anyone listens to `agent` (publishing is skipped entirely when not).
+    /// Replaces `sub`'s filter (a WebSocket `subscribe`), keeping the payload-reader count.
+    /// Call it through `Sequencer::refilter`, so no event is published half-way through.
+    fn refilter(&self, agent: &str, sub: &Subscriber, filter: Subscription) {
+        let Ok(map) = self.by_agent.write() else {
+            return;
+        };
+        let registered = map
+            .get(agent)
+            .is_some_and(|list| list.iter().any(|e| e.sub.id == sub.id));
+        if registered {
+            match (sub.filter.load().reads_payload(), filter.reads_payload()) {
+                (false, true) => self.payload_readers.fetch_add(1, Ordering::Relaxed),
+                (true, false) => self.payload_readers.fetch_sub(1, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+        sub.filter.store(Arc::new(filter));
+        drop(map);
+    }
+
     /// Whether any stream is open on this node.
     pub fn has_subscribers(&self) -> bool {
         self.by_agent.read().map(|m| !m.is_empty()).unwrap_or(false)
     }
 
+    /// Whether some open stream's filter reads the payload: only then do events need their
+    /// payload parsed for streams (see `publish_event`).
+    pub fn needs_payload(&self) -> bool {
+        self.payload_readers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether anyone listens to `agent` (publishing is skipped entirely when not).
     pub fn listening(&self, agent: &str) -> bool {
         self.by_agent
             .read()
@@ -247,8 +293,12 @@ pub fn publish_event(
     if !listened {
         return;
     }
-    if let Some(raw) = deferred_payload {
-        // A stream opened between ingest's check and now: subscriber filters need the payload.
+    // The message text is the stored body either way; the tree is for filters alone. Ingest
+    // parses the payload when a filter reads it; this covers one opened since (publication and
+    // subscription are serialized by the sequencer).
+    if let Some(raw) = deferred_payload
+        && hub.needs_payload()
+    {
         crate::event::materialize_payload(&mut event_view, &raw);
     }
     let event_view = Arc::new(event_view);
@@ -361,6 +411,25 @@ mod tests {
             Some(body.clone()),
             Vec::new(),
         );
+        // A stream whose filter does not read the payload gets the text, and no tree is built.
+        let (everything, mut rx_all) = hub.subscribe(FIREHOSE, Subscription::all());
+        assert!(!hub.needs_payload());
+        publish_event(
+            &hub,
+            Uuid::from_u128(3),
+            view.clone(),
+            Some(raw.clone()),
+            Some(body.clone()),
+            Vec::new(),
+        );
+        let msg = rx_all.recv().await.unwrap();
+        assert_eq!(msg.view["payload"], Value::Null);
+        assert!(
+            msg.text
+                .as_str()
+                .contains(r#""payload":{"n": 2, "s": "x"}"#)
+        );
+        drop(everything);
         // A stream opened after ingest left the payload unparsed: its filter sees the payload.
         let filter =
             Subscription::parse(r#"[{"field":"payload.n","operator":"equals","value":2}]"#)
@@ -377,5 +446,48 @@ mod tests {
         let msg = rx.recv().await.unwrap();
         assert_eq!(msg.event_id, Uuid::from_u128(2));
         assert_eq!(msg.view["payload"], serde_json::json!({"n": 2, "s": "x"}));
+    }
+
+    #[tokio::test]
+    async fn payload_readers_follow_subscriptions_filter_changes_and_removals() {
+        let hub = Arc::new(Hub::new(1));
+        let seq = sequencer::Sequencer::new(hub.clone());
+        let on_payload = || {
+            Subscription::parse(r#"[{"field":"payload.n","operator":"exists","value":true}]"#)
+                .unwrap()
+        };
+        let on_action = || {
+            Subscription::parse(r#"[{"field":"action","operator":"exists","value":true}]"#).unwrap()
+        };
+        assert!(on_payload().reads_payload() && !on_action().reads_payload());
+        assert!(
+            !Subscription::parse(r#"[{"field":"payloadish","operator":"exists","value":true}]"#)
+                .unwrap()
+                .reads_payload()
+        );
+        assert!(Subscription::all().passes_everything() && !on_action().passes_everything());
+
+        let (a, _rx_a) = hub.subscribe("bot", Subscription::all());
+        assert!(!hub.needs_payload());
+        seq.refilter("bot", &a.subscriber, on_payload());
+        assert!(hub.needs_payload());
+        seq.refilter("bot", &a.subscriber, on_payload());
+        seq.refilter("bot", &a.subscriber, on_action());
+        assert!(!hub.needs_payload(), "counted once, and no longer");
+        seq.refilter("bot", &a.subscriber, on_payload());
+        let (b, _rx_b) = hub.subscribe("other", on_payload());
+        assert_eq!(hub.payload_readers.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(hub.payload_readers.load(Ordering::Relaxed), 1);
+        // Cut off as a slow consumer (a buffer of one), then its connection ends: counted once.
+        hub.publish("other", &msg(1, serde_json::json!({"payload": {"n": 1}})));
+        hub.publish("other", &msg(2, serde_json::json!({"payload": {"n": 2}})));
+        assert!(b.subscriber.overflowed.load(Ordering::Acquire));
+        assert!(!hub.needs_payload());
+        // A late filter change on a removed subscriber counts nothing.
+        seq.refilter("other", &b.subscriber, on_action());
+        seq.refilter("other", &b.subscriber, on_payload());
+        drop(b);
+        assert_eq!(hub.payload_readers.load(Ordering::Relaxed), 0);
     }
 }

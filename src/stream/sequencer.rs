@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Hub, Message, Registration, StreamItem, publish_event};
+use super::{Hub, Message, Registration, StreamItem, Subscriber, publish_event};
 use crate::rules::Subscription;
 
 /// What a committed event publishes.
@@ -115,6 +115,14 @@ impl Sequencer {
                 p.items,
             );
         }
+    }
+
+    /// Replaces a subscriber's filter between two publications, so an event is never matched
+    /// against a view prepared for the previous filter (one without the payload, say).
+    pub fn refilter(&self, agent: &str, sub: &Subscriber, filter: Subscription) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.hub.refilter(agent, sub, filter);
+        drop(inner);
     }
 
     /// Subscribes and returns the bound between replay and live: every event with a smaller id

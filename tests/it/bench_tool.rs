@@ -121,5 +121,85 @@ async fn a_regular_run_reports_no_backlog() {
     let v = run_bench(&["-n", "20", "--concurrency", "4"], Duration::from_secs(60)).await;
     assert!(v["backlog"].is_null(), "{v}");
     assert_eq!(v["settings"]["backlog"], false, "{v}");
+    assert_eq!(v["settings"]["deliver"], "http", "{v}");
+    assert!(v["endToEnd"]["streamReconnects"].is_null(), "{v}");
     assert_eq!(v["endToEnd"]["lost"], 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_run_gets_every_event_over_one_sse_stream() {
+    let v = run_bench(
+        &[
+            "-n",
+            "300",
+            "--concurrency",
+            "8",
+            "--identifiers",
+            "50",
+            "--deliver",
+            "sse",
+            "--drain-timeout",
+            "20",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+
+    assert_eq!(v["settings"]["deliver"], "sse", "{v}");
+    assert_eq!(v["ingest"]["accepted"], 300, "{v}");
+    let e2e = &v["endToEnd"];
+    assert_eq!(e2e["delivered"], 300, "{v}");
+    assert_eq!(e2e["lost"], 0, "{v}");
+    assert_eq!(e2e["unacknowledged"], 0, "{v}");
+    assert!(e2e["latencyMs"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(e2e["streamReconnects"].is_u64(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_off_as_a_slow_consumer_resumes_and_loses_nothing() {
+    // A one-message stream buffer: any commit that publishes two events at once overflows it,
+    // and the router closes the stream. The tool reopens it with Last-Event-ID.
+    let app = crate::support::TestApp::spawn_with(|c| c.stream_buffer = 1).await;
+    let v = run_bench(
+        &[
+            "--router",
+            &app.base,
+            "--admin-key",
+            crate::support::ADMIN_KEY,
+            "--github-secret",
+            crate::support::GITHUB_SECRET,
+            "-n",
+            "600",
+            "--concurrency",
+            "32",
+            "--identifiers",
+            "50",
+            "--deliver",
+            "sse",
+            "--drain-timeout",
+            "30",
+        ],
+        Duration::from_secs(90),
+    )
+    .await;
+
+    assert_eq!(v["ingest"]["accepted"], 600, "{v}");
+    let e2e = &v["endToEnd"];
+    assert!(e2e["streamReconnects"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(e2e["delivered"], 600, "{v}");
+    assert_eq!(e2e["lost"], 0, "{v}");
+    assert_eq!(e2e["duplicates"], 0, "{v}");
+    assert_eq!(e2e["unacknowledged"], 0, "{v}");
+    // The tool removed its agent and route from the router it was pointed at.
+    let agents: serde_json::Value = app
+        .client
+        .get(format!("{}/admin/agents", app.base))
+        .bearer_auth(crate::support::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!agents.to_string().contains("bench-agent-"), "{agents}");
 }
