@@ -3,10 +3,11 @@
 
 Usage: python3 docs/perf-sqlite-replica.py [VARIANT LETTERS...]   (N=20000 by default)
 
-Same schema as src/store/sqlite.rs (read from its MIGRATIONS), WAL, synchronous=FULL, v7-ordered
-ids, ~7 KB event bodies. Each transaction holds 128 event jobs (event + delivery INSERT) and one
-outcome job for the previous 128 deliveries (attempt INSERT + delivery UPDATE), as the group
-commit does at saturation. Prints CPU and wall time per event. Python's own overhead is included,
+Same schema as src/store/sqlite.rs (every migration in its MIGRATIONS), WAL, synchronous=FULL,
+v7-ordered ids, random delivery ids (as GitHub's X-GitHub-Delivery GUIDs are), ~7 KB event
+bodies. Each transaction holds 128 event jobs (event + delivery INSERT) and one outcome job for
+the previous 128 deliveries (attempt INSERT + delivery UPDATE), as the group commit does at
+saturation. Prints CPU and wall time per event. Python's own overhead is included,
 so compare variants, not absolute numbers.
 """
 import json
@@ -22,7 +23,9 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = open(os.path.join(HERE, "..", "src", "store", "sqlite.rs")).read()
-SCHEMA = re.search(r'const MIGRATIONS: &\[&str\] = &\[r#"(.*?)"#\];', SRC, re.S).group(1)
+# Every migration, in order (the schema as a new database gets it).
+MIGRATIONS = re.search(r'const MIGRATIONS: &\[&str\] = &\[(.*?)\n\];', SRC, re.S).group(1)
+SCHEMA = "".join(re.findall(r'r#"(.*?)"#', MIGRATIONS, re.S))
 PAYLOAD = json.load(open(os.path.join(HERE, "..", "examples", "github-pull_request.json")))
 PAYLOAD["pull_request"]["body"] = "x" * 1000
 N = int(os.environ.get("N", "20000"))
@@ -72,7 +75,7 @@ def run(savepoints=True, attempts_row=True, drop_idx=(), page_size=None, record=
                 c.execute("SAVEPOINT job")
             c.execute("INSERT INTO events (id, source, type, action, delivery_id, timestamp, filtered, body)"
                       " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                      (eid, "github", "pull_request", "opened", str(i), 1764170000123 + i, 0,
+                      (eid, "github", "pull_request", "opened", str(uuid.uuid4()), 1764170000123 + i, 0,
                        BODIES[i % 64]))
             c.execute("INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,"
                       " next_attempt_at, last_error, body, retry_policy, created_at, updated_at)"
