@@ -328,13 +328,14 @@ async fn ingest(
         CommitOutcome::Duplicate { .. } => app.analytics.duplicate(&source.name),
     }
     let mut resp = match outcome {
-        CommitOutcome::Stored => axum::Json(json!({
-            "success": true,
-            "eventId": head.id,
-            "processed": processed,
-            "routed": routed,
-            "timestamp": head.timestamp,
-        }))
+        CommitOutcome::Stored => axum::Json(Accepted {
+            success: true,
+            event_id: head.id,
+            processed,
+            routed,
+            duplicate: None,
+            timestamp: head.timestamp,
+        })
         .into_response(),
         CommitOutcome::Duplicate {
             event_id,
@@ -358,15 +359,29 @@ async fn ingest(
     Ok(resp)
 }
 
+/// A 2xx answer to a webhook (API.md section 3). Typed rather than built with `json!`: that
+/// makes a map, its keys and an id string for every webhook before serializing them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    success: bool,
+    event_id: uuid::Uuid,
+    processed: bool,
+    routed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    timestamp: i64,
+}
+
 fn duplicate_response(original: Original, timestamp: i64) -> Response {
-    axum::Json(json!({
-        "success": true,
-        "eventId": original.event_id,
-        "processed": original.processed,
-        "routed": original.routed,
-        "duplicate": true,
-        "timestamp": timestamp,
-    }))
+    axum::Json(Accepted {
+        success: true,
+        event_id: original.event_id,
+        processed: original.processed,
+        routed: original.routed,
+        duplicate: Some(true),
+        timestamp,
+    })
     .into_response()
 }
 
