@@ -573,3 +573,73 @@ async fn deliveries_reloaded_past_the_memory_budget_after_a_restart_are_made_int
         "{read} bodies read back from the store, 3 expected"
     );
 }
+
+/// Runs `sql` on the store of `app` from a connection of its own (SQLite file or PostgreSQL
+/// database, whichever this run's servers use).
+async fn exec_on_store(app: &TestApp, sql: &str) {
+    match database_for(app.dir.path()) {
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(sql).await.unwrap();
+        }
+        None => {
+            let conn = rusqlite::Connection::open(app.dir.path().join("event-router.db")).unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_give_bodies_for_a_while_costs_no_attempt() {
+    // No memory for queued bodies, so a retry reads its body from the store when it falls due.
+    // The store cannot give it for a while (the column is renamed under the router, from a
+    // connection of the test's own): the retry waits and is read again, and the failed read
+    // is not an attempt. With two attempts allowed, counting it would have dead-lettered it.
+    let app = TestApp::spawn_with(|c| c.delivery_memory = 0).await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    admin
+        .create_agent(agent("a", &rx.url("/a"), json!({})))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["a"],
+            policy(2, "fixed", 1500, 1500),
+            json!({}),
+        ))
+        .await;
+    rx.script("/a", [Reply::Status(500)]);
+    let id = post_routed(&app, "pull_request", 1).await;
+    rx.wait_for("/a", 1, Duration::from_secs(10)).await;
+    exec_on_store(
+        &app,
+        "ALTER TABLE deliveries RENAME COLUMN body TO body_hidden",
+    )
+    .await;
+    // Well past the retry's time (1.5 s after the failure): nothing sent, nothing given up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rx.received("/a").len(), 1, "sent without its body");
+    let d = admin.deliveries(id).await;
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_ne!(d[0]["status"], "dead", "{d:?}");
+    assert_eq!(
+        d[0]["attempts"], 1,
+        "a failed read counted as an attempt: {d:?}"
+    );
+
+    exec_on_store(
+        &app,
+        "ALTER TABLE deliveries RENAME COLUMN body_hidden TO body",
+    )
+    .await;
+    let got = rx.wait_for("/a", 2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].header("webhook-id"), Some(id.to_string().as_str()));
+    assert_eq!(got[1].json()["payload"]["number"], 1, "{}", got[1].json());
+    let d = admin.wait_all_status(id, 1, "delivered").await;
+    assert_eq!(d[0]["attempts"], 2, "{d:?}");
+}
