@@ -90,6 +90,7 @@ conformance!(
     rewrite_bodies_reaches_every_body,
     bodies_come_back_byte_exact_through_encryption,
     delivery_bodies_are_read_back_alone,
+    a_first_attempt_success_is_logged_like_any_attempt,
     ping_and_close,
 );
 
@@ -389,6 +390,100 @@ async fn list_events_filters_and_cursor(store: Arc<dyn Store>) {
             .len(),
         12
     );
+}
+
+/// Both stores keep a first-attempt success in the delivery's row rather than as an `attempts`
+/// row (see `first_success_rows`); the attempt log reads the same either way.
+async fn a_first_attempt_success_is_logged_like_any_attempt(store: Arc<dyn Store>) {
+    let (ok, retried, failed) = first_success_rows(store.as_ref()).await;
+    let list = store.event_deliveries(ok.1).await.unwrap();
+    let find = |id| list.iter().find(|d| d.id == id).unwrap();
+    type Logged = (u32, i64, u64, Option<u16>, Option<String>);
+    let log = |id| -> Vec<Logged> {
+        find(id)
+            .attempt_log
+            .iter()
+            .map(|a| {
+                let error = a.error.clone();
+                (a.attempt, a.started_at, a.duration_ms, a.status_code, error)
+            })
+            .collect()
+    };
+    assert_eq!(find(ok.0).status, DeliveryStatus::Delivered);
+    assert_eq!(find(ok.0).attempts, 1);
+    assert_eq!(log(ok.0), vec![(1, 1000, 7, Some(200), None)]);
+    assert_eq!(
+        log(retried),
+        vec![
+            (1, 1000, 7, Some(500), Some("agent answered 500".into())),
+            (2, 2000, 7, Some(204), None)
+        ]
+    );
+    // A first attempt that failed without an answer is an ordinary row too.
+    assert_eq!(
+        log(failed),
+        vec![(1, 1000, 7, None, Some("connection refused".into()))]
+    );
+    assert_eq!(find(failed).status, DeliveryStatus::Dead);
+    let dead = store.dead_letters(None, 10, None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempt_log.len(), 1);
+}
+
+/// Commits one event with three deliveries and records: the first delivered at once, the
+/// second on its retry, the third dead after one attempt with no answer. Returns
+/// `((first, event id), second, third)`.
+pub(super) async fn first_success_rows(store: &dyn Store) -> ((Uuid, Uuid), Uuid, Uuid) {
+    let mut e = ev("github", None);
+    let (ok, retried, failed) = (
+        delivery("a", DeliveryStatus::Pending),
+        delivery("b", DeliveryStatus::Pending),
+        delivery("c", DeliveryStatus::Pending),
+    );
+    e.deliveries = vec![ok.clone(), retried.clone(), failed.clone()];
+    store.commit_event(e.clone()).await.unwrap();
+    let update = |id, attempt, status, code: Option<u16>, error: Option<&str>| AttemptUpdate {
+        delivery_id: id,
+        attempt,
+        started_at: 1_000 * attempt as i64,
+        duration_ms: 7,
+        status_code: code,
+        error: error.map(str::to_string),
+        response_prefix: None,
+        status,
+        next_attempt_at: None,
+    };
+    store
+        .record_attempts(vec![
+            update(ok.id, 1, DeliveryStatus::Delivered, Some(200), None),
+            update(
+                retried.id,
+                1,
+                DeliveryStatus::Scheduled,
+                Some(500),
+                Some("agent answered 500"),
+            ),
+            update(
+                failed.id,
+                1,
+                DeliveryStatus::Dead,
+                None,
+                Some("connection refused"),
+            ),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_attempts(vec![update(
+            retried.id,
+            2,
+            DeliveryStatus::Delivered,
+            Some(204),
+            None,
+        )])
+        .await
+        .unwrap();
+    ((ok.id, e.id), retried.id, failed.id)
 }
 
 async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
@@ -1541,4 +1636,41 @@ async fn cluster_remote_events_open_sealed_bodies() {
     let taken = a.take_over(10).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].body.as_deref(), Some("{\"x\":1}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_a_first_attempt_success_out_of_the_attempts_table() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let store = cluster.node(30_000).await;
+    let ((ok, _), retried, failed) = first_success_rows(store.as_ref()).await;
+    let (client, conn) = tokio_postgres::connect(&cluster.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows: Vec<(Uuid, i64)> = client
+        .query(
+            "SELECT delivery_id, attempt::int8 FROM attempts ORDER BY delivery_id, attempt",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut want = vec![(retried, 1), (retried, 2), (failed, 1)];
+    want.sort();
+    assert_eq!(rows, want, "no row for {ok}");
+    let first: (Option<i64>, Option<i64>, Option<i32>) = client
+        .query_one(
+            "SELECT first_started_at, first_duration_ms, first_status_code
+             FROM deliveries WHERE id = $1",
+            &[&ok],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(first, (Some(1000), Some(7), Some(200)));
+    store.close().await;
 }

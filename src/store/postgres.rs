@@ -42,7 +42,10 @@ use super::{
 };
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("postgres/migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres/migrations/0001_init.sql"),
+    include_str!("postgres/migrations/0002_first_attempt.sql"),
+];
 
 /// The advisory lock key under which nodes starting together migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6576_656e_7472_7472; // "eventrtr"
@@ -816,7 +819,8 @@ fn pending_row(r: &Row) -> Result<PendingDelivery> {
 }
 
 const DELIVERY_COLUMNS: &str = "id, event_id, agent_id, route_id, priority, status, attempts,
-     next_attempt_at, last_error FROM deliveries";
+     next_attempt_at, last_error, first_started_at, first_duration_ms, first_status_code
+     FROM deliveries";
 
 fn delivery_row(r: &Row) -> Result<DeliveryRecord> {
     let status: String = r.get(5);
@@ -830,7 +834,20 @@ fn delivery_row(r: &Row) -> Result<DeliveryRecord> {
         attempts: u32_of(r.get(6), "attempts")?,
         next_attempt_at: r.get(7),
         last_error: r.get(8),
-        attempt_log: Vec::new(),
+        // A first-attempt success is kept in the row (see `record_attempts`); every other
+        // attempt is an `attempts` row, added by `fill_attempts`.
+        attempt_log: match r.get::<_, Option<i64>>(9) {
+            Some(started_at) => vec![AttemptRecord {
+                attempt: 1,
+                started_at,
+                duration_ms: r.get::<_, Option<i64>>(10).unwrap_or(0).max(0) as u64,
+                status_code: r
+                    .get::<_, Option<i32>>(11)
+                    .and_then(|c| u16::try_from(c).ok()),
+                error: None,
+            }],
+            None => Vec::new(),
+        },
     })
 }
 
@@ -861,7 +878,9 @@ async fn fill_attempts<C: GenericClient>(c: &C, list: &mut [DeliveryRecord]) -> 
             });
     }
     for d in list {
-        d.attempt_log = by_delivery.remove(&d.id).unwrap_or_default();
+        if let Some(mut logged) = by_delivery.remove(&d.id) {
+            d.attempt_log.append(&mut logged);
+        }
     }
     Ok(())
 }
@@ -993,7 +1012,14 @@ impl DeliveryStore for PgStore {
         let mut a_code = Vec::new();
         let mut a_err = Vec::new();
         let mut a_resp = Vec::new();
+        // A first attempt that succeeded is kept in its delivery's row (most deliveries): no
+        // `attempts` row to insert and index. `delivery_row` puts it back in the attempt log.
+        let mut first_success: HashMap<Uuid, &AttemptUpdate> = HashMap::new();
         for ((id, no), u) in &attempts {
+            if *no == 1 && u.status == DeliveryStatus::Delivered && u.error.is_none() {
+                first_success.insert(*id, u);
+                continue;
+            }
             a_id.push(*id);
             a_no.push(i64::from(*no));
             a_start.push(u.started_at);
@@ -1007,46 +1033,65 @@ impl DeliveryStore for PgStore {
         let mut d_attempt = Vec::new();
         let mut d_next = Vec::new();
         let mut d_err = Vec::new();
+        let mut f_start = Vec::new();
+        let mut f_dur = Vec::new();
+        let mut f_code = Vec::new();
         for (id, (u, top)) in &last {
             d_id.push(*id);
             d_status.push(u.status.as_str());
             d_attempt.push(i64::from(*top));
             d_next.push(u.next_attempt_at);
             d_err.push(u.error.as_deref());
+            let first = first_success.get(id);
+            f_start.push(first.map(|f| f.started_at));
+            f_dur.push(first.map(|f| i64::try_from(f.duration_ms).unwrap_or(i64::MAX)));
+            f_code.push(first.and_then(|f| f.status_code).map(i32::from));
         }
         let now = crate::ingest::now_ms();
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let ins = tx
-            .prepare_cached(
-                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
-                                       error, response_body)
-                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[],
-                                      $5::int4[], $6::text[], $7::text[])
-                 ON CONFLICT (delivery_id, attempt) DO UPDATE SET
-                     started_at = excluded.started_at, duration_ms = excluded.duration_ms,
-                     status_code = excluded.status_code, error = excluded.error,
-                     response_body = excluded.response_body",
+        if !a_id.is_empty() {
+            let ins = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
+                                           status_code, error, response_body)
+                     SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[],
+                                          $5::int4[], $6::text[], $7::text[])
+                     ON CONFLICT (delivery_id, attempt) DO UPDATE SET
+                         started_at = excluded.started_at, duration_ms = excluded.duration_ms,
+                         status_code = excluded.status_code, error = excluded.error,
+                         response_body = excluded.response_body",
+                )
+                .await?;
+            tx.execute(
+                &ins,
+                &[&a_id, &a_no, &a_start, &a_dur, &a_code, &a_err, &a_resp],
             )
             .await?;
-        tx.execute(
-            &ins,
-            &[&a_id, &a_no, &a_start, &a_dur, &a_code, &a_err, &a_resp],
-        )
-        .await?;
+        }
         let upd = tx
             .prepare_cached(
                 "UPDATE deliveries d SET status = u.status,
                         attempts = GREATEST(d.attempts, u.attempt),
                         next_attempt_at = u.next_attempt_at, last_error = u.error,
+                        first_started_at = COALESCE(u.first_started_at, d.first_started_at),
+                        first_duration_ms = COALESCE(u.first_duration_ms, d.first_duration_ms),
+                        first_status_code = COALESCE(u.first_status_code, d.first_status_code),
                         updated_at = $6
-                 FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[])
-                      AS u(id, status, attempt, next_attempt_at, error)
+                 FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
+                             $7::int8[], $8::int8[], $9::int4[])
+                      AS u(id, status, attempt, next_attempt_at, error,
+                           first_started_at, first_duration_ms, first_status_code)
                  WHERE d.id = u.id",
             )
             .await?;
-        tx.execute(&upd, &[&d_id, &d_status, &d_attempt, &d_next, &d_err, &now])
-            .await?;
+        tx.execute(
+            &upd,
+            &[
+                &d_id, &d_status, &d_attempt, &d_next, &d_err, &now, &f_start, &f_dur, &f_code,
+            ],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
