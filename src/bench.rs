@@ -669,10 +669,17 @@ async fn measure_router(
             reconnects.clone(),
             opened,
         ));
-        match tokio::time::timeout(Duration::from_secs(10), is_open).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => bail!("opening the SSE stream: {e}"),
-            _ => bail!("the SSE stream did not open within 10 s"),
+        let failed = match tokio::time::timeout(Duration::from_secs(10), is_open).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(format!("opening the SSE stream: {e}")),
+            _ => Some("the SSE stream did not open within 10 s".to_string()),
+        };
+        if let Some(failed) = failed {
+            if args.router.is_some() {
+                admin.delete(&format!("/admin/routes/{route_id}")).await;
+                admin.delete(&format!("/admin/agents/{agent_id}")).await;
+            }
+            bail!(failed);
         }
     }
 
@@ -1554,6 +1561,12 @@ async fn subscribe_sse(
             });
         }
         reconnects.fetch_add(1, Ordering::Relaxed);
+        // The router ended the stream (a slow consumer is cut off): reopen it, but not in a
+        // tight loop should it keep ending it at once.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
     }
 }
 

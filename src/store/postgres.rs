@@ -1074,9 +1074,12 @@ impl DeliveryStore for PgStore {
                 "UPDATE deliveries d SET status = u.status,
                         attempts = GREATEST(d.attempts, u.attempt),
                         next_attempt_at = u.next_attempt_at, last_error = u.error,
-                        first_started_at = COALESCE(u.first_started_at, d.first_started_at),
-                        first_duration_ms = COALESCE(u.first_duration_ms, d.first_duration_ms),
-                        first_status_code = COALESCE(u.first_status_code, d.first_status_code),
+                        first_started_at = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_started_at ELSE u.first_started_at END,
+                        first_duration_ms = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_duration_ms ELSE u.first_duration_ms END,
+                        first_status_code = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_status_code ELSE u.first_status_code END,
                         updated_at = $6
                  FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
                              $7::int8[], $8::int8[], $9::int4[])

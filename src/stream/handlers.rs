@@ -229,7 +229,7 @@ async fn feed(
                     replayed.insert(item.event_id);
                 }
                 // Parsed for the filter only: a filter that passes everything needs no tree.
-                let filter = reg.subscriber.filter.load();
+                let filter = reg.subscriber.filter();
                 let view = if filter.passes_everything() {
                     Value::Null
                 } else {

@@ -96,9 +96,17 @@ pub fn sse_frame(id: Option<&str>, data: &str) -> Bytes {
 /// A subscriber's state shared with its connection.
 pub struct Subscriber {
     id: u64,
-    pub filter: ArcSwap<Subscription>,
+    /// Changed only by `Hub::refilter`, which keeps the hub's payload-reader count.
+    filter: ArcSwap<Subscription>,
     /// Set when the buffer overflowed and the hub let go of this subscriber.
     pub overflowed: AtomicBool,
+}
+
+impl Subscriber {
+    /// The current filter.
+    pub fn filter(&self) -> arc_swap::Guard<Arc<Subscription>> {
+        self.filter.load()
+    }
 }
 
 /// The hub's side of a subscriber: the only sender, so removing it ends the stream.
@@ -207,9 +215,9 @@ impl Hub {
     /// Replaces `sub`'s filter (a WebSocket `subscribe`), keeping the payload-reader count.
     /// Call it through `Sequencer::refilter`, so no event is published half-way through.
     fn refilter(&self, agent: &str, sub: &Subscriber, filter: Subscription) {
-        let Ok(map) = self.by_agent.write() else {
-            return;
-        };
+        // A poisoned lock still holds a consistent map (every change to it is a single
+        // push, retain or remove), and the client is told the new filter applies.
+        let map = self.by_agent.write().unwrap_or_else(|p| p.into_inner());
         let registered = map
             .get(agent)
             .is_some_and(|list| list.iter().any(|e| e.sub.id == sub.id));
