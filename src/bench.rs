@@ -676,8 +676,7 @@ async fn measure_router(
         };
         if let Some(failed) = failed {
             if args.router.is_some() {
-                admin.delete(&format!("/admin/routes/{route_id}")).await;
-                admin.delete(&format!("/admin/agents/{agent_id}")).await;
+                admin.remove_bench(&route_id, &agent_id).await;
             }
             bail!(failed);
         }
@@ -840,9 +839,7 @@ async fn measure_router(
         + (receiver.capacity() + acked.capacity()) * (entry + 1)) as u64;
 
     if args.router.is_some() {
-        // Leave an external router as we found it (its archive keeps the events).
-        admin.delete(&format!("/admin/routes/{route_id}")).await;
-        admin.delete(&format!("/admin/agents/{agent_id}")).await;
+        admin.remove_bench(&route_id, &agent_id).await;
     }
     let peak = Some(peak_rss.load(Ordering::Acquire)).filter(|&p| p > 0);
     Ok(Measured {
@@ -877,6 +874,12 @@ impl Admin {
             bail!("POST {path} answered {status}: {text}");
         }
         Ok(())
+    }
+
+    /// Leaves an external router as the run found it (its archive keeps the events).
+    async fn remove_bench(&self, route_id: &str, agent_id: &str) {
+        self.delete(&format!("/admin/routes/{route_id}")).await;
+        self.delete(&format!("/admin/agents/{agent_id}")).await;
     }
 
     async fn delete(&self, path: &str) {
@@ -1518,30 +1521,30 @@ async fn subscribe_sse(
             a = request.send() => a,
         };
         let response = match answer {
-            Ok(r) if r.status() == StatusCode::OK => r,
+            Ok(r) if r.status() == StatusCode::OK => Ok(r),
             Ok(r) => {
                 let status = r.status();
                 let text = r.text().await.unwrap_or_default();
-                match opened.take() {
-                    Some(tx) => {
-                        let _ = tx.send(Err(anyhow::anyhow!("{status}: {text}")));
-                        return;
-                    }
-                    None => {
-                        tracing::warn!(%status, "bench: reopening the SSE stream failed");
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+                Err(anyhow::anyhow!("{status}: {text}"))
             }
-            Err(e) => {
-                if let Some(tx) = opened.take() {
-                    let _ = tx.send(Err(e.into()));
+            Err(e) => Err(e.into()),
+        };
+        let response = match response {
+            Ok(r) => r,
+            // The first request's failure ends the run; a reopening is tried again.
+            Err(e) => match opened.take() {
+                Some(tx) => {
+                    let _ = tx.send(Err(e));
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+                None => {
+                    tracing::warn!(error = %e, "bench: reopening the SSE stream failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
         };
         if let Some(tx) = opened.take() {
             let _ = tx.send(Ok(()));

@@ -188,6 +188,27 @@ pub struct AttemptRecord {
     pub error: Option<String>,
 }
 
+impl AttemptRecord {
+    /// The attempt log a delivery row's `first_*` columns hold: the first-attempt success, if
+    /// it was one (see `AttemptUpdate::is_first_success`); `attempts` rows follow it.
+    pub fn first_success_log(
+        started_at: Option<i64>,
+        duration_ms: Option<i64>,
+        status_code: Option<u16>,
+    ) -> Vec<AttemptRecord> {
+        match started_at {
+            Some(started_at) => vec![AttemptRecord {
+                attempt: 1,
+                started_at,
+                duration_ms: duration_ms.unwrap_or(0).max(0) as u64,
+                status_code,
+                error: None,
+            }],
+            None => Vec::new(),
+        }
+    }
+}
+
 /// A delivery as the admin API shows it (API.md section 7).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -258,6 +279,15 @@ pub struct AttemptUpdate {
     /// `Delivered`, `Scheduled` (with `next_attempt_at`) or `Dead`.
     pub status: DeliveryStatus,
     pub next_attempt_at: Option<i64>,
+}
+
+impl AttemptUpdate {
+    /// A first attempt that succeeded (most deliveries): both stores keep it in the delivery's
+    /// row (`first_started_at`, `first_duration_ms`, `first_status_code`) rather than as an
+    /// `attempts` row.
+    pub fn is_first_success(&self) -> bool {
+        self.attempt == 1 && self.status == DeliveryStatus::Delivered && self.error.is_none()
+    }
 }
 
 /// Which dead letters a bulk retry takes.

@@ -836,18 +836,12 @@ fn delivery_row(r: &Row) -> Result<DeliveryRecord> {
         last_error: r.get(8),
         // A first-attempt success is kept in the row (see `record_attempts`); every other
         // attempt is an `attempts` row, added by `fill_attempts`.
-        attempt_log: match r.get::<_, Option<i64>>(9) {
-            Some(started_at) => vec![AttemptRecord {
-                attempt: 1,
-                started_at,
-                duration_ms: r.get::<_, Option<i64>>(10).unwrap_or(0).max(0) as u64,
-                status_code: r
-                    .get::<_, Option<i32>>(11)
-                    .and_then(|c| u16::try_from(c).ok()),
-                error: None,
-            }],
-            None => Vec::new(),
-        },
+        attempt_log: AttemptRecord::first_success_log(
+            r.get(9),
+            r.get(10),
+            r.get::<_, Option<i32>>(11)
+                .and_then(|c| u16::try_from(c).ok()),
+        ),
     })
 }
 
@@ -1012,12 +1006,10 @@ impl DeliveryStore for PgStore {
         let mut a_code = Vec::new();
         let mut a_err = Vec::new();
         let mut a_resp = Vec::new();
-        // A first attempt that succeeded is kept in its delivery's row (most deliveries): no
-        // `attempts` row to insert and index. `delivery_row` puts it back in the attempt log.
-        let mut first_success: HashMap<Uuid, &AttemptUpdate> = HashMap::new();
         for ((id, no), u) in &attempts {
-            if *no == 1 && u.status == DeliveryStatus::Delivered && u.error.is_none() {
-                first_success.insert(*id, u);
+            // A first attempt that succeeded is kept in its delivery's row (most deliveries):
+            // no `attempts` row to insert and index. `delivery_row` puts it back in the log.
+            if u.is_first_success() {
                 continue;
             }
             a_id.push(*id);
@@ -1042,7 +1034,7 @@ impl DeliveryStore for PgStore {
             d_attempt.push(i64::from(*top));
             d_next.push(u.next_attempt_at);
             d_err.push(u.error.as_deref());
-            let first = first_success.get(id);
+            let first = attempts.get(&(*id, 1)).filter(|f| f.is_first_success());
             f_start.push(first.map(|f| f.started_at));
             f_dur.push(first.map(|f| i64::try_from(f.duration_ms).unwrap_or(i64::MAX)));
             f_code.push(first.and_then(|f| f.status_code).map(i32::from));

@@ -729,16 +729,7 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
         attempts: r.get(6)?,
         next_attempt_at: r.get(7)?,
         last_error: r.get(8)?,
-        attempt_log: match r.get::<_, Option<i64>>(9)? {
-            Some(started_at) => vec![AttemptRecord {
-                attempt: 1,
-                started_at,
-                duration_ms: r.get::<_, Option<i64>>(10)?.unwrap_or(0).max(0) as u64,
-                status_code: r.get(11)?,
-                error: None,
-            }],
-            None => Vec::new(),
-        },
+        attempt_log: AttemptRecord::first_success_log(r.get(9)?, r.get(10)?, r.get(11)?),
     })
 }
 
@@ -852,7 +843,7 @@ impl DeliveryStore for SqliteStore {
             let now = crate::ingest::now_ms();
             for u in &updates {
                 let id = u.delivery_id.as_bytes().as_slice();
-                if u.attempt == 1 && u.status == DeliveryStatus::Delivered && u.error.is_none() {
+                if u.is_first_success() {
                     first_success.execute(params![
                         id,
                         now,

@@ -205,15 +205,7 @@ async fn a_stream_cut_off_as_a_slow_consumer_resumes_and_loses_nothing() {
     assert_eq!(e2e["duplicates"], 0, "{v}");
     assert_eq!(e2e["unacknowledged"], 0, "{v}");
     // The tool removed its agent and route from the router it was pointed at.
-    let agents: serde_json::Value = app
-        .client
-        .get(format!("{}/admin/agents", app.base))
-        .bearer_auth(crate::support::ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, agents) = app.admin_get("/admin/agents").await;
+    assert_eq!(status, 200, "{agents}");
     assert!(!agents.to_string().contains("bench-agent-"), "{agents}");
 }

@@ -72,6 +72,13 @@ impl Admin {
         v
     }
 
+    /// Agent `agent_id` at `url` and route `route_id` to it alone with `retry`, both plain.
+    pub async fn agent_with_route(&self, agent_id: &str, url: &str, route_id: &str, retry: Value) {
+        self.create_agent(agent(agent_id, url, json!({}))).await;
+        self.create_route(route(route_id, &[agent_id], retry, json!({})))
+            .await;
+    }
+
     /// `POST /admin/routes`, asserting 201; the stored route.
     pub async fn create_route(&self, route: Value) -> Value {
         let (status, v) = self.post("/admin/routes", route.clone()).await;

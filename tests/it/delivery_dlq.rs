@@ -348,10 +348,7 @@ async fn bulk_retry_narrows_by_source_and_since() {
     let admin = Admin::of(&app);
     rx.set_default("/a", Reply::Status(500));
     admin
-        .create_agent(agent("a", &rx.url("/a"), json!({})))
-        .await;
-    admin
-        .create_route(route("r", &["a"], policy(1, "fixed", 100, 100), json!({})))
+        .agent_with_route("a", &rx.url("/a"), "r", policy(1, "fixed", 100, 100))
         .await;
     let github = post_routed(&app, "push", 0).await;
     let internal = crate::signed::Webhook::bearer(

@@ -522,15 +522,7 @@ async fn deliveries_reloaded_past_the_memory_budget_after_a_restart_are_made_int
     let rx = TestReceiver::start().await;
     let admin = Admin::of(&app);
     admin
-        .create_agent(agent("a", &rx.url("/a"), json!({})))
-        .await;
-    admin
-        .create_route(route(
-            "r",
-            &["a"],
-            policy(3, "fixed", 1500, 1500),
-            json!({}),
-        ))
+        .agent_with_route("a", &rx.url("/a"), "r", policy(3, "fixed", 1500, 1500))
         .await;
     rx.script(
         "/a",
@@ -603,15 +595,7 @@ async fn a_store_that_cannot_give_bodies_for_a_while_costs_no_attempt() {
     let rx = TestReceiver::start().await;
     let admin = Admin::of(&app);
     admin
-        .create_agent(agent("a", &rx.url("/a"), json!({})))
-        .await;
-    admin
-        .create_route(route(
-            "r",
-            &["a"],
-            policy(2, "fixed", 1500, 1500),
-            json!({}),
-        ))
+        .agent_with_route("a", &rx.url("/a"), "r", policy(2, "fixed", 1500, 1500))
         .await;
     rx.script("/a", [Reply::Status(500)]);
     let id = post_routed(&app, "pull_request", 1).await;
