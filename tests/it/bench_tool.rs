@@ -202,7 +202,12 @@ async fn a_stream_cut_off_as_a_slow_consumer_resumes_and_loses_nothing() {
     assert_eq!(e2e["streamReconnects"].as_u64(), Some(overflows), "{v}");
     assert_eq!(e2e["delivered"], 600, "{v}");
     assert_eq!(e2e["lost"], 0, "{v}");
-    assert_eq!(e2e["duplicates"], 0, "{v}");
+    // One node on SQLite resumes exactly where the stream ended. On PostgreSQL (the whole suite
+    // with EVENT_ROUTER_TEST_DATABASE_URL) a stream's replay runs past now to cover other
+    // nodes' late commits, so a resume may repeat events: at-least-once, as streaming.md says.
+    if crate::support::backend() == "sqlite" {
+        assert_eq!(e2e["duplicates"], 0, "{v}");
+    }
     assert_eq!(e2e["unacknowledged"], 0, "{v}");
     // The tool removed its agent and route from the router it was pointed at.
     let (status, agents) = app.admin_get("/admin/agents").await;
