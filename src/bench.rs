@@ -23,6 +23,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -1058,14 +1059,14 @@ async fn drive(
     track: bool,
     progress: Option<&str>,
 ) -> anyhow::Result<Load> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+    // hyper's pooled client, as the router's deliveries use, rather than reqwest: reqwest parsed
+    // the URL again, ran its redirect and retry layers and cloned its default headers on every
+    // request, 15-20 % of the tool's CPU, which the router shares on one machine.
+    let client = crate::deliver::pooled(None, plan.concurrency).map_err(anyhow::Error::msg)?;
+    let uris = urls
+        .iter()
+        .map(|u| u.as_str().parse::<http::Uri>())
+        .collect::<Result<Vec<_>, _>>()?;
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -1114,7 +1115,7 @@ async fn drive(
     for w in 0..plan.concurrency {
         let hists = hists.clone();
         let client = client.clone();
-        let urls = urls.to_vec();
+        let uris = uris.clone();
         let pool = pool.clone();
         let next = next.clone();
         let done = done.clone();
@@ -1153,8 +1154,7 @@ async fn drive(
                     }
                 };
                 let p = &pool.items[(i % pool.items.len() as u64) as usize];
-                let sent = client
-                    .post(urls[(i % urls.len() as u64) as usize].clone())
+                let request = http::Request::post(uris[(i % uris.len() as u64) as usize].clone())
                     .header(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),
@@ -1162,41 +1162,36 @@ async fn drive(
                     .header(X_GITHUB_EVENT.clone(), p.event.clone())
                     .header(X_GITHUB_DELIVERY.clone(), pool.delivery_id(i))
                     .header(X_HUB_SIGNATURE_256.clone(), p.signature.clone())
-                    .body(p.body.clone())
-                    .send()
-                    .await;
+                    .body(Full::new(p.body.clone()));
                 log.sent += 1;
-                match sent {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        match resp.bytes().await {
-                            Ok(answer) if status.is_success() => {
-                                let took = t0.elapsed().as_micros() as u64;
-                                if track {
-                                    match serde_json::from_slice::<Ack>(&answer) {
-                                        Ok(ack) => {
-                                            log.accepted += 1;
-                                            record(&hists[w % HIST_SHARDS], took);
-                                            if ack.duplicate {
-                                                log.duplicates += 1;
-                                            } else {
-                                                let at = t0.duration_since(epoch).as_micros();
-                                                log.acks
-                                                    .push((ack.event_id.into_bytes(), at as u64));
-                                            }
-                                        }
-                                        Err(_) => count(&mut log.errors, "bad_answer"),
-                                    }
-                                } else {
+                let answered = match request {
+                    Ok(request) => exchange(&client, request).await,
+                    Err(_) => Err("request"),
+                };
+                match answered {
+                    Ok((status, answer)) if status.is_success() => {
+                        let took = t0.elapsed().as_micros() as u64;
+                        if track {
+                            match serde_json::from_slice::<Ack>(&answer) {
+                                Ok(ack) => {
                                     log.accepted += 1;
                                     record(&hists[w % HIST_SHARDS], took);
+                                    if ack.duplicate {
+                                        log.duplicates += 1;
+                                    } else {
+                                        let at = t0.duration_since(epoch).as_micros();
+                                        log.acks.push((ack.event_id.into_bytes(), at as u64));
+                                    }
                                 }
+                                Err(_) => count(&mut log.errors, "bad_answer"),
                             }
-                            Ok(_) => count(&mut log.errors, &format!("http_{}", status.as_u16())),
-                            Err(_) => count(&mut log.errors, "body"),
+                        } else {
+                            log.accepted += 1;
+                            record(&hists[w % HIST_SHARDS], took);
                         }
                     }
-                    Err(e) => count(&mut log.errors, error_kind(&e)),
+                    Ok((status, _)) => count(&mut log.errors, &format!("http_{}", status.as_u16())),
+                    Err(kind) => count(&mut log.errors, kind),
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -1264,14 +1259,31 @@ fn count(errors: &mut BTreeMap<String, u64>, kind: &str) {
     }
 }
 
-fn error_kind(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "request"
-    }
+/// How long one webhook may take, connection included, before it counts as a `timeout`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends one request and reads the whole answer; an error is its kind in the report.
+async fn exchange(
+    client: &crate::deliver::Pooled,
+    request: http::Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), &'static str> {
+    let answered = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| if e.is_connect() { "connect" } else { "request" })?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| "body")?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, answered)
+        .await
+        .unwrap_or(Err("timeout"))
 }
 
 /// Histogram shards the workers share (worker `w` uses shard `w % HIST_SHARDS`).

@@ -80,12 +80,22 @@ pub struct AttemptResult {
 /// port), HTTP/1.1, or HTTP/2 where an `https://` agent offers it. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    http: PooledClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Pooled,
 }
+
+/// The pooled HTTP(S) client type behind [`Client`], also the load tool's.
+pub type Pooled = PooledClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the outbound client. `extra_ca` holds PEM CA certificates trusted for `https://`
 /// agents besides the built-in (webpki) roots.
 pub fn client(extra_ca: Option<&[u8]>) -> Result<Client, String> {
+    Ok(Client {
+        http: pooled(extra_ca, 256)?,
+    })
+}
+
+/// A pooled client keeping up to `max_idle` idle keep-alive connections per host.
+pub fn pooled(extra_ca: Option<&[u8]>, max_idle: usize) -> Result<Pooled, String> {
     let mut roots =
         rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca {
@@ -113,12 +123,11 @@ pub fn client(extra_ca: Option<&[u8]>) -> Result<Client, String> {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(tcp);
-    let http = PooledClient::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(256)
+    Ok(PooledClient::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
-        .build(connector);
-    Ok(Client { http })
+        .build(connector))
 }
 
 /// Where an agent's requests go, from its parsed `url`, and the `authorization` its userinfo

@@ -214,3 +214,38 @@ async fn a_stream_cut_off_as_a_slow_consumer_resumes_and_loses_nothing() {
     assert_eq!(status, 200, "{agents}");
     assert!(!agents.to_string().contains("bench-agent-"), "{agents}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_webhooks_are_counted_by_kind_and_nothing_is_lost() {
+    // The router checks signatures with its own secret; the tool signs with another.
+    let app = crate::support::TestApp::spawn().await;
+    let v = run_bench(
+        &[
+            "--router",
+            &app.base,
+            "--admin-key",
+            crate::support::ADMIN_KEY,
+            "--github-secret",
+            "not-the-routers-secret",
+            "-n",
+            "40",
+            "--concurrency",
+            "4",
+            "--identifiers",
+            "5",
+            "--drain-timeout",
+            "5",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let ingest = &v["ingest"];
+    assert_eq!(ingest["sent"], 40, "{v}");
+    assert_eq!(ingest["accepted"], 0, "{v}");
+    assert_eq!(ingest["errors"], serde_json::json!({"http_401": 40}), "{v}");
+    let e2e = &v["endToEnd"];
+    assert_eq!(e2e["delivered"], 0, "{v}");
+    assert_eq!(e2e["lost"], 0, "{v}");
+    assert_eq!(e2e["unacknowledged"], 0, "{v}");
+}
