@@ -25,6 +25,25 @@ async fn run_bench(args: &[&str], limit: Duration) -> serde_json::Value {
     serde_json::to_value(&report).unwrap()
 }
 
+/// `run_bench` against the router at `base`, the tool signing with `secret`.
+async fn run_bench_against(
+    base: &str,
+    secret: &str,
+    args: &[&str],
+    limit: Duration,
+) -> serde_json::Value {
+    let mut argv = vec![
+        "--router",
+        base,
+        "--admin-key",
+        crate::support::ADMIN_KEY,
+        "--github-secret",
+        secret,
+    ];
+    argv.extend_from_slice(args);
+    run_bench(&argv, limit).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_run_loses_nothing_and_reports_every_figure() {
     let v = run_bench(
@@ -168,14 +187,10 @@ async fn a_stream_cut_off_as_a_slow_consumer_resumes_and_loses_nothing() {
     // first overflow it (with 32 senders, practically certain), and the router closes the
     // stream. The tool reopens it with Last-Event-ID, once per overflow, and misses nothing.
     let app = crate::support::TestApp::spawn_with(|c| c.stream_buffer = 1).await;
-    let v = run_bench(
+    let v = run_bench_against(
+        &app.base,
+        crate::support::GITHUB_SECRET,
         &[
-            "--router",
-            &app.base,
-            "--admin-key",
-            crate::support::ADMIN_KEY,
-            "--github-secret",
-            crate::support::GITHUB_SECRET,
             "-n",
             "600",
             "--concurrency",
@@ -219,14 +234,10 @@ async fn a_stream_cut_off_as_a_slow_consumer_resumes_and_loses_nothing() {
 async fn refused_webhooks_are_counted_by_kind_and_nothing_is_lost() {
     // The router checks signatures with its own secret; the tool signs with another.
     let app = crate::support::TestApp::spawn().await;
-    let v = run_bench(
+    let v = run_bench_against(
+        &app.base,
+        "not-the-routers-secret",
         &[
-            "--router",
-            &app.base,
-            "--admin-key",
-            crate::support::ADMIN_KEY,
-            "--github-secret",
-            "not-the-routers-secret",
             "-n",
             "40",
             "--concurrency",
