@@ -1,5 +1,6 @@
 //! The ingest hot path minus the commit: verify + decode + normalize + serialize, per provider,
-//! on realistic payloads (the GitHub one is the 5 KB pull_request example).
+//! on realistic payloads (the GitHub one is the 5 KB pull_request example), and the compression
+//! of the stored event.
 
 use std::hint::black_box;
 
@@ -8,6 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use event_router::config::{Config, Secret};
 use event_router::event::serialize_event;
 use event_router::ingest::{self, Prepared, Source, now_ms, verify};
+use event_router::store::packed::Packed;
 
 fn source(name: &str, secret: &str) -> Source {
     let mut cfg = Config::default().sources[name].clone();
@@ -48,6 +50,31 @@ fn run(c: &mut Criterion, name: &str, src: &Source, h: &HeaderMap, body: &[u8]) 
     g.finish();
 }
 
+/// Compressing the stored event for the SQLite store (done on the request's task).
+fn pack(c: &mut Criterion, src: &Source, h: &HeaderMap, body: &[u8]) {
+    let Ok(Prepared::Event {
+        event, raw_json, ..
+    }) = ingest::prepare(
+        src,
+        h,
+        body,
+        "127.0.0.1",
+        now_ms(),
+        &|_| false,
+        &mut event_router::event::new_event_id,
+    )
+    else {
+        panic!("bench request refused")
+    };
+    let stored = bytes::Bytes::from(serialize_event(&event, raw_json.then_some(body)));
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Bytes(stored.len() as u64));
+    g.bench_function("pack_github_pull_request_5k", |b| {
+        b.iter(|| black_box(Packed::new(black_box(&stored))))
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let gh_body = include_bytes!("../examples/github-pull_request.json");
     let gh = source("github", "bench-secret");
@@ -65,6 +92,7 @@ fn bench(c: &mut Criterion) {
         ),
     ]);
     run(c, "github_pull_request_5k", &gh, &h, gh_body);
+    pack(c, &gh, &h, gh_body);
 
     let mut lin: serde_json::Value =
         serde_json::from_slice(include_bytes!("../examples/linear-issue.json")).unwrap();

@@ -5,6 +5,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod encrypted;
+pub mod packed;
 pub mod postgres;
 pub mod sqlite;
 
