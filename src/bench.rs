@@ -1171,23 +1171,25 @@ async fn drive(
                 match answered {
                     Ok((status, answer)) if status.is_success() => {
                         let took = t0.elapsed().as_micros() as u64;
-                        if track {
-                            match serde_json::from_slice::<Ack>(&answer) {
-                                Ok(ack) => {
-                                    log.accepted += 1;
-                                    record(&hists[w % HIST_SHARDS], took);
-                                    if ack.duplicate {
-                                        log.duplicates += 1;
-                                    } else {
+                        // Untracked (the baseline), any 2xx counts; tracked, it must be an ack.
+                        let ack = match track {
+                            true => serde_json::from_slice::<Ack>(&answer).map(Some),
+                            false => Ok(None),
+                        };
+                        match ack {
+                            Ok(ack) => {
+                                log.accepted += 1;
+                                record(&hists[w % HIST_SHARDS], took);
+                                match ack {
+                                    Some(ack) if ack.duplicate => log.duplicates += 1,
+                                    Some(ack) => {
                                         let at = t0.duration_since(epoch).as_micros();
                                         log.acks.push((ack.event_id.into_bytes(), at as u64));
                                     }
+                                    None => {}
                                 }
-                                Err(_) => count(&mut log.errors, "bad_answer"),
                             }
-                        } else {
-                            log.accepted += 1;
-                            record(&hists[w % HIST_SHARDS], took);
+                            Err(_) => count(&mut log.errors, "bad_answer"),
                         }
                     }
                     Ok((status, _)) => count(&mut log.errors, &format!("http_{}", status.as_u16())),
