@@ -1440,6 +1440,13 @@ mod tests {
         }
     }
 
+    /// A store in a fresh temp dir (kept alive by the returned guard).
+    fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
+        (dir, store)
+    }
+
     /// SQLite evaluates an `IN` list of three or more constants with a temporary b-tree, built
     /// afresh each time: a partial index with such a predicate made every write of a
     /// delivery's status open (and fault in) one or two of them.
@@ -1489,7 +1496,7 @@ mod tests {
             })
         };
         // Incompressible, so every body is written at its full size.
-        let pad = noise(4000);
+        let pad = crate::store::packed::incompressible(4000);
         futures_util::stream::iter(0..12_000)
             .map(|_| {
                 let store = store.clone();
@@ -1511,8 +1518,7 @@ mod tests {
 
     #[tokio::test]
     async fn unfinished_deliveries_are_read_through_their_partial_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
+        let (_dir, store) = temp_store();
         let mut e = ev("github", Some("d1"));
         let (pending, done) = (Uuid::now_v7(), Uuid::now_v7());
         e.deliveries = vec![delivery(pending), delivery(done)];
@@ -1579,8 +1585,7 @@ mod tests {
     async fn a_body_is_stored_as_given_and_checked_when_read() {
         // The writer binds bodies without checking their UTF-8 (they are serialized JSON); a
         // body that was not would come back as an error, never as text.
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
+        let (_dir, store) = temp_store();
         let good = ev("s", Some("good"));
         let text = good.body.clone();
         let mut bad = ev("s", Some("bad"));
@@ -1598,17 +1603,11 @@ mod tests {
         store.close().await;
     }
 
-    /// `len` letters of a xorshift stream: text that does not compress.
-    fn noise(len: usize) -> String {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (b'a' + (x % 26) as u8) as char
-            })
-            .collect()
+    /// An event with a GitHub-like body of about 6 KB.
+    fn big_event(delivery: &str) -> NewEvent {
+        let mut e = ev("github", Some(delivery));
+        e.body = webhook_body(e.id);
+        e
     }
 
     /// A GitHub-like body of about 6 KB: JSON with repeated keys and URLs, as webhooks are.
@@ -1630,10 +1629,8 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_are_kept_compressed_and_read_back_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
-        let mut e = ev("github", Some("big"));
-        e.body = webhook_body(e.id);
+        let (_dir, store) = temp_store();
+        let mut e = big_event("big");
         let transformed = webhook_body(Uuid::now_v7());
         let (plain, changed) = (Uuid::now_v7(), Uuid::now_v7());
         e.deliveries = vec![
@@ -1691,10 +1688,8 @@ mod tests {
 
     #[tokio::test]
     async fn text_bodies_from_before_compression_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
-        let mut e = ev("github", Some("old"));
-        e.body = webhook_body(e.id);
+        let (_dir, store) = temp_store();
+        let mut e = big_event("old");
         let d = Uuid::now_v7();
         e.deliveries = vec![delivery(d)];
         let (id, body) = (e.id, e.body.clone());
@@ -1718,12 +1713,10 @@ mod tests {
     async fn the_body_budget_counts_bodies_at_their_full_length() {
         // Packed, the three bodies take a fraction of what they take in memory; the budget is
         // about memory, so it must count them whole.
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
+        let (_dir, store) = temp_store();
         let mut len = 0;
         for i in 0..3 {
-            let mut e = ev("github", Some(&format!("d{i}")));
-            e.body = webhook_body(e.id);
+            let mut e = big_event(&format!("d{i}"));
             len = e.body.len();
             e.deliveries = vec![delivery(Uuid::now_v7())];
             store.commit_event(e).await.unwrap();
@@ -1743,8 +1736,7 @@ mod tests {
     async fn first_attempt_success_is_kept_in_the_delivery_row() {
         // The attempt logs are checked on both stores by the conformance suite; here, where
         // they come from.
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
+        let (_dir, store) = temp_store();
         let ((ok, _), retried, failed) =
             crate::store::conformance::first_success_rows(&store).await;
         let (rows, first) = store
