@@ -851,6 +851,8 @@ fn check_database_url(s: &str) -> Result<String, String> {
         }
         Ok(s.to_string())
     } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        // Its options (sslmode, sslrootcert, port…) are checked now, not at the first connect.
+        crate::store::postgres::tls::connect_options(s)?;
         Ok(s.to_string())
     } else {
         Err("expected sqlite://PATH or postgres://…".into())

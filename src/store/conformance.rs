@@ -1568,7 +1568,7 @@ async fn cluster_listener_reconnects_and_asks_for_a_reload() {
     let b = c.node(60_000).await;
     let mut rx = a.listen().await.unwrap().expect("a cluster listens");
     // The server ends the LISTEN connection (a restart, a network cut, an admin).
-    let (admin, conn) = tokio_postgres::connect(&c.url, tokio_postgres::NoTls)
+    let (admin, conn) = crate::store::postgres::testing::connect(&c.url)
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -1645,7 +1645,7 @@ async fn postgres_keeps_a_first_attempt_success_out_of_the_attempts_table() {
     };
     let store = cluster.node(30_000).await;
     let ((ok, _), retried, failed) = first_success_rows(store.as_ref()).await;
-    let (client, conn) = tokio_postgres::connect(&cluster.url, tokio_postgres::NoTls)
+    let (client, conn) = crate::store::postgres::testing::connect(&cluster.url)
         .await
         .unwrap();
     tokio::spawn(conn);

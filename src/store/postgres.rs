@@ -16,6 +16,7 @@
 mod cluster;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +30,8 @@ use deadpool_postgres::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
 use super::{
@@ -91,6 +92,7 @@ pub struct PgStore {
     pool: Pool,
     /// For the LISTEN connection, which is not pooled.
     pg_config: tokio_postgres::Config,
+    tls: tls::Tls,
     node: Uuid,
     lease_ms: i64,
     jobs: Mutex<Option<mpsc::Sender<CommitJob>>>,
@@ -131,26 +133,39 @@ pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
     text
 }
 
-/// The URL with its password replaced, for messages and logs.
+/// The connection string with its password replaced, for messages and logs: the password of
+/// a URL's user info or query, or of the key=value form.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+        return tls::redact_key_value(url);
     };
     let rest = &url[scheme_end + 3..];
     let upto = rest.find('?').unwrap_or(rest.len());
-    let Some(at) = rest[..upto].rfind('@') else {
-        return url.to_string();
+    let (head, query) = rest.split_at(upto);
+    let head = match head.rfind('@') {
+        Some(at) => match head[..at].find(':') {
+            Some(colon) => format!("{}:***{}", &head[..colon], &head[at..]),
+            None => head.to_string(),
+        },
+        None => head.to_string(),
     };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
+    let query = query
+        .split_inclusive('&')
+        .map(|part| {
+            match part
+                .strip_prefix("password=")
+                .or(part.strip_prefix("?password="))
+            {
+                Some(value) => {
+                    let lead = &part[..part.len() - value.len()];
+                    let amp = if value.ends_with('&') { "&" } else { "" };
+                    format!("{lead}***{amp}")
+                }
+                None => part.to_string(),
+            }
+        })
+        .collect::<String>();
+    format!("{}{head}{query}", &url[..scheme_end + 3])
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -176,8 +191,7 @@ impl PgStore {
     /// group-commit writer.
     pub async fn open(url: &str, opts: PgOptions) -> Result<PgStore> {
         let safe = redact_url(url);
-        let mut pg_config: tokio_postgres::Config = url
-            .parse()
+        let (mut pg_config, tls) = tls::connect_options(url)
             .map_err(|e| StoreError::Database(format!("invalid database URL {safe}: {e}")))?;
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("event-router");
@@ -192,7 +206,7 @@ impl PgStore {
         pg_config.keepalives_retries(3);
         let manager = Manager::from_config(
             pg_config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -238,6 +252,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             pg_config,
+            tls,
             node,
             lease_ms,
             jobs: Mutex::new(Some(tx)),

@@ -114,6 +114,34 @@ scheme = "carrier-pigeon"
 }
 
 #[tokio::test]
+async fn check_config_refuses_bad_database_tls_options_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let cases = [
+        ("sslmode=verify".to_string(), "invalid sslmode"),
+        (
+            format!("sslmode=verify-full&sslrootcert={}", missing.display()),
+            "cannot read sslrootcert",
+        ),
+    ];
+    for (query, message) in cases {
+        let path = write(
+            dir.path(),
+            "db.toml",
+            &format!("database_url = \"postgres://u:s3cret@db.internal/er?{query}\"\n"),
+        );
+        let out = run(&["check-config", &path], &[]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+        assert!(
+            stderr.contains(&format!("{path}:1:")) && stderr.contains(message),
+            "{query}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}
+
+#[tokio::test]
 async fn serve_with_an_invalid_config_exits_with_the_location() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(

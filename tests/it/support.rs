@@ -83,7 +83,7 @@ pub fn postgres_dump(url: &str) -> Vec<u8> {
             .build()
             .unwrap()
             .block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                let (client, conn) = event_router::store::postgres::testing::connect(&url)
                     .await
                     .unwrap();
                 tokio::spawn(conn);

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use futures_util::future::poll_fn;
 use tokio::sync::mpsc;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Socket};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Connection, Notification, Socket};
 use uuid::Uuid;
 
 use super::{PgStore, UNFINISHED, pending_row, pending_select};
@@ -121,14 +121,15 @@ pub(super) async fn claim<C: GenericClient>(
         .collect()
 }
 
-type PgConnection = Connection<Socket, NoTlsStream>;
+type PgConnection = Connection<Socket, <super::tls::Tls as MakeTlsConnect<Socket>>::Stream>;
 
 /// Opens the LISTEN connection. Notifications that arrive while LISTEN is being confirmed are
 /// returned with it rather than lost.
 async fn connect_listener(
     config: &tokio_postgres::Config,
+    tls: &super::tls::Tls,
 ) -> Result<(Client, PgConnection, Vec<Notification>)> {
-    let (client, mut conn) = config.connect(NoTls).await?;
+    let (client, mut conn) = config.connect(tls.clone()).await?;
     let mut early = Vec::new();
     {
         let sql = format!("LISTEN {CHANNEL}");
@@ -154,6 +155,7 @@ async fn connect_listener(
 /// sent meanwhile are lost.
 async fn listen_loop(
     config: tokio_postgres::Config,
+    tls: super::tls::Tls,
     me: Uuid,
     first: (Client, PgConnection, Vec<Notification>),
     tx: mpsc::Sender<Notice>,
@@ -169,7 +171,7 @@ async fn listen_loop(
                         () = tokio::time::sleep(backoff) => {}
                         () = tx.closed() => return,
                     }
-                    match connect_listener(&config).await {
+                    match connect_listener(&config, &tls).await {
                         Ok(c) => break c,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot reconnect the LISTEN connection");
@@ -309,9 +311,15 @@ impl ClusterStore for PgStore {
             return Err(StoreError::Closed);
         }
         // Connected and listening before this returns: whatever commits afterwards is heard.
-        let first = connect_listener(&self.pg_config).await?;
+        let first = connect_listener(&self.pg_config, &self.tls).await?;
         let (tx, rx) = mpsc::channel(NOTICE_BUFFER);
-        let task = tokio::spawn(listen_loop(self.pg_config.clone(), self.node, first, tx));
+        let task = tokio::spawn(listen_loop(
+            self.pg_config.clone(),
+            self.tls.clone(),
+            self.node,
+            first,
+            tx,
+        ));
         if let Ok(mut l) = self.listeners.lock() {
             l.push(task);
         }

@@ -5,7 +5,6 @@
 //! auth). When it cannot be reached, `fresh_database_or_skip` skips the test with a message,
 //! unless `CI` is set: there a missing database is a failure, not a skip.
 
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -62,21 +61,24 @@ impl Drop for DatabaseGuard {
     }
 }
 
-async fn connect(
+/// Connects to `url` as the store would (its `sslmode` and `sslrootcert` included).
+pub async fn connect(
     url: &str,
 ) -> Result<
     (
         tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            <super::tls::Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+        >,
     ),
     String,
-> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
+>{
+    let (mut config, tls) = super::tls::connect_options(url)
         .map_err(|e| format!("invalid TEST_DATABASE_URL {}: {e}", redact_url(url)))?;
     config.connect_timeout(std::time::Duration::from_secs(5));
     config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|e| format!("cannot connect to {}: {}", redact_url(url), pg_message(&e)))
 }
@@ -180,6 +182,19 @@ mod tests {
         assert_eq!(
             redact_url("postgres://u:p@ss@h/db?x=1"),
             "postgres://u:***@h/db?x=1"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?password=s3cret&sslmode=require"),
+            "postgres://h/db?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?sslmode=require&password=s3cret"),
+            "postgres://h/db?sslmode=require&password=***"
+        );
+        let kv = redact_url("host=h password=s3cret dbname=db");
+        assert!(
+            !kv.contains("s3cret") && kv.contains("password='***'"),
+            "{kv}"
         );
     }
 }
