@@ -67,10 +67,19 @@ pub fn connect_options(conn: &str) -> Result<(tokio_postgres::Config, Tls), Stri
         (v, _) => v,
     };
     options.set("sslmode", pg_mode);
-    let config = options
+    let mut config = options
         .render()
         .parse::<tokio_postgres::Config>()
         .map_err(|e| super::pg_message(&e))?;
+    // PostgreSQL never speaks TLS on a Unix socket, and libpq ignores sslmode there.
+    let hosts = config.get_hosts();
+    if !hosts.is_empty()
+        && hosts
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
     let tls = client_config(verify, root_cert.as_deref())?;
     Ok((config, MakeRustlsConnect::new(tls)))
 }
@@ -540,6 +549,22 @@ mod tests {
             connect(with_params(&server, "sslmode=require")).await,
             Ok(true)
         );
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_connects_in_the_clear_as_libpq_does() {
+        // PostgreSQL refuses TLS on Unix sockets, and libpq ignores sslmode there.
+        let dir = "/var/run/postgresql";
+        if !std::path::Path::new(dir).join(".s.PGSQL.5432").exists() {
+            eprintln!("skipping: no PostgreSQL socket in {dir}");
+            return;
+        }
+        for mode in ["prefer", "require", "verify-full"] {
+            let url = format!("postgres:///postgres?host={dir}&user=postgres&sslmode={mode}");
+            let (client, conn) = testing::connect(&url).await.unwrap();
+            tokio::spawn(conn);
+            assert!(!encrypted(&client).await, "{mode}");
+        }
     }
 
     fn redact(url: &str) -> String {
