@@ -14,7 +14,9 @@
 //!   use `verify-full` against an active attacker).
 //!
 //! The trusted roots are `sslrootcert`'s certificates when it is given, the public web roots
-//! (webpki) otherwise; libpq instead reads `~/.postgresql/root.crt`.
+//! (webpki) otherwise; libpq instead reads `~/.postgresql/root.crt`. `sslcert` and `sslkey`
+//! (PEM) give a client certificate for servers that ask for one; libpq's default files under
+//! `~/.postgresql/` are not read, and encrypted keys (`sslpassword`) are not supported.
 
 use std::sync::Arc;
 
@@ -47,6 +49,14 @@ pub fn connect_options(conn: &str) -> Result<(tokio_postgres::Config, Tls), Stri
     let mut options = Options::parse(conn)?;
     let mode = options.take("sslmode");
     let root_cert = options.take("sslrootcert");
+    let client_cert = match (options.take("sslcert"), options.take("sslkey")) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("sslcert and sslkey go together: give both or neither".into()),
+    };
+    if options.take("sslpassword").is_some() {
+        return Err("sslpassword (an encrypted sslkey) is not supported: decrypt the key".into());
+    }
     let (pg_mode, verify) = match mode.as_deref() {
         None | Some("prefer") => ("prefer", Verify::Nothing),
         Some("disable") => ("disable", Verify::Nothing),
@@ -80,11 +90,15 @@ pub fn connect_options(conn: &str) -> Result<(tokio_postgres::Config, Tls), Stri
     {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
-    let tls = client_config(verify, root_cert.as_deref())?;
+    let tls = client_config(verify, root_cert.as_deref(), client_cert)?;
     Ok((config, MakeRustlsConnect::new(tls)))
 }
 
-fn client_config(verify: Verify, root_cert: Option<&str>) -> Result<rustls::ClientConfig, String> {
+fn client_config(
+    verify: Verify,
+    root_cert: Option<&str>,
+    client_cert: Option<(String, String)>,
+) -> Result<rustls::ClientConfig, String> {
     let provider = crate::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -109,7 +123,7 @@ fn client_config(verify: Verify, root_cert: Option<&str>) -> Result<rustls::Clie
         }
         Ok(Arc::new(store))
     };
-    let mut config = match verify {
+    let builder = match verify {
         Verify::Full => builder.with_root_certificates(roots()?),
         Verify::Chain | Verify::Nothing => {
             let inner = WebPkiServerVerifier::builder_with_provider(roots()?, provider.clone())
@@ -122,12 +136,37 @@ fn client_config(verify: Verify, root_cert: Option<&str>) -> Result<rustls::Clie
                     check_chain: verify == Verify::Chain,
                 }))
         }
-    }
-    .with_no_client_auth();
+    };
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certified = crate::tls::load_certified_key(cert.as_ref(), key.as_ref())
+                .map_err(|e| format!("sslcert/sslkey: {e}"))?;
+            builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))))
+        }
+    };
     // PostgreSQL 17's direct TLS negotiation (sslnegotiation=direct) requires this ALPN name;
     // servers before it ignore the extension.
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(config)
+}
+
+/// The one client certificate `sslcert`/`sslkey` name, offered whenever the server asks.
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// `verify-ca` (the chain, any name) and the unchecked modes. Handshake signatures are always
@@ -405,7 +444,14 @@ mod tests {
         assert!(err.contains("invalid sslmode \"verify\""), "{err}");
         assert!(mode("postgres://h/db?sslmode=allow").is_err());
         let err = mode("postgres://h/db?sslmode=require&sslcert=/c.pem").unwrap_err();
-        assert!(err.contains("sslcert"), "{err}");
+        assert!(err.contains("sslcert and sslkey go together"), "{err}");
+        let err = mode("postgres://h/db?sslcert=/c.pem&sslkey=/k.pem&sslpassword=x").unwrap_err();
+        assert!(err.contains("sslpassword"), "{err}");
+        let err = mode("postgres://h/db?sslcert=/nonexistent/c.pem&sslkey=/k.pem").unwrap_err();
+        assert!(
+            err.contains("sslcert/sslkey: cannot read the certificate"),
+            "{err}"
+        );
         let err =
             mode("postgres://h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem").unwrap_err();
         assert!(
@@ -564,6 +610,125 @@ mod tests {
             let (client, conn) = testing::connect(&url).await.unwrap();
             tokio::spawn(conn);
             assert!(!encrypted(&client).await, "{mode}");
+        }
+    }
+
+    /// A certificate authority made for one test.
+    struct TestCa {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        pem: String,
+    }
+
+    impl TestCa {
+        fn new(name: &str) -> TestCa {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let pem = params.self_signed(&key).unwrap().pem();
+            TestCa {
+                issuer: rcgen::Issuer::new(params, key),
+                pem,
+            }
+        }
+
+        /// A certificate for `name` and its key, as PEM files in `dir`: (cert, key, cert DER).
+        fn issue(&self, dir: &std::path::Path, name: &str) -> (String, String, Vec<u8>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            let (c, k) = (
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+            (path(c), path(k), cert.der().to_vec())
+        }
+    }
+
+    /// Answers one connection as PostgreSQL answers a TLS request (`S`), then finishes the
+    /// handshake as `localhost`, requiring a client certificate signed by `client_ca`. Gives
+    /// the certificate the client presented (`None`: the handshake failed).
+    async fn one_tls_handshake(
+        dir: &std::path::Path,
+        server_ca: &TestCa,
+        client_ca: &TestCa,
+    ) -> (u16, tokio::task::JoinHandle<Option<Vec<u8>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = crate::tls::provider();
+        let (cert, key, _) = server_ca.issue(dir, "localhost");
+        let chain = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(client_ca.pem.as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.ok()?;
+            let mut request = [0u8; 8];
+            stream.read_exact(&mut request).await.ok()?;
+            // Length 8, then the SSLRequest code 80877103.
+            assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47]);
+            stream.write_all(b"S").await.ok()?;
+            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+                .accept(stream)
+                .await
+                .ok()?;
+            let (_, session) = tls.get_ref();
+            Some(session.peer_certificates()?.first()?.to_vec())
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_presented_when_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_ca, client_ca) = (TestCa::new("server ca"), TestCa::new("client ca"));
+        let root = dir.path().join("server-ca.pem");
+        std::fs::write(&root, &server_ca.pem).unwrap();
+        let (cert, key, der) = client_ca.issue(dir.path(), "event-router");
+        for with_cert in [true, false] {
+            let (port, server) = one_tls_handshake(dir.path(), &server_ca, &client_ca).await;
+            let mut url = format!(
+                "postgres://er@localhost:{port}/db?sslmode=verify-full&sslrootcert={}",
+                root.display()
+            );
+            if with_cert {
+                url.push_str(&format!("&sslcert={cert}&sslkey={key}"));
+            }
+            let (mut config, tls) = connect_options(&url).unwrap();
+            config.connect_timeout(std::time::Duration::from_secs(5));
+            // The fake server stops after the handshake, so the connection itself fails.
+            let client = tokio::spawn(async move { config.connect(tls).await.map(|_| ()) });
+            let presented = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(client.await.unwrap().is_err());
+            match with_cert {
+                true => assert_eq!(presented.as_deref(), Some(&der[..])),
+                false => assert_eq!(presented, None),
+            }
         }
     }
 
