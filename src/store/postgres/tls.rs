@@ -707,6 +707,12 @@ mod tests {
         let root = dir.path().join("server-ca.pem");
         std::fs::write(&root, &server_ca.pem).unwrap();
         let (cert, key, der) = client_ca.issue(dir.path(), "event-router");
+        let (_, other_key, _) = client_ca.issue(dir.path(), "someone-else");
+        let mixed = format!("postgres://er@localhost/db?sslcert={cert}&sslkey={other_key}");
+        let Err(err) = connect_options(&mixed) else {
+            panic!("a key of another certificate was taken");
+        };
+        assert!(err.contains("cannot be used"), "{err}");
         for with_cert in [true, false] {
             let (port, server) = one_tls_handshake(dir.path(), &server_ca, &client_ca).await;
             let mut url = format!(
