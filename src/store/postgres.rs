@@ -134,38 +134,9 @@ pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
 }
 
 /// The connection string with its password replaced, for messages and logs: the password of
-/// a URL's user info or query, or of the key=value form.
+/// a URL's user info or query, or of the key=value form (see `tls::redact`).
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return tls::redact_key_value(url);
-    };
-    let rest = &url[scheme_end + 3..];
-    let upto = rest.find('?').unwrap_or(rest.len());
-    let (head, query) = rest.split_at(upto);
-    let head = match head.rfind('@') {
-        Some(at) => match head[..at].find(':') {
-            Some(colon) => format!("{}:***{}", &head[..colon], &head[at..]),
-            None => head.to_string(),
-        },
-        None => head.to_string(),
-    };
-    let query = query
-        .split_inclusive('&')
-        .map(|part| {
-            match part
-                .strip_prefix("password=")
-                .or(part.strip_prefix("?password="))
-            {
-                Some(value) => {
-                    let lead = &part[..part.len() - value.len()];
-                    let amp = if value.ends_with('&') { "&" } else { "" };
-                    format!("{lead}***{amp}")
-                }
-                None => part.to_string(),
-            }
-        })
-        .collect::<String>();
-    format!("{}{head}{query}", &url[..scheme_end + 3])
+    tls::redact(url)
 }
 
 fn corrupt(what: &str) -> StoreError {

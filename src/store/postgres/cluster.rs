@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use futures_util::future::poll_fn;
 use tokio::sync::mpsc;
-use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Connection, Notification, Socket};
 use uuid::Uuid;
 
@@ -121,7 +120,7 @@ pub(super) async fn claim<C: GenericClient>(
         .collect()
 }
 
-type PgConnection = Connection<Socket, <super::tls::Tls as MakeTlsConnect<Socket>>::Stream>;
+type PgConnection = Connection<Socket, super::tls::Stream>;
 
 /// Opens the LISTEN connection. Notifications that arrive while LISTEN is being confirmed are
 /// returned with it rather than lost.

@@ -67,13 +67,10 @@ pub async fn connect(
 ) -> Result<
     (
         tokio_postgres::Client,
-        tokio_postgres::Connection<
-            tokio_postgres::Socket,
-            <super::tls::Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
-        >,
+        tokio_postgres::Connection<tokio_postgres::Socket, super::tls::Stream>,
     ),
     String,
->{
+> {
     let (mut config, tls) = super::tls::connect_options(url)
         .map_err(|e| format!("invalid TEST_DATABASE_URL {}: {e}", redact_url(url)))?;
     config.connect_timeout(std::time::Duration::from_secs(5));

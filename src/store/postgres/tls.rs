@@ -11,7 +11,9 @@
 //! - `verify-ca`: it must chain to a trusted root (any name);
 //! - `require` or `prefer` with `sslrootcert`: as `verify-ca` (libpq does the same);
 //! - `require` or `prefer` without it: encrypted, the certificate not checked (libpq's meaning;
-//!   use `verify-full` against an active attacker).
+//!   use `verify-full` against an active attacker). `prefer` also connects in the clear to a
+//!   server (or an attacker) that answers it has no TLS;
+//! - `sslrootcert=system` (libpq 16): the public web roots, and `verify-full`.
 //!
 //! The trusted roots are `sslrootcert`'s certificates when it is given, the public web roots
 //! (webpki) otherwise; libpq instead reads `~/.postgresql/root.crt`. `sslcert` and `sslkey`
@@ -31,6 +33,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// The connector every PostgreSQL connection of this process uses.
 pub type Tls = MakeRustlsConnect;
 
+/// A connection's stream under that connector (TLS or not, as negotiated).
+pub type Stream = <Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verify {
@@ -46,6 +51,7 @@ enum Verify {
 /// tokio-postgres configuration and the TLS connector to connect with. Errors name what is
 /// wrong; they never contain the password.
 pub fn connect_options(conn: &str) -> Result<(tokio_postgres::Config, Tls), String> {
+    use tokio_postgres::config::{Host, SslMode};
     let mut options = Options::parse(conn)?;
     let mode = options.take("sslmode");
     let root_cert = options.take("sslrootcert");
@@ -57,40 +63,66 @@ pub fn connect_options(conn: &str) -> Result<(tokio_postgres::Config, Tls), Stri
     if options.take("sslpassword").is_some() {
         return Err("sslpassword (an encrypted sslkey) is not supported: decrypt the key".into());
     }
-    let (pg_mode, verify) = match mode.as_deref() {
-        None | Some("prefer") => ("prefer", Verify::Nothing),
-        Some("disable") => ("disable", Verify::Nothing),
+    // libpq 16: `sslrootcert=system` trusts the system's roots (here the public web roots) and
+    // means verify-full.
+    let system_roots = root_cert.as_deref() == Some("system");
+    let (ssl_mode, verify) = match mode.as_deref() {
+        None if system_roots => (SslMode::Require, Verify::Full),
+        None | Some("prefer") => (SslMode::Prefer, Verify::Nothing),
+        Some("disable") => (SslMode::Disable, Verify::Nothing),
         Some("allow") => return Err("sslmode=allow is not supported; use prefer".into()),
-        Some("require") => ("require", Verify::Nothing),
-        Some("verify-ca") => ("require", Verify::Chain),
-        Some("verify-full") => ("require", Verify::Full),
-        Some(other) => {
-            return Err(format!(
-                "invalid sslmode {other:?}: expected disable, prefer, require, verify-ca or \
-                 verify-full"
-            ));
+        Some("require") => (SslMode::Require, Verify::Nothing),
+        Some("verify-ca") => (SslMode::Require, Verify::Chain),
+        Some("verify-full") => (SslMode::Require, Verify::Full),
+        Some(_) => {
+            return Err(
+                "invalid sslmode: expected disable, prefer, require, verify-ca or verify-full"
+                    .into(),
+            );
         }
     };
+    if system_roots && verify != Verify::Full {
+        return Err("sslrootcert=system needs sslmode=verify-full (or no sslmode)".into());
+    }
+    let root_file = root_cert.filter(|_| !system_roots);
     // libpq: with a root certificate file, require (and prefer) check the chain.
-    let verify = match (verify, &root_cert) {
-        (Verify::Nothing, Some(_)) if pg_mode != "disable" => Verify::Chain,
+    let verify = match (verify, &root_file) {
+        (Verify::Nothing, Some(_)) => Verify::Chain,
         (v, _) => v,
     };
-    options.set("sslmode", pg_mode);
     let mut config = options
         .render()
         .parse::<tokio_postgres::Config>()
         .map_err(|e| super::pg_message(&e))?;
-    // PostgreSQL never speaks TLS on a Unix socket, and libpq ignores sslmode there.
-    let hosts = config.get_hosts();
-    if !hosts.is_empty()
-        && hosts
+    // Set here rather than in the text: what was asked for is what is used.
+    config.ssl_mode(ssl_mode);
+    if config.get_hosts().is_empty() {
+        // Addresses only: each is also the name the handshake checks (without a name
+        // tokio-postgres refuses TLS outright, even for prefer).
+        let addresses: Vec<String> = config
+            .get_hostaddrs()
             .iter()
-            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+            .map(|a| a.to_string())
+            .collect();
+        for address in addresses {
+            config.host(&address);
+        }
+    } else if config.get_hostaddrs().is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)))
     {
-        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        // PostgreSQL never speaks TLS on a Unix socket, and libpq ignores sslmode there. (With
+        // a hostaddr the connection is TCP whatever the host says, and sslmode applies.)
+        config.ssl_mode(SslMode::Disable);
     }
-    let tls = client_config(verify, root_cert.as_deref(), client_cert)?;
+    let tls = if config.get_ssl_mode() == SslMode::Disable {
+        // Never used: no file is read for it.
+        client_config(Verify::Nothing, None, None)?
+    } else {
+        client_config(verify, root_file.as_deref(), client_cert)?
+    };
     Ok((config, MakeRustlsConnect::new(tls)))
 }
 
@@ -242,9 +274,12 @@ struct Options {
 
 impl Options {
     fn parse(conn: &str) -> Result<Options, String> {
-        if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-            let (base, query) = match conn.split_once('?') {
-                Some((base, query)) => (base, query),
+        if let Some(prefix) = url_prefix_len(conn) {
+            // As tokio-postgres (and libpq) read a URL: the user info runs to the first '@'
+            // (a password may hold '?' or '/'), and the query starts at the first '?' after it.
+            let from = prefix + conn[prefix..].find('@').map_or(0, |at| at + 1);
+            let (base, query) = match conn[from..].find('?') {
+                Some(q) => (&conn[..from + q], &conn[from + q + 1..]),
                 None => (conn, ""),
             };
             let mut pairs = Vec::new();
@@ -263,41 +298,51 @@ impl Options {
                 pairs,
             });
         }
+        // Errors give a position, not text: a malformed string may be a password split apart.
+        let malformed = |at: usize| format!("the connection string is malformed at byte {at}");
         let mut pairs = Vec::new();
-        let mut chars = conn.chars().peekable();
+        let mut chars = conn.char_indices().peekable();
+        let skip_space = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+            while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        };
         loop {
-            while chars.next_if(|c| c.is_whitespace()).is_some() {}
-            if chars.peek().is_none() {
+            skip_space(&mut chars);
+            let Some(&(key_at, _)) = chars.peek() else {
                 break;
-            }
+            };
             let mut key = String::new();
-            while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
                 key.push(c);
             }
-            while chars.next_if(|c| c.is_whitespace()).is_some() {}
-            if chars.next() != Some('=') {
-                return Err(format!("option {key:?} has no '=' and value"));
+            if key.is_empty() {
+                // tokio-postgres would silently drop everything from here on.
+                return Err(malformed(key_at));
             }
-            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            skip_space(&mut chars);
+            match chars.next() {
+                Some((_, '=')) => {}
+                other => return Err(malformed(other.map_or(conn.len(), |(at, _)| at))),
+            }
+            skip_space(&mut chars);
             let mut value = String::new();
-            if chars.next_if_eq(&'\'').is_some() {
+            if let Some((quote_at, _)) = chars.next_if(|(_, c)| *c == '\'') {
                 loop {
                     match chars.next() {
-                        None => return Err(format!("option {key:?}: unterminated quoted value")),
-                        Some('\'') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c) => value.push(c),
-                            None => return Err(format!("option {key:?}: dangling backslash")),
+                        None => return Err(malformed(quote_at)),
+                        Some((_, '\'')) => break,
+                        Some((at, '\\')) => match chars.next() {
+                            Some((_, c)) => value.push(c),
+                            None => return Err(malformed(at)),
                         },
-                        Some(c) => value.push(c),
+                        Some((_, c)) => value.push(c),
                     }
                 }
             } else {
-                while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                while let Some((at, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
                     if c == '\\' {
                         match chars.next() {
-                            Some(c) => value.push(c),
-                            None => return Err(format!("option {key:?}: dangling backslash")),
+                            Some((_, c)) => value.push(c),
+                            None => return Err(malformed(at)),
                         }
                     } else {
                         value.push(c);
@@ -324,11 +369,6 @@ impl Options {
             }
         });
         last
-    }
-
-    fn set(&mut self, key: &str, value: &str) {
-        self.take(key);
-        self.pairs.push((key.to_string(), value.to_string()));
     }
 
     fn render(&self) -> String {
@@ -372,9 +412,60 @@ impl Options {
     }
 }
 
-/// The key=value form with the value of `password` replaced by `***` (the URL form is
-/// `redact_url`'s).
-pub(super) fn redact_key_value(conn: &str) -> String {
+/// The length of the URL prefix tokio-postgres recognises (`None`: the key=value form).
+fn url_prefix_len(conn: &str) -> Option<usize> {
+    ["postgres://", "postgresql://"]
+        .into_iter()
+        .find(|p| conn.starts_with(p))
+        .map(str::len)
+}
+
+/// The connection string with every password in it replaced by `***`, for messages and logs.
+///
+/// A URL is cut as tokio-postgres cuts it, but more of it is hidden rather than less: the user
+/// info runs to the last '@' before the query (a password may hold '@', '?' or '/'), and a query
+/// key that decodes to `password` hides its value.
+pub(super) fn redact(conn: &str) -> String {
+    let Some(prefix) = url_prefix_len(conn) else {
+        return redact_key_value(conn);
+    };
+    let rest = &conn[prefix..];
+    let from = rest.find('@').unwrap_or(0);
+    let query_at = rest[from..].find('?').map_or(rest.len(), |q| from + q);
+    let mut out = conn[..prefix].to_string();
+    let after_creds = match rest[..query_at].rfind('@') {
+        Some(at) => {
+            let creds = &rest[..at];
+            match creds.find(':') {
+                Some(colon) => out.push_str(&format!("{}:***@", &creds[..colon])),
+                None => out.push_str(&format!("{creds}@")),
+            }
+            &rest[at + 1..]
+        }
+        None => rest,
+    };
+    out.push_str(after_creds);
+    // Then every query key that decodes to `password`, the query taken from the first '?' left
+    // (which may lie in what tokio-postgres would take for user info: hidden all the same).
+    let Some(q) = out[prefix..].find('?').map(|q| prefix + q) else {
+        return out;
+    };
+    let parts: Vec<String> = out[q + 1..]
+        .split('&')
+        .map(|part| {
+            let key = part.split_once('=').map_or(part, |(k, _)| k);
+            if percent_decode_str(key).decode_utf8_lossy() == "password" {
+                format!("{key}=***")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect();
+    format!("{}?{}", &out[..q], parts.join("&"))
+}
+
+/// The key=value form with the value of `password` replaced by `***`.
+fn redact_key_value(conn: &str) -> String {
     match Options::parse(conn) {
         Ok(mut options) => {
             for (k, v) in &mut options.pairs {
@@ -441,7 +532,31 @@ mod tests {
             Ok(SslMode::Require)
         );
         let err = mode("postgres://h/db?sslmode=verify").unwrap_err();
-        assert!(err.contains("invalid sslmode \"verify\""), "{err}");
+        assert!(
+            err.starts_with("invalid sslmode: expected disable"),
+            "{err}"
+        );
+        // sslrootcert=system: the public roots, verify-full.
+        assert_eq!(
+            mode("postgres://h/db?sslrootcert=system"),
+            Ok(SslMode::Require)
+        );
+        let err = mode("postgres://h/db?sslrootcert=system&sslmode=require").unwrap_err();
+        assert!(err.contains("needs sslmode=verify-full"), "{err}");
+        // A Unix socket is in the clear, unless a hostaddr makes the connection TCP.
+        assert_eq!(
+            mode("postgres://%2Fvar%2Frun%2Fpostgresql/db?sslmode=verify-full"),
+            Ok(SslMode::Disable)
+        );
+        assert_eq!(
+            mode("postgres://%2Fvar%2Frun%2Fpostgresql/db?hostaddr=10.0.0.5&sslmode=verify-full"),
+            Ok(SslMode::Require)
+        );
+        // Off: the files named are not read.
+        assert_eq!(
+            mode("postgres://h/db?sslmode=disable&sslrootcert=/nonexistent/ca.pem"),
+            Ok(SslMode::Disable)
+        );
         assert!(mode("postgres://h/db?sslmode=allow").is_err());
         let err = mode("postgres://h/db?sslmode=require&sslcert=/c.pem").unwrap_err();
         assert!(err.contains("sslcert and sslkey go together"), "{err}");
@@ -740,6 +855,58 @@ mod tests {
 
     fn redact(url: &str) -> String {
         crate::store::postgres::redact_url(url)
+    }
+
+    #[test]
+    fn urls_are_read_as_tokio_postgres_reads_them() {
+        // A '?' in the password belongs to it, not to the query.
+        let (config, _) = connect_options("postgres://app:pa?ss@db/er?sslmode=require").unwrap();
+        assert_eq!(config.get_password(), Some(&b"pa?ss"[..]));
+        assert_eq!(config.get_dbname(), Some("er"));
+        assert_eq!(
+            config.get_hosts(),
+            &[tokio_postgres::config::Host::Tcp("db".into())]
+        );
+        // Addresses only: each address is also the host name the handshake checks.
+        let (config, _) = connect_options("postgres:///db?hostaddr=127.0.0.1").unwrap();
+        assert_eq!(
+            config.get_hosts(),
+            &[tokio_postgres::config::Host::Tcp("127.0.0.1".into())]
+        );
+    }
+
+    #[test]
+    fn malformed_key_value_strings_are_refused_without_repeating_them() {
+        // tokio-postgres would drop everything after an empty key, sslmode included.
+        let Err(err) = connect_options("host=h =x sslmode=verify-full") else {
+            panic!("an empty key was taken");
+        };
+        assert_eq!(err, "the connection string is malformed at byte 7");
+        let Err(err) = connect_options("password=two words host=h") else {
+            panic!("a split value was taken");
+        };
+        assert!(!err.contains("words"), "{err}");
+    }
+
+    #[test]
+    fn every_password_is_redacted() {
+        for (conn, secret) in [
+            ("postgres://app:pa?ss@db/er", "pa?ss"),
+            ("postgres://app:p@ss@db/er?x=1", "p@ss"),
+            ("postgres://db/er?pass%77ord=s3cret", "s3cret"),
+            ("postgres://db/er?sslmode=require&password=s3cret", "s3cret"),
+            ("host=h application_name=http://x password=s3cret", "s3cret"),
+            ("postgres://db/er?password=s@cret", "s@cret"),
+        ] {
+            let r = redact(conn);
+            assert!(!r.contains(secret), "{conn} -> {r}");
+            assert!(r.contains("***"), "{conn} -> {r}");
+        }
+        assert_eq!(
+            redact("postgres://app:p@ss@db/er?x=1"),
+            "postgres://app:***@db/er?x=1"
+        );
+        assert_eq!(redact("postgres://db/er?x=1"), "postgres://db/er?x=1");
     }
 
     #[test]
