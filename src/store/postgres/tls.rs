@@ -90,6 +90,17 @@ pub fn connect_options(conn: &str) -> Result<(tokio_postgres::Config, Tls), Stri
         (Verify::Nothing, Some(_)) => Verify::Chain,
         (v, _) => v,
     };
+    if let Some((key, _, at)) = options
+        .pairs
+        .iter()
+        .find(|(k, _, _)| !TOKIO_OPTIONS.contains(&k.as_str()))
+    {
+        return Err(if LIBPQ_OPTIONS.contains(&key.as_str()) {
+            format!("the option {key} is not supported")
+        } else {
+            format!("an unknown option at byte {at} (not shown: it may be part of a password)")
+        });
+    }
     let mut config = options
         .render()
         .parse::<tokio_postgres::Config>()
@@ -107,14 +118,26 @@ pub fn connect_options(conn: &str) -> Result<(tokio_postgres::Config, Tls), Stri
         for address in addresses {
             config.host(&address);
         }
-    } else if config.get_hostaddrs().is_empty()
+    } else if !config.get_hostaddrs().is_empty()
         && config
             .get_hosts()
             .iter()
-            .all(|h| matches!(h, Host::Unix(_)))
+            .any(|h| matches!(h, Host::Unix(_)))
+        && config.get_ssl_mode() != SslMode::Disable
     {
-        // PostgreSQL never speaks TLS on a Unix socket, and libpq ignores sslmode there. (With
-        // a hostaddr the connection is TCP whatever the host says, and sslmode applies.)
+        // The connection is TCP to the hostaddr, and TLS needs a host name to check, which a
+        // socket path is not (tokio-postgres would refuse the handshake at every connect).
+        return Err(
+            "a Unix-socket host with a hostaddr cannot use TLS: give the server's \
+                    name as host, or sslmode=disable"
+                .into(),
+        );
+    } else if config
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, Host::Unix(_)))
+    {
+        // PostgreSQL never speaks TLS on a Unix socket, and libpq ignores sslmode there.
         config.ssl_mode(SslMode::Disable);
     }
     let tls = if config.get_ssl_mode() == SslMode::Disable {
@@ -269,29 +292,99 @@ impl ServerCertVerifier for LibpqVerifier {
 struct Options {
     /// The URL up to its query (`None`: the key=value form).
     url_base: Option<String>,
-    pairs: Vec<(String, String)>,
+    /// Key, value, and the byte where the key starts in the string given.
+    pairs: Vec<(String, String, usize)>,
 }
+
+/// The options tokio-postgres 0.7 knows (`Config::param`); any other is refused by position,
+/// since a key that is not an option may be a piece of a misplaced password.
+const TOKIO_OPTIONS: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// libpq options this module reads, or that libpq knows and this build does not support: named
+/// in errors (they are no secret), unlike unknown keys.
+const LIBPQ_OPTIONS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "sslcompression",
+    "sslcertmode",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "requiressl",
+    "require_auth",
+    "gssencmode",
+    "gsslib",
+    "krbsrvname",
+    "passfile",
+    "service",
+    "client_encoding",
+    "fallback_application_name",
+    "replication",
+];
 
 impl Options {
     fn parse(conn: &str) -> Result<Options, String> {
         if let Some(prefix) = url_prefix_len(conn) {
             // As tokio-postgres (and libpq) read a URL: the user info runs to the first '@'
             // (a password may hold '?' or '/'), and the query starts at the first '?' after it.
-            let from = prefix + conn[prefix..].find('@').map_or(0, |at| at + 1);
-            let (base, query) = match conn[from..].find('?') {
-                Some(q) => (&conn[..from + q], &conn[from + q + 1..]),
-                None => (conn, ""),
+            let first_at = conn[prefix..].find('@').map(|at| prefix + at);
+            if let Some(at) = first_at
+                && let Some(slash) = conn[prefix..at].find('/')
+                && conn[prefix + slash..at].contains('?')
+            {
+                // tokio-postgres would take "host/db?…" for a user name and what follows the
+                // '@' for the host, so an '@' in the query (user=app@server) moves the
+                // connection elsewhere and drops the options before it, sslmode included.
+                return Err(format!(
+                    "the database URL has an '@' after its query starts (byte {at}): write '@' \
+                     in the query as %40 (and '/' and '?' in a password as %2F and %3F)"
+                ));
+            }
+            let from = first_at.map_or(prefix, |at| at + 1);
+            let (base, query, query_at) = match conn[from..].find('?') {
+                Some(q) => (&conn[..from + q], &conn[from + q + 1..], from + q + 1),
+                None => (conn, "", conn.len()),
             };
             let mut pairs = Vec::new();
-            for part in query.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let mut at = query_at;
+            for part in query.split('&').filter(|_| !query.is_empty()) {
+                let Some((k, v)) = part.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                    return Err(format!(
+                        "the database URL's query is malformed at byte {at}"
+                    ));
+                };
                 let decode = |s: &str| {
                     percent_decode_str(s)
                         .decode_utf8()
                         .map(|c| c.into_owned())
-                        .map_err(|_| "the database URL's query is not UTF-8".to_string())
+                        .map_err(|_| format!("the database URL's query is not UTF-8 at byte {at}"))
                 };
-                pairs.push((decode(k)?, decode(v)?));
+                pairs.push((decode(k)?, decode(v)?, at));
+                at += part.len() + 1;
             }
             return Ok(Options {
                 url_base: Some(base.to_string()),
@@ -338,6 +431,11 @@ impl Options {
                     }
                 }
             } else {
+                // tokio-postgres refuses an empty bare value.
+                match chars.peek() {
+                    Some((_, c)) if !c.is_whitespace() => {}
+                    other => return Err(malformed(other.map_or(conn.len(), |(at, _)| *at))),
+                }
                 while let Some((at, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
                     if c == '\\' {
                         match chars.next() {
@@ -349,7 +447,7 @@ impl Options {
                     }
                 }
             }
-            pairs.push((key, value));
+            pairs.push((key, value, key_at));
         }
         Ok(Options {
             url_base: None,
@@ -360,7 +458,7 @@ impl Options {
     /// Removes every occurrence of `key`, returning the last value (the one that counts).
     fn take(&mut self, key: &str) -> Option<String> {
         let mut last = None;
-        self.pairs.retain(|(k, v)| {
+        self.pairs.retain(|(k, v, _)| {
             if k == key {
                 last = Some(v.clone());
                 false
@@ -382,7 +480,7 @@ impl Options {
                     .remove(b'_')
                     .remove(b'~');
                 let mut out = base.clone();
-                for (i, (k, v)) in self.pairs.iter().enumerate() {
+                for (i, (k, v, _)) in self.pairs.iter().enumerate() {
                     out.push(if i == 0 { '?' } else { '&' });
                     out.extend(utf8_percent_encode(k, COMPONENT));
                     out.push('=');
@@ -392,7 +490,7 @@ impl Options {
             }
             None => {
                 let mut out = String::new();
-                for (k, v) in &self.pairs {
+                for (k, v, _) in &self.pairs {
                     if !out.is_empty() {
                         out.push(' ');
                     }
@@ -422,42 +520,45 @@ fn url_prefix_len(conn: &str) -> Option<usize> {
 
 /// The connection string with every password in it replaced by `***`, for messages and logs.
 ///
-/// A URL is cut as tokio-postgres cuts it, but more of it is hidden rather than less: the user
-/// info runs to the last '@' before the query (a password may hold '@', '?' or '/'), and a query
-/// key that decodes to `password` hides its value.
+/// More is hidden than tokio-postgres would take for a password, never less: in a URL whose
+/// user info has a password, everything from it to the last '@' of the whole string; in the
+/// query, the values of `password` and `sslpassword`, and after them every part that is not a
+/// known option (an unencoded '&' splits a password into parts).
 pub(super) fn redact(conn: &str) -> String {
     let Some(prefix) = url_prefix_len(conn) else {
         return redact_key_value(conn);
     };
     let rest = &conn[prefix..];
-    let from = rest.find('@').unwrap_or(0);
-    let query_at = rest[from..].find('?').map_or(rest.len(), |q| from + q);
     let mut out = conn[..prefix].to_string();
-    let after_creds = match rest[..query_at].rfind('@') {
-        Some(at) => {
-            let creds = &rest[..at];
-            match creds.find(':') {
-                Some(colon) => out.push_str(&format!("{}:***@", &creds[..colon])),
-                None => out.push_str(&format!("{creds}@")),
-            }
-            &rest[at + 1..]
+    match (rest.find('@'), rest.rfind('@')) {
+        (Some(first), Some(last)) if rest[..first].contains(':') => {
+            let colon = rest[..first].find(':').unwrap_or(first);
+            out.push_str(&rest[..colon]);
+            out.push_str(":***");
+            out.push_str(&rest[last..]);
         }
-        None => rest,
-    };
-    out.push_str(after_creds);
-    // Then every query key that decodes to `password`, the query taken from the first '?' left
-    // (which may lie in what tokio-postgres would take for user info: hidden all the same).
+        _ => out.push_str(rest),
+    }
     let Some(q) = out[prefix..].find('?').map(|q| prefix + q) else {
         return out;
     };
+    let mut hiding = false;
     let parts: Vec<String> = out[q + 1..]
         .split('&')
         .map(|part| {
-            let key = part.split_once('=').map_or(part, |(k, _)| k);
-            if percent_decode_str(key).decode_utf8_lossy() == "password" {
-                format!("{key}=***")
-            } else {
-                part.to_string()
+            let key = part.split_once('=').map(|(k, _)| k);
+            let decoded = key.map(|k| percent_decode_str(k).decode_utf8_lossy().into_owned());
+            match (key, decoded.as_deref()) {
+                (Some(k), Some("password" | "sslpassword")) => {
+                    hiding = true;
+                    format!("{k}=***")
+                }
+                (Some(_), Some(d)) if TOKIO_OPTIONS.contains(&d) || LIBPQ_OPTIONS.contains(&d) => {
+                    hiding = false;
+                    part.to_string()
+                }
+                _ if hiding => "***".to_string(),
+                _ => part.to_string(),
             }
         })
         .collect();
@@ -468,8 +569,8 @@ pub(super) fn redact(conn: &str) -> String {
 fn redact_key_value(conn: &str) -> String {
     match Options::parse(conn) {
         Ok(mut options) => {
-            for (k, v) in &mut options.pairs {
-                if k == "password" {
+            for (k, v, _) in &mut options.pairs {
+                if k == "password" || k == "sslpassword" {
                     *v = "***".into();
                 }
             }
@@ -549,8 +650,8 @@ mod tests {
             Ok(SslMode::Disable)
         );
         assert_eq!(
-            mode("postgres://%2Fvar%2Frun%2Fpostgresql/db?hostaddr=10.0.0.5&sslmode=verify-full"),
-            Ok(SslMode::Require)
+            mode("postgres://%2Fvar%2Frun%2Fpostgresql/db?hostaddr=10.0.0.5&sslmode=disable"),
+            Ok(SslMode::Disable)
         );
         // Off: the files named are not read.
         assert_eq!(
@@ -876,6 +977,46 @@ mod tests {
     }
 
     #[test]
+    fn strings_tokio_postgres_would_misread_are_refused_without_repeating_them() {
+        let refused = |conn: &str, expected: &str| {
+            let Err(err) = connect_options(conn) else {
+                panic!("{conn} was taken");
+            };
+            assert!(err.contains(expected), "{conn}: {err}");
+            for secret in ["xyzzy", "qwerty", "s3cret", "srv"] {
+                assert!(!err.contains(secret), "{conn}: {err}");
+            }
+        };
+        // An '@' in the query: tokio-postgres would connect to "srv" without the sslmode.
+        refused(
+            "postgres://h/db?sslmode=verify-full&user=app@srv",
+            "has an '@' after its query starts",
+        );
+        // Pieces of a password split by an unencoded '&' or '@…?' are not named.
+        refused("postgres://app:p@ss?xyzzy@db/er", "malformed at byte");
+        let at = |prefix: &str| format!("at byte {}", prefix.len());
+        refused(
+            "postgres://db/er?password=ab&qwerty=ef",
+            &at("postgres://db/er?password=ab&"),
+        );
+        refused("host=h password=ab s3cret=x", &at("host=h password=ab "));
+        refused(
+            "postgres://db/er?sslcrl=/x",
+            "the option sslcrl is not supported",
+        );
+        refused(
+            "postgres://db/er?sslmode=require&&port=1",
+            &at("postgres://db/er?sslmode=require&"),
+        );
+        refused("host=h port=", &at("host=h port="));
+        // A socket path has no name for TLS to check.
+        refused(
+            "postgres://%2Fvar%2Frun%2Fpostgresql/db?hostaddr=10.0.0.5",
+            "cannot use TLS",
+        );
+    }
+
+    #[test]
     fn malformed_key_value_strings_are_refused_without_repeating_them() {
         // tokio-postgres would drop everything after an empty key, sslmode included.
         let Err(err) = connect_options("host=h =x sslmode=verify-full") else {
@@ -897,6 +1038,10 @@ mod tests {
             ("postgres://db/er?sslmode=require&password=s3cret", "s3cret"),
             ("host=h application_name=http://x password=s3cret", "s3cret"),
             ("postgres://db/er?password=s@cret", "s@cret"),
+            ("postgres://app:p@ss?word@db/er", "word"),
+            ("postgres://db/er?password=ab&cd=ef&port=5432", "cd=ef"),
+            ("postgres://db/er?sslpassword=s3cret", "s3cret"),
+            ("host=h sslpassword=s3cret", "s3cret"),
         ] {
             let r = redact(conn);
             assert!(!r.contains(secret), "{conn} -> {r}");
@@ -907,6 +1052,10 @@ mod tests {
             "postgres://app:***@db/er?x=1"
         );
         assert_eq!(redact("postgres://db/er?x=1"), "postgres://db/er?x=1");
+        assert_eq!(
+            redact("postgres://db/er?password=ab&cd=ef&port=5432"),
+            "postgres://db/er?password=***&***&port=5432"
+        );
     }
 
     #[test]
