@@ -18,8 +18,6 @@ use hyper::body::Body as _;
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 
 use crate::ingest::now_ms;
 use crate::ingest::verify::StandardSigner;
@@ -99,15 +97,7 @@ pub fn pooled(extra_ca: Option<&[u8]>, max_idle: usize) -> Result<Pooled, String
     let mut roots =
         rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca {
-        let certs = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        if certs.is_empty() {
-            return Err("no PEM certificate found".into());
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| e.to_string())?;
-        }
+        crate::tls::add_pem_roots(&mut roots, pem)?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()

@@ -27,7 +27,6 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::pem::PemObject as _;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The connector every PostgreSQL connection of this process uses.
@@ -164,18 +163,11 @@ fn client_config(
                 webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
             )));
         };
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read sslrootcert {path}: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("sslrootcert {path} holds no PEM certificate"));
-        }
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read sslrootcert {path}: {e}"))?;
         let mut store = rustls::RootCertStore::empty();
-        for cert in certs {
-            store
-                .add(cert)
-                .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-        }
+        crate::tls::add_pem_roots(&mut store, &pem)
+            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
         Ok(Arc::new(store))
     };
     let builder = match verify {
@@ -584,6 +576,7 @@ fn redact_key_value(conn: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::pem::PemObject as _;
 
     fn rendered(conn: &str) -> String {
         let mut o = Options::parse(conn).unwrap();
