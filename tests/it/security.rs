@@ -244,6 +244,102 @@ async fn tls_settings_are_checked_at_start() {
     assert!(format!("{err:#}").contains("missing.pem"), "{err:#}");
 }
 
+// ---- a client certificate for PostgreSQL ----
+
+/// Answers one connection as PostgreSQL answers a TLS request (`S`), then finishes the
+/// handshake as `localhost` (a certificate from `server_ca`), requiring a client certificate
+/// signed by `client_ca`. Gives the certificate the client presented (`None`: the handshake
+/// failed).
+async fn one_postgres_tls_handshake(
+    dir: &Path,
+    server_ca: &TestCa,
+    client_ca: &TestCa,
+) -> (u16, tokio::task::JoinHandle<Option<Vec<u8>>>) {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = event_router::tls::provider();
+    let (cert, key) = server_ca.issue_into(dir);
+    let chain = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    event_router::tls::add_pem_roots(&mut roots, client_ca.pem.as_bytes()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.ok()?;
+        let mut request = [0u8; 8];
+        stream.read_exact(&mut request).await.ok()?;
+        // Length 8, then the SSLRequest code 80877103.
+        assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47]);
+        stream.write_all(b"S").await.ok()?;
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+            .accept(stream)
+            .await
+            .ok()?;
+        let (_, session) = tls.get_ref();
+        Some(session.peer_certificates()?.first()?.to_vec())
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn a_postgres_client_certificate_is_presented_when_given() {
+    use event_router::store::postgres::tls::connect_options;
+    use rustls_pki_types::pem::PemObject as _;
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (server_ca, client_ca) = (TestCa::new("server ca"), TestCa::new("client ca"));
+    let root = dirs[0].path().join("server-ca.pem");
+    std::fs::write(&root, &server_ca.pem).unwrap();
+    let (cert, key) = client_ca.issue_into(dirs[1].path());
+    let der = rustls_pki_types::CertificateDer::from_pem_file(&cert)
+        .unwrap()
+        .to_vec();
+    let (_, other_key) = client_ca.issue_into(dirs[2].path());
+    let (cert, key, other_key) = (cert.display(), key.display(), other_key.display());
+    let mixed = format!("postgres://er@localhost/db?sslcert={cert}&sslkey={other_key}");
+    let Err(err) = connect_options(&mixed) else {
+        panic!("a key of another certificate was taken");
+    };
+    assert!(err.contains("cannot be used"), "{err}");
+    for with_cert in [true, false] {
+        let (port, server) =
+            one_postgres_tls_handshake(dirs[3].path(), &server_ca, &client_ca).await;
+        let mut url = format!(
+            "postgres://er@localhost:{port}/db?sslmode=verify-full&sslrootcert={}",
+            root.display()
+        );
+        if with_cert {
+            url.push_str(&format!("&sslcert={cert}&sslkey={key}"));
+        }
+        let (mut config, tls) = connect_options(&url).unwrap();
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        // The fake server stops after the handshake, so the connection itself fails.
+        let client = tokio::spawn(async move { config.connect(tls).await.map(|_| ()) });
+        let presented = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(client.await.unwrap().is_err());
+        match with_cert {
+            true => assert_eq!(presented.as_deref(), Some(&der[..])),
+            false => assert_eq!(presented, None),
+        }
+    }
+}
+
 // ---- extra CA certificates for deliveries ----
 
 /// An HTTPS agent endpoint with a certificate from `ca`; counts what it receives.

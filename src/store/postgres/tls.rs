@@ -576,7 +576,6 @@ fn redact_key_value(conn: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls_pki_types::pem::PemObject as _;
 
     fn rendered(conn: &str) -> String {
         let mut o = Options::parse(conn).unwrap();
@@ -819,131 +818,6 @@ mod tests {
             let (client, conn) = testing::connect(&url).await.unwrap();
             tokio::spawn(conn);
             assert!(!encrypted(&client).await, "{mode}");
-        }
-    }
-
-    /// A certificate authority made for one test.
-    struct TestCa {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-        pem: String,
-    }
-
-    impl TestCa {
-        fn new(name: &str) -> TestCa {
-            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            let pem = params.self_signed(&key).unwrap().pem();
-            TestCa {
-                issuer: rcgen::Issuer::new(params, key),
-                pem,
-            }
-        }
-
-        /// A certificate for `name` and its key, as PEM files in `dir`: (cert, key, cert DER).
-        fn issue(&self, dir: &std::path::Path, name: &str) -> (String, String, Vec<u8>) {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
-            let (c, k) = (
-                dir.join(format!("{name}.crt")),
-                dir.join(format!("{name}.key")),
-            );
-            std::fs::write(&c, cert.pem()).unwrap();
-            std::fs::write(&k, key.serialize_pem()).unwrap();
-            let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
-            (path(c), path(k), cert.der().to_vec())
-        }
-    }
-
-    /// Answers one connection as PostgreSQL answers a TLS request (`S`), then finishes the
-    /// handshake as `localhost`, requiring a client certificate signed by `client_ca`. Gives
-    /// the certificate the client presented (`None`: the handshake failed).
-    async fn one_tls_handshake(
-        dir: &std::path::Path,
-        server_ca: &TestCa,
-        client_ca: &TestCa,
-    ) -> (u16, tokio::task::JoinHandle<Option<Vec<u8>>>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let provider = crate::tls::provider();
-        let (cert, key, _) = server_ca.issue(dir, "localhost");
-        let chain = CertificateDer::pem_file_iter(&cert)
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(client_ca.pem.as_bytes()).unwrap())
-            .unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.into(),
-            provider.clone(),
-        )
-        .build()
-        .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.ok()?;
-            let mut request = [0u8; 8];
-            stream.read_exact(&mut request).await.ok()?;
-            // Length 8, then the SSLRequest code 80877103.
-            assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47]);
-            stream.write_all(b"S").await.ok()?;
-            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(config))
-                .accept(stream)
-                .await
-                .ok()?;
-            let (_, session) = tls.get_ref();
-            Some(session.peer_certificates()?.first()?.to_vec())
-        });
-        (port, task)
-    }
-
-    #[tokio::test]
-    async fn a_client_certificate_is_presented_when_given() {
-        let dir = tempfile::tempdir().unwrap();
-        let (server_ca, client_ca) = (TestCa::new("server ca"), TestCa::new("client ca"));
-        let root = dir.path().join("server-ca.pem");
-        std::fs::write(&root, &server_ca.pem).unwrap();
-        let (cert, key, der) = client_ca.issue(dir.path(), "event-router");
-        let (_, other_key, _) = client_ca.issue(dir.path(), "someone-else");
-        let mixed = format!("postgres://er@localhost/db?sslcert={cert}&sslkey={other_key}");
-        let Err(err) = connect_options(&mixed) else {
-            panic!("a key of another certificate was taken");
-        };
-        assert!(err.contains("cannot be used"), "{err}");
-        for with_cert in [true, false] {
-            let (port, server) = one_tls_handshake(dir.path(), &server_ca, &client_ca).await;
-            let mut url = format!(
-                "postgres://er@localhost:{port}/db?sslmode=verify-full&sslrootcert={}",
-                root.display()
-            );
-            if with_cert {
-                url.push_str(&format!("&sslcert={cert}&sslkey={key}"));
-            }
-            let (mut config, tls) = connect_options(&url).unwrap();
-            config.connect_timeout(std::time::Duration::from_secs(5));
-            // The fake server stops after the handshake, so the connection itself fails.
-            let client = tokio::spawn(async move { config.connect(tls).await.map(|_| ()) });
-            let presented = tokio::time::timeout(std::time::Duration::from_secs(10), server)
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(client.await.unwrap().is_err());
-            match with_cert {
-                true => assert_eq!(presented.as_deref(), Some(&der[..])),
-                false => assert_eq!(presented, None),
-            }
         }
     }
 
