@@ -6,9 +6,10 @@ use std::hint::black_box;
 
 use axum::http::{HeaderMap, HeaderValue};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use event_router::clock::now_ms;
 use event_router::config::{Config, Secret};
 use event_router::event::serialize_event;
-use event_router::ingest::{self, Prepared, Source, now_ms, verify};
+use event_router::ingest::{self, Prepared, Source, verify};
 use event_router::store::packed::Packed;
 
 fn source(name: &str, secret: &str) -> Source {

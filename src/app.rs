@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use crate::stream::Hub;
 use crate::stream::sequencer::Sequencer;
 use crate::tls::{CertStore, TlsListener};
 
-pub use crate::routing::hash_api_key;
+use crate::crypto::{hash_api_key, random_token, write_private};
 
 /// Shared state; `Clone` is one `Arc` bump.
 #[derive(Clone)]
@@ -300,31 +299,6 @@ fn admin_key(config: &Config) -> anyhow::Result<Secret> {
         path.display()
     );
     Ok(Secret(key))
-}
-
-pub fn random_token(bytes: usize) -> String {
-    use base64::Engine as _;
-    let mut buf = vec![0u8; bytes];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
-        .expect("the system random source works");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
-/// Writes a file readable only by its owner.
-pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
 }
 
 /// Opens the backend and puts the encryption layer over it (agent secrets are always sealed;
@@ -621,7 +595,7 @@ fn spawn_housekeeping(state: &AppState) {
             tokio::select! {
                 _ = purger.shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    let cutoff = ingest::now_ms() - purger.config.retention_days as i64 * 86_400_000;
+                    let cutoff = crate::clock::now_ms() - purger.config.retention_days as i64 * 86_400_000;
                     loop {
                         match purger.store.purge_before(cutoff, 500).await {
                             Ok(n) if n > 0 => {

@@ -363,8 +363,8 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
                 .context("--router needs --admin-key (or ADMIN_API_KEY)")?,
         ),
         None => (
-            format!("bench-gh-{}", crate::app::random_token(16)),
-            format!("bench-admin-{}", crate::app::random_token(16)),
+            format!("bench-gh-{}", crate::crypto::random_token(16)),
+            format!("bench-admin-{}", crate::crypto::random_token(16)),
         ),
     };
 
@@ -634,7 +634,7 @@ async fn measure_router(
         agent["url"] = json!(format!("http://{addr}/deliveries"));
     }
     // `--deliver sse`: the agent's own key opens its stream (the admin key opens only `*`).
-    let stream_key = format!("bench-stream-{}", crate::app::random_token(16));
+    let stream_key = format!("bench-stream-{}", crate::crypto::random_token(16));
     if args.deliver == DeliverVia::Sse {
         agent["apiKey"] = json!(stream_key);
     }

@@ -145,9 +145,40 @@ pub fn load_or_generate_key(configured: Option<&str>, data_dir: &Path) -> Result
     SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| "the system random source failed".to_string())?;
-    crate::app::write_private(&path, &format!("{}\n", STANDARD.encode(key)))
+    write_private(&path, &format!("{}\n", STANDARD.encode(key)))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(key)
+}
+
+/// SHA-256 (hex) of an API key: keys are stored and indexed only as hashes.
+pub fn hash_api_key(key: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, key))
+}
+
+/// `bytes` random bytes from the system source, as URL-safe base64 (session tokens, generated keys).
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine as _;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .expect("the system random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
 }
 
 #[cfg(test)]

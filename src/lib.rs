@@ -8,6 +8,7 @@ pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod config_check;

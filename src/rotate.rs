@@ -47,7 +47,7 @@ pub async fn rotate_key(config: &Config, new_key: &str) -> Result<Rotated, Strin
     store.close().await;
     let mut rotated = result?;
     if config.encryption_key.is_none() {
-        crate::app::write_private(
+        crate::crypto::write_private(
             &key_file,
             &format!(
                 "{}\n",

@@ -22,11 +22,6 @@ use crate::rules::{PlannedBody, RuleOptions, RuleSet};
 use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Store, StoreError};
 use crate::stream::StreamItem;
 
-/// SHA-256 (hex) of an API key: keys are stored and indexed only as hashes.
-pub fn hash_api_key(key: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, key))
-}
-
 /// Everything compiled from the stored rules, swapped as one.
 pub struct Compiled {
     pub rules: Arc<RuleSet>,
@@ -178,7 +173,7 @@ pub fn plan(
     }
     let source: Arc<str> = Arc::from(head.source.as_str());
     let event_type: Arc<str> = Arc::from(head.event_type.as_str());
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     for pd in eval.deliveries {
         // (what to send, what to store if it differs from the archive, its JSON view)
         let (body, stored, view, error) = match pd.body {

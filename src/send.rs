@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::clock::now_ms;
 use crate::config::Scheme;
-use crate::ingest::{now_ms, verify};
+use crate::ingest::verify;
 
 #[derive(Debug, Clone)]
 pub struct SendArgs {

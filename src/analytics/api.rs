@@ -12,7 +12,7 @@ use super::{ALL, BUCKETS_MS, m};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::events::{parse_int, query_pairs};
 use crate::app::AppState;
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 
 /// Sums of one dimension's metrics.
 #[derive(Default)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::store::{RollupDelta, Store};
 
 /// Buckets (ms) of the processing-time and latency histograms, for both the Prometheus

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ApiResult};
 use super::events::{parse_int, query_pairs};
 use crate::app::AppState;
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::store::AuditRecord;
 
 /// The action and target of a change, from its method and path.

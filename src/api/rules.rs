@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use crate::app::{AppState, hash_api_key};
+use crate::app::AppState;
+use crate::crypto::hash_api_key;
 use crate::ingest::verify::{StandardSigner, generate_standard_secret};
 use crate::rules::model::{Agent, EventFilter, EventRoute};
 use crate::rules::{self, ValidationError};

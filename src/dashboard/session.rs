@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 
 /// The cookie's name.
 pub const COOKIE: &str = "er_session";
@@ -72,7 +72,7 @@ impl Sessions {
     }
 
     fn create_at(&self, now: Instant) -> NewSession {
-        let token = crate::app::random_token(32);
+        let token = crate::crypto::random_token(32);
         let session = Session {
             expires: now + self.ttl,
             expires_at_ms: now_ms().saturating_add(self.ttl.as_millis() as i64),

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::ingest::verify::StandardSigner;
 use crate::queue::policy::parse_retry_after;
 

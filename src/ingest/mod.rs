@@ -6,7 +6,7 @@ pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::clock::now_ms;
 use crate::config::{Scheme, SourceConfig};
 use crate::event::{self, EventHeader, EventInput, Field, Probed};
 use crate::store::{CommitOutcome, NewEvent};
@@ -74,13 +75,6 @@ impl Source {
             identifier_field,
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn header_bytes<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {

@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::analytics::Analytics;
+use crate::clock::now_ms;
 use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult};
-use crate::ingest::now_ms;
 use crate::store::{AttemptUpdate, DeliveryStatus, PendingDelivery, Store};
 use policy::RetryPolicy;
 

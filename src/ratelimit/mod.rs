@@ -15,7 +15,6 @@
 
 #![forbid(unsafe_code)]
 
-mod clock;
 mod config;
 mod decision;
 pub mod fixed_window;
@@ -23,7 +22,7 @@ mod registry;
 pub mod sliding_window;
 pub mod token_bucket;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     MAX_NAME_BYTES, MAX_WINDOW_MS, RateLimitConfig, Strategy, ValidationError, config_from_value,
     parse_config,

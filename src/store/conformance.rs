@@ -357,7 +357,7 @@ async fn list_events_filters_and_cursor(store: Arc<dyn Store>) {
     }
     assert_eq!(pages, expect(&|_| true));
     // Time bounds: since is inclusive, until exclusive, both on the receipt time in the id.
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     assert_eq!(
         store
             .list_events(q(&|q| q.since = Some(now + 60_000)))
@@ -667,7 +667,7 @@ async fn retry_and_delete_dead_letters(store: Arc<dyn Store>) {
 
     let none = store
         .retry_dead_matching(DeadFilter {
-            since: Some(crate::ingest::now_ms() + 60_000),
+            since: Some(crate::clock::now_ms() + 60_000),
             ..Default::default()
         })
         .await
@@ -768,7 +768,7 @@ async fn rollups_and_unsettled_events(store: Arc<dyn Store>) {
     for e in [pending, dead, done] {
         store.commit_event(e).await.unwrap();
     }
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     assert_eq!(store.unsettled_events(now - 60_000).await.unwrap(), (2, 1));
     assert_eq!(store.unsettled_events(now + 60_000).await.unwrap(), (0, 0));
 }
@@ -843,9 +843,9 @@ async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Stor
         .await
         .unwrap();
     // Nothing is older than an hour ago.
-    let hour_ago = crate::ingest::now_ms() - 3_600_000;
+    let hour_ago = crate::clock::now_ms() - 3_600_000;
     assert_eq!(store.purge_before(hour_ago, 2).await.unwrap(), 0);
-    let future = crate::ingest::now_ms() + 1000;
+    let future = crate::clock::now_ms() + 1000;
     assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
     assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
     assert_eq!(store.purge_before(future, 2).await.unwrap(), 1);

@@ -873,7 +873,7 @@ async fn requeue<C: GenericClient>(
     where_sql: &str,
     args: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<PendingDelivery>> {
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     let sql = format!(
         // A delivery whose route transformation failed has nothing to send: it is fixed by
         // correcting the route and replaying the event, not by a retry.
@@ -1025,7 +1025,7 @@ impl DeliveryStore for PgStore {
             f_dur.push(first.map(|f| i64::try_from(f.duration_ms).unwrap_or(i64::MAX)));
             f_code.push(first.and_then(|f| f.status_code).map(i32::from));
         }
-        let now = crate::ingest::now_ms();
+        let now = crate::clock::now_ms();
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         if !a_id.is_empty() {
@@ -1185,14 +1185,7 @@ impl DeliveryStore for PgStore {
 
     async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()> {
         let c = self.client().await?;
-        insert_deliveries(
-            &c,
-            self.node,
-            event_id,
-            crate::ingest::now_ms(),
-            &deliveries,
-        )
-        .await
+        insert_deliveries(&c, self.node, event_id, crate::clock::now_ms(), &deliveries).await
     }
 
     async fn finished_counts(&self) -> Result<(u64, u64)> {
@@ -1430,7 +1423,7 @@ impl RuleStore for PgStore {
         rule: StoredRule,
         mode: PutMode,
     ) -> Result<PutOutcome> {
-        let now = crate::ingest::now_ms();
+        let now = crate::clock::now_ms();
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let outcome = match mode {

@@ -854,7 +854,7 @@ fn requeue(
     where_sql: &str,
     args: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<Vec<PendingDelivery>> {
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     let ids: Vec<Vec<u8>> = c
         .prepare(&format!(
             // A delivery whose route transformation failed has nothing to send: it is fixed by
@@ -930,7 +930,7 @@ impl DeliveryStore for SqliteStore {
                         first_started_at = ?3, first_duration_ms = ?4, first_status_code = ?5
                  WHERE id = ?1",
             )?;
-            let now = crate::ingest::now_ms();
+            let now = crate::clock::now_ms();
             for u in &updates {
                 let id = u.delivery_id.as_bytes().as_slice();
                 if u.is_first_success() {
@@ -1077,7 +1077,7 @@ impl DeliveryStore for SqliteStore {
     async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()> {
         let bodies = pack_deliveries(&deliveries);
         self.write(move |c| {
-            insert_deliveries(c, event_id, crate::ingest::now_ms(), &deliveries, &bodies)
+            insert_deliveries(c, event_id, crate::clock::now_ms(), &deliveries, &bodies)
         })
         .await
     }
@@ -1280,7 +1280,7 @@ impl RuleStore for SqliteStore {
                 "INSERT INTO rules (kind, id, body, updated_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
             )?
-            .execute(params![kind.as_str(), rule.id, rule.body, crate::ingest::now_ms()])?;
+            .execute(params![kind.as_str(), rule.id, rule.body, crate::clock::now_ms()])?;
             Ok(if exists {
                 PutOutcome::Replaced
             } else {

@@ -21,7 +21,7 @@ use super::{FIREHOSE, Message, Registration};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::events::query_pairs;
 use crate::app::{AppState, bearer};
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 use crate::rules::Subscription;
 
 /// Backlog rows read per query while replaying.
@@ -191,7 +191,7 @@ async fn feed(
     // subscription, so arrives live), and live messages the replay already sent are skipped.
     let clustered = app.store.node_id().is_some();
     let bound = if clustered {
-        bound.max(id_floor(crate::ingest::now_ms() + CLUSTER_CEILING_MS))
+        bound.max(id_floor(crate::clock::now_ms() + CLUSTER_CEILING_MS))
     } else {
         bound
     };

@@ -21,7 +21,7 @@ pub const AGENT_KEY: &str = "agent-key-for-tests";
 pub const ADMIN_KEY: &str = "admin-key-for-tests";
 
 pub fn now_ms() -> i64 {
-    event_router::ingest::now_ms()
+    event_router::clock::now_ms()
 }
 
 /// With `EVENT_ROUTER_TEST_DATABASE_URL` set to a PostgreSQL server URL, the servers these

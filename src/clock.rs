@@ -1,7 +1,16 @@
-//! Time sources for the rate limiter: the wall clock in production, a hand-driven one in tests.
+//! Time: `now_ms()` for stamping events and deadlines, and the `Clock` trait for code that must be
+//! driven by hand in tests (the rate limiter): the wall clock in production, `ManualClock` there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, as a signed number (the stores' and the API's timestamps).
+/// A clock set before 1970 reads as 0 rather than failing a request.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Milliseconds since the Unix epoch.
 ///
