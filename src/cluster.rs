@@ -17,10 +17,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::app::AppState;
-use crate::queue::QueueSnapshot;
-use crate::store::{Notice, RateDelta, RemoteEvent};
-use crate::stream::{StreamItem, publish_event};
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{Queue, QueueSnapshot};
+use crate::ratelimit::RateLimiter;
+use crate::routing::Rules;
+use crate::store::{Notice, RateDelta, RemoteEvent, Store};
+use crate::stream::{Hub, StreamItem, publish_event};
 
 /// How often a node renews its lease and looks for orphaned deliveries. The lease
 /// (`node_lease_ms`, PostgreSQL store option) must be several of these long.
@@ -103,8 +106,21 @@ impl ClusterHits {
     }
 }
 
+/// What a node's cluster work acts on.
+#[derive(Clone)]
+pub struct Node {
+    pub store: Arc<dyn Store>,
+    pub queue: Queue,
+    pub hub: Arc<Hub>,
+    pub rules: Arc<Rules>,
+    pub limiter: Arc<RateLimiter>,
+    /// Allowed hits to share with the other nodes (`None` on a single node).
+    pub hits: Option<Arc<ClusterHits>>,
+    pub shutdown: CancellationToken,
+}
+
 /// Starts the node's cluster work if the store is shared; returns at once.
-pub async fn start(state: &AppState) -> anyhow::Result<()> {
+pub async fn start(state: &Node) -> anyhow::Result<()> {
     let Some(node) = state.store.node_id() else {
         return Ok(());
     };
@@ -149,7 +165,7 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
         });
     }
 
-    if let Some(hits) = state.cluster_hits.clone() {
+    if let Some(hits) = state.hits.clone() {
         let s = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RATE_SYNC);
@@ -165,7 +181,7 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn heartbeat(state: &AppState) {
+async fn heartbeat(state: &Node) {
     let snapshot = state.queue.snapshot().await;
     let json = serde_json::to_string(&snapshot).unwrap_or_default();
     if let Err(e) = state.store.heartbeat(json).await {
@@ -174,7 +190,7 @@ async fn heartbeat(state: &AppState) {
 }
 
 /// Claims what dead nodes left unfinished and schedules it here.
-async fn take_over(state: &AppState) {
+async fn take_over(state: &Node) {
     loop {
         match state.store.take_over(TAKEOVER_BATCH).await {
             Ok(list) if list.is_empty() => return,
@@ -184,7 +200,7 @@ async fn take_over(state: &AppState) {
                     deliveries = n,
                     "took over deliveries from a node that stopped"
                 );
-                state.requeue(list);
+                state.queue.requeue(list, state.rules.default_policy());
                 if n < TAKEOVER_BATCH {
                     return;
                 }
@@ -198,18 +214,18 @@ async fn take_over(state: &AppState) {
 }
 
 /// Another node changed rules, agents or rate limits: rebuild from the store.
-async fn reload(state: &AppState) {
-    let _guard = state.rules_lock.lock().await;
-    if let Err(e) = state.reload_rules().await {
+async fn reload(state: &Node) {
+    let _guard = state.rules.lock_changes().await;
+    if let Err(e) = state.rules.reload().await {
         tracing::error!(error = %e, "reloading rules after a change on another node failed");
     }
-    if let Err(e) = state.reload_rate_limits().await {
+    if let Err(e) = crate::ratelimit::reload(&state.limiter, state.store.as_ref()).await {
         tracing::error!(error = %e, "reloading rate limits after a change on another node failed");
     }
 }
 
 /// Publishes to this node's streams the events another node committed.
-async fn publish_remote(state: &AppState, ids: Vec<uuid::Uuid>) {
+async fn publish_remote(state: &Node, ids: Vec<uuid::Uuid>) {
     if !state.hub.has_subscribers() {
         return;
     }
@@ -223,7 +239,7 @@ async fn publish_remote(state: &AppState, ids: Vec<uuid::Uuid>) {
     }
 }
 
-fn publish_one(state: &AppState, e: RemoteEvent) {
+fn publish_one(state: &Node, e: RemoteEvent) {
     let Ok(view) = crate::store::parse_stored(&e.body) else {
         tracing::error!(event_id = %e.id, "another node's event does not parse; not streamed");
         return;
@@ -252,7 +268,7 @@ fn publish_one(state: &AppState, e: RemoteEvent) {
     publish_event(&state.hub, e.id, view, None, firehose, items);
 }
 
-async fn sync_rate_hits(state: &AppState, hits: &ClusterHits) {
+async fn sync_rate_hits(state: &Node, hits: &ClusterHits) {
     let deltas = hits.drain();
     match state
         .store
@@ -280,12 +296,12 @@ async fn sync_rate_hits(state: &AppState, hits: &ClusterHits) {
 
 /// `/queue/stats` for the whole cluster: this node's live figures plus every other live
 /// node's last heartbeat (at most `HEARTBEAT` old).
-pub async fn queue_snapshot(state: &AppState) -> QueueSnapshot {
-    let mut total = state.queue.snapshot().await;
-    let Some(me) = state.store.node_id() else {
+pub async fn queue_snapshot(queue: &Queue, store: &dyn Store) -> QueueSnapshot {
+    let mut total = queue.snapshot().await;
+    let Some(me) = store.node_id() else {
         return total;
     };
-    let nodes = match state.store.live_nodes().await {
+    let nodes = match store.live_nodes().await {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "reading the other nodes' queue figures failed");

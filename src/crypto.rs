@@ -150,6 +150,12 @@ pub fn load_or_generate_key(configured: Option<&str>, data_dir: &Path) -> Result
     Ok(key)
 }
 
+/// Byte strings compared in constant time (keys, signatures): how long it takes says nothing
+/// about where they differ.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
 /// SHA-256 (hex) of an API key: keys are stored and indexed only as hashes.
 pub fn hash_api_key(key: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, key))

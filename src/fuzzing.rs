@@ -1324,10 +1324,10 @@ pub fn ingest_prepare(data: &[u8]) {
                 (true, _) => &["invalid_body"],
             };
             assert!(
-                allowed.contains(&e.code),
+                allowed.contains(&e.code()),
                 "refused with {} ({}), authentic: {authentic}",
-                e.code,
-                e.message
+                e.code(),
+                e
             );
             return;
         }

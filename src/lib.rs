@@ -5,19 +5,17 @@
 #![forbid(unsafe_code)]
 
 pub mod analytics;
-pub mod api;
-pub mod app;
 pub mod bench;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod config_check;
 pub mod crypto;
-pub mod dashboard;
 pub mod deliver;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod ingest;
 pub mod queue;
 pub mod ratelimit;
@@ -25,13 +23,13 @@ pub mod rotate;
 pub mod routing;
 pub mod rules;
 pub mod send;
-pub mod serve;
+pub mod server;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;
 
-pub use app::{Server, run, start};
+pub use server::{Server, run, start};
 
 /// The ingest path allocates many small JSON nodes per webhook; mimalloc's thread-local free
 /// lists make that markedly cheaper than glibc malloc (measured in benches/ingest.rs). Not in fuzz

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,13 +13,15 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::api::rules::{API_KEY_HASH, parse_stored};
+use crate::config::Secret;
+use crate::crypto::hash_api_key;
 use crate::deliver::{AgentTarget, Pacing};
 use crate::event::EventHeader;
 use crate::ingest::verify::StandardSigner;
 use crate::queue::policy::RetryPolicy;
-use crate::queue::{Job, Targets};
+use crate::queue::{Job, Queue, Targets};
 use crate::rules::model::{Agent, EventFilter, EventRoute};
+use crate::rules::stored::{API_KEY_HASH, parse_stored};
 use crate::rules::{PlannedBody, RuleOptions, RuleSet};
 use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Store, StoreError};
 use crate::stream::StreamItem;
@@ -28,6 +32,134 @@ pub struct Compiled {
     pub targets: Arc<Targets>,
     /// API-key hash -> agent id.
     pub agent_keys: HashMap<String, Arc<str>>,
+}
+
+/// The live rules: what is compiled now, and how a change is made (serialized, rebuilt from the
+/// store, swapped whole). Agent keys are checked here too, since the index of agents' own keys
+/// is compiled with the rules.
+pub struct Rules {
+    compiled: ArcSwap<Compiled>,
+    /// The targets the scheduler reads (the same `Arc` as in `compiled`).
+    targets: Arc<ArcSwap<Targets>>,
+    /// Serializes admin changes so each rebuild sees the previous one.
+    changes: tokio::sync::Mutex<()>,
+    options: RuleOptions,
+    default_policy: Arc<RetryPolicy>,
+    /// `AGENT_API_KEY`: a key that opens every agent's streams.
+    shared_agent_key: Option<Secret>,
+    store: Arc<dyn Store>,
+    queue: Queue,
+}
+
+impl Rules {
+    pub fn new(
+        compiled: Compiled,
+        targets: Arc<ArcSwap<Targets>>,
+        options: RuleOptions,
+        default_policy: Arc<RetryPolicy>,
+        shared_agent_key: Option<Secret>,
+        store: Arc<dyn Store>,
+        queue: Queue,
+    ) -> Rules {
+        Rules {
+            compiled: ArcSwap::new(Arc::new(compiled)),
+            targets,
+            changes: tokio::sync::Mutex::new(()),
+            options,
+            default_policy,
+            shared_agent_key,
+            store,
+            queue,
+        }
+    }
+
+    /// The rules in force now (a cheap guard; hold it only briefly).
+    pub fn current(&self) -> Guard<Arc<Compiled>> {
+        self.compiled.load()
+    }
+
+    /// The rules in force now, owned (for work that outlives a borrow, such as a blocking task).
+    pub fn current_full(&self) -> Arc<Compiled> {
+        self.compiled.load_full()
+    }
+
+    /// The retry policy of routes that set none.
+    pub fn default_policy(&self) -> &Arc<RetryPolicy> {
+        &self.default_policy
+    }
+
+    /// Filters and routes an event against the current rule set.
+    pub fn plan(&self, head: &EventHeader, event: &mut Value, body: &Bytes) -> Plan {
+        self.plan_with(&self.compiled.load(), head, event, body)
+    }
+
+    /// Filters and routes an event against `compiled` (a rule set the caller already consulted,
+    /// such as ingest deciding whether the event needs its payload parsed).
+    pub fn plan_with(
+        &self,
+        compiled: &Compiled,
+        head: &EventHeader,
+        event: &mut Value,
+        body: &Bytes,
+    ) -> Plan {
+        plan(
+            &compiled.rules,
+            &compiled.targets,
+            head,
+            event,
+            body,
+            &self.default_policy,
+        )
+    }
+
+    /// Held while a change to the stored rules is written and reloaded.
+    pub async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
+    }
+
+    /// Rebuilds rules, targets and the agent-key index from the store and swaps them in.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let compiled = load(self.store.as_ref(), self.options.clone()).await?;
+        self.targets.store(compiled.targets.clone());
+        self.compiled.store(Arc::new(compiled));
+        self.queue.targets_changed();
+        Ok(())
+    }
+
+    /// The ids of the stored agents (what a route may target).
+    pub async fn agent_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .store
+            .list_rules(RuleKind::Agent)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// Which agent a key belongs to: `Some(None)` for the shared `AGENT_API_KEY` (any agent),
+    /// `Some(Some(id))` for an agent's own key, `None` for no agent key at all.
+    pub fn agent_for_key(&self, key: &[u8]) -> Option<Option<Arc<str>>> {
+        if self
+            .shared_agent_key
+            .as_ref()
+            .is_some_and(|k| crate::crypto::ct_eq(key, k.0.as_bytes()))
+        {
+            return Some(None);
+        }
+        // Agents' own keys are looked up by their SHA-256: the index holds no key, and a hash
+        // lookup reveals nothing usable about a key's bytes.
+        self.compiled
+            .load()
+            .agent_keys
+            .get(&hash_api_key(key))
+            .map(|id| Some(id.clone()))
+    }
+
+    /// Whether any agent key exists (the shared one or an agent's own).
+    pub fn has_agent_keys(&self) -> bool {
+        self.shared_agent_key.is_some() || !self.compiled.load().agent_keys.is_empty()
+    }
 }
 
 /// Reads filters, routes and agents from the store and compiles them. A stored object that no

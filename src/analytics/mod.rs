@@ -3,8 +3,6 @@
 //! both the Prometheus exporter (`/metrics`) and the per-minute rollups kept in the store
 //! (`/analytics/metrics`, which therefore survives restarts).
 
-pub mod api;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +10,17 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::clock::now_ms;
-use crate::store::{RollupDelta, Store};
+
+/// One increment of a per-minute rollup counter (kept by the store's `AnalyticsStore`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupDelta {
+    /// Start of the minute (ms).
+    pub minute: i64,
+    /// `""` (whole router), `s:<source>` or `a:<agent>`.
+    pub dim: String,
+    pub metric: String,
+    pub value: i64,
+}
 
 /// Buckets (ms) of the processing-time and latency histograms, for both the Prometheus
 /// histograms and the stored rollups (percentiles are read from them).
@@ -408,32 +416,6 @@ fn install_prometheus() -> PrometheusHandle {
             }
         })
         .clone()
-}
-
-/// Writes the accumulated rollups every second until shutdown, then once more.
-pub fn spawn_flusher(
-    analytics: Arc<Analytics>,
-    store: Arc<dyn Store>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            let stop = tokio::select! {
-                _ = tick.tick() => false,
-                _ = shutdown.cancelled() => true,
-            };
-            let deltas = analytics.drain();
-            if !deltas.is_empty()
-                && let Err(e) = store.add_rollups(deltas).await
-            {
-                tracing::error!(error = %e, "writing analytics rollups failed");
-            }
-            if stop {
-                break;
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::clock::now_ms;
 use crate::ingest::verify::StandardSigner;
-use crate::queue::policy::parse_retry_after;
 
 /// How much of an agent's answer is kept in the attempt log.
 pub const RESPONSE_PREFIX: usize = 1024;
@@ -313,9 +312,33 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     msg
 }
 
+/// `Retry-After`: delay-seconds or an HTTP-date; a date in the past means now.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(86_400 * 365)));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_170_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

@@ -181,6 +181,16 @@ impl Queue {
         }
     }
 
+    /// Puts deliveries that come back from the store (dead-letter retries, a dead node's work)
+    /// into the scheduler.
+    pub fn requeue(&self, pending: Vec<PendingDelivery>, default_policy: &Arc<RetryPolicy>) {
+        let jobs = pending
+            .into_iter()
+            .map(|p| Job::from_pending(p, default_policy))
+            .collect();
+        self.enqueue_unreserved(jobs);
+    }
+
     /// Deliveries that come back (dead-letter retries, replays) outside the ingest budget.
     pub fn enqueue_unreserved(&self, jobs: Vec<Job>) {
         self.unfinished

@@ -1,6 +1,6 @@
 //! Retry policies (API.md section 5 `RetryPolicy`) and the delay before each retry.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub use crate::rules::model::{BackoffStrategy, RetryPolicy};
 
@@ -59,16 +59,6 @@ impl RetryPolicy {
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date; a date in the past means now.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(86_400 * 365)));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,15 +111,5 @@ mod tests {
         assert_eq!(e.next_delay(1, Some(Duration::from_secs(2)), 0.5), 2000);
         assert_eq!(e.next_delay(1, Some(Duration::from_secs(60)), 0.5), 5000);
         assert_eq!(e.next_delay(2, None, 0.5), 200);
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_170_000);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(30))
-        );
-        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

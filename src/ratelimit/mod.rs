@@ -141,6 +141,31 @@ pub(crate) fn div_floor(a: u128, b: u128) -> u128 {
     div_rem(a, b).0
 }
 
+/// The store id of a limit: source names cannot hold ':', so this is unambiguous.
+pub fn rule_id(source: &str, identifier: &str) -> String {
+    format!("{source}:{identifier}")
+}
+
+/// Rebuilds the inbound rate limits from the store (the truth) and swaps them in. A stored limit
+/// that no longer parses is logged and skipped.
+pub async fn reload(
+    limiter: &RateLimiter,
+    store: &dyn crate::store::Store,
+) -> Result<(), crate::store::StoreError> {
+    let stored = store.list_rules(crate::store::RuleKind::RateLimit).await?;
+    let mut configs = Vec::with_capacity(stored.len());
+    for rule in stored {
+        match parse_config(rule.body.as_bytes()) {
+            Ok(c) => configs.push(c),
+            Err(e) => {
+                tracing::error!(id = %rule.id, error = %e, "stored rate limit is invalid; skipped")
+            }
+        }
+    }
+    limiter.set_configs(configs);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,13 @@
 //! - [`transform`]: jq programs (jaq) and their time-budgeted workers.
 //! - [`ruleset`]: the immutable compiled rules and `evaluate`.
 //! - [`subscription`]: stream `filters=` narrowing.
+//! - [`stored`]: the stored form of rules (server-side fields such as an agent's key hash).
 
 pub mod condition;
 pub mod model;
 pub mod path;
 pub mod ruleset;
+pub mod stored;
 pub mod subscription;
 pub mod transform;
 pub mod validate;

@@ -331,15 +331,17 @@ pub trait DeliveryStore: Send + Sync {
     async fn finished_counts(&self) -> Result<(u64, u64)>;
 }
 
-/// One increment of a per-minute rollup counter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RollupDelta {
-    /// Start of the minute (ms).
-    pub minute: i64,
-    /// `""` (whole router), `s:<source>` or `a:<agent>`.
-    pub dim: String,
-    pub metric: String,
-    pub value: i64,
+pub use crate::analytics::RollupDelta;
+
+/// Writes the analytics accumulated since the last flush (every second, before an analytics
+/// query, and at shutdown).
+pub async fn flush_analytics(store: &dyn Store, analytics: &crate::analytics::Analytics) {
+    let deltas = analytics.drain();
+    if !deltas.is_empty()
+        && let Err(e) = store.add_rollups(deltas).await
+    {
+        tracing::error!(error = %e, "writing analytics rollups failed");
+    }
 }
 
 #[async_trait]

@@ -3,7 +3,6 @@
 //! subscriber whose buffer is full is cut off (it resumes with its last event id), so a slow
 //! consumer never slows ingest or the others.
 
-pub mod handlers;
 pub mod sequencer;
 
 use std::collections::HashMap;

@@ -191,7 +191,7 @@ impl TestApp {
 
     /// The running server's state, for what the wire does not show (e.g. the stream hub's
     /// counters).
-    pub fn state(&self) -> &event_router::app::AppState {
+    pub fn state(&self) -> &event_router::http::AppState {
         &self.server().state
     }
 

@@ -2,42 +2,17 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use base64::Engine as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use crate::app::AppState;
+use super::query::{decode_cursor, encode_cursor, parse_int, query_pairs};
 use crate::event::EventHeader;
+use crate::http::AppState;
 use crate::store::{EventQuery, EventRecord, EventStatus};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
-
-/// Query parameters as `(name, value)` pairs, so that every parse error is ours to word.
-pub fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
-    raw.as_deref()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
-}
-
-pub fn parse_int(name: &str, v: &str) -> ApiResult<i64> {
-    v.trim()
-        .parse::<i64>()
-        .map_err(|_| ApiError::bad_request(format!("{name} must be an integer")))
-}
-
-pub fn encode_cursor(id: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
-}
-
-pub fn decode_cursor(s: &str) -> ApiResult<Uuid> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()
-        .and_then(|b| Uuid::from_slice(&b).ok())
-        .ok_or_else(|| ApiError::bad_request("cursor is not one this server issued"))
-}
 
 fn parse_query(raw: &Option<String>) -> ApiResult<EventQuery> {
     let mut q = EventQuery {
@@ -144,7 +119,7 @@ pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
         timestamp: rec.timestamp,
     };
     let body = bytes::Bytes::from(rec.body.clone());
-    let plan = app.plan(&head, &mut event, &body);
+    let plan = app.rules.plan(&head, &mut event, &body);
     let deliveries: Vec<Value> = plan
         .deliveries
         .iter()

@@ -1,223 +1,40 @@
-//! Starting and stopping the server: `AppState` (cheap handles shared by every handler), the
-//! listener, and graceful shutdown.
+//! The one place the program is wired together: the store, the rules, the scheduler, ingest,
+//! streams and the cluster, the handles the edge gets, the listener, background upkeep, and
+//! graceful shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use axum::serve::ListenerExt as _;
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::analytics::Analytics;
+use crate::cluster::{ClusterHits, Node};
 use crate::config::{Config, Secret};
+use crate::http::AppState;
+use crate::http::dashboard::Sessions;
+use crate::http::state::Handles;
 use crate::ingest::dedupe::RecentDeliveries;
-use crate::ingest::{self, Source, verify};
+use crate::ingest::{self, Ingest};
 use crate::queue::policy::RetryPolicy;
-use crate::queue::{self, Job, Queue, QueueConfig, Targets};
+use crate::queue::{self, QueueConfig};
 use crate::ratelimit::{self, RateLimiter, SystemClock};
-use crate::routing::{self, Compiled, Plan};
+use crate::routing::{self, Rules};
 use crate::rules::{self, RuleOptions};
 use crate::store::encrypted::EncryptedStore;
 use crate::store::postgres::{PgOptions, PgStore, redact_url};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{PendingDelivery, PutMode, RuleKind, Store, StoreError, StoredRule};
+use crate::store::{PutMode, RuleKind, Store, StoredRule};
 use crate::stream::Hub;
 use crate::stream::sequencer::Sequencer;
 use crate::tls::{CertStore, TlsListener};
 
-use crate::crypto::{hash_api_key, random_token, write_private};
-
-/// Shared state; `Clone` is one `Arc` bump.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub config: Config,
-    pub sources: HashMap<String, Arc<Source>>,
-    pub store: Arc<dyn Store>,
-    pub admin_key: Secret,
-    pub dedupe: RecentDeliveries,
-    pub limiter: RateLimiter,
-    /// Allowed hits to share with the other nodes (`None` on a single node).
-    pub cluster_hits: Option<Arc<crate::cluster::ClusterHits>>,
-    /// Failed admin / agent authentications per client address.
-    pub auth_throttle: crate::api::throttle::AuthThrottle,
-    /// Dashboard sign-in sessions (in memory: per process).
-    pub sessions: crate::dashboard::Sessions,
-    /// Serializes admin changes to rules so each rebuild sees the previous one.
-    pub rules_lock: tokio::sync::Mutex<()>,
-    /// The compiled rules, delivery targets and agent keys; swapped whole on every change.
-    pub compiled: ArcSwap<Compiled>,
-    /// The targets the scheduler reads (the same `Arc` as in `compiled`).
-    pub targets: Arc<ArcSwap<Targets>>,
-    pub queue: Queue,
-    pub hub: Arc<Hub>,
-    pub sequencer: Arc<Sequencer>,
-    pub analytics: Arc<Analytics>,
-    pub default_policy: Arc<RetryPolicy>,
-    pub rule_options: RuleOptions,
-    pub started: Instant,
-    /// Work that must finish before the process exits (commits handed off by handlers).
-    pub tasks: TaskTracker,
-    pub shutdown: CancellationToken,
-}
-
-impl Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn source(&self, name: &str) -> Option<Arc<Source>> {
-        self.sources.get(name).cloned()
-    }
-
-    /// A source is enabled when it has a secret; `internal` also when any agent key exists.
-    pub fn source_enabled(&self, source: &Source) -> bool {
-        source.secrets.is_some()
-            || (source.name == "internal"
-                && (self.config.agent_api_key.is_some()
-                    || !self.compiled.load().agent_keys.is_empty()))
-    }
-
-    /// Which agent a key belongs to: `Some(None)` for the shared `AGENT_API_KEY` (any agent),
-    /// `Some(Some(id))` for an agent's own key, `None` for no agent key at all.
-    pub fn agent_for_key(&self, key: &[u8]) -> Option<Option<Arc<str>>> {
-        if self
-            .config
-            .agent_api_key
-            .as_ref()
-            .is_some_and(|k| verify::ct_eq(key, k.0.as_bytes()))
-        {
-            return Some(None);
-        }
-        // Agents' own keys are looked up by their SHA-256: the index holds no key, and a hash
-        // lookup reveals nothing usable about a key's bytes.
-        self.compiled
-            .load()
-            .agent_keys
-            .get(&hash_api_key(key))
-            .map(|id| Some(id.clone()))
-    }
-
-    /// `Authorization: Bearer <key>` with the agent key or any agent's own key.
-    pub fn is_agent_key(&self, authorization: &[u8]) -> bool {
-        bearer(authorization).is_some_and(|k| self.agent_for_key(k).is_some())
-    }
-
-    /// `Authorization: Bearer <key>` against the admin key, in constant time.
-    pub fn is_admin_key(&self, authorization: &[u8]) -> bool {
-        bearer(authorization).is_some_and(|k| self.admin_key_matches(k))
-    }
-
-    /// A bare key against the admin key, in constant time.
-    pub fn admin_key_matches(&self, key: &[u8]) -> bool {
-        verify::ct_eq(key, self.admin_key.0.as_bytes())
-    }
-
-    /// Rebuilds the inbound rate limits from the store (the truth) and swaps them in.
-    pub async fn reload_rate_limits(&self) -> Result<(), StoreError> {
-        let stored = self.store.list_rules(RuleKind::RateLimit).await?;
-        let mut configs = Vec::with_capacity(stored.len());
-        for rule in stored {
-            match ratelimit::parse_config(rule.body.as_bytes()) {
-                Ok(c) => configs.push(c),
-                Err(e) => {
-                    tracing::error!(id = %rule.id, error = %e, "stored rate limit is invalid; skipped")
-                }
-            }
-        }
-        self.limiter.set_configs(configs);
-        Ok(())
-    }
-
-    /// Filters and routes an event against the current rule set.
-    pub fn plan(
-        &self,
-        head: &crate::event::EventHeader,
-        event: &mut Value,
-        body: &bytes::Bytes,
-    ) -> Plan {
-        self.plan_with(&self.compiled.load(), head, event, body)
-    }
-
-    /// Filters and routes an event against `compiled` (a rule set the caller already consulted,
-    /// such as ingest deciding whether the event needs its payload parsed).
-    pub fn plan_with(
-        &self,
-        compiled: &routing::Compiled,
-        head: &crate::event::EventHeader,
-        event: &mut Value,
-        body: &bytes::Bytes,
-    ) -> Plan {
-        routing::plan(
-            &compiled.rules,
-            &compiled.targets,
-            head,
-            event,
-            body,
-            &self.default_policy,
-        )
-    }
-
-    /// Rebuilds rules, targets and the agent-key index from the store and swaps them in.
-    pub async fn reload_rules(&self) -> Result<(), StoreError> {
-        let compiled = routing::load(self.store.as_ref(), self.rule_options.clone()).await?;
-        self.targets.store(compiled.targets.clone());
-        self.compiled.store(Arc::new(compiled));
-        self.queue.targets_changed();
-        Ok(())
-    }
-
-    /// The ids of the stored agents (what a route may target).
-    pub async fn agent_ids(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .store
-            .list_rules(RuleKind::Agent)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect())
-    }
-
-    /// Writes the analytics accumulated since the last flush.
-    pub async fn flush_analytics(&self) {
-        let deltas = self.analytics.drain();
-        if !deltas.is_empty()
-            && let Err(e) = self.store.add_rollups(deltas).await
-        {
-            tracing::error!(error = %e, "writing analytics rollups failed");
-        }
-    }
-
-    /// Puts deliveries that come back from the store (dead-letter retries) into the scheduler.
-    pub fn requeue(&self, pending: Vec<PendingDelivery>) {
-        let jobs = pending
-            .into_iter()
-            .map(|p| Job::from_pending(p, &self.default_policy))
-            .collect();
-        self.queue.enqueue_unreserved(jobs);
-    }
-}
-
-/// The key part of `Bearer <key>` (scheme case-insensitive), or `None`.
-pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = authorization.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let key = rest.trim_ascii();
-    (!key.is_empty()).then_some(key)
-}
+use crate::crypto::{random_token, write_private};
 
 /// A running server: its address, and the handle to stop it.
 pub struct Server {
@@ -263,7 +80,7 @@ impl Server {
                     .saturating_sub(Duration::from_secs(1)),
             )
             .await;
-        self.state.flush_analytics().await;
+        crate::store::flush_analytics(self.state.store.as_ref(), &self.state.analytics).await;
         // On a cluster, what is left unfinished goes to the other nodes now rather than after
         // this node's lease lapses.
         match self.state.store.release().await {
@@ -394,41 +211,69 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown.clone(),
     )
     .await?;
-    let cluster_hits = store
-        .node_id()
-        .map(|_| Arc::new(crate::cluster::ClusterHits::default()));
-    let state = AppState(Arc::new(Inner {
-        compiled: ArcSwap::new(Arc::new(compiled)),
+    let queue = scheduler.queue.clone();
+    let rules = Arc::new(Rules::new(
+        compiled,
         targets,
-        queue: scheduler.queue.clone(),
-        hub: hub.clone(),
-        sequencer: Sequencer::new(hub),
-        analytics,
-        default_policy,
         rule_options,
+        default_policy,
+        config.agent_api_key.clone(),
+        store.clone(),
+        queue.clone(),
+    ));
+    let cluster_hits = store.node_id().map(|_| Arc::new(ClusterHits::default()));
+    let limiter = Arc::new(RateLimiter::new(
+        config.default_rate_limit,
+        config.rate_limit_window_ms,
+        Arc::new(SystemClock),
+    ));
+    let sequencer = Sequencer::new(hub.clone());
+    let tasks = TaskTracker::new();
+    let ingest = Arc::new(Ingest {
         sources,
-        store,
-        admin_key,
-        dedupe: RecentDeliveries::new(100_000),
-        limiter: RateLimiter::new(
-            config.default_rate_limit,
-            config.rate_limit_window_ms,
-            Arc::new(SystemClock),
-        ),
-        cluster_hits,
-        auth_throttle: Default::default(),
-        sessions: crate::dashboard::Sessions::new(config.dashboard_session_ttl),
-        rules_lock: tokio::sync::Mutex::new(()),
-        started: Instant::now(),
-        tasks: TaskTracker::new(),
+        max_event_size: config.max_event_size,
+        store: store.clone(),
+        rules: rules.clone(),
+        dedupe: Arc::new(RecentDeliveries::new(100_000)),
+        limiter: limiter.clone(),
+        cluster_hits: cluster_hits.clone(),
+        queue: queue.clone(),
+        hub: hub.clone(),
+        sequencer: sequencer.clone(),
+        analytics: analytics.clone(),
+        tasks: tasks.clone(),
+    });
+    apply_declared_rate_limits(store.as_ref(), &limiter, &config).await?;
+    let node = Node {
+        store: store.clone(),
+        queue: queue.clone(),
+        hub: hub.clone(),
+        rules: rules.clone(),
+        limiter: limiter.clone(),
+        hits: cluster_hits,
         shutdown: shutdown.clone(),
+    };
+    let state = AppState(Arc::new(Handles {
+        sessions: Sessions::new(config.dashboard_session_ttl),
         config,
+        admin_key,
+        store,
+        rules,
+        ingest,
+        limiter,
+        queue,
+        hub,
+        sequencer,
+        analytics,
+        auth_throttle: Default::default(),
+        started: Instant::now(),
+        tasks,
+        shutdown: shutdown.clone(),
     }));
-    apply_declared(&state).await?;
     spawn_housekeeping(&state);
-    crate::cluster::start(&state).await?;
+    crate::cluster::start(&node).await?;
     let addr = listener.local_addr()?;
-    let router = crate::api::router(state.clone());
+    let router = crate::http::router(state.clone());
     let token = shutdown.clone();
     let serving = match &tls {
         None => {
@@ -436,7 +281,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            tokio::spawn(crate::serve::serve(listener, router, token))
+            tokio::spawn(crate::http::serve::serve(listener, router, token))
         }
         Some(certs) => {
             let server_config = certs
@@ -444,7 +289,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
                 .context("cannot build the TLS configuration")?;
             let listener = TlsListener::new(listener, server_config, shutdown.clone())?;
             spawn_tls_reload_on_sighup(certs.clone(), shutdown.clone());
-            tokio::spawn(crate::serve::serve(listener, router, token))
+            tokio::spawn(crate::http::serve::serve(listener, router, token))
         }
     };
     tracing::info!(
@@ -516,7 +361,7 @@ async fn apply_declared_rules(store: &dyn Store, config: &Config) -> anyhow::Res
             .map_err(|e| anyhow::anyhow!("{}: agents: {e}", d.location_of(&e.field)))?;
         let existing = stored_agents.iter().find(|r| r.id == agent.id);
         let (agent, body) =
-            crate::api::rules::prepare_agent(agent, existing.map(|r| r.body.as_str()))
+            crate::rules::stored::prepare_agent(agent, existing.map(|r| r.body.as_str()))
                 .map_err(|e| anyhow::anyhow!("{}: agents: {e}", d.location_of(&e.field)))?;
         agent_ids.push(agent.id.clone());
         store
@@ -555,20 +400,23 @@ async fn apply_declared_rules(store: &dyn Store, config: &Config) -> anyhow::Res
 }
 
 /// Writes the config file's declared rate limits into the store (by id), then loads them.
-async fn apply_declared(state: &AppState) -> anyhow::Result<()> {
-    for d in &state.config.rate_limits {
+async fn apply_declared_rate_limits(
+    store: &dyn Store,
+    limiter: &RateLimiter,
+    config: &Config,
+) -> anyhow::Result<()> {
+    for d in &config.rate_limits {
         let c = ratelimit::config_from_value(d.value.clone())
             .map_err(|e| anyhow::anyhow!("{}: rate_limits: {e}", d.location_of(&e.field)))?;
         let rule = StoredRule {
-            id: crate::api::rate_limits::rule_id(&c.source, &c.identifier),
+            id: ratelimit::rule_id(&c.source, &c.identifier),
             body: serde_json::to_string(&c)?,
         };
-        state
-            .store
+        store
             .put_rule(RuleKind::RateLimit, rule, PutMode::Upsert)
             .await?;
     }
-    state.reload_rate_limits().await?;
+    ratelimit::reload(limiter, store).await?;
     Ok(())
 }
 
@@ -583,7 +431,7 @@ fn spawn_housekeeping(state: &AppState) {
                 _ = flusher.shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     flusher.analytics.queue_sampled(flusher.queue.unfinished());
-                    flusher.flush_analytics().await
+                    crate::store::flush_analytics(flusher.store.as_ref(), &flusher.analytics).await
                 }
             }
         }
@@ -659,18 +507,4 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bearer;
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer(b"bearer  abc "), Some(&b"abc"[..]));
-        assert_eq!(bearer(b"Basic abc"), None);
-        assert_eq!(bearer(b"Bearer "), None);
-        assert_eq!(bearer(b"Bear"), None);
-    }
 }

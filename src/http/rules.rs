@@ -9,19 +9,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use crate::app::AppState;
-use crate::crypto::hash_api_key;
-use crate::ingest::verify::{StandardSigner, generate_standard_secret};
+use crate::http::AppState;
 use crate::rules::model::{Agent, EventFilter, EventRoute};
+use crate::rules::stored::{API_KEY_HASH, parse_stored, prepare_agent};
 use crate::rules::{self, ValidationError};
 use crate::store::{PutMode, PutOutcome, RuleKind, StoredRule};
-
-/// The field in an agent's stored JSON that holds the hash of its API key.
-pub const API_KEY_HASH: &str = "apiKeyHash";
 
 fn validation(e: ValidationError) -> ApiError {
     ApiError::validation(e.field, e.message)
@@ -29,15 +24,6 @@ fn validation(e: ValidationError) -> ApiError {
 
 fn to_json<T: Serialize>(v: &T) -> ApiResult<String> {
     serde_json::to_string(v).map_err(|e| ApiError::internal("serialize rule", e))
-}
-
-/// Parses a stored rule, dropping server-side fields the wire model does not have.
-pub fn parse_stored<T: DeserializeOwned>(body: &str) -> Result<T, String> {
-    let mut v: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
-    if let Value::Object(m) = &mut v {
-        m.remove(API_KEY_HASH);
-    }
-    serde_json::from_value(v).map_err(|e| e.to_string())
 }
 
 fn kind_name(kind: RuleKind) -> &'static str {
@@ -129,7 +115,7 @@ async fn save(
             kind_name(kind)
         )));
     }
-    app.reload_rules().await?;
+    app.rules.reload().await?;
     let status = match mode {
         PutMode::Create => StatusCode::CREATED,
         PutMode::Upsert => StatusCode::OK,
@@ -153,7 +139,7 @@ pub async fn get_filter(
 async fn save_filter(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
     let filter: EventFilter = rules::parse_filter(body).map_err(validation)?;
     let json = to_json(&filter)?;
-    let _guard = app.rules_lock.lock().await;
+    let _guard = app.rules.lock_changes().await;
     let answer = serde_json::to_value(&filter).map_err(|e| ApiError::internal("filter", e))?;
     save(app, RuleKind::Filter, filter.id.clone(), json, answer, mode).await
 }
@@ -192,8 +178,8 @@ pub async fn get_route(
 }
 
 async fn save_route(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
-    let _guard = app.rules_lock.lock().await;
-    let agents = app.agent_ids().await?;
+    let _guard = app.rules.lock_changes().await;
+    let agents = app.rules.agent_ids().await?;
     let route: EventRoute = rules::parse_route(body, &agents).map_err(validation)?;
     let json = to_json(&route)?;
     let answer = serde_json::to_value(&route).map_err(|e| ApiError::internal("route", e))?;
@@ -233,54 +219,9 @@ pub async fn get_agent(
     get_kind(&app, RuleKind::Agent, id).await
 }
 
-/// Validates an agent and prepares its stored form: a generated secret when none is given (or
-/// the existing one kept on replace), and the API key replaced by its hash.
-pub fn prepare_agent(
-    mut agent: Agent,
-    existing: Option<&str>,
-) -> Result<(Agent, String), ValidationError> {
-    let (old_secret, old_hash) = match existing.and_then(|b| serde_json::from_str::<Value>(b).ok())
-    {
-        Some(v) => (
-            v.get("secret").and_then(Value::as_str).map(str::to_string),
-            v.get(API_KEY_HASH)
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        ),
-        None => (None, None),
-    };
-    match &agent.secret {
-        Some(s) => {
-            StandardSigner::from_secret(s).map_err(|e| ValidationError {
-                field: "secret".into(),
-                message: format!("not a Standard Webhooks secret (whsec_ + base64): {e}"),
-            })?;
-        }
-        None => agent.secret = Some(old_secret.unwrap_or_else(generate_standard_secret)),
-    }
-    let hash = match agent.api_key.take() {
-        Some(k) if k.len() < 16 => {
-            return Err(ValidationError {
-                field: "apiKey".into(),
-                message: "must be at least 16 characters".into(),
-            });
-        }
-        Some(k) => Some(hash_api_key(k.as_bytes())),
-        None => old_hash,
-    };
-    let mut v = serde_json::to_value(&agent).map_err(|e| ValidationError {
-        field: "body".into(),
-        message: e.to_string(),
-    })?;
-    if let (Some(h), Value::Object(m)) = (hash, &mut v) {
-        m.insert(API_KEY_HASH.into(), Value::String(h));
-    }
-    Ok((agent, v.to_string()))
-}
-
 async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
     let agent: Agent = rules::parse_agent(body).map_err(validation)?;
-    let _guard = app.rules_lock.lock().await;
+    let _guard = app.rules.lock_changes().await;
     let existing = app
         .store
         .list_rules(RuleKind::Agent)
@@ -316,7 +257,7 @@ pub async fn delete_agent(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let _guard = app.rules_lock.lock().await;
+    let _guard = app.rules.lock_changes().await;
     // A route naming the agent would stop compiling: refuse rather than break routing.
     for r in app.store.list_rules(RuleKind::Route).await? {
         if let Ok(route) = parse_stored::<EventRoute>(&r.body)
@@ -332,7 +273,7 @@ pub async fn delete_agent(
 }
 
 async fn delete_kind(app: &AppState, kind: RuleKind, id: String) -> ApiResult<Response> {
-    let _guard = app.rules_lock.lock().await;
+    let _guard = app.rules.lock_changes().await;
     delete_locked(app, kind, id).await
 }
 
@@ -344,6 +285,6 @@ async fn delete_locked(app: &AppState, kind: RuleKind, id: String) -> ApiResult<
             kind_name(kind)
         )));
     }
-    app.reload_rules().await?;
+    app.rules.reload().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

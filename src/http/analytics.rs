@@ -8,11 +8,11 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{ALL, BUCKETS_MS, m};
-use crate::api::error::{ApiError, ApiResult};
-use crate::api::events::{parse_int, query_pairs};
-use crate::app::AppState;
+use crate::analytics::{ALL, Analytics, BUCKETS_MS, m};
 use crate::clock::now_ms;
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::query::{parse_int, query_pairs};
 
 /// Sums of one dimension's metrics.
 #[derive(Default)]
@@ -121,7 +121,7 @@ pub async fn analytics(
         }
     }
     // Make the figures include everything up to now, not only what the last flush wrote.
-    app.flush_analytics().await;
+    crate::store::flush_analytics(app.store.as_ref(), &app.analytics).await;
     let now = now_ms();
     let bucket = bucket_ms(hours);
     // Whole buckets, aligned, covering the last `hours`.
@@ -209,7 +209,7 @@ pub async fn analytics(
 pub async fn prometheus(State(app): State<AppState>) -> Response {
     let stats = &app.hub.stats;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
-    super::Analytics::sampled(
+    Analytics::sampled(
         app.queue.unfinished(),
         stats.open.load(relaxed),
         stats.messages_sent.load(relaxed),

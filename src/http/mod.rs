@@ -1,24 +1,33 @@
-//! Router assembly, admin authentication, and the small read-only endpoints.
+//! The HTTP edge: router assembly, every handler, authentication, query parsing, and the mapping
+//! of domain errors to the contract's JSON errors. The domain below imports nothing from here.
 
+pub mod analytics;
 pub mod audit;
+pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod query;
 pub mod queue;
 pub mod rate_limits;
 pub mod rules;
+pub mod serve;
+pub mod state;
+pub mod streams;
 pub mod throttle;
+pub mod webhook;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
 use error::ApiError;
+pub use state::AppState;
 
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
@@ -60,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq/{id}/retry", post(queue::dlq_retry_one))
         .route("/admin/dlq/{id}", axum::routing::delete(queue::dlq_delete))
         .route("/queue/stats", get(queue::stats))
-        .route("/analytics/metrics", get(crate::analytics::api::analytics))
+        .route("/analytics/metrics", get(analytics::analytics))
         .route("/admin/audit", get(audit::list))
         .route(
             "/admin/rate-limits",
@@ -69,15 +78,18 @@ pub fn router(state: AppState) -> Router {
                 .delete(rate_limits::delete),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     Router::new()
-        .route("/webhook/{source}", post(crate::ingest::webhook))
+        .route("/webhook/{source}", post(webhook::webhook))
         .route("/health", get(health))
-        .route("/metrics", get(crate::analytics::api::prometheus))
-        .route("/stream/ws", get(crate::stream::handlers::ws))
-        .route("/stream/sse", get(crate::stream::handlers::sse))
+        .route("/metrics", get(analytics::prometheus))
+        .route("/stream/ws", get(streams::ws))
+        .route("/stream/sse", get(streams::sse))
         .merge(admin)
-        .merge(crate::dashboard::router())
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -96,40 +108,6 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .with_state(state)
-}
-
-/// Admin authentication: `Authorization: Bearer <admin key>`, or (without an `Authorization`
-/// header) a live dashboard session cookie. A cookie-authenticated change must also carry the
-/// dashboard's CSRF header; Bearer requests are not cookie-borne, so they need none.
-async fn require_admin(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = match req.headers().get(header::AUTHORIZATION) {
-        Some(v) => app.is_admin_key(v.as_bytes()),
-        None => match app.sessions.from_headers(req.headers()) {
-            Some(_) => {
-                let safe = matches!(*req.method(), Method::GET | Method::HEAD);
-                if !safe && !crate::dashboard::session::csrf_header_ok(req.headers()) {
-                    return crate::dashboard::csrf_refused().into_response();
-                }
-                true
-            }
-            None => false,
-        },
-    };
-    if !ok {
-        return match client_ip(&req) {
-            Some(ip) => app.auth_throttle.refuse(ip),
-            None => ApiError::unauthorized(),
-        }
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// The peer address of the connection (not `X-Forwarded-For`, which any client can write).
-pub fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
-    req.extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
 }
 
 async fn health(State(app): State<AppState>) -> Response {

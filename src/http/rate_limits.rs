@@ -9,15 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::events::query_pairs;
-use crate::app::AppState;
+use super::query::query_pairs;
+use crate::http::AppState;
 use crate::ratelimit::{self, RateLimitConfig};
 use crate::store::{PutMode, RuleKind, StoredRule};
-
-/// The store id of a limit: source names cannot hold ':', so this is unambiguous.
-pub fn rule_id(source: &str, identifier: &str) -> String {
-    format!("{source}:{identifier}")
-}
 
 pub async fn list(State(app): State<AppState>) -> Json<Value> {
     Json(json!({ "items": app.limiter.configs(), "nextCursor": null }))
@@ -26,19 +21,19 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
 pub async fn put(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<RateLimitConfig>> {
     let config =
         ratelimit::parse_config(&body).map_err(|e| ApiError::validation(e.field, e.message))?;
-    let _guard = app.rules_lock.lock().await;
+    let _guard = app.rules.lock_changes().await;
     app.store
         .put_rule(
             RuleKind::RateLimit,
             StoredRule {
-                id: rule_id(&config.source, &config.identifier),
+                id: crate::ratelimit::rule_id(&config.source, &config.identifier),
                 body: serde_json::to_string(&config)
                     .map_err(|e| ApiError::internal("serialize rate limit", e))?,
             },
             PutMode::Upsert,
         )
         .await?;
-    app.reload_rate_limits().await?;
+    crate::ratelimit::reload(&app.limiter, app.store.as_ref()).await?;
     Ok(Json(config))
 }
 
@@ -60,16 +55,19 @@ pub async fn delete(State(app): State<AppState>, RawQuery(raw): RawQuery) -> Api
             "DELETE /admin/rate-limits needs ?source=…&identifier=… (identifier may be *)",
         ));
     };
-    let _guard = app.rules_lock.lock().await;
+    let _guard = app.rules.lock_changes().await;
     let existed = app
         .store
-        .delete_rule(RuleKind::RateLimit, rule_id(&source, &identifier))
+        .delete_rule(
+            RuleKind::RateLimit,
+            crate::ratelimit::rule_id(&source, &identifier),
+        )
         .await?;
     if !existed {
         return Err(ApiError::not_found(
             "No rate limit for that source and identifier",
         ));
     }
-    app.reload_rate_limits().await?;
+    crate::ratelimit::reload(&app.limiter, app.store.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::events::{parse_int, query_pairs};
-use crate::app::AppState;
+use super::query::{parse_int, query_pairs};
 use crate::clock::now_ms;
+use crate::http::AppState;
 use crate::store::AuditRecord;
 
 /// The action and target of a change, from its method and path.

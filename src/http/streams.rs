@@ -17,12 +17,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{FIREHOSE, Message, Registration};
-use crate::api::error::{ApiError, ApiResult};
-use crate::api::events::query_pairs;
-use crate::app::{AppState, bearer};
+use super::AppState;
+use super::auth::{admin_key_matches, bearer};
 use crate::clock::now_ms;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::query::query_pairs;
 use crate::rules::Subscription;
+use crate::stream::{FIREHOSE, Message, Registration, sse_frame};
 
 /// Backlog rows read per query while replaying.
 const REPLAY_BATCH: usize = 500;
@@ -84,7 +85,7 @@ fn open(
         .ok_or_else(|| {
             ApiError::bad_request("agentId is required (an agent id, or * with the admin key)")
         })?;
-    let is_admin = via_session || key.as_deref().is_some_and(|k| app.admin_key_matches(k));
+    let is_admin = via_session || key.as_deref().is_some_and(|k| admin_key_matches(app, k));
     if agent == FIREHOSE {
         if !is_admin {
             return Err(app.auth_throttle.refuse(peer.ip()));
@@ -92,7 +93,7 @@ fn open(
     } else {
         // API.md section 7: an agent's stream opens with AGENT_API_KEY or the agent's own key
         // (the admin key, and so a dashboard session, opens the `*` firehose).
-        let allowed = match key.as_deref().and_then(|k| app.agent_for_key(k)) {
+        let allowed = match key.as_deref().and_then(|k| app.rules.agent_for_key(k)) {
             Some(None) => true,
             Some(Some(own)) => &*own == agent,
             None => false,
@@ -100,7 +101,7 @@ fn open(
         if !allowed {
             return Err(app.auth_throttle.refuse(peer.ip()));
         }
-        if app.compiled.load().rules.agent(agent).is_none() {
+        if app.rules.current().rules.agent(agent).is_none() {
             return Err(ApiError::not_found(format!(
                 "No agent with id \"{}\"",
                 agent.chars().take(128).collect::<String>()
@@ -340,9 +341,9 @@ pub async fn sse(
         let out = rx.recv().await?;
         let (frame, done) = match out {
             Out::Event(m) => (m.sse_frame(), false),
-            Out::Text(t) => (super::sse_frame(None, &t), false),
+            Out::Text(t) => (sse_frame(None, &t), false),
             Out::Close { reason, .. } => (
-                super::sse_frame(
+                sse_frame(
                     None,
                     &json!({"type": "close", "reason": reason}).to_string(),
                 ),

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::events::{decode_cursor, encode_cursor, parse_int, query_pairs};
-use crate::app::AppState;
+use super::query::{decode_cursor, encode_cursor, parse_int, query_pairs};
+use crate::http::AppState;
 use crate::store::DeadFilter;
 
 const DEFAULT_LIMIT: usize = 50;
@@ -67,7 +67,7 @@ pub async fn dlq_retry_one(
              failed cannot be retried: fix the route, then replay the event)",
         ));
     };
-    app.requeue(vec![pending]);
+    app.queue.requeue(vec![pending], app.rules.default_policy());
     Ok(Json(json!({ "retried": 1 })))
 }
 
@@ -101,7 +101,7 @@ pub async fn dlq_retry_bulk(State(app): State<AppState>, body: Bytes) -> ApiResu
         })
         .await?;
     let n = pending.len();
-    app.requeue(pending);
+    app.queue.requeue(pending, app.rules.default_policy());
     Ok(Json(json!({ "retried": n })))
 }
 
@@ -120,7 +120,7 @@ pub async fn dlq_delete(
 }
 
 pub async fn stats(State(app): State<AppState>) -> ApiResult<Json<Value>> {
-    let snap = crate::cluster::queue_snapshot(&app).await;
+    let snap = crate::cluster::queue_snapshot(&app.queue, app.store.as_ref()).await;
     let (dead, delivered) = app.store.finished_counts().await?;
     Ok(Json(json!({
         "pending": snap.pending,

@@ -4,6 +4,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::ingest::IngestError;
 use crate::store::StoreError;
 
 /// A failed request, in the contract's JSON form. Client mistakes carry their own message;
@@ -111,3 +112,43 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        use axum::http::header;
+        let message = e.to_string();
+        match e {
+            IngestError::UnknownSource(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_source", message)
+            }
+            IngestError::SourceNotConfigured(_) => {
+                ApiError::unavailable("source_not_configured", message)
+            }
+            IngestError::PayloadTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            IngestError::UnreadableBody | IngestError::InvalidBody(_) => {
+                ApiError::invalid_body(message)
+            }
+            IngestError::InvalidSignature => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
+            }
+            IngestError::StaleTimestamp => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "stale_timestamp", message)
+            }
+            IngestError::RateLimited { headers, .. } => {
+                let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+                for (k, v) in headers {
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        err = err.with_header(HeaderName::from_static(k), v);
+                    }
+                }
+                err
+            }
+            IngestError::QueueFull => ApiError::unavailable("queue_full", message)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
+            IngestError::Store(e) => e.into(),
+            IngestError::Internal { context, detail } => ApiError::internal(context, detail),
+        }
+    }
+}

@@ -21,8 +21,8 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::error::{ApiError, ApiResult};
-use crate::app::AppState;
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
 pub use session::Sessions;
 
 /// The page may load only its own scripts, styles and images, connect only to this origin, and
@@ -137,7 +137,7 @@ async fn sign_in(
     body: Bytes,
 ) -> Response {
     let result = parse_sign_in(&body).and_then(|s| {
-        if app.admin_key_matches(s.admin_key.as_bytes()) {
+        if crate::http::auth::admin_key_matches(&app, s.admin_key.as_bytes()) {
             Ok(())
         } else {
             Err(app.auth_throttle.refuse(peer.ip()))

@@ -1,0 +1,184 @@
+//! `POST /webhook/{source}`: the ingest stages in order, and the answer. Each stage is a function
+//! in `crate::ingest`; this handler only calls them and turns the outcome into HTTP.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::auth::is_agent_key;
+use super::error::ApiError;
+use crate::ingest::commit::{Committed, commit};
+use crate::ingest::dedupe::Original;
+use crate::ingest::{Prepared, admit, read, route};
+use crate::ratelimit::Decision;
+use crate::store::CommitOutcome;
+
+pub async fn webhook(
+    State(app): State<AppState>,
+    source: Result<Path<String>, PathRejection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+    // A name that does not even decode (invalid UTF-8) is no source we know.
+    let source = source.map(|Path(s)| s).unwrap_or_default();
+    match receive(&app, &source, peer, &headers, body, received).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(source = %source, code = e.code, "webhook refused");
+            let known = app.ingest.knows(&source).then_some(source.as_str());
+            app.analytics.rejected(known, e.status.as_u16(), e.code);
+            e.into_response()
+        }
+    }
+}
+
+async fn receive(
+    app: &AppState,
+    name: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let ingest = &app.ingest;
+    let source = ingest.source(name)?;
+    let bytes = read::read_body(body, headers, app.config.max_event_size).await?;
+    let client_ip = peer.ip().to_string();
+    // A wrong `Authorization: Bearer` key on `internal` is a failed agent authentication, and
+    // counts toward the per-address throttle.
+    let (prepared, pending) = {
+        let wrong_bearer = Cell::new(false);
+        let agent_key = |auth: &[u8]| {
+            let ok = is_agent_key(app, auth);
+            wrong_bearer.set(!ok);
+            ok
+        };
+        match ingest.prepare(&source, headers, &bytes, &client_ip, &agent_key) {
+            Err(e) if wrong_bearer.get() => {
+                return Err(match app.auth_throttle.failed(peer.ip()) {
+                    Ok(()) => e.into(),
+                    Err(retry_after) => super::throttle::too_many_failures(retry_after),
+                });
+            }
+            other => other?,
+        }
+    };
+    let (head, event, raw_json, payload_deferred) = match prepared {
+        Prepared::Challenge(challenge) => {
+            return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
+        }
+        Prepared::Event {
+            head,
+            event,
+            raw_json,
+            payload_deferred,
+        } => (head, event, raw_json, payload_deferred),
+    };
+    tracing::Span::current().record("event_id", tracing::field::display(head.id));
+    if let Some(original) = ingest.dedupe(&head) {
+        return Ok(duplicate(original, head.timestamp));
+    }
+    let limit = admit::admit(
+        &ingest.limiter,
+        ingest.cluster_hits.as_deref(),
+        &source.name,
+        &event,
+        &client_ip,
+    )?;
+    let routed = route::route(
+        &ingest.rules,
+        &ingest.hub,
+        &head,
+        event,
+        bytes,
+        raw_json,
+        payload_deferred,
+    )
+    .await?;
+    let committed = commit(ingest, head, routed, pending).await?;
+    match committed.outcome {
+        CommitOutcome::Stored => app.analytics.event_accepted(
+            &source.name,
+            !committed.processed,
+            committed.routed,
+            received.elapsed(),
+        ),
+        CommitOutcome::Duplicate { .. } => app.analytics.duplicate(&source.name),
+    }
+    Ok(answer(committed, &limit))
+}
+
+/// A 2xx answer to a webhook (API.md section 3). Typed rather than built with `json!`: that
+/// makes a map, its keys and an id string for every webhook before serializing them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    success: bool,
+    event_id: uuid::Uuid,
+    processed: bool,
+    routed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    timestamp: i64,
+}
+
+/// The answer to a committed webhook, with the rate limit's headers.
+fn answer(committed: Committed, limit: &Decision) -> Response {
+    let Committed {
+        head,
+        outcome,
+        processed,
+        routed,
+    } = committed;
+    let mut resp = match outcome {
+        CommitOutcome::Stored => axum::Json(Accepted {
+            success: true,
+            event_id: head.id,
+            processed,
+            routed,
+            duplicate: None,
+            timestamp: head.timestamp,
+        })
+        .into_response(),
+        CommitOutcome::Duplicate {
+            event_id,
+            filtered,
+            routed,
+        } => duplicate(
+            Original {
+                event_id,
+                processed: !filtered,
+                routed,
+            },
+            head.timestamp,
+        ),
+    };
+    for (k, v) in limit.headers() {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(HeaderName::from_static(k), v);
+        }
+    }
+    resp
+}
+
+fn duplicate(original: Original, timestamp: i64) -> Response {
+    axum::Json(Accepted {
+        success: true,
+        event_id: original.event_id,
+        processed: original.processed,
+        routed: original.routed,
+        duplicate: Some(true),
+        timestamp,
+    })
+    .into_response()
+}

@@ -1,0 +1,117 @@
+//! The handles the ingest stages work with, and the small stages that need several of them:
+//! find the source, prepare (verify, decode, classify) with an id from the stream sequencer,
+//! and look a delivery id up among the recent ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use tokio_util::task::TaskTracker;
+
+use super::dedupe::{Original, RecentDeliveries};
+use super::{IngestError, Prepared, Source, prepare};
+use crate::analytics::Analytics;
+use crate::clock::now_ms;
+use crate::cluster::ClusterHits;
+use crate::event::EventHeader;
+use crate::queue::Queue;
+use crate::ratelimit::RateLimiter;
+use crate::routing::Rules;
+use crate::store::Store;
+use crate::stream::Hub;
+use crate::stream::sequencer::{Pending, Sequencer};
+
+/// Everything ingest reads or writes; built once by the server, shared by every request.
+pub struct Ingest {
+    pub sources: HashMap<String, Arc<Source>>,
+    pub max_event_size: usize,
+    pub store: Arc<dyn Store>,
+    pub rules: Arc<Rules>,
+    pub dedupe: Arc<RecentDeliveries>,
+    pub limiter: Arc<RateLimiter>,
+    /// Allowed hits to share with the other nodes (`None` on a single node).
+    pub cluster_hits: Option<Arc<ClusterHits>>,
+    pub queue: Queue,
+    pub hub: Arc<Hub>,
+    pub sequencer: Arc<Sequencer>,
+    pub analytics: Arc<Analytics>,
+    /// Commits handed off by requests: the server waits for them before it exits.
+    pub tasks: TaskTracker,
+}
+
+impl Ingest {
+    /// Stage: the source a request names, if it is known and enabled. A source is enabled when
+    /// it has a secret; `internal` also when any agent key exists.
+    pub fn source(&self, name: &str) -> Result<Arc<Source>, IngestError> {
+        let source = self
+            .sources
+            .get(name)
+            .ok_or_else(|| IngestError::UnknownSource(printable(name)))?;
+        let enabled =
+            source.secrets.is_some() || (source.name == "internal" && self.rules.has_agent_keys());
+        if !enabled {
+            return Err(IngestError::SourceNotConfigured(source.name.clone()));
+        }
+        Ok(source.clone())
+    }
+
+    /// Whether `name` is a configured source (for counting refusals per source).
+    pub fn knows(&self, name: &str) -> bool {
+        self.sources.contains_key(name)
+    }
+
+    /// Stages verify, decode and classify (`prepare`), with the event's id taken from the
+    /// stream sequencer, which publishes events in id order. The returned `Pending` holds the
+    /// id's place until the event is published or dropped. `agent_key` checks an
+    /// `Authorization` header on `internal`.
+    pub fn prepare(
+        &self,
+        source: &Source,
+        headers: &HeaderMap,
+        bytes: &[u8],
+        client_ip: &str,
+        agent_key: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<(Prepared, Option<Pending>), IngestError> {
+        let mut pending = None;
+        let mut next_id = || {
+            let (p, ts) = self.sequencer.next_id();
+            let id = p.id();
+            pending = Some(p);
+            (id, ts)
+        };
+        let prepared = prepare(
+            source,
+            headers,
+            bytes,
+            client_ip,
+            now_ms(),
+            agent_key,
+            &mut next_id,
+        )?;
+        Ok((prepared, pending))
+    }
+
+    /// Stage: a delivery id committed recently is answered with the original event.
+    pub fn dedupe(&self, head: &EventHeader) -> Option<Original> {
+        let original = self
+            .dedupe
+            .get(&head.source, head.delivery_id.as_deref()?)?;
+        self.analytics.duplicate(&head.source);
+        Some(original)
+    }
+}
+
+/// A source name echoed in an error: cut short, with control and formatting characters escaped
+/// so the message cannot be made to look like another name.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .flat_map(|c| {
+            if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
