@@ -16,7 +16,7 @@ use super::AppState;
 use super::auth::is_agent_key;
 use super::error::ApiError;
 use crate::ingest::commit::{Committed, commit};
-use crate::ingest::dedupe::Original;
+use crate::ingest::dedupe::{self, Original};
 use crate::ingest::{Prepared, admit, read, route};
 use crate::ratelimit::Decision;
 use crate::store::CommitOutcome;
@@ -85,7 +85,8 @@ async fn receive(
         } => (head, event, raw_json, payload_deferred),
     };
     tracing::Span::current().record("event_id", tracing::field::display(head.id));
-    if let Some(original) = ingest.dedupe(&head) {
+    if let Some(original) = dedupe::dedupe(&ingest.dedupe, &head) {
+        app.analytics.duplicate(&source.name);
         return Ok(duplicate(original, head.timestamp));
     }
     let limit = admit::admit(

@@ -7,12 +7,20 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
+use crate::event::EventHeader;
+
 /// What a duplicate is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Original {
     pub event_id: Uuid,
     pub processed: bool,
     pub routed: bool,
+}
+
+/// Stage: an event whose provider delivery id was committed recently is answered with the
+/// original event, before it is rate limited or routed.
+pub fn dedupe(recent: &RecentDeliveries, head: &EventHeader) -> Option<Original> {
+    recent.get(&head.source, head.delivery_id.as_deref()?)
 }
 
 pub struct RecentDeliveries {

@@ -1,6 +1,5 @@
 //! The handles the ingest stages work with, and the small stages that need several of them:
-//! find the source, prepare (verify, decode, classify) with an id from the stream sequencer,
-//! and look a delivery id up among the recent ones.
+//! find the source, and prepare (verify, decode, classify) with an id from the stream sequencer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,12 +7,11 @@ use std::sync::Arc;
 use http::HeaderMap;
 use tokio_util::task::TaskTracker;
 
-use super::dedupe::{Original, RecentDeliveries};
+use super::dedupe::RecentDeliveries;
 use super::{IngestError, Prepared, Source, prepare};
 use crate::analytics::Analytics;
 use crate::clock::now_ms;
 use crate::cluster::ClusterHits;
-use crate::event::EventHeader;
 use crate::queue::Queue;
 use crate::ratelimit::RateLimiter;
 use crate::routing::Rules;
@@ -89,15 +87,6 @@ impl Ingest {
             &mut next_id,
         )?;
         Ok((prepared, pending))
-    }
-
-    /// Stage: a delivery id committed recently is answered with the original event.
-    pub fn dedupe(&self, head: &EventHeader) -> Option<Original> {
-        let original = self
-            .dedupe
-            .get(&head.source, head.delivery_id.as_deref()?)?;
-        self.analytics.duplicate(&head.source);
-        Some(original)
     }
 }
 
