@@ -44,8 +44,8 @@ use super::{
 
 /// Schema migrations, applied in order at start; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
-    include_str!("postgres/migrations/0001_init.sql"),
-    include_str!("postgres/migrations/0002_first_attempt.sql"),
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_first_attempt.sql"),
 ];
 
 /// The advisory lock key under which nodes starting together migrate one at a time.
