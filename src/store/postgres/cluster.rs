@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Connection, Notification, Socket};
 use uuid::Uuid;
 
-use super::{PgStore, UNFINISHED, pending_row, pending_select};
+use super::deliveries::{pending_row, pending_select};
+use super::{PgStore, UNFINISHED};
 use crate::store::{
     ClusterStore, NodeInfo, Notice, PendingDelivery, RateDelta, RemoteEvent, Result, StoreError,
 };

@@ -1,0 +1,458 @@
+//! `DeliveryStore` on PostgreSQL: attempts written back, unfinished deliveries loaded, dead
+//! letters.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{PgStore, UNFINISHED, cluster, limit_of, u32_of, utf8};
+use crate::store::{
+    AttemptRecord, AttemptUpdate, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
+    NewDelivery, PendingDelivery, Result,
+};
+
+/// What a `PendingDelivery` needs, over `deliveries d JOIN events e`. With a `budget` (an
+/// `int8` parameter such as `$2`; NULL = no limit), the body only while the bodies so far, in
+/// id order, add up to at most it.
+pub(super) fn pending_select(budget: Option<&str>) -> String {
+    let body = match budget {
+        None => "COALESCE(d.body, e.body)".to_string(),
+        Some(b) => format!(
+            "CASE WHEN {b}::int8 IS NULL
+                       OR sum(octet_length(COALESCE(d.body, e.body)))
+                              OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) <= {b}::int8
+                  THEN COALESCE(d.body, e.body) END"
+        ),
+    };
+    format!(
+        "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
+         d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at"
+    )
+}
+
+pub(super) fn pending_row(r: &Row) -> Result<PendingDelivery> {
+    Ok(PendingDelivery {
+        id: r.get(0),
+        event_id: r.get(1),
+        agent_id: r.get(2),
+        route_id: r.get(3),
+        priority: r.get(4),
+        attempts: u32_of(r.get(5), "attempts")?,
+        retry_base: u32_of(r.get(6), "retry_base")?,
+        next_attempt_at: r.get::<_, Option<i64>>(7).unwrap_or(0),
+        retry_policy: r.get(8),
+        source: r.get(9),
+        event_type: r.get(10),
+        body: r.get(11),
+        created_at: r.get(12),
+    })
+}
+
+pub(super) const DELIVERY_COLUMNS: &str =
+    "id, event_id, agent_id, route_id, priority, status, attempts,
+     next_attempt_at, last_error, first_started_at, first_duration_ms, first_status_code
+     FROM deliveries";
+
+pub(super) fn delivery_row(r: &Row) -> Result<DeliveryRecord> {
+    let status: String = r.get(5);
+    Ok(DeliveryRecord {
+        id: r.get(0),
+        event_id: r.get(1),
+        agent_id: r.get(2),
+        route_id: r.get(3),
+        priority: r.get(4),
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        attempts: u32_of(r.get(6), "attempts")?,
+        next_attempt_at: r.get(7),
+        last_error: r.get(8),
+        // A first-attempt success is kept in the row (see `record_attempts`); every other
+        // attempt is an `attempts` row, added by `fill_attempts`.
+        attempt_log: AttemptRecord::first_success_log(
+            r.get(9),
+            r.get(10),
+            r.get::<_, Option<i32>>(11)
+                .and_then(|c| u16::try_from(c).ok()),
+        ),
+    })
+}
+
+pub(super) async fn fill_attempts<C: GenericClient>(
+    c: &C,
+    list: &mut [DeliveryRecord],
+) -> Result<()> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = list.iter().map(|d| d.id).collect();
+    let rows = c
+        .query(
+            "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error
+             FROM attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt",
+            &[&ids],
+        )
+        .await?;
+    let mut by_delivery: HashMap<Uuid, Vec<AttemptRecord>> = HashMap::new();
+    for r in rows {
+        let code: Option<i32> = r.get(4);
+        by_delivery
+            .entry(r.get(0))
+            .or_default()
+            .push(AttemptRecord {
+                attempt: u32_of(r.get(1), "attempt")?,
+                started_at: r.get(2),
+                duration_ms: r.get::<_, i64>(3).max(0) as u64,
+                status_code: code.and_then(|c| u16::try_from(c).ok()),
+                error: r.get(5),
+            });
+    }
+    for d in list {
+        if let Some(mut logged) = by_delivery.remove(&d.id) {
+            d.attempt_log.append(&mut logged);
+        }
+    }
+    Ok(())
+}
+
+/// Moves dead deliveries matching `where_sql` (over `deliveries d JOIN events e`, parameters
+/// from `$3`) back to pending, owned by `node`, and returns them.
+async fn requeue<C: GenericClient>(
+    c: &C,
+    node: Uuid,
+    where_sql: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<PendingDelivery>> {
+    let now = crate::clock::now_ms();
+    let sql = format!(
+        // A delivery whose route transformation failed has nothing to send: it is fixed by
+        // correcting the route and replaying the event, not by a retry.
+        "WITH picked AS (
+             SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.status = 'dead' AND NOT (d.attempts = 0 AND d.body IS NULL
+                   AND d.last_error LIKE 'transformation failed:%')
+               AND {where_sql}
+             FOR UPDATE OF d
+         ), upd AS (
+             UPDATE deliveries d SET status = 'pending', retry_base = d.attempts,
+                    next_attempt_at = $1, updated_at = $1, owner = $2
+             FROM picked WHERE d.id = picked.id
+             RETURNING d.*
+         )
+         SELECT {} FROM upd d JOIN events e ON e.id = d.event_id ORDER BY d.id",
+        pending_select(None)
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&now, &node];
+    params.extend_from_slice(args);
+    let stmt = c.prepare_cached(&sql).await?;
+    c.query(&stmt, &params)
+        .await?
+        .iter()
+        .map(pending_row)
+        .collect()
+}
+
+/// Inserts deliveries of one event, owned by `node`.
+pub(super) async fn insert_deliveries<C: GenericClient>(
+    c: &C,
+    node: Uuid,
+    event_id: Uuid,
+    created_at: i64,
+    deliveries: &[NewDelivery],
+) -> Result<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut id = Vec::new();
+    let mut agent = Vec::new();
+    let mut route = Vec::new();
+    let mut priority = Vec::new();
+    let mut status = Vec::new();
+    let mut next = Vec::new();
+    let mut error = Vec::new();
+    let mut body = Vec::new();
+    let mut policy = Vec::new();
+    for d in deliveries {
+        id.push(d.id);
+        agent.push(d.agent_id.as_str());
+        route.push(d.route_id.as_str());
+        priority.push(d.priority);
+        status.push(d.status.as_str());
+        next.push(d.next_attempt_at);
+        error.push(d.last_error.as_deref());
+        body.push(d.body.as_deref().map(utf8).transpose()?);
+        policy.push(d.retry_policy.as_deref());
+    }
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
+                                     next_attempt_at, last_error, body, retry_policy, created_at,
+                                     updated_at, owner)
+             SELECT d.id, $10, d.agent_id, d.route_id, d.priority, d.status, 0, d.next_attempt_at,
+                    d.last_error, d.body, d.retry_policy, $11, $11, $12
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[],
+                         $7::text[], $8::text[], $9::text[])
+                  AS d(id, agent_id, route_id, priority, status, next_attempt_at, last_error,
+                       body, retry_policy)",
+        )
+        .await?;
+    c.execute(
+        &stmt,
+        &[
+            &id,
+            &agent,
+            &route,
+            &priority,
+            &status,
+            &next,
+            &error,
+            &body,
+            &policy,
+            &event_id,
+            &created_at,
+            &node,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl DeliveryStore for PgStore {
+    async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        // One row per key, as applying the updates in order would leave them: the last
+        // attempt record per (delivery, attempt); per delivery the last outcome, with the
+        // highest attempt number seen.
+        let mut attempts: BTreeMap<(Uuid, u32), &AttemptUpdate> = BTreeMap::new();
+        let mut last: BTreeMap<Uuid, (&AttemptUpdate, u32)> = BTreeMap::new();
+        for u in &updates {
+            attempts.insert((u.delivery_id, u.attempt), u);
+            let top = last
+                .get(&u.delivery_id)
+                .map_or(u.attempt, |(_, a)| (*a).max(u.attempt));
+            last.insert(u.delivery_id, (u, top));
+        }
+        let mut a_id = Vec::new();
+        let mut a_no = Vec::new();
+        let mut a_start = Vec::new();
+        let mut a_dur = Vec::new();
+        let mut a_code = Vec::new();
+        let mut a_err = Vec::new();
+        let mut a_resp = Vec::new();
+        for ((id, no), u) in &attempts {
+            // A first attempt that succeeded is kept in its delivery's row (most deliveries):
+            // no `attempts` row to insert and index. `delivery_row` puts it back in the log.
+            if u.is_first_success() {
+                continue;
+            }
+            a_id.push(*id);
+            a_no.push(i64::from(*no));
+            a_start.push(u.started_at);
+            a_dur.push(i64::try_from(u.duration_ms).unwrap_or(i64::MAX));
+            a_code.push(u.status_code.map(i32::from));
+            a_err.push(u.error.as_deref());
+            a_resp.push(u.response_prefix.as_deref());
+        }
+        let mut d_id = Vec::new();
+        let mut d_status = Vec::new();
+        let mut d_attempt = Vec::new();
+        let mut d_next = Vec::new();
+        let mut d_err = Vec::new();
+        let mut f_start = Vec::new();
+        let mut f_dur = Vec::new();
+        let mut f_code = Vec::new();
+        for (id, (u, top)) in &last {
+            d_id.push(*id);
+            d_status.push(u.status.as_str());
+            d_attempt.push(i64::from(*top));
+            d_next.push(u.next_attempt_at);
+            d_err.push(u.error.as_deref());
+            let first = attempts.get(&(*id, 1)).filter(|f| f.is_first_success());
+            f_start.push(first.map(|f| f.started_at));
+            f_dur.push(first.map(|f| i64::try_from(f.duration_ms).unwrap_or(i64::MAX)));
+            f_code.push(first.and_then(|f| f.status_code).map(i32::from));
+        }
+        let now = crate::clock::now_ms();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        if !a_id.is_empty() {
+            let ins = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
+                                           status_code, error, response_body)
+                     SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[],
+                                          $5::int4[], $6::text[], $7::text[])
+                     ON CONFLICT (delivery_id, attempt) DO UPDATE SET
+                         started_at = excluded.started_at, duration_ms = excluded.duration_ms,
+                         status_code = excluded.status_code, error = excluded.error,
+                         response_body = excluded.response_body",
+                )
+                .await?;
+            tx.execute(
+                &ins,
+                &[&a_id, &a_no, &a_start, &a_dur, &a_code, &a_err, &a_resp],
+            )
+            .await?;
+        }
+        let upd = tx
+            .prepare_cached(
+                "UPDATE deliveries d SET status = u.status,
+                        attempts = GREATEST(d.attempts, u.attempt),
+                        next_attempt_at = u.next_attempt_at, last_error = u.error,
+                        first_started_at = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_started_at ELSE u.first_started_at END,
+                        first_duration_ms = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_duration_ms ELSE u.first_duration_ms END,
+                        first_status_code = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_status_code ELSE u.first_status_code END,
+                        updated_at = $6
+                 FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
+                             $7::int8[], $8::int8[], $9::int4[])
+                      AS u(id, status, attempt, next_attempt_at, error,
+                           first_started_at, first_duration_ms, first_status_code)
+                 WHERE d.id = u.id",
+            )
+            .await?;
+        tx.execute(
+            &upd,
+            &[
+                &d_id, &d_status, &d_attempt, &d_next, &d_err, &now, &f_start, &f_dur, &f_code,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unfinished_deliveries(&self, body_budget: usize) -> Result<Vec<PendingDelivery>> {
+        // What this node owns, plus whatever no live node owns (released, or whose owner's
+        // lease ran out): never a delivery another live node is working on.
+        let budget = body_budget.min(i64::MAX as usize) as i64;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {} FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.status IN {UNFINISHED} AND d.owner = $1 ORDER BY d.id",
+                pending_select(Some("$2"))
+            ))
+            .await?;
+        let mut out = tx
+            .query(&stmt, &[&self.node, &budget])
+            .await?
+            .iter()
+            .map(pending_row)
+            .collect::<Result<Vec<_>>>()?;
+        // Deliveries claimed from no live node share what the node's own left of the budget.
+        let used: usize = out
+            .iter()
+            .filter_map(|p| p.body.as_ref())
+            .map(String::len)
+            .sum();
+        let left = (body_budget.saturating_sub(used)).min(i64::MAX as usize) as i64;
+        out.extend(cluster::claim(&tx, self.node, None, Some(left)).await?);
+        tx.commit().await?;
+        out.sort_by_key(|p| p.id);
+        Ok(out)
+    }
+
+    async fn delivery_bodies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, String)>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT d.id, COALESCE(d.body, e.body) FROM deliveries d
+                 JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1)",
+            )
+            .await?;
+        Ok(c.query(&stmt, &[&ids])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn dead_letters(
+        &self,
+        agent_id: Option<String>,
+        limit: usize,
+        before: Option<Uuid>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS}
+                 WHERE status = 'dead' AND id < $1 AND ($2::text IS NULL OR agent_id = $2)
+                 ORDER BY id DESC LIMIT $3"
+            ))
+            .await?;
+        let before = before.unwrap_or(Uuid::max());
+        let mut list = c
+            .query(&stmt, &[&before, &agent_id, &limit_of(limit)])
+            .await?
+            .iter()
+            .map(delivery_row)
+            .collect::<Result<Vec<_>>>()?;
+        fill_attempts(&c, &mut list).await?;
+        Ok(list)
+    }
+
+    async fn retry_dead(&self, id: Uuid) -> Result<Option<PendingDelivery>> {
+        let c = self.client().await?;
+        Ok(requeue(&c, self.node, "d.id = $3", &[&id]).await?.pop())
+    }
+
+    async fn retry_dead_matching(&self, f: DeadFilter) -> Result<Vec<PendingDelivery>> {
+        let c = self.client().await?;
+        requeue(
+            &c,
+            self.node,
+            "($3::text IS NULL OR d.agent_id = $3) AND ($4::text IS NULL OR e.source = $4)
+             AND ($5::int8 IS NULL OR d.updated_at >= $5)",
+            &[&f.agent_id, &f.source, &f.since],
+        )
+        .await
+    }
+
+    async fn delete_dead(&self, id: Uuid) -> Result<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute(
+                "DELETE FROM deliveries WHERE id = $1 AND status = 'dead'",
+                &[&id],
+            )
+            .await?;
+        if n > 0 {
+            tx.execute("DELETE FROM attempts WHERE delivery_id = $1", &[&id])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()> {
+        let c = self.client().await?;
+        insert_deliveries(&c, self.node, event_id, crate::clock::now_ms(), &deliveries).await
+    }
+
+    async fn finished_counts(&self) -> Result<(u64, u64)> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'dead'),
+                        count(*) FILTER (WHERE status = 'delivered')
+                 FROM deliveries",
+                &[],
+            )
+            .await?;
+        Ok((
+            row.get::<_, i64>(0).max(0) as u64,
+            row.get::<_, i64>(1).max(0) as u64,
+        ))
+    }
+}

@@ -1,0 +1,344 @@
+//! The group commit: one writer task takes whatever events are waiting, stores each batch with
+//! one multi-row statement in one transaction, and answers every event once it is committed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::{Pool, PoolError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{cluster, utf8};
+use crate::store::{CommitOutcome, NewEvent, Result, StoreError};
+
+pub(super) struct CommitJob {
+    pub(super) event: NewEvent,
+    pub(super) reply: oneshot::Sender<Result<CommitOutcome>>,
+}
+
+/// Why a group commit failed, and whether committing its events one by one may help.
+struct BatchFailure {
+    error: StoreError,
+    /// The server refused something in the data (a constraint, a value): the other events of
+    /// the batch deserve their own try.
+    data: bool,
+    /// A deadlock or serialization failure with another node's transaction: try again.
+    transient: bool,
+}
+
+impl From<tokio_postgres::Error> for BatchFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let class = e.code().map(|c| c.code()[..2].to_string());
+        BatchFailure {
+            data: matches!(class.as_deref(), Some("22") | Some("23")),
+            transient: class.as_deref() == Some("40"),
+            error: e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for BatchFailure {
+    fn from(error: StoreError) -> Self {
+        BatchFailure {
+            error,
+            data: false,
+            transient: false,
+        }
+    }
+}
+
+impl From<PoolError> for BatchFailure {
+    fn from(e: PoolError) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+/// Takes whatever is waiting (up to `batch_max`) as one batch, and commits up to `lanes`
+/// batches at once on separate connections: while one batch waits for its COMMIT to reach the
+/// disk, the next is already being inserted. While every lane is busy, new events queue up and
+/// so make the next batch bigger.
+pub(super) async fn writer_loop(
+    pool: Pool,
+    node: Uuid,
+    mut rx: mpsc::Receiver<CommitJob>,
+    batch_max: usize,
+    lanes: usize,
+) {
+    let free = Arc::new(Semaphore::new(lanes.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        let Ok(lane) = free.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = rx.recv().await else { break };
+        let mut batch: Vec<CommitJob> = Vec::with_capacity(batch_max.min(64));
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        running.spawn(async move {
+            let started = Instant::now();
+            let events: Vec<&NewEvent> = batch.iter().map(|j| &j.event).collect();
+            let results = commit_batch(&pool, node, &events).await;
+            drop(lane);
+            crate::analytics::Analytics::commit(batch.len(), started.elapsed());
+            tracing::trace!(
+                batch = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "group commit"
+            );
+            for (job, result) in batch.into_iter().zip(results) {
+                // The requester may have gone away (client disconnected); the event is stored
+                // anyway.
+                let _ = job.reply.send(result);
+            }
+        });
+        while running.try_join_next().is_some() {}
+    }
+    // Closing: every batch already taken is committed and answered.
+    while running.join_next().await.is_some() {}
+}
+
+/// Commits a batch; when the server refuses something in it, commits its events one by one so
+/// that one bad event does not fail the others.
+async fn commit_batch(pool: &Pool, node: Uuid, events: &[&NewEvent]) -> Vec<Result<CommitOutcome>> {
+    match commit_retrying(pool, node, events).await {
+        Ok(outcomes) => outcomes,
+        Err(f) if f.data && events.len() > 1 => {
+            let mut out = Vec::with_capacity(events.len());
+            for e in events {
+                out.push(
+                    match commit_retrying(pool, node, std::slice::from_ref(e)).await {
+                        Ok(mut one) => one
+                            .pop()
+                            .unwrap_or_else(|| Err(StoreError::Database("no outcome".into()))),
+                        Err(f) => Err(f.error),
+                    },
+                );
+            }
+            out
+        }
+        Err(f) => {
+            tracing::error!(error = %f.error, "group commit failed");
+            let msg = f.error.to_string();
+            events
+                .iter()
+                .map(|_| match &f.error {
+                    StoreError::Closed => Err(StoreError::Closed),
+                    _ => Err(StoreError::Database(msg.clone())),
+                })
+                .collect()
+        }
+    }
+}
+
+async fn commit_retrying(
+    pool: &Pool,
+    node: Uuid,
+    events: &[&NewEvent],
+) -> std::result::Result<Vec<Result<CommitOutcome>>, BatchFailure> {
+    let mut tries = 0;
+    loop {
+        match try_commit(pool, node, events).await {
+            Err(f) if f.transient && tries < 3 => {
+                tries += 1;
+                tracing::debug!(error = %f.error, "group commit conflicted; trying again");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Inserts events, deliveries and stream rows with one statement of UNNESTed arrays; events
+/// the dedupe index refuses (`ON CONFLICT DO NOTHING`) are answered with the original.
+const INSERT_BATCH: &str = "
+WITH ins AS (
+    INSERT INTO events (id, source, type, action, delivery_id, timestamp, filtered, body)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::int8[], $7::bool[], $8::text[])
+    ON CONFLICT DO NOTHING
+    RETURNING id, timestamp
+), dl AS (
+    INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
+                            next_attempt_at, last_error, body, retry_policy, created_at,
+                            updated_at, owner)
+    SELECT d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.status, 0,
+           d.next_attempt_at, d.last_error, d.body, d.retry_policy, ins.timestamp,
+           ins.timestamp, $22
+    FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[], $13::int8[], $14::text[],
+                $15::int8[], $16::text[], $17::text[], $18::text[])
+         AS d(id, event_id, agent_id, route_id, priority, status, next_attempt_at, last_error,
+              body, retry_policy)
+    JOIN ins ON ins.id = d.event_id
+    RETURNING 1
+), st AS (
+    INSERT INTO streamed (agent_id, event_id, body)
+    SELECT s.agent_id, s.event_id, s.body
+    FROM UNNEST($19::text[], $20::uuid[], $21::text[]) AS s(agent_id, event_id, body)
+    JOIN ins ON ins.id = s.event_id
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT id FROM ins";
+
+/// The original of each refused event, with whether it has deliveries.
+const RESOLVE_DUPLICATES: &str = "
+SELECT x.ord, e.id, e.filtered, EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(source, delivery_id, ord)
+JOIN events e ON e.source = x.source AND e.delivery_id = x.delivery_id";
+
+async fn try_commit(
+    pool: &Pool,
+    node: Uuid,
+    events: &[&NewEvent],
+) -> std::result::Result<Vec<Result<CommitOutcome>>, BatchFailure> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut sources = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut actions = Vec::with_capacity(events.len());
+    let mut delivery_ids = Vec::with_capacity(events.len());
+    let mut timestamps = Vec::with_capacity(events.len());
+    let mut filtered = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    let mut d_id = Vec::new();
+    let mut d_event = Vec::new();
+    let mut d_agent = Vec::new();
+    let mut d_route = Vec::new();
+    let mut d_priority = Vec::new();
+    let mut d_status = Vec::new();
+    let mut d_next = Vec::new();
+    let mut d_error = Vec::new();
+    let mut d_body = Vec::new();
+    let mut d_policy = Vec::new();
+    let mut s_agent = Vec::new();
+    let mut s_event = Vec::new();
+    let mut s_body = Vec::new();
+    // A body that is not UTF-8 (only a programming error can make one) fails its own event.
+    fn text(b: &[u8]) -> std::result::Result<&str, BatchFailure> {
+        utf8(b).map_err(|error| BatchFailure {
+            error,
+            data: true,
+            transient: false,
+        })
+    }
+    for e in events {
+        ids.push(e.id);
+        sources.push(e.source.as_str());
+        types.push(e.event_type.as_str());
+        actions.push(e.action.as_deref());
+        delivery_ids.push(e.delivery_id.as_deref());
+        timestamps.push(e.timestamp);
+        filtered.push(e.filtered);
+        bodies.push(text(&e.body)?);
+        for d in &e.deliveries {
+            d_id.push(d.id);
+            d_event.push(e.id);
+            d_agent.push(d.agent_id.as_str());
+            d_route.push(d.route_id.as_str());
+            d_priority.push(d.priority);
+            d_status.push(d.status.as_str());
+            d_next.push(d.next_attempt_at);
+            d_error.push(d.last_error.as_deref());
+            d_body.push(d.body.as_deref().map(text).transpose()?);
+            d_policy.push(d.retry_policy.as_deref());
+        }
+        for (agent, body) in &e.streamed {
+            s_agent.push(agent.as_str());
+            s_event.push(e.id);
+            s_body.push(body.as_deref().map(text).transpose()?);
+        }
+    }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let insert = tx.prepare_cached(INSERT_BATCH).await?;
+    let params: [&(dyn ToSql + Sync); 22] = [
+        &ids,
+        &sources,
+        &types,
+        &actions,
+        &delivery_ids,
+        &timestamps,
+        &filtered,
+        &bodies,
+        &d_id,
+        &d_event,
+        &d_agent,
+        &d_route,
+        &d_priority,
+        &d_status,
+        &d_next,
+        &d_error,
+        &d_body,
+        &d_policy,
+        &s_agent,
+        &s_event,
+        &s_body,
+        &node,
+    ];
+    let stored: HashSet<Uuid> = tx
+        .query(&insert, &params)
+        .await?
+        .iter()
+        .map(|r| r.get::<_, Uuid>(0))
+        .collect();
+
+    let mut outcomes: Vec<Option<Result<CommitOutcome>>> = events
+        .iter()
+        .map(|e| stored.contains(&e.id).then_some(Ok(CommitOutcome::Stored)))
+        .collect();
+    // Refused events: the dedupe index (answer with the original, stored earlier or earlier in
+    // this batch) or, without a provider delivery id, an id collision.
+    let refused: Vec<usize> = (0..events.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    if !refused.is_empty() {
+        let src: Vec<Option<&str>> = refused
+            .iter()
+            .map(|&i| Some(events[i].source.as_str()))
+            .collect();
+        let did: Vec<Option<&str>> = refused
+            .iter()
+            .map(|&i| events[i].delivery_id.as_deref())
+            .collect();
+        let resolve = tx.prepare_cached(RESOLVE_DUPLICATES).await?;
+        for row in tx.query(&resolve, &[&src, &did]).await? {
+            let ord: i64 = row.get(0);
+            let Some(&i) = usize::try_from(ord - 1).ok().and_then(|k| refused.get(k)) else {
+                continue;
+            };
+            outcomes[i] = Some(Ok(CommitOutcome::Duplicate {
+                event_id: row.get(1),
+                filtered: row.get(2),
+                routed: row.get(3),
+            }));
+        }
+    }
+    let mut notified: Vec<Uuid> = stored.into_iter().collect();
+    notified.sort_unstable();
+    let payloads = cluster::events_payloads(node, &notified);
+    if !payloads.is_empty() {
+        tx.execute(
+            "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p",
+            &[&cluster::CHANNEL, &payloads],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Err(StoreError::Database(
+                    "an event with this id is already stored".into(),
+                ))
+            })
+        })
+        .collect())
+}

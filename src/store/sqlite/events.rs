@@ -1,0 +1,154 @@
+//! `EventStore` on SQLite: event commits (through the writer) and the archive's reads.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::deliveries::{DELIVERY_COLUMNS, delivery_row, fill_attempts};
+use super::writer::{CommitEventJob, PackedBodies};
+use super::{SqliteStore, uuid_col};
+use crate::store::packed::Unpacked;
+use crate::store::{
+    BacklogItem, CommitOutcome, DeliveryRecord, EventQuery, EventRecord, EventStatus, EventStore,
+    NewEvent, Result, StoreError, id_floor,
+};
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        id: uuid_col(r, 0)?,
+        source: r.get(1)?,
+        event_type: r.get(2)?,
+        timestamp: r.get(3)?,
+        filtered: r.get(4)?,
+        body: r.get::<_, Unpacked>(5)?.0,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn commit_event(&self, event: NewEvent) -> Result<CommitOutcome> {
+        let (reply, rx) = oneshot::channel();
+        // Compressed here, on the request's task, so the writer thread only copies.
+        let bodies = PackedBodies::new(&event);
+        self.sender()?
+            .send(Box::new(CommitEventJob {
+                event,
+                bodies,
+                outcome: None,
+                reply,
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn get_event(&self, id: Uuid) -> Result<Option<EventRecord>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, source, type, timestamp, filtered, body FROM events WHERE id = ?1",
+            )?
+            .query_row([id.as_bytes().as_slice()], event_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_events(&self, q: EventQuery) -> Result<Vec<EventRecord>> {
+        self.read(move |c| {
+            // Ids are time-ordered, so time bounds and the cursor are all bounds on `id`.
+            let mut sql = String::from(
+                "SELECT id, source, type, timestamp, filtered, body FROM events WHERE 1=1",
+            );
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+            if let Some(s) = q.source {
+                sql.push_str(" AND source = ?");
+                args.push(Box::new(s));
+            }
+            if let Some(t) = q.event_type {
+                sql.push_str(" AND type = ?");
+                args.push(Box::new(t));
+            }
+            if let Some(since) = q.since {
+                sql.push_str(" AND id >= ?");
+                args.push(Box::new(id_floor(since).to_vec()));
+            }
+            if let Some(until) = q.until {
+                sql.push_str(" AND id < ?");
+                args.push(Box::new(id_floor(until).to_vec()));
+            }
+            if let Some(before) = q.before {
+                sql.push_str(" AND id < ?");
+                args.push(Box::new(before.as_bytes().to_vec()));
+            }
+            match q.status {
+                Some(EventStatus::Filtered) => sql.push_str(" AND filtered = 1"),
+                Some(EventStatus::Processed) => sql.push_str(" AND filtered = 0"),
+                None => {}
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push(Box::new(q.limit as i64));
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
+                event_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>> {
+        self.read(move |c| {
+            let mut out: Vec<DeliveryRecord> = c
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} WHERE event_id = ?1 ORDER BY priority DESC, agent_id"
+                ))?
+                .query_map([id.as_bytes().as_slice()], delivery_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            fill_attempts(c, &mut out)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn stream_backlog(
+        &self,
+        agent: Option<String>,
+        after: Uuid,
+        limit: usize,
+    ) -> Result<Vec<BacklogItem>> {
+        self.read(move |c| {
+            let after = after.as_bytes().to_vec();
+            let row = |r: &rusqlite::Row<'_>| {
+                Ok(BacklogItem {
+                    event_id: uuid_col(r, 0)?,
+                    body: r.get::<_, Unpacked>(1)?.0,
+                })
+            };
+            match agent {
+                None => c
+                    .prepare_cached(
+                        "SELECT id, body FROM events WHERE id > ?1 AND filtered = 0
+                         ORDER BY id LIMIT ?2",
+                    )?
+                    .query_map(params![after, limit as i64], row)?
+                    .collect(),
+                Some(agent) => c
+                    .prepare_cached(
+                        "SELECT x.event_id, COALESCE(x.body, e.body) FROM (
+                             SELECT event_id, MIN(body) AS body FROM deliveries
+                              WHERE agent_id = ?1 AND event_id > ?2 GROUP BY event_id
+                             UNION ALL
+                             SELECT event_id, body FROM streamed
+                              WHERE agent_id = ?1 AND event_id > ?2
+                         ) x JOIN events e ON e.id = x.event_id
+                         ORDER BY x.event_id LIMIT ?3",
+                    )?
+                    .query_map(params![agent, after, limit as i64], row)?
+                    .collect(),
+            }
+        })
+        .await
+    }
+}
