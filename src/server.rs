@@ -26,9 +26,6 @@ use crate::queue::{self, QueueConfig};
 use crate::ratelimit::{self, RateLimiter, SystemClock};
 use crate::routing::{self, Rules};
 use crate::rules::{self, RuleOptions};
-use crate::store::encrypted::EncryptedStore;
-use crate::store::postgres::{PgOptions, PgStore, redact_url};
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{PutMode, RuleKind, Store, StoredRule};
 use crate::stream::Hub;
 use crate::stream::sequencer::Sequencer;
@@ -118,60 +115,6 @@ fn admin_key(config: &Config) -> anyhow::Result<Secret> {
     Ok(Secret(key))
 }
 
-/// Opens the backend and puts the encryption layer over it (agent secrets are always sealed;
-/// payloads with `encrypt_payloads`). A key that does not match the data refuses the start.
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let key = crate::crypto::load_or_generate_key(
-        config.encryption_key.as_ref().map(|k| k.0.as_str()),
-        &config.data_dir,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let cipher = Arc::new(crate::crypto::Cipher::new(&key));
-    let backend = open_backend(config).await?;
-    let store = EncryptedStore::open(backend.clone(), cipher, config.encrypt_payloads).await;
-    match store {
-        Ok(s) => Ok(Arc::new(s)),
-        Err(e) => {
-            backend.close().await;
-            anyhow::bail!("{e}")
-        }
-    }
-}
-
-/// The store `database_url` names: SQLite (none, `sqlite://`) or PostgreSQL (`postgres://`).
-pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(path) = config.sqlite_path() {
-        let store = SqliteStore::open(
-            &path,
-            SqliteOptions {
-                batch_max: config.commit_batch_max,
-                ..Default::default()
-            },
-        )
-        .with_context(|| format!("cannot open the store at {}", path.display()))?;
-        return Ok(Arc::new(store));
-    }
-    let url = config.database_url.as_deref().unwrap_or_default();
-    let store = PgStore::open(
-        url,
-        PgOptions {
-            pool_size: config.db_pool_size,
-            batch_max: config.commit_batch_max,
-            lease_ms: i64::try_from(config.node_lease_ms).unwrap_or(i64::MAX),
-            ..PgOptions::default()
-        },
-    )
-    .await
-    // The error names the database by its redacted URL: never the password.
-    .context("cannot open the PostgreSQL store")?;
-    tracing::info!(
-        database = %redact_url(url),
-        node = ?crate::store::ClusterStore::node_id(&store),
-        "PostgreSQL store open"
-    );
-    Ok(Arc::new(store))
-}
-
 /// Starts serving on `listener` and returns at once.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&config.data_dir)
@@ -185,7 +128,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         _ => None,
     };
     let client = outbound_client(&config)?;
-    let store = open_store(&config).await?;
+    let store = crate::store::open(&config).await?;
     let shutdown = CancellationToken::new();
     let rule_options = RuleOptions::default();
     let default_policy = Arc::new(RetryPolicy::server_default(

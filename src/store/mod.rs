@@ -1,6 +1,6 @@
 //! The store is the truth: events, deliveries and rules live here, behind small per-concern
 //! traits combined into one `Store` used as `Arc<dyn Store>` (SQLite embedded; PostgreSQL shared
-//! by several nodes).
+//! by several nodes). `open` opens the store the configuration names.
 
 #[cfg(test)]
 mod conformance;
@@ -9,11 +9,19 @@ pub mod packed;
 pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
+
+use self::encrypted::EncryptedStore;
+use self::postgres::{PgOptions, PgStore, redact_url};
+use self::sqlite::{SqliteOptions, SqliteStore};
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -550,4 +558,58 @@ pub trait ClusterStore: Send + Sync {
     ) -> Result<Vec<(String, u64)>> {
         Ok(Vec::new())
     }
+}
+
+/// Opens the backend and puts the encryption layer over it (agent secrets are always sealed;
+/// payloads with `encrypt_payloads`). A key that does not match the data refuses the start.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let key = crate::crypto::load_or_generate_key(
+        config.encryption_key.as_ref().map(|k| k.0.as_str()),
+        &config.data_dir,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let cipher = Arc::new(crate::crypto::Cipher::new(&key));
+    let backend = open_backend(config).await?;
+    let store = EncryptedStore::open(backend.clone(), cipher, config.encrypt_payloads).await;
+    match store {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => {
+            backend.close().await;
+            anyhow::bail!("{e}")
+        }
+    }
+}
+
+/// The store `database_url` names: SQLite (none, `sqlite://`) or PostgreSQL (`postgres://`).
+pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = config.sqlite_path() {
+        let store = SqliteStore::open(
+            &path,
+            SqliteOptions {
+                batch_max: config.commit_batch_max,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        return Ok(Arc::new(store));
+    }
+    let url = config.database_url.as_deref().unwrap_or_default();
+    let store = PgStore::open(
+        url,
+        PgOptions {
+            pool_size: config.db_pool_size,
+            batch_max: config.commit_batch_max,
+            lease_ms: i64::try_from(config.node_lease_ms).unwrap_or(i64::MAX),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    // The error names the database by its redacted URL: never the password.
+    .context("cannot open the PostgreSQL store")?;
+    tracing::info!(
+        database = %redact_url(url),
+        node = ?ClusterStore::node_id(&store),
+        "PostgreSQL store open"
+    );
+    Ok(Arc::new(store))
 }
