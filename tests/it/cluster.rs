@@ -25,13 +25,13 @@ const LEASE_MS: &str = "3000";
 struct Cluster {
     nodes: Vec<ChildServer>,
     _dirs: Vec<tempfile::TempDir>,
-    _db: event_router::store::postgres::testing::DatabaseGuard,
+    _db: crate::support::pg_testing::DatabaseGuard,
 }
 
 impl Cluster {
     /// `n` nodes on a fresh database; `None` when PostgreSQL is unavailable outside CI.
     async fn start(n: usize) -> Option<Cluster> {
-        let (url, db) = event_router::store::postgres::testing::fresh_database_or_skip().await?;
+        let (url, db) = crate::support::pg_testing::fresh_database_or_skip().await?;
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
         for _ in 0..n {

@@ -571,9 +571,7 @@ async fn deliveries_reloaded_past_the_memory_budget_after_a_restart_are_made_int
 async fn exec_on_store(app: &TestApp, sql: &str) {
     match database_for(app.dir.path()) {
         Some(url) => {
-            let (client, conn) = event_router::store::postgres::testing::connect(&url)
-                .await
-                .unwrap();
+            let (client, conn) = crate::support::pg_testing::connect(&url).await.unwrap();
             tokio::spawn(conn);
             client.batch_execute(sql).await.unwrap();
         }

@@ -10,7 +10,14 @@ use std::time::Duration;
 
 use event_router::config::{Config, Secret};
 use event_router::ingest::verify;
+// What `pg_testing` reaches through `super::`.
+use event_router::store::postgres::{pg_message, redact_url, tls};
 use serde_json::Value;
+
+/// Fresh PostgreSQL databases: the library's own test helper, the one copy of it, which the
+/// library does not ship.
+#[path = "../../src/store/postgres/testing.rs"]
+pub mod pg_testing;
 
 pub const GITHUB_SECRET: &str = "gh-secret";
 pub const LINEAR_SECRET: &str = "lin-secret";
@@ -33,13 +40,7 @@ pub fn now_ms() -> i64 {
 /// The databases (`er_test_…`) outlive the run; drop them afterwards. Unset (as in CI), the
 /// servers use SQLite in their data dir.
 pub fn database_for(dir: &Path) -> Option<String> {
-    type Databases = HashMap<
-        PathBuf,
-        (
-            String,
-            event_router::store::postgres::testing::DatabaseGuard,
-        ),
-    >;
+    type Databases = HashMap<PathBuf, (String, pg_testing::DatabaseGuard)>;
     static DATABASES: OnceLock<Mutex<Databases>> = OnceLock::new();
     let server = std::env::var("EVENT_ROUTER_TEST_DATABASE_URL")
         .ok()
@@ -54,9 +55,7 @@ pub fn database_for(dir: &Path) -> Option<String> {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(event_router::store::postgres::testing::fresh_database_on(
-                &server,
-            ))
+            .block_on(pg_testing::fresh_database_on(&server))
     })
     .join()
     .unwrap()
@@ -83,9 +82,7 @@ pub fn postgres_dump(url: &str) -> Vec<u8> {
             .build()
             .unwrap()
             .block_on(async move {
-                let (client, conn) = event_router::store::postgres::testing::connect(&url)
-                    .await
-                    .unwrap();
+                let (client, conn) = pg_testing::connect(&url).await.unwrap();
                 tokio::spawn(conn);
                 let tables: Vec<String> = client
                     .query(

@@ -24,8 +24,8 @@ mod deliveries;
 mod events;
 mod rules;
 mod schema;
-#[doc(hidden)]
-pub mod testing;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;
 mod writer;
 
@@ -105,7 +105,7 @@ impl From<PoolError> for StoreError {
 
 /// The server's own message when there is one, else the error with its causes
 /// (tokio-postgres's `Display` says only "db error" or "error connecting to server").
-pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{}: {}", db.code().code(), db.message());
     }

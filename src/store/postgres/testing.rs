@@ -4,6 +4,11 @@
 //! The server comes from `TEST_DATABASE_URL` (default: the local server, user postgres, trust
 //! auth). When it cannot be reached, `fresh_database_or_skip` skips the test with a message,
 //! unless `CI` is set: there a missing database is a failure, not a skip.
+//!
+//! Not shipped: the library compiles this file for its own tests only, and the black-box tests
+//! include the same file (`#[path]` in tests/it/support.rs). So it reaches the store only
+//! through `super::{tls, pg_message, redact_url}`: the store's own module here, the library's
+//! public ones there, and connects as the store does (`sslmode`, `sslrootcert`).
 
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
@@ -25,12 +30,6 @@ pub fn server_url() -> String {
 pub struct DatabaseGuard {
     server: String,
     name: String,
-}
-
-impl DatabaseGuard {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl Drop for DatabaseGuard {
