@@ -5,11 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod analytics;
-pub mod bench;
+pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod config_check;
 pub mod crypto;
 pub mod deliver;
 pub mod event;
@@ -19,10 +18,8 @@ pub mod http;
 pub mod ingest;
 pub mod queue;
 pub mod ratelimit;
-pub mod rotate;
 pub mod routing;
 pub mod rules;
-pub mod send;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -76,7 +76,7 @@ enum Command {
         path: PathBuf,
     },
     /// Load test: send signed webhooks to a router and report throughput, latency and losses.
-    Bench(event_router::bench::BenchArgs),
+    Bench(event_router::cli::bench::BenchArgs),
 }
 
 /// Layers flags, environment and file into a `Config`; a bad one is printed with every error.
@@ -90,7 +90,7 @@ fn load_config(overrides: &Overrides) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench(args) => event_router::bench::main(args),
+        Command::Bench(args) => event_router::cli::bench::main(args),
         Command::Serve {
             config,
             listen,
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if let Err(errors) = event_router::config_check::check_declarations(&cfg, false) {
+            if let Err(errors) = event_router::config::check::check_declarations(&cfg, false) {
                 eprintln!("event-router: invalid configuration:\n{errors}");
                 return ExitCode::from(2);
             }
@@ -143,7 +143,7 @@ fn main() -> ExitCode {
                 Some(s) => s,
                 None => None,
             };
-            let args = event_router::send::SendArgs {
+            let args = event_router::cli::send::SendArgs {
                 source,
                 scheme,
                 event,
@@ -161,7 +161,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(event_router::send::send(args)) {
+            match rt.block_on(event_router::cli::send::send(args)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(event_router::rotate::rotate_key(&cfg, &new_key)) {
+            match rt.block_on(event_router::cli::rotate_key::rotate_key(&cfg, &new_key)) {
                 Ok(r) => {
                     eprintln!(
                         "event-router: re-encrypted {} archived bodies and {} agent secrets",
@@ -218,7 +218,7 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { path } => {
             let result = Config::from_file_only(&path).and_then(|cfg| {
-                event_router::config_check::check_declarations(&cfg, true).map(|()| cfg)
+                event_router::config::check::check_declarations(&cfg, true).map(|()| cfg)
             });
             match result {
                 Ok(_) => {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Parser as _;
-use event_router::bench::{self, BenchArgs};
+use event_router::cli::bench::{self, BenchArgs};
 
 /// Runs `bench` with `args` (plus `--no-baseline` and a fresh data dir), in process, within
 /// `limit`, and returns its report as JSON.

@@ -577,11 +577,15 @@ async fn rotate_key_re_encrypts_everything_under_the_new_key() {
 
     let mut cfg = crate::support::test_config(dir.path());
     with_key(KEY_A)(&mut cfg);
-    let r = event_router::rotate::rotate_key(&cfg, KEY_B).await.unwrap();
+    let r = event_router::cli::rotate_key::rotate_key(&cfg, KEY_B)
+        .await
+        .unwrap();
     assert_eq!(r.agents, 1, "{r:?}");
     assert!(r.bodies >= 1, "{r:?}");
     // Running it again (as after an interruption) changes nothing and does not fail.
-    let again = event_router::rotate::rotate_key(&cfg, KEY_B).await.unwrap();
+    let again = event_router::cli::rotate_key::rotate_key(&cfg, KEY_B)
+        .await
+        .unwrap();
     assert_eq!((again.agents, again.bodies), (0, 0));
 
     // The old key no longer opens the store; the new one reads everything back.

@@ -36,7 +36,7 @@ use crate::config::{Config, Secret};
 use crate::ingest::verify::sign_github;
 
 /// The payload every generated webhook is derived from.
-const PULL_REQUEST_EXAMPLE: &str = include_str!("../examples/github-pull_request.json");
+const PULL_REQUEST_EXAMPLE: &str = include_str!("../../../examples/github-pull_request.json");
 
 /// What the bare baseline endpoint answers: about the size of the router's own 200.
 const BARE_ANSWER: &str = r#"{"success":true,"eventId":"00000000-0000-7000-8000-000000000000","processed":true,"routed":true,"timestamp":1764170000123}"#;

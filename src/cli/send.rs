@@ -24,10 +24,10 @@ pub struct SendArgs {
 /// A built-in sample body per scheme, used when neither `--file` nor piped stdin is given.
 fn sample(scheme: Scheme) -> &'static str {
     match scheme {
-        Scheme::Github => include_str!("../examples/github-pull_request.json"),
-        Scheme::Linear => include_str!("../examples/linear-issue.json"),
-        Scheme::Slack => include_str!("../examples/slack-message.json"),
-        Scheme::Standard => include_str!("../examples/internal-build.json"),
+        Scheme::Github => include_str!("../../examples/github-pull_request.json"),
+        Scheme::Linear => include_str!("../../examples/linear-issue.json"),
+        Scheme::Slack => include_str!("../../examples/slack-message.json"),
+        Scheme::Standard => include_str!("../../examples/internal-build.json"),
     }
 }
 
