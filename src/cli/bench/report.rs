@@ -1,0 +1,287 @@
+//! What a run measured: the report `--json` prints, and its human-readable form.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::DeliverVia;
+
+/// Everything measured, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// `in-process` or the router's URL.
+    pub router: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    /// The same client and payloads against an endpoint that only reads the body.
+    pub baseline: Option<Phase>,
+    pub ingest: Phase,
+    /// Router acks per second ÷ baseline answers per second.
+    pub ratio_to_baseline: Option<f64>,
+    pub end_to_end: EndToEnd,
+    /// The drain of a held backlog (`--backlog` only).
+    pub backlog: Option<Backlog>,
+    /// Resident memory (in-process router only).
+    pub rss: Option<Rss>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_mb: u64,
+    /// 1-minute load average when the run started and when it ended: above `cpus`, other work
+    /// competed for the CPU and the figures are pessimistic.
+    pub load_average: [f64; 2],
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    pub events: Option<u64>,
+    pub duration_secs: Option<f64>,
+    pub concurrency: usize,
+    pub rate: Option<f64>,
+    pub identifiers: usize,
+    pub payload_bytes_mean: usize,
+    pub agent_concurrency: u32,
+    /// `--backlog`: deliveries were held until every webhook was sent.
+    pub backlog: bool,
+    /// `http` (push deliveries) or `sse` (one live stream).
+    pub deliver: DeliverVia,
+}
+
+/// One load phase (the baseline, or ingest into the router).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Phase {
+    /// Requests the plan called for (`None`: as many as fit in the duration).
+    pub planned: Option<u64>,
+    /// Requests that got an answer or failed.
+    pub sent: u64,
+    /// 2xx answers.
+    pub accepted: u64,
+    /// 2xx answers marked `duplicate` (none expected: delivery ids are unique).
+    pub duplicates: u64,
+    pub elapsed_secs: f64,
+    /// Accepted per second over the phase.
+    pub per_second: f64,
+    /// Requests per second offered.
+    pub offered_per_second: f64,
+    /// Of accepted requests, from (scheduled) send to the whole answer read.
+    pub ack_latency_ms: Latency,
+    /// By kind: `http_<status>`, `connect`, `timeout`, `request`, `body`, `bad_answer`.
+    pub errors: BTreeMap<String, u64>,
+    /// CPU time of the whole process over the phase (client, servers, router).
+    pub process_cpu_secs: Option<f64>,
+    /// CPU time of the SQLite writer thread (in-process router).
+    pub writer_cpu_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndToEnd {
+    /// Acknowledged events that reached the receiver.
+    pub delivered: u64,
+    /// Acknowledged events that did not reach it within the drain timeout.
+    pub lost: u64,
+    /// Deliveries of an event already received (at-least-once redeliveries).
+    pub duplicates: u64,
+    /// Deliveries of events this run never saw acknowledged (e.g. its request failed late).
+    pub unacknowledged: u64,
+    /// Delivered ÷ (last delivery − first send).
+    pub per_second: f64,
+    /// Delivered before the last webhook was answered.
+    pub delivered_during_send: u64,
+    /// From the end of sending until the last acknowledged event arrived (or the timeout).
+    pub drain_secs: f64,
+    /// From send (scheduled) to arrival at the receiver.
+    pub latency_ms: Latency,
+    /// `--deliver sse`: times the stream ended early (e.g. cut off as a slow consumer) and was
+    /// resumed from the last event received.
+    pub stream_reconnects: Option<u64>,
+}
+
+/// `--backlog`: how fast the router empties a queue of deliveries to one agent.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backlog {
+    /// Deliveries waiting in the router when the receiver was released (acknowledged events).
+    pub queued: u64,
+    /// Of those, attempts the receiver was holding open at the release.
+    pub held_in_flight: u64,
+    /// Delivered from the release until the last acknowledged event arrived.
+    pub delivered: u64,
+    /// From the release to the last arrival (or the drain timeout).
+    pub drain_secs: f64,
+    /// `delivered ÷ drain_secs`: the delivery engine's throughput to one local agent.
+    pub drain_per_second: f64,
+    /// CPU time of this whole process over the drain (the in-process router and the receiver;
+    /// with `--router`, the tool alone).
+    pub process_cpu_secs: Option<f64>,
+    /// CPU time of the SQLite writer thread over the drain (in-process router).
+    pub writer_cpu_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rss {
+    /// Highest process RSS sampled (every 100 ms) from router start to the end of the drain.
+    pub peak_mb: f64,
+    /// Process RSS just before the router started: the tool, its payloads and receiver.
+    pub before_router_mb: f64,
+    /// What the tool's own per-event records occupy by the end (ack and arrival logs).
+    pub tool_records_mb: f64,
+    /// `peak − before − records`: the router's share, roughly.
+    pub router_estimate_mb: f64,
+}
+
+/// `cpu … s for the process… (… µs per <unit>)`, with the SQLite writer's share when known;
+/// seconds to `decimals` places.
+fn cpu_line(
+    cpu: f64,
+    writer: Option<f64>,
+    decimals: usize,
+    during: &str,
+    count: u64,
+    unit: &str,
+) -> String {
+    format!(
+        "cpu {cpu:.decimals$} s for the process{during} ({:.0} µs per {unit}){}",
+        cpu * 1e6 / (count.max(1) as f64),
+        writer
+            .map(|w| format!(", of which SQLite writer {w:.decimals$} s"))
+            .unwrap_or_default()
+    )
+}
+
+/// The human-readable report.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let lat = |l: &Latency| {
+        format!(
+            "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            l.p50, l.p95, l.p99, l.max
+        )
+    };
+    let errors = |e: &BTreeMap<String, u64>| {
+        if e.is_empty() {
+            "none".to_string()
+        } else {
+            e.iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "machine:   {} × {}, {} MiB; load average {:.1} → {:.1}; router {}",
+        r.machine.cpus,
+        r.machine.cpu_model,
+        r.machine.memory_mb,
+        r.machine.load_average[0],
+        r.machine.load_average[1],
+        r.router
+    );
+    if r.machine.load_average[0] > r.machine.cpus as f64 {
+        let _ = writeln!(
+            out,
+            "           (other work was competing for the CPU: treat the figures as pessimistic)"
+        );
+    }
+    if let Some(b) = &r.baseline {
+        let _ = writeln!(
+            out,
+            "baseline:  {:.0}/s bare HTTP ({} in {:.1} s); ack {}; errors {}",
+            b.per_second,
+            b.accepted,
+            b.elapsed_secs,
+            lat(&b.ack_latency_ms),
+            errors(&b.errors)
+        );
+    }
+    let i = &r.ingest;
+    let _ = writeln!(
+        out,
+        "ingest:    {:.0}/s accepted ({} of {} in {:.1} s, offered {:.0}/s){}",
+        i.per_second,
+        i.accepted,
+        i.sent,
+        i.elapsed_secs,
+        i.offered_per_second,
+        r.ratio_to_baseline
+            .map(|x| format!("; {:.1}% of the baseline", x * 100.0))
+            .unwrap_or_default()
+    );
+    if let Some(p) = i.planned.filter(|&p| p > i.sent) {
+        let _ = writeln!(
+            out,
+            "           {} of {p} planned webhooks not sent: the router fell behind the offered rate",
+            p - i.sent
+        );
+    }
+    let _ = writeln!(out, "           ack {}", lat(&i.ack_latency_ms));
+    let _ = writeln!(out, "           errors {}", errors(&i.errors));
+    if let Some(cpu) = i.process_cpu_secs {
+        let line = cpu_line(cpu, i.writer_cpu_secs, 1, "", i.sent, "webhook");
+        let _ = writeln!(out, "           {line}");
+    }
+    let e = &r.end_to_end;
+    let _ = writeln!(
+        out,
+        "delivered: {:.0}/s ({} delivered, {} during sending, drained {:.2} s after); lost {}; duplicates {}; unacknowledged {}",
+        e.per_second,
+        e.delivered,
+        e.delivered_during_send,
+        e.drain_secs,
+        e.lost,
+        e.duplicates,
+        e.unacknowledged
+    );
+    if let Some(n) = e.stream_reconnects {
+        let _ = writeln!(
+            out,
+            "           over one SSE stream; reopened {n} times (resumed with Last-Event-ID)"
+        );
+    }
+    let _ = writeln!(out, "           end to end {}", lat(&e.latency_ms));
+    if let Some(b) = &r.backlog {
+        let _ = writeln!(
+            out,
+            "backlog:   {:.0} deliveries/s draining {} queued ({} held in flight) in {:.2} s; {} delivered",
+            b.drain_per_second, b.queued, b.held_in_flight, b.drain_secs, b.delivered
+        );
+        if let Some(cpu) = b.process_cpu_secs {
+            let line = cpu_line(
+                cpu,
+                b.writer_cpu_secs,
+                2,
+                " during the drain",
+                b.delivered,
+                "delivery",
+            );
+            let _ = writeln!(out, "           {line}");
+        }
+    }
+    if let Some(m) = &r.rss {
+        let _ = writeln!(
+            out,
+            "rss:       peak {:.0} MiB (before the router {:.0} MiB, tool records {:.0} MiB) → router ≈ {:.0} MiB",
+            m.peak_mb, m.before_router_mb, m.tool_records_mb, m.router_estimate_mb
+        );
+    }
+    out
+}
