@@ -1,10 +1,12 @@
-//! The `event-router` command: parses the CLI and the configuration, then hands over to the library.
+//! The `event-router` command: parses the command line, then runs the one command it names
+//! (`event_router::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use event_router::config::{self, Config, Overrides, Scheme};
+use event_router::cli;
+use event_router::config::Overrides;
 
 #[derive(Parser)]
 #[command(
@@ -76,57 +78,22 @@ enum Command {
         path: PathBuf,
     },
     /// Load test: send signed webhooks to a router and report throughput, latency and losses.
-    Bench(event_router::cli::bench::BenchArgs),
-}
-
-/// Layers flags, environment and file into a `Config`; a bad one is printed with every error.
-fn load_config(overrides: &Overrides) -> Result<Config, ExitCode> {
-    Config::load(overrides, &config::process_env).map_err(|errors| {
-        eprintln!("event-router: invalid configuration:\n{errors}");
-        ExitCode::from(2)
-    })
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Bench(args) => event_router::cli::bench::main(args),
+    match Cli::parse().command {
         Command::Serve {
             config,
             listen,
             data_dir,
             database_url,
-        } => {
-            let overrides = Overrides {
-                config,
-                listen,
-                data_dir,
-                database_url,
-            };
-            let cfg = match load_config(&overrides) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            if let Err(errors) = event_router::config::check::check_declarations(&cfg, false) {
-                eprintln!("event-router: invalid configuration:\n{errors}");
-                return ExitCode::from(2);
-            }
-            event_router::telemetry::init(&cfg.log_level, cfg.log_format);
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("event-router: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(event_router::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("event-router: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => cli::serve::main(Overrides {
+            config,
+            listen,
+            data_dir,
+            database_url,
+        }),
         Command::Send {
             source,
             event,
@@ -134,102 +101,22 @@ fn main() -> ExitCode {
             secret,
             scheme,
             url,
-        } => {
-            let scheme = match scheme.as_deref().map(Scheme::parse) {
-                Some(None) => {
-                    eprintln!("event-router: --scheme must be github, linear, slack or standard");
-                    return ExitCode::from(2);
-                }
-                Some(s) => s,
-                None => None,
-            };
-            let args = event_router::cli::send::SendArgs {
-                source,
-                scheme,
-                event,
-                file,
-                secret,
-                url,
-            };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("event-router: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(event_router::cli::send::send(args)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(e) => {
-                    eprintln!("event-router: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => cli::send::main(source, scheme, event, file, secret, url),
         Command::RotateKey {
             new_key,
             config,
             data_dir,
             database_url,
-        } => {
-            let overrides = Overrides {
+        } => cli::rotate_key::main(
+            &new_key,
+            Overrides {
                 config,
                 listen: None,
                 data_dir,
                 database_url,
-            };
-            let cfg = match load_config(&overrides) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("event-router: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(event_router::cli::rotate_key::rotate_key(&cfg, &new_key)) {
-                Ok(r) => {
-                    eprintln!(
-                        "event-router: re-encrypted {} archived bodies and {} agent secrets",
-                        r.bodies, r.agents
-                    );
-                    match r.key_file {
-                        Some(f) => eprintln!("event-router: the new key is in {}", f.display()),
-                        None => eprintln!(
-                            "event-router: set ENCRYPTION_KEY to the new key before starting the server"
-                        ),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("event-router: rotate-key: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::CheckConfig { path } => {
-            let result = Config::from_file_only(&path).and_then(|cfg| {
-                event_router::config::check::check_declarations(&cfg, true).map(|()| cfg)
-            });
-            match result {
-                Ok(_) => {
-                    println!("{}: ok", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+            },
+        ),
+        Command::CheckConfig { path } => cli::check_config::main(&path),
+        Command::Bench(args) => cli::bench::main(args),
     }
 }

@@ -3,11 +3,12 @@
 //! are recognized and left alone, and the key check value moves to the new key only at the end.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::crypto::{self, Cipher, PREFIX};
 use crate::store::encrypted::KEY_CHECK_ID;
 use crate::store::{PutMode, RuleKind, Store, StoredRule};
@@ -19,6 +20,37 @@ pub struct Rotated {
     pub agents: u64,
     /// The key file rewritten with the new key (when the key came from the data dir).
     pub key_file: Option<PathBuf>,
+}
+
+/// The command: exits 0 once everything is under the new key, 2 for a bad configuration, else 1.
+pub fn main(new_key: &str, overrides: Overrides) -> ExitCode {
+    let cfg = match super::load_config(&overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match super::current_thread_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(rotate_key(&cfg, new_key)) {
+        Ok(r) => {
+            eprintln!(
+                "event-router: re-encrypted {} archived bodies and {} agent secrets",
+                r.bodies, r.agents
+            );
+            match r.key_file {
+                Some(f) => eprintln!("event-router: the new key is in {}", f.display()),
+                None => eprintln!(
+                    "event-router: set ENCRYPTION_KEY to the new key before starting the server"
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("event-router: rotate-key: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Re-encrypts the store of `config` from its current key to `new_key` (base64, 32 bytes).

@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
@@ -230,6 +231,45 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
         .read_to_end(&mut b)
         .context("cannot read stdin")?;
     Ok(b)
+}
+
+/// The command: exits 0 when the router answered 2xx, 2 for a bad `--scheme`, else 1.
+pub fn main(
+    source: String,
+    scheme: Option<String>,
+    event: Option<String>,
+    file: Option<PathBuf>,
+    secret: Option<String>,
+    url: String,
+) -> ExitCode {
+    let scheme = match scheme.as_deref().map(Scheme::parse) {
+        Some(None) => {
+            eprintln!("event-router: --scheme must be github, linear, slack or standard");
+            return ExitCode::from(2);
+        }
+        Some(s) => s,
+        None => None,
+    };
+    let args = SendArgs {
+        source,
+        scheme,
+        event,
+        file,
+        secret,
+        url,
+    };
+    let rt = match super::current_thread_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(send(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("event-router: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]
