@@ -33,12 +33,6 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
-}
-
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What a delivery is doing (API.md section 7).

@@ -35,6 +35,12 @@ use self::writer::{FnJob, WriteJob, writer_loop};
 use super::packed::{Packed, Unpacked};
 use super::{BodyRewrite, ClusterStore, Result, Store, StoreError};
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
