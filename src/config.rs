@@ -3,8 +3,6 @@
 //! The file is parsed with `toml_edit` rather than plain serde so that every problem can be reported
 //! with its line and column, and so that `check-config` can list *every* error instead of the first.
 
-pub mod check;
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

@@ -295,7 +295,7 @@ fn spawn_tls_reload_on_sighup(certs: Arc<CertStore>, shutdown: CancellationToken
 }
 
 /// Writes the config file's `[[agents]]`, `[[filters]]` and `[[routes]]` into the store, by id
-/// (they were validated before start; see `config::check`).
+/// (they were validated before start: `serve` runs the checks of `check-config` first).
 async fn apply_declared_rules(store: &dyn Store, config: &Config) -> anyhow::Result<()> {
     let stored_agents = store.list_rules(RuleKind::Agent).await?;
     let mut agent_ids: Vec<String> = stored_agents.iter().map(|r| r.id.clone()).collect();

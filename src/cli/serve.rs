@@ -11,7 +11,7 @@ pub fn main(overrides: Overrides) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(errors) = crate::config::check::check_declarations(&cfg, false) {
+    if let Err(errors) = super::check_config::check_declarations(&cfg, false) {
         eprintln!("event-router: invalid configuration:\n{errors}");
         return ExitCode::from(2);
     }
