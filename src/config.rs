@@ -336,6 +336,20 @@ impl Config {
     }
 
     /// Where the embedded database lives when `database_url` is unset or `sqlite://`.
+    /// What opening the store needs (`crate::store::open`).
+    pub fn store_settings(&self) -> crate::store::Settings {
+        crate::store::Settings {
+            sqlite_path: self.sqlite_path(),
+            database_url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            encryption_key: self.encryption_key.as_ref().map(|k| k.0.clone()),
+            encrypt_payloads: self.encrypt_payloads,
+            commit_batch_max: self.commit_batch_max,
+            db_pool_size: self.db_pool_size,
+            node_lease_ms: self.node_lease_ms,
+        }
+    }
+
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         match &self.database_url {
             None => Some(self.data_dir.join("event-router.db")),

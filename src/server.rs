@@ -128,7 +128,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         _ => None,
     };
     let client = outbound_client(&config)?;
-    let store = crate::store::open(&config).await?;
+    let store = crate::store::open(&config.store_settings()).await?;
     let shutdown = CancellationToken::new();
     let rule_options = RuleOptions::default();
     let default_policy = Arc::new(RetryPolicy::server_default(

@@ -72,7 +72,7 @@ pub async fn rotate_key(config: &Config, new_key: &str) -> Result<Rotated, Strin
     }
     let old = Arc::new(Cipher::new(&old_key));
     let new = Arc::new(Cipher::new(&new_key));
-    let store = crate::store::open_backend(config)
+    let store = crate::store::open_backend(&config.store_settings())
         .await
         .map_err(|e| format!("{e:#}"))?;
     let result = rotate_store(store.as_ref(), &old, &new, config.encrypt_payloads).await;

@@ -9,6 +9,7 @@ pub mod packed;
 pub mod postgres;
 pub mod sqlite;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -21,7 +22,6 @@ use uuid::Uuid;
 use self::encrypted::EncryptedStore;
 use self::postgres::{PgOptions, PgStore, redact_url};
 use self::sqlite::{SqliteOptions, SqliteStore};
-use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -554,14 +554,27 @@ pub trait ClusterStore: Send + Sync {
     }
 }
 
+/// What opening a store needs, taken from the configuration (`Config::store_settings`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The SQLite file, or `None` for PostgreSQL at `database_url`.
+    pub sqlite_path: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// `ENCRYPTION_KEY` (base64), else a key generated into `data_dir`.
+    pub encryption_key: Option<String>,
+    pub encrypt_payloads: bool,
+    pub commit_batch_max: usize,
+    pub db_pool_size: usize,
+    pub node_lease_ms: u64,
+}
+
 /// Opens the backend and puts the encryption layer over it (agent secrets are always sealed;
 /// payloads with `encrypt_payloads`). A key that does not match the data refuses the start.
-pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let key = crate::crypto::load_or_generate_key(
-        config.encryption_key.as_ref().map(|k| k.0.as_str()),
-        &config.data_dir,
-    )
-    .map_err(anyhow::Error::msg)?;
+pub async fn open(config: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let key =
+        crate::crypto::load_or_generate_key(config.encryption_key.as_deref(), &config.data_dir)
+            .map_err(anyhow::Error::msg)?;
     let cipher = Arc::new(crate::crypto::Cipher::new(&key));
     let backend = open_backend(config).await?;
     let store = EncryptedStore::open(backend.clone(), cipher, config.encrypt_payloads).await;
@@ -575,10 +588,10 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// The store `database_url` names: SQLite (none, `sqlite://`) or PostgreSQL (`postgres://`).
-pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(path) = config.sqlite_path() {
+pub async fn open_backend(config: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = &config.sqlite_path {
         let store = SqliteStore::open(
-            &path,
+            path,
             SqliteOptions {
                 batch_max: config.commit_batch_max,
                 ..Default::default()
