@@ -9,7 +9,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use event_router::clock::now_ms;
 use event_router::config::{Config, Secret};
 use event_router::event::serialize_event;
-use event_router::ingest::{self, Prepared, Source, verify};
+use event_router::ingest::{self, Prepared, Source};
+use event_router::providers::standard::StandardSigner;
+use event_router::providers::{github, linear, slack};
 use event_router::store::packed::Packed;
 
 fn source(name: &str, secret: &str) -> Source {
@@ -89,7 +91,7 @@ fn bench(c: &mut Criterion) {
         ("user-agent", "GitHub-Hookshot/abc".into()),
         (
             "x-hub-signature-256",
-            verify::sign_github(b"bench-secret", gh_body),
+            github::sign(b"bench-secret", gh_body),
         ),
     ]);
     run(c, "github_pull_request_5k", &gh, &h, gh_body);
@@ -105,10 +107,7 @@ fn bench(c: &mut Criterion) {
     let h = headers(&[
         ("content-type", "application/json".into()),
         ("linear-delivery", "d1".into()),
-        (
-            "linear-signature",
-            verify::sign_linear(b"bench-secret", &lin_body),
-        ),
+        ("linear-signature", linear::sign(b"bench-secret", &lin_body)),
     ]);
     run(c, "linear_issue", &li, &h, &lin_body);
 
@@ -120,7 +119,7 @@ fn bench(c: &mut Criterion) {
         ("x-slack-request-timestamp", now_s.to_string()),
         (
             "x-slack-signature",
-            verify::sign_slack(b"bench-secret", now_s, sl_body),
+            slack::sign(b"bench-secret", now_s, sl_body),
         ),
     ]);
     run(c, "slack_event_callback", &sl, &h, sl_body);
@@ -128,7 +127,7 @@ fn bench(c: &mut Criterion) {
     let in_body = include_bytes!("../examples/internal-build.json");
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let int = source("internal", secret);
-    let signer = verify::StandardSigner::from_secret(secret).unwrap();
+    let signer = StandardSigner::from_secret(secret).unwrap();
     let h = headers(&[
         ("content-type", "application/json".into()),
         ("webhook-id", "msg_1".into()),

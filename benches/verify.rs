@@ -3,10 +3,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use event_router::ingest::verify::{
-    SecretSet, StandardSigner, check_linear_timestamp, sign_github, sign_linear, sign_slack,
-    verify_github, verify_linear, verify_slack, verify_standard,
-};
+use event_router::providers::standard::{self, StandardSigner};
+use event_router::providers::{SecretSet, github, linear, slack};
 
 const SECRET: &str = "bench-secret-0123456789";
 const STD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -22,31 +20,31 @@ fn body() -> Vec<u8> {
 fn bench_verify(c: &mut Criterion) {
     let body = body();
     let hmac = SecretSet::hmac_from_list(SECRET).unwrap();
-    let standard = SecretSet::standard_from_list(STD_SECRET).unwrap();
+    let standard = standard::secrets_from_list(STD_SECRET).unwrap();
     let signer = StandardSigner::from_secret(STD_SECRET).unwrap();
     let now_ms = NOW * 1000;
     let ts = NOW.to_string();
     let ts_ms = now_ms.to_string();
 
-    let gh_sig = sign_github(SECRET.as_bytes(), &body);
-    let lin_sig = sign_linear(SECRET.as_bytes(), &body);
-    let slack_sig = sign_slack(SECRET.as_bytes(), NOW, &body);
+    let gh_sig = github::sign(SECRET.as_bytes(), &body);
+    let lin_sig = linear::sign(SECRET.as_bytes(), &body);
+    let slack_sig = slack::sign(SECRET.as_bytes(), NOW, &body);
     let std_sig = signer.sign("msg_bench", NOW, &body);
 
     let mut g = c.benchmark_group("verify_5KB");
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("github", |b| {
-        b.iter(|| verify_github(&hmac, Some(black_box(gh_sig.as_bytes())), black_box(&body)))
+        b.iter(|| github::verify(&hmac, Some(black_box(gh_sig.as_bytes())), black_box(&body)))
     });
     g.bench_function("linear", |b| {
         b.iter(|| {
-            verify_linear(&hmac, Some(black_box(lin_sig.as_bytes())), black_box(&body))?;
-            check_linear_timestamp(Some(black_box(ts_ms.as_bytes())), None, now_ms)
+            linear::verify(&hmac, Some(black_box(lin_sig.as_bytes())), black_box(&body))?;
+            linear::check_timestamp(Some(black_box(ts_ms.as_bytes())), None, now_ms)
         })
     });
     g.bench_function("slack", |b| {
         b.iter(|| {
-            verify_slack(
+            slack::verify(
                 &hmac,
                 Some(black_box(slack_sig.as_bytes())),
                 Some(black_box(ts.as_bytes())),
@@ -57,7 +55,7 @@ fn bench_verify(c: &mut Criterion) {
     });
     g.bench_function("standard", |b| {
         b.iter(|| {
-            verify_standard(
+            standard::verify(
                 &standard,
                 Some(black_box(b"msg_bench".as_slice())),
                 Some(black_box(ts.as_bytes())),

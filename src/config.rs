@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use toml_edit::{Document, Item, Table};
 
+use crate::providers::{self, Provider};
+
 /// A secret value: never printed by `Debug`, so a config dump cannot leak it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -22,39 +24,11 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How a source proves that a webhook is genuine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Github,
-    Linear,
-    Slack,
-    Standard,
-}
-
-impl Scheme {
-    pub fn parse(s: &str) -> Option<Scheme> {
-        match s {
-            "github" => Some(Scheme::Github),
-            "linear" => Some(Scheme::Linear),
-            "slack" => Some(Scheme::Slack),
-            "standard" => Some(Scheme::Standard),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Github => "github",
-            Scheme::Linear => "linear",
-            Scheme::Slack => "slack",
-            Scheme::Standard => "standard",
-        }
-    }
-}
-
 /// One webhook source, built-in or declared in `[sources.NAME]`.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    pub scheme: Scheme,
+    /// How the source's webhooks are verified and read (`scheme = "…"`).
+    pub provider: &'static dyn Provider,
     /// Environment variables the secret list is read from, first set wins.
     pub secret_env: Vec<String>,
     /// The secret list as resolved at load time (comma-separated, for rotation). `None` = disabled.
@@ -196,43 +170,21 @@ impl Default for Config {
     }
 }
 
+/// One source per provider that comes with one (`github`, `linear`, `slack`, `internal`).
 fn builtin_sources() -> BTreeMap<String, SourceConfig> {
-    let mk = |scheme, envs: &[&str], id: Option<&str>| SourceConfig {
-        scheme,
-        secret_env: envs.iter().map(|s| s.to_string()).collect(),
-        secret: None,
-        identifier_field: id.map(str::to_string),
-    };
-    BTreeMap::from([
-        (
-            "github".to_string(),
-            mk(
-                Scheme::Github,
-                &["GITHUB_WEBHOOK_SECRET"],
-                Some("payload.sender.login"),
-            ),
-        ),
-        (
-            "linear".to_string(),
-            mk(
-                Scheme::Linear,
-                &["LINEAR_WEBHOOK_SECRET"],
-                Some("payload.organizationId"),
-            ),
-        ),
-        (
-            "slack".to_string(),
-            mk(
-                Scheme::Slack,
-                &["SLACK_WEBHOOK_SECRET", "SLACK_SIGNING_SECRET"],
-                Some("payload.team_id"),
-            ),
-        ),
-        (
-            "internal".to_string(),
-            mk(Scheme::Standard, &["INTERNAL_WEBHOOK_SECRET"], None),
-        ),
-    ])
+    providers::PROVIDERS
+        .iter()
+        .filter_map(|&provider| {
+            let b = provider.builtin()?;
+            let source = SourceConfig {
+                provider,
+                secret_env: b.secret_env.iter().map(|s| s.to_string()).collect(),
+                secret: None,
+                identifier_field: b.identifier.map(str::to_string),
+            };
+            Some((b.source.to_string(), source))
+        })
+        .collect()
 }
 
 /// Values given on the command line (each also readable from its environment variable by clap).
@@ -531,7 +483,7 @@ impl Config {
                 continue;
             };
             let existing = self.sources.get(name).cloned();
-            let mut scheme = existing.as_ref().map(|s| s.scheme);
+            let mut provider = existing.as_ref().map(|s| s.provider);
             let mut secret_env = existing
                 .as_ref()
                 .map(|s| s.secret_env.clone())
@@ -542,16 +494,15 @@ impl Config {
                 let at = ctx.at(v.span());
                 let field = format!("{key}.{k}");
                 match k {
-                    "scheme" => match v.as_str().and_then(Scheme::parse) {
-                        Some(s) => scheme = Some(s),
+                    "scheme" => match v.as_str().and_then(providers::by_name) {
+                        Some(p) => provider = Some(p),
                         None => {
                             ok = false;
-                            push(
-                                field,
-                                at,
-                                "expected one of \"github\", \"linear\", \"slack\", \"standard\""
-                                    .into(),
-                            )
+                            let names: Vec<String> = providers::PROVIDERS
+                                .iter()
+                                .map(|p| format!("\"{}\"", p.name()))
+                                .collect();
+                            push(field, at, format!("expected one of {}", names.join(", ")))
                         }
                     },
                     "secret_env" => match v.as_str() {
@@ -588,7 +539,7 @@ impl Config {
                     }
                 }
             }
-            let Some(scheme) = scheme else {
+            let Some(provider) = provider else {
                 if !ok {
                     // The bad `scheme` value was already reported.
                     continue;
@@ -596,7 +547,7 @@ impl Config {
                 push(
                     format!("{key}.scheme"),
                     at,
-                    "required for a new source (github, linear, slack or standard)".into(),
+                    format!("required for a new source ({})", providers::names_text()),
                 );
                 continue;
             };
@@ -604,7 +555,7 @@ impl Config {
                 self.sources.insert(
                     name.to_string(),
                     SourceConfig {
-                        scheme,
+                        provider,
                         secret_env,
                         secret: None,
                         identifier_field: identifier,
@@ -1134,13 +1085,13 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         cfg.resolve_secrets(&|k| (k == "ACME_SECRET").then(|| "whsec_abc".to_string()));
         let acme = &cfg.sources["acme"];
-        assert_eq!(acme.scheme, Scheme::Standard);
+        assert_eq!(acme.provider.name(), "standard");
         assert_eq!(acme.secret, Some(Secret("whsec_abc".into())));
         assert_eq!(
             cfg.sources["github"].identifier_field.as_deref(),
             Some("payload.repository.full_name")
         );
-        assert_eq!(cfg.sources["github"].scheme, Scheme::Github);
+        assert_eq!(cfg.sources["github"].provider.name(), "github");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The normalized event of API.md section 4, and how each provider's request becomes one.
+//! The normalized event of API.md section 4: body decoding, the payload probe, and the event
+//! object. What each provider reads from its requests is in `providers/`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -7,8 +8,6 @@ use http::HeaderMap;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use uuid::Uuid;
-
-use crate::config::Scheme;
 
 /// Why a request body could not become an event (answered `400 invalid_body`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,10 +118,19 @@ fn max_depth(bytes: &[u8]) -> usize {
     deepest
 }
 
-/// Decodes a provider body. `Form` bodies: a `payload` field holding JSON (GitHub, Slack
-/// interactivity) becomes the payload; otherwise (Slack slash commands) the fields become a JSON
-/// object of strings.
-pub fn decode_body(kind: BodyKind, bytes: &[u8]) -> Result<Decoded, BodyError> {
+/// What a provider's `application/x-www-form-urlencoded` bodies hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormBody {
+    /// A `payload` field holding the JSON (GitHub); a form without one is refused.
+    Payload,
+    /// A `payload` field holding JSON (Slack interactivity), or else plain fields, which become
+    /// a JSON object of strings (Slack slash commands).
+    PayloadOrFields,
+}
+
+/// Decodes a provider body. `Form` bodies: a `payload` field holding JSON becomes the payload;
+/// without one, the fields become a JSON object of strings where `form` allows it.
+pub fn decode_body(kind: BodyKind, bytes: &[u8], form: FormBody) -> Result<Decoded, BodyError> {
     match kind {
         BodyKind::Json => Ok(Decoded {
             payload: parse_json_object(bytes)?,
@@ -150,6 +158,9 @@ pub fn decode_body(kind: BodyKind, bytes: &[u8]) -> Result<Decoded, BodyError> {
             if fields.is_empty() {
                 return Err(bad("the form body has no fields"));
             }
+            if form == FormBody::Payload {
+                return Err(bad("the form body has no payload field"));
+            }
             Ok(Decoded {
                 payload: Value::Object(fields),
                 raw_json: false,
@@ -160,34 +171,40 @@ pub fn decode_body(kind: BodyKind, bytes: &[u8]) -> Result<Decoded, BodyError> {
 
 // --- The payload probe -------------------------------------------------------------------
 //
-// Most webhooks need only a handful of their payload's fields on the ingest path: what
-// `classify` reads, and the rate-limit identifier. The stored body splices in the provider's raw
-// JSON text (`serialize_event`), so a full `Value` tree is needed only when a rule looks into the
-// payload or a stream subscriber filters on it. The probe validates the body exactly as
+// Most webhooks need only a handful of their payload's fields on the ingest path: what their
+// provider classifies by, and the rate-limit identifier. The stored body splices in the provider's
+// raw JSON text (`serialize_event`), so a full `Value` tree is needed only when a rule looks into
+// the payload or a stream subscriber filters on it. The probe validates the body exactly as
 // `parse_json_object` does (it runs the same parser through `deserialize_any`, so strings, escapes,
 // surrogates, numbers and serde's nesting guard are checked the same way) while keeping nothing
 // but the fields asked for, borrowed from the body where they contain no escapes.
 
-/// A payload field the ingest path reads.
+/// A payload field the ingest path reads: a slot in [`Fields`]. A provider names the slots it
+/// uses (`const ACTION: Field = Field::new(0);`) and lists their paths in its probes; the last
+/// slot is the source's identifier path. Slots rather than named fields keep a new provider's
+/// fields in its own file, and reading one stays an array index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    /// `action` (every scheme).
-    Action,
-    /// `type` (Linear, Slack, standard).
-    Type,
-    /// `event_id` (Slack).
-    EventId,
-    /// `command` (Slack slash commands).
-    Command,
-    /// `event.type` (Slack `event_callback`).
-    EventType,
-    /// `event.subtype` (Slack `event_callback`).
-    EventSubtype,
-    /// `webhookTimestamp` (Linear).
-    WebhookTimestamp,
+pub struct Field(u8);
+
+impl Field {
+    /// How many slots a provider may use.
+    pub const PROVIDER_SLOTS: usize = FIELD_COUNT - 1;
     /// The source's identifier path, when it points into the payload.
-    Identifier,
+    pub const IDENTIFIER: Field = Field(FIELD_COUNT as u8 - 1);
+
+    /// Slot `slot` of a provider's fields; a slot out of range fails to compile in a `const`.
+    pub const fn new(slot: usize) -> Field {
+        assert!(slot < Field::PROVIDER_SLOTS, "a provider has 7 field slots");
+        Field(slot as u8)
+    }
+
+    fn index(self) -> usize {
+        usize::from(self.0)
+    }
 }
+
+/// A payload path (`["event", "type"]`) and the slot its value is kept in.
+pub type Probe = (&'static [&'static str], Field);
 
 const FIELD_COUNT: usize = 8;
 
@@ -207,7 +224,7 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn get(&self, f: Field) -> Option<&Leaf<'a>> {
-        self.leaves[f as usize].as_ref()
+        self.leaves[f.index()].as_ref()
     }
 
     /// The field if it is a string (what `Value::as_str` would give).
@@ -228,7 +245,7 @@ impl<'a> Fields<'a> {
 
     fn set(&mut self, node: &ProbeNode, leaf: Leaf<'a>) {
         for &f in node.fields.iter() {
-            self.leaves[f as usize] = Some(leaf.clone());
+            self.leaves[f.index()] = Some(leaf.clone());
         }
     }
 }
@@ -316,14 +333,14 @@ impl ProbeNode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum IdentifierPath {
     None,
-    /// `payload.…`: probed as [`Field::Identifier`].
+    /// `payload.…`: probed as [`Field::IDENTIFIER`].
     InPayload,
     /// Any other path, read from the event object (without its payload or metadata).
     InEvent(Box<str>),
 }
 
-/// What to probe in a source's payloads: the fields its scheme classifies by, and its identifier
-/// path. Built once per source.
+/// What to probe in a source's payloads: the fields its provider classifies by, and its
+/// identifier path. Built once per source.
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
     root: ProbeNode,
@@ -331,32 +348,17 @@ pub struct ProbeSpec {
 }
 
 impl ProbeSpec {
-    pub fn new(scheme: Scheme, identifier_field: Option<&str>) -> ProbeSpec {
+    /// `probes`: the provider's fields (`Provider::probes`).
+    pub fn new(probes: &[Probe], identifier_field: Option<&str>) -> ProbeSpec {
         let mut root = ProbeNode::default();
-        let wanted: &[(&[&str], Field)] = match scheme {
-            Scheme::Github => &[(&["action"], Field::Action)],
-            Scheme::Linear => &[
-                (&["type"], Field::Type),
-                (&["action"], Field::Action),
-                (&["webhookTimestamp"], Field::WebhookTimestamp),
-            ],
-            Scheme::Slack => &[
-                (&["type"], Field::Type),
-                (&["event_id"], Field::EventId),
-                (&["command"], Field::Command),
-                (&["event", "type"], Field::EventType),
-                (&["event", "subtype"], Field::EventSubtype),
-            ],
-            Scheme::Standard => &[(&["type"], Field::Type), (&["action"], Field::Action)],
-        };
-        for (path, field) in wanted {
+        for (path, field) in probes {
             root.insert(path, *field);
         }
         let identifier = match identifier_field {
             None => IdentifierPath::None,
             Some(p) => match p.strip_prefix("payload.") {
                 Some(rest) => {
-                    root.insert(&rest.split('.').collect::<Vec<_>>(), Field::Identifier);
+                    root.insert(&rest.split('.').collect::<Vec<_>>(), Field::IDENTIFIER);
                     IdentifierPath::InPayload
                 }
                 // The payload itself is an object, never an identifier.
@@ -388,7 +390,7 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
         for &f in self.node.subtree.iter() {
-            self.fields.leaves[f as usize] = None;
+            self.fields.leaves[f.index()] = None;
         }
         d.deserialize_any(self)
     }
@@ -608,11 +610,12 @@ pub fn probe_body<'a>(
     kind: BodyKind,
     bytes: &'a [u8],
     spec: &ProbeSpec,
+    form: FormBody,
 ) -> Result<Probed<'a>, BodyError> {
     match kind {
         BodyKind::Json => probe_json_object(bytes, spec),
         BodyKind::Form => {
-            let Decoded { payload, raw_json } = decode_body(kind, bytes)?;
+            let Decoded { payload, raw_json } = decode_body(kind, bytes, form)?;
             Ok(Probed {
                 fields: spec.read_value(&payload),
                 payload: Some(payload),
@@ -636,94 +639,13 @@ pub fn materialize_payload(event: &mut Value, raw: &[u8]) {
     }
 }
 
-/// What normalization learns from the provider's request.
+/// What a provider reads from its request: type, action and delivery id (API.md section 3
+/// table, section 4 `action`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classified {
     pub event_type: String,
     pub action: Option<String>,
     pub delivery_id: Option<String>,
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
-/// Type, action and delivery id per provider (API.md section 3 table, section 4 `action`), from
-/// the payload's probed fields (`ProbeSpec::new` for the same scheme).
-pub fn classify(
-    scheme: Scheme,
-    headers: &HeaderMap,
-    payload: &Fields<'_>,
-) -> Result<Classified, BodyError> {
-    let action = || payload.str(Field::Action).map(str::to_string);
-    match scheme {
-        Scheme::Github => {
-            let event_type = header_str(headers, "x-github-event")
-                .ok_or_else(|| bad("missing X-GitHub-Event header"))?;
-            Ok(Classified {
-                event_type: event_type.to_string(),
-                action: action(),
-                delivery_id: header_str(headers, "x-github-delivery").map(str::to_string),
-            })
-        }
-        Scheme::Linear => {
-            let t = payload
-                .str(Field::Type)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| bad("a Linear webhook needs a string \"type\" field"))?;
-            Ok(Classified {
-                event_type: snake_case(t),
-                action: action(),
-                delivery_id: header_str(headers, "linear-delivery").map(str::to_string),
-            })
-        }
-        Scheme::Slack => {
-            let delivery_id = payload.str(Field::EventId).map(str::to_string);
-            if let Some(cmd) = payload.str(Field::Command) {
-                // Slash commands arrive as plain form fields.
-                return Ok(Classified {
-                    event_type: "slash_command".into(),
-                    action: Some(cmd.to_string()),
-                    delivery_id,
-                });
-            }
-            let outer = payload.str(Field::Type).unwrap_or("");
-            let (event_type, action) = if outer == "event_callback" {
-                let t = payload
-                    .str(Field::EventType)
-                    .ok_or_else(|| bad("a Slack event_callback needs event.type"))?;
-                (t, payload.str(Field::EventSubtype))
-            } else if !outer.is_empty() {
-                // Interactivity payloads (block_actions, view_submission, …) and other envelopes.
-                (outer, None)
-            } else {
-                return Err(bad("a Slack webhook needs a \"type\" or a \"command\""));
-            };
-            Ok(Classified {
-                event_type: event_type.to_string(),
-                action: action.map(str::to_string),
-                delivery_id,
-            })
-        }
-        Scheme::Standard => {
-            let event_type = payload
-                .str(Field::Type)
-                .filter(|t| !t.is_empty())
-                .or_else(|| header_str(headers, "x-event-type"))
-                .ok_or_else(|| {
-                    bad("an internal event needs a string \"type\" field or an X-Event-Type header")
-                })?;
-            Ok(Classified {
-                event_type: event_type.to_string(),
-                action: action(),
-                delivery_id: header_str(headers, "webhook-id").map(str::to_string),
-            })
-        }
-    }
 }
 
 /// `IssueLabel` → `issue_label`, `OAuthApp` → `o_auth_app`, `issue` → `issue`.
@@ -752,33 +674,25 @@ pub fn snake_case(s: &str) -> String {
     out
 }
 
-/// Headers that carry credentials are never archived or forwarded.
-fn sensitive_header(name: &str) -> bool {
-    matches!(
-        name,
-        "authorization"
-            | "proxy-authorization"
-            | "cookie"
-            | "x-hub-signature"
-            | "x-hub-signature-256"
-            | "linear-signature"
-            | "x-slack-signature"
-            | "webhook-signature"
-    )
+/// Headers that carry credentials are never archived or forwarded: these, and every provider's
+/// signature headers (`signature_headers`, lowercase).
+fn sensitive_header(name: &str, signature_headers: &[&str]) -> bool {
+    matches!(name, "authorization" | "proxy-authorization" | "cookie")
+        || signature_headers.contains(&name)
 }
 
 /// At most this many headers, each value at most 1 KiB, are kept in `metadata.headers`.
 const MAX_KEPT_HEADERS: usize = 64;
 const MAX_HEADER_VALUE: usize = 1024;
 
-pub fn kept_headers(headers: &HeaderMap) -> Map<String, Value> {
+pub fn kept_headers(headers: &HeaderMap, signature_headers: &[&str]) -> Map<String, Value> {
     let mut out = Map::new();
     for (name, value) in headers {
         if out.len() >= MAX_KEPT_HEADERS {
             break;
         }
         let name = name.as_str();
-        if sensitive_header(name) || out.contains_key(name) {
+        if sensitive_header(name, signature_headers) || out.contains_key(name) {
             continue;
         }
         let text = String::from_utf8_lossy(value.as_bytes());
@@ -842,7 +756,7 @@ fn probed_identifier(
     match &spec.identifier {
         IdentifierPath::None => client_ip.to_string(),
         IdentifierPath::InEvent(path) => identifier(event, Some(path), client_ip),
-        IdentifierPath::InPayload => match fields.get(Field::Identifier) {
+        IdentifierPath::InPayload => match fields.get(Field::IDENTIFIER) {
             Some(Leaf::Str(s)) => identifier_text(s),
             Some(Leaf::Num(n)) => Some(n.to_string()),
             None => None,
@@ -899,6 +813,9 @@ pub struct EventInput<'a> {
     pub fields: &'a Fields<'a>,
     pub probe: &'a ProbeSpec,
     pub headers: &'a HeaderMap,
+    /// Headers never kept in `metadata.headers` besides the credential ones: every provider's
+    /// signature headers, lowercase.
+    pub signature_headers: &'a [&'a str],
     pub client_ip: &'a str,
     pub received_bytes: usize,
 }
@@ -913,6 +830,7 @@ pub fn normalize(input: EventInput<'_>) -> (EventHeader, Value) {
         fields,
         probe,
         headers,
+        signature_headers,
         client_ip,
         received_bytes,
     } = input;
@@ -930,7 +848,10 @@ pub fn normalize(input: EventInput<'_>) -> (EventHeader, Value) {
     let mut metadata = Map::new();
     metadata.insert("clientIp".into(), Value::String(client_ip.to_string()));
     metadata.insert("receivedBytes".into(), Value::from(received_bytes as u64));
-    metadata.insert("headers".into(), Value::Object(kept_headers(headers)));
+    metadata.insert(
+        "headers".into(),
+        Value::Object(kept_headers(headers, signature_headers)),
+    );
     metadata.insert("identifier".into(), Value::String(ident));
     if let Value::Object(m) = &mut event {
         m.insert("metadata".into(), Value::Object(metadata));
@@ -1012,6 +933,29 @@ mod tests {
         assert_eq!(array_index("007"), Some(7));
         assert_eq!(array_index("99999999999999999999999"), Some(usize::MAX));
     }
+
+    // Probe lists shaped like the providers' (each provider's own tests check its list).
+    const ACTION: Field = Field::new(0);
+    const TYPE: Field = Field::new(1);
+    const EVENT_ID: Field = Field::new(2);
+    const COMMAND: Field = Field::new(3);
+    const EVENT_TYPE: Field = Field::new(4);
+    const EVENT_SUBTYPE: Field = Field::new(5);
+    const WEBHOOK_TIMESTAMP: Field = Field::new(6);
+    const GITHUB_LIKE: &[Probe] = &[(&["action"], ACTION)];
+    const LINEAR_LIKE: &[Probe] = &[
+        (&["type"], TYPE),
+        (&["action"], ACTION),
+        (&["webhookTimestamp"], WEBHOOK_TIMESTAMP),
+    ];
+    const SLACK_LIKE: &[Probe] = &[
+        (&["type"], TYPE),
+        (&["event_id"], EVENT_ID),
+        (&["command"], COMMAND),
+        (&["event", "type"], EVENT_TYPE),
+        (&["event", "subtype"], EVENT_SUBTYPE),
+    ];
+    const STANDARD_LIKE: &[Probe] = &[(&["type"], TYPE), (&["action"], ACTION)];
 
     fn hdrs(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -1097,90 +1041,44 @@ mod tests {
 
     #[test]
     fn form_payload_and_slash_command() {
+        let form = FormBody::PayloadOrFields;
         let d = decode_body(
             BodyKind::Form,
             b"payload=%7B%22type%22%3A%22block_actions%22%7D",
+            form,
         )
         .unwrap();
         assert_eq!(d.payload["type"], "block_actions");
-        let d = decode_body(BodyKind::Form, b"command=%2Fdeploy&text=prod&team_id=T1").unwrap();
+        let d = decode_body(
+            BodyKind::Form,
+            b"command=%2Fdeploy&text=prod&team_id=T1",
+            form,
+        )
+        .unwrap();
         assert_eq!(d.payload["command"], "/deploy");
         assert_eq!(d.payload["text"], "prod");
-        assert!(decode_body(BodyKind::Form, b"payload=notjson").is_err());
-        assert!(decode_body(BodyKind::Form, b"").is_err());
-    }
-
-    /// A payload's fields as ingest probes them for `scheme` (through the JSON text).
-    fn probed(scheme: Scheme, v: &Value) -> Fields<'static> {
-        let text = v.to_string();
-        let spec = ProbeSpec::new(scheme, None);
-        let p = probe_json_object(text.as_bytes(), &spec).unwrap();
-        assert_eq!(p.fields, spec.read_value(v));
-        spec.read_value(v)
+        assert!(decode_body(BodyKind::Form, b"payload=notjson", form).is_err());
+        assert!(decode_body(BodyKind::Form, b"", form).is_err());
     }
 
     #[test]
-    fn classify_per_provider() {
-        let gh = classify(
-            Scheme::Github,
-            &hdrs(&[
-                ("x-github-event", "pull_request"),
-                ("x-github-delivery", "d1"),
-            ]),
-            &probed(Scheme::Github, &serde_json::json!({"action": "opened"})),
-        )
-        .unwrap();
-        assert_eq!(gh.event_type, "pull_request");
-        assert_eq!(gh.action.as_deref(), Some("opened"));
-        assert_eq!(gh.delivery_id.as_deref(), Some("d1"));
-        assert!(classify(Scheme::Github, &hdrs(&[]), &Fields::default()).is_err());
-
-        let li = classify(
-            Scheme::Linear,
-            &hdrs(&[("linear-delivery", "L1")]),
-            &probed(
-                Scheme::Linear,
-                &serde_json::json!({"type": "IssueLabel", "action": "create"}),
-            ),
-        )
-        .unwrap();
-        assert_eq!(li.event_type, "issue_label");
-        assert_eq!(li.delivery_id.as_deref(), Some("L1"));
-
-        let sl = classify(
-            Scheme::Slack,
-            &hdrs(&[]),
-            &probed(Scheme::Slack, &serde_json::json!({"type": "event_callback", "event_id": "Ev1", "event": {"type": "message", "subtype": "bot_message"}})),
-        )
-        .unwrap();
-        assert_eq!(
-            sl,
-            Classified {
-                event_type: "message".into(),
-                action: Some("bot_message".into()),
-                delivery_id: Some("Ev1".into())
-            }
-        );
-        let cmd = classify(
-            Scheme::Slack,
-            &hdrs(&[]),
-            &probed(
-                Scheme::Slack,
-                &serde_json::json!({"command": "/deploy", "text": "x"}),
-            ),
-        )
-        .unwrap();
-        assert_eq!(cmd.event_type, "slash_command");
-        assert_eq!(cmd.action.as_deref(), Some("/deploy"));
-
-        let int = classify(
-            Scheme::Standard,
-            &hdrs(&[("x-event-type", "build.done"), ("webhook-id", "msg_1")]),
-            &probed(Scheme::Standard, &serde_json::json!({"x": 1})),
-        )
-        .unwrap();
-        assert_eq!(int.event_type, "build.done");
-        assert_eq!(int.delivery_id.as_deref(), Some("msg_1"));
+    fn a_form_that_must_carry_payload_refuses_plain_fields() {
+        let form = FormBody::Payload;
+        let d = decode_body(BodyKind::Form, b"x=1&payload=%7B%22a%22%3A1%7D", form).unwrap();
+        assert_eq!(d.payload["a"], 1);
+        for body in [
+            &b"zen=hi&hook_id=1"[..],
+            b"payloads=%7B%7D",
+            b"Payload=%7B%7D",
+        ] {
+            let err = decode_body(BodyKind::Form, body, form).unwrap_err();
+            assert_eq!(err.0, "the form body has no payload field", "{body:?}");
+        }
+        // Other refusals keep their own message.
+        let err = decode_body(BodyKind::Form, b"&&", form).unwrap_err();
+        assert_eq!(err.0, "the form body has no fields");
+        // A JSON body is not a form.
+        assert!(decode_body(BodyKind::Json, br#"{"zen":"hi"}"#, form).is_ok());
     }
 
     #[test]
@@ -1191,7 +1089,7 @@ mod tests {
             ("authorization", "Bearer k"),
         ]);
         let payload = serde_json::json!({"sender": {"login": "octocat"}, "action": "opened"});
-        let probe = ProbeSpec::new(Scheme::Github, Some("payload.sender.login"));
+        let probe = ProbeSpec::new(GITHUB_LIKE, Some("payload.sender.login"));
         let fields = probe.read_value(&payload);
         let (h, ev) = normalize(EventInput {
             id: new_event_id(),
@@ -1205,6 +1103,7 @@ mod tests {
             fields: &fields,
             probe: &probe,
             headers: &headers,
+            signature_headers: &["x-hub-signature-256"],
             client_ip: "127.0.0.1",
             received_bytes: 42,
         });
@@ -1289,13 +1188,8 @@ mod tests {
             "{\"a\":".repeat(10_000).into_bytes(),
             include_bytes!("../examples/github-pull_request.json").to_vec(),
         ];
-        for scheme in [
-            Scheme::Github,
-            Scheme::Linear,
-            Scheme::Slack,
-            Scheme::Standard,
-        ] {
-            let spec = ProbeSpec::new(scheme, Some("payload.a.0"));
+        for probes in [GITHUB_LIKE, LINEAR_LIKE, SLACK_LIKE, STANDARD_LIKE] {
+            let spec = ProbeSpec::new(probes, Some("payload.a.0"));
             for body in &bodies {
                 let want = parse_json_object(body);
                 let got = probe_json_object(body, &spec);
@@ -1313,7 +1207,7 @@ mod tests {
             }
         }
         // The common case builds no tree; bodies at serde's nesting guard take the parser.
-        let spec = ProbeSpec::new(Scheme::Github, None);
+        let spec = ProbeSpec::new(GITHUB_LIKE, None);
         let pr = include_bytes!("../examples/github-pull_request.json");
         assert!(probe_json_object(pr, &spec).unwrap().payload.is_none());
         let at_limit = deep(128);
@@ -1351,36 +1245,36 @@ mod tests {
             ("payload.event.type", Some(Leaf::Str("message".into()))),
         ];
         for (path, want) in cases {
-            let spec = ProbeSpec::new(Scheme::Slack, Some(path));
+            let spec = ProbeSpec::new(SLACK_LIKE, Some(path));
             let p = probe_json_object(body, &spec).unwrap();
             assert!(p.payload.is_none());
-            assert_eq!(p.fields.get(Field::Identifier), want.as_ref(), "{path}");
-            assert_eq!(p.fields.str(Field::EventType), Some("message"));
-            assert_eq!(p.fields.str(Field::EventSubtype), Some("bot_message"));
-            assert_eq!(p.fields.str(Field::EventId), Some("Ev1"));
-            assert_eq!(p.fields.str(Field::Command), Some("/x"));
+            assert_eq!(p.fields.get(Field::IDENTIFIER), want.as_ref(), "{path}");
+            assert_eq!(p.fields.str(EVENT_TYPE), Some("message"));
+            assert_eq!(p.fields.str(EVENT_SUBTYPE), Some("bot_message"));
+            assert_eq!(p.fields.str(EVENT_ID), Some("Ev1"));
+            assert_eq!(p.fields.str(COMMAND), Some("/x"));
             // The same as the parsed payload's `identifier`.
             let event = serde_json::json!({ "payload": parse_json_object(body).unwrap() });
             let ident = probed_identifier(&spec, &p.fields, &event, "ip");
             assert_eq!(ident, identifier(&event, Some(path), "ip"), "{path}");
         }
-        let spec = ProbeSpec::new(Scheme::Linear, None);
+        let spec = ProbeSpec::new(LINEAR_LIKE, None);
         let p = probe_json_object(body, &spec).unwrap();
         // Escaped strings are unescaped (copied); plain ones are borrowed from the body.
-        assert_eq!(p.fields.str(Field::Action), Some("op\"ened"));
+        assert_eq!(p.fields.str(ACTION), Some("op\"ened"));
         assert!(matches!(
-            p.fields.get(Field::Type),
+            p.fields.get(TYPE),
             Some(Leaf::Str(Cow::Borrowed("IssueLabel")))
         ));
-        assert_eq!(p.fields.i64(Field::WebhookTimestamp), Some(1764170000123));
+        assert_eq!(p.fields.i64(WEBHOOK_TIMESTAMP), Some(1764170000123));
         // Slack's fields are not probed for Linear.
-        assert_eq!(p.fields.get(Field::EventType), None);
-        assert_eq!(p.fields.get(Field::Identifier), None);
+        assert_eq!(p.fields.get(EVENT_TYPE), None);
+        assert_eq!(p.fields.get(Field::IDENTIFIER), None);
     }
 
     #[test]
     fn probe_keeps_the_last_of_duplicate_keys() {
-        let spec = ProbeSpec::new(Scheme::Slack, Some("payload.event.type"));
+        let spec = ProbeSpec::new(SLACK_LIKE, Some("payload.event.type"));
         for body in [
             &br#"{"type":"a","type":"event_callback","event":{"type":"x"},"event":{"type":"y"}}"#[..],
             br#"{"type":"event_callback","event":{"type":"x","subtype":"s"},"event":5}"#,
@@ -1397,36 +1291,43 @@ mod tests {
             );
         }
         let p = probe_json_object(br#"{"type":"a","type":5}"#, &spec).unwrap();
-        assert_eq!(p.fields.str(Field::Type), None);
+        assert_eq!(p.fields.str(TYPE), None);
     }
 
     #[test]
     fn probe_of_form_bodies_parses_them() {
-        let spec = ProbeSpec::new(Scheme::Slack, Some("payload.user_id"));
+        let spec = ProbeSpec::new(SLACK_LIKE, Some("payload.user_id"));
+        let form = FormBody::PayloadOrFields;
         let p = probe_body(
             BodyKind::Form,
             b"command=%2Fdeploy&text=prod&user_id=U1",
             &spec,
+            form,
         )
         .unwrap();
         assert!(!p.raw_json);
         assert_eq!(p.payload.as_ref().unwrap()["text"], "prod");
-        assert_eq!(p.fields.str(Field::Command), Some("/deploy"));
-        assert_eq!(p.fields.str(Field::Identifier), Some("U1"));
+        assert_eq!(p.fields.str(COMMAND), Some("/deploy"));
+        assert_eq!(p.fields.str(Field::IDENTIFIER), Some("U1"));
         let p = probe_body(
             BodyKind::Form,
             b"payload=%7B%22type%22%3A%22block_actions%22%7D",
             &spec,
+            form,
         )
         .unwrap();
-        assert_eq!(p.fields.str(Field::Type), Some("block_actions"));
+        assert_eq!(p.fields.str(TYPE), Some("block_actions"));
         assert!(p.payload.is_some());
         for bad_body in [&b"payload=notjson"[..], b"", b"payload=%5B1%5D"] {
             assert_eq!(
-                probe_body(BodyKind::Form, bad_body, &spec).unwrap_err(),
-                decode_body(BodyKind::Form, bad_body).unwrap_err()
+                probe_body(BodyKind::Form, bad_body, &spec, form).unwrap_err(),
+                decode_body(BodyKind::Form, bad_body, form).unwrap_err()
             );
         }
+        assert_eq!(
+            probe_body(BodyKind::Form, b"text=prod", &spec, FormBody::Payload).unwrap_err(),
+            decode_body(BodyKind::Form, b"text=prod", FormBody::Payload).unwrap_err()
+        );
     }
 
     #[test]
@@ -1440,17 +1341,22 @@ mod tests {
             Some("payload"),
             None,
         ] {
-            let probe = ProbeSpec::new(Scheme::Github, ident);
+            let probe = ProbeSpec::new(GITHUB_LIKE, ident);
             let id = new_event_id();
             let build = |payload: Option<Value>, fields: &Fields<'_>| {
                 normalize(EventInput {
                     id,
                     source: "github",
-                    classified: classify(Scheme::Github, &headers, fields).unwrap(),
+                    classified: Classified {
+                        event_type: "pull_request".into(),
+                        action: fields.str(ACTION).map(str::to_string),
+                        delivery_id: None,
+                    },
                     payload,
                     fields,
                     probe: &probe,
                     headers: &headers,
+                    signature_headers: &[],
                     client_ip: "10.0.0.1",
                     received_bytes: body.len(),
                 })

@@ -16,6 +16,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod http;
 pub mod ingest;
+pub mod providers;
 pub mod queue;
 pub mod ratelimit;
 pub mod routing;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use event_router::cli;
 use event_router::config::Overrides;
+use event_router::providers;
 
 #[derive(Parser)]
 #[command(
@@ -38,7 +39,11 @@ enum Command {
     },
     /// Sign and post a test webhook exactly as the provider would.
     Send {
-        /// Source name: github, linear, slack, internal, or one declared in the config file.
+        /// Source name: a built-in one, or one declared in the config file.
+        #[arg(help = format!(
+            "Source name: {}, or one declared in the config file",
+            providers::builtin_sources_text()
+        ))]
         source: String,
         /// Event type (GitHub: X-GitHub-Event; Linear: body type; internal: X-Event-Type).
         #[arg(long)]
@@ -49,8 +54,11 @@ enum Command {
         /// Secret to sign with; default: the source's environment variable.
         #[arg(long)]
         secret: Option<String>,
-        /// Signature scheme of a config-declared source: github, linear, slack or standard.
-        #[arg(long)]
+        /// Signature scheme of a config-declared source.
+        #[arg(long, help = format!(
+            "Signature scheme of a config-declared source: {}",
+            providers::names_text()
+        ))]
         scheme: Option<String>,
         /// The router's base URL.
         #[arg(long, default_value = "http://127.0.0.1:8787")]

@@ -17,7 +17,7 @@ use crate::config::Secret;
 use crate::crypto::hash_api_key;
 use crate::deliver::{AgentTarget, Pacing};
 use crate::event::EventHeader;
-use crate::ingest::verify::StandardSigner;
+use crate::providers::standard::StandardSigner;
 use crate::queue::policy::RetryPolicy;
 use crate::queue::{Job, Queue, Targets};
 use crate::rules::model::{Agent, EventFilter, EventRoute};

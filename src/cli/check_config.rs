@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{Config, ConfigError, ConfigErrors, Declared};
-use crate::ingest::verify::StandardSigner;
+use crate::providers::standard::StandardSigner;
 use crate::ratelimit;
 use crate::rules::{self, KnownAgents};
 

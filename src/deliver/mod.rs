@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::clock::now_ms;
-use crate::ingest::verify::StandardSigner;
+use crate::providers::standard::StandardSigner;
 
 /// How much of an agent's answer is kept in the attempt log.
 pub const RESPONSE_PREFIX: usize = 1024;

@@ -10,7 +10,6 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::AppState;
 use super::auth::is_agent_key;
@@ -18,6 +17,7 @@ use super::error::ApiError;
 use crate::ingest::commit::{Committed, commit};
 use crate::ingest::dedupe::{self, Original};
 use crate::ingest::{Prepared, admit, read, route};
+use crate::providers::Handshake;
 use crate::ratelimit::Decision;
 use crate::store::CommitOutcome;
 
@@ -74,8 +74,8 @@ async fn receive(
         }
     };
     let (head, event, raw_json, payload_deferred) = match prepared {
-        Prepared::Challenge(challenge) => {
-            return Ok(axum::Json(json!({ "challenge": challenge })).into_response());
+        Prepared::Handshake(Handshake::Json(answer)) => {
+            return Ok(axum::Json(answer).into_response());
         }
         Prepared::Event {
             head,

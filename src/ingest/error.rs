@@ -1,6 +1,8 @@
 //! Why a webhook was not taken, in the domain's words. The edge (`crate::http::error`) turns
 //! each into the contract's status, code and message.
 
+use crate::event::BodyError;
+use crate::providers::VerifyError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,5 +58,20 @@ impl IngestError {
             IngestError::Store(StoreError::Closed) => "shutting_down",
             IngestError::Store(_) | IngestError::Internal { .. } => "internal_error",
         }
+    }
+}
+
+impl From<VerifyError> for IngestError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::InvalidSignature => IngestError::InvalidSignature,
+            VerifyError::StaleTimestamp => IngestError::StaleTimestamp,
+        }
+    }
+}
+
+impl From<BodyError> for IngestError {
+    fn from(e: BodyError) -> Self {
+        IngestError::InvalidBody(e.0)
     }
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::ValidationError;
 use super::model::Agent;
 use crate::crypto::hash_api_key;
-use crate::ingest::verify::{StandardSigner, generate_standard_secret};
+use crate::providers::standard::{StandardSigner, generate_secret};
 
 /// The field in an agent's stored JSON that holds the hash of its API key.
 pub const API_KEY_HASH: &str = "apiKeyHash";
@@ -44,7 +44,7 @@ pub fn prepare_agent(
                 message: format!("not a Standard Webhooks secret (whsec_ + base64): {e}"),
             })?;
         }
-        None => agent.secret = Some(old_secret.unwrap_or_else(generate_standard_secret)),
+        None => agent.secret = Some(old_secret.unwrap_or_else(generate_secret)),
     }
     let hash = match agent.api_key.take() {
         Some(k) if k.len() < 16 => {

@@ -6,7 +6,7 @@ use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_router::ingest::verify::sign_slack;
+use event_router::providers::slack;
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
@@ -413,7 +413,7 @@ secret_env = "CD_HOOK_SECRET"
         .header("x-slack-request-timestamp", ts.to_string())
         .header(
             "x-slack-signature",
-            sign_slack(b"slack-alias-secret", ts, slack_body),
+            slack::sign(b"slack-alias-secret", ts, slack_body),
         )
         .send_to(&client, &base)
         .await

@@ -375,7 +375,7 @@ async fn internal_is_enabled_by_the_agent_key_alone() {
 
 #[tokio::test]
 async fn rotation_accepts_every_listed_secret_and_no_other() {
-    let second = event_router::ingest::verify::generate_standard_secret();
+    let second = event_router::providers::standard::generate_secret();
     let internal_list = format!("{INTERNAL_SECRET}, {second}");
     let app = TestApp::spawn_with(|cfg| {
         cfg.sources.get_mut("github").unwrap().secret =
@@ -411,7 +411,7 @@ async fn rotation_accepts_every_listed_secret_and_no_other() {
         .send(&app)
         .await
         .accepted();
-    let third = event_router::ingest::verify::generate_standard_secret();
+    let third = event_router::providers::standard::generate_secret();
     Webhook::standard_with(&third, "msg_c", ts, INTERNAL_BUILD)
         .send(&app)
         .await

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use event_router::ingest::verify::{sign_github, sign_linear, sign_slack};
+use event_router::providers::{github, linear, slack};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -183,13 +183,13 @@ async fn missing_malformed_or_wrong_signatures_are_refused() {
             "linear: github style",
             Webhook::linear(LINEAR_ISSUE, Some(now_ms())).header(
                 "linear-signature",
-                sign_github(LINEAR_SECRET.as_bytes(), LINEAR_ISSUE),
+                github::sign(LINEAR_SECRET.as_bytes(), LINEAR_ISSUE),
             ),
         ),
         (
             "linear: wrong secret",
             Webhook::linear(LINEAR_ISSUE, Some(now_ms()))
-                .header("linear-signature", sign_linear(b"wrong", LINEAR_ISSUE)),
+                .header("linear-signature", linear::sign(b"wrong", LINEAR_ISSUE)),
         ),
         ("slack: missing", slack.clone().without("x-slack-signature")),
         (
@@ -206,7 +206,7 @@ async fn missing_malformed_or_wrong_signatures_are_refused() {
             "slack: v1 prefix",
             slack.clone().header(
                 "x-slack-signature",
-                sign_slack(SLACK_SECRET.as_bytes(), now_s, SLACK_MESSAGE).replace("v0=", "v1="),
+                slack::sign(SLACK_SECRET.as_bytes(), now_s, SLACK_MESSAGE).replace("v0=", "v1="),
             ),
         ),
         (
@@ -215,7 +215,7 @@ async fn missing_malformed_or_wrong_signatures_are_refused() {
                 .clone()
                 .header(
                     "x-slack-signature",
-                    sign_slack(b"wrong", now_s, SLACK_MESSAGE),
+                    slack::sign(b"wrong", now_s, SLACK_MESSAGE),
                 )
                 .header("x-slack-request-timestamp", now_s.to_string()),
         ),
@@ -256,7 +256,7 @@ async fn missing_malformed_or_wrong_signatures_are_refused() {
         (
             "internal: wrong secret",
             Webhook::standard_with(
-                &event_router::ingest::verify::generate_standard_secret(),
+                &event_router::providers::standard::generate_secret(),
                 "msg_sig",
                 now_s,
                 INTERNAL_BUILD,
@@ -466,7 +466,7 @@ async fn chunked_body_over_the_limit_is_refused_without_reading_it_all() {
         .header("x-github-delivery", Uuid::new_v4().to_string())
         .header(
             "x-hub-signature-256",
-            sign_github(GITHUB_SECRET.as_bytes(), b""),
+            github::sign(GITHUB_SECRET.as_bytes(), b""),
         )
         .body(reqwest::Body::wrap_stream(chunks))
         .send();

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use event_router::ingest::verify::{StandardSigner, sign_github, sign_linear, sign_slack};
+use event_router::providers::standard::StandardSigner;
+use event_router::providers::{github, linear, slack};
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -42,7 +43,10 @@ impl Webhook {
             .header("content-type", "application/json")
             .header("x-github-event", event)
             .header("x-github-delivery", Uuid::new_v4().to_string())
-            .header("x-hub-signature-256", sign_github(secret.as_bytes(), &body))
+            .header(
+                "x-hub-signature-256",
+                github::sign(secret.as_bytes(), &body),
+            )
     }
 
     /// Linear, JSON, signed; `timestamp_ms` goes into `Linear-Timestamp` when given.
@@ -53,7 +57,7 @@ impl Webhook {
             .header("linear-delivery", Uuid::new_v4().to_string())
             .header(
                 "linear-signature",
-                sign_linear(LINEAR_SECRET.as_bytes(), &body),
+                linear::sign(LINEAR_SECRET.as_bytes(), &body),
             );
         if let Some(ts) = timestamp_ms {
             w = w.header("linear-timestamp", ts.to_string());
@@ -69,7 +73,7 @@ impl Webhook {
             .header("x-slack-request-timestamp", timestamp_s.to_string())
             .header(
                 "x-slack-signature",
-                sign_slack(SLACK_SECRET.as_bytes(), timestamp_s, &body),
+                slack::sign(SLACK_SECRET.as_bytes(), timestamp_s, &body),
             )
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use event_router::config::{Config, Secret};
-use event_router::ingest::verify;
+use event_router::providers::github;
 // What `pg_testing` reaches through `super::`.
 use event_router::store::postgres::{pg_message, redact_url, tls};
 use serde_json::Value;
@@ -217,7 +217,7 @@ impl TestApp {
             .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
             .header(
                 "x-hub-signature-256",
-                verify::sign_github(GITHUB_SECRET.as_bytes(), body),
+                github::sign(GITHUB_SECRET.as_bytes(), body),
             )
             .body(body.to_vec())
             .send()

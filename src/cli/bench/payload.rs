@@ -6,7 +6,7 @@ use http::HeaderValue;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::ingest::verify::sign_github;
+use crate::providers::github;
 
 /// The payload every generated webhook is derived from.
 const PULL_REQUEST_EXAMPLE: &str = include_str!("../../../examples/github-pull_request.json");
@@ -61,7 +61,7 @@ impl PayloadPool {
             p["pull_request"]["body"] =
                 Value::String(words(i as u64, target_bytes.saturating_sub(bare_len)));
             let body = serde_json::to_vec(&p)?;
-            let signature = HeaderValue::from_str(&sign_github(secret, &body))?;
+            let signature = HeaderValue::from_str(&github::sign(secret, &body))?;
             items.push(Payload {
                 body: Bytes::from(body),
                 signature,
@@ -152,7 +152,7 @@ mod tests {
             assert!((6000..6300).contains(&p.body.len()), "{}", p.body.len());
             assert_eq!(
                 p.signature.to_str().unwrap(),
-                sign_github(b"s", &p.body).as_str()
+                github::sign(b"s", &p.body).as_str()
             );
             let v: Value = serde_json::from_slice(&p.body).unwrap();
             logins.insert(v["sender"]["login"].as_str().unwrap().to_string());

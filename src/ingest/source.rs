@@ -1,0 +1,65 @@
+//! A source as ingest uses it: its provider, with its secrets parsed and its probe built once at
+//! start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::SourceConfig;
+use crate::event::ProbeSpec;
+use crate::providers::{Provider, Secrets};
+
+pub struct Source {
+    pub name: String,
+    pub provider: &'static dyn Provider,
+    /// `None`: no secret configured (the source is disabled, `internal` aside).
+    pub secrets: Option<Secrets>,
+    pub identifier_field: Option<String>,
+    /// The payload fields ingest reads for this source's provider and identifier path.
+    pub probe: ProbeSpec,
+}
+
+impl Source {
+    /// Parses the source's secret list; a list that does not parse is a startup error.
+    pub fn from_config(name: &str, cfg: &SourceConfig) -> Result<Source, String> {
+        let secrets = match &cfg.secret {
+            None => None,
+            Some(s) => Some(cfg.provider.parse_secrets(&s.0).map_err(|e| {
+                format!(
+                    "source {name}: the secret in {} is not usable: {e}",
+                    cfg.secret_env.join(" / ")
+                )
+            })?),
+        };
+        Ok(Source::new(
+            name,
+            cfg.provider,
+            secrets,
+            cfg.identifier_field.clone(),
+        ))
+    }
+
+    pub fn new(
+        name: &str,
+        provider: &'static dyn Provider,
+        secrets: Option<Secrets>,
+        identifier_field: Option<String>,
+    ) -> Source {
+        Source {
+            name: name.to_string(),
+            provider,
+            secrets,
+            probe: ProbeSpec::new(provider.probes(), identifier_field.as_deref()),
+            identifier_field,
+        }
+    }
+}
+
+/// The sources known at start, keyed by name.
+pub fn build_sources(
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<HashMap<String, Arc<Source>>, String> {
+    sources
+        .iter()
+        .map(|(name, cfg)| Ok((name.clone(), Arc::new(Source::from_config(name, cfg)?))))
+        .collect()
+}
