@@ -9,7 +9,7 @@ use super::{
     Builtin, Outgoing, Provider, Request, SecretSet, Secrets, SendOptions, SignError, header_str,
     hmac_keys,
 };
-use crate::event::{BodyError, Classified, Field, Fields, Probe};
+use crate::event::{BodyError, Classified, Field, Fields, FormBody, Probe};
 
 pub struct GitHub;
 
@@ -36,6 +36,10 @@ impl Provider for GitHub {
 
     fn verify(&self, req: &Request<'_>, secrets: Option<&Secrets>) -> Result<(), VerifyError> {
         verify(hmac_keys(secrets)?, req.header(SIGNATURE), req.body)
+    }
+
+    fn form_body(&self) -> FormBody {
+        FormBody::Payload
     }
 
     fn probes(&self) -> &'static [Probe] {

@@ -102,6 +102,45 @@ async fn bodies_that_are_not_a_json_object_are_invalid_body() {
     app.stop().await;
 }
 
+/// GitHub's form bodies carry the JSON in a `payload` field; a form without one is not a GitHub
+/// webhook, however well signed (plain form fields are Slack slash commands' alone).
+#[tokio::test]
+async fn a_github_form_body_without_payload_is_invalid_body() {
+    let app = TestApp::spawn().await;
+    for body in [
+        &b"zen=Keep+it+logically+awesome.&hook_id=1"[..],
+        b"action=opened&number=1",
+        b"payloads=%7B%7D",
+        b"Payload=%7B%22action%22%3A%22opened%22%7D",
+    ] {
+        let a = Webhook::github("push", body)
+            .header("content-type", FORM)
+            .send(&app)
+            .await;
+        a.refused(400, "invalid_body");
+        assert_eq!(
+            a.json()["error"],
+            "the form body has no payload field",
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert_archive_empty(&app).await;
+    // The same JSON in a `payload` field is accepted, other fields beside it ignored.
+    let ok = Webhook::github(
+        "push",
+        &b"hook_id=1&payload=%7B%22action%22%3A%22opened%22%7D"[..],
+    )
+    .header("content-type", FORM)
+    .send(&app)
+    .await
+    .accepted();
+    let event = archived_event(&app, ok.id).await;
+    assert_eq!(event["payload"], json!({"action": "opened"}));
+    assert_eq!(event["action"], "opened");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn nesting_of_128_is_accepted_and_129_refused() {
     let app = TestApp::spawn().await;
