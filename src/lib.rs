@@ -12,8 +12,6 @@ pub mod config;
 pub mod crypto;
 pub mod deliver;
 pub mod event;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod providers;

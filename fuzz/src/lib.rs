@@ -1,9 +1,10 @@
-//! What every fuzz target shares: the target bodies (in the main crate, so that the regression
-//! test runs the same code) and an allocator that turns a huge single allocation into a crash.
+//! What every fuzz target shares: the target bodies (`bodies.rs`, which the regression test
+//! `tests/it/fuzz_regressions.rs` includes too, so that it runs the same code) and an allocator
+//! that turns a huge single allocation into a crash.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-pub use event_router::fuzzing;
+pub mod bodies;
 
 /// No input of a few KiB should make the code under test ask for this much at once; libFuzzer's
 /// `-rss_limit_mb` covers many smaller allocations, and `-malloc_limit_mb` works only under a

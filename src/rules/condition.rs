@@ -147,14 +147,14 @@ impl Condition {
     /// [`Condition::holds`] through a per-event prefix memo (see
     /// [`PrefixTable`]).
     #[inline]
-    pub(crate) fn holds_memo(&self, memo: &mut Memo<'_, '_>) -> bool {
+    pub fn holds_memo(&self, memo: &mut Memo<'_, '_>) -> bool {
         let test = &self.test;
         let hit = self.path.any_memo(memo, &mut |leaf| test.test(leaf));
         hit != self.negate
     }
 
     /// Shares this condition's path prefix with the others of a rule set.
-    pub(crate) fn link(&mut self, table: &mut PrefixTable) {
+    pub fn link(&mut self, table: &mut PrefixTable) {
         table.link(&mut self.path);
     }
 

@@ -162,7 +162,7 @@ struct PrefixNode {
 /// lookups (string compares in a BTreeMap) are most of the cost of
 /// evaluating a rule set.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PrefixTable {
+pub struct PrefixTable {
     nodes: Vec<PrefixNode>,
     index: std::collections::HashMap<(PrefixId, Box<str>), PrefixId>,
 }
@@ -170,7 +170,7 @@ pub(crate) struct PrefixTable {
 impl PrefixTable {
     /// Links `path` to its node, creating nodes for it and its prefixes as
     /// needed.
-    pub(crate) fn link(&mut self, path: &mut FieldPath) {
+    pub fn link(&mut self, path: &mut FieldPath) {
         let mut parent = ROOT;
         for seg in path.segments.iter() {
             let key = (parent, seg.key.clone());
@@ -215,7 +215,7 @@ enum Slot<'v> {
 
 /// Per-event cache of resolved prefixes. Cheap to create; must not outlive
 /// a change of the event (it borrows it).
-pub(crate) struct Memo<'v, 't> {
+pub struct Memo<'v, 't> {
     root: &'v Value,
     table: &'t PrefixTable,
     slots: Slots<'v>,
@@ -254,7 +254,7 @@ impl<'v> Slots<'v> {
 }
 
 impl<'v, 't> Memo<'v, 't> {
-    pub(crate) fn new(table: &'t PrefixTable, root: &'v Value) -> Self {
+    pub fn new(table: &'t PrefixTable, root: &'v Value) -> Self {
         let len = table.nodes.len();
         Memo {
             root,

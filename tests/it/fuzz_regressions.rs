@@ -1,11 +1,15 @@
 //! Replays, under plain `cargo test`, every input the fuzzer ever crashed on
 //! (`tests/fuzz_regressions/<target>/`) and the seed corpus (`fuzz/corpus/<target>/`) through the
-//! same target bodies the fuzzer runs (`event_router::fuzzing`). A target body panics when a
-//! property breaks, so a fixed bug that comes back fails here, naming the file.
+//! same target bodies the fuzzer runs (`fuzz/src/bodies.rs`, included here). A target body panics
+//! when a property breaks, so a fixed bug that comes back fails here, naming the file.
 
 use std::path::{Path, PathBuf};
 
-use event_router::fuzzing::{self, TARGETS};
+// The one copy of the bodies: the fuzz crate's, outside the shipped library.
+#[path = "../../fuzz/src/bodies.rs"]
+mod bodies;
+
+use bodies::TARGETS;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,7 +67,7 @@ fn fuzz_directories_match_the_targets() {
         let path = bin.expect("readable directory").path();
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         assert!(
-            fuzzing::target(stem).is_some(),
+            bodies::target(stem).is_some(),
             "{} is no target",
             path.display()
         );
@@ -72,7 +76,7 @@ fn fuzz_directories_match_the_targets() {
         for dir in subdirs(&root().join(parent)) {
             let name = name_of(&dir);
             assert!(
-                fuzzing::target(&name).is_some(),
+                bodies::target(&name).is_some(),
                 "{parent}/{name} is no target"
             );
         }
@@ -85,7 +89,7 @@ fn fuzz_regressions_and_seeds_replay_cleanly() {
     let mut replayed = 0;
     for parent in ["tests/fuzz_regressions", "fuzz/corpus"] {
         for dir in subdirs(&root().join(parent)) {
-            let target = fuzzing::target(&name_of(&dir)).expect("checked by the other test");
+            let target = bodies::target(&name_of(&dir)).expect("checked by the other test");
             for file in inputs(&dir) {
                 let data = std::fs::read(&file).expect("readable input");
                 // The fuzzer runs on the main thread (8 MiB of stack, optimized code); a debug

@@ -1,6 +1,6 @@
 //! Fuzz target bodies, shared by the cargo-fuzz targets in `fuzz/` and by the regression test
-//! `tests/it/fuzz_regressions.rs`, so that a saved crash input replays through exactly the code
-//! that found it. Not part of the API.
+//! `tests/it/fuzz_regressions.rs` (which includes this file), so that a saved crash input replays
+//! through exactly the code that found it. They use event_router's public API only.
 //!
 //! Each target takes arbitrary bytes and panics only when a property breaks: the code under test
 //! must never panic, recurse without bound or allocate hugely, and its answers are checked against
@@ -23,15 +23,16 @@ use ring::hmac;
 use serde::Deserialize as _;
 use serde_json::{Map, Value};
 
-use crate::event::{self, BodyKind, FormBody, MAX_DEPTH};
-use crate::ingest::{IngestError, Prepared, Source, prepare};
-use crate::providers::standard::StandardSigner;
-use crate::providers::{
-    self, SecretError, SecretSet, VerifyError, github, linear, slack, standard,
+use event_router::event::{self, BodyKind, FormBody, MAX_DEPTH};
+use event_router::ingest::{IngestError, Prepared, Source, prepare};
+use event_router::providers::standard::StandardSigner;
+use event_router::providers::{
+    self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
+    github, linear, slack, standard,
 };
-use crate::rules::condition::Condition;
-use crate::rules::model::{FilterCondition, Operator};
-use crate::rules::path::{FieldPath, MAX_SEGMENTS, Memo, PrefixTable};
+use event_router::rules::condition::Condition;
+use event_router::rules::model::{FilterCondition, Operator};
+use event_router::rules::path::{FieldPath, MAX_SEGMENTS, Memo, PrefixTable};
 
 /// A fuzz target: panics when a property breaks.
 pub type Target = fn(&[u8]);
@@ -39,10 +40,7 @@ pub type Target = fn(&[u8]);
 /// Every target by name; the names are those of `fuzz/fuzz_targets/*.rs` and of the directories
 /// under `fuzz/corpus/` and `tests/fuzz_regressions/`.
 pub const TARGETS: &[(&str, Target)] = &[
-    ("verify_github", verify_github),
-    ("verify_linear", verify_linear),
-    ("verify_slack", verify_slack),
-    ("verify_standard", verify_standard),
+    ("verify", verify),
     ("decode_body", decode_body),
     ("field_path", field_path),
     ("ingest_prepare", ingest_prepare),
@@ -330,10 +328,18 @@ fn no_keys(keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, SecretError> {
     }
 }
 
-/// The HMAC keys a secrets field gives, either as an env-variable list
-/// (`SecretSet::hmac_from_list`) or as raw comma-separated bytes (`SecretSet::from_keys`), after
-/// checking the constructor against the documented rules; capped at [`MAX_KEYS`], never empty.
-fn hmac_keys(ctrl: &mut Ctrl<'_>, field: &[u8]) -> Vec<Vec<u8>> {
+/// The set of HMAC keys a provider parsed.
+fn hmac_set(secrets: Result<Secrets, SecretError>) -> Result<SecretSet, SecretError> {
+    secrets.map(|s| match s {
+        Secrets::Hmac(set) => set,
+        other => panic!("an HMAC provider parsed {other:?}"),
+    })
+}
+
+/// The HMAC keys a secrets field gives, either as an env-variable list (`SecretSet::hmac_from_list`,
+/// and the provider's own parser) or as raw comma-separated bytes (`SecretSet::from_keys`), after
+/// checking the constructors against the documented rules; capped at [`MAX_KEYS`], never empty.
+fn hmac_keys(provider: &dyn Provider, ctrl: &mut Ctrl<'_>, field: &[u8]) -> Vec<Vec<u8>> {
     let expected = if ctrl.flag() {
         let raw: Vec<&[u8]> = field.split(|&b| b == b',').collect();
         let expected = no_keys(
@@ -354,6 +360,7 @@ fn hmac_keys(ctrl: &mut Ctrl<'_>, field: &[u8]) -> Vec<Vec<u8>> {
                 .collect(),
         );
         check_set(&SecretSet::hmac_from_list(&list), &expected);
+        check_set(&hmac_set(provider.parse_secrets(&list)), &expected);
         expected
     };
     capped(expected.unwrap_or_default())
@@ -417,19 +424,148 @@ fn other_hex_digit(ctrl: &mut Ctrl<'_>, sig: &str, start: usize) -> Vec<u8> {
     out
 }
 
-// --- the verifier targets ---
+// --- the verifier target ---
 
-/// `github::verify`. Layout: `ctrl \0 secrets \0 signature \0 body`.
+/// A reference model: checks one provider's verifier (its module's functions, and the provider
+/// through the registry) against the documented scheme. Arguments: the provider, the choices,
+/// the secrets field, the request's headers and its body.
+type Model = fn(&'static dyn Provider, &mut Ctrl<'_>, &[u8], &HeaderMap, &[u8]);
+
+/// The reference models, by provider name. A provider without one is still fuzzed by the
+/// checks every provider gets (see [`verify`]); a new signature scheme deserves one.
+const MODELS: &[(&str, Model)] = &[
+    ("github", github_model),
+    ("linear", linear_model),
+    ("slack", slack_model),
+    ("standard", standard_model),
+];
+
+/// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte
+/// picks the provider (`PROVIDERS[P % n]`, in the registry's order), headers are `name: value`
+/// lines; a missing header is an absent one.
 ///
-/// Every key's own signature verifies (in either hex case); a changed body or another hex digit
-/// never does; and the fuzzer's header, or a genuine one it edited, is judged as the reference
-/// model judges it.
-pub fn verify_github(data: &[u8]) {
-    let mut fields = Fields::new(data);
+/// For every provider: parsing the secret list and verifying any request never panic; a source
+/// without secrets accepts nothing; a body signed as the provider signs it (`Provider::sign`,
+/// with each secret of the list) verifies, and signing leaves the body alone. A provider with a
+/// reference model ([`MODELS`]) is also judged against it.
+pub fn verify(data: &[u8]) {
+    let (pick, rest) = data.split_first().map_or((0, &[][..]), |(p, r)| (*p, r));
+    let provider = providers::PROVIDERS[usize::from(pick) % providers::PROVIDERS.len()];
+    let mut fields = Fields::new(rest);
     let mut ctrl = Ctrl(fields.next().unwrap_or_default());
-    let keys = hmac_keys(&mut ctrl, fields.next().unwrap_or_default());
-    let raw_sig = fields.next();
+    let secrets = fields.next().unwrap_or_default();
+    let headers = header_lines(fields.next().unwrap_or_default());
     let body = fields.rest();
+    if let Some((_, model)) = MODELS.iter().find(|(name, _)| *name == provider.name()) {
+        model(provider, &mut ctrl, secrets, &headers, body);
+    }
+    any_provider(provider, secrets, &headers, body);
+}
+
+/// A request to a source named `fuzz` (so no agent key stands in for a signature), at `now_ms`.
+fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], now_ms: i64) -> Request<'a> {
+    Request {
+        source: "fuzz",
+        headers,
+        body,
+        now_ms,
+        agent_key: &|_| false,
+    }
+}
+
+/// What holds for every provider, whatever its scheme.
+fn any_provider(provider: &dyn Provider, secrets: &[u8], headers: &HeaderMap, body: &[u8]) {
+    assert!(
+        provider
+            .verify(&request(headers, body, NOW_MS), None)
+            .is_err(),
+        "{provider:?} verified a request without secrets"
+    );
+    let list = String::from_utf8_lossy(secrets);
+    let Ok(parsed) = provider.parse_secrets(&list) else {
+        return;
+    };
+    assert!(!parsed.is_empty());
+    // Judged by the models; here it only must not panic.
+    let _ = provider.verify(&request(headers, body, NOW_MS), Some(&parsed));
+    let entries = list.split(',').map(str::trim).filter(|s| !s.is_empty());
+    for secret in entries.take(MAX_KEYS) {
+        let mut out = Outgoing {
+            headers: Vec::new(),
+            body: body.to_vec(),
+        };
+        let opts = SendOptions {
+            event: None,
+            secret: Some(secret),
+            agent_key: None,
+            now_ms: NOW_MS,
+        };
+        // A public-key scheme cannot sign with what verifies it.
+        if provider.sign(&mut out, &opts).is_err() {
+            continue;
+        }
+        assert_eq!(out.body, body, "{provider:?}: signing changed the body");
+        let mut signed = headers.clone();
+        for (name, value) in &out.headers {
+            signed.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                HeaderValue::from_str(value).expect("a valid header value"),
+            );
+        }
+        assert_eq!(
+            provider.verify(&request(&signed, body, NOW_MS), Some(&parsed)),
+            Ok(()),
+            "{provider:?} refused its own signature"
+        );
+    }
+}
+
+/// `provider.verify`, through the registry, on a request carrying `headers`, agrees with the
+/// module's verifier (`expected`). A value that is no valid header value cannot be sent: then
+/// there is no such request to make.
+fn through_registry(
+    provider: &dyn Provider,
+    keys: &[Vec<u8>],
+    headers: &[(&'static str, Option<&[u8]>)],
+    body: &[u8],
+    now_ms: i64,
+    expected: Result<(), VerifyError>,
+) {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let Some(v) = value {
+            let Ok(v) = HeaderValue::from_bytes(v) else {
+                return;
+            };
+            map.insert(*name, v);
+        }
+    }
+    let secrets = Secrets::Hmac(key_set(keys));
+    assert_eq!(
+        provider.verify(&request(&map, body, now_ms), Some(&secrets)),
+        expected,
+        "{provider:?} through the registry, headers {map:?}"
+    );
+}
+
+/// A header's raw value.
+fn raw<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers.get(name).map(HeaderValue::as_bytes)
+}
+
+/// GitHub (`github::verify`): every key's own signature verifies (in either hex case); a changed
+/// body or another hex digit never does; and the fuzzer's `X-Hub-Signature-256`, or a genuine
+/// one it edited, is judged as the reference model judges it, by the module and through the
+/// registry.
+fn github_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let raw_sig = raw(headers, "x-hub-signature-256");
     let set = key_set(&keys);
     let verify = |sig: Option<&[u8]>, body: &[u8]| github::verify(&set, sig, body);
 
@@ -440,13 +576,13 @@ pub fn verify_github(data: &[u8]) {
         assert_eq!(verify(Some(upper.as_bytes()), body), Ok(()));
     }
     let good = github::sign(&keys[ctrl.below(keys.len())], body);
-    if let Some(other) = tampered(&mut ctrl, body) {
+    if let Some(other) = tampered(ctrl, body) {
         assert_eq!(
             verify(Some(good.as_bytes()), &other),
             Err(VerifyError::InvalidSignature)
         );
     }
-    let wrong = other_hex_digit(&mut ctrl, &good, "sha256=".len());
+    let wrong = other_hex_digit(ctrl, &good, "sha256=".len());
     assert_eq!(
         verify(Some(&wrong), body),
         Err(VerifyError::InvalidSignature)
@@ -457,32 +593,43 @@ pub fn verify_github(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = good.into_bytes();
-            edit(&mut ctrl, &mut v);
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
+            edit(ctrl, &mut v);
             Some(v)
         }
     };
     let header = header.as_deref();
+    let expected = github_expected(&keys, header, body);
     assert_eq!(
         verify(header, body),
-        github_expected(&keys, header, body),
+        expected,
         "signature {:?}",
         header.map(String::from_utf8_lossy)
     );
+    through_registry(
+        provider,
+        &keys,
+        &[("x-hub-signature-256", header)],
+        body,
+        NOW_MS,
+        expected,
+    );
 }
 
-/// `linear::verify` and `linear::check_timestamp`.
-/// Layout: `ctrl \0 secrets \0 signature \0 timestamp \0 body`.
-///
-/// As for GitHub, and the replay window (header in ms, else the body's `webhookTimestamp`) is
-/// judged as the reference model judges it, for any clock.
-pub fn verify_linear(data: &[u8]) {
-    let mut fields = Fields::new(data);
-    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
-    let keys = hmac_keys(&mut ctrl, fields.next().unwrap_or_default());
-    let raw_sig = fields.next();
-    let raw_ts = fields.next();
-    let body = fields.rest();
+/// Linear (`linear::verify` and `linear::check_timestamp`): as for GitHub, with
+/// `Linear-Signature`, and the replay window (`Linear-Timestamp` in ms, else the body's
+/// `webhookTimestamp`) is judged as the reference model judges it, for any clock, by the module
+/// and through the registry.
+fn linear_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let raw_sig = raw(headers, "linear-signature");
+    let raw_ts = raw(headers, "linear-timestamp");
     let set = key_set(&keys);
     let verify = |sig: Option<&[u8]>, body: &[u8]| linear::verify(&set, sig, body);
 
@@ -495,13 +642,13 @@ pub fn verify_linear(data: &[u8]) {
         );
     }
     let good = linear::sign(&keys[ctrl.below(keys.len())], body);
-    if let Some(other) = tampered(&mut ctrl, body) {
+    if let Some(other) = tampered(ctrl, body) {
         assert_eq!(
             verify(Some(good.as_bytes()), &other),
             Err(VerifyError::InvalidSignature)
         );
     }
-    let wrong = other_hex_digit(&mut ctrl, &good, 0);
+    let wrong = other_hex_digit(ctrl, &good, 0);
     assert_eq!(
         verify(Some(&wrong), body),
         Err(VerifyError::InvalidSignature)
@@ -512,17 +659,26 @@ pub fn verify_linear(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = good.into_bytes();
-            edit(&mut ctrl, &mut v);
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
+            edit(ctrl, &mut v);
             Some(v)
         }
     };
     let header = header.as_deref();
+    let expected = linear_expected(&keys, header, body);
     assert_eq!(
         verify(header, body),
-        linear_expected(&keys, header, body),
+        expected,
         "signature {:?}",
         header.map(String::from_utf8_lossy)
+    );
+    through_registry(
+        provider,
+        &keys,
+        &[("linear-signature", header)],
+        body,
+        NOW_MS,
+        expected,
     );
 
     // The replay window.
@@ -533,7 +689,7 @@ pub fn verify_linear(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = near.to_string().into_bytes();
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
             Some(v)
         }
     };
@@ -552,20 +708,47 @@ pub fn verify_linear(data: &[u8]) {
         "timestamp {:?}, body {body_ts:?}, now {now}",
         ts_header.map(String::from_utf8_lossy)
     );
+
+    // Through the registry: the header, else the body's own `webhookTimestamp` as probed.
+    let mut map = HeaderMap::new();
+    if let Some(h) = ts_header {
+        let Ok(v) = HeaderValue::from_bytes(h) else {
+            return;
+        };
+        map.insert("linear-timestamp", v);
+    }
+    let payload = event::parse_json_object(body).ok();
+    let body_ts = payload
+        .as_ref()
+        .and_then(|v| v.get("webhookTimestamp"))
+        .and_then(Value::as_i64);
+    let spec = event::ProbeSpec::new(provider.probes(), None);
+    let fields = payload
+        .as_ref()
+        .map(|v| spec.read_value(v))
+        .unwrap_or_default();
+    assert_eq!(
+        provider.verify_payload(&request(&map, body, now), &fields),
+        linear_ts_expected(ts_header, body_ts, now),
+        "through the registry: timestamp {:?}, body {body_ts:?}, now {now}",
+        ts_header.map(String::from_utf8_lossy)
+    );
 }
 
-/// `slack::verify`. Layout: `ctrl \0 secrets \0 signature \0 timestamp \0 body`.
-///
-/// Every key's signature verifies within the 300 s window and is stale just outside it; a changed
-/// body, timestamp or hex digit never verifies; any header pair, or a genuine one edited, is
-/// judged as the reference model judges it.
-pub fn verify_slack(data: &[u8]) {
-    let mut fields = Fields::new(data);
-    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
-    let keys = hmac_keys(&mut ctrl, fields.next().unwrap_or_default());
-    let raw_sig = fields.next();
-    let raw_ts = fields.next();
-    let body = fields.rest();
+/// Slack (`slack::verify`): every key's signature verifies within the 300 s window and is stale
+/// just outside it; a changed body, timestamp or hex digit never verifies; any
+/// `X-Slack-Signature` and `X-Slack-Request-Timestamp`, or genuine ones edited, are judged as the
+/// reference model judges them, by the module and through the registry.
+fn slack_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let raw_sig = raw(headers, "x-slack-signature");
+    let raw_ts = raw(headers, "x-slack-request-timestamp");
     let set = key_set(&keys);
     let verify = |sig: Option<&[u8]>, ts: Option<&[u8]>, body: &[u8], now: i64| {
         slack::verify(&set, sig, ts, body, now)
@@ -593,13 +776,13 @@ pub fn verify_slack(data: &[u8]) {
     }
     let good = slack::sign(&keys[ctrl.below(keys.len())], ts, body);
     let ts_b = Some(ts_text.as_bytes());
-    if let Some(other) = tampered(&mut ctrl, body) {
+    if let Some(other) = tampered(ctrl, body) {
         assert_eq!(
             verify(Some(good.as_bytes()), ts_b, &other, ts),
             Err(VerifyError::InvalidSignature)
         );
     }
-    let wrong = other_hex_digit(&mut ctrl, &good, "v0=".len());
+    let wrong = other_hex_digit(ctrl, &good, "v0=".len());
     assert_eq!(
         verify(Some(&wrong), ts_b, body, ts),
         Err(VerifyError::InvalidSignature)
@@ -621,7 +804,7 @@ pub fn verify_slack(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = good.into_bytes();
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
             Some(v)
         }
     };
@@ -630,7 +813,7 @@ pub fn verify_slack(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = ts_text.into_bytes();
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
             Some(v)
         }
     };
@@ -642,27 +825,42 @@ pub fn verify_slack(data: &[u8]) {
         sig.map(String::from_utf8_lossy),
         ts_header.map(String::from_utf8_lossy)
     );
+    // The registry's clock is in ms: the same instant where it fits.
+    let now_ms = now.saturating_mul(1000);
+    through_registry(
+        provider,
+        &keys,
+        &[
+            ("x-slack-signature", sig),
+            ("x-slack-request-timestamp", ts_header),
+        ],
+        body,
+        now_ms,
+        slack_expected(&keys, sig, ts_header, body, now_ms / 1000),
+    );
 }
 
-/// `standard::verify`, `standard::secrets_from_list` and `StandardSigner`.
-/// Layout: `ctrl \0 secrets \0 id \0 timestamp \0 signature \0 body`.
-///
-/// The secret-list and signer constructors follow the documented rules (errors included); every
+/// Standard Webhooks (`standard::verify`, `standard::secrets_from_list` and `StandardSigner`):
+/// the secret-list and signer constructors follow the documented rules (errors included); every
 /// key's signature verifies within the window, among decoys, and is stale outside it; a changed
-/// body, id, timestamp or MAC never verifies; any header triple, or a genuine one edited, is judged
-/// as the reference model judges it.
-pub fn verify_standard(data: &[u8]) {
-    let mut fields = Fields::new(data);
-    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
-    let secrets = fields.next().unwrap_or_default();
-    let raw_id = fields.next();
-    let raw_ts = fields.next();
-    let raw_sig = fields.next();
-    let body = fields.rest();
+/// body, id, timestamp or MAC never verifies; any `webhook-id`, `webhook-timestamp` and
+/// `webhook-signature`, or genuine ones edited, are judged as the reference model judges them, by
+/// the module and through the registry.
+fn standard_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let raw_id = raw(headers, "webhook-id");
+    let raw_ts = raw(headers, "webhook-timestamp");
+    let raw_sig = raw(headers, "webhook-signature");
 
     let list = String::from_utf8_lossy(secrets);
     let expected = standard_list_expected(&list);
     check_set(&standard::secrets_from_list(&list), &expected);
+    check_set(&hmac_set(provider.parse_secrets(&list)), &expected);
     let signer = StandardSigner::from_secret(&list);
     let signer_expected = match list.trim() {
         "" => Err(SecretError::Empty),
@@ -728,7 +926,7 @@ pub fn verify_standard(data: &[u8]) {
     let good = signers[ctrl.below(signers.len())].sign(id, ts, body);
     let (id_b, ts_b) = (Some(id.as_bytes()), Some(ts_text.as_bytes()));
     let invalid = Err(VerifyError::InvalidSignature);
-    if let Some(other) = tampered(&mut ctrl, body) {
+    if let Some(other) = tampered(ctrl, body) {
         assert_eq!(
             verify(id_b, ts_b, Some(good.as_bytes()), &other, ts),
             invalid
@@ -772,7 +970,7 @@ pub fn verify_standard(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = id.as_bytes().to_vec();
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
             Some(v)
         }
     };
@@ -781,7 +979,7 @@ pub fn verify_standard(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = ts_text.into_bytes();
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
             Some(v)
         }
     };
@@ -790,7 +988,7 @@ pub fn verify_standard(data: &[u8]) {
         1 => None,
         _ => {
             let mut v = good.into_bytes();
-            edit(&mut ctrl, &mut v);
+            edit(ctrl, &mut v);
             if ctrl.flag() {
                 // The genuine entry among the fuzzer's own.
                 let mut with = raw_sig.unwrap_or_default().to_vec();
@@ -809,6 +1007,19 @@ pub fn verify_standard(data: &[u8]) {
         id_h.map(String::from_utf8_lossy),
         ts_h.map(String::from_utf8_lossy),
         sig.map(String::from_utf8_lossy)
+    );
+    let now_ms = now.saturating_mul(1000);
+    through_registry(
+        provider,
+        &keys,
+        &[
+            ("webhook-id", id_h),
+            ("webhook-timestamp", ts_h),
+            ("webhook-signature", sig),
+        ],
+        body,
+        now_ms,
+        standard_expected(&keys, id_h, ts_h, sig, body, now_ms / 1000),
     );
 }
 

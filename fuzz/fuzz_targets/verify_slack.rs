@@ -1,5 +1,0 @@
-#![no_main]
-//! The body is `event_router::fuzzing::verify_slack` (layout and properties documented there), shared with
-//! the regression test that replays `tests/fuzz_regressions/verify_slack/`.
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| event_router_fuzz::fuzzing::verify_slack(data));
