@@ -45,8 +45,8 @@ impl Ingest {
             .sources
             .get(name)
             .ok_or_else(|| IngestError::UnknownSource(printable(name)))?;
-        let enabled =
-            source.secrets.is_some() || (source.name == "internal" && self.rules.has_agent_keys());
+        let enabled = source.secrets.is_some()
+            || (source.name == crate::providers::standard::INTERNAL && self.rules.has_agent_keys());
         if !enabled {
             return Err(IngestError::SourceNotConfigured(source.name.clone()));
         }
