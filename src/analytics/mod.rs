@@ -374,6 +374,12 @@ impl Analytics {
         metrics::histogram!("store_commit_batch_size").record(batch as f64);
     }
 
+    /// Whether the store's last write succeeded (`storage_writable` 1) or failed for the
+    /// storage's sake, disk full or database unreachable (0).
+    pub fn storage_writable(writable: bool) {
+        metrics::gauge!("storage_writable").set(if writable { 1.0 } else { 0.0 });
+    }
+
     /// Values sampled when /metrics is scraped (the stream counters live in the hub).
     pub fn sampled(queue_unfinished: u64, streams_open: u64, stream_messages: u64, overflows: u64) {
         metrics::gauge!("queue_unfinished_deliveries").set(queue_unfinished as f64);

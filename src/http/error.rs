@@ -86,11 +86,25 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is asked to wait when the store cannot write.
+const STORAGE_RETRY_AFTER: &str = "5";
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Closed => {
                 ApiError::unavailable("shutting_down", "The server is shutting down")
+            }
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(error = %reason, "the store cannot write");
+                ApiError::unavailable(
+                    "storage_unavailable",
+                    "The storage cannot write right now; nothing was stored, retry later",
+                )
+                .with_header(
+                    axum::http::header::RETRY_AFTER,
+                    HeaderValue::from_static(STORAGE_RETRY_AFTER),
+                )
             }
             other => ApiError::internal("store failure", other),
         }

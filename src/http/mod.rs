@@ -111,12 +111,22 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn health(State(app): State<AppState>) -> Response {
-    let ok = app.store.ping().await.is_ok();
+    // A ping only reads: a store whose disk is full still answers it, so the writer's last
+    // outcome counts too.
+    let reason = match app.store.ping().await {
+        Err(e) => Some(e.to_string()),
+        Ok(()) => app.store.write_fault(),
+    };
+    let ok = reason.is_none();
+    let mut storage = json!({"backend": app.store.backend(), "ok": ok});
+    if let Some(r) = reason {
+        storage["reason"] = serde_json::Value::String(r);
+    }
     let body = json!({
         "status": if ok { "ok" } else { "unavailable" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeSeconds": app.started.elapsed().as_secs(),
-        "storage": {"backend": app.store.backend(), "ok": ok},
+        "storage": storage,
     });
     let status = if ok {
         StatusCode::OK

@@ -56,6 +56,7 @@ impl IngestError {
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::QueueFull => "queue_full",
             IngestError::Store(StoreError::Closed) => "shutting_down",
+            IngestError::Store(StoreError::Unavailable(_)) => "storage_unavailable",
             IngestError::Store(_) | IngestError::Internal { .. } => "internal_error",
         }
     }

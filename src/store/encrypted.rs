@@ -414,6 +414,9 @@ impl Store for EncryptedStore {
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
+    fn write_fault(&self) -> Option<String> {
+        self.inner.write_fault()
+    }
     async fn close(&self) {
         self.inner.close().await
     }

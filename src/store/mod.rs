@@ -31,6 +31,11 @@ pub enum StoreError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The store cannot write now (disk full, read-only, I/O error, database unreachable or
+    /// starting up): nothing was stored, and the same request may succeed later. Answered
+    /// `503 storage_unavailable` with `Retry-After`, never as an internal error.
+    #[error("the store cannot write: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -450,6 +455,12 @@ pub trait Store:
     fn backend(&self) -> &'static str;
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<()>;
+    /// Why the store cannot write, if its last write failed for a reason of the store's own
+    /// (disk full, I/O error, database unreachable); `None` once a write succeeded again. A
+    /// ping only reads, so `/health` asks this too.
+    fn write_fault(&self) -> Option<String> {
+        None
+    }
     /// Finishes queued writes and closes. Later calls fail with `Closed`.
     async fn close(&self);
     /// Passes every archived body (events, deliveries, stream-resume rows) through `rewrite`,

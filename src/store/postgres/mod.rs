@@ -89,8 +89,38 @@ pub struct PgStore {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Database(pg_message(&e))
+        if unavailable(&e) {
+            StoreError::Unavailable(pg_message(&e))
+        } else {
+            StoreError::Database(pg_message(&e))
+        }
     }
+}
+
+/// Whether `e` means the database cannot take writes now rather than that the data or the
+/// statement is wrong: the connection refused, lost or timed out, the server shutting down or
+/// starting up (57P01, 57P02, 57P03), out of disk, memory or connections (class 53), an I/O
+/// error (58030), a read-only server (25006: a standby, or a primary turned read-only).
+pub(super) fn unavailable(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "58030" | "25006");
+    }
+    if e.is_closed() {
+        return true;
+    }
+    // Not the server's answer: an I/O error or timeout on the way there is the connection's.
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    let text = e.to_string();
+    text.starts_with("error connecting") || text.starts_with("timeout")
 }
 
 impl From<PoolError> for StoreError {
@@ -98,6 +128,9 @@ impl From<PoolError> for StoreError {
         match e {
             PoolError::Closed => StoreError::Closed,
             PoolError::Backend(e) => e.into(),
+            PoolError::Timeout(t) => {
+                StoreError::Unavailable(format!("no database connection in time ({t:?})"))
+            }
             other => StoreError::Database(format!("no database connection: {other}")),
         }
     }

@@ -132,6 +132,7 @@ async fn commit_batch(pool: &Pool, node: Uuid, events: &[&NewEvent]) -> Vec<Resu
                 .iter()
                 .map(|_| match &f.error {
                     StoreError::Closed => Err(StoreError::Closed),
+                    StoreError::Unavailable(m) => Err(StoreError::Unavailable(m.clone())),
                     _ => Err(StoreError::Database(msg.clone())),
                 })
                 .collect()

@@ -42,12 +42,22 @@ pub(super) fn checkpoint_loop(
     use std::sync::mpsc::RecvTimeoutError;
     // Returns the frames in the log (the pragma's row is: busy, frames in the log, copied).
     let passive = || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+    // A checkpoint that fails (a full disk, say) is tried again on the next tick and said once
+    // in the log, not ten times a second; the thread keeps running and resumes on its own.
+    let mut failing = false;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
         let started = Instant::now();
         let (mut log, mut passes) = match passive() {
-            Ok(log) => (log, 1),
+            Ok(log) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("WAL checkpoints succeed again");
+                }
+                (log, 1)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
+                }
                 continue;
             }
         };

@@ -37,7 +37,30 @@ use super::{BodyRewrite, ClusterStore, Result, Store, StoreError};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        match fault(&e) {
+            Some(_) => StoreError::Unavailable(e.to_string()),
+            None => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+/// What keeps the file from being written, when `e` is the storage's fault rather than the
+/// data's: disk full, an I/O error, a read-only or unopenable file, a corrupt page, the file
+/// locked past the busy timeout. `Some(true)` when the connection's view of the file may be
+/// wrong (an I/O or corruption error, see `writer_loop`) and it must be opened again.
+pub(super) fn fault(e: &rusqlite::Error) -> Option<bool> {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code()? {
+        C::SystemIoFailure | C::DatabaseCorrupt | C::NotADatabase => Some(true),
+        C::DiskFull
+        | C::ReadOnly
+        | C::CannotOpen
+        | C::PermissionDenied
+        | C::DatabaseBusy
+        | C::DatabaseLocked
+        | C::OutOfMemory
+        | C::FileLockingProtocolFailed => Some(false),
+        _ => None,
     }
 }
 
@@ -65,6 +88,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     max_readers: usize,
+    /// Why the last group commit failed for the storage's sake, `None` after one succeeded.
+    fault: writer::Fault,
     /// Dropping the sender stops the checkpointer.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -79,9 +104,7 @@ impl SqliteStore {
         }
         let mut conn = schema::open(path)?;
         schema::migrate(&mut conn)?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        // When the log starts over, a file left longer by a burst is cut back to 64 MiB.
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        writer::prepare(&conn)?;
         let checkpoint_conn = schema::open(path)?;
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -92,9 +115,12 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("cannot start checkpointer: {e}")))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(opts.batch_max.max(1) * 4);
         let batch_max = opts.batch_max.max(1);
+        let fault = writer::Fault::default();
+        let writer_fault = fault.clone();
+        let writer_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, batch_max, restart))
+            .spawn(move || writer_loop(conn, &writer_path, rx, batch_max, restart, writer_fault))
             .map_err(|e| StoreError::Database(format!("cannot start writer: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -102,6 +128,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
             max_readers: opts.readers.max(1),
+            fault,
             checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
         })
     }
@@ -192,6 +219,10 @@ impl Store for SqliteStore {
         })
         .await
         .map(|_| ())
+    }
+
+    fn write_fault(&self) -> Option<String> {
+        self.fault.get()
     }
 
     async fn rewrite_bodies(&self, rewrite: BodyRewrite) -> Result<u64> {

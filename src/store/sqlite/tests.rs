@@ -347,3 +347,108 @@ fn id_floor_orders_with_v7_ids() {
     assert!(id_floor(ts).as_slice() <= id.as_bytes().as_slice());
     assert!(id_floor(ts + 1).as_slice() > id.as_bytes().as_slice());
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop. `None` (the test is
+/// skipped, with a message) where this process may not mount, except under CI, which must run
+/// the test (as root).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot mount a tmpfs (this test needs root), and under CI it must run"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here (this test needs root)");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A full disk used to stop the writer thread for good (every later write answered "shutting
+/// down"). Now each write is refused as `Unavailable` while the disk is full, reads are still
+/// served, the fault is reported, and once space is freed writes (events and delivery
+/// outcomes) succeed again on the same store, with every acknowledged event there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_refused_as_unavailable_and_survived() {
+    let Some(fs) = Tmpfs::mount("3m") else { return };
+    let dir = fs.0.path();
+    // Room to give back later.
+    std::fs::write(dir.join("filler"), vec![1u8; 1 << 20]).unwrap();
+    let store = SqliteStore::open(&dir.join("t.db"), SqliteOptions::default()).unwrap();
+    let pad = crate::store::packed::incompressible(6000);
+    let event = || {
+        let mut e = ev("github", None);
+        e.body = format!("{{\"id\":\"{}\",\"pad\":\"{pad}\"}}", e.id).into();
+        e.deliveries = vec![delivery(Uuid::now_v7())];
+        e
+    };
+    let mut stored = Vec::new();
+    let mut refused = None;
+    for _ in 0..5_000 {
+        let e = event();
+        let (id, delivery) = (e.id, e.deliveries[0].id);
+        match store.commit_event(e).await {
+            Ok(CommitOutcome::Stored) => stored.push((id, delivery)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(refused, Some(StoreError::Unavailable(_))),
+        "after {} events: {refused:?}",
+        stored.len()
+    );
+    assert!(!stored.is_empty());
+    assert!(store.write_fault().is_some());
+    // Still refused, as unavailable (the writer is alive), while the disk is full; reads served.
+    for _ in 0..3 {
+        let again = store.commit_event(event()).await;
+        assert!(
+            matches!(again, Err(StoreError::Unavailable(_))),
+            "{again:?}"
+        );
+    }
+    store.ping().await.unwrap();
+    assert!(store.get_event(stored[0].0).await.unwrap().is_some());
+
+    std::fs::remove_file(dir.join("filler")).unwrap();
+    let e = event();
+    let id = e.id;
+    assert_eq!(
+        store.commit_event(e).await.unwrap(),
+        CommitOutcome::Stored,
+        "once space is freed, without a restart"
+    );
+    assert!(store.write_fault().is_none());
+    store
+        .record_attempts(stored.iter().map(|(_, d)| delivered(*d)).collect())
+        .await
+        .unwrap();
+    for (e, _) in &stored {
+        assert!(store.get_event(*e).await.unwrap().is_some(), "lost {e}");
+    }
+    assert!(store.get_event(id).await.unwrap().is_some());
+    store.close().await;
+}

@@ -1,7 +1,8 @@
 //! The writer thread and its group commit: every write is a job handed to one thread, which
 //! runs whatever is waiting in one transaction and then answers each job.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -168,12 +169,58 @@ where
     }
 }
 
+/// Why the writer's last group commit failed for the storage's sake (disk full, I/O error…),
+/// `None` once one succeeded again; shared with the store, for `/health`.
+#[derive(Clone, Default)]
+pub(super) struct Fault(Arc<Mutex<Option<String>>>);
+
+impl Fault {
+    pub(super) fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set(&self, fault: Option<String>) {
+        crate::analytics::Analytics::storage_writable(fault.is_none());
+        if let Ok(mut f) = self.0.lock() {
+            *f = fault;
+        }
+    }
+}
+
+/// The writer connection's own settings (on top of `schema::open`'s).
+pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    // The checkpointer thread checkpoints (see `checkpoint_loop`), never a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // When the log starts over, a file left longer by a burst is cut back to 64 MiB.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    Ok(())
+}
+
+/// Opens the writer's connection again and checks that it reads the file.
+fn reopen(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = super::schema::open(path)?;
+    prepare(&conn)?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    Ok(conn)
+}
+
+/// The writer thread. It never stops on a failed commit: a full disk, an I/O error or a
+/// read-only file fails that batch (every job in it is answered `StoreError::Unavailable`, so
+/// nothing that was not committed is acknowledged), is remembered in `fault` until a commit
+/// succeeds again, and the next batch simply tries again, so the store recovers by itself
+/// once space is freed. Only the end of the job channel (`close`) ends the thread.
 pub(super) fn writer_loop(
-    mut conn: Connection,
+    conn: Connection,
+    path: &Path,
     mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
     batch_max: usize,
     restart: Arc<std::sync::atomic::AtomicBool>,
+    fault: Fault,
 ) {
+    let mut conn = Some(conn);
+    fault.set(None);
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch_max);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -184,19 +231,64 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
+        if conn.is_none() {
+            match reopen(path) {
+                Ok(c) => {
+                    tracing::info!("the database was opened again after an I/O error");
+                    conn = Some(c);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot open the database again"),
+            }
+        }
         let started = Instant::now();
-        let results = run_batch(&mut conn, &mut batch);
+        let (results, failed) = match conn.as_mut() {
+            Some(c) => commit_batch(c, &mut batch),
+            None => {
+                let msg = format!("cannot open {}", path.display());
+                let results = batch
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(msg.clone())))
+                    .collect();
+                (results, Some((msg, true)))
+            }
+        };
         crate::analytics::Analytics::commit(batch.len(), started.elapsed());
         tracing::trace!(
             batch = batch.len(),
             micros = started.elapsed().as_micros() as u64,
             "group commit"
         );
+        // The fault is known before anyone hears of the failure (so `/health` agrees).
+        match failed {
+            None => {
+                if fault.get().is_some() {
+                    tracing::info!("the store can write again");
+                    fault.set(None);
+                }
+            }
+            Some((reason, reopen)) => {
+                if fault.get().is_none() {
+                    tracing::error!(error = %reason, "the store cannot write");
+                }
+                fault.set(Some(reason));
+                if reopen {
+                    // After an I/O error (a failed fsync above all) the connection's page
+                    // cache may no longer match what is on disk: Linux may have dropped the
+                    // dirty pages it failed to write and report the next fsync as a success.
+                    // Retrying on the same connection could then build on pages that were
+                    // never stored. So the connection is closed here and a fresh one, which
+                    // reads the file (and the WAL) from disk, is opened before the next write.
+                    conn = None;
+                }
+            }
+        }
         for (job, result) in batch.drain(..).zip(results) {
             job.finish(result);
         }
         // After answering the batch: the log is long, start it over (see `checkpoint_loop`).
-        if restart.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if let Some(conn) = conn.as_ref()
+            && restart.swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
             let started = Instant::now();
             match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
                 Ok((
@@ -224,48 +316,86 @@ pub(super) fn writer_loop(
 /// one fail, the transaction is rolled back and begun again with each event commit under its
 /// own savepoint, so one failing job never sinks the others. Other jobs always get their own
 /// savepoint (they cannot run twice).
+#[cfg(test)]
 pub(super) fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Vec<Result<()>> {
-    let fail_all = |batch: &[Box<dyn WriteJob>], e: rusqlite::Error| {
+    commit_batch(conn, batch).0
+}
+
+/// `run_batch`, and the storage fault that failed the whole batch, if one did (its message,
+/// and whether the connection must be opened again, see `super::fault`).
+///
+/// A storage fault (disk full, I/O error…) in any job fails the whole batch, never just the
+/// job: SQLite may have rolled the whole transaction back on its own (it does on a full disk
+/// or an I/O error), and the jobs after it would then run, and be answered as stored, outside
+/// it. For the same reason a batch whose transaction is found gone is failed whole.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn WriteJob>],
+) -> (Vec<Result<()>>, Option<(String, bool)>) {
+    let fail_all = |conn: &Connection, batch: &[Box<dyn WriteJob>], e: rusqlite::Error| {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         let msg = e.to_string();
-        tracing::error!(error = %msg, "group commit failed");
-        batch
+        let fault = super::fault(&e);
+        tracing::warn!(error = %msg, "group commit failed");
+        let results = batch
             .iter()
-            .map(|_| Err(StoreError::Database(msg.clone())))
-            .collect::<Vec<_>>()
+            .map(|_| {
+                Err(match fault {
+                    Some(_) => StoreError::Unavailable(msg.clone()),
+                    None => StoreError::Database(msg.clone()),
+                })
+            })
+            .collect::<Vec<_>>();
+        (results, fault.map(|reopen| (msg, reopen)))
     };
     let mut results: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
     if let Err(e) = conn.execute_batch("BEGIN") {
-        return fail_all(batch, e);
+        return fail_all(conn, batch, e);
     }
     let grouped = batch
         .iter_mut()
         .filter(|j| j.repeatable())
         .try_for_each(|job| job.apply(conn));
     if let Err(e) = grouped {
+        if super::fault(&e).is_some() || conn.is_autocommit() {
+            return fail_all(conn, batch, e);
+        }
         tracing::warn!(error = %e, "an event commit failed; retrying the batch's events one by one");
         if let Err(e) = conn.execute_batch("ROLLBACK; BEGIN") {
-            return fail_all(batch, e);
+            return fail_all(conn, batch, e);
         }
         for (i, job) in batch.iter_mut().enumerate() {
             if job.repeatable() {
-                results[i] = Some(apply_alone(conn, job));
+                match apply_alone(conn, job) {
+                    Err(e) if super::fault(&e).is_some() || conn.is_autocommit() => {
+                        return fail_all(conn, batch, e);
+                    }
+                    r => results[i] = Some(r.map_err(StoreError::from)),
+                }
             }
         }
     }
-    for (i, job) in batch.iter_mut().enumerate() {
-        if !job.repeatable() {
-            results[i] = Some(apply_alone(conn, job));
+    for i in 0..batch.len() {
+        if !batch[i].repeatable() {
+            match apply_alone(conn, &mut batch[i]) {
+                Err(e) if super::fault(&e).is_some() || conn.is_autocommit() => {
+                    return fail_all(conn, batch, e);
+                }
+                r => results[i] = Some(r.map_err(StoreError::from)),
+            }
         }
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
-        return fail_all(batch, e);
+        return fail_all(conn, batch, e);
     }
-    results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+    let results = results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect();
+    (results, None)
 }
 
 /// Runs one job under its own savepoint inside the open transaction.
-fn apply_alone(conn: &Connection, job: &mut Box<dyn WriteJob>) -> Result<()> {
+fn apply_alone(conn: &Connection, job: &mut Box<dyn WriteJob>) -> rusqlite::Result<()> {
     let r = conn
         .execute_batch("SAVEPOINT job")
         .and_then(|()| job.apply(conn));
@@ -276,7 +406,7 @@ fn apply_alone(conn: &Connection, job: &mut Box<dyn WriteJob>) -> Result<()> {
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-            Err(StoreError::from(e))
+            Err(e)
         }
     }
 }
