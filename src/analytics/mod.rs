@@ -217,6 +217,19 @@ impl Analytics {
         out
     }
 
+    /// Puts back deltas that could not be written (the store could not write), to go with
+    /// the next flush.
+    pub fn restore(&self, deltas: Vec<RollupDelta>) {
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
+        for d in deltas {
+            *slot(slot(&mut p, &d.dim), &d.metric)
+                .entry(d.minute)
+                .or_insert(0) += d.value;
+        }
+    }
+
     pub fn render_prometheus(&self) -> String {
         self.prometheus.render()
     }

@@ -421,12 +421,56 @@ pub async fn start(
 }
 
 /// Writes attempt outcomes in batches: whatever arrived while the last write was committing.
+///
+/// Outcomes the store could not write because it cannot write at all (disk full, database
+/// unreachable) are kept and written, oldest first, with those that came meanwhile, once it
+/// can again. Should the store still refuse them when the server stops, they are dropped
+/// with an error in the log: those deliveries are still pending in the store and are made
+/// again at the next start (at-least-once).
 async fn record_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<AttemptUpdate>) {
+    const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+    const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
     let mut batch = Vec::with_capacity(1024);
-    while rx.recv_many(&mut batch, 4096).await > 0 {
-        let updates = std::mem::take(&mut batch);
-        if let Err(e) = store.record_attempts(updates).await {
-            tracing::error!(error = %e, "recording delivery outcomes failed");
+    let mut kept: Vec<AttemptUpdate> = Vec::new();
+    let mut pause = FIRST_PAUSE;
+    let mut open = true;
+    loop {
+        if kept.is_empty() {
+            if rx.recv_many(&mut batch, 4096).await == 0 {
+                break;
+            }
+        } else {
+            loop {
+                match rx.try_recv() {
+                    Ok(u) => batch.push(u),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        let mut updates = std::mem::take(&mut kept);
+        updates.append(&mut batch);
+        match store.record_attempts(updates.clone()).await {
+            Ok(()) => pause = FIRST_PAUSE,
+            Err(crate::store::StoreError::Unavailable(e)) if open => {
+                tracing::warn!(
+                    error = %e,
+                    outcomes = updates.len(),
+                    "delivery outcomes kept until the store can write again"
+                );
+                kept = updates;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, outcomes = updates.len(), "recording delivery outcomes failed");
+                if !open {
+                    break;
+                }
+            }
         }
     }
 }

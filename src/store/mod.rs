@@ -344,10 +344,17 @@ pub use crate::analytics::RollupDelta;
 /// query, and at shutdown).
 pub async fn flush_analytics(store: &dyn Store, analytics: &crate::analytics::Analytics) {
     let deltas = analytics.drain();
-    if !deltas.is_empty()
-        && let Err(e) = store.add_rollups(deltas).await
-    {
-        tracing::error!(error = %e, "writing analytics rollups failed");
+    if deltas.is_empty() {
+        return;
+    }
+    match store.add_rollups(deltas.clone()).await {
+        Ok(()) => {}
+        // Kept for the next flush (the writer logs the fault once, not every second).
+        Err(StoreError::Unavailable(e)) => {
+            tracing::debug!(error = %e, "analytics rollups kept for later: the store cannot write");
+            analytics.restore(deltas);
+        }
+        Err(e) => tracing::error!(error = %e, "writing analytics rollups failed"),
     }
 }
 
