@@ -215,6 +215,8 @@ pub async fn prometheus(State(app): State<AppState>) -> Response {
         stats.messages_sent.load(relaxed),
         stats.overflows.load(relaxed),
     );
+    // Sampled here, from this server's store (the recorder is shared by the process).
+    Analytics::storage_writable(app.store.write_fault().is_none());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.analytics.render_prometheus(),

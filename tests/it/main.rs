@@ -27,4 +27,5 @@ mod rules;
 mod rules_admin;
 mod rules_routing;
 mod security;
+mod storage_faults;
 mod streaming;

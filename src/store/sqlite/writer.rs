@@ -180,7 +180,6 @@ impl Fault {
     }
 
     fn set(&self, fault: Option<String>) {
-        crate::analytics::Analytics::storage_writable(fault.is_none());
         if let Ok(mut f) = self.0.lock() {
             *f = fault;
         }
