@@ -417,6 +417,9 @@ impl Store for EncryptedStore {
     fn write_fault(&self) -> Option<String> {
         self.inner.write_fault()
     }
+    async fn probe_write(&self) -> Result<()> {
+        self.inner.probe_write().await
+    }
     async fn close(&self) {
         self.inner.close().await
     }

@@ -468,6 +468,12 @@ pub trait Store:
     fn write_fault(&self) -> Option<String> {
         None
     }
+    /// Makes a small real write, so that a `write_fault` clears (or stays) even while no
+    /// other write comes: `/health` calls it while there is a fault, so that a router taken
+    /// out of a load balancer by its 503 sees its recovery without traffic.
+    async fn probe_write(&self) -> Result<()> {
+        Ok(())
+    }
     /// Finishes queued writes and closes. Later calls fail with `Closed`.
     async fn close(&self);
     /// Passes every archived body (events, deliveries, stream-resume rows) through `rewrite`,

@@ -138,8 +138,13 @@ async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart(
     let (status, _) = app.admin_get(&format!("/admin/events/{}", acked[0])).await;
     assert_eq!(status, 200);
 
-    // Space freed: the same server takes webhooks again.
+    // Space freed: /health sees it by itself (no other write needed), and the same server
+    // takes webhooks again.
     std::fs::remove_file(&filler).unwrap();
+    wait_for(Duration::from_secs(15), || async {
+        (health(&app).await.0 == 200).then_some(())
+    })
+    .await;
     let again = wait_for(Duration::from_secs(15), || async {
         let r = app.post_github("pull_request", &body(n)).await;
         match r.status().as_u16() {

@@ -85,6 +85,8 @@ pub struct PgStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     listeners: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Why the last group commit could not write, if it could not (see `writer::WriteFault`).
+    write_fault: writer::WriteFault,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -232,12 +234,14 @@ impl PgStore {
         }
         let batch_max = opts.batch_max.max(1);
         let (tx, rx) = mpsc::channel::<CommitJob>(batch_max * 4);
+        let write_fault = writer::WriteFault::default();
         let writer = tokio::spawn(writer_loop(
             pool.clone(),
             node,
             rx,
             batch_max,
             opts.commit_lanes,
+            write_fault.clone(),
         ));
         Ok(PgStore {
             pool,
@@ -249,6 +253,7 @@ impl PgStore {
             writer: Mutex::new(Some(writer)),
             listeners: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            write_fault,
         })
     }
 
@@ -334,6 +339,29 @@ impl PgStore {
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn write_fault(&self) -> Option<String> {
+        self.write_fault.lock().ok().and_then(|f| f.clone())
+    }
+
+    async fn probe_write(&self) -> Result<()> {
+        // `txid_current()` gives the transaction an id, so its COMMIT writes to the WAL.
+        let result = async {
+            let c = self.client().await?;
+            c.simple_query("BEGIN; SELECT txid_current(); COMMIT")
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Ok(mut f) = self.write_fault.lock() {
+            match &result {
+                Ok(()) => *f = None,
+                Err(StoreError::Unavailable(m)) => *f = Some(m.clone()),
+                Err(_) => {}
+            }
+        }
+        result
     }
 
     async fn ping(&self) -> Result<()> {

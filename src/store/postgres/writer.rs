@@ -60,12 +60,17 @@ impl From<PoolError> for BatchFailure {
 /// batches at once on separate connections: while one batch waits for its COMMIT to reach the
 /// disk, the next is already being inserted. While every lane is busy, new events queue up and
 /// so make the next batch bigger.
+/// Why the last group commit failed because the database could not take writes (see
+/// `super::unavailable`), `None` once one succeeded; for `/health`, whose ping only reads.
+pub(super) type WriteFault = Arc<std::sync::Mutex<Option<String>>>;
+
 pub(super) async fn writer_loop(
     pool: Pool,
     node: Uuid,
     mut rx: mpsc::Receiver<CommitJob>,
     batch_max: usize,
     lanes: usize,
+    fault: WriteFault,
 ) {
     let free = Arc::new(Semaphore::new(lanes.max(1)));
     let mut running = JoinSet::new();
@@ -83,6 +88,7 @@ pub(super) async fn writer_loop(
             }
         }
         let pool = pool.clone();
+        let fault = fault.clone();
         running.spawn(async move {
             let started = Instant::now();
             let events: Vec<&NewEvent> = batch.iter().map(|j| &j.event).collect();
@@ -94,6 +100,18 @@ pub(super) async fn writer_loop(
                 micros = started.elapsed().as_micros() as u64,
                 "group commit"
             );
+            // Known before anyone hears of the outcome, so `/health` agrees with the answers.
+            let unavailable = results.iter().find_map(|r| match r {
+                Err(StoreError::Unavailable(m)) => Some(m.clone()),
+                _ => None,
+            });
+            if let Ok(mut f) = fault.lock() {
+                if unavailable.is_some() {
+                    *f = unavailable;
+                } else if results.iter().any(|r| r.is_ok()) {
+                    *f = None;
+                }
+            }
             for (job, result) in batch.into_iter().zip(results) {
                 // The requester may have gone away (client disconnected); the event is stored
                 // anyway.

@@ -225,6 +225,16 @@ impl Store for SqliteStore {
         self.fault.get()
     }
 
+    async fn probe_write(&self) -> Result<()> {
+        // Writing the header's user_version (unchanged) is a real transaction through the
+        // writer: it clears the fault or keeps it, as any other write does.
+        self.write(|c| {
+            let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            c.pragma_update(None, "user_version", v)
+        })
+        .await
+    }
+
     async fn rewrite_bodies(&self, rewrite: BodyRewrite) -> Result<u64> {
         /// Rows per write transaction: keeps each one short.
         const BATCH: i64 = 500;
