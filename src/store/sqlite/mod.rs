@@ -82,6 +82,9 @@ impl Default for SqliteOptions {
     }
 }
 
+/// Free space below which a store that failed to write is not tried again by the health probe.
+const PROBE_MIN_FREE_BYTES: u64 = 1 << 20;
+
 pub struct SqliteStore {
     path: PathBuf,
     jobs: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
@@ -226,6 +229,17 @@ impl Store for SqliteStore {
     }
 
     async fn probe_write(&self) -> Result<()> {
+        // A one-page write can succeed on a full disk (into WAL space already allocated) while
+        // every event still fails: the fault stands until the filesystem has real room again.
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Ok(vfs) = rustix::fs::statvfs(dir.unwrap_or(Path::new(".")))
+            && vfs.f_bavail.saturating_mul(vfs.f_frsize) < PROBE_MIN_FREE_BYTES
+        {
+            return Err(StoreError::Unavailable(format!(
+                "{} KiB free on the database's filesystem",
+                vfs.f_bavail.saturating_mul(vfs.f_frsize) / 1024
+            )));
+        }
         // Writing the header's user_version (unchanged) is a real transaction through the
         // writer: it clears the fault or keeps it, as any other write does.
         self.write(|c| {
