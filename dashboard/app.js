@@ -28,9 +28,45 @@ const VIEWS = {
 const $ = (id) => document.getElementById(id);
 let leaveView = null;
 let signedIn = false;
+let healthTimer = null;
+
+/** How often the storage banner asks /health while signed in. */
+const HEALTH_EVERY_MS = 10_000;
+
+// /health answers 503 with `storage.reason` while the store cannot write (or refuses webhooks
+// below the free-space floor): shown as a banner over every view until it answers 200 again.
+async function checkHealth() {
+  const banner = $("storage-banner");
+  let health = null;
+  try {
+    const response = await fetch("/health", { cache: "no-store" });
+    health = await response.json();
+  } catch {
+    return; // unreachable: the views say so themselves
+  }
+  const storage = health && health.storage;
+  if (storage && storage.ok === false) {
+    banner.textContent = `Storage unavailable: ${storage.reason || "the store cannot write"}. `
+      + "Webhooks are answered 503 until it recovers (see Storage faults in the operations guide).";
+    banner.hidden = false;
+  } else {
+    banner.hidden = true;
+    banner.textContent = "";
+  }
+}
+
+function watchHealth(on) {
+  clearInterval(healthTimer);
+  healthTimer = null;
+  if (on) {
+    checkHealth();
+    healthTimer = setInterval(checkHealth, HEALTH_EVERY_MS);
+  }
+}
 
 function showSignIn(notice) {
   signedIn = false;
+  watchHealth(false);
   stopView();
   $("shell").hidden = true;
   $("main").replaceChildren();
@@ -51,6 +87,7 @@ function showShell() {
   signedIn = true;
   $("signin").hidden = true;
   $("shell").hidden = false;
+  watchHealth(true);
   route();
 }
 

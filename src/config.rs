@@ -101,6 +101,8 @@ pub struct Config {
     pub commit_batch_max: usize,
     /// PostgreSQL: pooled connections per node.
     pub db_pool_size: usize,
+    /// SQLite: free MiB on the data's filesystem below which new webhooks are refused (0: none).
+    pub min_free_disk_mb: u64,
     /// PostgreSQL: how long a node's heartbeat keeps its deliveries its own (ms); after that
     /// without a heartbeat, other nodes take them over.
     pub node_lease_ms: u64,
@@ -123,6 +125,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 /// Delivery bodies held in memory for queued deliveries: 16 MiB is about 2,500 queued 6 KB
 /// webhooks ahead of the store, far more than the attempts in flight need.
 pub const DEFAULT_DELIVERY_MEMORY_MB: usize = 16;
+
+/// Free disk space kept back (SQLite): 64 MiB holds a full group commit of 1,024 6 KB webhooks
+/// ten times over, and the outcomes of every delivery then in flight.
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 64;
+/// The largest floor: 1 TiB.
+const MAX_MIN_FREE_DISK_MB: i64 = 1 << 20;
 
 /// A dashboard session lasts 12 hours: a working day, after which the admin key is asked again.
 pub const DEFAULT_DASHBOARD_SESSION_TTL_SECS: u64 = 12 * 3600;
@@ -156,6 +164,7 @@ impl Default for Config {
             delivery_memory: DEFAULT_DELIVERY_MEMORY_MB << 20,
             commit_batch_max: 1024,
             db_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
+            min_free_disk_mb: DEFAULT_MIN_FREE_DISK_MB,
             node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
             config_file: None,
             tls_cert: None,
@@ -298,6 +307,7 @@ impl Config {
             encrypt_payloads: self.encrypt_payloads,
             commit_batch_max: self.commit_batch_max,
             db_pool_size: self.db_pool_size,
+            min_free_disk_mb: self.min_free_disk_mb,
             node_lease_ms: self.node_lease_ms,
         }
     }
@@ -406,6 +416,10 @@ impl Config {
                 },
                 "delivery_memory_mb" => match int_in(item, 0, 65_536) {
                     Ok(v) => self.delivery_memory = (v as usize) << 20,
+                    Err(m) => err(m),
+                },
+                "min_free_disk_mb" => match int_in(item, 0, MAX_MIN_FREE_DISK_MB) {
+                    Ok(v) => self.min_free_disk_mb = v as u64,
                     Err(m) => err(m),
                 },
                 "db_pool_size" => match int_in(item, 1, 1000) {
@@ -611,6 +625,9 @@ impl Config {
         ) {
             self.dashboard_session_ttl = std::time::Duration::from_secs(v as u64);
         }
+        if let Some(v) = num("MIN_FREE_DISK_MB", 0, MAX_MIN_FREE_DISK_MB) {
+            self.min_free_disk_mb = v as u64;
+        }
         if let Some(v) = num("DB_POOL_SIZE", 1, 1000) {
             self.db_pool_size = v as usize;
         }
@@ -762,6 +779,7 @@ const KNOWN_KEYS: &[&str] = &[
     "delivery_memory_mb",
     "dashboard_session_ttl_secs",
     "db_pool_size",
+    "min_free_disk_mb",
     "node_lease_ms",
     "sources",
     "agents",

@@ -591,6 +591,8 @@ pub struct Settings {
     pub commit_batch_max: usize,
     pub db_pool_size: usize,
     pub node_lease_ms: u64,
+    /// SQLite: free MiB below which new events are refused (0: none).
+    pub min_free_disk_mb: u64,
 }
 
 /// Opens the backend and puts the encryption layer over it (agent secrets are always sealed;
@@ -618,6 +620,7 @@ pub async fn open_backend(config: &Settings) -> anyhow::Result<Arc<dyn Store>> {
             path,
             SqliteOptions {
                 batch_max: config.commit_batch_max,
+                min_free_bytes: config.min_free_disk_mb << 20,
                 ..Default::default()
             },
         )

@@ -8,6 +8,7 @@
 //   GITHUB_SECRET   the github source's secret (to sign webhooks as GitHub does)
 //   SCREENSHOT_DIR  where to write the screenshots (1280×800 and 390×844 of every view)
 //   CHROMIUM        the browser (default /usr/bin/chromium)
+//   FAULTED_URL     a second router whose store refuses webhooks (below its free-space floor)
 // Set up by the Rust side: agent "ok-agent" (answers 200), agent "flaky-agent" (answers 500
 // three times, then 200) reached by route "issues-to-flaky" (github issues, maxAttempts 1).
 //
@@ -22,6 +23,7 @@ const BASE = must("BASE_URL");
 const ADMIN_KEY = must("ADMIN_KEY");
 const GITHUB_SECRET = must("GITHUB_SECRET");
 const SHOTS = must("SCREENSHOT_DIR");
+const FAULTED = must("FAULTED_URL");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WIDE = { width: 1280, height: 800 };
 const NARROW = { width: 390, height: 844 };
@@ -418,6 +420,30 @@ try {
     await page.keyboard.press("Enter");
     await waitFor("the DLQ view", async () => (await page.locator("main").getAttribute("data-view")) === "dlq");
     assert((await page.locator('nav a[aria-current="page"]').textContent()) === "Dead letters", "the current view is marked");
+  });
+
+  await step("a storage fault shows a banner with its reason; a healthy router shows none", async () => {
+    assert(await page.locator("#storage-banner").isHidden(), "the healthy router shows the banner");
+    // Its own context: cookies do not tell ports apart, and this one must not sign the other out.
+    const ctx = await browser.newContext({ viewport: WIDE });
+    try {
+      const p = await ctx.newPage();
+      p.on("pageerror", (e) => pageErrors.push(`pageerror: ${e.message}`));
+      await p.goto(FAULTED + "/");
+      await p.locator("#admin-key").fill(ADMIN_KEY);
+      await p.getByRole("button", { name: "Sign in" }).click();
+      const banner = p.locator("#storage-banner");
+      await banner.waitFor({ state: "visible" });
+      const text = await banner.textContent();
+      assert(text.includes("Storage unavailable") && text.includes("min_free_disk_mb"), text);
+      assert((await banner.getAttribute("role")) === "alert", "the banner is announced");
+      await p.evaluate(() => { location.hash = "#/agents"; });
+      await p.locator(".view-agents").waitFor();
+      assert(await banner.isVisible(), "the banner stays on other views");
+      await shot(p, "storage-banner-1280");
+    } finally {
+      await ctx.close();
+    }
   });
 
   await step("signing out ends the session: the page shows the sign-in form and the old cookie gets 401", async () => {

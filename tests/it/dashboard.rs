@@ -586,6 +586,14 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
     )
     .await;
 
+    // A second router below its free-space floor (1 TiB): its /health is 503, for the banner.
+    // The floor is SQLite's, also when this suite runs on PostgreSQL.
+    let faulted = TestApp::spawn_with(|c| {
+        c.database_url = None;
+        c.min_free_disk_mb = 1 << 20;
+    })
+    .await;
+
     let shots = screenshot_dir();
     let run = tokio::process::Command::new("node")
         .arg(e2e_dir().join("e2e.mjs"))
@@ -595,6 +603,7 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
         .env("GITHUB_SECRET", GITHUB_SECRET)
         .env("SCREENSHOT_DIR", &shots)
         .env("CHROMIUM", CHROMIUM)
+        .env("FAULTED_URL", &faulted.base)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(300), run)
@@ -612,5 +621,7 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
     assert!(!stdout.contains("not ok"), "{stdout}");
     assert!(stdout.contains("steps passed"), "{stdout}");
     assert!(shots.join("live-1280.png").exists() && shots.join("live-390.png").exists());
+    assert!(shots.join("storage-banner-1280.png").exists());
     app.stop().await;
+    faulted.stop().await;
 }

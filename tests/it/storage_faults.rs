@@ -3,49 +3,15 @@
 //! webhooks, the answers, `/health` and `/metrics` are checked, space is freed, and the same
 //! server must take webhooks again with every acknowledged event in its store.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::*;
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted (lazily) on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot mount a tmpfs (this test needs root), and under CI it must run"
-            );
-            eprintln!("skipped: cannot mount a tmpfs here (this test needs root)");
-            return None;
-        }
-        Some(Tmpfs(dir))
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
-}
+#[path = "../../src/store/sqlite/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::Tmpfs;
 
 /// A 6 KB GitHub-like body that does not compress (so it takes its full size on disk).
 fn body(n: u64) -> Vec<u8> {
@@ -87,7 +53,11 @@ async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart(
     // Room to give back later, taken before the server fills the rest.
     let filler = fs.path().join("filler");
     std::fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
-    let app = TestApp::spawn_in(tempfile::tempdir_in(fs.path()).unwrap(), |_| {}).await;
+    // No free-space floor: this test fills the disk itself.
+    let app = TestApp::spawn_in(tempfile::tempdir_in(fs.path()).unwrap(), |c| {
+        c.min_free_disk_mb = 0;
+    })
+    .await;
 
     // Fill the disk, 8 webhooks at a time, until it refuses them.
     let mut acked: Vec<String> = Vec::new();
@@ -167,4 +137,275 @@ async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart(
     }
     app.stop().await;
     drop(fs);
+}
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let vfs = rustix::fs::statvfs(dir).unwrap();
+    vfs.f_bavail * vfs.f_frsize
+}
+
+/// `min_free_disk_mb`: with less free space than the floor, webhooks are refused with 503
+/// `storage_unavailable` and the floor in `/health`'s reason, while deliveries already queued
+/// go on and their outcomes are written (they end `delivered`); with space freed, the same
+/// server takes webhooks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_floor_webhooks_are_refused_while_deliveries_finish() {
+    use crate::delivery::{Admin, policy};
+    use crate::receiver::{Reply, TestReceiver};
+
+    if backend() != "sqlite" {
+        eprintln!("skipped: the free-space floor is for the SQLite store");
+        return;
+    }
+    let Some(fs) = Tmpfs::mount("48m") else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    // The agent fails until the floor is crossed, so its deliveries are still queued then.
+    rx.set_default("/a", Reply::Status(500));
+    let app = TestApp::spawn_in(tempfile::tempdir_in(fs.path()).unwrap(), |c| {
+        c.min_free_disk_mb = 16;
+    })
+    .await;
+    let admin = Admin::of(&app);
+    admin
+        .agent_with_route("a", &rx.url("/a"), "r", policy(100, "fixed", 100, 100))
+        .await;
+    let mut acked = Vec::new();
+    for n in 0..5 {
+        let r = app.post_github("pull_request", &body(n)).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        acked.push(
+            v["eventId"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap(),
+        );
+    }
+    rx.wait_for("/a", 5, Duration::from_secs(15)).await;
+
+    // Take the free space down to 8 MiB: under the floor, with room to write.
+    let filler = fs.path().join("filler");
+    let take = free_bytes(fs.path()) - (8 << 20);
+    std::fs::write(&filler, vec![1u8; take as usize]).unwrap();
+    let refused = wait_for(Duration::from_secs(10), || async {
+        let r = app.post_github("pull_request", &body(99)).await;
+        (r.status() == 503).then_some(r)
+    })
+    .await;
+    assert!(refused.headers().get("retry-after").is_some());
+    let v: Value = refused.json().await.unwrap();
+    assert_eq!(v["code"], "storage_unavailable", "{v}");
+    let (status, h) = health(&app).await;
+    assert_eq!(status, 503, "{h}");
+    let reason = h["storage"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("min_free_disk_mb"), "{h}");
+    assert_eq!(gauge(&app.metrics().await, "storage_writable"), Some(0.0));
+
+    // Deliveries in flight finish, and their outcomes are stored, below the floor.
+    rx.set_default("/a", Reply::Status(200));
+    for id in &acked {
+        admin.wait_status(*id, "delivered").await;
+    }
+    let (status, _) = health(&app).await;
+    assert_eq!(status, 503, "still below the floor");
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(Duration::from_secs(10), || async {
+        let r = app.post_github("pull_request", &body(100)).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let (status, h) = health(&app).await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(gauge(&app.metrics().await, "storage_writable"), Some(1.0));
+    app.stop().await;
+    drop(fs);
+}
+
+/// A TCP proxy in front of PostgreSQL that the test cuts (every connection through it closed,
+/// new ones closed as soon as they are accepted) and restores: the database going away and
+/// coming back, as the router sees a restart, without restarting the shared server.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl CutProxy {
+    async fn start(upstream: String) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let state = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut up = state.subscribe();
+                if !*up.borrow_and_update() {
+                    continue; // dropped: closed at once
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        CutProxy { addr, up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+/// `postgres://user@host:port/db…` with `host:port` replaced by `addr`.
+fn via(url: &str, addr: std::net::SocketAddr) -> String {
+    let at = url.find('@').expect("a URL with a user") + 1;
+    let slash = at + url[at..].find('/').expect("a URL with a database");
+    format!("{}{addr}{}", &url[..at], &url[slash..])
+}
+
+/// PostgreSQL going away under load and coming back: webhooks meanwhile are answered
+/// `503 storage_unavailable` with `Retry-After` (never 500), `/health` and `storage_writable`
+/// say so, ingest resumes by itself once the database is back, and every acknowledged event is
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_under_load_answers_storage_unavailable_and_recovers() {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::delivery::{Admin, policy};
+    use crate::receiver::TestReceiver;
+
+    let Some((db, _guard)) = pg_testing::fresh_database_or_skip().await else {
+        return;
+    };
+    let server = pg_testing::server_url();
+    let at = server.find('@').unwrap() + 1;
+    let upstream = server[at..].split('/').next().unwrap().to_string();
+    let proxy = CutProxy::start(upstream).await;
+    let rx = TestReceiver::start().await;
+    let url = via(&db, proxy.addr);
+    let app = Arc::new(
+        TestApp::spawn_with(|c| {
+            c.database_url = Some(url);
+            c.db_pool_size = 4;
+        })
+        .await,
+    );
+    Admin::of(&app)
+        .agent_with_route("a", &rx.url("/a"), "r", policy(100, "fixed", 200, 200))
+        .await;
+
+    // Four clients send webhooks until told to stop; every answer is kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(std::sync::Mutex::new(Vec::<(u16, Value, bool)>::new()));
+    let mut clients = Vec::new();
+    for c in 0..4u64 {
+        let (app, stop, answers) = (app.clone(), stop.clone(), answers.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = c * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"action": "opened", "n": n})).unwrap();
+                let r = app.post_github("pull_request", &body).await;
+                let status = r.status().as_u16();
+                let retry_after = r.headers().contains_key("retry-after");
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                answers.lock().unwrap().push((status, v, retry_after));
+                if status != 200 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    let count = |status: u16| {
+        answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.0 == status)
+            .count()
+    };
+    wait_for(Duration::from_secs(20), || async {
+        (count(200) >= 100).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    wait_for(Duration::from_secs(20), || async {
+        (count(503) >= 20).then_some(())
+    })
+    .await;
+    let (status, h) = health(&app).await;
+    assert_eq!(status, 503, "{h}");
+    assert_eq!(h["storage"]["ok"], false, "{h}");
+    assert_eq!(gauge(&app.metrics().await, "storage_writable"), Some(0.0));
+
+    proxy.restore();
+    let ok_before = count(200);
+    wait_for(Duration::from_secs(30), || async {
+        (count(200) >= ok_before + 100).then_some(())
+    })
+    .await;
+    wait_for(Duration::from_secs(15), || async {
+        (health(&app).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(gauge(&app.metrics().await, "storage_writable"), Some(1.0));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    let mut acked = HashSet::new();
+    for (status, v, retry_after) in &answers {
+        match status {
+            200 => {
+                acked.insert(v["eventId"].as_str().unwrap().to_string());
+            }
+            503 => {
+                assert_eq!(v["code"], "storage_unavailable", "{v}");
+                assert!(retry_after, "503 without Retry-After: {v}");
+            }
+            other => panic!("answered {other} while the database went away: {v}"),
+        }
+    }
+    eprintln!(
+        "{} acknowledged, {} refused with 503 storage_unavailable",
+        acked.len(),
+        answers.len() - acked.len()
+    );
+    // Every acknowledged event reaches the agent (at least once).
+    let want = acked.len();
+    let got = wait_for(Duration::from_secs(60), || async {
+        let seen: HashSet<String> = rx
+            .received("/a")
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_string))
+            .collect();
+        acked.is_subset(&seen).then_some(seen)
+    })
+    .await;
+    assert!(got.len() >= want);
+    match Arc::try_unwrap(app) {
+        Ok(app) => {
+            app.stop().await;
+        }
+        Err(_) => panic!("a client still holds the server"),
+    }
 }

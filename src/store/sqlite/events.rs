@@ -28,6 +28,9 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn commit_event(&self, event: NewEvent) -> Result<CommitOutcome> {
+        if let Some(reason) = self.floor.refusal() {
+            return Err(StoreError::Unavailable(reason));
+        }
         let (reply, rx) = oneshot::channel();
         // Compressed here, on the request's task, so the writer thread only copies.
         let bodies = PackedBodies::new(&event);

@@ -14,11 +14,14 @@ mod analytics;
 mod audit;
 mod checkpoint;
 mod deliveries;
+mod disk;
 mod events;
 mod rules;
 mod schema;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tmpfs;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -71,6 +74,8 @@ pub struct SqliteOptions {
     pub batch_max: usize,
     /// Reader connections kept open.
     pub readers: usize,
+    /// Free bytes below which new events are refused (`min_free_disk_mb`); 0: no floor.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -78,6 +83,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             batch_max: 1024,
             readers: 4,
+            min_free_bytes: 0,
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct SqliteStore {
     max_readers: usize,
     /// Why the last group commit failed for the storage's sake, `None` after one succeeded.
     fault: writer::Fault,
+    /// `min_free_disk_mb`, checked before each new event.
+    floor: disk::DiskFloor,
     /// Dropping the sender stops the checkpointer.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -132,6 +140,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             max_readers: opts.readers.max(1),
             fault,
+            floor: disk::DiskFloor::new(data_dir(path).to_path_buf(), opts.min_free_bytes),
             checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
         })
     }
@@ -190,6 +199,13 @@ impl SqliteStore {
     }
 }
 
+/// The directory holding the database file.
+fn data_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 fn uuid_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
     let b: Vec<u8> = r.get(i)?;
     Uuid::from_slice(&b).map_err(|e| {
@@ -225,19 +241,18 @@ impl Store for SqliteStore {
     }
 
     fn write_fault(&self) -> Option<String> {
-        self.fault.get()
+        self.fault.get().or_else(|| self.floor.refusal())
     }
 
     async fn probe_write(&self) -> Result<()> {
         // A one-page write can succeed on a full disk (into WAL space already allocated) while
         // every event still fails: the fault stands until the filesystem has real room again.
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Ok(vfs) = rustix::fs::statvfs(dir.unwrap_or(Path::new(".")))
-            && vfs.f_bavail.saturating_mul(vfs.f_frsize) < PROBE_MIN_FREE_BYTES
+        if let Some(free) = disk::free_bytes(data_dir(&self.path))
+            && free < PROBE_MIN_FREE_BYTES
         {
             return Err(StoreError::Unavailable(format!(
                 "{} KiB free on the database's filesystem",
-                vfs.f_bavail.saturating_mul(vfs.f_frsize) / 1024
+                free / 1024
             )));
         }
         // Writing the header's user_version (unchanged) is a real transaction through the

@@ -2,6 +2,7 @@
 //! `store::conformance`.
 
 use super::schema::{migrate, open};
+use super::tmpfs::Tmpfs;
 use super::writer::{CommitEventJob, PackedBodies, WriteJob, run_batch};
 use super::*;
 use crate::store::conformance::{delivered, delivery as new_delivery, ev};
@@ -348,41 +349,6 @@ fn id_floor_orders_with_v7_ids() {
     assert!(id_floor(ts + 1).as_slice() > id.as_bytes().as_slice());
 }
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop. `None` (the test is
-/// skipped, with a message) where this process may not mount, except under CI, which must run
-/// the test (as root).
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot mount a tmpfs (this test needs root), and under CI it must run"
-            );
-            eprintln!("skipped: cannot mount a tmpfs here (this test needs root)");
-            return None;
-        }
-        Some(Tmpfs(dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 /// A full disk used to stop the writer thread for good (every later write answered "shutting
 /// down"). Now each write is refused as `Unavailable` while the disk is full, reads are still
 /// served, the fault is reported, and once space is freed writes (events and delivery
@@ -390,7 +356,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_refused_as_unavailable_and_survived() {
     let Some(fs) = Tmpfs::mount("3m") else { return };
-    let dir = fs.0.path();
+    let dir = fs.path();
     // Room to give back later.
     std::fs::write(dir.join("filler"), vec![1u8; 1 << 20]).unwrap();
     let store = SqliteStore::open(&dir.join("t.db"), SqliteOptions::default()).unwrap();
@@ -456,5 +422,72 @@ async fn a_full_disk_is_refused_as_unavailable_and_survived() {
         assert!(store.get_event(*e).await.unwrap().is_some(), "lost {e}");
     }
     assert!(store.get_event(id).await.unwrap().is_some());
+    store.close().await;
+}
+
+/// Below `min_free_disk_mb` new events are refused as unavailable, with the floor in the
+/// reason (also the store's reported fault), while delivery outcomes are still written; with
+/// room again, events are taken by the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_floor_events_are_refused_and_outcomes_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let mut e = ev("github", None);
+    let d = Uuid::now_v7();
+    e.deliveries = vec![delivery(d)];
+    assert_eq!(store.commit_event(e).await.unwrap(), CommitOutcome::Stored);
+    store.close().await;
+
+    let free = super::disk::free_bytes(dir.path()).unwrap();
+    let store = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            // More than there is: the floor is crossed from the start.
+            min_free_bytes: free + (1 << 40),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let refused = store.commit_event(ev("github", None)).await;
+    match &refused {
+        Err(StoreError::Unavailable(reason)) => {
+            assert!(reason.contains("min_free_disk_mb"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        store
+            .write_fault()
+            .is_some_and(|f| f.contains("min_free_disk_mb")),
+        "{:?}",
+        store.write_fault()
+    );
+    // The outcome of a delivery in flight is written.
+    store.record_attempts(vec![delivered(d)]).await.unwrap();
+    assert_eq!(store.finished_counts().await.unwrap(), (0, 1));
+    assert!(
+        store
+            .unfinished_deliveries(usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await;
+
+    // A floor the disk clears: taken again.
+    let store = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            min_free_bytes: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        store.commit_event(ev("github", None)).await.unwrap(),
+        CommitOutcome::Stored
+    );
+    assert!(store.write_fault().is_none());
     store.close().await;
 }
