@@ -513,14 +513,15 @@ async fn heartbeats_arrive_at_the_configured_interval() {
                 other => panic!("{t:?}: {other:?}"),
             }
         }
-        // Four beats about 200 ms apart: not the 15 s default, not a burst.
+        // Four beats about 200 ms apart: not a burst (lower bounds), and not the 15 s default
+        // (an upper bound generous for a loaded machine).
         assert!(
             at[0] >= Duration::from_millis(100),
             "{t:?}: first beat at {at:?}"
         );
         let span = at[3] - at[0];
         assert!(
-            span >= Duration::from_millis(300) && span <= Duration::from_secs(3),
+            span >= Duration::from_millis(300) && span <= Duration::from_secs(7),
             "{t:?}: three intervals took {span:?} ({at:?})"
         );
     }
