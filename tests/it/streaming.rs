@@ -782,6 +782,12 @@ async fn a_slow_consumer_is_cut_off_with_a_reason_and_slows_neither_ingest_nor_o
                 got.len()
             ),
         }
+        if t == Transport::Sse {
+            assert!(
+                matches!(s.recv().await, Got::Ended),
+                "the SSE body ends after the close message"
+            );
+        }
         assert!(got.len() < TOTAL, "{t:?}: {end:?} after every event");
         assert_sequence(
             &got,
