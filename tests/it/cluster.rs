@@ -143,36 +143,18 @@ async fn three_nodes_share_work_streams_and_rules() {
     // Every node routes with rules it learnt from node 1.
     let n = 150;
     let mut acked = BTreeSet::new();
-    let started = Instant::now();
+    let mut routes = [false; 3];
     for i in 0..n {
-        let base = cluster.base(i % 3);
-        let id = wait_for(Duration::from_secs(5), || {
-            let client = client.clone();
-            async move {
-                let a = Webhook::github("issues", gh_body(i))
-                    .send_to(&client, base)
-                    .await
-                    .accepted();
-                // Before the route reaches a node its event is stored, just not routed; such
-                // events are not counted (only the first second can see that).
-                if a.routed {
-                    Some(a.id)
-                } else {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(2),
-                        "rules did not arrive"
-                    );
-                    None
-                }
-            }
-        })
-        .await;
+        let node = i % 3;
+        let id = routed_on(&client, cluster.base(node), i, routes[node]).await;
+        routes[node] = true;
         acked.insert(id);
     }
 
-    // Exactly once each at the agent, whichever node took the webhook.
-    rx.wait_for("/bot", n, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Exactly once each at the agent, whichever node took the webhook. Counted once no node
+    // has work left and the store holds every delivery as delivered: no repeat can come later.
+    rx.wait_for("/bot", n, Duration::from_secs(60)).await;
+    wait_until_idle(&cluster, n).await;
     let got = rx.received("/bot");
     let counts = delivered_ids(&got);
     let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
@@ -220,17 +202,92 @@ async fn three_nodes_share_work_streams_and_rules() {
         )
         .await;
     assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let a = Webhook::github("issues", gh_body(10_000))
-        .send_to(&client, cluster.base(0))
-        .await
-        .accepted();
-    let moved = rx.wait_for("/moved", 1, Duration::from_secs(10)).await;
-    assert_eq!(
-        moved[0].header("webhook-id").unwrap(),
-        a.id.to_string(),
-        "node 1 used node 2's change"
-    );
+    // Node 1 learns of it from a notice: post to node 1 until an event goes to the new URL.
+    let mut k = 10_000;
+    let first = wait_for(Duration::from_secs(60), || {
+        k += 1;
+        let (client, rx, base) = (&client, &rx, cluster.base(0));
+        async move {
+            let a = Webhook::github("issues", gh_body(k))
+                .send_to(client, base)
+                .await
+                .accepted();
+            assert!(a.routed, "{a:?}");
+            (where_delivered(rx, a.id).await == "/moved").then_some(a.id)
+        }
+    })
+    .await;
+    // And from then on, every one: the change does not come and go.
+    for k in 20_000..20_005 {
+        let a = Webhook::github("issues", gh_body(k))
+            .send_to(&client, cluster.base(0))
+            .await
+            .accepted();
+        assert_eq!(
+            where_delivered(&rx, a.id).await,
+            "/moved",
+            "node 1 went back to the old URL after {first} went to the new one"
+        );
+    }
+}
+
+/// Posts webhook `i` to the node at `base` until the node routes it (a route created on another
+/// node reaches it with a notice; before, its events are stored, just not routed). `routes`:
+/// this node routed before, so it must route this one at once. The routed event's id.
+async fn routed_on(client: &reqwest::Client, base: &str, i: usize, routes: bool) -> Uuid {
+    wait_for(Duration::from_secs(60), || async move {
+        let a = Webhook::github("issues", gh_body(i))
+            .send_to(client, base)
+            .await
+            .accepted();
+        assert!(
+            a.routed || !routes,
+            "{base} routed an event, then did not route the next: {a:?}"
+        );
+        a.routed.then_some(a.id)
+    })
+    .await
+}
+
+/// Which of the agent's two URLs (`/bot` or `/moved`) event `id` was delivered to.
+async fn where_delivered(rx: &TestReceiver, id: Uuid) -> &'static str {
+    let id = id.to_string();
+    wait_for(Duration::from_secs(60), || {
+        let id = &id;
+        async move {
+            ["/bot", "/moved"].into_iter().find(|path| {
+                rx.received(path)
+                    .iter()
+                    .any(|r| r.header("webhook-id") == Some(id.as_str()))
+            })
+        }
+    })
+    .await
+}
+
+/// Waits until no node has a delivery pending, in flight or scheduled, and the store holds
+/// `delivered` deliveries as delivered.
+async fn wait_until_idle(cluster: &Cluster, delivered: usize) {
+    let admins: Vec<Admin> = (0..cluster.nodes.len())
+        .map(|i| Admin::at(cluster.base(i)))
+        .collect();
+    wait_for(Duration::from_secs(60), || {
+        let admins = &admins;
+        async move {
+            for admin in admins {
+                let s = admin.stats().await;
+                let idle = s["pending"] == 0
+                    && s["inFlight"] == 0
+                    && s["scheduled"] == 0
+                    && s["delivered"] == delivered;
+                if !idle {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +304,22 @@ async fn a_rate_limit_holds_across_nodes() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every node has the limit (each lists the limits it enforces, from its own memory).
+    for i in 0..3 {
+        let admin = Admin::at(cluster.base(i));
+        wait_for(Duration::from_secs(60), || {
+            let admin = &admin;
+            async move {
+                let (status, list) = admin.get("/admin/rate-limits").await;
+                assert_eq!(status, 200, "{list}");
+                (list["items"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|c| c["limit"] == 12)))
+                .then_some(())
+            }
+        })
+        .await;
+    }
     let client = reqwest::Client::new();
     let mut accepted = 0;
     let mut limited = 0;
@@ -300,17 +372,11 @@ async fn a_killed_nodes_deliveries_are_finished_by_the_others() {
             json!({}),
         ))
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let client = reqwest::Client::new();
     let n = 40;
     let mut acked = BTreeSet::new();
     for i in 0..n {
-        let a = Webhook::github("issues", gh_body(i))
-            .send_to(&client, cluster.base(2))
-            .await
-            .accepted();
-        assert!(a.routed);
-        acked.insert(a.id);
+        acked.insert(routed_on(&client, cluster.base(2), i, i > 0).await);
     }
     rx.wait_for("/slow", 3, Duration::from_secs(10)).await;
     cluster.nodes[2].child.start_kill().unwrap();

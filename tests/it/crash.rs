@@ -157,12 +157,19 @@ async fn sigterm_drains_and_exits_zero_keeping_what_was_answered() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+    // Waited for longer than the bound asserted, so that a late exit fails the assertion
+    // below rather than the wait.
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
         .await
-        .expect("exits within 10 s of SIGTERM")
+        .expect("exits after SIGTERM")
         .unwrap();
+    let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
-    assert!(signalled.elapsed() < Duration::from_secs(10));
+    // The shutdown sequence is bounded at about 9 s (docs/delivery.md, graceful shutdown).
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM"
+    );
     let (during, not_answered) = burst.finish().await;
     eprintln!(
         "SIGTERM: {} acknowledged during the burst, {not_answered} not",

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::delivery::*;
@@ -160,53 +160,127 @@ async fn kill_9_mid_burst_loses_no_acknowledged_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_retry_keeps_its_time_across_a_restart() {
+    // The retry is due DELAY after the first attempt and the server restarts AWAY after it.
+    // Kept, the retry comes at its time (or at once, should the restart take past it);
+    // scheduled from scratch by the new process, it could come no sooner than DELAY after
+    // that process started, AWAY past its time.
+    const DELAY: i64 = 10_000;
+    const AWAY: i64 = 5_000;
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
     rx.script("/a", [Reply::Status(500)]);
     let mut server = ChildServer::start(dir.path(), &[]).await;
-    agent_and_route(&server.base, &rx.url("/a"), policy(3, "fixed", 2000, 2000)).await;
+    let fixed = policy(3, "fixed", DELAY as u64, DELAY as u64);
+    agent_and_route(&server.base, &rx.url("/a"), fixed).await;
     let client = reqwest::Client::new();
     let id = post_routed_to(&client, &server.base, "push", 0).await;
-    rx.wait_for("/a", 1, Duration::from_secs(10)).await;
-    terminate(&mut server).await;
-
-    let server = ChildServer::start(dir.path(), &[]).await;
-    let got = rx.wait_for("/a", 2, Duration::from_secs(10)).await;
-    let gap = got[1].at - got[0].at;
+    let d = Admin::at(&server.base).wait_status(id, "scheduled").await;
+    assert_eq!(d["attempts"], 1, "{d}");
+    let first = d["attemptLog"][0]["startedAt"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("the first attempt's start: {d}"));
+    let due = d["nextAttemptAt"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("a scheduled retry has its time: {d}"));
     assert!(
-        gap >= Duration::from_millis(1950) && gap <= Duration::from_millis(6000),
-        "the retry due 2 s after the first attempt came after {gap:?}"
+        due >= first + DELAY,
+        "the retry is due {} ms after the first attempt, the delay is {DELAY} ms: {d}",
+        due - first
     );
+    terminate(&mut server).await;
+    // Down until AWAY after the first attempt (the clock is the condition).
+    wait_for(Duration::from_secs(AWAY as u64 + 10), || async {
+        (now_ms() >= first + AWAY).then_some(())
+    })
+    .await;
+
+    let restarted = now_ms();
+    let server = ChildServer::start(dir.path(), &[]).await;
+    let admin = Admin::at(&server.base);
+    // Until it falls due, the reloaded delivery waits for the same time.
+    let d = admin.deliveries(id).await;
+    assert_eq!(d.len(), 1, "{d:?}");
+    if d[0]["attempts"] == 1 {
+        assert_eq!(d[0]["status"], "scheduled", "{d:?}");
+        assert_eq!(d[0]["nextAttemptAt"], due, "after the restart: {d:?}");
+    }
+    let d = poll(
+        Duration::from_secs(60),
+        "the retry after the restart",
+        || async {
+            match admin.deliveries(id).await.as_slice() {
+                [one] if one["status"] == "delivered" => Ok(one.clone()),
+                other => Err(Value::from(other.to_vec())),
+            }
+        },
+    )
+    .await;
+    assert_eq!(d["attempts"], 2, "{d}");
+    let log = d["attemptLog"].as_array().expect("attemptLog");
+    assert_eq!(log.len(), 2, "{d}");
+    assert_eq!(log[0]["statusCode"], 500, "{d}");
+    assert_eq!(
+        (&log[1]["attempt"], &log[1]["statusCode"]),
+        (&json!(2), &json!(200)),
+        "the attempt number continues: {d}"
+    );
+    let second = log[1]["startedAt"].as_i64().expect("startedAt");
+    assert!(
+        second >= due,
+        "the retry came {} ms before its time",
+        due - second
+    );
+    assert!(
+        second < restarted + DELAY,
+        "the retry came {} ms after the restart, a whole delay ({DELAY} ms): the backoff \
+         restarted instead of keeping its time ({} ms after the restart)",
+        second - restarted,
+        due - restarted
+    );
+    let got = rx.received("/a");
+    assert_eq!(got.len(), 2, "one failure, one retry");
     assert_eq!(got[1].header("webhook-id"), Some(id.to_string().as_str()));
     assert_eq!(got[1].header("x-delivery-attempt"), Some("2"));
-    let d = Admin::at(&server.base).wait_status(id, "delivered").await;
-    assert_eq!(d["attempts"], 2, "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_an_attempt_in_flight_exits_0_and_keeps_the_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
-    rx.script("/a", [Reply::Hang(Duration::from_secs(1))]);
+    let hang = Duration::from_secs(1);
+    rx.script("/a", [Reply::Hang(hang)]);
     let mut server = ChildServer::start(dir.path(), &[]).await;
     agent_and_route(&server.base, &rx.url("/a"), policy(5, "fixed", 200, 200)).await;
     let client = reqwest::Client::new();
     let id = post_routed_to(&client, &server.base, "push", 0).await;
     rx.wait_for("/a", 1, Duration::from_secs(10)).await;
+    // The attempt is under way (the agent answers 200 after 1 s) when the signal comes.
     terminate(&mut server).await;
 
+    // The drain let the attempt finish and wrote its outcome before the exit: the restarted
+    // server finds the delivery delivered by that one attempt, and makes no other.
     let server = ChildServer::start(dir.path(), &[]).await;
-    let d = Admin::at(&server.base).wait_status(id, "delivered").await;
+    let d = Admin::at(&server.base).deliveries(id).await;
+    assert_eq!(d.len(), 1, "{d:?}");
+    let d = &d[0];
+    assert_eq!(
+        d["status"], "delivered",
+        "the attempt in flight at SIGTERM: {d}"
+    );
+    assert_eq!(d["attempts"], 1, "{d}");
+    let log = d["attemptLog"].as_array().expect("attemptLog");
+    assert_eq!(log.len(), 1, "{d}");
+    assert_eq!(log[0]["attempt"], 1, "{d}");
+    assert_eq!(log[0]["statusCode"], 200, "{d}");
     assert!(
-        d["attemptLog"].as_array().is_some_and(|l| !l.is_empty()),
-        "{d}"
+        log[0]["durationMs"]
+            .as_u64()
+            .is_some_and(|ms| ms + 50 >= hang.as_millis() as u64),
+        "the attempt ran until the agent answered: {d}"
     );
     let got = rx.received("/a");
-    assert!(
-        got.iter()
-            .all(|r| r.header("webhook-id") == Some(id.to_string().as_str()))
-    );
-    eprintln!("SIGTERM mid-attempt: {} request(s) at the agent", got.len());
+    assert_eq!(got.len(), 1, "the finished attempt was made again");
+    assert_eq!(got[0].header("webhook-id"), Some(id.to_string().as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,14 +214,38 @@ async fn dlq_retry_delete_and_bulk_retry() {
     let (status, v) = admin
         .post(&format!("/admin/dlq/{one_id}/retry"), json!({}))
         .await;
-    assert!((200..300).contains(&status), "retry one: {status} {v}");
+    assert_eq!((status, &v), (200, &json!({ "retried": 1 })), "retry one");
     let got = rx.wait_for("/a", 4, Duration::from_secs(10)).await;
     assert_eq!(
         got[3].header("webhook-id"),
         Some(one_event.to_string().as_str())
     );
+    assert_eq!(
+        got[3].header("x-delivery-attempt"),
+        Some("2"),
+        "the attempt number continues after the dead letter's"
+    );
     let d = admin.wait_status(one_event, "delivered").await;
     assert_eq!(id_of(&d), one_id, "the same delivery, not a new one");
+    // It keeps its attempt log; the retry's attempt numbers continue after the dead one's.
+    let log = d["attemptLog"].as_array().expect("attemptLog");
+    assert_eq!(log.len(), 2, "{d}");
+    assert_eq!(
+        (&log[0]["attempt"], &log[0]["statusCode"]),
+        (&json!(1), &json!(500)),
+        "{d}"
+    );
+    assert_eq!(
+        (&log[1]["attempt"], &log[1]["statusCode"]),
+        (&json!(2), &json!(200)),
+        "{d}"
+    );
+    assert_eq!(d["attempts"], 2, "{d}");
+    // A second retry of a delivery that is no longer dead is 404, and retries nothing.
+    let (status, v) = admin
+        .post(&format!("/admin/dlq/{one_id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 404, "retry of a delivered delivery: {v}");
     let (left, _) = admin.dlq("").await;
     assert_eq!(left.len(), 4, "{left:?}");
     assert!(!ids(&left).contains(&one_id));
@@ -304,8 +328,9 @@ async fn replay_routes_the_event_again_under_the_current_rules() {
         .create_agent(agent("b", &rx.url("/b"), json!({})))
         .await;
     let retry = policy(2, "fixed", 100, 100);
+    let prio = json!({ "priority": 3 });
     admin
-        .create_route(route("r", &["a"], retry.clone(), json!({})))
+        .create_route(route("r", &["a"], retry.clone(), prio.clone()))
         .await;
     let id = post_routed(&app, "push", 0).await;
     let first = admin.wait_status(id, "delivered").await;
@@ -316,14 +341,45 @@ async fn replay_routes_the_event_again_under_the_current_rules() {
         .call(
             reqwest::Method::PUT,
             "/admin/routes/r",
-            Some(route("r", &["a", "b"], retry, json!({}))),
+            Some(route("r", &["a", "b"], retry, prio)),
         )
         .await;
     assert_eq!(status, 200, "{v}");
     let (status, v) = admin
         .post(&format!("/admin/events/{id}/replay"), json!({}))
         .await;
-    assert!((200..300).contains(&status), "replay: {status} {v}");
+    // `{"eventId", "processed", "routed", "deliveries": [{"id", "agentId", "routeId",
+    // "priority", "status": "pending"}]}`: one fresh delivery per agent the rules reach now.
+    assert_eq!(status, 200, "replay: {v}");
+    assert_eq!(
+        keys(&v),
+        ["deliveries", "eventId", "processed", "routed"],
+        "{v}"
+    );
+    assert_eq!(v["eventId"], id.to_string(), "{v}");
+    assert_eq!(v["processed"], true, "{v}");
+    assert_eq!(v["routed"], true, "{v}");
+    let made = v["deliveries"].as_array().expect("deliveries");
+    assert_eq!(made.len(), 2, "{v}");
+    let mut agents = Vec::new();
+    for d in made {
+        assert_eq!(
+            keys(d),
+            ["agentId", "id", "priority", "routeId", "status"],
+            "{d}"
+        );
+        assert_ne!(
+            id_of(d),
+            id_of(&first),
+            "a replay makes new deliveries: {v}"
+        );
+        assert_eq!(d["routeId"], "r", "{d}");
+        assert_eq!(d["priority"], 3, "{d}");
+        assert_eq!(d["status"], "pending", "{d}");
+        agents.push(d["agentId"].as_str().expect("agentId").to_string());
+    }
+    agents.sort();
+    assert_eq!(agents, ["a", "b"], "{v}");
     let a = rx.wait_for("/a", 2, Duration::from_secs(10)).await;
     let b = rx.wait_for("/b", 1, Duration::from_secs(10)).await;
     for r in [&a[1], &b[0]] {
@@ -338,7 +394,18 @@ async fn replay_routes_the_event_again_under_the_current_rules() {
     let all = admin.wait_all_status(id, 3, "delivered").await;
     let distinct: BTreeSet<Uuid> = all.iter().map(id_of).collect();
     assert_eq!(distinct.len(), 3, "replay made fresh deliveries: {all:?}");
-    assert!(distinct.contains(&id_of(&first)));
+    let mut expected = ids(made);
+    expected.insert(id_of(&first));
+    assert_eq!(
+        distinct, expected,
+        "the event's deliveries are the first one and those the replay answered"
+    );
+    for d in &all {
+        if made.iter().any(|m| id_of(m) == id_of(d)) {
+            assert_eq!(d["attempts"], 1, "a fresh attempt budget: {d}");
+            assert_eq!(d["priority"], 3, "{d}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -216,5 +216,17 @@ async fn config_file_limits_apply_at_start_and_survive_restart() {
     let app = TestApp::spawn_in(dir, |_| {}).await;
     let (_, list) = app.admin_get("/admin/rate-limits").await;
     assert_eq!(list["items"][0]["limit"], 1);
+    // And enforced, not just listed: an identifier new to this process gets one request (the
+    // server default, 1000, would take many).
+    let a = push_from("b").send(&app).await;
+    a.accepted();
+    assert_eq!(
+        a.header("x-ratelimit-limit"),
+        Some("1"),
+        "after the restart"
+    );
+    assert_eq!(a.header("x-ratelimit-remaining"), Some("0"));
+    let msg = push_from("b").send(&app).await.refused(429, "rate_limited");
+    assert_eq!(msg, "Rate limit exceeded for github:b");
     app.stop().await;
 }

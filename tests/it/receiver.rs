@@ -22,6 +22,31 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// Wait this long before answering 200 (to exceed an agent's timeout).
     Hang(Duration),
+    /// Hold the request until the gate opens, then answer 200.
+    Held(Gate),
+}
+
+/// Holds requests answered with `Reply::Held` until the test opens it (a hang that ends on a
+/// condition rather than after a time).
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Gate {
+    /// Lets every held request (and every later one) through.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -147,8 +172,10 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         at: tokio::time::Instant::now(),
     });
     inner.notify.notify_waiters();
-    if let Reply::Hang(d) = &reply {
-        tokio::time::sleep(*d).await;
+    match &reply {
+        Reply::Hang(d) => tokio::time::sleep(*d).await,
+        Reply::Held(gate) => gate.passed().await,
+        _ => {}
     }
     match reply {
         Reply::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
@@ -157,6 +184,6 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             [("retry-after", secs.to_string())],
         )
             .into_response(),
-        Reply::Hang(_) => StatusCode::OK.into_response(),
+        Reply::Hang(_) | Reply::Held(_) => StatusCode::OK.into_response(),
     }
 }

@@ -680,10 +680,12 @@ async fn a_failing_transformation_dead_letters_only_its_delivery() {
     create(&app, "routes", r).await;
     create(&app, "routes", route("fine", &["fine"])).await;
 
+    // Without the 50 ms jq budget the runaway program (a billion-element array) would hold the
+    // webhook far longer; the bound only tells that apart, with room for a loaded machine.
     let started = Instant::now();
     let ev = send_pr(&app, |_| {}).await;
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(15),
         "a runaway transformation held the webhook for {:?}",
         started.elapsed()
     );
@@ -928,38 +930,75 @@ async fn replay_routes_an_archived_event_again() {
     assert!(!ev.routed);
 
     create(&app, "agents", agent("late", &rx, "/late")).await;
-    create(
-        &app,
-        "routes",
-        route_when(
-            "github-to-late",
-            &["late"],
-            json!([cond("source", "equals", json!("github"))]),
-        ),
-    )
-    .await;
+    let mut late = route_when(
+        "github-to-late",
+        &["late"],
+        json!([cond("source", "equals", json!("github"))]),
+    );
+    late["priority"] = json!(7);
+    create(&app, "routes", late).await;
     let path = format!("/admin/events/{}/replay", ev.id);
     let a = admin_with(&app, Method::POST, &path, None, None).await;
     assert_eq!(a.status, 401, "replay without the admin key");
-    let a = admin_with(&app, Method::POST, &path, Some(ADMIN_KEY), None).await;
-    assert!(
-        (200..300).contains(&a.status),
-        "replay: {} {}",
-        a.status,
-        String::from_utf8_lossy(&a.bytes)
-    );
+    let (status, v) = admin(&app, Method::POST, &path, None).await;
+    let first = assert_replay_answer(status, &v, ev.id);
     let got = received_event(&rx, "/late", ev.id).await.json();
     assert_eq!(got, archived_event(&app, ev.id).await);
     let ds = settled_deliveries(&app, ev.id).await;
     assert_eq!(ds.len(), 1, "{ds:?}");
+    assert_eq!(
+        ds[0]["id"], first,
+        "the delivery the replay answered: {ds:?}"
+    );
     assert_eq!(ds[0]["routeId"], "github-to-late");
+    assert_eq!(ds[0]["priority"], 7);
     assert_eq!(ds[0]["status"], "delivered");
 
     // Replaying again makes fresh deliveries again.
-    let a = admin_with(&app, Method::POST, &path, Some(ADMIN_KEY), None).await;
-    assert!((200..300).contains(&a.status));
+    let (status, v) = admin(&app, Method::POST, &path, None).await;
+    let second = assert_replay_answer(status, &v, ev.id);
+    assert_ne!(second, first, "a second replay makes a new delivery");
     rx.wait_for("/late", 2, SOON).await;
-    assert_eq!(settled_deliveries(&app, ev.id).await.len(), 2);
+    let ds = settled_deliveries(&app, ev.id).await;
+    let mut got: Vec<&Value> = ds.iter().map(|d| &d["id"]).collect();
+    got.sort_by_key(|v| v.to_string());
+    let mut want = vec![&first, &second];
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(got, want, "{ds:?}");
+}
+
+/// Asserts a replay answer of an event that one route (`github-to-late`, priority 7) takes to
+/// agent `late`: `200 {"eventId", "processed": true, "routed": true, "deliveries": [{"id",
+/// "agentId", "routeId", "priority", "status": "pending"}]}`. The new delivery's id.
+fn assert_replay_answer(status: u16, v: &Value, event: Uuid) -> Value {
+    assert_eq!(status, 200, "replay: {v}");
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("replay answer: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["deliveries", "eventId", "processed", "routed"],
+        "{v}"
+    );
+    assert_eq!(v["eventId"], event.to_string(), "{v}");
+    assert_eq!(v["processed"], true, "{v}");
+    assert_eq!(v["routed"], true, "{v}");
+    let ds = v["deliveries"].as_array().expect("deliveries");
+    assert_eq!(ds.len(), 1, "{v}");
+    let d = &ds[0];
+    let id = d["id"].as_str().unwrap_or_default();
+    assert!(Uuid::parse_str(id).is_ok(), "delivery id: {v}");
+    assert_eq!(
+        d,
+        &json!({"id": id, "agentId": "late", "routeId": "github-to-late", "priority": 7,
+                "status": "pending"}),
+        "{v}"
+    );
+    d["id"].clone()
 }
 
 #[tokio::test]
