@@ -58,6 +58,21 @@ async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart(
         c.min_free_disk_mb = 0;
     })
     .await;
+    // An agent that takes every event: its deliveries go on while the disk is full, and their
+    // outcomes, which cannot be written then, must be written once it has room again.
+    let rx = crate::receiver::TestReceiver::start().await;
+    rx.set_default(
+        "/a",
+        crate::receiver::Reply::Hang(Duration::from_millis(20)),
+    );
+    crate::delivery::Admin::of(&app)
+        .agent_with_route(
+            "a",
+            &rx.url("/a"),
+            "r",
+            crate::delivery::policy(100, "fixed", 100, 100),
+        )
+        .await;
 
     // Fill the disk, 8 webhooks at a time, until it refuses them.
     let mut acked: Vec<String> = Vec::new();
@@ -135,6 +150,23 @@ async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart(
         let (status, v) = app.admin_get(&format!("/admin/events/{id}")).await;
         assert_eq!(status, 200, "acknowledged event {id} is missing: {v}");
     }
+    // Every acknowledged event reached the agent, and every delivery's outcome is in the store
+    // (those that finished while the disk was full included), with no restart.
+    let seen: std::collections::HashSet<String> = wait_for(Duration::from_secs(60), || async {
+        let seen: std::collections::HashSet<String> = rx
+            .received("/a")
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_string))
+            .collect();
+        acked.iter().all(|id| seen.contains(id)).then_some(seen)
+    })
+    .await;
+    assert!(seen.len() >= acked.len());
+    wait_for(Duration::from_secs(60), || async {
+        let (_, q) = app.admin_get("/queue/stats").await;
+        (q["delivered"].as_u64() == Some(acked.len() as u64)).then_some(())
+    })
+    .await;
     app.stop().await;
     drop(fs);
 }
