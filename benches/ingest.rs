@@ -11,7 +11,7 @@ use event_router::config::{Config, Secret};
 use event_router::event::serialize_event;
 use event_router::ingest::{self, Prepared, Source};
 use event_router::providers::standard::StandardSigner;
-use event_router::providers::{github, linear, slack};
+use event_router::providers::{RequestLine, github, linear, slack};
 use event_router::store::packed::Packed;
 
 fn source(name: &str, secret: &str) -> Source {
@@ -36,6 +36,7 @@ fn run(c: &mut Criterion, name: &str, src: &Source, h: &HeaderMap, body: &[u8]) 
             let now = now_ms();
             match ingest::prepare(
                 src,
+                RequestLine::post("/webhook/bench"),
                 h,
                 black_box(body),
                 "127.0.0.1",
@@ -59,6 +60,7 @@ fn pack(c: &mut Criterion, src: &Source, h: &HeaderMap, body: &[u8]) {
         event, raw_json, ..
     }) = ingest::prepare(
         src,
+        RequestLine::post("/webhook/bench"),
         h,
         body,
         "127.0.0.1",

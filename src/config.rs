@@ -35,6 +35,9 @@ pub struct SourceConfig {
     pub secret: Option<Secret>,
     /// Dot path of the rate-limit identifier in the event (`payload.sender.login`); `None` = client IP.
     pub identifier_field: Option<String>,
+    /// The URL the provider was given for this source (`public_url`), for providers that sign
+    /// the URL (Square, Twilio): the router may sit behind a proxy that changes it.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +193,7 @@ fn builtin_sources() -> BTreeMap<String, SourceConfig> {
                 secret_env: b.secret_env.iter().map(|s| s.to_string()).collect(),
                 secret: None,
                 identifier_field: b.identifier.map(str::to_string),
+                public_url: None,
             };
             Some((b.source.to_string(), source))
         })
@@ -503,6 +507,7 @@ impl Config {
                 .map(|s| s.secret_env.clone())
                 .unwrap_or_default();
             let mut identifier = existing.as_ref().and_then(|s| s.identifier_field.clone());
+            let mut public_url = existing.as_ref().and_then(|s| s.public_url.clone());
             let mut ok = true;
             for (k, v) in t.iter() {
                 let at = ctx.at(v.span());
@@ -541,13 +546,24 @@ impl Config {
                             )
                         }
                     },
+                    "public_url" => match v.as_str().map(check_public_url) {
+                        Some(Ok(u)) => public_url = Some(u),
+                        Some(Err(m)) => {
+                            ok = false;
+                            push(field, at, m)
+                        }
+                        None => {
+                            ok = false;
+                            push(field, at, expected("a string", v))
+                        }
+                    },
                     other => {
                         ok = false;
                         push(
                             field,
                             at,
                             format!(
-                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field)"
+                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field, public_url)"
                             ),
                         )
                     }
@@ -573,6 +589,7 @@ impl Config {
                         secret_env,
                         secret: None,
                         identifier_field: identifier,
+                        public_url,
                     },
                 );
             }
@@ -754,6 +771,20 @@ impl Config {
                 message,
             });
         }
+    }
+}
+
+/// A source's `public_url`: an absolute `http(s)://` URL, as the provider was given it.
+fn check_public_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("https://") || s.starts_with("http://"))
+        && s.parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected the absolute URL the provider was given, such as \"https://hooks.example.com/webhook/square\" (got {s:?})"
+        ))
     }
 }
 

@@ -466,6 +466,8 @@ pub fn verify(data: &[u8]) {
 fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], now_ms: i64) -> Request<'a> {
     Request {
         source: "fuzz",
+        line: providers::RequestLine::post("/webhook/fuzz"),
+        public_url: Some("https://router.example.com/webhook/fuzz"),
         headers,
         body,
         now_ms,
@@ -1493,6 +1495,7 @@ pub fn ingest_prepare(data: &[u8]) {
     let id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
     let result = prepare(
         &source,
+        providers::RequestLine::post("/webhook/fuzz"),
         &headers,
         body,
         "203.0.113.7",
@@ -1513,6 +1516,8 @@ pub fn ingest_prepare(data: &[u8]) {
                         .fields;
                     let req = providers::Request {
                         source: &source.name,
+                        line: providers::RequestLine::post("/webhook/fuzz"),
+                        public_url: None,
                         headers: &headers,
                         body,
                         now_ms: NOW_MS,

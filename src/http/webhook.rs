@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::extract::{ConnectInfo, OriginalUri, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -17,7 +17,7 @@ use super::error::ApiError;
 use crate::ingest::commit::{Committed, commit};
 use crate::ingest::dedupe::{self, Original};
 use crate::ingest::{Prepared, admit, read, route};
-use crate::providers::Handshake;
+use crate::providers::{Handshake, RequestLine};
 use crate::ratelimit::Decision;
 use crate::store::CommitOutcome;
 
@@ -25,13 +25,19 @@ pub async fn webhook(
     State(app): State<AppState>,
     source: Result<Path<String>, PathRejection>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let received = Instant::now();
     // A name that does not even decode (invalid UTF-8) is no source we know.
     let source = source.map(|Path(s)| s).unwrap_or_default();
-    match receive(&app, &source, peer, &headers, body, received).await {
+    let line = RequestLine {
+        method: method.as_str(),
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+    };
+    match receive(&app, &source, peer, line, &headers, body, received).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(source = %source, code = e.code, "webhook refused");
@@ -46,6 +52,7 @@ async fn receive(
     app: &AppState,
     name: &str,
     peer: SocketAddr,
+    line: RequestLine<'_>,
     headers: &HeaderMap,
     body: Body,
     received: Instant,
@@ -63,7 +70,7 @@ async fn receive(
             wrong_bearer.set(!ok);
             ok
         };
-        match ingest.prepare(&source, headers, &bytes, &client_ip, &agent_key) {
+        match ingest.prepare(&source, line, headers, &bytes, &client_ip, &agent_key) {
             Err(e) if wrong_bearer.get() => {
                 return Err(match app.auth_throttle.failed(peer.ip()) {
                     Ok(()) => e.into(),
@@ -74,9 +81,7 @@ async fn receive(
         }
     };
     let (head, event, raw_json, payload_deferred) = match prepared {
-        Prepared::Handshake(Handshake::Json(answer)) => {
-            return Ok(axum::Json(answer).into_response());
-        }
+        Prepared::Handshake(answer) => return Ok(handshake(answer)),
         Prepared::Event {
             head,
             event,
@@ -170,6 +175,25 @@ fn answer(committed: Committed, limit: &Decision) -> Response {
         }
     }
     resp
+}
+
+/// A provider's handshake, answered `200` and not stored.
+fn handshake(answer: Handshake) -> Response {
+    match answer {
+        Handshake::Json(v) => axum::Json(v).into_response(),
+        Handshake::Text(t) => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()
+        }
+        Handshake::Headers(headers) => {
+            let mut resp = axum::http::StatusCode::OK.into_response();
+            for (name, value) in headers {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    resp.headers_mut().insert(HeaderName::from_static(name), v);
+                }
+            }
+            resp
+        }
+    }
 }
 
 fn duplicate(original: Original, timestamp: i64) -> Response {

@@ -12,10 +12,12 @@ use crate::providers::{self, Decoded, Handshake};
 /// The provider's handshake, if the request is one (Slack's `url_verification`).
 pub fn handshake(
     source: &Source,
+    headers: &HeaderMap,
     bytes: &[u8],
     probed: &Probed<'_>,
 ) -> Result<Option<Handshake>, IngestError> {
     Ok(source.provider.handshake(&Decoded {
+        headers,
         bytes,
         fields: &probed.fields,
         payload: probed.payload.as_ref(),

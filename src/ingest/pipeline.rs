@@ -12,6 +12,7 @@ use super::{IngestError, Prepared, Source, prepare};
 use crate::analytics::Analytics;
 use crate::clock::now_ms;
 use crate::cluster::ClusterHits;
+use crate::providers::RequestLine;
 use crate::queue::Queue;
 use crate::ratelimit::RateLimiter;
 use crate::routing::Rules;
@@ -65,6 +66,7 @@ impl Ingest {
     pub fn prepare(
         &self,
         source: &Source,
+        line: RequestLine<'_>,
         headers: &HeaderMap,
         bytes: &[u8],
         client_ip: &str,
@@ -79,6 +81,7 @@ impl Ingest {
         };
         let prepared = prepare(
             source,
+            line,
             headers,
             bytes,
             client_ip,

@@ -8,7 +8,7 @@ use super::error::IngestError;
 use super::source::Source;
 use super::{classify, decode, verify};
 use crate::event::EventHeader;
-use crate::providers::{Handshake, Request};
+use crate::providers::{Handshake, Request, RequestLine};
 
 /// What the pure part of ingest makes of a request.
 pub enum Prepared {
@@ -28,8 +28,12 @@ pub enum Prepared {
 
 /// Everything between reading the body and dedupe. `agent_key` checks an `Authorization`
 /// header (`internal`); `next_id` gives the event's id and receipt time.
+// The request's parts as the handler has them, and the two callbacks: bundling them into a
+// struct only for this call would not make it clearer.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     source: &Source,
+    line: RequestLine<'_>,
     headers: &HeaderMap,
     bytes: &[u8],
     client_ip: &str,
@@ -39,6 +43,8 @@ pub fn prepare(
 ) -> Result<Prepared, IngestError> {
     let req = Request {
         source: &source.name,
+        line,
+        public_url: source.public_url.as_deref(),
         headers,
         body: bytes,
         now_ms,
@@ -46,7 +52,7 @@ pub fn prepare(
     };
     verify::verify(source, &req)?;
     let probed = decode::decode(source, headers, bytes)?;
-    if let Some(answer) = classify::handshake(source, bytes, &probed)? {
+    if let Some(answer) = classify::handshake(source, headers, bytes, &probed)? {
         return Ok(Prepared::Handshake(answer));
     }
     verify::verify_payload(source, &req, &probed.fields)?;

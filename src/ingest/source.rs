@@ -14,6 +14,8 @@ pub struct Source {
     /// `None`: no secret configured (the source is disabled, `internal` aside).
     pub secrets: Option<Secrets>,
     pub identifier_field: Option<String>,
+    /// The URL the provider was given (`public_url`), for providers that sign it.
+    pub public_url: Option<String>,
     /// The payload fields ingest reads for this source's provider and identifier path.
     pub probe: ProbeSpec,
 }
@@ -30,12 +32,10 @@ impl Source {
                 )
             })?),
         };
-        Ok(Source::new(
-            name,
-            cfg.provider,
-            secrets,
-            cfg.identifier_field.clone(),
-        ))
+        Ok(
+            Source::new(name, cfg.provider, secrets, cfg.identifier_field.clone())
+                .with_public_url(cfg.public_url.clone()),
+        )
     }
 
     pub fn new(
@@ -50,7 +50,13 @@ impl Source {
             secrets,
             probe: ProbeSpec::new(provider.probes(), identifier_field.as_deref()),
             identifier_field,
+            public_url: None,
         }
+    }
+
+    pub fn with_public_url(mut self, public_url: Option<String>) -> Source {
+        self.public_url = public_url;
+        self
     }
 }
 

@@ -147,10 +147,33 @@ pub fn hmac_keys(secrets: Option<&Secrets>) -> Result<&SecretSet, VerifyError> {
     }
 }
 
+/// The request line as received, for providers that sign the method or the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLine<'a> {
+    /// `POST`, …
+    pub method: &'a str,
+    /// The path and query as the client sent them (`/webhook/hubspot?x=1`).
+    pub path_and_query: &'a str,
+}
+
+impl<'a> RequestLine<'a> {
+    /// `POST path_and_query`.
+    pub const fn post(path_and_query: &'a str) -> RequestLine<'a> {
+        RequestLine {
+            method: "POST",
+            path_and_query,
+        }
+    }
+}
+
 /// A webhook request as a provider verifies it: the raw bytes, before anything is decoded.
 pub struct Request<'a> {
     /// The source's name (one provider may serve several sources).
     pub source: &'a str,
+    pub line: RequestLine<'a>,
+    /// The source's `public_url`: the URL the provider was given, for providers that sign it
+    /// (the router may sit behind a proxy that changes scheme, host or path).
+    pub public_url: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
     /// Now, in ms since the epoch.
@@ -167,8 +190,9 @@ impl<'a> Request<'a> {
     }
 }
 
-/// A decoded body, for a handshake.
+/// A verified request with its body decoded, for a handshake.
 pub struct Decoded<'a> {
+    pub headers: &'a HeaderMap,
     pub bytes: &'a [u8],
     pub fields: &'a Fields<'a>,
     /// The parsed payload, when decoding had to parse it.
@@ -180,6 +204,10 @@ pub struct Decoded<'a> {
 pub enum Handshake {
     /// A JSON body (Slack: `{"challenge": …}`).
     Json(Value),
+    /// A `text/plain` body (Twitch: the challenge itself).
+    Text(String),
+    /// An empty body with these headers (Asana: `X-Hook-Secret` echoed); names lowercase.
+    Headers(Vec<(&'static str, String)>),
 }
 
 /// A header's value as text, trimmed; `None` when absent, empty or not visible ASCII.
@@ -384,6 +412,8 @@ mod tests {
                 }
                 let req = |body| Request {
                     source: "any",
+                    line: RequestLine::post("/webhook/any"),
+                    public_url: Some("https://router.example.com/webhook/any"),
                     headers: &headers,
                     body,
                     now_ms,

@@ -354,6 +354,7 @@ mod tests {
         let hs = |body: &[u8]| {
             let p = crate::event::probe_json_object(body, &spec).unwrap();
             Slack.handshake(&Decoded {
+                headers: &HeaderMap::new(),
                 bytes: body,
                 fields: &p.fields,
                 payload: p.payload.as_ref(),
@@ -372,6 +373,7 @@ mod tests {
         let form = b"payload=%7B%22type%22%3A%22url_verification%22%2C%22challenge%22%3A%22c%22%7D";
         let p = probe_body(BodyKind::Form, form, &spec, FormBody::PayloadOrFields).unwrap();
         let answer = Slack.handshake(&Decoded {
+            headers: &HeaderMap::new(),
             bytes: form,
             fields: &p.fields,
             payload: p.payload.as_ref(),

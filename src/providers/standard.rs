@@ -515,6 +515,8 @@ mod tests {
         let secrets = Standard.parse_secrets(SW_SECRET).unwrap();
         let bearer = hdrs(&[("authorization", "Bearer k")]);
         let req = |source, headers| Request {
+            line: super::super::RequestLine::post("/webhook/x"),
+            public_url: None,
             source,
             headers,
             body: SW_BODY,
