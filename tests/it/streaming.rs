@@ -972,7 +972,8 @@ async fn resume_across_a_router_restart_misses_nothing_and_doubles_nothing() {
     agent_with_route(&app, "bot").await;
     let req = StreamRequest::new("bot", AGENT_KEY);
     // How each client resumes after the restart.
-    let resume_with: [(&str, Transport, fn(StreamRequest, &str) -> StreamRequest); 3] = [
+    type Resume = fn(StreamRequest, &str) -> StreamRequest;
+    let resume_with: [(&str, Transport, Resume); 3] = [
         ("ws lastEventId", Transport::Ws, |r, id| {
             r.param("lastEventId", id)
         }),
