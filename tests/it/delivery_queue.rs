@@ -880,3 +880,42 @@ async fn a_deleted_agents_queued_deliveries_are_dead_lettered_with_the_reason() 
     .await;
     app.stop().await;
 }
+
+/// A delivery waiting for its retry time is queued too: when its agent is deleted it is
+/// dead-lettered then, with the same reason, not left scheduled (and counted against
+/// `max_queue_size`) until a retry time that may be days away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_agents_scheduled_retries_are_dead_lettered_at_once() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    rx.set_default("/later", Reply::Status(500));
+    admin
+        .agent_with_route(
+            "later",
+            &rx.url("/later"),
+            "to-later",
+            policy(5, "fixed", 3_600_000, 3_600_000),
+        )
+        .await;
+    let id = post_routed(&app, "push", 0).await;
+    let d = admin.wait_status(id, "scheduled").await;
+    assert_eq!(d["attempts"], 1, "{d}");
+    poll(Duration::from_secs(20), "one scheduled", || async {
+        let v = admin.stats().await;
+        if v["scheduled"] == 1 { Ok(()) } else { Err(v) }
+    })
+    .await;
+
+    assert_eq!(admin.delete("/admin/routes/to-later").await.0, 204);
+    assert_eq!(admin.delete("/admin/agents/later").await.0, 204);
+    let d = admin.wait_status(id, "dead").await;
+    assert_eq!(d["lastError"], NO_AGENT, "{d}");
+    assert_eq!(d["nextAttemptAt"], Value::Null, "{d}");
+    let stats = admin.stats().await;
+    assert_eq!(stats["scheduled"], 0, "{stats}");
+    assert_eq!(stats["byAgent"], json!({}), "{stats}");
+    assert_eq!(stats["deadLettered"], 1, "{stats}");
+    assert_eq!(rx.received("/later").len(), 1);
+    app.stop().await;
+}
