@@ -72,9 +72,16 @@ pub async fn record(State(app): State<AppState>, req: Request, next: Next) -> Re
         .unwrap_or_default();
     let (action, mut target) = describe(&method, &path);
     if target.is_none() {
-        target = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string))
+        let answer = serde_json::from_slice::<Value>(&bytes).ok();
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        target = answer
+            .as_ref()
+            .and_then(|v| {
+                text(v, "id").or_else(|| {
+                    // PUT /admin/rate-limits answers the config: its key is source:identifier.
+                    Some(format!("{}:{}", text(v, "source")?, text(v, "identifier")?))
+                })
+            })
             .or_else(|| {
                 // DELETE /admin/rate-limits?source=&identifier=
                 query.as_ref().map(|q| {

@@ -537,6 +537,7 @@ impl Dispatcher {
                 self.pump(&agent);
             }
             Msg::TargetsChanged => {
+                self.release_timers_of_gone_agents();
                 let agents: Vec<Arc<str>> = self.lanes.keys().cloned().collect();
                 for a in agents {
                     self.pump(&a);
@@ -611,6 +612,30 @@ impl Dispatcher {
     fn unhold(&mut self, job: &Job) {
         if let Some(b) = &job.body {
             self.resident = self.resident.saturating_sub(b.len());
+        }
+    }
+
+    /// Retries waiting for their time whose agent was deleted (or lost its url) go to their
+    /// lanes now, where `pump` dead-letters them with the lane's ready ones, instead of staying
+    /// scheduled (and counted against `max_queue_size`) until a retry time that may be days away.
+    fn release_timers_of_gone_agents(&mut self) {
+        let targets = self.targets.load();
+        let gone = |t: &Timed| !targets.contains_key(&t.job.agent_id);
+        if !self.timers.iter().any(|Reverse(t)| gone(t)) {
+            return;
+        }
+        let (released, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timers)
+            .into_iter()
+            .partition(|Reverse(t)| gone(t));
+        self.timers = kept.into_iter().collect();
+        for Reverse(t) in released {
+            let lane = self.lanes.entry(t.job.agent_id.clone()).or_default();
+            lane.scheduled = lane.scheduled.saturating_sub(1);
+            lane.ready.push(Ready {
+                priority: t.job.priority,
+                seq: t.seq,
+                job: t.job,
+            });
         }
     }
 

@@ -255,3 +255,295 @@ async fn health_turns_503_when_the_store_is_unreachable() {
     assert_eq!(v["storage"]["backend"], crate::support::backend());
     app.stop().await;
 }
+
+/// docs/api.md "Audit log" and docs/operations.md "The audit log": every successful admin
+/// change is recorded with its method, path, action, target id, status, client address and
+/// time — filters, routes, agents, rate limits, each dead-letter action and replay — and no body,
+/// so no secret or key, is recorded.
+#[tokio::test]
+async fn every_kind_of_admin_change_is_audited_with_its_target() {
+    const SECRET: &str = "whsec_ZGVsaXZlcnktdGVzdHMtc2VjcmV0LTI0";
+    const OWN_KEY: &str = "an-agent-key-nobody-may-read";
+    let rx = TestReceiver::start().await;
+    rx.set_default("/fails", Reply::Status(500));
+    let app = TestApp::spawn().await;
+    let started = now_ms();
+    // Each change, and the entry it must leave: (method, path, status, action, target id).
+    let mut want: Vec<(&str, String, u16, &str, Option<String>)> = Vec::new();
+
+    let mut a = agent("failing", &rx, "/fails");
+    a["secret"] = json!(SECRET);
+    a["apiKey"] = json!(OWN_KEY);
+    create(&app, "agents", a.clone()).await;
+    want.push((
+        "POST",
+        "/admin/agents".into(),
+        201,
+        "create agent",
+        Some("failing".into()),
+    ));
+    a["description"] = json!("replaced");
+    let (status, v) = admin(&app, Method::PUT, "/admin/agents/failing", Some(&a)).await;
+    assert_eq!(status, 200, "{v}");
+    want.push((
+        "PUT",
+        "/admin/agents/failing".into(),
+        200,
+        "replace agent",
+        Some("failing".into()),
+    ));
+
+    let f = filter(
+        "no-watch",
+        "exclude",
+        (Some("github"), Some("watch")),
+        json!([]),
+    );
+    create(&app, "filters", f.clone()).await;
+    want.push((
+        "POST",
+        "/admin/filters".into(),
+        201,
+        "create filter",
+        Some("no-watch".into()),
+    ));
+    let (status, v) = admin(&app, Method::PUT, "/admin/filters/no-watch", Some(&f)).await;
+    assert_eq!(status, 200, "{v}");
+    want.push((
+        "PUT",
+        "/admin/filters/no-watch".into(),
+        200,
+        "replace filter",
+        Some("no-watch".into()),
+    ));
+    let (status, _) = admin(&app, Method::DELETE, "/admin/filters/no-watch", None).await;
+    assert_eq!(status, 204);
+    want.push((
+        "DELETE",
+        "/admin/filters/no-watch".into(),
+        204,
+        "delete filter",
+        Some("no-watch".into()),
+    ));
+
+    let mut r = route_when(
+        "to-failing",
+        &["failing"],
+        json!([cond("type", "equals", json!("push"))]),
+    );
+    r["retryPolicy"] =
+        json!({"maxAttempts": 1, "backoffStrategy": "fixed", "baseDelay": 50, "maxDelay": 50});
+    create(&app, "routes", r.clone()).await;
+    want.push((
+        "POST",
+        "/admin/routes".into(),
+        201,
+        "create route",
+        Some("to-failing".into()),
+    ));
+    r["priority"] = json!(3);
+    let (status, v) = admin(&app, Method::PUT, "/admin/routes/to-failing", Some(&r)).await;
+    assert_eq!(status, 200, "{v}");
+    want.push((
+        "PUT",
+        "/admin/routes/to-failing".into(),
+        200,
+        "replace route",
+        Some("to-failing".into()),
+    ));
+
+    let limit = json!({"source": "github", "identifier": "octocat", "limit": 100, "window": 60000});
+    let (status, v) = admin(&app, Method::PUT, "/admin/rate-limits", Some(&limit)).await;
+    assert_eq!(status, 200, "{v}");
+    want.push((
+        "PUT",
+        "/admin/rate-limits".into(),
+        200,
+        "replace rate limit",
+        Some("github:octocat".into()),
+    ));
+    let (status, v) = admin(
+        &app,
+        Method::DELETE,
+        "/admin/rate-limits?source=github&identifier=octocat",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{v}");
+    want.push((
+        "DELETE",
+        "/admin/rate-limits".into(),
+        204,
+        "delete rate limit",
+        Some("github:octocat".into()),
+    ));
+
+    // Three dead letters to act on.
+    let mut events = Vec::new();
+    for n in 0..3 {
+        let a = Webhook::github("push", push_body(n))
+            .send(&app)
+            .await
+            .accepted();
+        assert!(a.routed);
+        events.push(a.id);
+    }
+    let dead = wait_for(Duration::from_secs(20), || async {
+        let (_, v) = app.admin_get("/admin/dlq?agentId=failing").await;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 3).then_some(items)
+    })
+    .await;
+    let dead_id = |i: usize| dead[i]["id"].as_str().unwrap().to_string();
+
+    let one = dead_id(0);
+    let (status, v) = admin(&app, Method::POST, &format!("/admin/dlq/{one}/retry"), None).await;
+    assert_eq!((status, v.clone()), (200, json!({"retried": 1})), "{v}");
+    want.push((
+        "POST",
+        format!("/admin/dlq/{one}/retry"),
+        200,
+        "retry dead letter",
+        Some(one.clone()),
+    ));
+    // The retried delivery fails again: all three are dead before the bulk retry.
+    wait_dead_attempts(&app, &[(&one, 2), (&dead_id(1), 1), (&dead_id(2), 1)]).await;
+    let (status, v) = admin(
+        &app,
+        Method::POST,
+        "/admin/dlq/retry",
+        Some(&json!({"agentId": "failing"})),
+    )
+    .await;
+    assert_eq!((status, v.clone()), (200, json!({"retried": 3})), "{v}");
+    want.push((
+        "POST",
+        "/admin/dlq/retry".into(),
+        200,
+        "retry dead letters",
+        None,
+    ));
+    wait_dead_attempts(&app, &[(&one, 3), (&dead_id(1), 2), (&dead_id(2), 2)]).await;
+    let gone = dead_id(1);
+    let (status, _) = admin(&app, Method::DELETE, &format!("/admin/dlq/{gone}"), None).await;
+    assert_eq!(status, 204);
+    want.push((
+        "DELETE",
+        format!("/admin/dlq/{gone}"),
+        204,
+        "delete dead letter",
+        Some(gone.clone()),
+    ));
+
+    let replayed = events[2].to_string();
+    let (status, v) = admin(
+        &app,
+        Method::POST,
+        &format!("/admin/events/{replayed}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    want.push((
+        "POST",
+        format!("/admin/events/{replayed}/replay"),
+        200,
+        "replay event",
+        Some(replayed.clone()),
+    ));
+
+    // The route goes, then the agent.
+    let (status, _) = admin(&app, Method::DELETE, "/admin/routes/to-failing", None).await;
+    assert_eq!(status, 204);
+    want.push((
+        "DELETE",
+        "/admin/routes/to-failing".into(),
+        204,
+        "delete route",
+        Some("to-failing".into()),
+    ));
+    let (status, _) = admin(&app, Method::DELETE, "/admin/agents/failing", None).await;
+    assert_eq!(status, 204);
+    want.push((
+        "DELETE",
+        "/admin/agents/failing".into(),
+        204,
+        "delete agent",
+        Some("failing".into()),
+    ));
+    let finished = now_ms();
+
+    let (status, v) = app.admin_get("/admin/audit?limit=500").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["nextCursor"], Value::Null, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(
+        items.len(),
+        want.len(),
+        "one entry per change, no more: {v:#}"
+    );
+    // Newest first: the changes in reverse order.
+    let mut last_id = i64::MAX;
+    for (item, (method, path, status, action, target)) in items.iter().zip(want.iter().rev()) {
+        let mut keys: Vec<&str> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "action", "at", "clientIp", "id", "method", "path", "status", "targetId"
+            ],
+            "{item}"
+        );
+        assert_eq!(item["method"], *method, "{item}");
+        assert_eq!(item["path"], *path, "{item}");
+        assert_eq!(item["status"], *status, "{item}");
+        assert_eq!(item["action"], *action, "{item}");
+        assert_eq!(item["targetId"], json!(target), "{item}");
+        assert_eq!(item["clientIp"], "127.0.0.1", "{item}");
+        let at = item["at"].as_i64().unwrap();
+        assert!((started..=finished).contains(&at), "{item}: at {at}");
+        let id = item["id"].as_i64().unwrap();
+        assert!(id < last_id, "ids decrease down the list: {item}");
+        last_id = id;
+    }
+    let text = v.to_string();
+    for (what, secret) in [
+        (
+            "the agent's signing secret",
+            SECRET.trim_start_matches("whsec_"),
+        ),
+        ("the agent's own key", OWN_KEY),
+        ("the admin key", ADMIN_KEY),
+    ] {
+        assert!(!text.contains(secret), "{what} is in the audit log");
+    }
+    app.stop().await;
+}
+
+/// Waits until the dead letters of agent `failing` are exactly these deliveries with these
+/// attempt counts.
+async fn wait_dead_attempts(app: &TestApp, want: &[(&str, u64)]) {
+    let mut want: Vec<(String, u64)> = want.iter().map(|(id, n)| (id.to_string(), *n)).collect();
+    want.sort();
+    wait_for(Duration::from_secs(20), || async {
+        let (_, v) = app.admin_get("/admin/dlq?agentId=failing").await;
+        let mut got: Vec<(String, u64)> = v["items"]
+            .as_array()?
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap().to_string(),
+                    d["attempts"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        got.sort();
+        (got == want).then_some(())
+    })
+    .await;
+}

@@ -277,3 +277,226 @@ async fn health_reports_ok_version_uptime_and_storage() {
     );
     app.stop().await;
 }
+
+// ---- retention ----
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A UUID v7 event id of time `ms`, as the router makes them.
+fn event_id_at(ms: i64) -> Uuid {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (ms / 1000) as u64,
+        ((ms % 1000) * 1_000_000) as u32,
+    );
+    Uuid::new_v7(ts)
+}
+
+/// A GitHub `push` event of time `ms` as the store keeps it, with one delivery to `agent` in
+/// `status`.
+fn stored_event(
+    ms: i64,
+    delivery_id: &str,
+    agent: &str,
+    status: event_router::store::DeliveryStatus,
+) -> event_router::store::NewEvent {
+    let id = event_id_at(ms);
+    let body = json!({
+        "id": id, "source": "github", "type": "push", "action": null,
+        "deliveryId": delivery_id, "timestamp": ms,
+        "payload": {"ref": "refs/heads/main", "sender": {"login": "octocat"}},
+        "metadata": {"identifier": "octocat", "clientIp": "127.0.0.1", "receivedBytes": 60,
+                     "headers": {"x-github-event": "push"}}
+    });
+    event_router::store::NewEvent {
+        id,
+        source: "github".into(),
+        event_type: "push".into(),
+        action: None,
+        delivery_id: Some(delivery_id.into()),
+        timestamp: ms,
+        filtered: false,
+        body: body.to_string().into(),
+        deliveries: vec![event_router::store::NewDelivery {
+            id: event_id_at(ms + 1),
+            agent_id: agent.into(),
+            route_id: format!("to-{agent}"),
+            priority: 0,
+            status,
+            body: None,
+            retry_policy: None,
+            next_attempt_at: 0,
+            last_error: (status == event_router::store::DeliveryStatus::Dead)
+                .then(|| "agent answered 500 Internal Server Error".into()),
+        }],
+        streamed: vec![],
+    }
+}
+
+async fn admin_call(app: &TestApp, method: reqwest::Method, path: &str, body: Value) -> u16 {
+    app.client
+        .request(method, app.url(path))
+        .bearer_auth(ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// docs/operations.md "Retention": the first purge runs at start (then every 10 minutes) and
+/// deletes events older than `retention_days` with their finished deliveries (delivered ones
+/// and dead letters), and audit entries older than the cutoff; an event whose delivery is not
+/// finished stays, however old, until that delivery is made. The events past retention are
+/// written into the store as a long-running router would have left them (with ids and times of
+/// 8 days ago); the router is then restarted with `retention_days = 7` and purges on its own.
+#[tokio::test]
+async fn the_retention_scheduler_purges_finished_old_events_and_keeps_pending_work() {
+    use event_router::store::{AuditRecord, DeliveryStatus};
+    let rx = crate::receiver::TestReceiver::start().await;
+    let seven_days = |c: &mut event_router::Config| c.retention_days = 7;
+    let app = TestApp::spawn_with(seven_days).await;
+    for (id, enabled) in [("pusher", true), ("sleeper", false)] {
+        let agent = json!({"id": id, "name": id, "url": rx.url(&format!("/{id}")),
+                           "enabled": enabled});
+        assert_eq!(
+            admin_call(&app, reqwest::Method::POST, "/admin/agents", agent).await,
+            201
+        );
+    }
+    let now = now_ms();
+    let eight_days_ago = now - 8 * DAY_MS;
+    let old_delivered = stored_event(eight_days_ago, "old-1", "pusher", DeliveryStatus::Delivered);
+    let old_dead = stored_event(eight_days_ago + 10, "old-2", "pusher", DeliveryStatus::Dead);
+    // Its agent is disabled, so it is still pending when the router starts again.
+    let old_pending = stored_event(
+        eight_days_ago + 20,
+        "old-3",
+        "sleeper",
+        DeliveryStatus::Pending,
+    );
+    let recent = stored_event(
+        now - 6 * DAY_MS,
+        "recent-1",
+        "pusher",
+        DeliveryStatus::Delivered,
+    );
+    let store = app.state().store.clone();
+    for e in [&old_delivered, &old_dead, &old_pending, &recent] {
+        store.commit_event(e.clone()).await.unwrap();
+    }
+    store
+        .add_audit(AuditRecord {
+            id: 0,
+            at: eight_days_ago,
+            client_ip: "10.0.0.8".into(),
+            method: "DELETE".into(),
+            path: "/admin/filters/old".into(),
+            status: 204,
+            action: "delete filter".into(),
+            target_id: Some("old".into()),
+        })
+        .await
+        .unwrap();
+    drop(store);
+    let fresh = Webhook::github("push", &b"{\"ref\":\"x\",\"sender\":{\"login\":\"o\"}}"[..])
+        .send(&app)
+        .await
+        .accepted()
+        .id;
+    let (_, audit) = get_status(&app, "/admin/audit", Some(ADMIN_KEY)).await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
+    for e in [&old_delivered, &old_dead, &old_pending, &recent] {
+        let (status, v) =
+            get_status(&app, &format!("/admin/events/{}", e.id), Some(ADMIN_KEY)).await;
+        assert_eq!(status, 200, "written, and readable before the purge: {v}");
+    }
+    let (_, dlq) = get_status(&app, "/admin/dlq", Some(ADMIN_KEY)).await;
+    assert_eq!(dlq["items"].as_array().unwrap().len(), 1, "{dlq}");
+
+    // The restart: the first purge runs at start, with nobody asking for it.
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, seven_days).await;
+    for e in [&old_delivered, &old_dead] {
+        let path = format!("/admin/events/{}", e.id);
+        wait_for(Duration::from_secs(30), || async {
+            (get_status(&app, &path, Some(ADMIN_KEY)).await.0 == 404).then_some(())
+        })
+        .await;
+    }
+    // Within retention: kept.
+    for id in [recent.id, fresh] {
+        let (status, v) = get_status(&app, &format!("/admin/events/{id}"), Some(ADMIN_KEY)).await;
+        assert_eq!(status, 200, "{id} is within retention: {v}");
+    }
+    // Past retention but still to be delivered: kept, pending.
+    let (status, v) = get_status(
+        &app,
+        &format!("/admin/events/{}", old_pending.id),
+        Some(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "an event with a pending delivery was purged: {v}"
+    );
+    assert_eq!(v["deliveries"][0]["status"], "pending", "{v}");
+    // The dead letter went with its event; the old audit entry went too, the recent ones stay.
+    let (_, dlq) = get_status(&app, "/admin/dlq", Some(ADMIN_KEY)).await;
+    assert_eq!(dlq["items"], json!([]), "{dlq}");
+    let (_, audit) = get_status(&app, "/admin/audit", Some(ADMIN_KEY)).await;
+    let paths: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/admin/agents", "/admin/agents"], "{audit}");
+    let (_, list) = get_status(&app, "/admin/events?limit=500", Some(ADMIN_KEY)).await;
+    let mut listed: Vec<Uuid> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| Uuid::parse_str(e["id"].as_str().unwrap()).unwrap())
+        .collect();
+    listed.sort();
+    let mut want = vec![old_pending.id, recent.id, fresh];
+    want.sort();
+    assert_eq!(listed, want, "{list}");
+    // Duplicates are recognised only within retention: the purged event's delivery id is new.
+    let again = Webhook::github("push", &b"{\"ref\":\"y\",\"sender\":{\"login\":\"o\"}}"[..])
+        .header("x-github-delivery", "old-1")
+        .send(&app)
+        .await
+        .accepted();
+    assert_ne!(again.id, old_delivered.id);
+    let recent_again =
+        Webhook::github("push", &b"{\"ref\":\"z\",\"sender\":{\"login\":\"o\"}}"[..])
+            .header("x-github-delivery", "recent-1")
+            .send(&app)
+            .await
+            .duplicate();
+    assert_eq!(recent_again.id, recent.id);
+
+    // The pending work was not dropped: once its agent is enabled, it is delivered.
+    let agent = json!({"id": "sleeper", "name": "sleeper", "url": rx.url("/sleeper"),
+                       "enabled": true});
+    assert_eq!(
+        admin_call(&app, reqwest::Method::PUT, "/admin/agents/sleeper", agent).await,
+        200
+    );
+    let got = rx.wait_for("/sleeper", 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        got[0].header("webhook-id"),
+        Some(old_pending.id.to_string().as_str())
+    );
+    let path = format!("/admin/events/{}", old_pending.id);
+    wait_for(Duration::from_secs(20), || async {
+        let (_, v) = get_status(&app, &path, Some(ADMIN_KEY)).await;
+        (v["deliveries"][0]["status"] == "delivered").then_some(())
+    })
+    .await;
+    assert!(rx.received("/pusher").is_empty());
+    app.stop().await;
+}

@@ -257,6 +257,26 @@ struct Served {
     server: ChildServer,
     stderr: Arc<Mutex<Vec<u8>>>,
     drain: tokio::task::JoinHandle<()>,
+    /// What the server wrote to stdout (logs go to stderr; nothing should come here).
+    stdout: Arc<Mutex<Vec<u8>>>,
+    drain_stdout: tokio::task::JoinHandle<()>,
+}
+
+/// Collects everything `pipe` yields into `sink`, from the start, so a chatty server never
+/// blocks on a full pipe.
+fn collect(
+    mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    sink: Arc<Mutex<Vec<u8>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
 }
 
 impl Served {
@@ -274,23 +294,14 @@ impl Served {
             .arg(data_dir)
             .env_clear()
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap();
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        // Drained from the start, so a chatty server never blocks on a full pipe.
-        let drain = tokio::spawn(async move {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = pipe.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let drain = collect(child.stderr.take().unwrap(), stderr.clone());
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let drain_stdout = collect(child.stdout.take().unwrap(), stdout.clone());
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         // Polls like `wait_for`, but also notices a server that exited instead of starting.
@@ -317,6 +328,8 @@ impl Served {
             server: ChildServer { child, base },
             stderr,
             drain,
+            stdout,
+            drain_stdout,
         }
     }
 
@@ -328,13 +341,23 @@ impl Served {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
-    async fn stderr_text_after_exit(self) -> String {
+    /// Everything written to stderr and to stdout, once the server has exited.
+    async fn output_after_exit(self) -> (String, String) {
         self.drain.await.unwrap();
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+        self.drain_stdout.await.unwrap();
+        let text =
+            |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+        (text(&self.stderr), text(&self.stdout))
     }
 
     /// SIGTERM, then the exit status and everything the server wrote to stderr.
-    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    async fn terminate(self) -> (std::process::ExitStatus, String) {
+        let (status, stderr, _) = self.terminate_with_stdout().await;
+        (status, stderr)
+    }
+
+    /// SIGTERM, then the exit status and everything the server wrote to stderr and to stdout.
+    async fn terminate_with_stdout(mut self) -> (std::process::ExitStatus, String, String) {
         let pid = self.server.child.id().unwrap();
         let kill = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -345,8 +368,8 @@ impl Served {
             .await
             .expect("exits within 10 s of SIGTERM")
             .unwrap();
-        let text = self.stderr_text_after_exit().await;
-        (status, text)
+        let (stderr, stdout) = self.output_after_exit().await;
+        (status, stderr, stdout)
     }
 }
 
@@ -578,5 +601,109 @@ async fn secrets_signatures_and_keys_are_never_logged() {
         ("a Standard signature", &std_sig[3..]),
     ] {
         assert!(!log.contains(needle), "{what} was logged");
+    }
+}
+
+/// docs/streaming.md and docs/security.md: streams take the key as `?apiKey=…` (browsers'
+/// EventSource cannot set headers), and no key is ever logged. The real binary at `trace`, in
+/// both log formats, logs every stream request (its path shows in the log), yet none of the
+/// keys that were in a query string — accepted or refused — appear on stderr or stdout.
+#[tokio::test]
+async fn an_api_key_in_a_stream_query_string_never_reaches_the_log() {
+    const OWN_KEY: &str = "own-key-of-the-logged-agent";
+    const WRONG_KEY: &str = "a-wrong-key-in-the-query-string";
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database_for(dir.path());
+        let mut env = vec![
+            ("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET),
+            ("AGENT_API_KEY", AGENT_KEY),
+            ("ADMIN_API_KEY", ADMIN_KEY),
+            ("LOG_LEVEL", "trace"),
+            ("LOG_FORMAT", format),
+        ];
+        if let Some(url) = db.as_deref() {
+            env.push(("DATABASE_URL", url));
+        }
+        let served = Served::start(dir.path(), &env).await;
+        let client = reqwest::Client::new();
+        let base = served.base().to_string();
+        let r = client
+            .post(format!("{base}/admin/agents"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&serde_json::json!({"id": "bot", "name": "bot", "apiKey": OWN_KEY}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let sse = |query: String| {
+            let client = client.clone();
+            let url = format!("{base}/stream/sse?{query}");
+            async move {
+                let r = client
+                    .get(url)
+                    .header("accept", "text/event-stream")
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            }
+        };
+        // Accepted: the agent key, the agent's own key (SSE), the admin key on the firehose.
+        assert_eq!(sse(format!("agentId=bot&apiKey={AGENT_KEY}")).await, 200);
+        assert_eq!(sse(format!("agentId=bot&apiKey={OWN_KEY}")).await, 200);
+        assert_eq!(sse(format!("agentId=*&apiKey={ADMIN_KEY}")).await, 200);
+        // Refused after the key was read: a wrong key, an unknown agent, bad filters.
+        assert_eq!(sse(format!("agentId=bot&apiKey={WRONG_KEY}")).await, 401);
+        assert_eq!(sse(format!("agentId=nobody&apiKey={AGENT_KEY}")).await, 404);
+        assert_eq!(
+            sse(format!("agentId=bot&filters=%5Bnot-json&apiKey={OWN_KEY}")).await,
+            400
+        );
+        // The WebSocket handshake, with a key in the query.
+        let ws = base.replacen("http://", "ws://", 1);
+        let (mut socket, resp) = tokio_tungstenite::connect_async(format!(
+            "{ws}/stream/ws?agentId=bot&apiKey={OWN_KEY}"
+        ))
+        .await
+        .expect("the WebSocket opens with the agent's own key in the query");
+        assert_eq!(resp.status().as_u16(), 101);
+        socket.close(None).await.unwrap();
+        match tokio_tungstenite::connect_async(format!(
+            "{ws}/stream/ws?agentId=bot&apiKey={WRONG_KEY}"
+        ))
+        .await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 401)
+            }
+            other => panic!(
+                "a wrong key opened a WebSocket: {:?}",
+                other.map(|(_, r)| r)
+            ),
+        }
+
+        let (status, log, stdout) = served.terminate_with_stdout().await;
+        assert_eq!(status.code(), Some(0), "{log}");
+        // The requests were logged (by path), so the absence below means something.
+        for path in ["/stream/sse", "/stream/ws"] {
+            assert!(
+                log.contains(path),
+                "{format}: no log line names {path}:\n{log}"
+            );
+        }
+        for (what, key) in [
+            ("the agent key", AGENT_KEY),
+            ("the agent's own key", OWN_KEY),
+            ("the admin key", ADMIN_KEY),
+            ("a wrong key", WRONG_KEY),
+        ] {
+            assert!(!log.contains(key), "{format}: {what} is on stderr");
+            assert!(!stdout.contains(key), "{format}: {what} is on stdout");
+        }
+        assert!(
+            !log.contains("apiKey="),
+            "{format}: a query string was logged"
+        );
     }
 }

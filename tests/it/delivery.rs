@@ -699,3 +699,115 @@ async fn a_refused_connection_is_a_failed_attempt() {
         "{d}"
     );
 }
+
+// ---- signing-secret rotation ----
+
+/// Another Standard Webhooks secret (base64 of 24 bytes), the one rotated to.
+const ROTATED_SECRET: &str = "whsec_cm90YXRlZC1zaWduaW5nLXNlY3JldC0y";
+
+/// Whether `r` verifies under `secret` (Standard Webhooks, as an agent checks it).
+fn signed_by(r: &Received, secret: &str) -> bool {
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .is_ok()
+}
+
+/// docs/security.md "Key rotation": an agent's signing secret is rotated with
+/// `PUT /admin/agents/{id}` and a new `secret`. Every attempt is signed when it is made, so from
+/// the answer to the PUT on, every attempt carries the new secret's signature only: new events,
+/// and a retry of a delivery created before the change. A later PUT without `secret` keeps it.
+#[tokio::test]
+async fn a_secret_rotated_through_put_signs_every_later_attempt() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    let url = rx.url("/rot");
+    admin
+        .create_agent(agent("rot", &url, json!({ "secret": CHOSEN_SECRET })))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["rot"],
+            policy(1, "fixed", 100, 100),
+            json!({}),
+        ))
+        .await;
+    // Before the change: one delivery that fails (dead after its single attempt), one delivered.
+    rx.script("/rot", [Reply::Status(500)]);
+    let failed = post_routed(&app, "issues", 1).await;
+    let dead = admin.wait_status(failed, "dead").await;
+    let before = post_routed(&app, "issues", 2).await;
+    admin.wait_status(before, "delivered").await;
+    let got = rx.received("/rot");
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        assert!(
+            signed_by(r, CHOSEN_SECRET),
+            "not signed with the first secret"
+        );
+        assert!(!signed_by(r, ROTATED_SECRET));
+    }
+
+    // The rotation: the whole agent again, with the new secret.
+    let (status, v) = admin
+        .call(
+            Method::PUT,
+            "/admin/agents/rot",
+            Some(agent("rot", &url, json!({ "secret": ROTATED_SECRET }))),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["secret"], ROTATED_SECRET, "{v}");
+    assert_eq!(admin.agent_secret("rot").await, ROTATED_SECRET);
+
+    // A new event, and the retry of the delivery that died before the change.
+    let after = post_routed(&app, "issues", 3).await;
+    admin.wait_status(after, "delivered").await;
+    let (status, v) = admin
+        .post(
+            &format!("/admin/dlq/{}/retry", dead["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, v.clone()), (200, json!({ "retried": 1 })), "{v}");
+    let retried = admin.wait_status(failed, "delivered").await;
+    assert_eq!(retried["attempts"], 2, "{retried}");
+    let got = rx.wait_for("/rot", 4, SOON_ENOUGH).await;
+    assert_eq!(got.len(), 4);
+    for r in &got[2..] {
+        assert!(
+            signed_by(r, ROTATED_SECRET),
+            "attempt {:?} of {:?} after the rotation is not signed with the new secret",
+            r.header("x-delivery-attempt"),
+            r.header("webhook-id")
+        );
+        assert!(
+            !signed_by(r, CHOSEN_SECRET),
+            "an attempt after the rotation still verifies with the old secret"
+        );
+    }
+    let ids: Vec<Option<&str>> = got[2..].iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids.contains(&Some(after.to_string().as_str())), "{ids:?}");
+    assert!(ids.contains(&Some(failed.to_string().as_str())), "{ids:?}");
+
+    // An update that leaves `secret` out keeps the current one.
+    let (status, v) = admin
+        .call(
+            Method::PUT,
+            "/admin/agents/rot",
+            Some(agent("rot", &url, json!({ "name": "renamed" }))),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["secret"], ROTATED_SECRET, "{v}");
+    let kept = post_routed(&app, "issues", 4).await;
+    admin.wait_status(kept, "delivered").await;
+    let got = rx.wait_for("/rot", 5, SOON_ENOUGH).await;
+    assert!(signed_by(&got[4], ROTATED_SECRET));
+    app.stop().await;
+}
+
+/// Generous: for things that take milliseconds on an idle machine.
+const SOON_ENOUGH: Duration = Duration::from_secs(20);

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -645,4 +646,297 @@ async fn a_store_that_cannot_give_bodies_for_a_while_costs_no_attempt() {
     assert_eq!(got[1].json()["payload"]["number"], 1, "{}", got[1].json());
     let d = admin.wait_all_status(id, 1, "delivered").await;
     assert_eq!(d[0]["attempts"], 2, "{d:?}");
+}
+
+/// The reason a queued delivery of a deleted agent (or one whose `url` was removed) is
+/// dead-lettered with (docs/delivery.md "Concurrency, pacing, priority, isolation").
+const NO_AGENT: &str = "the agent no longer exists or has no url";
+
+/// One attempt start per hour: after the first delivery, the others wait in the agent's lane.
+fn one_per_hour() -> Value {
+    json!({ "rateLimit": { "limit": 1, "window": 3_600_000 } })
+}
+
+/// Waits until `/queue/stats` shows exactly these pending counts per agent.
+async fn wait_pending(admin: &Admin, want: &[(&str, u64)]) {
+    poll(Duration::from_secs(20), "pending deliveries", || async {
+        let v = admin.stats().await;
+        let ok = want
+            .iter()
+            .all(|(agent, n)| v["byAgent"][agent]["pending"].as_u64().unwrap_or(0) == *n);
+        if ok { Ok(()) } else { Err(v) }
+    })
+    .await;
+}
+
+/// The deliveries of event `id` to `agent`.
+async fn deliveries_to(admin: &Admin, id: Uuid, agent: &str) -> Vec<Value> {
+    admin
+        .deliveries(id)
+        .await
+        .into_iter()
+        .filter(|d| d["agentId"] == agent)
+        .collect()
+}
+
+/// docs/delivery.md: a disabled agent "gets no new deliveries, and its queued ones are held
+/// (shown as `pending`) until it is enabled again".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_agent_holds_its_deliveries_until_it_is_enabled_again() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    let url = rx.url("/held");
+    admin
+        .create_agent(agent("held", &url, one_per_hour()))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["held"],
+            policy(3, "fixed", 100, 100),
+            json!({}),
+        ))
+        .await;
+    // Another agent, never disabled, that gets every event too: its deliveries show the
+    // scheduler at work while the first one is disabled.
+    admin
+        .agent_with_route(
+            "other",
+            &rx.url("/other"),
+            "r-other",
+            policy(3, "fixed", 100, 100),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(post_routed(&app, "push", n).await);
+    }
+    let first = rx.wait_for("/held", 1, Duration::from_secs(20)).await;
+    wait_pending(&admin, &[("held", 3)]).await;
+
+    // Disabled, and without the pacing: from now on only `enabled: false` holds them.
+    let (status, v) = admin
+        .call(
+            Method::PUT,
+            "/admin/agents/held",
+            Some(agent("held", &url, json!({ "enabled": false }))),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["enabled"], false, "{v}");
+    // An event posted while it is disabled is not routed to it at all.
+    let while_disabled = post_routed(&app, "push", 4).await;
+    assert!(
+        deliveries_to(&admin, while_disabled, "held")
+            .await
+            .is_empty()
+    );
+    rx.wait_for("/other", 5, Duration::from_secs(20)).await;
+    // Not attempted: give the scheduler time it would have needed many times over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rx.received("/held").len(),
+        1,
+        "a disabled agent's held delivery was attempted"
+    );
+    wait_pending(&admin, &[("held", 3)]).await;
+    let held: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| first[0].header("webhook-id") != Some(id.to_string().as_str()))
+        .collect();
+    assert_eq!(held.len(), 3);
+    for id in &held {
+        let d = deliveries_to(&admin, *id, "held").await;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0]["status"], "pending",
+            "a held delivery shows as pending: {}",
+            d[0]
+        );
+        assert_eq!(d[0]["attempts"], 0, "{}", d[0]);
+    }
+
+    // Enabled again: the held deliveries go, and only they.
+    let (status, v) = admin
+        .call(
+            Method::PUT,
+            "/admin/agents/held",
+            Some(agent("held", &url, json!({ "enabled": true }))),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let got = rx.wait_for("/held", 4, Duration::from_secs(20)).await;
+    let mut sent = webhook_ids(&got[1..]);
+    sent.sort();
+    let mut want: Vec<String> = held.iter().map(Uuid::to_string).collect();
+    want.sort();
+    assert_eq!(sent, want, "the held deliveries, each once");
+    for id in &held {
+        poll(
+            Duration::from_secs(20),
+            "held delivery delivered",
+            || async {
+                let d = deliveries_to(&admin, *id, "held").await;
+                if d.len() == 1 && d[0]["status"] == "delivered" && d[0]["attempts"] == 1 {
+                    Ok(())
+                } else {
+                    Err(Value::from(d))
+                }
+            },
+        )
+        .await;
+    }
+    wait_pending(&admin, &[("held", 0)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.received("/held").len(), 4, "nothing more, nothing again");
+    app.stop().await;
+}
+
+/// docs/delivery.md: when an agent is deleted, or its `url` removed, "its queued deliveries are
+/// dead-lettered with the error `the agent no longer exists or has no url`", and an agent
+/// cannot be deleted while a route targets it. docs/api.md: `deliveries.deadLettered` counts
+/// those too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_agents_queued_deliveries_are_dead_lettered_with_the_reason() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    for id in ["gone", "bare"] {
+        admin
+            .create_agent(agent(id, &rx.url(&format!("/{id}")), one_per_hour()))
+            .await;
+        admin
+            .create_route(route(
+                &format!("to-{id}"),
+                &[id],
+                policy(3, "fixed", 100, 100),
+                json!({}),
+            ))
+            .await;
+    }
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(post_routed(&app, "push", n).await);
+    }
+    let first_gone = rx.wait_for("/gone", 1, Duration::from_secs(20)).await;
+    let first_bare = rx.wait_for("/bare", 1, Duration::from_secs(20)).await;
+    wait_pending(&admin, &[("gone", 2), ("bare", 2)]).await;
+
+    let (status, v) = admin.delete("/admin/agents/gone").await;
+    assert_eq!(status, 409, "deleted while a route targets it: {v}");
+    assert_eq!(v["code"], "conflict", "{v}");
+    assert_eq!(admin.delete("/admin/routes/to-gone").await.0, 204);
+    assert_eq!(admin.delete("/admin/agents/gone").await.0, 204);
+    // `bare` stays, as a stream-only agent.
+    let (status, v) = admin
+        .call(
+            Method::PUT,
+            "/admin/agents/bare",
+            Some(json!({ "id": "bare", "name": "agent bare" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.get("url").is_none_or(Value::is_null), "{v}");
+
+    for (agent_id, first) in [("gone", &first_gone), ("bare", &first_bare)] {
+        let dead = poll(
+            Duration::from_secs(20),
+            &format!("{agent_id}: two dead letters"),
+            || async {
+                let (items, _) = admin.dlq(&format!("agentId={agent_id}")).await;
+                if items.len() == 2 {
+                    Ok(items)
+                } else {
+                    Err(Value::from(items))
+                }
+            },
+        )
+        .await;
+        let delivered = first[0].header("webhook-id").unwrap().to_string();
+        let mut dead_events: Vec<String> = dead
+            .iter()
+            .map(|d| d["eventId"].as_str().unwrap().to_string())
+            .collect();
+        dead_events.sort();
+        let mut want: Vec<String> = ids
+            .iter()
+            .map(Uuid::to_string)
+            .filter(|id| *id != delivered)
+            .collect();
+        want.sort();
+        assert_eq!(
+            dead_events, want,
+            "{agent_id}: the two queued ones are dead"
+        );
+        for d in &dead {
+            assert_eq!(d["status"], "dead", "{d}");
+            assert_eq!(d["agentId"], agent_id, "{d}");
+            assert_eq!(d["lastError"], NO_AGENT, "{d}");
+            let log = d["attemptLog"].as_array().unwrap();
+            let last = log
+                .last()
+                .unwrap_or_else(|| panic!("no attempt log entry: {d}"));
+            assert_eq!(last["error"], NO_AGENT, "{d}");
+            assert_eq!(last["statusCode"], Value::Null, "no request was made: {d}");
+        }
+        assert_eq!(
+            rx.received(&format!("/{agent_id}")).len(),
+            1,
+            "{agent_id}: only the first delivery reached the agent"
+        );
+    }
+    let stats = admin.stats().await;
+    assert_eq!(stats["pending"], 0, "{stats}");
+    assert_eq!(stats["deadLettered"], 4, "{stats}");
+    poll(Duration::from_secs(20), "deadLettered counted", || async {
+        let (_, v) = admin.get("/analytics/metrics?hours=1").await;
+        if v["metrics"]["deliveries"]["deadLettered"] == 4 {
+            Ok(())
+        } else {
+            Err(v["metrics"]["deliveries"].clone())
+        }
+    })
+    .await;
+    app.stop().await;
+}
+
+/// A delivery waiting for its retry time is queued too: when its agent is deleted it is
+/// dead-lettered then, with the same reason, not left scheduled (and counted against
+/// `max_queue_size`) until a retry time that may be days away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_agents_scheduled_retries_are_dead_lettered_at_once() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    rx.set_default("/later", Reply::Status(500));
+    admin
+        .agent_with_route(
+            "later",
+            &rx.url("/later"),
+            "to-later",
+            policy(5, "fixed", 3_600_000, 3_600_000),
+        )
+        .await;
+    let id = post_routed(&app, "push", 0).await;
+    let d = admin.wait_status(id, "scheduled").await;
+    assert_eq!(d["attempts"], 1, "{d}");
+    poll(Duration::from_secs(20), "one scheduled", || async {
+        let v = admin.stats().await;
+        if v["scheduled"] == 1 { Ok(()) } else { Err(v) }
+    })
+    .await;
+
+    assert_eq!(admin.delete("/admin/routes/to-later").await.0, 204);
+    assert_eq!(admin.delete("/admin/agents/later").await.0, 204);
+    let d = admin.wait_status(id, "dead").await;
+    assert_eq!(d["lastError"], NO_AGENT, "{d}");
+    assert_eq!(d["nextAttemptAt"], Value::Null, "{d}");
+    let stats = admin.stats().await;
+    assert_eq!(stats["scheduled"], 0, "{stats}");
+    assert_eq!(stats["byAgent"], json!({}), "{stats}");
+    assert_eq!(stats["deadLettered"], 1, "{stats}");
+    assert_eq!(rx.received("/later").len(), 1);
+    app.stop().await;
 }

@@ -225,9 +225,18 @@ pub async fn open(
     t: Transport,
     req: &StreamRequest,
 ) -> Result<StreamClient, Refused> {
+    open_at(app.addr, t, req).await
+}
+
+/// Opens a stream on the server at `addr` (in process or the real binary) over `t`.
+pub async fn open_at(
+    addr: std::net::SocketAddr,
+    t: Transport,
+    req: &StreamRequest,
+) -> Result<StreamClient, Refused> {
     match t {
-        Transport::Ws => open_ws(app, req).await,
-        Transport::Sse => open_sse(app, req).await,
+        Transport::Ws => open_ws(addr, req).await,
+        Transport::Sse => open_sse(addr, req).await,
     }
 }
 
@@ -256,10 +265,12 @@ pub async fn open_refused(app: &TestApp, t: Transport, req: &StreamRequest) -> R
     }
 }
 
-async fn open_sse(app: &TestApp, req: &StreamRequest) -> Result<StreamClient, Refused> {
-    let mut r = app
-        .client
-        .get(app.url(&format!("/stream/sse?{}", req.query_string())))
+async fn open_sse(
+    addr: std::net::SocketAddr,
+    req: &StreamRequest,
+) -> Result<StreamClient, Refused> {
+    let mut r = reqwest::Client::new()
+        .get(format!("http://{addr}/stream/sse?{}", req.query_string()))
         .header("accept", "text/event-stream");
     if let Some(k) = &req.bearer {
         r = r.bearer_auth(k);
@@ -283,8 +294,8 @@ async fn open_sse(app: &TestApp, req: &StreamRequest) -> Result<StreamClient, Re
     })))
 }
 
-async fn open_ws(app: &TestApp, req: &StreamRequest) -> Result<StreamClient, Refused> {
-    let url = format!("ws://{}/stream/ws?{}", app.addr, req.query_string());
+async fn open_ws(addr: std::net::SocketAddr, req: &StreamRequest) -> Result<StreamClient, Refused> {
+    let url = format!("ws://{addr}/stream/ws?{}", req.query_string());
     let mut request = url.into_client_request().expect("a valid ws request");
     if let Some(k) = &req.bearer {
         request
@@ -297,7 +308,7 @@ async fn open_ws(app: &TestApp, req: &StreamRequest) -> Result<StreamClient, Ref
             v.parse().unwrap(),
         );
     }
-    let tcp = TcpStream::connect(app.addr).await.expect("connect");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
     let handshake = tokio::time::timeout(SOON, tokio_tungstenite::client_async(request, tcp))
         .await
         .expect("the WebSocket handshake is answered");

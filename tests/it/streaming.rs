@@ -973,3 +973,209 @@ async fn payload_rules_bodies_and_stream_filters_with_and_without_a_stream_open(
     wait_open_count(&app, 0).await;
     round(&app, &rx, 4).await;
 }
+
+/// Resume across a restart of the router (docs/streaming.md "Resume"), with the non-browser
+/// clients an agent would use: a WebSocket client resuming with `lastEventId`, SSE clients
+/// resuming with the `Last-Event-ID` header or the `lastEventId` parameter. Clients that stayed
+/// connected until the shutdown, and clients that left earlier, each resume with the last id
+/// they got, after events were posted while they were away both before and after the restart;
+/// what each receives over its two connections is every routed event exactly once, in order,
+/// then the live ones.
+#[tokio::test]
+async fn resume_across_a_router_restart_misses_nothing_and_doubles_nothing() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let req = StreamRequest::new("bot", AGENT_KEY);
+    // How each client resumes after the restart.
+    type Resume = fn(StreamRequest, &str) -> StreamRequest;
+    let resume_with: [(&str, Transport, Resume); 3] = [
+        ("ws lastEventId", Transport::Ws, |r, id| {
+            r.param("lastEventId", id)
+        }),
+        ("sse Last-Event-ID", Transport::Sse, |r, id| {
+            r.header("last-event-id", id)
+        }),
+        ("sse lastEventId", Transport::Sse, |r, id| {
+            r.param("lastEventId", id)
+        }),
+    ];
+    let mut stayed = Vec::new();
+    let mut left = Vec::new();
+    for &(how, t, _) in &resume_with {
+        stayed.push((how, open_ok(&app, t, &req).await));
+        left.push((how, open_ok(&app, t, &req).await));
+    }
+    wait_open_count(&app, 6).await;
+    let mut all = Vec::new();
+    for n in 0..3 {
+        all.push(post_push(&app, n).await);
+    }
+    // Everyone gets the first three live; then half of the clients go away.
+    let mut got_stayed = Vec::new();
+    for (how, c) in &mut stayed {
+        let ids = c.event_ids_through(all[2]).await;
+        assert_sequence(&ids, &all, &format!("{how}: live before the restart"));
+        got_stayed.push(ids);
+    }
+    let mut got_left = Vec::new();
+    for (how, mut c) in left {
+        let ids = c.event_ids_through(all[2]).await;
+        assert_sequence(&ids, &all, &format!("{how}: live before leaving"));
+        got_left.push(ids);
+    }
+    // Posted while those are away, before the restart.
+    for n in 3..6 {
+        all.push(post_push(&app, n).await);
+    }
+    // The router stops; the clients still connected read to the end of their stream.
+    let addr = app.addr;
+    let stopping = tokio::spawn(app.stop());
+    for ((how, c), ids) in stayed.iter_mut().zip(&mut got_stayed) {
+        let (rest, end) = c.drain().await;
+        assert!(
+            matches!(end, Got::Closed { .. }),
+            "{how}: the stream did not end cleanly at the shutdown: {end:?}"
+        );
+        ids.extend(rest);
+    }
+    let dir = tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("the server stops")
+        .unwrap();
+    let app = TestApp::spawn_at(addr, dir, |_| {}).await;
+    // Posted after the restart, before anyone is back.
+    for n in 6..9 {
+        all.push(post_push(&app, n).await);
+    }
+    // Everyone resumes with the last id it got.
+    let mut resumed = Vec::new();
+    for (i, &(how, t, with)) in resume_with.iter().enumerate() {
+        for (whose, ids) in [("stayed", &got_stayed[i]), ("left", &got_left[i])] {
+            let last = ids.last().unwrap().to_string();
+            let c = open_ok(&app, t, &with(req.clone(), &last)).await;
+            resumed.push((
+                format!("{how} ({whose} until the shutdown)"),
+                ids.clone(),
+                c,
+            ));
+        }
+    }
+    wait_open_count(&app, 6).await;
+    // And these come live.
+    for n in 9..11 {
+        all.push(post_push(&app, n).await);
+    }
+    let newest = *all.last().unwrap();
+    for (what, mut ids, mut c) in resumed {
+        ids.extend(c.event_ids_through(newest).await);
+        assert_sequence(&ids, &all, &format!("{what}: before and after the restart"));
+    }
+    app.stop().await;
+}
+
+/// The same across a crash: the real binary is killed with SIGKILL while WebSocket and SSE
+/// clients are attached. Each resumes, on the restarted router, with the last id it handled:
+/// events acknowledged just before the kill (committed with their stream rows before the 200)
+/// are replayed, then those posted after the restart, then live ones — each once, in order.
+#[tokio::test]
+async fn resume_after_the_router_is_killed_replays_every_acknowledged_event_once() {
+    use crate::delivery::Admin;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ChildServer::start(dir.path(), &[]).await;
+    let admin = Admin::at(&server.base);
+    let (status, v) = admin.post("/admin/agents", stream_agent("bot")).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = admin.post("/admin/routes", route("to-bot", &["bot"])).await;
+    assert_eq!(status, 201, "{v}");
+    let addr = |base: &str| -> std::net::SocketAddr {
+        base.trim_start_matches("http://").parse().unwrap()
+    };
+    let client = reqwest::Client::new();
+    let post = |base: String, n: usize| {
+        let client = client.clone();
+        async move {
+            Webhook::github("push", push_body(n))
+                .send_to(&client, &base)
+                .await
+                .accepted()
+                .id
+        }
+    };
+    let req = StreamRequest::new("bot", AGENT_KEY);
+    type Resume = fn(StreamRequest, &str) -> StreamRequest;
+    let resume_with: [(&str, Transport, Resume); 3] = [
+        ("ws lastEventId", Transport::Ws, |r, id| {
+            r.param("lastEventId", id)
+        }),
+        ("sse Last-Event-ID", Transport::Sse, |r, id| {
+            r.header("last-event-id", id)
+        }),
+        ("sse lastEventId", Transport::Sse, |r, id| {
+            r.param("lastEventId", id)
+        }),
+    ];
+    let mut clients = Vec::new();
+    for &(_, t, _) in &resume_with {
+        let c = open_at(addr(&server.base), t, &req).await;
+        clients.push(c.unwrap_or_else(|r| panic!("{t:?} refused: {}", r.status)));
+    }
+    let mut all = Vec::new();
+    for n in 0..3 {
+        all.push(post(server.base.clone(), n).await);
+    }
+    // The clients handle the first three; two more are acknowledged; then the kill.
+    let mut handled = Vec::new();
+    for c in &mut clients {
+        handled.push(c.event_ids_through(all[2]).await);
+    }
+    for n in 3..5 {
+        all.push(post(server.base.clone(), n).await);
+    }
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
+    for c in &mut clients {
+        // Whatever was still on the way is lost with the connection; the client resumes.
+        let t = c.transport();
+        let end = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match c.next().await {
+                    Got::Message { .. } => continue,
+                    end => return end,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{t:?}: the stream did not end after the kill"));
+        assert!(
+            matches!(end, Got::Ended),
+            "{t:?}: a killed server sent a close: {end:?}"
+        );
+    }
+    drop(clients);
+
+    let server = ChildServer::start(dir.path(), &[]).await;
+    for n in 5..8 {
+        all.push(post(server.base.clone(), n).await);
+    }
+    let mut resumed = Vec::new();
+    for (i, &(how, t, with)) in resume_with.iter().enumerate() {
+        let last = handled[i].last().unwrap().to_string();
+        let c = open_at(addr(&server.base), t, &with(req.clone(), &last)).await;
+        let c = c.unwrap_or_else(|r| panic!("{how} refused: {}", r.status));
+        resumed.push((how, c));
+    }
+    // Live after the replay (the replay ends with the newest stored event, then goes on live).
+    let live_from = all.len();
+    for n in 8..10 {
+        all.push(post(server.base.clone(), n).await);
+    }
+    let newest = *all.last().unwrap();
+    for ((how, mut c), mut ids) in resumed.into_iter().zip(handled) {
+        ids.extend(c.event_ids_through(newest).await);
+        assert_sequence(
+            &ids,
+            &all,
+            &format!("{how}: handled before the kill, then resumed (live from #{live_from})"),
+        );
+    }
+}
