@@ -41,6 +41,10 @@ impl Provider for Linear {
         &[SIGNATURE]
     }
 
+    fn replay_window(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(WINDOW_MS))
+    }
+
     fn verify(&self, req: &Request<'_>, secrets: Option<&Secrets>) -> Result<(), VerifyError> {
         verify(hmac_keys(secrets)?, req.header(SIGNATURE), req.body)
     }

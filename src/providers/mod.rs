@@ -60,6 +60,13 @@ pub trait Provider: Send + Sync + 'static {
     /// when the source has none configured.
     fn verify(&self, req: &Request<'_>, secrets: Option<&Secrets>) -> Result<(), VerifyError>;
 
+    /// How far a signed timestamp may be from now, when the provider signs one (`None`: it
+    /// signs no timestamp, so there is no replay window). A request signed further away is
+    /// `stale_timestamp`; the docs and the black-box tests read this.
+    fn replay_window(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// What this provider's `application/x-www-form-urlencoded` bodies hold.
     fn form_body(&self) -> FormBody {
         FormBody::PayloadOrFields

@@ -46,6 +46,10 @@ impl Provider for Slack {
         &[SIGNATURE]
     }
 
+    fn replay_window(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(WINDOW_SECS))
+    }
+
     fn verify(&self, req: &Request<'_>, secrets: Option<&Secrets>) -> Result<(), VerifyError> {
         verify(
             hmac_keys(secrets)?,

@@ -59,6 +59,10 @@ impl Provider for Standard {
         secrets_from_list(list).map(Secrets::Hmac)
     }
 
+    fn replay_window(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(WINDOW_SECS))
+    }
+
     fn verify(&self, req: &Request<'_>, secrets: Option<&Secrets>) -> Result<(), VerifyError> {
         // On `internal`, an agent key stands in for a signature; a wrong one is refused even
         // when the request is also signed.
