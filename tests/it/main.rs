@@ -22,6 +22,7 @@ mod delivery_queue;
 mod fuzz_regressions;
 mod ingest;
 mod ingest_errors;
+mod providers;
 mod rate_limits;
 mod rules;
 mod rules_admin;
