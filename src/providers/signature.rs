@@ -68,6 +68,16 @@ impl SecretSet {
         list: &str,
         decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
     ) -> Result<SecretSet, SecretError> {
+        Self::from_list_with(hmac::HMAC_SHA256, list, decode)
+    }
+
+    /// As [`SecretSet::from_list`], for HMAC keys of `algorithm` (SHA-1 or SHA-512 where a
+    /// provider signs with them).
+    pub fn from_list_with(
+        algorithm: hmac::Algorithm,
+        list: &str,
+        decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
+    ) -> Result<SecretSet, SecretError> {
         let mut keys = Vec::new();
         for (index, entry) in list.split(',').enumerate() {
             let entry = entry.trim();
@@ -75,7 +85,7 @@ impl SecretSet {
                 continue;
             }
             let bytes = decode(index + 1, entry)?;
-            keys.push(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+            keys.push(hmac::Key::new(algorithm, &bytes));
         }
         if keys.is_empty() {
             return Err(SecretError::Empty);

@@ -233,3 +233,114 @@ async fn a_provider_without_its_secret_is_not_configured() {
     }
     app.stop().await;
 }
+
+/// Two catalog providers written as config recipes (docs/providers.md, "Any other provider"):
+/// what GitHub and Slack sign is accepted by the recipe sources too, deduped by the recipe's
+/// id header, the recipe's signature header is not archived, and a tampered or stale request is
+/// refused as the catalog provider's would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_providers_written_as_recipes_verify_the_same_requests() {
+    use event_router::config::SourceConfig;
+    use event_router::providers::recipe::{Recipe, RecipeSpec};
+    use event_router::providers::{github, slack};
+
+    let gh = Recipe::build(
+        "hmac",
+        &RecipeSpec {
+            header: Some("X-Hub-Signature-256".into()),
+            prefix: Some("sha256=".into()),
+            id_header: Some("X-GitHub-Delivery".into()),
+            type_header: Some("X-GitHub-Event".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sl = Recipe::build(
+        "hmac",
+        &RecipeSpec {
+            header: Some("X-Slack-Signature".into()),
+            prefix: Some("v0=".into()),
+            signed: Some("v0:{timestamp}:{body}".into()),
+            timestamp_header: Some("X-Slack-Request-Timestamp".into()),
+            tolerance_secs: Some(300),
+            type_path: Some("payload.event.type".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let app = TestApp::spawn_with(|c| {
+        for (name, provider) in [("gh-recipe", gh as &dyn Provider), ("slack-recipe", sl)] {
+            c.sources.insert(
+                name.into(),
+                SourceConfig {
+                    provider,
+                    secret_env: vec![],
+                    secret: Some(Secret("recipe-secret".into())),
+                    identifier_field: None,
+                    public_url: None,
+                },
+            );
+        }
+    })
+    .await;
+
+    // GitHub's own signer, GitHub's headers.
+    let body = br#"{"action":"opened","number":7}"#.to_vec();
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let gh_request = |sig: String| Outgoing {
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-github-event".into(), "pull_request".into()),
+            ("x-github-delivery".into(), delivery.clone()),
+            ("x-hub-signature-256".into(), sig),
+        ],
+        body: body.clone(),
+    };
+    let ok = gh_request(github::sign(b"recipe-secret", &body));
+    let first = post(&app, "gh-recipe", &ok).await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    let id = first.1["eventId"].as_str().unwrap().to_string();
+    let (_, stored) = app.admin_get(&format!("/admin/events/{id}")).await;
+    assert_eq!(stored["event"]["type"], "pull_request", "{stored}");
+    assert_eq!(stored["event"]["deliveryId"], delivery.as_str(), "{stored}");
+    assert!(
+        stored["event"]["metadata"]["headers"]
+            .get("x-hub-signature-256")
+            .is_none(),
+        "{stored}"
+    );
+    let again = post(&app, "gh-recipe", &ok).await;
+    assert_eq!(again.1["duplicate"], true, "{}", again.1);
+    let wrong = post(
+        &app,
+        "gh-recipe",
+        &gh_request(github::sign(b"other", &body)),
+    )
+    .await;
+    assert_eq!(wrong.0, 401);
+    assert_eq!(wrong.1["code"], "invalid_signature");
+
+    // Slack's own signer; the type read from the body.
+    let body = br#"{"type":"event_callback","event":{"type":"app_mention"}}"#.to_vec();
+    let slack_request = |ts: i64| Outgoing {
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-slack-request-timestamp".into(), ts.to_string()),
+            (
+                "x-slack-signature".into(),
+                slack::sign(b"recipe-secret", ts, &body),
+            ),
+        ],
+        body: body.clone(),
+    };
+    let now = now_ms() / 1000;
+    let answer = post(&app, "slack-recipe", &slack_request(now)).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let id = answer.1["eventId"].as_str().unwrap().to_string();
+    let (_, stored) = app.admin_get(&format!("/admin/events/{id}")).await;
+    assert_eq!(stored["event"]["type"], "app_mention", "{stored}");
+    let stale = post(&app, "slack-recipe", &slack_request(now - 400)).await;
+    assert_eq!(stale.0, 401, "{}", stale.1);
+    assert_eq!(stale.1["code"], "stale_timestamp");
+    app.stop().await;
+}
