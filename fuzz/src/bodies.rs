@@ -1613,99 +1613,6 @@ pub fn ingest_prepare(data: &[u8]) {
     assert_eq!(back, event, "archived text differs from the event");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_split_on_nul_and_the_last_takes_the_rest() {
-        let mut f = Fields::new(b"a\0\0b\0c\0d");
-        assert_eq!(f.next(), Some(&b"a"[..]));
-        assert_eq!(f.next(), Some(&b""[..]));
-        assert_eq!(f.next(), Some(&b"b"[..]));
-        assert_eq!(f.rest(), b"c\0d");
-        let mut f = Fields::new(b"x");
-        assert_eq!(f.next(), Some(&b"x"[..]));
-        assert_eq!(f.next(), None);
-        assert_eq!(f.rest(), b"");
-    }
-
-    #[test]
-    fn ctrl_reads_zero_when_used_up() {
-        let mut c = Ctrl(&[7, 1]);
-        assert_eq!(c.byte(), 7);
-        assert!(c.flag());
-        assert_eq!(c.byte(), 0);
-        assert_eq!(c.below(5), 0);
-    }
-
-    #[test]
-    fn the_reference_models_accept_genuine_signatures() {
-        let keys = vec![b"k1".to_vec(), b"k2".to_vec()];
-        let sig = github::sign(b"k2", b"body");
-        assert_eq!(
-            github_expected(&keys, Some(sig.as_bytes()), b"body"),
-            Ok(())
-        );
-        assert!(github_expected(&keys, Some(sig.as_bytes()), b"other").is_err());
-        let sig = slack::sign(b"k1", NOW_SECS, b"body");
-        let ts = NOW_SECS.to_string();
-        let slack = |now| {
-            slack_expected(
-                &keys,
-                Some(sig.as_bytes()),
-                Some(ts.as_bytes()),
-                b"body",
-                now,
-            )
-        };
-        assert_eq!(slack(NOW_SECS + 300), Ok(()));
-        assert_eq!(slack(NOW_SECS + 301), Err(VerifyError::StaleTimestamp));
-        let sig = StandardSigner::from_secret(&format!("whsec_{}", STANDARD.encode(b"k1")))
-            .unwrap()
-            .sign("msg_1", NOW_SECS, b"body");
-        let header = format!("v1,AAAA {sig}");
-        assert_eq!(
-            standard_expected(
-                &keys,
-                Some(b"msg_1"),
-                Some(ts.as_bytes()),
-                Some(header.as_bytes()),
-                b"body",
-                NOW_SECS
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            linear_ts_expected(None, Some(NOW_MS - 60_000), NOW_MS),
-            Ok(())
-        );
-        assert_eq!(
-            linear_ts_expected(Some(b"-1"), Some(NOW_MS), NOW_MS),
-            Err(VerifyError::StaleTimestamp)
-        );
-    }
-
-    #[test]
-    fn the_json_reference_enforces_the_depth_limit() {
-        let ok = format!("{}{{}}{}", "{\"a\":".repeat(127), "}".repeat(127));
-        assert!(json_object_expected(ok.as_bytes()).unwrap().is_some());
-        let deep = format!("{}{{}}{}", "{\"a\":".repeat(128), "}".repeat(128));
-        assert_eq!(json_object_expected(deep.as_bytes()), Some(None));
-        assert_eq!(json_object_expected(b"[]"), Some(None));
-        assert_eq!(json_object_expected("[".repeat(600).as_bytes()), None);
-    }
-
-    #[test]
-    fn every_target_accepts_empty_and_garbage_input() {
-        for (_, target) in TARGETS {
-            target(b"");
-            target(b"\0\0\0\0\0\0");
-            target(b"\xff\xfe\0\xff\0{\0[");
-        }
-    }
-}
-
 // --- recipes ---
 
 /// Config-declared providers (`scheme = "hmac"`, `"token"`, `"basic"`). Layout:
@@ -1839,6 +1746,99 @@ pub fn recipe(data: &[u8]) {
                     "{scheme}: a changed body verified"
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_split_on_nul_and_the_last_takes_the_rest() {
+        let mut f = Fields::new(b"a\0\0b\0c\0d");
+        assert_eq!(f.next(), Some(&b"a"[..]));
+        assert_eq!(f.next(), Some(&b""[..]));
+        assert_eq!(f.next(), Some(&b"b"[..]));
+        assert_eq!(f.rest(), b"c\0d");
+        let mut f = Fields::new(b"x");
+        assert_eq!(f.next(), Some(&b"x"[..]));
+        assert_eq!(f.next(), None);
+        assert_eq!(f.rest(), b"");
+    }
+
+    #[test]
+    fn ctrl_reads_zero_when_used_up() {
+        let mut c = Ctrl(&[7, 1]);
+        assert_eq!(c.byte(), 7);
+        assert!(c.flag());
+        assert_eq!(c.byte(), 0);
+        assert_eq!(c.below(5), 0);
+    }
+
+    #[test]
+    fn the_reference_models_accept_genuine_signatures() {
+        let keys = vec![b"k1".to_vec(), b"k2".to_vec()];
+        let sig = github::sign(b"k2", b"body");
+        assert_eq!(
+            github_expected(&keys, Some(sig.as_bytes()), b"body"),
+            Ok(())
+        );
+        assert!(github_expected(&keys, Some(sig.as_bytes()), b"other").is_err());
+        let sig = slack::sign(b"k1", NOW_SECS, b"body");
+        let ts = NOW_SECS.to_string();
+        let slack = |now| {
+            slack_expected(
+                &keys,
+                Some(sig.as_bytes()),
+                Some(ts.as_bytes()),
+                b"body",
+                now,
+            )
+        };
+        assert_eq!(slack(NOW_SECS + 300), Ok(()));
+        assert_eq!(slack(NOW_SECS + 301), Err(VerifyError::StaleTimestamp));
+        let sig = StandardSigner::from_secret(&format!("whsec_{}", STANDARD.encode(b"k1")))
+            .unwrap()
+            .sign("msg_1", NOW_SECS, b"body");
+        let header = format!("v1,AAAA {sig}");
+        assert_eq!(
+            standard_expected(
+                &keys,
+                Some(b"msg_1"),
+                Some(ts.as_bytes()),
+                Some(header.as_bytes()),
+                b"body",
+                NOW_SECS
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            linear_ts_expected(None, Some(NOW_MS - 60_000), NOW_MS),
+            Ok(())
+        );
+        assert_eq!(
+            linear_ts_expected(Some(b"-1"), Some(NOW_MS), NOW_MS),
+            Err(VerifyError::StaleTimestamp)
+        );
+    }
+
+    #[test]
+    fn the_json_reference_enforces_the_depth_limit() {
+        let ok = format!("{}{{}}{}", "{\"a\":".repeat(127), "}".repeat(127));
+        assert!(json_object_expected(ok.as_bytes()).unwrap().is_some());
+        let deep = format!("{}{{}}{}", "{\"a\":".repeat(128), "}".repeat(128));
+        assert_eq!(json_object_expected(deep.as_bytes()), Some(None));
+        assert_eq!(json_object_expected(b"[]"), Some(None));
+        assert_eq!(json_object_expected("[".repeat(600).as_bytes()), None);
+    }
+
+    #[test]
+    fn every_target_accepts_empty_and_garbage_input() {
+        for (_, target) in TARGETS {
+            target(b"");
+            target(b"\0\0\0\0\0\0");
+            target(b"\xff\xfe\0\xff\0{\0[");
         }
     }
 }
