@@ -422,17 +422,16 @@ impl Provider for Recipe {
                 if matched { Ok(()) } else { INVALID }
             }
             (Kind::Basic, Some(Secrets::Tokens(tokens))) => {
+                // No credentials longer than the longest secret are decoded.
+                let longest = tokens.iter().map(Vec::len).max().unwrap_or(0);
                 let Some(credentials) = Self::value(req, "authorization")
                     .and_then(|v| {
                         v.get(..6)
                             .filter(|s| s.eq_ignore_ascii_case(b"basic "))
-                            .map(|_| &v[6..])
+                            .map(|_| v[6..].trim_ascii())
                     })
-                    .and_then(|b64| {
-                        (b64.len() <= 1024)
-                            .then(|| STANDARD_PAD_INDIFFERENT.decode(b64.trim_ascii()).ok())
-                            .flatten()
-                    })
+                    .filter(|b64| b64.len() <= longest.div_ceil(3) * 4)
+                    .and_then(|b64| STANDARD_PAD_INDIFFERENT.decode(b64).ok())
                 else {
                     return INVALID;
                 };
