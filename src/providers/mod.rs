@@ -16,6 +16,7 @@ pub mod linear;
 pub mod signature;
 pub mod slack;
 pub mod standard;
+pub mod stripe;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -32,6 +33,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &linear::Linear,
     &slack::Slack,
     &standard::Standard,
+    &stripe::Stripe,
 ];
 
 /// Everything the router knows about one provider.
@@ -364,8 +366,11 @@ mod tests {
         }
         assert!(by_name("internal").is_none());
         assert!(by_source("standard").is_none());
-        assert_eq!(names_text(), "github, linear, slack or standard");
-        assert_eq!(builtin_sources_text(), "github, linear, slack, internal");
+        assert_eq!(names_text(), "github, linear, slack, standard or stripe");
+        assert_eq!(
+            builtin_sources_text(),
+            "github, linear, slack, internal, stripe"
+        );
     }
 
     #[test]
