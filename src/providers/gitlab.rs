@@ -1,0 +1,227 @@
+//! GitLab: no signature, a shared token: `X-Gitlab-Token` equal to the webhook's secret token,
+//! compared in constant time with each secret of the list (rotation). No timestamp is sent, so
+//! there is no replay window.
+//!
+//! The event type is the body's `object_kind` (`merge_request`, `push`, `pipeline`, …), else
+//! `event_name` (system hooks), else the `X-Gitlab-Event` header (`Merge Request Hook`); the
+//! action is `object_attributes.action` (`open`, `merge`, …). The delivery id is
+//! `Idempotency-Key` (GitLab 17.4 and later: the same on every retry of one delivery), else
+//! `X-Gitlab-Event-UUID` (per event; recursive webhooks share it). `X-Gitlab-Webhook-UUID`
+//! names the webhook, not the delivery, and is not used. The default identifier is the project
+//! (`project.path_with_namespace`).
+//!
+//! The comparison: both the configured secret and the received token are used as HMAC-SHA256
+//! keys over a fixed message and the tags compared with `ct_eq`, so the secret set stays a
+//! [`SecretSet`] and neither the token's content nor its length leaks through timing. Two keys
+//! give the same tag only if HMAC treats them as the same key (equal after zero-padding, which
+//! a header value cannot carry, or a key longer than 64 bytes given as its SHA-256 digest,
+//! which only the secret's holder knows).
+
+use http::HeaderMap;
+use ring::hmac;
+
+use super::signature::{VerifyError, ct_eq, mac_of};
+use super::{
+    Builtin, Outgoing, Provider, Request, SecretSet, Secrets, SendOptions, SignError, header_str,
+    hmac_keys,
+};
+use crate::event::{BodyError, Classified, Field, Fields, Probe};
+
+pub struct GitLab;
+
+const OBJECT_KIND: Field = Field::new(0);
+const EVENT_NAME: Field = Field::new(1);
+const ACTION: Field = Field::new(2);
+const TOKEN: &str = "x-gitlab-token";
+const EVENT: &str = "x-gitlab-event";
+const EVENT_UUID: &str = "x-gitlab-event-uuid";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// What both the secret and the token MAC, to compare them.
+const PROBE: &[u8] = b"event-router gitlab token comparison";
+
+impl Provider for GitLab {
+    fn name(&self) -> &'static str {
+        "gitlab"
+    }
+
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin {
+            source: "gitlab",
+            secret_env: &["GITLAB_WEBHOOK_SECRET"],
+            identifier: Some("payload.project.path_with_namespace"),
+        })
+    }
+
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &[TOKEN]
+    }
+
+    fn verify(&self, req: &Request<'_>, secrets: Option<&Secrets>) -> Result<(), VerifyError> {
+        verify(hmac_keys(secrets)?, req.header(TOKEN))
+    }
+
+    fn probes(&self) -> &'static [Probe] {
+        &[
+            (&["object_kind"], OBJECT_KIND),
+            (&["event_name"], EVENT_NAME),
+            (&["object_attributes", "action"], ACTION),
+        ]
+    }
+
+    fn classify(&self, headers: &HeaderMap, fields: &Fields<'_>) -> Result<Classified, BodyError> {
+        let event_type = fields
+            .str(OBJECT_KIND)
+            .filter(|t| !t.is_empty())
+            .or_else(|| fields.str(EVENT_NAME).filter(|t| !t.is_empty()))
+            .or_else(|| header_str(headers, EVENT))
+            .ok_or_else(|| {
+                BodyError(
+                    "a GitLab webhook needs \"object_kind\", \"event_name\" or X-Gitlab-Event"
+                        .into(),
+                )
+            })?;
+        let delivery_id =
+            header_str(headers, IDEMPOTENCY_KEY).or_else(|| header_str(headers, EVENT_UUID));
+        Ok(Classified {
+            event_type: event_type.to_string(),
+            action: fields.str(ACTION).map(str::to_string),
+            delivery_id: delivery_id.map(str::to_string),
+        })
+    }
+
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
+        out.header("user-agent", "GitLab/17.6.0");
+        out.header(EVENT, opts.event.unwrap_or("Merge Request Hook"));
+        out.header("x-gitlab-instance", "https://gitlab.example.com");
+        out.header("x-gitlab-webhook-uuid", uuid::Uuid::new_v4().to_string());
+        out.header(EVENT_UUID, uuid::Uuid::new_v4().to_string());
+        out.header(IDEMPOTENCY_KEY, uuid::Uuid::new_v4().to_string());
+        Ok(())
+    }
+
+    fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
+        out.header(TOKEN, opts.secret()?.trim());
+        Ok(())
+    }
+
+    fn sample(&self) -> &'static str {
+        include_str!("../../examples/gitlab-merge_request.json")
+    }
+}
+
+/// `X-Gitlab-Token` equal to one of the secrets (surrounding whitespace ignored, as in the
+/// secret list); missing or empty is `InvalidSignature`.
+pub fn verify(secrets: &SecretSet, token: Option<&[u8]>) -> Result<(), VerifyError> {
+    let token = token
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .ok_or(VerifyError::InvalidSignature)?;
+    let theirs = mac_of(&hmac::Key::new(hmac::HMAC_SHA256, token), &[PROBE]);
+    if secrets.any_mac(&[PROBE], |ours| ct_eq(ours, theirs.as_ref())) {
+        Ok(())
+    } else {
+        Err(VerifyError::InvalidSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::ProbeSpec;
+
+    const INVALID: Result<(), VerifyError> = Err(VerifyError::InvalidSignature);
+
+    fn set(list: &str) -> SecretSet {
+        SecretSet::hmac_from_list(list).unwrap()
+    }
+
+    #[test]
+    fn gitlab_token_must_equal_a_secret() {
+        let s = set("glwt-4f8a9c2e71b3d5");
+        assert_eq!(verify(&s, Some(b"glwt-4f8a9c2e71b3d5")), Ok(()));
+        assert_eq!(verify(&s, Some(b" glwt-4f8a9c2e71b3d5 ")), Ok(()));
+        assert_eq!(verify(&s, None), INVALID);
+        assert_eq!(verify(&s, Some(b"")), INVALID);
+        assert_eq!(verify(&s, Some(b"glwt-4f8a9c2e71b3d")), INVALID);
+        assert_eq!(verify(&s, Some(b"glwt-4f8a9c2e71b3d55")), INVALID);
+        assert_eq!(verify(&s, Some(b"GLWT-4F8A9C2E71B3D5")), INVALID);
+        assert_eq!(verify(&s, Some(b"\xff\xfe")), INVALID);
+        assert_eq!(verify(&set("other"), Some(b"glwt-4f8a9c2e71b3d5")), INVALID);
+    }
+
+    #[test]
+    fn gitlab_rotation() {
+        let s = set("old-token,new-token");
+        assert_eq!(verify(&s, Some(b"old-token")), Ok(()));
+        assert_eq!(verify(&s, Some(b"new-token")), Ok(()));
+        assert_eq!(verify(&s, Some(b"old-token,new-token")), INVALID);
+    }
+
+    fn hdrs(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn classify_object_kind_event_name_or_header() {
+        let spec = ProbeSpec::new(GitLab.probes(), None);
+        let sample: serde_json::Value = serde_json::from_str(GitLab.sample()).unwrap();
+        let mr = GitLab
+            .classify(
+                &hdrs(&[
+                    (EVENT, "Merge Request Hook"),
+                    (EVENT_UUID, "e-1"),
+                    (IDEMPOTENCY_KEY, "k-1"),
+                ]),
+                &spec.read_value(&sample),
+            )
+            .unwrap();
+        assert_eq!(mr.event_type, "merge_request");
+        assert_eq!(mr.action.as_deref(), Some("open"));
+        assert_eq!(mr.delivery_id.as_deref(), Some("k-1"));
+        let push = GitLab
+            .classify(
+                &hdrs(&[(EVENT, "Push Hook"), (EVENT_UUID, "e-2")]),
+                &spec.read_value(&json!({"object_kind": "push"})),
+            )
+            .unwrap();
+        assert_eq!((push.event_type.as_str(), push.action), ("push", None));
+        assert_eq!(push.delivery_id.as_deref(), Some("e-2"));
+        let system = GitLab
+            .classify(
+                &hdrs(&[(EVENT, "System Hook")]),
+                &spec.read_value(&json!({"event_name": "project_create"})),
+            )
+            .unwrap();
+        assert_eq!(system.event_type, "project_create");
+        assert_eq!(system.delivery_id, None);
+        let header_only = GitLab
+            .classify(
+                &hdrs(&[(EVENT, "Emoji Hook")]),
+                &spec.read_value(&json!({})),
+            )
+            .unwrap();
+        assert_eq!(header_only.event_type, "Emoji Hook");
+        assert!(GitLab.classify(&hdrs(&[]), &Fields::default()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn prop_gitlab(secret in "[!-+--~]{1,80}", other in "[!-+--~]{1,80}") {
+            let s = set(&secret);
+            prop_assert_eq!(verify(&s, Some(secret.as_bytes())), Ok(()));
+            if other != secret {
+                prop_assert_eq!(verify(&s, Some(other.as_bytes())), INVALID);
+            }
+        }
+    }
+}
