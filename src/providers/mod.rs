@@ -14,11 +14,15 @@
 pub mod github;
 pub mod gitlab;
 pub mod linear;
+pub mod paddle;
+pub mod pagerduty;
 pub mod shopify;
 pub mod signature;
 pub mod slack;
 pub mod standard;
 pub mod stripe;
+pub mod svix;
+pub mod zendesk;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -38,6 +42,10 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &stripe::Stripe,
     &gitlab::GitLab,
     &shopify::Shopify,
+    &svix::Svix,
+    &paddle::Paddle,
+    &pagerduty::PagerDuty,
+    &zendesk::Zendesk,
 ];
 
 /// Everything the router knows about one provider.
@@ -372,11 +380,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, stripe, gitlab or shopify"
+            "github, linear, slack, standard, stripe, gitlab, shopify, svix, paddle, pagerduty or zendesk"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, stripe, gitlab, shopify"
+            "github, linear, slack, internal, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk"
         );
     }
 
@@ -404,7 +412,7 @@ mod tests {
         for p in PROVIDERS {
             for composed in [false, true] {
                 let secret = match p.name() {
-                    "standard" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "standard" | "svix" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                     _ => "a-provider-secret",
                 };
                 let secrets = p.parse_secrets(secret).unwrap();
