@@ -10,17 +10,16 @@
 //! names the webhook, not the delivery, and is not used. The default identifier is the project
 //! (`project.path_with_namespace`).
 //!
-//! The comparison: both the configured secret and the received token are used as HMAC-SHA256
-//! keys over a fixed message and the tags compared with `ct_eq`, so the secret set stays a
-//! [`SecretSet`] and neither the token's content nor its length leaks through timing. Two keys
-//! give the same tag only if HMAC treats them as the same key (equal after zero-padding, which
-//! a header value cannot carry, or a key longer than 64 bytes given as its SHA-256 digest,
-//! which only the secret's holder knows).
+//! The comparison: each secret is kept as the HMAC-SHA256 key SHA-256(secret) (so the set stays
+//! a [`SecretSet`]); the received token is hashed the same way, both keys MAC a fixed message,
+//! and the tags are compared with `ct_eq`. Neither the token's content nor its length leaks
+//! through timing, and since both keys are 32-byte digests, the tags are equal exactly when
+//! the digests are, that is when the token is the secret.
 
 use http::HeaderMap;
-use ring::hmac;
+use ring::{digest, hmac};
 
-use super::signature::{VerifyError, ct_eq, mac_of};
+use super::signature::{SecretError, VerifyError, ct_eq, mac_of};
 use super::{
     Builtin, Outgoing, Provider, Request, SecretSet, Secrets, SendOptions, SignError, header_str,
     hmac_keys,
@@ -55,6 +54,10 @@ impl Provider for GitLab {
 
     fn signature_headers(&self) -> &'static [&'static str] {
         &[TOKEN]
+    }
+
+    fn parse_secrets(&self, list: &str) -> Result<Secrets, SecretError> {
+        secrets_from_list(list).map(Secrets::Hmac)
     }
 
     fn verify(&self, req: &Request<'_>, secrets: Option<&Secrets>) -> Result<(), VerifyError> {
@@ -101,13 +104,29 @@ impl Provider for GitLab {
     }
 
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
-        out.header(TOKEN, opts.secret()?.trim());
+        let token = opts.secret()?.trim();
+        // The token travels as it is: it must be a header value.
+        if http::HeaderValue::from_str(token).is_err() {
+            return Err(SignError(
+                "a GitLab secret token must be printable ASCII to be sent in X-Gitlab-Token".into(),
+            ));
+        }
+        out.header(TOKEN, token);
         Ok(())
     }
 
     fn sample(&self) -> &'static str {
         include_str!("../../examples/gitlab-merge_request.json")
     }
+}
+
+/// Comma-separated secret tokens, each kept as the key SHA-256(token) (see the module's notes).
+pub fn secrets_from_list(list: &str) -> Result<SecretSet, SecretError> {
+    SecretSet::from_list(list, |_, token| Ok(token_key(token.as_bytes())))
+}
+
+fn token_key(token: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, token).as_ref().to_vec()
 }
 
 /// `X-Gitlab-Token` equal to one of the secrets (surrounding whitespace ignored, as in the
@@ -117,7 +136,10 @@ pub fn verify(secrets: &SecretSet, token: Option<&[u8]>) -> Result<(), VerifyErr
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
         .ok_or(VerifyError::InvalidSignature)?;
-    let theirs = mac_of(&hmac::Key::new(hmac::HMAC_SHA256, token), &[PROBE]);
+    let theirs = mac_of(
+        &hmac::Key::new(hmac::HMAC_SHA256, &token_key(token)),
+        &[PROBE],
+    );
     if secrets.any_mac(&[PROBE], |ours| ct_eq(ours, theirs.as_ref())) {
         Ok(())
     } else {
@@ -136,7 +158,7 @@ mod tests {
     const INVALID: Result<(), VerifyError> = Err(VerifyError::InvalidSignature);
 
     fn set(list: &str) -> SecretSet {
-        SecretSet::hmac_from_list(list).unwrap()
+        secrets_from_list(list).unwrap()
     }
 
     #[test]
@@ -151,6 +173,12 @@ mod tests {
         assert_eq!(verify(&s, Some(b"GLWT-4F8A9C2E71B3D5")), INVALID);
         assert_eq!(verify(&s, Some(b"\xff\xfe")), INVALID);
         assert_eq!(verify(&set("other"), Some(b"glwt-4f8a9c2e71b3d5")), INVALID);
+        // Keys HMAC would treat alike (zero-padded, or a long key and its digest) are not.
+        assert_eq!(verify(&s, Some(b"glwt-4f8a9c2e71b3d5\0")), INVALID);
+        let long = "x".repeat(100);
+        let digest = digest::digest(&digest::SHA256, long.as_bytes());
+        assert_eq!(verify(&set(&long), Some(digest.as_ref())), INVALID);
+        assert_eq!(verify(&set(&long), Some(long.as_bytes())), Ok(()));
     }
 
     #[test]
