@@ -10,12 +10,13 @@
 //! customer, `data.customer_id`.
 
 use http::HeaderMap;
+use serde_json::Value;
 
 use super::signature::{
     SHA256_LEN, VerifyError, ct_eq, decode_hex_mac, format_i64, hex_signature, parse_timestamp,
     within_window,
 };
-use super::stripe::{items, last_segment};
+use super::stripe::{items, last_segment, new_id, stamp_body};
 use super::{
     Builtin, Outgoing, Provider, Request, SecretSet, Secrets, SendOptions, SignError, hmac_keys,
 };
@@ -78,9 +79,17 @@ impl Provider for Paddle {
         })
     }
 
-    fn compose(&self, out: &mut Outgoing, _: &SendOptions<'_>) -> Result<(), SignError> {
+    /// Fresh `evt_…` and `ntf_…` ids, and `--event` as the body's `event_type`.
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         out.header("user-agent", "Paddle");
-        Ok(())
+        let mut edits = vec![
+            (&["event_id"][..], Value::from(new_id("evt_"))),
+            (&["notification_id"][..], Value::from(new_id("ntf_"))),
+        ];
+        if let Some(t) = opts.event {
+            edits.push((&["event_type"][..], Value::from(t)));
+        }
+        stamp_body(out, &edits)
     }
 
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {

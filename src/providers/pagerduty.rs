@@ -7,9 +7,10 @@
 //! default identifier is the service, `event.data.service.id` (incident events).
 
 use http::HeaderMap;
+use serde_json::Value;
 
 use super::signature::{SHA256_LEN, VerifyError, ct_eq, decode_hex_mac, hex_signature};
-use super::stripe::last_segment;
+use super::stripe::{last_segment, stamp_body};
 use super::{
     Builtin, Outgoing, Provider, Request, SecretSet, Secrets, SendOptions, SignError, hmac_keys,
 };
@@ -63,11 +64,17 @@ impl Provider for PagerDuty {
         })
     }
 
-    fn compose(&self, out: &mut Outgoing, _: &SendOptions<'_>) -> Result<(), SignError> {
+    /// A fresh `event.id`, and `--event` as `event.event_type`.
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         out.header("user-agent", "PagerDuty-Webhook/V3.0");
         out.header("x-webhook-id", uuid::Uuid::new_v4().to_string());
         out.header("x-webhook-subscription", "PSO8PY0");
-        Ok(())
+        let id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+        let mut edits = vec![(&["event", "id"][..], Value::from(&id[..26]))];
+        if let Some(t) = opts.event {
+            edits.push((&["event", "event_type"][..], Value::from(t)));
+        }
+        stamp_body(out, &edits)
     }
 
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {

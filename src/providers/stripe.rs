@@ -12,6 +12,7 @@
 //! further than 300 s ahead of its clock, like every other window here.
 
 use http::HeaderMap;
+use serde_json::{Map, Value};
 
 use super::signature::{
     SHA256_LEN, VerifyError, ct_eq, decode_hex_mac, format_i64, hex_signature, parse_timestamp,
@@ -77,12 +78,17 @@ impl Provider for Stripe {
         })
     }
 
-    fn compose(&self, out: &mut Outgoing, _: &SendOptions<'_>) -> Result<(), SignError> {
+    /// A fresh `evt_…` id, and `--event` as the body's `type`.
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         out.header(
             "user-agent",
             "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
         );
-        Ok(())
+        let mut edits = vec![(&["id"][..], Value::from(new_id("evt_")))];
+        if let Some(t) = opts.event {
+            edits.push((&["type"][..], Value::from(t)));
+        }
+        stamp_body(out, &edits)
     }
 
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
@@ -97,6 +103,41 @@ impl Provider for Stripe {
     fn sample(&self) -> &'static str {
         include_str!("../../examples/stripe-customer.created.json")
     }
+}
+
+/// For `send`, with providers whose event type and id are in the body: `edits` (a path and a
+/// value each; objects on the way made as needed) made to a JSON object body, so that each test
+/// webhook is a new event (a fresh id) of the type `--event` names. A body that is not a JSON
+/// object is sent as it is.
+pub(crate) fn stamp_body(out: &mut Outgoing, edits: &[(&[&str], Value)]) -> Result<(), SignError> {
+    let Ok(mut body @ Value::Object(_)) = serde_json::from_slice::<Value>(&out.body) else {
+        return Ok(());
+    };
+    for (path, value) in edits {
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let mut node = &mut body;
+        for key in parents {
+            let Value::Object(m) = node else {
+                break;
+            };
+            node = m
+                .entry(key.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
+        if let Value::Object(m) = node {
+            m.insert(last.to_string(), value.clone());
+        }
+    }
+    out.body = serde_json::to_vec(&body).map_err(|e| SignError(e.to_string()))?;
+    Ok(())
+}
+
+/// A new random id: `prefix` and 24 lowercase hex digits.
+pub(crate) fn new_id(prefix: &str) -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &hex[..24])
 }
 
 /// The part of `s` after the last `sep`, when there is one and it is not empty.
@@ -277,6 +318,42 @@ mod tests {
             .classify(&HeaderMap::new(), &spec.read_value(&sample))
             .unwrap();
         assert_eq!(c.event_type, "customer.created");
+    }
+
+    #[test]
+    fn compose_stamps_a_fresh_id_and_the_event_type() {
+        let opts = SendOptions {
+            event: Some("invoice.paid"),
+            secret: Some(SECRET),
+            agent_key: None,
+            now_ms: TS * 1000,
+        };
+        let mut out = Outgoing {
+            headers: Vec::new(),
+            body: Stripe.sample().as_bytes().to_vec(),
+        };
+        Stripe.compose(&mut out, &opts).unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(v["type"], "invoice.paid");
+        let id = v["id"].as_str().unwrap();
+        assert!(
+            id.starts_with("evt_") && id != "evt_1QTc2vFJ5ZhVBcWZ0ab1cDeF",
+            "{id}"
+        );
+        assert_eq!(v["data"]["object"]["id"], "cus_RMcGvT9pQx2Lb8");
+        // Nested paths are made; a body that is no JSON object is left alone.
+        let mut nested = Outgoing {
+            headers: Vec::new(),
+            body: b"{}".to_vec(),
+        };
+        stamp_body(&mut nested, &[(&["event", "id"][..], Value::from("x"))]).unwrap();
+        assert_eq!(nested.body, br#"{"event":{"id":"x"}}"#);
+        let mut form = Outgoing {
+            headers: Vec::new(),
+            body: b"a=1".to_vec(),
+        };
+        stamp_body(&mut form, &[(&["id"][..], Value::from("x"))]).unwrap();
+        assert_eq!(form.body, b"a=1");
     }
 
     proptest! {

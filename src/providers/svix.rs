@@ -78,10 +78,14 @@ impl Provider for Svix {
         })
     }
 
-    fn compose(&self, out: &mut Outgoing, _: &SendOptions<'_>) -> Result<(), SignError> {
+    /// A fresh `svix-id`, and `--event` as the body's `type`.
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         out.header("user-agent", "Svix-Webhooks/1.0");
         out.header(ID[0], new_message_id());
-        Ok(())
+        match opts.event {
+            Some(t) => super::stripe::stamp_body(out, &[(&["type"][..], t.into())]),
+            None => Ok(()),
+        }
     }
 
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {

@@ -15,9 +15,10 @@
 
 use base64::Engine as _;
 use http::HeaderMap;
+use serde_json::Value;
 
 use super::signature::{VerifyError, ct_eq, decode_b64_mac, mac_of, within_window};
-use super::stripe::last_segment;
+use super::stripe::{last_segment, stamp_body};
 use super::{
     Builtin, Outgoing, Provider, Request, SecretSet, Secrets, SendOptions, SignError, header_str,
     hmac_keys,
@@ -88,12 +89,17 @@ impl Provider for Zendesk {
         })
     }
 
-    fn compose(&self, out: &mut Outgoing, _: &SendOptions<'_>) -> Result<(), SignError> {
+    /// A fresh body `id`, and `--event` as the body's `type`.
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         out.header("user-agent", "Zendesk Webhook");
         out.header("x-zendesk-account-id", "10001");
         out.header("x-zendesk-webhook-id", "01JEFH5XW8Y9T7B6V4N2M0K8J6");
         out.header(INVOCATION_ID, uuid::Uuid::new_v4().to_string());
-        Ok(())
+        let mut edits = vec![(&["id"][..], Value::from(uuid::Uuid::new_v4().to_string()))];
+        if let Some(t) = opts.event {
+            edits.push((&["type"][..], Value::from(t)));
+        }
+        stamp_body(out, &edits)
     }
 
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
