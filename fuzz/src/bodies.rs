@@ -29,7 +29,7 @@ use event_router::providers::recipe::{Recipe, RecipeSpec};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
-    github, linear, slack, standard,
+    github, gitlab, linear, paddle, pagerduty, shopify, slack, standard, stripe, zendesk,
 };
 use event_router::rules::condition::Condition;
 use event_router::rules::model::{FilterCondition, Operator};
@@ -426,6 +426,438 @@ fn other_hex_digit(ctrl: &mut Ctrl<'_>, sig: &str, start: usize) -> Vec<u8> {
     out
 }
 
+// --- models of the stripe, gitlab, shopify, paddle, pagerduty and zendesk schemes ---
+// (svix is `standard::verify` under other header names: the standard model covers it.)
+
+/// A header the model judges: the fuzzer's own (`raw`), none, or a genuine one (`good`) edited
+/// once or twice, sometimes behind the fuzzer's own entries (`sep` between them).
+fn chosen_header(
+    ctrl: &mut Ctrl<'_>,
+    raw: Option<&[u8]>,
+    good: String,
+    sep: u8,
+) -> Option<Vec<u8>> {
+    match ctrl.byte() % 4 {
+        0 => raw.map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(ctrl, &mut v);
+            if ctrl.flag() {
+                edit(ctrl, &mut v);
+            }
+            if ctrl.flag() {
+                let mut with = raw.unwrap_or_default().to_vec();
+                with.push(sep);
+                with.extend_from_slice(&v);
+                v = with;
+            }
+            Some(v)
+        }
+    }
+}
+
+/// The `key=value` items of a header split on `sep`, each trimmed, split at the first `=`.
+fn kv_items(header: &[u8], sep: u8) -> Vec<(&[u8], &[u8])> {
+    header
+        .split(|b| *b == sep)
+        .filter_map(|item| {
+            let item = item.trim_ascii();
+            let at = item.iter().position(|b| *b == b'=')?;
+            Some((&item[..at], &item[at + 1..]))
+        })
+        .collect()
+}
+
+/// A `t=…,v1=…`-shaped header (Stripe, Paddle): the first `ts_key` item's digits, re-formatted,
+/// `joiner`, the body, MACed by some key, equal to some `mac_key` item's hex; then the window.
+#[allow(clippy::too_many_arguments)]
+fn listed_expected(
+    keys: &[Vec<u8>],
+    header: Option<&[u8]>,
+    body: &[u8],
+    now: i64,
+    (sep, ts_key, mac_key, joiner): (u8, &[u8], &[u8], &[u8]),
+    window: u64,
+) -> Result<(), VerifyError> {
+    let invalid = Err(VerifyError::InvalidSignature);
+    let Some(header) = header else {
+        return invalid;
+    };
+    let items = kv_items(header, sep);
+    let Some(t) = items
+        .iter()
+        .find(|(k, _)| *k == ts_key)
+        .and_then(|(_, v)| digits(v))
+    else {
+        return invalid;
+    };
+    let t_text = t.to_string();
+    let macs: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| hmac_raw(k, &[t_text.as_bytes(), joiner, body]))
+        .collect();
+    let matched = items
+        .iter()
+        .filter(|(k, _)| *k == mac_key)
+        .filter_map(|(_, v)| hex::decode(v).ok())
+        .any(|mac| macs.contains(&mac));
+    if !matched {
+        return invalid;
+    }
+    within(t, now, window)
+}
+
+const STRIPE_SHAPE: (u8, &[u8], &[u8], &[u8]) = (b',', b"t", b"v1", b".");
+const PADDLE_SHAPE: (u8, &[u8], &[u8], &[u8]) = (b';', b"ts", b"h1", b":");
+
+/// Stripe (`stripe::verify`) and Paddle (`paddle::verify`): every key's signature verifies at
+/// the window's edge and is stale past it; a changed body never verifies; any header, or a
+/// genuine one edited or behind the fuzzer's entries, is judged as [`listed_expected`] judges
+/// it, by the module and through the registry.
+fn timestamped_list_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    type Verify = fn(&SecretSet, Option<&[u8]>, &[u8], i64) -> Result<(), VerifyError>;
+    type Sign = fn(&[u8], i64, &[u8]) -> String;
+    let (name, verify, sign, shape, window): (&'static str, Verify, Sign, _, u64) =
+        if provider.name() == "stripe" {
+            (
+                "stripe-signature",
+                stripe::verify,
+                stripe::sign,
+                STRIPE_SHAPE,
+                stripe::WINDOW_SECS,
+            )
+        } else {
+            (
+                "paddle-signature",
+                paddle::verify,
+                paddle::sign,
+                PADDLE_SHAPE,
+                paddle::WINDOW_SECS,
+            )
+        };
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let now = ctrl.clock(NOW_SECS);
+    let ts = now.saturating_add(ctrl.i16() / 64).max(0);
+    let w = window as i64;
+    for key in &keys {
+        let sig = sign(key, ts, body);
+        let at = |now| verify(&set, Some(sig.as_bytes()), body, now);
+        assert_eq!(at(ts), Ok(()));
+        if let Some(late) = ts.checked_add(w) {
+            assert_eq!(at(late), Ok(()));
+        }
+        if let Some(late) = ts.checked_add(w + 1) {
+            assert_eq!(at(late), Err(VerifyError::StaleTimestamp));
+        }
+    }
+    let good = sign(&keys[ctrl.below(keys.len())], ts, body);
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            verify(&set, Some(good.as_bytes()), &other, ts),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let header = chosen_header(ctrl, raw(headers, name), good, shape.0);
+    let header = header.as_deref();
+    assert_eq!(
+        verify(&set, header, body, now),
+        listed_expected(&keys, header, body, now, shape, window),
+        "{name} {:?}, now {now}",
+        header.map(String::from_utf8_lossy)
+    );
+    let now_ms = now.saturating_mul(1000);
+    through_registry(
+        provider,
+        &keys,
+        &[(name, header)],
+        body,
+        now_ms,
+        listed_expected(&keys, header, body, now_ms / 1000, shape, window),
+    );
+}
+
+/// PagerDuty (`pagerduty::verify`): comma-separated `v1=<hex>` entries, any may match.
+fn pagerduty_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let expected = |keys: &[Vec<u8>], header: Option<&[u8]>| {
+        let macs: Vec<Vec<u8>> = keys.iter().map(|k| hmac_raw(k, &[body])).collect();
+        let ok = header.is_some_and(|h| {
+            h.split(|b| *b == b',')
+                .filter_map(|e| e.trim_ascii().strip_prefix(b"v1="))
+                .filter_map(|hex| hex::decode(hex).ok())
+                .any(|mac| macs.contains(&mac))
+        });
+        ok.then_some(()).ok_or(VerifyError::InvalidSignature)
+    };
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    for key in &keys {
+        let sig = pagerduty::sign(key, body);
+        assert_eq!(pagerduty::verify(&set, Some(sig.as_bytes()), body), Ok(()));
+    }
+    let good = pagerduty::sign(&keys[ctrl.below(keys.len())], body);
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            pagerduty::verify(&set, Some(good.as_bytes()), &other),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let header = chosen_header(ctrl, raw(headers, "x-pagerduty-signature"), good, b',');
+    let header = header.as_deref();
+    let want = expected(&keys, header);
+    assert_eq!(pagerduty::verify(&set, header, body), want);
+    through_registry(
+        provider,
+        &keys,
+        &[("x-pagerduty-signature", header)],
+        body,
+        NOW_MS,
+        want,
+    );
+}
+
+/// Shopify (`shopify::verify`): base64 (padding optional) of the body's HMAC.
+fn shopify_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let expected = |header: Option<&[u8]>| {
+        let ok = header
+            .map(<[u8]>::trim_ascii)
+            .and_then(|b64| STANDARD_PAD_INDIFFERENT.decode(b64).ok())
+            .is_some_and(|mac| keys.iter().any(|k| hmac_raw(k, &[body]) == mac));
+        ok.then_some(()).ok_or(VerifyError::InvalidSignature)
+    };
+    for key in &keys {
+        let sig = shopify::sign(key, body);
+        assert_eq!(shopify::verify(&set, Some(sig.as_bytes()), body), Ok(()));
+    }
+    let good = shopify::sign(&keys[ctrl.below(keys.len())], body);
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            shopify::verify(&set, Some(good.as_bytes()), &other),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let header = chosen_header(ctrl, raw(headers, "x-shopify-hmac-sha256"), good, b' ');
+    let header = header.as_deref();
+    let want = expected(header);
+    assert_eq!(shopify::verify(&set, header, body), want);
+    through_registry(
+        provider,
+        &keys,
+        &[("x-shopify-hmac-sha256", header)],
+        body,
+        NOW_MS,
+        want,
+    );
+}
+
+/// GitLab (`gitlab::verify`): the token, trimmed, is exactly one of the secrets. The set holds
+/// SHA-256 digests of the secrets, as `gitlab::secrets_from_list` builds it.
+fn gitlab_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    _body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let digests: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| {
+            ring::digest::digest(&ring::digest::SHA256, k)
+                .as_ref()
+                .to_vec()
+        })
+        .collect();
+    let set = key_set(&digests);
+    let expected = |token: Option<&[u8]>| {
+        let ok = token
+            .map(<[u8]>::trim_ascii)
+            .is_some_and(|t| !t.is_empty() && keys.iter().any(|k| k == t));
+        ok.then_some(()).ok_or(VerifyError::InvalidSignature)
+    };
+    for key in keys.iter().filter(|k| k.trim_ascii() == k.as_slice()) {
+        assert_eq!(gitlab::verify(&set, Some(key)), Ok(()));
+    }
+    let good = String::from_utf8_lossy(&keys[ctrl.below(keys.len())]).into_owned();
+    let token = chosen_header(ctrl, raw(headers, "x-gitlab-token"), good, b' ');
+    let token = token.as_deref();
+    let want = expected(token);
+    assert_eq!(gitlab::verify(&set, token), want, "token {token:?}");
+    through_registry(
+        provider,
+        &digests,
+        &[("x-gitlab-token", token)],
+        b"",
+        NOW_MS,
+        want,
+    );
+}
+
+/// An RFC 3339 date-time, by a regular expression and a day count: seconds since the epoch.
+fn rfc3339_expected(s: &[u8]) -> Option<i64> {
+    let re = regex::bytes::Regex::new(
+        r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|([+-])([0-9]{2}):([0-9]{2}))$",
+    )
+    .expect("a valid regex");
+    let c = re.captures(s)?;
+    let n = |i: usize| -> i64 {
+        std::str::from_utf8(&c[i])
+            .expect("digits")
+            .parse()
+            .expect("digits")
+    };
+    let (year, month, day, hour, minute, second) = (n(1), n(2), n(3), n(4), n(5), n(6));
+    let leap = |y: i64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = |y: i64, m: i64| match m {
+        2 if leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&month) || day < 1 || day > month_days(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let offset = match c.get(9) {
+        None => 0,
+        Some(sign) => {
+            let (h, m) = (n(10), n(11));
+            if h > 23 || m > 59 {
+                return None;
+            }
+            if sign.as_bytes() == b"-" {
+                -(h * 3600 + m * 60)
+            } else {
+                h * 3600 + m * 60
+            }
+        }
+    };
+    let mut days = 0i64;
+    for y in year.min(1970)..year.max(1970) {
+        days += if leap(y) { 366 } else { 365 };
+    }
+    if year < 1970 {
+        days = -days;
+    }
+    for m in 1..month {
+        days += month_days(year, m);
+    }
+    days += day - 1;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
+/// Zendesk (`zendesk::verify`): base64 of the HMAC of the timestamp header as sent, then the
+/// body; the timestamp (RFC 3339) within 300 s.
+fn zendesk_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let expected = |keys: &[Vec<u8>], sig: Option<&[u8]>, ts: Option<&[u8]>, now: i64| {
+        let invalid = Err(VerifyError::InvalidSignature);
+        let Some(mac) = sig
+            .map(<[u8]>::trim_ascii)
+            .and_then(|b64| STANDARD_PAD_INDIFFERENT.decode(b64).ok())
+        else {
+            return invalid;
+        };
+        let Some(ts_raw) = ts.map(<[u8]>::trim_ascii) else {
+            return invalid;
+        };
+        let Some(t) = rfc3339_expected(ts_raw) else {
+            return invalid;
+        };
+        if !keys.iter().any(|k| hmac_raw(k, &[ts_raw, body]) == mac) {
+            return invalid;
+        }
+        within(t, now, zendesk::WINDOW_SECS)
+    };
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let now = ctrl.clock(NOW_SECS);
+    let ts = now
+        .saturating_add(ctrl.i16() / 64)
+        .clamp(0, 253_402_300_000);
+    let ts_text = zendesk::format_rfc3339(ts).expect("a year below 10000");
+    assert_eq!(rfc3339_expected(ts_text.as_bytes()), Some(ts));
+    assert_eq!(zendesk::parse_rfc3339(ts_text.as_bytes()), Some(ts));
+    for key in &keys {
+        let sig = zendesk::sign(key, &ts_text, body);
+        let at = |now| {
+            zendesk::verify(
+                &set,
+                Some(sig.as_bytes()),
+                Some(ts_text.as_bytes()),
+                body,
+                now,
+            )
+        };
+        assert_eq!(at(ts), Ok(()));
+        assert_eq!(at(ts + 300), Ok(()));
+        assert_eq!(at(ts + 301), Err(VerifyError::StaleTimestamp));
+    }
+    let good = zendesk::sign(&keys[ctrl.below(keys.len())], &ts_text, body);
+    let sig = chosen_header(
+        ctrl,
+        raw(headers, "x-zendesk-webhook-signature"),
+        good,
+        b' ',
+    );
+    let ts_raw = raw(headers, "x-zendesk-webhook-signature-timestamp");
+    let ts_header = chosen_header(ctrl, ts_raw, ts_text, b' ');
+    let (sig, ts_header) = (sig.as_deref(), ts_header.as_deref());
+    if let Some(t) = ts_header {
+        assert_eq!(
+            zendesk::parse_rfc3339(t.trim_ascii()),
+            rfc3339_expected(t.trim_ascii())
+        );
+    }
+    assert_eq!(
+        zendesk::verify(&set, sig, ts_header, body, now),
+        expected(&keys, sig, ts_header, now),
+        "signature {:?}, timestamp {:?}, now {now}",
+        sig.map(String::from_utf8_lossy),
+        ts_header.map(String::from_utf8_lossy)
+    );
+    let now_ms = now.saturating_mul(1000);
+    through_registry(
+        provider,
+        &keys,
+        &[
+            ("x-zendesk-webhook-signature", sig),
+            ("x-zendesk-webhook-signature-timestamp", ts_header),
+        ],
+        body,
+        now_ms,
+        expected(&keys, sig, ts_header, now_ms / 1000),
+    );
+}
+
 // --- the verifier target ---
 
 /// A reference model: checks one provider's verifier (its module's functions, and the provider
@@ -440,6 +872,12 @@ const MODELS: &[(&str, Model)] = &[
     ("linear", linear_model),
     ("slack", slack_model),
     ("standard", standard_model),
+    ("stripe", timestamped_list_model),
+    ("gitlab", gitlab_model),
+    ("shopify", shopify_model),
+    ("paddle", timestamped_list_model),
+    ("pagerduty", pagerduty_model),
+    ("zendesk", zendesk_model),
 ];
 
 /// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte

@@ -18,7 +18,7 @@ use crate::support::*;
 /// differ for public-key schemes: the server holds the public key).
 fn secrets(p: &dyn Provider) -> (String, String) {
     match p.name() {
-        "standard" => (INTERNAL_SECRET.into(), INTERNAL_SECRET.into()),
+        "standard" | "svix" => (INTERNAL_SECRET.into(), INTERNAL_SECRET.into()),
         _ => {
             let s = format!("{}-provider-secret", p.name());
             (s.clone(), s)
@@ -29,7 +29,7 @@ fn secrets(p: &dyn Provider) -> (String, String) {
 /// Another secret of the same form, which the server does not know.
 fn other_secret(p: &dyn Provider) -> String {
     match p.name() {
-        "standard" => "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3".into(),
+        "standard" | "svix" => "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3".into(),
         _ => format!("{}-other-secret", p.name()),
     }
 }
