@@ -16,6 +16,7 @@ pub mod linear;
 pub mod signature;
 pub mod slack;
 pub mod standard;
+pub mod twitch;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -32,6 +33,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &linear::Linear,
     &slack::Slack,
     &standard::Standard,
+    &twitch::Twitch,
 ];
 
 /// Everything the router knows about one provider.
@@ -85,6 +87,40 @@ pub trait Provider: Send + Sync + 'static {
     /// A request to answer at once instead of storing (Slack's `url_verification`).
     fn handshake(&self, _body: &Decoded<'_>) -> Result<Option<Handshake>, BodyError> {
         Ok(None)
+    }
+
+    /// `handshake` for providers whose answer needs the source's secrets (Zoom's
+    /// `encryptedToken` is an HMAC of the challenge); ingest calls this one. By default, the
+    /// secrets are not needed: `handshake`.
+    fn keyed_handshake(
+        &self,
+        body: &Decoded<'_>,
+        _secrets: Option<&Secrets>,
+    ) -> Result<Option<Handshake>, BodyError> {
+        self.handshake(body)
+    }
+
+    /// A handshake answered from the headers alone, BEFORE the source's secret is looked at:
+    /// for providers whose handshake cannot be signed because it is how the secret is handed
+    /// over (Asana's `X-Hook-Secret`). It must store nothing and reveal nothing the request
+    /// did not carry. Runs on any known source, with or without a secret. None by default.
+    fn unsigned_handshake(&self, _headers: &HeaderMap) -> Option<Handshake> {
+        None
+    }
+
+    /// Whether a JSON body may be an array rather than an object (SendGrid posts its events
+    /// as a batch, `[{…}, …]`). The payload is then the array; probes index it (`["0",
+    /// "event"]`). Objects only by default.
+    fn array_body(&self) -> bool {
+        false
+    }
+
+    /// The body to answer a stored (or duplicate) event with instead of the router's own
+    /// `{"success": true, …}`, for providers that read the answer (Discord wants an
+    /// interaction response such as `{"type": 5}`). The rate-limit headers are kept. None by
+    /// default.
+    fn accepted_answer(&self, _head: &crate::event::EventHeader) -> Option<Value> {
+        None
     }
 
     /// The event's type, action and delivery id.
@@ -364,8 +400,11 @@ mod tests {
         }
         assert!(by_name("internal").is_none());
         assert!(by_source("standard").is_none());
-        assert_eq!(names_text(), "github, linear, slack or standard");
-        assert_eq!(builtin_sources_text(), "github, linear, slack, internal");
+        assert_eq!(names_text(), "github, linear, slack, standard or twitch");
+        assert_eq!(
+            builtin_sources_text(),
+            "github, linear, slack, internal, twitch"
+        );
     }
 
     #[test]

@@ -123,6 +123,12 @@ impl SecretSet {
         }
     }
 
+    /// The keys, in the order given (a provider whose answer is keyed, such as Zoom's
+    /// handshake, uses the one that verified the request).
+    pub fn keys(&self) -> &[hmac::Key] {
+        &self.keys
+    }
+
     /// Whether `matches` accepts some key's HMAC of the concatenated `parts` (the body is MACed
     /// once per key; `matches` must compare in constant time, e.g. with [`ct_eq`]).
     pub fn any_mac(&self, parts: &[&[u8]], mut matches: impl FnMut(&[u8]) -> bool) -> bool {
