@@ -17,6 +17,7 @@ pub mod signature;
 pub mod slack;
 pub mod standard;
 pub mod twitch;
+pub mod zoom;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -34,6 +35,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &slack::Slack,
     &standard::Standard,
     &twitch::Twitch,
+    &zoom::Zoom,
 ];
 
 /// Everything the router knows about one provider.
@@ -400,10 +402,13 @@ mod tests {
         }
         assert!(by_name("internal").is_none());
         assert!(by_source("standard").is_none());
-        assert_eq!(names_text(), "github, linear, slack, standard or twitch");
+        assert_eq!(
+            names_text(),
+            "github, linear, slack, standard, twitch or zoom"
+        );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, twitch"
+            "github, linear, slack, internal, twitch, zoom"
         );
     }
 
