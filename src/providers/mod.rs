@@ -11,6 +11,7 @@
 //! Adding a provider is one new file here and one line in [`PROVIDERS`]; see
 //! docs/architecture.md, "How to add a provider".
 
+pub mod discord;
 pub mod github;
 pub mod linear;
 pub mod signature;
@@ -36,6 +37,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &standard::Standard,
     &twitch::Twitch,
     &zoom::Zoom,
+    &discord::Discord,
 ];
 
 /// Everything the router knows about one provider.
@@ -404,11 +406,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, twitch or zoom"
+            "github, linear, slack, standard, twitch, zoom or discord"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, twitch, zoom"
+            "github, linear, slack, internal, twitch, zoom, discord"
         );
     }
 
@@ -437,6 +439,11 @@ mod tests {
             for composed in [false, true] {
                 let secret = match p.name() {
                     "standard" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    // The Ed25519 secret key (seed, then public key): `parse_secrets` keeps its
+                    // public half, `sign` uses the whole.
+                    "discord" => {
+                        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+                    }
                     _ => "a-provider-secret",
                 };
                 let secrets = p.parse_secrets(secret).unwrap();

@@ -37,6 +37,12 @@ pub enum SecretError {
     InvalidBase64 { position: usize },
     #[error("secret #{position} decodes to an empty key")]
     EmptyKey { position: usize },
+    /// A public-key scheme's entry that is not a key of its form (`expected` says which).
+    #[error("secret #{position} is not {expected}")]
+    InvalidKey {
+        position: usize,
+        expected: &'static str,
+    },
 }
 
 /// Why a request's signature was refused.
@@ -143,6 +149,26 @@ impl fmt::Debug for SecretSet {
         let n = self.keys.len();
         write!(f, "SecretSet({n} key{})", if n == 1 { "" } else { "s" })
     }
+}
+
+/// Comma-separated public keys (several during a rotation), each turned into the key's bytes by
+/// `decode` (given its 1-based position, empty entries counted, and the trimmed entry); empty
+/// entries ignored, at least one required.
+pub fn public_keys_from_list(
+    list: &str,
+    decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
+) -> Result<Vec<Vec<u8>>, SecretError> {
+    let mut keys = Vec::new();
+    for (index, entry) in list.split(',').enumerate() {
+        let entry = entry.trim();
+        if !entry.is_empty() {
+            keys.push(decode(index + 1, entry)?);
+        }
+    }
+    if keys.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    Ok(keys)
 }
 
 /// A hex MAC (either case) of exactly 32 bytes.
