@@ -14,6 +14,7 @@
 pub mod discord;
 pub mod github;
 pub mod linear;
+pub mod sendgrid;
 pub mod signature;
 pub mod slack;
 pub mod standard;
@@ -38,6 +39,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &twitch::Twitch,
     &zoom::Zoom,
     &discord::Discord,
+    &sendgrid::SendGrid,
 ];
 
 /// Everything the router knows about one provider.
@@ -406,11 +408,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, twitch, zoom or discord"
+            "github, linear, slack, standard, twitch, zoom, discord or sendgrid"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, twitch, zoom, discord"
+            "github, linear, slack, internal, twitch, zoom, discord, sendgrid"
         );
     }
 
@@ -425,7 +427,12 @@ mod tests {
             }
             assert!(slots.len() <= Field::PROVIDER_SLOTS, "{}", p.name());
             let sample: Value = serde_json::from_str(p.sample()).unwrap();
-            assert!(sample.is_object(), "{}", p.name());
+            // An array only where the provider posts arrays (`array_body`).
+            assert!(
+                sample.is_object() || (p.array_body() && sample.is_array()),
+                "{}",
+                p.name()
+            );
         }
     }
 
@@ -441,6 +448,10 @@ mod tests {
                     "standard" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                     // The Ed25519 secret key (seed, then public key): `parse_secrets` keeps its
                     // public half, `sign` uses the whole.
+                    // A P-256 private key (PKCS#8): likewise.
+                    "sendgrid" => {
+                        "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgHy49TFtqeYgBI0VniavN7w8eLTxLWml4h5altMPS4fChRANCAAT1/vsXo2JTnCd5nGMXrk/PZFCJpD+1je3GIH3Q+hMkgxUDrAAaEtWlxCiRXt+Cok6MH0y87wOclAvcm3364Vly"
+                    }
                     "discord" => {
                         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
                     }

@@ -12,6 +12,10 @@ X-Twilio-Email-Event-Webhook-Timestamp + raw body.
 """
 import base64
 import json
+import sys
+
+# This file is named like the SDK: keep its own directory off the import path.
+sys.path = [p for p in sys.path if not p.endswith("vectors")]
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
