@@ -289,7 +289,7 @@ mod tests {
             verify(&k, Some(SIG.as_bytes()), Some(b"x"), BODY, TS),
             INVALID
         );
-        for bad in ["", &SIG[2..], "zz", &format!("{SIG}00"), &PING_SIG[..]] {
+        for bad in ["", &SIG[2..], "zz", &format!("{SIG}00"), PING_SIG] {
             assert_eq!(v(&k, bad, BODY, TS), INVALID, "{bad}");
         }
         let w = WINDOW_SECS as i64;

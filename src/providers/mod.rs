@@ -11,6 +11,7 @@
 //! Adding a provider is one new file here and one line in [`PROVIDERS`]; see
 //! docs/architecture.md, "How to add a provider".
 
+pub mod asana;
 pub mod discord;
 pub mod github;
 pub mod linear;
@@ -40,6 +41,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &zoom::Zoom,
     &discord::Discord,
     &sendgrid::SendGrid,
+    &asana::Asana,
 ];
 
 /// Everything the router knows about one provider.
@@ -408,11 +410,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, twitch, zoom, discord or sendgrid"
+            "github, linear, slack, standard, twitch, zoom, discord, sendgrid or asana"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, twitch, zoom, discord, sendgrid"
+            "github, linear, slack, internal, twitch, zoom, discord, sendgrid, asana"
         );
     }
 
