@@ -114,15 +114,21 @@ impl Provider for Twitch {
         out.header(MESSAGE_ID, uuid::Uuid::new_v4().to_string());
         out.header("twitch-eventsub-message-retry", "0");
         out.header(MESSAGE_TYPE, "notification");
-        let sub_type = match opts.event {
-            Some(t) => t.to_string(),
-            None => serde_json::from_slice::<serde_json::Value>(&out.body)
-                .ok()
-                .and_then(|v| v["subscription"]["type"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "channel.follow".into()),
+        // The subscription's type and version, as the body names them.
+        let body = serde_json::from_slice::<serde_json::Value>(&out.body).ok();
+        let sub = |key: &str| {
+            body.as_ref()
+                .and_then(|v| v["subscription"][key].as_str())
+                .map(str::to_string)
         };
+        let sub_type = opts
+            .event
+            .map(str::to_string)
+            .or_else(|| sub("type"))
+            .unwrap_or_else(|| "channel.follow".into());
         out.header(SUB_TYPE, sub_type);
-        out.header("twitch-eventsub-subscription-version", "1");
+        let version = sub("version").unwrap_or_else(|| "1".into());
+        out.header("twitch-eventsub-subscription-version", version);
         Ok(())
     }
 
