@@ -1,5 +1,6 @@
-//! Asana: `X-Hook-Signature: <hex HMAC-SHA256(secret, body)>`, the secret being the one Asana
-//! handed over in the webhook's handshake, as Asana documents
+//! Asana: `X-Hook-Signature: <hex HMAC-SHA256(secret, body)>` (Linear's scheme, verified by
+//! [`super::linear::verify`]), the secret being the one Asana handed over in the webhook's
+//! handshake, as Asana documents
 //! (<https://developers.asana.com/docs/webhooks-guide>, "Security";
 //! <https://developers.asana.com/reference/createwebhook>).
 //!
@@ -22,10 +23,10 @@
 
 use http::HeaderMap;
 
-use super::signature::{VerifyError, decode_hex_mac, hex_signature};
+use super::signature::VerifyError;
 use super::{
     Builtin, Decoded, Handshake, Outgoing, Provider, Request, SecretSet, Secrets, SendOptions,
-    SignError, header_str, hmac_keys,
+    SignError, header_str, hmac_keys, linear,
 };
 use crate::event::{BodyError, Classified, Field, Fields, Probe};
 
@@ -122,22 +123,19 @@ impl Provider for Asana {
     }
 }
 
-/// `X-Hook-Signature: <hex HMAC-SHA256(secret, body)>`.
+/// `X-Hook-Signature: <hex HMAC-SHA256(secret, body)>`: Linear's signature, under another
+/// header name, so Linear's verifier (and its fuzz model).
 pub fn verify(
     secrets: &SecretSet,
     signature: Option<&[u8]>,
     body: &[u8],
 ) -> Result<(), VerifyError> {
-    let hex = signature
-        .map(<[u8]>::trim_ascii)
-        .ok_or(VerifyError::InvalidSignature)?;
-    let mac = decode_hex_mac(hex)?;
-    secrets.verify_body(body, &mac)
+    linear::verify(secrets, signature, body)
 }
 
 /// The hex `X-Hook-Signature` of `body`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    hex_signature("", secret, &[body])
+    linear::sign(secret, body)
 }
 
 #[cfg(test)]
