@@ -28,7 +28,7 @@ use event_router::ingest::{IngestError, Prepared, Source, prepare};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
-    github, linear, slack, standard,
+    github, linear, slack, standard, twitch,
 };
 use event_router::rules::condition::Condition;
 use event_router::rules::model::{FilterCondition, Operator};
@@ -424,6 +424,206 @@ fn other_hex_digit(ctrl: &mut Ctrl<'_>, sig: &str, start: usize) -> Vec<u8> {
     out
 }
 
+/// Twitch EventSub: `sha256=<hex>` of id + timestamp + body, the RFC 3339 timestamp (ms) within
+/// the window; anything wrong with a header is `InvalidSignature`, the window is judged last.
+fn twitch_expected(
+    keys: &[Vec<u8>],
+    id: Option<&[u8]>,
+    ts: Option<&[u8]>,
+    sig: Option<&[u8]>,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<(), VerifyError> {
+    let invalid = Err(VerifyError::InvalidSignature);
+    let Some(hex) = sig
+        .map(<[u8]>::trim_ascii)
+        .and_then(|s| s.strip_prefix(b"sha256="))
+    else {
+        return invalid;
+    };
+    let Some(id) = id.map(<[u8]>::trim_ascii).filter(|i| !i.is_empty()) else {
+        return invalid;
+    };
+    let Some(ts_raw) = ts.map(<[u8]>::trim_ascii) else {
+        return invalid;
+    };
+    let Some(t) = rfc3339_ms_reference(ts_raw) else {
+        return invalid;
+    };
+    if !hex_signed(keys, hex, &[id, ts_raw, body]) {
+        return invalid;
+    }
+    within(t, now_ms, twitch::WINDOW_SECS * 1000)
+}
+
+/// RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, `t` or a space for `T`, `z` for `Z`) in ms
+/// since the epoch, fractions beyond ms dropped; days counted from year 0 with a month table,
+/// not as the module counts them.
+fn rfc3339_ms_reference(raw: &[u8]) -> Option<i64> {
+    fn number(b: &[u8]) -> Option<i64> {
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(b.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    }
+    if raw.len() < 20
+        || raw[4] != b'-'
+        || raw[7] != b'-'
+        || !matches!(raw[10], b'T' | b't' | b' ')
+        || raw[13] != b':'
+        || raw[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (
+        number(&raw[0..4])?,
+        number(&raw[5..7])?,
+        number(&raw[8..10])?,
+    );
+    let (h, mi, s) = (
+        number(&raw[11..13])?,
+        number(&raw[14..16])?,
+        number(&raw[17..19])?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut rest = &raw[19..];
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        let mut three = frac[..n.min(3)].to_vec();
+        three.resize(3, b'0');
+        ms = number(&three)?;
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), oh1, oh2, b':', om1, om2] => {
+            let (oh, om) = (number(&[*oh1, *oh2])?, number(&[*om1, *om2])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            if *sign == b'+' {
+                oh * 3600 + om * 60
+            } else {
+                -(oh * 3600 + om * 60)
+            }
+        }
+        _ => return None,
+    };
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leaps_before = |y: i64| (y + 3) / 4 - (y + 99) / 100 + (y + 399) / 400;
+    const BEFORE_MONTH: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let days_from_0 = |y: i64, mo: i64, d: i64| {
+        365 * y
+            + leaps_before(y)
+            + BEFORE_MONTH[(mo - 1) as usize]
+            + i64::from(mo > 2 && leap(y))
+            + d
+            - 1
+    };
+    let days = days_from_0(y, mo, d) - days_from_0(1970, 1, 1);
+    Some((days * 86_400 + h * 3600 + mi * 60 + s - offset) * 1000 + ms)
+}
+
+/// Twitch EventSub (`twitch::verify`): every key's signature verifies within the 10-minute
+/// window and is stale outside it; a changed body, id or MAC never verifies; any message id,
+/// timestamp and signature headers, or genuine ones edited, are judged as the reference model
+/// judges them, by the module and through the registry.
+fn twitch_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    const ID: &str = "twitch-eventsub-message-id";
+    const TS: &str = "twitch-eventsub-message-timestamp";
+    const SIG: &str = "twitch-eventsub-message-signature";
+    /// 9999-12-31T23:59:59.999Z, the last instant with a four-digit year.
+    const LAST_MS: i64 = 253_402_300_799_999;
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let verify = |id: Option<&[u8]>, ts: Option<&[u8]>, sig: Option<&[u8]>, body: &[u8], now| {
+        twitch::verify(&set, id, ts, sig, body, now)
+    };
+
+    let now = ctrl.clock(NOW_MS);
+    let ts = now
+        .clamp(0, LAST_MS)
+        .saturating_add(ctrl.i16() * 1000)
+        .clamp(0, LAST_MS);
+    let ts_text = twitch::format_rfc3339_ms(ts);
+    assert_eq!(
+        rfc3339_ms_reference(ts_text.as_bytes()),
+        Some(ts),
+        "{ts_text}"
+    );
+    let id = "e76c6bd4-55c9-4987-8304-da1588d8988b";
+    let (id_b, ts_b) = (Some(id.as_bytes()), Some(ts_text.as_bytes()));
+    let window = twitch::WINDOW_SECS as i64 * 1000;
+    for key in &keys {
+        let sig = twitch::sign(key, id, &ts_text, body);
+        let at = |now| verify(id_b, ts_b, Some(sig.as_bytes()), body, now);
+        assert_eq!(at(ts), Ok(()));
+        assert_eq!(at(ts - window), Ok(()));
+        assert_eq!(at(ts + window), Ok(()));
+        assert_eq!(at(ts + window + 1), Err(VerifyError::StaleTimestamp));
+        assert_eq!(at(ts - window - 1), Err(VerifyError::StaleTimestamp));
+    }
+    let good = twitch::sign(&keys[ctrl.below(keys.len())], id, &ts_text, body);
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            verify(id_b, ts_b, Some(good.as_bytes()), &other, ts),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let wrong = other_hex_digit(ctrl, &good, "sha256=".len());
+    assert_eq!(
+        verify(id_b, ts_b, Some(&wrong), body, ts),
+        Err(VerifyError::InvalidSignature)
+    );
+    assert_eq!(
+        verify(Some(b"another-id"), ts_b, Some(good.as_bytes()), body, ts),
+        Err(VerifyError::InvalidSignature)
+    );
+
+    let pick = |ctrl: &mut Ctrl<'_>, name: &str, genuine: &str| match ctrl.byte() % 4 {
+        0 => raw(headers, name).map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = genuine.as_bytes().to_vec();
+            edit(ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let id_h = pick(ctrl, ID, id);
+    let ts_h = pick(ctrl, TS, &ts_text);
+    let sig_h = pick(ctrl, SIG, &good);
+    let (id_h, ts_h, sig_h) = (id_h.as_deref(), ts_h.as_deref(), sig_h.as_deref());
+    let expected = twitch_expected(&keys, id_h, ts_h, sig_h, body, now);
+    assert_eq!(
+        verify(id_h, ts_h, sig_h, body, now),
+        expected,
+        "id {:?}, timestamp {:?}, signature {:?}, now {now}",
+        id_h.map(String::from_utf8_lossy),
+        ts_h.map(String::from_utf8_lossy),
+        sig_h.map(String::from_utf8_lossy)
+    );
+    through_registry(
+        provider,
+        &keys,
+        &[(ID, id_h), (TS, ts_h), (SIG, sig_h)],
+        body,
+        now,
+        expected,
+    );
+}
+
 // --- the verifier target ---
 
 /// A reference model: checks one provider's verifier (its module's functions, and the provider
@@ -438,6 +638,7 @@ const MODELS: &[(&str, Model)] = &[
     ("linear", linear_model),
     ("slack", slack_model),
     ("standard", standard_model),
+    ("twitch", twitch_model),
 ];
 
 /// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte
