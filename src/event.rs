@@ -67,6 +67,12 @@ pub const MAX_DEPTH: usize = 128;
 /// (rare) error the depth is measured exactly and, when within the limit, the body is parsed
 /// again without the guard — safe, because the depth is then known to be bounded.
 pub fn parse_json_object(bytes: &[u8]) -> Result<Value, BodyError> {
+    parse_json_body(bytes, false)
+}
+
+/// `parse_json_object`, or, with `arrays`, a JSON array too (the providers whose
+/// `Provider::array_body` says so: SendGrid's batches).
+pub fn parse_json_body(bytes: &[u8], arrays: bool) -> Result<Value, BodyError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(bad("the body is empty"));
     }
@@ -83,6 +89,8 @@ pub fn parse_json_object(bytes: &[u8]) -> Result<Value, BodyError> {
     };
     match parsed {
         Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(v @ Value::Array(_)) if arrays => Ok(v),
+        Ok(_) if arrays => Err(bad("the body must be a JSON object or array")),
         Ok(_) => Err(bad("the body must be a JSON object")),
         Err(e) => Err(bad(format!("the body is not valid JSON: {e}"))),
     }
@@ -578,6 +586,16 @@ pub struct Probed<'a> {
 /// Bodies the fast pass refuses (or that sit at serde's nesting guard) go through
 /// `parse_json_object`, so the answers and error messages are the same as its own.
 pub fn probe_json_object<'a>(bytes: &'a [u8], spec: &ProbeSpec) -> Result<Probed<'a>, BodyError> {
+    probe_json_body(bytes, spec, false)
+}
+
+/// `probe_json_object`, or, with `arrays`, a body that may also be a JSON array (see
+/// `parse_json_body`).
+pub fn probe_json_body<'a>(
+    bytes: &'a [u8],
+    spec: &ProbeSpec,
+    arrays: bool,
+) -> Result<Probed<'a>, BodyError> {
     // Validating UTF-8 up front lets serde_json read the text as a `str`: strings can then be
     // borrowed, and the validation is the same as in the byte-slice parser.
     if let Ok(text) = std::str::from_utf8(bytes) {
@@ -589,7 +607,10 @@ pub fn probe_json_object<'a>(bytes: &'a [u8], spec: &ProbeSpec) -> Result<Probed
         }
         .deserialize(&mut de)
         .and_then(|object| de.end().map(|()| object));
-        if let Ok(true) = probed {
+        // The probe answers whether the value was an object; an array is the one other body
+        // allowed, and the text's first byte says which it was.
+        let array = || arrays && text.trim_start().starts_with('[');
+        if matches!(probed, Ok(true)) || (matches!(probed, Ok(false)) && array()) {
             return Ok(Probed {
                 payload: None,
                 fields,
@@ -597,7 +618,7 @@ pub fn probe_json_object<'a>(bytes: &'a [u8], spec: &ProbeSpec) -> Result<Probed
             });
         }
     }
-    let payload = parse_json_object(bytes)?;
+    let payload = parse_json_body(bytes, arrays)?;
     Ok(Probed {
         fields: spec.read_value(&payload),
         payload: Some(payload),
@@ -628,7 +649,8 @@ pub fn probe_body<'a>(
 /// Parses the payload of an event built without it (see `Probed::payload`) from the body's JSON
 /// text, which ingest validated, into the event's `payload` field.
 pub fn materialize_payload(event: &mut Value, raw: &[u8]) {
-    match parse_json_object(raw) {
+    // An array only gets here from a provider that allows one (`Provider::array_body`).
+    match parse_json_body(raw, true) {
         Ok(payload) => {
             if let Value::Object(m) = event {
                 m.insert("payload".into(), payload);

@@ -29,7 +29,7 @@ use event_router::providers::recipe::{Recipe, RecipeSpec};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
-    github, gitlab, linear, paddle, pagerduty, shopify, slack, standard, stripe, zendesk,
+    github, gitlab, linear, paddle, pagerduty, shopify, slack, standard, stripe, twitch, zendesk,
 };
 use event_router::rules::condition::Condition;
 use event_router::rules::model::{FilterCondition, Operator};
@@ -858,6 +858,206 @@ fn zendesk_model(
     );
 }
 
+/// Twitch EventSub: `sha256=<hex>` of id + timestamp + body, the RFC 3339 timestamp (ms) within
+/// the window; anything wrong with a header is `InvalidSignature`, the window is judged last.
+fn twitch_expected(
+    keys: &[Vec<u8>],
+    id: Option<&[u8]>,
+    ts: Option<&[u8]>,
+    sig: Option<&[u8]>,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<(), VerifyError> {
+    let invalid = Err(VerifyError::InvalidSignature);
+    let Some(hex) = sig
+        .map(<[u8]>::trim_ascii)
+        .and_then(|s| s.strip_prefix(b"sha256="))
+    else {
+        return invalid;
+    };
+    let Some(id) = id.map(<[u8]>::trim_ascii).filter(|i| !i.is_empty()) else {
+        return invalid;
+    };
+    let Some(ts_raw) = ts.map(<[u8]>::trim_ascii) else {
+        return invalid;
+    };
+    let Some(t) = rfc3339_ms_reference(ts_raw) else {
+        return invalid;
+    };
+    if !hex_signed(keys, hex, &[id, ts_raw, body]) {
+        return invalid;
+    }
+    within(t, now_ms, twitch::WINDOW_SECS * 1000)
+}
+
+/// RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, `t` or a space for `T`, `z` for `Z`) in ms
+/// since the epoch, fractions beyond ms dropped; days counted from year 0 with a month table,
+/// not as the module counts them.
+fn rfc3339_ms_reference(raw: &[u8]) -> Option<i64> {
+    fn number(b: &[u8]) -> Option<i64> {
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(b.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    }
+    if raw.len() < 20
+        || raw[4] != b'-'
+        || raw[7] != b'-'
+        || !matches!(raw[10], b'T' | b't' | b' ')
+        || raw[13] != b':'
+        || raw[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (
+        number(&raw[0..4])?,
+        number(&raw[5..7])?,
+        number(&raw[8..10])?,
+    );
+    let (h, mi, s) = (
+        number(&raw[11..13])?,
+        number(&raw[14..16])?,
+        number(&raw[17..19])?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut rest = &raw[19..];
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        let mut three = frac[..n.min(3)].to_vec();
+        three.resize(3, b'0');
+        ms = number(&three)?;
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), oh1, oh2, b':', om1, om2] => {
+            let (oh, om) = (number(&[*oh1, *oh2])?, number(&[*om1, *om2])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            if *sign == b'+' {
+                oh * 3600 + om * 60
+            } else {
+                -(oh * 3600 + om * 60)
+            }
+        }
+        _ => return None,
+    };
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leaps_before = |y: i64| (y + 3) / 4 - (y + 99) / 100 + (y + 399) / 400;
+    const BEFORE_MONTH: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let days_from_0 = |y: i64, mo: i64, d: i64| {
+        365 * y
+            + leaps_before(y)
+            + BEFORE_MONTH[(mo - 1) as usize]
+            + i64::from(mo > 2 && leap(y))
+            + d
+            - 1
+    };
+    let days = days_from_0(y, mo, d) - days_from_0(1970, 1, 1);
+    Some((days * 86_400 + h * 3600 + mi * 60 + s - offset) * 1000 + ms)
+}
+
+/// Twitch EventSub (`twitch::verify`): every key's signature verifies within the 10-minute
+/// window and is stale outside it; a changed body, id or MAC never verifies; any message id,
+/// timestamp and signature headers, or genuine ones edited, are judged as the reference model
+/// judges them, by the module and through the registry.
+fn twitch_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    const ID: &str = "twitch-eventsub-message-id";
+    const TS: &str = "twitch-eventsub-message-timestamp";
+    const SIG: &str = "twitch-eventsub-message-signature";
+    /// 9999-12-31T23:59:59.999Z, the last instant with a four-digit year.
+    const LAST_MS: i64 = 253_402_300_799_999;
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let verify = |id: Option<&[u8]>, ts: Option<&[u8]>, sig: Option<&[u8]>, body: &[u8], now| {
+        twitch::verify(&set, id, ts, sig, body, now)
+    };
+
+    let now = ctrl.clock(NOW_MS);
+    let ts = now
+        .clamp(0, LAST_MS)
+        .saturating_add(ctrl.i16() * 1000)
+        .clamp(0, LAST_MS);
+    let ts_text = twitch::format_rfc3339_ms(ts);
+    assert_eq!(
+        rfc3339_ms_reference(ts_text.as_bytes()),
+        Some(ts),
+        "{ts_text}"
+    );
+    let id = "e76c6bd4-55c9-4987-8304-da1588d8988b";
+    let (id_b, ts_b) = (Some(id.as_bytes()), Some(ts_text.as_bytes()));
+    let window = twitch::WINDOW_SECS as i64 * 1000;
+    for key in &keys {
+        let sig = twitch::sign(key, id, &ts_text, body);
+        let at = |now| verify(id_b, ts_b, Some(sig.as_bytes()), body, now);
+        assert_eq!(at(ts), Ok(()));
+        assert_eq!(at(ts - window), Ok(()));
+        assert_eq!(at(ts + window), Ok(()));
+        assert_eq!(at(ts + window + 1), Err(VerifyError::StaleTimestamp));
+        assert_eq!(at(ts - window - 1), Err(VerifyError::StaleTimestamp));
+    }
+    let good = twitch::sign(&keys[ctrl.below(keys.len())], id, &ts_text, body);
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            verify(id_b, ts_b, Some(good.as_bytes()), &other, ts),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let wrong = other_hex_digit(ctrl, &good, "sha256=".len());
+    assert_eq!(
+        verify(id_b, ts_b, Some(&wrong), body, ts),
+        Err(VerifyError::InvalidSignature)
+    );
+    assert_eq!(
+        verify(Some(b"another-id"), ts_b, Some(good.as_bytes()), body, ts),
+        Err(VerifyError::InvalidSignature)
+    );
+
+    let pick = |ctrl: &mut Ctrl<'_>, name: &str, genuine: &str| match ctrl.byte() % 4 {
+        0 => raw(headers, name).map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = genuine.as_bytes().to_vec();
+            edit(ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let id_h = pick(ctrl, ID, id);
+    let ts_h = pick(ctrl, TS, &ts_text);
+    let sig_h = pick(ctrl, SIG, &good);
+    let (id_h, ts_h, sig_h) = (id_h.as_deref(), ts_h.as_deref(), sig_h.as_deref());
+    let expected = twitch_expected(&keys, id_h, ts_h, sig_h, body, now);
+    assert_eq!(
+        verify(id_h, ts_h, sig_h, body, now),
+        expected,
+        "id {:?}, timestamp {:?}, signature {:?}, now {now}",
+        id_h.map(String::from_utf8_lossy),
+        ts_h.map(String::from_utf8_lossy),
+        sig_h.map(String::from_utf8_lossy)
+    );
+    through_registry(
+        provider,
+        &keys,
+        &[(ID, id_h), (TS, ts_h), (SIG, sig_h)],
+        body,
+        now,
+        expected,
+    );
+}
+
 // --- the verifier target ---
 
 /// A reference model: checks one provider's verifier (its module's functions, and the provider
@@ -878,6 +1078,7 @@ const MODELS: &[(&str, Model)] = &[
     ("paddle", timestamped_list_model),
     ("pagerduty", pagerduty_model),
     ("zendesk", zendesk_model),
+    ("twitch", twitch_model),
 ];
 
 /// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte
@@ -1833,8 +2034,25 @@ pub fn field_path(data: &[u8]) {
 // --- the whole pure ingest stage ---
 
 const AGENT_BEARER: &[u8] = b"Bearer fuzz-agent-key";
-/// A secret every provider's parser takes: base64 (Standard Webhooks), and as text an HMAC key.
+/// A secret every HMAC provider's parser takes: base64 (Standard Webhooks), and as text an HMAC
+/// key.
 const SOURCE_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The source's secret for `provider`: for public-key schemes a private key, which their parser
+/// takes too (it keeps the public half) and with which `sign` signs.
+fn source_secret(provider: &dyn Provider) -> &'static str {
+    match provider.name() {
+        // Ed25519 secret key (seed, then public key), hex.
+        "discord" => {
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+        }
+        // P-256 private key, base64 PKCS#8 DER.
+        "sendgrid" => {
+            "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgHy49TFtqeYgBI0VniavN7w8eLTxLWml4h5altMPS4fChRANCAAT1/vsXo2JTnCd5nGMXrk/PZFCJpD+1je3GIH3Q+hMkgxUDrAAaEtWlxCiRXt+Cok6MH0y87wOclAvcm3364Vly"
+        }
+        _ => SOURCE_SECRET,
+    }
+}
 const IDENTIFIER_FIELDS: [Option<&str>; 5] = [
     None,
     Some("payload.sender.login"),
@@ -1884,7 +2102,7 @@ pub fn ingest_prepare(data: &[u8]) {
     let body_clock = ctrl.flag();
     let identifier_field = IDENTIFIER_FIELDS[ctrl.below(IDENTIFIER_FIELDS.len())];
     let secrets = provider
-        .parse_secrets(SOURCE_SECRET)
+        .parse_secrets(source_secret(provider))
         .expect("valid fixed secret");
     let source = Source::new(
         builtin.map_or("fuzz", |b| b.source),
@@ -1900,7 +2118,7 @@ pub fn ingest_prepare(data: &[u8]) {
         };
         let opts = providers::SendOptions {
             event: None,
-            secret: Some(SOURCE_SECRET),
+            secret: Some(source_secret(provider)),
             agent_key: None,
             now_ms: NOW_MS,
         };
@@ -2001,7 +2219,8 @@ pub fn ingest_prepare(data: &[u8]) {
             "materializing changed the archived text"
         );
     }
-    assert!(event["payload"].is_object());
+    // An array only from a provider that posts arrays (`Provider::array_body`).
+    assert!(event["payload"].is_object() || (provider.array_body() && event["payload"].is_array()));
     // The probe read the same fields a parsed payload gives.
     let spec = event::ProbeSpec::new(provider.probes(), None);
     let classified = provider

@@ -20,6 +20,7 @@ use crate::ingest::{Prepared, admit, read, route};
 use crate::providers::{Handshake, RequestLine};
 use crate::ratelimit::Decision;
 use crate::store::CommitOutcome;
+use serde_json::Value;
 
 pub async fn webhook(
     State(app): State<AppState>,
@@ -58,6 +59,9 @@ async fn receive(
     received: Instant,
 ) -> Result<Response, ApiError> {
     let ingest = &app.ingest;
+    if let Some(answer) = ingest.unsigned_handshake(name, headers) {
+        return Ok(handshake(answer));
+    }
     let source = ingest.source(name)?;
     let bytes = read::read_body(body, headers, app.config.max_event_size).await?;
     let client_ip = peer.ip().to_string();
@@ -90,9 +94,14 @@ async fn receive(
         } => (head, event, raw_json, payload_deferred),
     };
     tracing::Span::current().record("event_id", tracing::field::display(head.id));
+    // The body the provider expects instead of ours (Discord's deferred interaction response).
+    let provider_answer = source.provider.accepted_answer(&head);
     if let Some(original) = dedupe::dedupe(&ingest.dedupe, &head) {
         app.analytics.duplicate(&source.name);
-        return Ok(duplicate(original, head.timestamp));
+        return Ok(match provider_answer {
+            Some(body) => axum::Json(body).into_response(),
+            None => duplicate(original, head.timestamp),
+        });
     }
     let limit = admit::admit(
         &ingest.limiter,
@@ -121,7 +130,7 @@ async fn receive(
         ),
         CommitOutcome::Duplicate { .. } => app.analytics.duplicate(&source.name),
     }
-    Ok(answer(committed, &limit))
+    Ok(answer(committed, &limit, provider_answer))
 }
 
 /// A 2xx answer to a webhook (API.md section 3). Typed rather than built with `json!`: that
@@ -138,36 +147,40 @@ struct Accepted {
     timestamp: i64,
 }
 
-/// The answer to a committed webhook, with the rate limit's headers.
-fn answer(committed: Committed, limit: &Decision) -> Response {
+/// The answer to a committed webhook, with the rate limit's headers: the provider's own body
+/// when it expects one (`Provider::accepted_answer`), stored or duplicate alike.
+fn answer(committed: Committed, limit: &Decision, provider_answer: Option<Value>) -> Response {
     let Committed {
         head,
         outcome,
         processed,
         routed,
     } = committed;
-    let mut resp = match outcome {
-        CommitOutcome::Stored => axum::Json(Accepted {
-            success: true,
-            event_id: head.id,
-            processed,
-            routed,
-            duplicate: None,
-            timestamp: head.timestamp,
-        })
-        .into_response(),
-        CommitOutcome::Duplicate {
-            event_id,
-            filtered,
-            routed,
-        } => duplicate(
-            Original {
-                event_id,
-                processed: !filtered,
+    let mut resp = match (outcome, provider_answer) {
+        (_, Some(body)) => axum::Json(body).into_response(),
+        (outcome, None) => match outcome {
+            CommitOutcome::Stored => axum::Json(Accepted {
+                success: true,
+                event_id: head.id,
+                processed,
                 routed,
-            },
-            head.timestamp,
-        ),
+                duplicate: None,
+                timestamp: head.timestamp,
+            })
+            .into_response(),
+            CommitOutcome::Duplicate {
+                event_id,
+                filtered,
+                routed,
+            } => duplicate(
+                Original {
+                    event_id,
+                    processed: !filtered,
+                    routed,
+                },
+                head.timestamp,
+            ),
+        },
     };
     for (k, v) in limit.headers() {
         if let Ok(v) = HeaderValue::from_str(&v) {

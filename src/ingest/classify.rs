@@ -16,12 +16,15 @@ pub fn handshake(
     bytes: &[u8],
     probed: &Probed<'_>,
 ) -> Result<Option<Handshake>, IngestError> {
-    Ok(source.provider.handshake(&Decoded {
-        headers,
-        bytes,
-        fields: &probed.fields,
-        payload: probed.payload.as_ref(),
-    })?)
+    Ok(source.provider.keyed_handshake(
+        &Decoded {
+            headers,
+            bytes,
+            fields: &probed.fields,
+            payload: probed.payload.as_ref(),
+        },
+        source.secrets.as_ref(),
+    )?)
 }
 
 pub fn classify(

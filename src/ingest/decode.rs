@@ -13,6 +13,9 @@ pub fn decode<'a>(
     bytes: &'a [u8],
 ) -> Result<Probed<'a>, IngestError> {
     let kind = event::body_kind(headers)?;
+    if kind == event::BodyKind::Json && source.provider.array_body() {
+        return Ok(event::probe_json_body(bytes, &source.probe, true)?);
+    }
     Ok(event::probe_body(
         kind,
         bytes,

@@ -54,6 +54,24 @@ impl Ingest {
         Ok(source.clone())
     }
 
+    /// A handshake its provider answers from the headers alone, before any secret is looked at
+    /// (Asana's `X-Hook-Secret`, which is how the secret is handed over): on a known source,
+    /// configured or not. Nothing is stored; the log says a handshake came, never its value.
+    pub fn unsigned_handshake(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+    ) -> Option<crate::providers::Handshake> {
+        let source = self.sources.get(name)?;
+        let answer = source.provider.unsigned_handshake(headers)?;
+        tracing::info!(
+            source = %source.name,
+            configured = source.secrets.is_some(),
+            "unsigned handshake answered (nothing stored; the secret it carries is not logged)"
+        );
+        Some(answer)
+    }
+
     /// Whether `name` is a configured source (for counting refusals per source).
     pub fn knows(&self, name: &str) -> bool {
         self.sources.contains_key(name)

@@ -11,19 +11,24 @@
 //! Adding a provider is one new file here and one line in [`PROVIDERS`]; see
 //! docs/architecture.md, "How to add a provider".
 
+pub mod asana;
+pub mod discord;
 pub mod github;
 pub mod gitlab;
 pub mod linear;
 pub mod paddle;
 pub mod pagerduty;
 pub mod recipe;
+pub mod sendgrid;
 pub mod shopify;
 pub mod signature;
 pub mod slack;
 pub mod standard;
 pub mod stripe;
 pub mod svix;
+pub mod twitch;
 pub mod zendesk;
+pub mod zoom;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -47,6 +52,11 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &paddle::Paddle,
     &pagerduty::PagerDuty,
     &zendesk::Zendesk,
+    &twitch::Twitch,
+    &zoom::Zoom,
+    &discord::Discord,
+    &sendgrid::SendGrid,
+    &asana::Asana,
 ];
 
 /// Everything the router knows about one provider.
@@ -100,6 +110,40 @@ pub trait Provider: Send + Sync + 'static {
     /// A request to answer at once instead of storing (Slack's `url_verification`).
     fn handshake(&self, _body: &Decoded<'_>) -> Result<Option<Handshake>, BodyError> {
         Ok(None)
+    }
+
+    /// `handshake` for providers whose answer needs the source's secrets (Zoom's
+    /// `encryptedToken` is an HMAC of the challenge); ingest calls this one. By default, the
+    /// secrets are not needed: `handshake`.
+    fn keyed_handshake(
+        &self,
+        body: &Decoded<'_>,
+        _secrets: Option<&Secrets>,
+    ) -> Result<Option<Handshake>, BodyError> {
+        self.handshake(body)
+    }
+
+    /// A handshake answered from the headers alone, BEFORE the source's secret is looked at:
+    /// for providers whose handshake cannot be signed because it is how the secret is handed
+    /// over (Asana's `X-Hook-Secret`). It must store nothing and reveal nothing the request
+    /// did not carry. Runs on any known source, with or without a secret. None by default.
+    fn unsigned_handshake(&self, _headers: &HeaderMap) -> Option<Handshake> {
+        None
+    }
+
+    /// Whether a JSON body may be an array rather than an object (SendGrid posts its events
+    /// as a batch, `[{…}, …]`). The payload is then the array; probes index it (`["0",
+    /// "event"]`). Objects only by default.
+    fn array_body(&self) -> bool {
+        false
+    }
+
+    /// The body to answer a stored (or duplicate) event with instead of the router's own
+    /// `{"success": true, …}`, for providers that read the answer (Discord wants an
+    /// interaction response such as `{"type": 5}`). The rate-limit headers are kept. None by
+    /// default.
+    fn accepted_answer(&self, _head: &crate::event::EventHeader) -> Option<Value> {
+        None
     }
 
     /// The event's type, action and delivery id.
@@ -383,11 +427,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, stripe, gitlab, shopify, svix, paddle, pagerduty or zendesk"
+            "github, linear, slack, standard, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk, twitch, zoom, discord, sendgrid or asana"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk"
+            "github, linear, slack, internal, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk, twitch, zoom, discord, sendgrid, asana"
         );
     }
 
@@ -402,7 +446,12 @@ mod tests {
             }
             assert!(slots.len() <= Field::PROVIDER_SLOTS, "{}", p.name());
             let sample: Value = serde_json::from_str(p.sample()).unwrap();
-            assert!(sample.is_object(), "{}", p.name());
+            // An array only where the provider posts arrays (`array_body`).
+            assert!(
+                sample.is_object() || (p.array_body() && sample.is_array()),
+                "{}",
+                p.name()
+            );
         }
     }
 
@@ -416,6 +465,15 @@ mod tests {
             for composed in [false, true] {
                 let secret = match p.name() {
                     "standard" | "svix" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    // The Ed25519 secret key (seed, then public key): `parse_secrets` keeps its
+                    // public half, `sign` uses the whole.
+                    // A P-256 private key (PKCS#8): likewise.
+                    "sendgrid" => {
+                        "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgHy49TFtqeYgBI0VniavN7w8eLTxLWml4h5altMPS4fChRANCAAT1/vsXo2JTnCd5nGMXrk/PZFCJpD+1je3GIH3Q+hMkgxUDrAAaEtWlxCiRXt+Cok6MH0y87wOclAvcm3364Vly"
+                    }
+                    "discord" => {
+                        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+                    }
                     _ => "a-provider-secret",
                 };
                 let secrets = p.parse_secrets(secret).unwrap();

@@ -37,6 +37,12 @@ pub enum SecretError {
     InvalidBase64 { position: usize },
     #[error("secret #{position} decodes to an empty key")]
     EmptyKey { position: usize },
+    /// A public-key scheme's entry that is not a key of its form (`expected` says which).
+    #[error("secret #{position} is not {expected}")]
+    InvalidKey {
+        position: usize,
+        expected: &'static str,
+    },
 }
 
 /// Why a request's signature was refused.
@@ -133,6 +139,12 @@ impl SecretSet {
         }
     }
 
+    /// The keys, in the order given (a provider whose answer is keyed, such as Zoom's
+    /// handshake, uses the one that verified the request).
+    pub fn keys(&self) -> &[hmac::Key] {
+        &self.keys
+    }
+
     /// Whether `matches` accepts some key's HMAC of the concatenated `parts` (the body is MACed
     /// once per key; `matches` must compare in constant time, e.g. with [`ct_eq`]).
     pub fn any_mac(&self, parts: &[&[u8]], mut matches: impl FnMut(&[u8]) -> bool) -> bool {
@@ -147,6 +159,26 @@ impl fmt::Debug for SecretSet {
         let n = self.keys.len();
         write!(f, "SecretSet({n} key{})", if n == 1 { "" } else { "s" })
     }
+}
+
+/// Comma-separated public keys (several during a rotation), each turned into the key's bytes by
+/// `decode` (given its 1-based position, empty entries counted, and the trimmed entry); empty
+/// entries ignored, at least one required.
+pub fn public_keys_from_list(
+    list: &str,
+    decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
+) -> Result<Vec<Vec<u8>>, SecretError> {
+    let mut keys = Vec::new();
+    for (index, entry) in list.split(',').enumerate() {
+        let entry = entry.trim();
+        if !entry.is_empty() {
+            keys.push(decode(index + 1, entry)?);
+        }
+    }
+    if keys.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    Ok(keys)
 }
 
 /// A hex MAC (either case) of exactly 32 bytes.
