@@ -68,6 +68,23 @@ impl SecretSet {
         list: &str,
         decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
     ) -> Result<SecretSet, SecretError> {
+        Self::from_list_with(hmac::HMAC_SHA256, list, decode)
+    }
+
+    /// Comma-separated secrets whose UTF-8 bytes are HMAC-SHA1 keys (Intercom, Vercel): as
+    /// [`SecretSet::hmac_from_list`], for the providers that still sign with SHA-1.
+    /// `verify_body` and `any_mac` then compare SHA-1 MACs (20 bytes).
+    pub fn hmac_sha1_from_list(list: &str) -> Result<SecretSet, SecretError> {
+        Self::from_list_with(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, list, |_, secret| {
+            Ok(secret.as_bytes().to_vec())
+        })
+    }
+
+    fn from_list_with(
+        algorithm: hmac::Algorithm,
+        list: &str,
+        decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
+    ) -> Result<SecretSet, SecretError> {
         let mut keys = Vec::new();
         for (index, entry) in list.split(',').enumerate() {
             let entry = entry.trim();
@@ -75,7 +92,7 @@ impl SecretSet {
                 continue;
             }
             let bytes = decode(index + 1, entry)?;
-            keys.push(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+            keys.push(hmac::Key::new(algorithm, &bytes));
         }
         if keys.is_empty() {
             return Err(SecretError::Empty);
