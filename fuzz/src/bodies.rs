@@ -28,7 +28,7 @@ use event_router::ingest::{IngestError, Prepared, Source, prepare};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
-    github, intercom, linear, notion, slack, standard, vercel,
+    github, intercom, linear, mailgun, notion, slack, standard, vercel,
 };
 
 /// The provider whose signature lives in the body (Mailgun): its `sign` writes into the body
@@ -444,6 +444,7 @@ const MODELS: &[(&str, Model)] = &[
     ("standard", standard_model),
     ("intercom", sha1_model),
     ("vercel", sha1_model),
+    ("mailgun", mailgun_model),
 ];
 
 /// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte
@@ -739,6 +740,82 @@ fn sha1_model(
         ),
         expected,
         "{provider:?} through the registry, headers {map:?}"
+    );
+}
+
+/// Mailgun (`mailgun::verify`, signature fields inside the body): a signature block made from
+/// the fuzzer's token (the body's first bytes), a timestamp near a fuzzed clock, a key of the
+/// list, then edited (timestamp and MAC), is judged as the reference model judges it (hex
+/// HMAC-SHA256 of the trimmed timestamp + token, 900 s window checked after the MAC), by the
+/// module, and through the registry inside a JSON body.
+fn mailgun_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    _headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let now = ctrl.clock(NOW_SECS);
+    let ts = now.saturating_add(ctrl.i16() * 32);
+    let token = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+    let mut mac = hmac_hex(
+        &keys[ctrl.below(keys.len())],
+        &[ts.to_string().as_bytes(), token.as_bytes()],
+    )
+    .into_bytes();
+    if ctrl.flag() {
+        edit(ctrl, &mut mac);
+    }
+    let mut ts_text = ts.to_string().into_bytes();
+    if ctrl.flag() {
+        edit(ctrl, &mut ts_text);
+    }
+    let parts = mailgun::SignatureParts {
+        timestamp: String::from_utf8_lossy(&ts_text).into_owned(),
+        token,
+        signature: String::from_utf8_lossy(&mac).into_owned(),
+        parent_signature: None,
+    };
+
+    let ts_raw = parts.timestamp.trim().as_bytes();
+    let signed = !parts.token.is_empty()
+        && parts.token.len() <= 256
+        && hex_signed(
+            &keys,
+            parts.signature.trim().as_bytes(),
+            &[ts_raw, parts.token.as_bytes()],
+        );
+    let expected = match digits(ts_raw) {
+        Some(t) if signed => within(t, now, mailgun::WINDOW_SECS),
+        _ => Err(VerifyError::InvalidSignature),
+    };
+    assert_eq!(
+        mailgun::verify(&set, &parts, now),
+        expected,
+        "{parts:?} at {now}"
+    );
+
+    let Some(now_ms) = now.checked_mul(1000) else {
+        return;
+    };
+    let json = serde_json::to_vec(&serde_json::json!({
+        "signature": {
+            "timestamp": parts.timestamp,
+            "token": parts.token,
+            "signature": parts.signature,
+        },
+        "event-data": {"event": "delivered"},
+    }))
+    .expect("serializable");
+    assert_eq!(
+        provider.verify(
+            &request(&HeaderMap::new(), &json, now_ms),
+            Some(&Secrets::Hmac(set.clone()))
+        ),
+        expected,
+        "{provider:?} through the registry, {parts:?} at {now}"
     );
 }
 
