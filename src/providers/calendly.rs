@@ -88,6 +88,13 @@ impl Provider for Calendly {
         })
     }
 
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
+        if let Some(event) = opts.event {
+            out.set_json_str(&["event"], event)?;
+        }
+        Ok(())
+    }
+
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         let header = sign(opts.secret()?.as_bytes(), opts.now_ms / 1000, &out.body);
         out.header(SIGNATURE, header);

@@ -67,7 +67,10 @@ impl Provider for Intercom {
         })
     }
 
-    fn compose(&self, out: &mut Outgoing, _: &SendOptions<'_>) -> Result<(), SignError> {
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
+        if let Some(event) = opts.event {
+            out.set_json_str(&["topic"], event)?;
+        }
         out.header("user-agent", "intercom-parrot-service-client/1.0");
         Ok(())
     }

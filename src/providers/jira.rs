@@ -64,7 +64,10 @@ impl Provider for Jira {
         })
     }
 
-    fn compose(&self, out: &mut Outgoing, _: &SendOptions<'_>) -> Result<(), SignError> {
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
+        if let Some(event) = opts.event {
+            out.set_json_str(&["webhookEvent"], event)?;
+        }
         out.header(IDENTIFIER, uuid::Uuid::new_v4().to_string());
         out.header("x-atlassian-webhook-flow", "Primary");
         Ok(())

@@ -111,6 +111,13 @@ impl Provider for Mailgun {
         })
     }
 
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
+        if let Some(event) = opts.event {
+            out.set_json_str(&["event-data", "event"], event)?;
+        }
+        Ok(())
+    }
+
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         let secret = opts.secret()?;
         out.body = sign_body(

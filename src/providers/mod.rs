@@ -264,6 +264,32 @@ impl Outgoing {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Sets the string at `path` (objects created on the way) in a JSON object body: how
+    /// `send --event` names the type of a provider that carries it in the body.
+    pub fn set_json_str(&mut self, path: &[&str], value: &str) -> Result<(), SignError> {
+        const NOT_OBJECT: &str = "to set its event type, the body must be a JSON object";
+        let mut v: Value = serde_json::from_slice(&self.body)
+            .map_err(|e| SignError(format!("{NOT_OBJECT}: {e}")))?;
+        let Some((last, parents)) = path.split_last() else {
+            return Ok(());
+        };
+        let mut at = &mut v;
+        for key in parents {
+            let Value::Object(m) = at else {
+                return Err(SignError(NOT_OBJECT.into()));
+            };
+            at = m
+                .entry(key.to_string())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        }
+        let Value::Object(m) = at else {
+            return Err(SignError(NOT_OBJECT.into()));
+        };
+        m.insert(last.to_string(), Value::String(value.to_string()));
+        self.body = serde_json::to_vec(&v).map_err(|e| SignError(e.to_string()))?;
+        Ok(())
+    }
 }
 
 /// What `send` was told.
@@ -476,6 +502,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn send_event_sets_the_body_type_of_body_typed_providers() {
+        let opts = |event| SendOptions {
+            event,
+            secret: Some("k"),
+            agent_key: None,
+            now_ms: 1_764_170_000_000,
+        };
+        for (p, path) in [
+            (&jira::Jira as &dyn Provider, &["webhookEvent"][..]),
+            (&intercom::Intercom, &["topic"]),
+            (&typeform::Typeform, &["event_type"]),
+            (&vercel::Vercel, &["type"]),
+            (&calendly::Calendly, &["event"]),
+            (&notion::Notion, &["type"]),
+            (&mailgun::Mailgun, &["event-data", "event"]),
+        ] {
+            let mut out = Outgoing {
+                headers: Vec::new(),
+                body: p.sample().as_bytes().to_vec(),
+            };
+            p.compose(&mut out, &opts(None)).unwrap();
+            assert_eq!(
+                out.body,
+                p.sample().as_bytes(),
+                "{p:?}: no --event, no change"
+            );
+            p.compose(&mut out, &opts(Some("custom.kind"))).unwrap();
+            let v: Value = serde_json::from_slice(&out.body).unwrap();
+            let at = path.iter().fold(&v, |v, k| &v[*k]);
+            assert_eq!(at, "custom.kind", "{p:?}");
+        }
+        let mut out = Outgoing {
+            headers: Vec::new(),
+            body: b"a=b".to_vec(),
+        };
+        assert!(
+            typeform::Typeform
+                .compose(&mut out, &opts(Some("x")))
+                .is_err()
+        );
+        let mut out = Outgoing {
+            headers: Vec::new(),
+            body: br#"{"event-data":"flat"}"#.to_vec(),
+        };
+        assert!(
+            mailgun::Mailgun
+                .compose(&mut out, &opts(Some("x")))
+                .is_err()
+        );
     }
 
     #[test]

@@ -89,6 +89,13 @@ impl Provider for Notion {
         ))
     }
 
+    fn compose(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
+        if let Some(event) = opts.event {
+            out.set_json_str(&["type"], event)?;
+        }
+        Ok(())
+    }
+
     fn sign(&self, out: &mut Outgoing, opts: &SendOptions<'_>) -> Result<(), SignError> {
         let signature = sign(opts.secret()?.as_bytes(), &out.body);
         out.header(SIGNATURE, signature);
