@@ -29,8 +29,13 @@ use event_router::providers::recipe::{Recipe, RecipeSpec};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
-    github, gitlab, linear, paddle, pagerduty, shopify, slack, standard, stripe, twitch, zendesk,
+    github, gitlab, intercom, linear, mailgun, notion, paddle, pagerduty, shopify, slack, standard,
+    stripe, twitch, vercel, zendesk,
 };
+
+/// The provider whose signature lives in the body (Mailgun): its `sign` writes into the body
+/// and needs a JSON object.
+const BODY_SIGNED: &str = "mailgun";
 use event_router::rules::condition::Condition;
 use event_router::rules::model::{FilterCondition, Operator};
 use event_router::rules::path::{FieldPath, MAX_SEGMENTS, Memo, PrefixTable};
@@ -1079,6 +1084,9 @@ const MODELS: &[(&str, Model)] = &[
     ("pagerduty", pagerduty_model),
     ("zendesk", zendesk_model),
     ("twitch", twitch_model),
+    ("intercom", sha1_model),
+    ("vercel", sha1_model),
+    ("mailgun", mailgun_model),
 ];
 
 /// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte
@@ -1143,12 +1151,20 @@ fn any_provider(provider: &dyn Provider, secrets: &[u8], headers: &HeaderMap, bo
             agent_key: None,
             now_ms: NOW_MS,
         };
-        // A public-key scheme cannot sign with what verifies it.
+        // A public-key scheme cannot sign with what verifies it; Mailgun signs only a JSON
+        // object, into which it writes its signature.
         if provider.sign(&mut out, &opts).is_err() {
             continue;
         }
-        assert_eq!(out.body, body, "{provider:?}: signing changed the body");
         let mut signed = headers.clone();
+        if provider.name() == BODY_SIGNED {
+            signed.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        } else {
+            assert_eq!(out.body, body, "{provider:?}: signing changed the body");
+        }
         for (name, value) in &out.headers {
             signed.insert(
                 HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
@@ -1156,7 +1172,7 @@ fn any_provider(provider: &dyn Provider, secrets: &[u8], headers: &HeaderMap, bo
             );
         }
         assert_eq!(
-            provider.verify(&request(&signed, body, NOW_MS), Some(&parsed)),
+            provider.verify(&request(&signed, &out.body, NOW_MS), Some(&parsed)),
             Ok(()),
             "{provider:?} refused its own signature"
         );
@@ -1256,6 +1272,192 @@ fn github_model(
         body,
         NOW_MS,
         expected,
+    );
+}
+
+/// HMAC-SHA1 of `body`, as lowercase hex.
+fn hmac_sha1_hex(key: &[u8], body: &[u8]) -> String {
+    hex::encode(hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key),
+        body,
+    ))
+}
+
+/// Intercom (`X-Hub-Signature: sha1=<hex>`) and Vercel (`x-vercel-signature: <hex>`), HMAC-SHA1
+/// of the body (`intercom::verify`, `vercel::verify`): every key's signature verifies in either
+/// hex case; a changed body or hex digit never does; the fuzzer's header, or a genuine one it
+/// edited, is judged as the reference model judges it, by the module and through the registry.
+/// The keys come from the provider's own list parser (SHA-1 keys), capped at [`MAX_KEYS`].
+fn sha1_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let (name, prefix): (&'static str, &str) = if provider.name() == "intercom" {
+        ("x-hub-signature", "sha1=")
+    } else {
+        ("x-vercel-signature", "")
+    };
+    let list = String::from_utf8_lossy(secrets);
+    let mut keys: Vec<Vec<u8>> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .take(MAX_KEYS)
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    if keys.is_empty() {
+        keys.push(FALLBACK_KEY.to_vec());
+    }
+    let joined = keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect::<Vec<_>>()
+        .join(",");
+    let set = SecretSet::hmac_sha1_from_list(&joined).expect("non-empty keys");
+    assert_eq!(set.len(), keys.len());
+    let verify = |sig: Option<&[u8]>, body: &[u8]| match provider.name() {
+        "intercom" => intercom::verify(&set, sig, body),
+        _ => vercel::verify(&set, sig, body),
+    };
+    let sign = |key: &[u8]| format!("{prefix}{}", hmac_sha1_hex(key, body));
+
+    for key in &keys {
+        let sig = sign(key);
+        assert_eq!(verify(Some(sig.as_bytes()), body), Ok(()));
+        let upper = format!("{prefix}{}", sig[prefix.len()..].to_ascii_uppercase());
+        assert_eq!(verify(Some(upper.as_bytes()), body), Ok(()));
+    }
+    let good = sign(&keys[ctrl.below(keys.len())]);
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            verify(Some(good.as_bytes()), &other),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let wrong = other_hex_digit(ctrl, &good, prefix.len());
+    assert_eq!(
+        verify(Some(&wrong), body),
+        Err(VerifyError::InvalidSignature)
+    );
+
+    let header = match ctrl.byte() % 4 {
+        0 => raw(headers, name).map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(ctrl, &mut v);
+            edit(ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let header = header.as_deref();
+    let ok = header
+        .map(<[u8]>::trim_ascii)
+        .and_then(|s| s.strip_prefix(prefix.as_bytes()))
+        .is_some_and(|hex| {
+            keys.iter()
+                .any(|k| hex.eq_ignore_ascii_case(hmac_sha1_hex(k, body).as_bytes()))
+        });
+    let expected = ok.then_some(()).ok_or(VerifyError::InvalidSignature);
+    assert_eq!(
+        verify(header, body),
+        expected,
+        "signature {:?}",
+        header.map(String::from_utf8_lossy)
+    );
+    let mut map = HeaderMap::new();
+    if let Some(v) = header {
+        let Ok(v) = HeaderValue::from_bytes(v) else {
+            return;
+        };
+        map.insert(name, v);
+    }
+    assert_eq!(
+        provider.verify(
+            &request(&map, body, NOW_MS),
+            Some(&Secrets::Hmac(set.clone()))
+        ),
+        expected,
+        "{provider:?} through the registry, headers {map:?}"
+    );
+}
+
+/// Mailgun (`mailgun::verify`, signature fields inside the body): a signature block made from
+/// the fuzzer's token (the body's first bytes), a timestamp near a fuzzed clock, a key of the
+/// list, then edited (timestamp and MAC), is judged as the reference model judges it (hex
+/// HMAC-SHA256 of the trimmed timestamp + token, 900 s window checked after the MAC), by the
+/// module, and through the registry inside a JSON body.
+fn mailgun_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    _headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let now = ctrl.clock(NOW_SECS);
+    let ts = now.saturating_add(ctrl.i16() * 32);
+    let token = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+    let mut mac = hmac_hex(
+        &keys[ctrl.below(keys.len())],
+        &[ts.to_string().as_bytes(), token.as_bytes()],
+    )
+    .into_bytes();
+    if ctrl.flag() {
+        edit(ctrl, &mut mac);
+    }
+    let mut ts_text = ts.to_string().into_bytes();
+    if ctrl.flag() {
+        edit(ctrl, &mut ts_text);
+    }
+    let parts = mailgun::SignatureParts {
+        timestamp: String::from_utf8_lossy(&ts_text).into_owned(),
+        token,
+        signature: String::from_utf8_lossy(&mac).into_owned(),
+        parent_signature: None,
+    };
+
+    let ts_raw = parts.timestamp.trim().as_bytes();
+    let signed = !parts.token.is_empty()
+        && parts.token.len() <= 256
+        && hex_signed(
+            &keys,
+            parts.signature.trim().as_bytes(),
+            &[ts_raw, parts.token.as_bytes()],
+        );
+    let expected = match digits(ts_raw) {
+        Some(t) if signed => within(t, now, mailgun::WINDOW_SECS),
+        _ => Err(VerifyError::InvalidSignature),
+    };
+    assert_eq!(
+        mailgun::verify(&set, &parts, now),
+        expected,
+        "{parts:?} at {now}"
+    );
+
+    let Some(now_ms) = now.checked_mul(1000) else {
+        return;
+    };
+    let json = serde_json::to_vec(&serde_json::json!({
+        "signature": {
+            "timestamp": parts.timestamp,
+            "token": parts.token,
+            "signature": parts.signature,
+        },
+        "event-data": {"event": "delivered"},
+    }))
+    .expect("serializable");
+    assert_eq!(
+        provider.verify(
+            &request(&HeaderMap::new(), &json, now_ms),
+            Some(&Secrets::Hmac(set.clone()))
+        ),
+        expected,
+        "{provider:?} through the registry, {parts:?} at {now}"
     );
 }
 
@@ -2111,6 +2313,9 @@ pub fn ingest_prepare(data: &[u8]) {
         identifier_field.map(str::to_string),
     );
 
+    // Mailgun writes its signature into the body, and signs only a JSON object: its signed
+    // requests carry the body it made.
+    let mut signed_body = None;
     if sign {
         let mut out = providers::Outgoing {
             headers: Vec::new(),
@@ -2122,8 +2327,18 @@ pub fn ingest_prepare(data: &[u8]) {
             agent_key: None,
             now_ms: NOW_MS,
         };
-        provider.sign(&mut out, &opts).expect("signs any body");
-        assert_eq!(out.body, body, "signing changed the body");
+        if provider.name() == BODY_SIGNED {
+            if provider.sign(&mut out, &opts).is_ok() {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                signed_body = Some(std::mem::take(&mut out.body));
+            }
+        } else {
+            provider.sign(&mut out, &opts).expect("signs any body");
+            assert_eq!(out.body, body, "signing changed the body");
+        }
         for (name, value) in &out.headers {
             headers.insert(
                 HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
@@ -2144,11 +2359,18 @@ pub fn ingest_prepare(data: &[u8]) {
             }
         }
     }
+    let sign = sign && (provider.name() != BODY_SIGNED || signed_body.is_some());
+    let body: &[u8] = signed_body.as_deref().unwrap_or(body);
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .filter(|_| source.name == standard::INTERNAL)
         .map(|v| v.as_bytes() == AGENT_BEARER);
-    let authentic = bearer.unwrap_or(sign);
+    // Notion's verification request (`{"verification_token": …}`, no signature header) is
+    // taken unsigned, by design.
+    let notion_verification = provider.name() == "notion"
+        && !headers.contains_key("x-notion-signature")
+        && notion::is_verification(body);
+    let authentic = bearer.unwrap_or(sign) || notion_verification;
 
     let id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
     let result = prepare(

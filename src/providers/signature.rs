@@ -77,6 +77,15 @@ impl SecretSet {
         Self::from_list_with(hmac::HMAC_SHA256, list, decode)
     }
 
+    /// Comma-separated secrets whose UTF-8 bytes are HMAC-SHA1 keys (Intercom, Vercel): as
+    /// [`SecretSet::hmac_from_list`], for the providers that still sign with SHA-1.
+    /// `verify_body` and `any_mac` then compare SHA-1 MACs (20 bytes).
+    pub fn hmac_sha1_from_list(list: &str) -> Result<SecretSet, SecretError> {
+        Self::from_list_with(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, list, |_, secret| {
+            Ok(secret.as_bytes().to_vec())
+        })
+    }
+
     /// As [`SecretSet::from_list`], for HMAC keys of `algorithm` (SHA-1 or SHA-512 where a
     /// provider signs with them).
     pub fn from_list_with(
