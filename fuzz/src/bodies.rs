@@ -462,12 +462,42 @@ pub fn verify(data: &[u8]) {
     any_provider(provider, secrets, &headers, body);
 }
 
+/// The URL a source named `fuzz` was given (`public_url`), which the providers that sign the
+/// URL sign.
+const PUBLIC_URL: &str = "https://router.example.com/webhook/fuzz";
+
+/// A test webhook of `body`, to be signed: the request's `Content-Type` (which tells Twilio's
+/// signature a form from JSON), and the URL it is sent to.
+fn unsigned(headers: &HeaderMap, body: &[u8]) -> Outgoing {
+    let mut out = Outgoing {
+        headers: Vec::new(),
+        body: body.to_vec(),
+        url: Some(PUBLIC_URL.to_string()),
+    };
+    if let Some(ct) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        out.header("content-type", ct);
+    }
+    out
+}
+
+/// The path a signed webhook is posted to: with the query its provider signed (Twilio's
+/// `bodySHA256`).
+fn signed_path(out: &Outgoing) -> String {
+    match out.url.as_deref().and_then(providers::signed_url::query_of) {
+        Some(q) => format!("/webhook/fuzz?{q}"),
+        None => "/webhook/fuzz".to_string(),
+    }
+}
+
 /// A request to a source named `fuzz` (so no agent key stands in for a signature), at `now_ms`.
 fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], now_ms: i64) -> Request<'a> {
     Request {
         source: "fuzz",
         line: providers::RequestLine::post("/webhook/fuzz"),
-        public_url: Some("https://router.example.com/webhook/fuzz"),
+        public_url: Some(PUBLIC_URL),
         headers,
         body,
         now_ms,
@@ -492,10 +522,7 @@ fn any_provider(provider: &dyn Provider, secrets: &[u8], headers: &HeaderMap, bo
     let _ = provider.verify(&request(headers, body, NOW_MS), Some(&parsed));
     let entries = list.split(',').map(str::trim).filter(|s| !s.is_empty());
     for secret in entries.take(MAX_KEYS) {
-        let mut out = Outgoing {
-            headers: Vec::new(),
-            body: body.to_vec(),
-        };
+        let mut out = unsigned(headers, body);
         let opts = SendOptions {
             event: None,
             secret: Some(secret),
@@ -514,8 +541,11 @@ fn any_provider(provider: &dyn Provider, secrets: &[u8], headers: &HeaderMap, bo
                 HeaderValue::from_str(value).expect("a valid header value"),
             );
         }
+        let path = signed_path(&out);
+        let mut req = request(&signed, body, NOW_MS);
+        req.line = providers::RequestLine::post(&path);
         assert_eq!(
-            provider.verify(&request(&signed, body, NOW_MS), Some(&parsed)),
+            provider.verify(&req, Some(&parsed)),
             Ok(()),
             "{provider:?} refused its own signature"
         );
@@ -1451,13 +1481,12 @@ pub fn ingest_prepare(data: &[u8]) {
         provider,
         Some(secrets),
         identifier_field.map(str::to_string),
-    );
+    )
+    .with_public_url(Some(PUBLIC_URL.to_string()));
 
+    let mut path = "/webhook/fuzz".to_string();
     if sign {
-        let mut out = providers::Outgoing {
-            headers: Vec::new(),
-            body: body.to_vec(),
-        };
+        let mut out = unsigned(&headers, body);
         let opts = providers::SendOptions {
             event: None,
             secret: Some(SOURCE_SECRET),
@@ -1466,6 +1495,7 @@ pub fn ingest_prepare(data: &[u8]) {
         };
         provider.sign(&mut out, &opts).expect("signs any body");
         assert_eq!(out.body, body, "signing changed the body");
+        path = signed_path(&out);
         for (name, value) in &out.headers {
             headers.insert(
                 HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
@@ -1495,7 +1525,7 @@ pub fn ingest_prepare(data: &[u8]) {
     let id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
     let result = prepare(
         &source,
-        providers::RequestLine::post("/webhook/fuzz"),
+        providers::RequestLine::post(&path),
         &headers,
         body,
         "203.0.113.7",
@@ -1511,13 +1541,21 @@ pub fn ingest_prepare(data: &[u8]) {
                     // Only from the decoded body: the headers were signed just now.
                     let spec = event::ProbeSpec::new(provider.probes(), None);
                     let fields = event::body_kind(&headers)
-                        .and_then(|kind| event::probe_body(kind, body, &spec, provider.form_body()))
+                        .and_then(|kind| {
+                            event::probe_body_as(
+                                kind,
+                                body,
+                                &spec,
+                                provider.form_body(),
+                                provider.json_body(),
+                            )
+                        })
                         .expect("a stale body decodes")
                         .fields;
                     let req = providers::Request {
                         source: &source.name,
-                        line: providers::RequestLine::post("/webhook/fuzz"),
-                        public_url: None,
+                        line: providers::RequestLine::post(&path),
+                        public_url: Some(PUBLIC_URL),
                         headers: &headers,
                         body,
                         now_ms: NOW_MS,
@@ -1561,7 +1599,13 @@ pub fn ingest_prepare(data: &[u8]) {
             "materializing changed the archived text"
         );
     }
-    assert!(event["payload"].is_object());
+    assert!(
+        event["payload"].is_object()
+            || (event["payload"].is_array()
+                && provider.json_body() == event::JsonBody::ObjectOrArray),
+        "payload {}",
+        event["payload"]
+    );
     // The probe read the same fields a parsed payload gives.
     let spec = event::ProbeSpec::new(provider.probes(), None);
     let classified = provider

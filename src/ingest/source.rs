@@ -16,6 +16,8 @@ pub struct Source {
     pub identifier_field: Option<String>,
     /// The URL the provider was given (`public_url`), for providers that sign it.
     pub public_url: Option<String>,
+    /// The token of the provider's `GET` check of the endpoint (Meta), when it has one.
+    pub verify_token: Option<String>,
     /// The payload fields ingest reads for this source's provider and identifier path.
     pub probe: ProbeSpec,
 }
@@ -34,7 +36,8 @@ impl Source {
         };
         Ok(
             Source::new(name, cfg.provider, secrets, cfg.identifier_field.clone())
-                .with_public_url(cfg.public_url.clone()),
+                .with_public_url(cfg.public_url.clone())
+                .with_verify_token(cfg.verify_token.as_ref().map(|t| t.0.clone())),
         )
     }
 
@@ -51,11 +54,17 @@ impl Source {
             probe: ProbeSpec::new(provider.probes(), identifier_field.as_deref()),
             identifier_field,
             public_url: None,
+            verify_token: None,
         }
     }
 
     pub fn with_public_url(mut self, public_url: Option<String>) -> Source {
         self.public_url = public_url;
+        self
+    }
+
+    pub fn with_verify_token(mut self, verify_token: Option<String>) -> Source {
+        self.verify_token = verify_token;
         self
     }
 }

@@ -12,8 +12,10 @@
 //! docs/architecture.md, "How to add a provider".
 
 pub mod github;
+pub mod hubspot;
 pub mod linear;
 pub mod signature;
+pub mod signed_url;
 pub mod slack;
 pub mod standard;
 
@@ -23,7 +25,7 @@ use std::sync::OnceLock;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::event::{BodyError, Classified, Fields, FormBody, Probe};
+use crate::event::{BodyError, Classified, Fields, FormBody, JsonBody, Probe};
 pub use signature::{SecretError, SecretSet, VerifyError};
 
 /// Every provider, in the order they are listed to users.
@@ -32,6 +34,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &linear::Linear,
     &slack::Slack,
     &standard::Standard,
+    &hubspot::HubSpot,
 ];
 
 /// Everything the router knows about one provider.
@@ -70,6 +73,28 @@ pub trait Provider: Send + Sync + 'static {
     /// What this provider's `application/x-www-form-urlencoded` bodies hold.
     fn form_body(&self) -> FormBody {
         FormBody::PayloadOrFields
+    }
+
+    /// What this provider's JSON bodies may be: an object (the default), or also an array
+    /// (HubSpot sends a batch of events as one array, stored as it came).
+    fn json_body(&self) -> JsonBody {
+        JsonBody::Object
+    }
+
+    /// The environment variable holding the token the operator gave the provider for its
+    /// `GET` check of the endpoint (Meta: `META_VERIFY_TOKEN` for the `meta` source), for a
+    /// source named `source`; `None`: the provider sends no such check.
+    fn verify_token_env(&self, _source: &str) -> Option<String> {
+        None
+    }
+
+    /// A `GET /webhook/{source}` the provider sends to check the endpoint before it sends
+    /// events (Meta's `hub.challenge`): the `text/plain` body to answer `200` with, or why it
+    /// is refused. `query` is the raw query string, `token` the source's verify token (from
+    /// `verify_token_env`), compared in constant time. `None`: the provider sends no such
+    /// request, and a `GET` is `405` as on any other source.
+    fn verify_get(&self, _query: &str, _token: Option<&str>) -> Option<Result<String, GetRefusal>> {
+        None
     }
 
     /// The payload fields `verify_payload`, `handshake` and `classify` read (at most
@@ -217,6 +242,15 @@ pub enum Handshake {
     Headers(Vec<(&'static str, String)>),
 }
 
+/// Why a provider's `GET` check of the endpoint (`Provider::verify_get`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GetRefusal {
+    /// A parameter is missing or malformed: `400 bad_request` with this message.
+    BadRequest(String),
+    /// The token is not the source's (or it has none): `403 invalid_verify_token`.
+    Forbidden,
+}
+
 /// A header's value as text, trimmed; `None` when absent, empty or not visible ASCII.
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -231,6 +265,10 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub struct Outgoing {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The URL the provider would have been given (the source's `public_url`, else where the
+    /// request is posted), for providers that sign the URL (HubSpot, Square, Twilio); `sign`
+    /// may add to its query (Twilio's `bodySHA256`), which `send` then posts with.
+    pub url: Option<String>,
 }
 
 impl Outgoing {
@@ -364,8 +402,11 @@ mod tests {
         }
         assert!(by_name("internal").is_none());
         assert!(by_source("standard").is_none());
-        assert_eq!(names_text(), "github, linear, slack or standard");
-        assert_eq!(builtin_sources_text(), "github, linear, slack, internal");
+        assert_eq!(names_text(), "github, linear, slack, standard or hubspot");
+        assert_eq!(
+            builtin_sources_text(),
+            "github, linear, slack, internal, hubspot"
+        );
     }
 
     #[test]
@@ -379,7 +420,9 @@ mod tests {
             }
             assert!(slots.len() <= Field::PROVIDER_SLOTS, "{}", p.name());
             let sample: Value = serde_json::from_str(p.sample()).unwrap();
-            assert!(sample.is_object(), "{}", p.name());
+            // An array only for a provider that sends arrays (HubSpot's batches).
+            let array_ok = p.json_body() == JsonBody::ObjectOrArray && sample.is_array();
+            assert!(sample.is_object() || array_ok, "{}", p.name());
         }
     }
 
@@ -399,6 +442,7 @@ mod tests {
                 let mut out = Outgoing {
                     headers: Vec::new(),
                     body: p.sample().as_bytes().to_vec(),
+                    url: Some("https://router.example.com/webhook/any".into()),
                 };
                 let opts = SendOptions {
                     event: None,
@@ -417,9 +461,14 @@ mod tests {
                         http::HeaderValue::from_str(v).unwrap(),
                     );
                 }
+                // The query the provider put in the URL it signed (Twilio's `bodySHA256`).
+                let path = match out.url.as_deref().and_then(signed_url::query_of) {
+                    Some(q) => format!("/webhook/any?{q}"),
+                    None => "/webhook/any".to_string(),
+                };
                 let req = |body| Request {
                     source: "any",
-                    line: RequestLine::post("/webhook/any"),
+                    line: RequestLine::post(&path),
                     public_url: Some("https://router.example.com/webhook/any"),
                     headers: &headers,
                     body,
