@@ -17,6 +17,7 @@ pub mod linear;
 pub mod signature;
 pub mod signed_url;
 pub mod slack;
+pub mod square;
 pub mod standard;
 
 use std::fmt;
@@ -35,6 +36,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &slack::Slack,
     &standard::Standard,
     &hubspot::HubSpot,
+    &square::Square,
 ];
 
 /// Everything the router knows about one provider.
@@ -402,10 +404,13 @@ mod tests {
         }
         assert!(by_name("internal").is_none());
         assert!(by_source("standard").is_none());
-        assert_eq!(names_text(), "github, linear, slack, standard or hubspot");
+        assert_eq!(
+            names_text(),
+            "github, linear, slack, standard, hubspot or square"
+        );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, hubspot"
+            "github, linear, slack, internal, hubspot, square"
         );
     }
 
