@@ -19,6 +19,7 @@ pub mod signed_url;
 pub mod slack;
 pub mod square;
 pub mod standard;
+pub mod twilio;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -37,6 +38,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &standard::Standard,
     &hubspot::HubSpot,
     &square::Square,
+    &twilio::Twilio,
 ];
 
 /// Everything the router knows about one provider.
@@ -406,11 +408,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, hubspot or square"
+            "github, linear, slack, standard, hubspot, square or twilio"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, hubspot, square"
+            "github, linear, slack, internal, hubspot, square, twilio"
         );
     }
 
