@@ -14,6 +14,7 @@
 pub mod github;
 pub mod hubspot;
 pub mod linear;
+pub mod meta;
 pub mod signature;
 pub mod signed_url;
 pub mod slack;
@@ -39,6 +40,7 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &hubspot::HubSpot,
     &square::Square,
     &twilio::Twilio,
+    &meta::Meta,
 ];
 
 /// Everything the router knows about one provider.
@@ -408,11 +410,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, hubspot, square or twilio"
+            "github, linear, slack, standard, hubspot, square, twilio or meta"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, hubspot, square, twilio"
+            "github, linear, slack, internal, hubspot, square, twilio, meta"
         );
     }
 

@@ -20,6 +20,7 @@ mod delivery_crash;
 mod delivery_dlq;
 mod delivery_queue;
 mod fuzz_regressions;
+mod handshakes_pd;
 mod ingest;
 mod ingest_errors;
 mod rate_limits;
