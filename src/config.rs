@@ -512,22 +512,63 @@ impl Config {
                 .unwrap_or_default();
             let mut identifier = existing.as_ref().and_then(|s| s.identifier_field.clone());
             let mut public_url = existing.as_ref().and_then(|s| s.public_url.clone());
+            let mut recipe_scheme: Option<String> = None;
+            let mut recipe = providers::recipe::RecipeSpec::default();
+            let mut recipe_keys: Vec<String> = Vec::new();
             let mut ok = true;
             for (k, v) in t.iter() {
                 let at = ctx.at(v.span());
                 let field = format!("{key}.{k}");
                 match k {
-                    "scheme" => match v.as_str().and_then(providers::by_name) {
-                        Some(p) => provider = Some(p),
-                        None => {
-                            ok = false;
-                            let names: Vec<String> = providers::PROVIDERS
-                                .iter()
-                                .map(|p| format!("\"{}\"", p.name()))
-                                .collect();
-                            push(field, at, format!("expected one of {}", names.join(", ")))
+                    "scheme" => match v.as_str() {
+                        Some(r) if providers::recipe::SCHEMES.contains(&r) => {
+                            recipe_scheme = Some(r.to_string())
                         }
+                        other => match other.and_then(providers::by_name) {
+                            Some(p) => provider = Some(p),
+                            None => {
+                                ok = false;
+                                let names: Vec<String> = providers::PROVIDERS
+                                    .iter()
+                                    .map(|p| p.name())
+                                    .chain(providers::recipe::SCHEMES.iter().copied())
+                                    .map(|n| format!("\"{n}\""))
+                                    .collect();
+                                push(field, at, format!("expected one of {}", names.join(", ")))
+                            }
+                        },
                     },
+                    k if providers::recipe::RecipeSpec::KEYS.contains(&k) => {
+                        recipe_keys.push(k.to_string());
+                        let text = || match v.as_str() {
+                            Some(s) => Ok(Some(s.to_string())),
+                            None => Err(expected("a string", v)),
+                        };
+                        let set = match k {
+                            "tolerance_secs" => match int_in(v, 1, 86_400) {
+                                Ok(n) => {
+                                    recipe.tolerance_secs = Some(n as u64);
+                                    Ok(())
+                                }
+                                Err(m) => Err(m),
+                            },
+                            _ => text().map(|t| match k {
+                                "header" => recipe.header = t,
+                                "algorithm" => recipe.algorithm = t,
+                                "encoding" => recipe.encoding = t,
+                                "prefix" => recipe.prefix = t,
+                                "signed" => recipe.signed = t,
+                                "timestamp_header" => recipe.timestamp_header = t,
+                                "id_header" => recipe.id_header = t,
+                                "type_header" => recipe.type_header = t,
+                                _ => recipe.type_path = t,
+                            }),
+                        };
+                        if let Err(m) = set {
+                            ok = false;
+                            push(field, at, m);
+                        }
+                    }
                     "secret_env" => match v.as_str() {
                         Some(s) if valid_env_name(s) => secret_env = vec![s.to_string()],
                         _ => {
@@ -567,9 +608,34 @@ impl Config {
                             field,
                             at,
                             format!(
-                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field, public_url)"
+                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field, public_url, and for scheme \"hmac\", \"token\" or \"basic\": {})",
+                                providers::recipe::RecipeSpec::KEYS.join(", ")
                             ),
                         )
+                    }
+                }
+            }
+            match &recipe_scheme {
+                Some(scheme) if ok => match providers::recipe::Recipe::build(scheme, &recipe) {
+                    Ok(r) => provider = Some(r),
+                    Err(m) => {
+                        ok = false;
+                        push(
+                            format!("{key}.scheme"),
+                            at.clone(),
+                            format!("{scheme}: {m}"),
+                        );
+                    }
+                },
+                Some(_) => {}
+                None => {
+                    if let Some(k) = recipe_keys.first() {
+                        ok = false;
+                        push(
+                            format!("{key}.{k}"),
+                            at.clone(),
+                            "only for scheme = \"hmac\", \"token\" or \"basic\"".into(),
+                        );
                     }
                 }
             }
@@ -1151,6 +1217,77 @@ mod tests {
             Some("payload.repository.full_name")
         );
         assert_eq!(cfg.sources["github"].provider.name(), "github");
+    }
+
+    #[test]
+    fn recipes_and_public_urls_are_read_and_checked() {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        cfg.apply_file(
+            Path::new("c.toml"),
+            r#"[sources.acme]
+scheme = "hmac"
+secret_env = "ACME_SECRET"
+header = "X-Acme-Signature"
+algorithm = "sha512"
+encoding = "base64"
+prefix = "v1="
+signed = "{timestamp}.{body}"
+timestamp_header = "X-Acme-Timestamp"
+tolerance_secs = 120
+id_header = "X-Acme-Delivery"
+type_path = "payload.event.kind"
+public_url = "https://hooks.example.com/webhook/acme"
+
+[sources.tok]
+scheme = "token"
+header = "X-Token"
+type_header = "X-Kind"
+
+[sources.basic]
+scheme = "basic"
+type_header = "X-Kind"
+"#,
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let acme = &cfg.sources["acme"];
+        assert_eq!(acme.provider.name(), "hmac");
+        assert_eq!(acme.provider.signature_headers(), &["x-acme-signature"]);
+        assert_eq!(
+            acme.provider.replay_window(),
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(
+            acme.public_url.as_deref(),
+            Some("https://hooks.example.com/webhook/acme")
+        );
+        assert_eq!(cfg.sources["tok"].provider.name(), "token");
+        assert_eq!(cfg.sources["basic"].provider.name(), "basic");
+
+        let shown: Vec<String> = file_errors(
+            "[sources.a]\nscheme = \"hmac\"\ntype_header = \"X\"\n\
+             [sources.b]\nscheme = \"github\"\nheader = \"X\"\n\
+             [sources.c]\nscheme = \"hmac\"\nheader = \"X\"\ntype_header = \"X\"\nsigned = \"{timestamp}\"\n\
+             [sources.d]\nscheme = \"standard\"\npublic_url = \"/relative\"\n",
+        )
+        .iter()
+        .map(|e| format!("{}: {}", e.key, e.message))
+        .collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("sources.a.scheme: hmac: header is required"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with("sources.b.header: only for scheme"),
+            "{shown:#?}"
+        );
+        assert!(shown[2].contains("{body}"), "{shown:#?}");
+        assert!(
+            shown[3].starts_with("sources.d.public_url: expected the absolute URL"),
+            "{shown:#?}"
+        );
     }
 
     #[test]

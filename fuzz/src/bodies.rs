@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 
 use event_router::event::{self, BodyKind, FormBody, MAX_DEPTH};
 use event_router::ingest::{IngestError, Prepared, Source, prepare};
+use event_router::providers::recipe::{Recipe, RecipeSpec};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
@@ -44,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("decode_body", decode_body),
     ("field_path", field_path),
     ("ingest_prepare", ingest_prepare),
+    ("recipe", recipe),
 ];
 
 /// The target called `name`.
@@ -1653,6 +1655,144 @@ pub fn ingest_prepare(data: &[u8]) {
             panic!("archived text does not parse: {e}: {text}")
         });
     assert_eq!(back, event, "archived text differs from the event");
+}
+
+// --- recipes ---
+
+/// Config-declared providers (`scheme = "hmac"`, `"token"`, `"basic"`). Layout:
+/// `ctrl \0 header \0 signed \0 prefix \0 secrets \0 headers \0 body`: `ctrl` picks the scheme,
+/// algorithm, encoding and which optional headers the recipe has; the text fields are the
+/// recipe's `header`, `signed` template and `prefix`, as an operator could write anything.
+///
+/// Building a recipe from any text never panics (it is refused with a reason or built); for a
+/// built one, parsing any secret list and verifying any request never panic; a request signed
+/// as the recipe signs it (`send`) verifies with each secret, also at the edge of the window;
+/// for `hmac` (whose signature covers the body) the same request with a byte of the body
+/// changed does not; and one signed just outside the window is stale, never accepted.
+pub fn recipe(data: &[u8]) {
+    let mut fields = Fields::new(data);
+    let mut ctrl = Ctrl(fields.next().unwrap_or_default());
+    let text = |f: Option<&[u8]>| String::from_utf8_lossy(f.unwrap_or_default()).into_owned();
+    let header = text(fields.next());
+    let signed = text(fields.next());
+    let prefix = text(fields.next());
+    let secrets = fields.next().unwrap_or_default();
+    let headers = header_lines(fields.next().unwrap_or_default());
+    let body = fields.rest();
+
+    let scheme = ["hmac", "token", "basic"][ctrl.below(3)];
+    let mut spec = RecipeSpec {
+        type_header: Some("x-type".into()),
+        ..Default::default()
+    };
+    if scheme != "basic" {
+        spec.header = Some(header);
+    }
+    if scheme == "hmac" {
+        spec.algorithm = Some(["sha1", "sha256", "sha512", "md5"][ctrl.below(4)].into());
+        spec.encoding = Some(["hex", "base64", "b32"][ctrl.below(3)].into());
+        spec.signed = ctrl.flag().then_some(signed);
+        spec.prefix = ctrl.flag().then_some(prefix);
+        if ctrl.flag() {
+            spec.timestamp_header = Some("x-ts".into());
+            spec.tolerance_secs = Some(1 + ctrl.below(600) as u64);
+        }
+    }
+    if ctrl.flag() {
+        spec.id_header = Some("x-id".into());
+    }
+    let Ok(recipe) = Recipe::build(scheme, &spec) else {
+        return;
+    };
+    let provider: &dyn Provider = recipe;
+    assert!(
+        provider
+            .verify(&request(&headers, body, NOW_MS), None)
+            .is_err(),
+        "a recipe verified a request without secrets"
+    );
+    let list = String::from_utf8_lossy(secrets);
+    let Ok(parsed) = provider.parse_secrets(&list) else {
+        return;
+    };
+    let _ = provider.verify(&request(&headers, body, NOW_MS), Some(&parsed));
+    let window_ms = provider
+        .replay_window()
+        .map(|w| i64::try_from(w.as_millis()).expect("a small window"));
+    for secret in list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .take(MAX_KEYS)
+    {
+        for (at, expected) in [
+            (NOW_MS, Ok(())),
+            (NOW_MS - window_ms.unwrap_or(0), Ok(())),
+            (
+                NOW_MS - window_ms.unwrap_or(0) - 1_000,
+                if window_ms.is_some() {
+                    Err(VerifyError::StaleTimestamp)
+                } else {
+                    Ok(())
+                },
+            ),
+        ] {
+            let mut out = Outgoing {
+                headers: Vec::new(),
+                body: body.to_vec(),
+                url: None,
+            };
+            let opts = SendOptions {
+                event: Some("fuzz"),
+                secret: Some(secret),
+                agent_key: None,
+                now_ms: at,
+            };
+            provider.compose(&mut out, &opts).expect("compose");
+            provider
+                .sign(&mut out, &opts)
+                .expect("a recipe signs with any secret");
+            assert_eq!(out.body, body, "signing changed the body");
+            let mut map = HeaderMap::new();
+            let mut sendable = true;
+            for (name, value) in &out.headers {
+                match (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    (Ok(n), Ok(v)) => {
+                        map.insert(n, v);
+                    }
+                    // A prefix or token no header can carry cannot be sent at all.
+                    _ => sendable = false,
+                }
+            }
+            if !sendable {
+                continue;
+            }
+            // A value with spaces around it is trimmed by HTTP: the request a client could
+            // really send.
+            let trimmed = out.headers.iter().all(|(_, v)| v.trim() == v.as_str());
+            if !trimmed {
+                continue;
+            }
+            assert_eq!(
+                provider.verify(&request(&map, body, NOW_MS), Some(&parsed)),
+                expected,
+                "{scheme}: a request signed at {at} with {secret:?}"
+            );
+            if scheme == "hmac"
+                && expected.is_ok()
+                && let Some(changed) = tampered(&mut ctrl, body)
+            {
+                assert_eq!(
+                    provider.verify(&request(&map, &changed, NOW_MS), Some(&parsed)),
+                    Err(VerifyError::InvalidSignature),
+                    "{scheme}: a changed body verified"
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

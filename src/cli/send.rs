@@ -86,7 +86,17 @@ pub fn prepare_at(
 
 /// Runs the command; `Ok(true)` when the router answered 2xx.
 pub async fn send(args: SendArgs) -> anyhow::Result<bool> {
-    let provider = match args.scheme.or_else(|| providers::by_source(&args.source)) {
+    // A source declared in the config file (`EVENT_ROUTER_CONFIG`): its provider, a recipe
+    // included, and its secret.
+    let declared = (args.scheme.is_none() && providers::by_source(&args.source).is_none())
+        .then(|| crate::config::Config::load(&Default::default(), &crate::config::process_env).ok())
+        .flatten()
+        .and_then(|c| c.sources.get(&args.source).cloned());
+    let provider = match args
+        .scheme
+        .or_else(|| providers::by_source(&args.source))
+        .or(declared.as_ref().map(|s| s.provider))
+    {
         Some(p) => p,
         None => {
             let names: Vec<&str> = providers::PROVIDERS.iter().map(|p| p.name()).collect();
@@ -112,11 +122,20 @@ pub async fn send(args: SendArgs) -> anyhow::Result<bool> {
         }
         None => provider.sample().as_bytes().to_vec(),
     };
-    let secret = args.secret.clone().or_else(|| {
-        default_secret_env(provider, &args.source)
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-    });
+    let secret = args
+        .secret
+        .clone()
+        .or_else(|| {
+            declared
+                .as_ref()
+                .and_then(|s| s.secret.as_ref())
+                .map(|s| s.0.clone())
+        })
+        .or_else(|| {
+            default_secret_env(provider, &args.source)
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        });
     // A rotation list: providers sign with one secret, the first.
     let secret = secret.map(|s| s.split(',').next().unwrap_or("").trim().to_string());
     let agent_key = std::env::var("AGENT_API_KEY")

@@ -7,7 +7,7 @@ use super::error::IngestError;
 use super::prepare::Prepared;
 use super::source::Source;
 use crate::event::{self, Classified, EventInput, Probed};
-use crate::providers::{self, Decoded, Handshake};
+use crate::providers::{Decoded, Handshake};
 
 /// The provider's handshake, if the request is one (Slack's `url_verification`).
 pub fn handshake(
@@ -56,7 +56,7 @@ pub fn normalize(
         fields: &fields,
         probe: &source.probe,
         headers,
-        signature_headers: providers::signature_headers(),
+        signature_headers: &source.hidden_headers,
         client_ip,
         received_bytes,
     });

@@ -18,6 +18,9 @@ pub struct Source {
     pub public_url: Option<String>,
     /// The token of the provider's `GET` check of the endpoint (Meta), when it has one.
     pub verify_token: Option<String>,
+    /// Headers never kept in an event's `metadata.headers`: every provider's signature headers,
+    /// those of the config's recipes included (`build_sources`), whichever source they arrive on.
+    pub hidden_headers: Arc<[&'static str]>,
     /// The payload fields ingest reads for this source's provider and identifier path.
     pub probe: ProbeSpec,
 }
@@ -55,6 +58,7 @@ impl Source {
             identifier_field,
             public_url: None,
             verify_token: None,
+            hidden_headers: hidden_headers([provider]),
         }
     }
 
@@ -69,12 +73,28 @@ impl Source {
     }
 }
 
+/// The catalog's signature headers and those of `more` providers (recipes), sorted.
+fn hidden_headers<'p>(more: impl IntoIterator<Item = &'p dyn Provider>) -> Arc<[&'static str]> {
+    let mut all: Vec<&'static str> = crate::providers::signature_headers().to_vec();
+    for p in more {
+        all.extend_from_slice(p.signature_headers());
+    }
+    all.sort_unstable();
+    all.dedup();
+    all.into()
+}
+
 /// The sources known at start, keyed by name.
 pub fn build_sources(
     sources: &BTreeMap<String, SourceConfig>,
 ) -> Result<HashMap<String, Arc<Source>>, String> {
+    let hidden = hidden_headers(sources.values().map(|s| s.provider));
     sources
         .iter()
-        .map(|(name, cfg)| Ok((name.clone(), Arc::new(Source::from_config(name, cfg)?))))
+        .map(|(name, cfg)| {
+            let mut source = Source::from_config(name, cfg)?;
+            source.hidden_headers = hidden.clone();
+            Ok((name.clone(), Arc::new(source)))
+        })
         .collect()
 }

@@ -15,6 +15,7 @@ pub mod github;
 pub mod hubspot;
 pub mod linear;
 pub mod meta;
+pub mod recipe;
 pub mod signature;
 pub mod signed_url;
 pub mod slack;
@@ -160,6 +161,8 @@ pub enum Secrets {
     /// Public keys the provider signs against (Ed25519, ECDSA P-256), as bytes: for
     /// public-key schemes, whose variable holds the key.
     PublicKeys(Vec<Vec<u8>>),
+    /// Shared tokens sent as they are (a header equal to the secret, Basic credentials).
+    Tokens(Vec<Vec<u8>>),
 }
 
 impl Secrets {
@@ -167,7 +170,7 @@ impl Secrets {
     pub fn len(&self) -> usize {
         match self {
             Secrets::Hmac(set) => set.len(),
-            Secrets::PublicKeys(keys) => keys.len(),
+            Secrets::PublicKeys(keys) | Secrets::Tokens(keys) => keys.len(),
         }
     }
 

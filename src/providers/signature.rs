@@ -68,7 +68,17 @@ impl SecretSet {
         list: &str,
         decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
     ) -> Result<SecretSet, SecretError> {
-        Self::from_list_for(list, &[hmac::HMAC_SHA256], decode)
+        Self::from_list_with(hmac::HMAC_SHA256, list, decode)
+    }
+
+    /// As [`SecretSet::from_list`], for HMAC keys of `algorithm` (SHA-1 or SHA-512 where a
+    /// provider signs with them).
+    pub fn from_list_with(
+        algorithm: hmac::Algorithm,
+        list: &str,
+        decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
+    ) -> Result<SecretSet, SecretError> {
+        Self::from_list_for(&[algorithm], list, decode)
     }
 
     /// `hmac_from_list` with each secret a key of each of `algorithms` (Twilio: HMAC-SHA1, and
@@ -78,12 +88,12 @@ impl SecretSet {
         list: &str,
         algorithms: &[hmac::Algorithm],
     ) -> Result<SecretSet, SecretError> {
-        Self::from_list_for(list, algorithms, |_, secret| Ok(secret.as_bytes().to_vec()))
+        Self::from_list_for(algorithms, list, |_, secret| Ok(secret.as_bytes().to_vec()))
     }
 
     fn from_list_for(
-        list: &str,
         algorithms: &[hmac::Algorithm],
+        list: &str,
         decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
     ) -> Result<SecretSet, SecretError> {
         let mut keys = Vec::new();

@@ -23,6 +23,7 @@ mod fuzz_regressions;
 mod handshakes_pd;
 mod ingest;
 mod ingest_errors;
+mod providers;
 mod rate_limits;
 mod rules;
 mod rules_admin;
