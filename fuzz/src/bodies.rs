@@ -29,7 +29,7 @@ use event_router::providers::recipe::{Recipe, RecipeSpec};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
-    github, linear, slack, standard,
+    github, hubspot, linear, slack, square, standard,
 };
 use event_router::rules::condition::Condition;
 use event_router::rules::model::{FilterCondition, Operator};
@@ -440,6 +440,8 @@ const MODELS: &[(&str, Model)] = &[
     ("linear", linear_model),
     ("slack", slack_model),
     ("standard", standard_model),
+    ("hubspot", hubspot_model),
+    ("square", square_model),
 ];
 
 /// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte
@@ -579,6 +581,226 @@ fn through_registry(
         provider.verify(&request(&map, body, now_ms), Some(&secrets)),
         expected,
         "{provider:?} through the registry, headers {map:?}"
+    );
+}
+
+/// A base64 MAC of 32 bytes (padding optional, at most 44 characters, whitespace around it
+/// trimmed), as the URL-signing providers send them.
+fn b64_mac32(sig: Option<&[u8]>) -> Option<Vec<u8>> {
+    let sig = sig?.trim_ascii();
+    if sig.len() > 44 {
+        return None;
+    }
+    STANDARD_PAD_INDIFFERENT
+        .decode(sig)
+        .ok()
+        .filter(|m| m.len() == 32)
+}
+
+/// Square: base64 HMAC-SHA256 of `url` followed by the body.
+fn square_expected(
+    keys: &[Vec<u8>],
+    sig: Option<&[u8]>,
+    url: &str,
+    body: &[u8],
+) -> Result<(), VerifyError> {
+    let ok = b64_mac32(sig).is_some_and(|mac| {
+        keys.iter()
+            .any(|k| hmac_raw(k, &[url.as_bytes(), body]) == mac)
+    });
+    ok.then_some(()).ok_or(VerifyError::InvalidSignature)
+}
+
+/// HubSpot decodes these escapes (either case) in the URI it signs.
+fn hubspot_uri(url: &str) -> String {
+    let mut out = url.to_string();
+    for (code, c) in [
+        ("3A", ":"),
+        ("2F", "/"),
+        ("3F", "?"),
+        ("40", "@"),
+        ("21", "!"),
+        ("24", "$"),
+        ("27", "'"),
+        ("28", "("),
+        ("29", ")"),
+        ("2A", "*"),
+        ("2C", ","),
+        ("3B", ";"),
+    ] {
+        out = out.replace(&format!("%{code}"), c);
+        out = out.replace(&format!("%{}", code.to_ascii_lowercase()), c);
+    }
+    out
+}
+
+/// HubSpot v3: base64 HMAC-SHA256 of method + URI (decoded, or as received) + body + the
+/// timestamp header's text, then the timestamp (ms) within 300 s.
+fn hubspot_expected(
+    keys: &[Vec<u8>],
+    sig: Option<&[u8]>,
+    ts: Option<&[u8]>,
+    url: &str,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<(), VerifyError> {
+    let invalid = Err(VerifyError::InvalidSignature);
+    let Some(mac) = b64_mac32(sig) else {
+        return invalid;
+    };
+    let Some(ts_raw) = ts.map(<[u8]>::trim_ascii) else {
+        return invalid;
+    };
+    let Some(t) = digits(ts_raw) else {
+        return invalid;
+    };
+    let decoded = hubspot_uri(url);
+    let signed = [decoded.as_str(), url].iter().any(|uri| {
+        keys.iter()
+            .any(|k| hmac_raw(k, &[b"POST", uri.as_bytes(), body, ts_raw]) == mac)
+    });
+    if !signed {
+        return invalid;
+    }
+    within(t, now_ms, hubspot::WINDOW_MS)
+}
+
+/// Square (`square::verify`): every key's signature of the body sent to the source's
+/// `public_url` verifies; a changed body or another URL never does; the fuzzer's
+/// `x-square-hmacsha256-signature`, or a genuine one it edited, is judged as the reference model
+/// judges it, by the module and through the registry.
+fn square_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let urls = [PUBLIC_URL.to_string()];
+    for key in &keys {
+        let sig = square::sign(key, PUBLIC_URL, body);
+        assert_eq!(
+            square::verify(&set, Some(sig.as_bytes()), &urls, body),
+            Ok(())
+        );
+        assert_eq!(
+            square::verify(
+                &set,
+                Some(sig.as_bytes()),
+                &[format!("{PUBLIC_URL}/")],
+                body
+            ),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let good = square::sign(&keys[ctrl.below(keys.len())], PUBLIC_URL, body);
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            square::verify(&set, Some(good.as_bytes()), &urls, &other),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let header = match ctrl.byte() % 4 {
+        0 => raw(headers, "x-square-hmacsha256-signature").map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let header = header.as_deref();
+    let expected = square_expected(&keys, header, PUBLIC_URL, body);
+    assert_eq!(square::verify(&set, header, &urls, body), expected);
+    through_registry(
+        provider,
+        &keys,
+        &[("x-square-hmacsha256-signature", header)],
+        body,
+        NOW_MS,
+        expected,
+    );
+}
+
+/// HubSpot (`hubspot::verify`): every key's signature verifies at the window's edges and is
+/// stale past them; a changed body, timestamp or URL never verifies; the fuzzer's
+/// `X-HubSpot-Signature-v3` and `X-HubSpot-Request-Timestamp`, or genuine ones it edited, are
+/// judged as the reference model judges them, by the module and through the registry (whose
+/// URL is the source's `public_url`).
+fn hubspot_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let keys = hmac_keys(provider, ctrl, secrets);
+    let set = key_set(&keys);
+    let urls = [PUBLIC_URL.to_string()];
+    let ts = ctrl.clock(NOW_MS).max(0);
+    let ts_text = ts.to_string();
+    let window = hubspot::WINDOW_MS as i64;
+    let verify = |sig: Option<&[u8]>, ts_h: Option<&[u8]>, body: &[u8], now: i64| {
+        hubspot::verify(&set, sig, ts_h, "POST", &urls, body, now)
+    };
+    for key in &keys {
+        let sig = hubspot::sign(key, "POST", PUBLIC_URL, body, &ts_text);
+        let at = |now| verify(Some(sig.as_bytes()), Some(ts_text.as_bytes()), body, now);
+        assert_eq!(at(ts), Ok(()));
+        if let Some(late) = ts.checked_add(window) {
+            assert_eq!(at(late), Ok(()));
+        }
+        if let Some(late) = ts.checked_add(window + 1) {
+            assert_eq!(at(late), Err(VerifyError::StaleTimestamp));
+        }
+    }
+    let good = hubspot::sign(
+        &keys[ctrl.below(keys.len())],
+        "POST",
+        PUBLIC_URL,
+        body,
+        &ts_text,
+    );
+    if let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            verify(Some(good.as_bytes()), Some(ts_text.as_bytes()), &other, ts),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let sig = match ctrl.byte() % 4 {
+        0 => raw(headers, "x-hubspot-signature-v3").map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let ts_header = match ctrl.byte() % 4 {
+        0 => raw(headers, "x-hubspot-request-timestamp").map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = ts_text.into_bytes();
+            edit(ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let (sig, ts_header) = (sig.as_deref(), ts_header.as_deref());
+    let now = ctrl.clock(NOW_MS);
+    let expected = hubspot_expected(&keys, sig, ts_header, PUBLIC_URL, body, now);
+    assert_eq!(verify(sig, ts_header, body, now), expected);
+    through_registry(
+        provider,
+        &keys,
+        &[
+            ("x-hubspot-signature-v3", sig),
+            ("x-hubspot-request-timestamp", ts_header),
+        ],
+        body,
+        now,
+        expected,
     );
 }
 
