@@ -29,7 +29,7 @@ use event_router::providers::recipe::{Recipe, RecipeSpec};
 use event_router::providers::standard::StandardSigner;
 use event_router::providers::{
     self, Outgoing, Provider, Request, SecretError, SecretSet, Secrets, SendOptions, VerifyError,
-    github, hubspot, linear, slack, square, standard,
+    github, hubspot, linear, slack, square, standard, twilio,
 };
 use event_router::rules::condition::Condition;
 use event_router::rules::model::{FilterCondition, Operator};
@@ -442,6 +442,7 @@ const MODELS: &[(&str, Model)] = &[
     ("standard", standard_model),
     ("hubspot", hubspot_model),
     ("square", square_model),
+    ("twilio", twilio_model),
 ];
 
 /// Every provider's verifier. Layout: `P ctrl \0 secrets \0 headers \0 body`: the first byte
@@ -801,6 +802,161 @@ fn hubspot_model(
         body,
         now,
         expected,
+    );
+}
+
+/// Twilio: base64 HMAC-SHA1 (or HMAC-SHA256) of the URL, with or without its default port,
+/// followed by a form's fields sorted by name then value (distinct pairs), each name then value;
+/// a body that is not a form is signed through the URL alone, whose `bodySHA256` must be the
+/// body's SHA-256.
+fn twilio_expected(
+    keys: &[Vec<u8>],
+    sig: Option<&[u8]>,
+    form: bool,
+    url: &str,
+    body: &[u8],
+) -> Result<(), VerifyError> {
+    let invalid = Err(VerifyError::InvalidSignature);
+    let Some(sig) = sig.map(<[u8]>::trim_ascii).filter(|s| s.len() <= 44) else {
+        return invalid;
+    };
+    let Ok(mac) = STANDARD_PAD_INDIFFERENT.decode(sig) else {
+        return invalid;
+    };
+    let params = if form {
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        pairs
+            .into_iter()
+            .flat_map(|(k, v)| [k, v])
+            .collect::<String>()
+    } else {
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        let hash = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "bodySHA256")
+            .and_then(|(_, v)| hex::decode(v.as_bytes()).ok());
+        let digest = ring::digest::digest(&ring::digest::SHA256, body);
+        if hash.as_deref() != Some(digest.as_ref()) {
+            return invalid;
+        }
+        String::new()
+    };
+    // This model's URLs have no port: Twilio may have signed the default one.
+    let with_port = url.replacen("example.com/", "example.com:443/", 1);
+    let signed = [url, with_port.as_str()].iter().any(|u| {
+        keys.iter().any(|k| {
+            let message = [u.as_bytes(), params.as_bytes()].concat();
+            [hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, hmac::HMAC_SHA256]
+                .into_iter()
+                .any(|alg| hmac::sign(&hmac::Key::new(alg, k), &message).as_ref() == mac.as_slice())
+        })
+    });
+    if signed { Ok(()) } else { invalid }
+}
+
+/// Twilio (`twilio::verify`): every key's signature of a form, or of a JSON body through the
+/// URL's `bodySHA256`, verifies, with the default port too; a changed body never does; the
+/// fuzzer's `X-Twilio-Signature`, or a genuine one it edited, is judged as the reference model
+/// judges it, by the module and through the registry. Twilio's secrets are keys of HMAC-SHA1 and
+/// HMAC-SHA256, so they are read here rather than by [`hmac_keys`].
+fn twilio_model(
+    provider: &'static dyn Provider,
+    ctrl: &mut Ctrl<'_>,
+    secrets: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let list = String::from_utf8_lossy(secrets);
+    let entries: Vec<Vec<u8>> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    match provider.parse_secrets(&list) {
+        Ok(parsed) => assert_eq!(
+            parsed.len(),
+            2 * entries.len(),
+            "a key per secret and algorithm"
+        ),
+        Err(e) => assert_eq!((e, entries.len()), (SecretError::Empty, 0)),
+    }
+    let keys = capped(entries);
+    let joined: Vec<String> = keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let Ok(Secrets::Hmac(set)) = provider.parse_secrets(&joined.join(",")) else {
+        panic!("twilio parses its own keys");
+    };
+    let form = ctrl.flag();
+    let url = if form {
+        PUBLIC_URL.to_string()
+    } else {
+        let hash = ring::digest::digest(&ring::digest::SHA256, body);
+        format!("{PUBLIC_URL}?bodySHA256={}", hex::encode(hash))
+    };
+    let urls = [url.clone()];
+    let signed_body = form.then_some(body);
+    for key in &keys {
+        let sig = twilio::sign(key, &url, signed_body);
+        assert_eq!(
+            twilio::verify(&set, Some(sig.as_bytes()), form, &urls, body),
+            Ok(())
+        );
+        let port = [url.replacen("example.com/", "example.com:443/", 1)];
+        assert_eq!(
+            twilio::verify(&set, Some(sig.as_bytes()), form, &port, body),
+            Ok(())
+        );
+    }
+    let good = twilio::sign(&keys[ctrl.below(keys.len())], &url, signed_body);
+    if !form && let Some(other) = tampered(ctrl, body) {
+        assert_eq!(
+            twilio::verify(&set, Some(good.as_bytes()), form, &urls, &other),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+    let header = match ctrl.byte() % 4 {
+        0 => raw(headers, "x-twilio-signature").map(<[u8]>::to_vec),
+        1 => None,
+        _ => {
+            let mut v = good.into_bytes();
+            edit(ctrl, &mut v);
+            Some(v)
+        }
+    };
+    let header = header.as_deref();
+    let expected = twilio_expected(&keys, header, form, &url, body);
+    assert_eq!(twilio::verify(&set, header, form, &urls, body), expected);
+
+    // Through the registry: the content type says form or not, the query is as received.
+    let mut map = HeaderMap::new();
+    if let Some(h) = header {
+        let Ok(v) = HeaderValue::from_bytes(h) else {
+            return;
+        };
+        map.insert("x-twilio-signature", v);
+    }
+    let ct = if form {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    };
+    map.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    let path = match url.split_once('?') {
+        Some((_, q)) => format!("/webhook/fuzz?{q}"),
+        None => "/webhook/fuzz".to_string(),
+    };
+    let mut req = request(&map, body, NOW_MS);
+    req.line = providers::RequestLine::post(&path);
+    assert_eq!(
+        provider.verify(&req, Some(&Secrets::Hmac(set.clone()))),
+        expected,
+        "twilio through the registry"
     );
 }
 
