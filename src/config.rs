@@ -38,6 +38,9 @@ pub struct SourceConfig {
     /// The URL the provider was given for this source (`public_url`), for providers that sign
     /// the URL (Square, Twilio): the router may sit behind a proxy that changes it.
     pub public_url: Option<String>,
+    /// The token the operator gave the provider for its `GET` check of the endpoint, read from
+    /// the provider's `verify_token_env` (Meta: `META_VERIFY_TOKEN`); `None` when it has none.
+    pub verify_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +197,7 @@ fn builtin_sources() -> BTreeMap<String, SourceConfig> {
                 secret: None,
                 identifier_field: b.identifier.map(str::to_string),
                 public_url: None,
+                verify_token: None,
             };
             Some((b.source.to_string(), source))
         })
@@ -656,6 +660,7 @@ impl Config {
                         secret: None,
                         identifier_field: identifier,
                         public_url,
+                        verify_token: None,
                     },
                 );
             }
@@ -796,11 +801,16 @@ impl Config {
     }
 
     fn resolve_secrets(&mut self, env: Env<'_>) {
-        for source in self.sources.values_mut() {
+        for (name, source) in self.sources.iter_mut() {
             source.secret = source
                 .secret_env
                 .iter()
                 .find_map(|name| env(name))
+                .map(Secret);
+            source.verify_token = source
+                .provider
+                .verify_token_env(name)
+                .and_then(|var| env(&var))
                 .map(Secret);
         }
         self.agent_api_key = env("AGENT_API_KEY").map(Secret);

@@ -67,12 +67,20 @@ pub const MAX_DEPTH: usize = 128;
 /// (rare) error the depth is measured exactly and, when within the limit, the body is parsed
 /// again without the guard — safe, because the depth is then known to be bounded.
 pub fn parse_json_object(bytes: &[u8]) -> Result<Value, BodyError> {
-    parse_json_body(bytes, false)
+    parse_json_body(bytes, JsonBody::Object)
 }
 
-/// `parse_json_object`, or, with `arrays`, a JSON array too (the providers whose
-/// `Provider::array_body` says so: SendGrid's batches).
-pub fn parse_json_body(bytes: &[u8], arrays: bool) -> Result<Value, BodyError> {
+/// What a provider's JSON bodies may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonBody {
+    /// An object (every provider but HubSpot).
+    Object,
+    /// An object or an array (HubSpot's batches of events).
+    ObjectOrArray,
+}
+
+/// `parse_json_object`, for a body that may also be an array where `json` allows it.
+pub fn parse_json_body(bytes: &[u8], json: JsonBody) -> Result<Value, BodyError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(bad("the body is empty"));
     }
@@ -87,12 +95,12 @@ pub fn parse_json_body(bytes: &[u8], arrays: bool) -> Result<Value, BodyError> {
         }
         other => other,
     };
-    match parsed {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(v @ Value::Array(_)) if arrays => Ok(v),
-        Ok(_) if arrays => Err(bad("the body must be a JSON object or array")),
-        Ok(_) => Err(bad("the body must be a JSON object")),
-        Err(e) => Err(bad(format!("the body is not valid JSON: {e}"))),
+    match (parsed, json) {
+        (Ok(v @ Value::Object(_)), _) => Ok(v),
+        (Ok(v @ Value::Array(_)), JsonBody::ObjectOrArray) => Ok(v),
+        (Ok(_), JsonBody::Object) => Err(bad("the body must be a JSON object")),
+        (Ok(_), JsonBody::ObjectOrArray) => Err(bad("the body must be a JSON object or array")),
+        (Err(e), _) => Err(bad(format!("the body is not valid JSON: {e}"))),
     }
 }
 
@@ -387,16 +395,24 @@ impl ProbeSpec {
 }
 
 /// Deserializes one value at `node`: keeps the scalars the node asks for, descends into the
-/// children asked for, and skips the rest. Answers whether the value was an object.
+/// children asked for, and skips the rest. Answers what kind of value it was.
+/// What kind of JSON value the probe went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Scalar,
+    Object,
+    Array,
+}
+
 struct NodeSeed<'n, 'f, 'de> {
     node: &'n ProbeNode,
     fields: &'f mut Fields<'de>,
 }
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
-    type Value = bool;
+    type Value = Shape;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
         for &f in self.node.subtree.iter() {
             self.fields.leaves[f.index()] = None;
         }
@@ -405,55 +421,55 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
 }
 
 impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
-    type Value = bool;
+    type Value = Shape;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<bool, E> {
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Shape, E> {
         if !self.node.fields.is_empty() {
             self.fields.set(self.node, Leaf::Str(Cow::Borrowed(v)));
         }
-        Ok(false)
+        Ok(Shape::Scalar)
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Shape, E> {
         // Strings with escapes come unescaped in a scratch buffer: copied only if wanted.
         if !self.node.fields.is_empty() {
             self.fields
                 .set(self.node, Leaf::Str(Cow::Owned(v.to_owned())));
         }
-        Ok(false)
+        Ok(Shape::Scalar)
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Shape, E> {
         self.fields.set(self.node, Leaf::Num(v.into()));
-        Ok(false)
+        Ok(Shape::Scalar)
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Shape, E> {
         self.fields.set(self.node, Leaf::Num(v.into()));
-        Ok(false)
+        Ok(Shape::Scalar)
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Shape, E> {
         // JSON numbers are finite (serde_json refuses overflow), so this is always Some.
         if let Some(n) = Number::from_f64(v) {
             self.fields.set(self.node, Leaf::Num(n));
         }
-        Ok(false)
+        Ok(Shape::Scalar)
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
-        Ok(false)
+    fn visit_unit<E: de::Error>(self) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
         let NodeSeed { node, fields } = self;
         while let Some(child) = map.next_key_seed(KeySeed(node))? {
             match child {
@@ -468,10 +484,10 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
                 }
             }
         }
-        Ok(true)
+        Ok(Shape::Object)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
         let NodeSeed { node, fields } = self;
         let mut index = 0usize;
         loop {
@@ -485,7 +501,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
                 None => seq.next_element::<Skip>()?.is_some(),
             };
             if !more {
-                return Ok(false);
+                return Ok(Shape::Array);
             }
             index += 1;
         }
@@ -586,15 +602,14 @@ pub struct Probed<'a> {
 /// Bodies the fast pass refuses (or that sit at serde's nesting guard) go through
 /// `parse_json_object`, so the answers and error messages are the same as its own.
 pub fn probe_json_object<'a>(bytes: &'a [u8], spec: &ProbeSpec) -> Result<Probed<'a>, BodyError> {
-    probe_json_body(bytes, spec, false)
+    probe_json(bytes, spec, JsonBody::Object)
 }
 
-/// `probe_json_object`, or, with `arrays`, a body that may also be a JSON array (see
-/// `parse_json_body`).
-pub fn probe_json_body<'a>(
+/// `probe_json_object`, for a body that may also be an array where `json` allows it.
+pub fn probe_json<'a>(
     bytes: &'a [u8],
     spec: &ProbeSpec,
-    arrays: bool,
+    json: JsonBody,
 ) -> Result<Probed<'a>, BodyError> {
     // Validating UTF-8 up front lets serde_json read the text as a `str`: strings can then be
     // borrowed, and the validation is the same as in the byte-slice parser.
@@ -607,10 +622,12 @@ pub fn probe_json_body<'a>(
         }
         .deserialize(&mut de)
         .and_then(|object| de.end().map(|()| object));
-        // The probe answers whether the value was an object; an array is the one other body
-        // allowed, and the text's first byte says which it was.
-        let array = || arrays && text.trim_start().starts_with('[');
-        if matches!(probed, Ok(true)) || (matches!(probed, Ok(false)) && array()) {
+        let accepted = match probed {
+            Ok(Shape::Object) => true,
+            Ok(Shape::Array) => json == JsonBody::ObjectOrArray,
+            _ => false,
+        };
+        if accepted {
             return Ok(Probed {
                 payload: None,
                 fields,
@@ -618,7 +635,7 @@ pub fn probe_json_body<'a>(
             });
         }
     }
-    let payload = parse_json_body(bytes, arrays)?;
+    let payload = parse_json_body(bytes, json)?;
     Ok(Probed {
         fields: spec.read_value(&payload),
         payload: Some(payload),
@@ -633,8 +650,19 @@ pub fn probe_body<'a>(
     spec: &ProbeSpec,
     form: FormBody,
 ) -> Result<Probed<'a>, BodyError> {
+    probe_body_as(kind, bytes, spec, form, JsonBody::Object)
+}
+
+/// `probe_body` for a provider whose JSON bodies may be what `json` says.
+pub fn probe_body_as<'a>(
+    kind: BodyKind,
+    bytes: &'a [u8],
+    spec: &ProbeSpec,
+    form: FormBody,
+    json: JsonBody,
+) -> Result<Probed<'a>, BodyError> {
     match kind {
-        BodyKind::Json => probe_json_object(bytes, spec),
+        BodyKind::Json => probe_json(bytes, spec, json),
         BodyKind::Form => {
             let Decoded { payload, raw_json } = decode_body(kind, bytes, form)?;
             Ok(Probed {
@@ -649,8 +677,8 @@ pub fn probe_body<'a>(
 /// Parses the payload of an event built without it (see `Probed::payload`) from the body's JSON
 /// text, which ingest validated, into the event's `payload` field.
 pub fn materialize_payload(event: &mut Value, raw: &[u8]) {
-    // An array only gets here from a provider that allows one (`Provider::array_body`).
-    match parse_json_body(raw, true) {
+    // Whatever its provider allowed: an object, or a HubSpot array.
+    match parse_json_body(raw, JsonBody::ObjectOrArray) {
         Ok(payload) => {
             if let Value::Object(m) = event {
                 m.insert("payload".into(), payload);

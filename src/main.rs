@@ -63,6 +63,10 @@ enum Command {
         /// The router's base URL.
         #[arg(long, default_value = "http://127.0.0.1:8787")]
         url: String,
+        /// The source's `public_url`, for providers that sign the URL they call (hubspot,
+        /// square, twilio); default: the URL the request is posted to.
+        #[arg(long)]
+        public_url: Option<String>,
     },
     /// Re-encrypt agent secrets and archived payloads under a new key (stop the server first).
     RotateKey {
@@ -109,7 +113,8 @@ fn main() -> ExitCode {
             secret,
             scheme,
             url,
-        } => cli::send::main(source, scheme, event, file, secret, url),
+            public_url,
+        } => cli::send::main(source, scheme, event, file, secret, url, public_url),
         Command::RotateKey {
             new_key,
             config,

@@ -19,6 +19,9 @@ pub struct SendArgs {
     pub file: Option<PathBuf>,
     pub secret: Option<String>,
     pub url: String,
+    /// `--public-url`: the URL the router's source is configured with (`public_url`), which
+    /// providers that sign the URL sign; default: where the request is posted.
+    pub public_url: Option<String>,
 }
 
 /// Where the source's secret is read from: the built-in source's variables, else
@@ -45,6 +48,19 @@ pub fn prepare(
     secret: Option<&str>,
     agent_key: Option<&str>,
 ) -> anyhow::Result<Prepared> {
+    prepare_at(provider, event, body, secret, agent_key, None)
+}
+
+/// `prepare` for a request the provider would have sent to `url` (providers that sign the URL
+/// sign it, and may add to its query).
+pub fn prepare_at(
+    provider: &dyn Provider,
+    event: Option<&str>,
+    body: Vec<u8>,
+    secret: Option<&str>,
+    agent_key: Option<&str>,
+    url: Option<String>,
+) -> anyhow::Result<Prepared> {
     let is_json = serde_json::from_slice::<Value>(&body).is_ok();
     let content_type = if is_json {
         "application/json"
@@ -54,6 +70,7 @@ pub fn prepare(
     let mut out = Outgoing {
         headers: Vec::new(),
         body,
+        url,
     };
     out.header("content-type", content_type);
     let opts = SendOptions {
@@ -124,14 +141,24 @@ pub async fn send(args: SendArgs) -> anyhow::Result<bool> {
     let agent_key = std::env::var("AGENT_API_KEY")
         .ok()
         .filter(|s| !s.is_empty());
-    let prepared = prepare(
+    let target = format!("{}/webhook/{}", args.url.trim_end_matches('/'), args.source);
+    let prepared = prepare_at(
         provider,
         args.event.as_deref(),
         body,
         secret.as_deref(),
         agent_key.as_deref(),
+        Some(args.public_url.clone().unwrap_or_else(|| target.clone())),
     )?;
-    let url = format!("{}/webhook/{}", args.url.trim_end_matches('/'), args.source);
+    // The query the signed URL ended up with (Twilio's `bodySHA256`) goes with the request.
+    let url = match prepared
+        .url
+        .as_deref()
+        .and_then(providers::signed_url::query_of)
+    {
+        Some(q) if !target.contains('?') => format!("{target}?{q}"),
+        _ => target,
+    };
     let client = reqwest::Client::new();
     let mut req = client.post(&url);
     for (k, v) in &prepared.headers {
@@ -164,6 +191,7 @@ pub fn main(
     file: Option<PathBuf>,
     secret: Option<String>,
     url: String,
+    public_url: Option<String>,
 ) -> ExitCode {
     let scheme = match scheme.as_deref().map(providers::by_name) {
         Some(None) => {
@@ -180,6 +208,7 @@ pub fn main(
         file,
         secret,
         url,
+        public_url,
     };
     let rt = match super::current_thread_runtime() {
         Ok(rt) => rt,

@@ -83,7 +83,10 @@ pub fn router(state: AppState) -> Router {
             auth::require_admin,
         ));
     Router::new()
-        .route("/webhook/{source}", post(webhook::webhook))
+        .route(
+            "/webhook/{source}",
+            post(webhook::webhook).get(webhook::verify_get),
+        )
         .route("/health", get(health))
         .route("/metrics", get(analytics::prometheus))
         .route("/stream/ws", get(streams::ws))

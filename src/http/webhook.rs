@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, OriginalUri, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::extract::{ConnectInfo, OriginalUri, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -17,7 +17,7 @@ use super::error::ApiError;
 use crate::ingest::commit::{Committed, commit};
 use crate::ingest::dedupe::{self, Original};
 use crate::ingest::{Prepared, admit, read, route};
-use crate::providers::{Handshake, RequestLine};
+use crate::providers::{GetRefusal, Handshake, RequestLine};
 use crate::ratelimit::Decision;
 use crate::store::CommitOutcome;
 use serde_json::Value;
@@ -46,6 +46,47 @@ pub async fn webhook(
             app.analytics.rejected(known, e.status.as_u16(), e.code);
             e.into_response()
         }
+    }
+}
+
+/// `GET /webhook/{source}`: the provider's check of the endpoint before it sends events (Meta's
+/// `hub.challenge`), answered with the challenge as `text/plain` and stored nowhere. A source
+/// whose provider sends no such check answers `405`, as before there was this route.
+pub async fn verify_get(
+    State(app): State<AppState>,
+    source: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let name = source.map(|Path(s)| s).unwrap_or_default();
+    let source = match app.ingest.source(&name) {
+        Ok(s) => s,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let token = source.verify_token.as_deref();
+    match source
+        .provider
+        .verify_get(query.as_deref().unwrap_or(""), token)
+    {
+        None => ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed on this endpoint",
+        )
+        .into_response(),
+        Some(Ok(challenge)) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            challenge,
+        )
+            .into_response(),
+        Some(Err(GetRefusal::BadRequest(message))) => {
+            ApiError::bad_request(message).into_response()
+        }
+        Some(Err(GetRefusal::Forbidden)) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_verify_token",
+            "The verify token is not this source's",
+        )
+        .into_response(),
     }
 }
 

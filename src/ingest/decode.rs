@@ -13,13 +13,11 @@ pub fn decode<'a>(
     bytes: &'a [u8],
 ) -> Result<Probed<'a>, IngestError> {
     let kind = event::body_kind(headers)?;
-    if kind == event::BodyKind::Json && source.provider.array_body() {
-        return Ok(event::probe_json_body(bytes, &source.probe, true)?);
-    }
-    Ok(event::probe_body(
+    Ok(event::probe_body_as(
         kind,
         bytes,
         &source.probe,
         source.provider.form_body(),
+        source.provider.json_body(),
     )?)
 }

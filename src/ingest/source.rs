@@ -16,6 +16,8 @@ pub struct Source {
     pub identifier_field: Option<String>,
     /// The URL the provider was given (`public_url`), for providers that sign it.
     pub public_url: Option<String>,
+    /// The token of the provider's `GET` check of the endpoint (Meta), when it has one.
+    pub verify_token: Option<String>,
     /// Headers never kept in an event's `metadata.headers`: every provider's signature headers,
     /// those of the config's recipes included (`build_sources`), whichever source they arrive on.
     pub hidden_headers: Arc<[&'static str]>,
@@ -37,7 +39,8 @@ impl Source {
         };
         Ok(
             Source::new(name, cfg.provider, secrets, cfg.identifier_field.clone())
-                .with_public_url(cfg.public_url.clone()),
+                .with_public_url(cfg.public_url.clone())
+                .with_verify_token(cfg.verify_token.as_ref().map(|t| t.0.clone())),
         )
     }
 
@@ -54,12 +57,18 @@ impl Source {
             probe: ProbeSpec::new(provider.probes(), identifier_field.as_deref()),
             identifier_field,
             public_url: None,
+            verify_token: None,
             hidden_headers: hidden_headers([provider]),
         }
     }
 
     pub fn with_public_url(mut self, public_url: Option<String>) -> Source {
         self.public_url = public_url;
+        self
+    }
+
+    pub fn with_verify_token(mut self, verify_token: Option<String>) -> Source {
+        self.verify_token = verify_token;
         self
     }
 }

@@ -338,6 +338,7 @@ mod tests {
             let mut out = Outgoing {
                 headers: Vec::new(),
                 body: GitLab.sample().as_bytes().to_vec(),
+                url: None,
             };
             GitLab.compose(&mut out, &opts).unwrap();
             GitLab.sign(&mut out, &opts).unwrap();

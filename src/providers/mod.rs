@@ -17,10 +17,12 @@ pub mod calendly;
 pub mod discord;
 pub mod github;
 pub mod gitlab;
+pub mod hubspot;
 pub mod intercom;
 pub mod jira;
 pub mod linear;
 pub mod mailgun;
+pub mod meta;
 pub mod notion;
 pub mod paddle;
 pub mod pagerduty;
@@ -29,10 +31,13 @@ pub mod sendgrid;
 pub mod sentry;
 pub mod shopify;
 pub mod signature;
+pub mod signed_url;
 pub mod slack;
+pub mod square;
 pub mod standard;
 pub mod stripe;
 pub mod svix;
+pub mod twilio;
 pub mod twitch;
 pub mod typeform;
 pub mod vercel;
@@ -45,7 +50,7 @@ use std::sync::OnceLock;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::event::{BodyError, Classified, Fields, FormBody, Probe};
+use crate::event::{BodyError, Classified, Fields, FormBody, JsonBody, Probe};
 pub use signature::{SecretError, SecretSet, VerifyError};
 
 /// Every provider, in the order they are listed to users.
@@ -75,6 +80,10 @@ pub static PROVIDERS: &[&dyn Provider] = &[
     &calendly::Calendly,
     &notion::Notion,
     &mailgun::Mailgun,
+    &hubspot::HubSpot,
+    &square::Square,
+    &twilio::Twilio,
+    &meta::Meta,
 ];
 
 /// Everything the router knows about one provider.
@@ -115,6 +124,28 @@ pub trait Provider: Send + Sync + 'static {
         FormBody::PayloadOrFields
     }
 
+    /// What this provider's JSON bodies may be: an object (the default), or also an array
+    /// (HubSpot sends a batch of events as one array, stored as it came).
+    fn json_body(&self) -> JsonBody {
+        JsonBody::Object
+    }
+
+    /// The environment variable holding the token the operator gave the provider for its
+    /// `GET` check of the endpoint (Meta: `META_VERIFY_TOKEN` for the `meta` source), for a
+    /// source named `source`; `None`: the provider sends no such check.
+    fn verify_token_env(&self, _source: &str) -> Option<String> {
+        None
+    }
+
+    /// A `GET /webhook/{source}` the provider sends to check the endpoint before it sends
+    /// events (Meta's `hub.challenge`): the `text/plain` body to answer `200` with, or why it
+    /// is refused. `query` is the raw query string, `token` the source's verify token (from
+    /// `verify_token_env`), compared in constant time. `None`: the provider sends no such
+    /// request, and a `GET` is `405` as on any other source.
+    fn verify_get(&self, _query: &str, _token: Option<&str>) -> Option<Result<String, GetRefusal>> {
+        None
+    }
+
     /// The payload fields `verify_payload`, `handshake` and `classify` read (at most
     /// [`crate::event::Field::PROVIDER_SLOTS`] slots).
     fn probes(&self) -> &'static [Probe];
@@ -147,13 +178,6 @@ pub trait Provider: Send + Sync + 'static {
     /// did not carry. Runs on any known source, with or without a secret. None by default.
     fn unsigned_handshake(&self, _headers: &HeaderMap) -> Option<Handshake> {
         None
-    }
-
-    /// Whether a JSON body may be an array rather than an object (SendGrid posts its events
-    /// as a batch, `[{…}, …]`). The payload is then the array; probes index it (`["0",
-    /// "event"]`). Objects only by default.
-    fn array_body(&self) -> bool {
-        false
     }
 
     /// The body to answer a stored (or duplicate) event with instead of the router's own
@@ -296,6 +320,15 @@ pub enum Handshake {
     Headers(Vec<(&'static str, String)>),
 }
 
+/// Why a provider's `GET` check of the endpoint (`Provider::verify_get`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GetRefusal {
+    /// A parameter is missing or malformed: `400 bad_request` with this message.
+    BadRequest(String),
+    /// The token is not the source's (or it has none): `403 invalid_verify_token`.
+    Forbidden,
+}
+
 /// A header's value as text, trimmed; `None` when absent, empty or not visible ASCII.
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -310,6 +343,10 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub struct Outgoing {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The URL the provider would have been given (the source's `public_url`, else where the
+    /// request is posted), for providers that sign the URL (HubSpot, Square, Twilio); `sign`
+    /// may add to its query (Twilio's `bodySHA256`), which `send` then posts with.
+    pub url: Option<String>,
 }
 
 impl Outgoing {
@@ -471,11 +508,11 @@ mod tests {
         assert!(by_source("standard").is_none());
         assert_eq!(
             names_text(),
-            "github, linear, slack, standard, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk, twitch, zoom, discord, sendgrid, asana, sentry, bitbucket, jira, intercom, typeform, vercel, calendly, notion or mailgun"
+            "github, linear, slack, standard, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk, twitch, zoom, discord, sendgrid, asana, sentry, bitbucket, jira, intercom, typeform, vercel, calendly, notion, mailgun, hubspot, square, twilio or meta"
         );
         assert_eq!(
             builtin_sources_text(),
-            "github, linear, slack, internal, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk, twitch, zoom, discord, sendgrid, asana, sentry, bitbucket, jira, intercom, typeform, vercel, calendly, notion, mailgun"
+            "github, linear, slack, internal, stripe, gitlab, shopify, svix, paddle, pagerduty, zendesk, twitch, zoom, discord, sendgrid, asana, sentry, bitbucket, jira, intercom, typeform, vercel, calendly, notion, mailgun, hubspot, square, twilio, meta"
         );
     }
 
@@ -490,12 +527,9 @@ mod tests {
             }
             assert!(slots.len() <= Field::PROVIDER_SLOTS, "{}", p.name());
             let sample: Value = serde_json::from_str(p.sample()).unwrap();
-            // An array only where the provider posts arrays (`array_body`).
-            assert!(
-                sample.is_object() || (p.array_body() && sample.is_array()),
-                "{}",
-                p.name()
-            );
+            // An array only for a provider that sends arrays (HubSpot's batches).
+            let array_ok = p.json_body() == JsonBody::ObjectOrArray && sample.is_array();
+            assert!(sample.is_object() || array_ok, "{}", p.name());
         }
     }
 
@@ -524,6 +558,7 @@ mod tests {
                 let mut out = Outgoing {
                     headers: Vec::new(),
                     body: p.sample().as_bytes().to_vec(),
+                    url: Some("https://router.example.com/webhook/any".into()),
                 };
                 let opts = SendOptions {
                     event: None,
@@ -542,9 +577,14 @@ mod tests {
                         http::HeaderValue::from_str(v).unwrap(),
                     );
                 }
+                // The query the provider put in the URL it signed (Twilio's `bodySHA256`).
+                let path = match out.url.as_deref().and_then(signed_url::query_of) {
+                    Some(q) => format!("/webhook/any?{q}"),
+                    None => "/webhook/any".to_string(),
+                };
                 let req = |body| Request {
                     source: "any",
-                    line: RequestLine::post("/webhook/any"),
+                    line: RequestLine::post(&path),
                     public_url: Some("https://router.example.com/webhook/any"),
                     headers: &headers,
                     body,
@@ -600,6 +640,7 @@ mod tests {
             let mut out = Outgoing {
                 headers: Vec::new(),
                 body: p.sample().as_bytes().to_vec(),
+                url: None,
             };
             p.compose(&mut out, &opts(None)).unwrap();
             assert_eq!(
@@ -615,6 +656,7 @@ mod tests {
         let mut out = Outgoing {
             headers: Vec::new(),
             body: b"a=b".to_vec(),
+            url: None,
         };
         assert!(
             typeform::Typeform
@@ -624,6 +666,7 @@ mod tests {
         let mut out = Outgoing {
             headers: Vec::new(),
             body: br#"{"event-data":"flat"}"#.to_vec(),
+            url: None,
         };
         assert!(
             mailgun::Mailgun

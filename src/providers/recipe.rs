@@ -683,6 +683,7 @@ mod tests {
             let mut out = Outgoing {
                 headers: Vec::new(),
                 body: br#"{"a":1}"#.to_vec(),
+                url: None,
             };
             let opts = SendOptions {
                 event: Some("thing.done"),

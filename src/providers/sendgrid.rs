@@ -11,7 +11,7 @@
 //! `openssl pkcs8 -topk8 -nocrypt -outform DER | base64` gives). The router accepts that form
 //! too and uses only its public key, so one value serves both sides of a test.
 //!
-//! The body is a JSON array, a batch of events (`Provider::array_body`), stored as it came. Its
+//! The body is a JSON array, a batch of events (`Provider::json_body`), stored as it came. Its
 //! type is `events`, whatever the batch holds, because a batch mixes kinds (`delivered`,
 //! `open`, `bounce` …): rules look into `payload` for them. The action is the event's kind when
 //! the batch holds one event. The delivery id is the first event's `sg_event_id`, which a
@@ -103,8 +103,8 @@ impl Provider for SendGrid {
         )
     }
 
-    fn array_body(&self) -> bool {
-        true
+    fn json_body(&self) -> crate::event::JsonBody {
+        crate::event::JsonBody::ObjectOrArray
     }
 
     fn probes(&self) -> &'static [Probe] {
@@ -416,13 +416,19 @@ mod tests {
     #[test]
     fn array_bodies_are_probed_and_kept_as_they_came() {
         let spec = ProbeSpec::new(SendGrid.probes(), None);
-        let p = crate::event::probe_json_body(SDK_PAYLOAD, &spec, true).unwrap();
+        let p = crate::event::probe_json(SDK_PAYLOAD, &spec, crate::event::JsonBody::ObjectOrArray)
+            .unwrap();
         assert!(p.payload.is_none() && p.raw_json);
         assert_eq!(p.fields.str(FIRST_EVENT), Some("dropped"));
         // Objects still pass; scalars do not; other providers still refuse arrays.
-        assert!(crate::event::probe_json_body(b"{\"a\":1}", &spec, true).is_ok());
-        assert!(crate::event::probe_json_body(b"1", &spec, true).is_err());
-        assert!(crate::event::probe_json_body(b"[1]", &spec, false).is_err());
+        assert!(
+            crate::event::probe_json(b"{\"a\":1}", &spec, crate::event::JsonBody::ObjectOrArray)
+                .is_ok()
+        );
+        assert!(
+            crate::event::probe_json(b"1", &spec, crate::event::JsonBody::ObjectOrArray).is_err()
+        );
+        assert!(crate::event::probe_json(b"[1]", &spec, crate::event::JsonBody::Object).is_err());
         assert!(crate::event::probe_json_object(SDK_PAYLOAD, &spec).is_err());
     }
 }

@@ -93,6 +93,24 @@ impl SecretSet {
         list: &str,
         decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
     ) -> Result<SecretSet, SecretError> {
+        Self::from_list_for(&[algorithm], list, decode)
+    }
+
+    /// `hmac_from_list` with each secret a key of each of `algorithms` (Twilio: HMAC-SHA1, and
+    /// HMAC-SHA256 for its shared keys). A MAC of one algorithm never matches another's, whose
+    /// length differs; `len` counts a key per secret and algorithm.
+    pub fn hmac_from_list_for(
+        list: &str,
+        algorithms: &[hmac::Algorithm],
+    ) -> Result<SecretSet, SecretError> {
+        Self::from_list_for(algorithms, list, |_, secret| Ok(secret.as_bytes().to_vec()))
+    }
+
+    fn from_list_for(
+        algorithms: &[hmac::Algorithm],
+        list: &str,
+        decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
+    ) -> Result<SecretSet, SecretError> {
         let mut keys = Vec::new();
         for (index, entry) in list.split(',').enumerate() {
             let entry = entry.trim();
@@ -100,7 +118,9 @@ impl SecretSet {
                 continue;
             }
             let bytes = decode(index + 1, entry)?;
-            keys.push(hmac::Key::new(algorithm, &bytes));
+            for algorithm in algorithms {
+                keys.push(hmac::Key::new(*algorithm, &bytes));
+            }
         }
         if keys.is_empty() {
             return Err(SecretError::Empty);

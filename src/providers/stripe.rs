@@ -331,6 +331,7 @@ mod tests {
         let mut out = Outgoing {
             headers: Vec::new(),
             body: Stripe.sample().as_bytes().to_vec(),
+            url: None,
         };
         Stripe.compose(&mut out, &opts).unwrap();
         let v: Value = serde_json::from_slice(&out.body).unwrap();
@@ -345,12 +346,14 @@ mod tests {
         let mut nested = Outgoing {
             headers: Vec::new(),
             body: b"{}".to_vec(),
+            url: None,
         };
         stamp_body(&mut nested, &[(&["event", "id"][..], Value::from("x"))]).unwrap();
         assert_eq!(nested.body, br#"{"event":{"id":"x"}}"#);
         let mut form = Outgoing {
             headers: Vec::new(),
             body: b"a=1".to_vec(),
+            url: None,
         };
         stamp_body(&mut form, &[(&["id"][..], Value::from("x"))]).unwrap();
         assert_eq!(form.body, b"a=1");

@@ -43,6 +43,7 @@ fn signed(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         body: body.to_vec(),
+        url: None,
     };
     p.sign(
         &mut out,

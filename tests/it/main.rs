@@ -22,6 +22,7 @@ mod delivery_queue;
 mod fuzz_regressions;
 mod handshakes_pb;
 mod handshakes_pc;
+mod handshakes_pd;
 mod ingest;
 mod ingest_errors;
 mod providers;

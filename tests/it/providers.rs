@@ -8,7 +8,9 @@
 
 use event_router::config::Secret;
 use event_router::ingest::{Prepared, Source, prepare};
-use event_router::providers::{Outgoing, PROVIDERS, Provider, RequestLine, SendOptions, standard};
+use event_router::providers::{
+    Outgoing, PROVIDERS, Provider, RequestLine, SendOptions, signed_url, standard,
+};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
@@ -56,6 +58,9 @@ fn signed(p: &dyn Provider, secret: &str, now_ms: i64) -> Outgoing {
     let mut out = Outgoing {
         headers: Vec::new(),
         body: p.sample().as_bytes().to_vec(),
+        // The URL the providers that sign it (hubspot, square, twilio) were given: the
+        // sources' `public_url` in the tests below.
+        url: Some(public_url(source_of(p))),
     };
     let opts = SendOptions {
         event: None,
@@ -66,6 +71,20 @@ fn signed(p: &dyn Provider, secret: &str, now_ms: i64) -> Outgoing {
     p.compose(&mut out, &opts).unwrap();
     p.sign(&mut out, &opts).unwrap();
     out
+}
+
+/// The `public_url` the tests give each built-in source.
+fn public_url(source: &str) -> String {
+    format!("https://hooks.example.com/webhook/{source}")
+}
+
+/// The path a signed webhook is posted to: with the query its provider signed (Twilio's
+/// `bodySHA256` on a JSON body).
+fn path_of(source: &str, out: &Outgoing) -> String {
+    match out.url.as_deref().and_then(signed_url::query_of) {
+        Some(q) => format!("/webhook/{source}?{q}"),
+        None => format!("/webhook/{source}"),
+    }
 }
 
 fn header_map(out: &Outgoing) -> HeaderMap {
@@ -87,8 +106,9 @@ fn delivery_id(p: &'static dyn Provider, server_secret: &str, out: &Outgoing) ->
         p,
         Some(p.parse_secrets(server_secret).unwrap()),
         None,
-    );
-    let path = format!("/webhook/{}", source_of(p));
+    )
+    .with_public_url(Some(public_url(source_of(p))));
+    let path = path_of(source_of(p), out);
     match prepare(
         &source,
         RequestLine::post(&path),
@@ -122,7 +142,7 @@ async fn stored_ids(app: &TestApp, source: &str) -> Vec<String> {
 async fn post(app: &TestApp, source: &str, out: &Outgoing) -> (u16, Value) {
     let r = app
         .client
-        .post(app.url(&format!("/webhook/{source}")))
+        .post(app.url(&path_of(source, out)))
         .headers(header_map(out))
         .body(out.body.clone())
         .send()
@@ -169,7 +189,9 @@ async fn every_provider_is_accepted_as_it_signs_and_refused_otherwise() {
             if p.name() == standard::Standard.name() {
                 continue; // `internal`: test_config's secret
             }
-            c.sources.get_mut(b.source).unwrap().secret = Some(Secret(secrets(*p).0));
+            let source = c.sources.get_mut(b.source).unwrap();
+            source.secret = Some(Secret(secrets(*p).0));
+            source.public_url = Some(public_url(b.source));
         }
     })
     .await;
@@ -325,6 +347,7 @@ async fn catalog_providers_written_as_recipes_verify_the_same_requests() {
                     secret: Some(Secret("recipe-secret".into())),
                     identifier_field: None,
                     public_url: None,
+                    verify_token: None,
                 },
             );
         }
@@ -342,6 +365,7 @@ async fn catalog_providers_written_as_recipes_verify_the_same_requests() {
             ("x-hub-signature-256".into(), sig),
         ],
         body: body.clone(),
+        url: None,
     };
     let ok = gh_request(github::sign(b"recipe-secret", &body));
     let first = post(&app, "gh-recipe", &ok).await;
@@ -379,6 +403,7 @@ async fn catalog_providers_written_as_recipes_verify_the_same_requests() {
             ),
         ],
         body: body.clone(),
+        url: None,
     };
     let now = now_ms() / 1000;
     let answer = post(&app, "slack-recipe", &slack_request(now)).await;
