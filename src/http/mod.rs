@@ -85,7 +85,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/webhook/{source}",
-            post(webhook::webhook).get(webhook::verify_get),
+            post(webhook::webhook)
+                .get(webhook::verify_get)
+                .head(webhook::reachable),
         )
         .route("/health", get(health))
         .route("/metrics", get(analytics::prometheus))

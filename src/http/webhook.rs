@@ -52,6 +52,21 @@ pub async fn webhook(
 /// `GET /webhook/{source}`: the provider's check of the endpoint before it sends events (Meta's
 /// `hub.challenge`), answered with the challenge as `text/plain` and stored nowhere. A source
 /// whose provider sends no such check answers `405`, as before there was this route.
+/// `HEAD /webhook/{source}`: `200` with no body for a known source, configured or not, so that
+/// providers that check an endpoint is reachable before saving it (Intercom) can; `404` for any
+/// other name. Nothing is read or stored.
+pub async fn reachable(
+    State(app): State<AppState>,
+    source: Result<Path<String>, PathRejection>,
+) -> StatusCode {
+    let name = source.map(|Path(s)| s).unwrap_or_default();
+    if app.ingest.knows(&name) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
 pub async fn verify_get(
     State(app): State<AppState>,
     source: Result<Path<String>, PathRejection>,

@@ -416,3 +416,26 @@ async fn catalog_providers_written_as_recipes_verify_the_same_requests() {
     assert_eq!(stale.1["code"], "stale_timestamp");
     app.stop().await;
 }
+
+/// `HEAD /webhook/{source}` answers `200` for a known source, configured or not (Intercom checks
+/// that an endpoint is reachable this way before saving it), and `404` for another name; it
+/// stores nothing.
+#[tokio::test]
+async fn a_head_request_checks_that_a_source_is_reachable() {
+    let app = TestApp::spawn_with(|c| {
+        c.sources.get_mut("intercom").unwrap().secret = None;
+    })
+    .await;
+    for (source, want) in [("intercom", 200), ("github", 200), ("nope", 404)] {
+        let r = app
+            .client
+            .head(app.url(&format!("/webhook/{source}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{source}");
+    }
+    let (_, v) = app.admin_get("/admin/events?limit=10").await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "{v}");
+    app.stop().await;
+}
