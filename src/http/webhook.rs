@@ -116,6 +116,7 @@ async fn receive(
 ) -> Result<Response, ApiError> {
     let ingest = &app.ingest;
     if let Some(answer) = ingest.unsigned_handshake(name, headers) {
+        keep_handed_over_secret(app, name, &answer).await;
         return Ok(handshake(answer));
     }
     let source = ingest.source(name)?;
@@ -244,6 +245,46 @@ fn answer(committed: Committed, limit: &Decision, provider_answer: Option<Value>
         }
     }
     resp
+}
+
+/// The secret an unsigned handshake hands over (Asana's `X-Hook-Secret`, which its API never
+/// shows again) is written, with the time, to `DATA_DIR/handshake-secrets/<source>` (owner-only,
+/// replaced by the next handshake), for the operator to put in the source's secret variable.
+/// It is never logged. Anyone who can reach the endpoint can send a handshake, so the file
+/// says which one came last, and when: read it right after creating the webhook.
+async fn keep_handed_over_secret(app: &AppState, source: &str, answer: &Handshake) {
+    let Handshake::Headers(headers) = answer else {
+        return;
+    };
+    let Some((name, secret)) = headers.first() else {
+        return;
+    };
+    let path = app.config.data_dir.join("handshake-secrets").join(source);
+    let text = format!(
+        "# {name} of the last handshake on /webhook/{source}, received at {} (ms since the epoch)\n{secret}\n",
+        crate::clock::now_ms()
+    );
+    let written = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            crate::crypto::write_private(&path, &text)
+        })
+        .await
+    };
+    match written {
+        Ok(Ok(())) => tracing::info!(
+            source,
+            file = %path.display(),
+            "the secret this handshake handed over was written to a file (not logged)"
+        ),
+        Ok(Err(e)) => tracing::warn!(source, error = %e, "cannot keep a handshake's secret"),
+        Err(e) => tracing::warn!(source, error = %e, "cannot keep a handshake's secret"),
+    }
 }
 
 /// A provider's handshake, answered `200` and not stored.

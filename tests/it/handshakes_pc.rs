@@ -207,6 +207,8 @@ async fn asana_hook_secret_is_echoed_even_before_the_secret_is_set() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-hook-secret"], ASANA_SECRET);
     assert_eq!(r.bytes().await.unwrap().len(), 0);
+    // Asana's API never shows the secret again: it is kept for the operator, owner-only.
+    assert_handed_over(&app, ASANA_SECRET);
     let sample = providers::asana::Asana.sample().as_bytes();
     let r = post(
         &app,
@@ -231,6 +233,7 @@ async fn asana_hook_secret_is_echoed_even_before_the_secret_is_set() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-hook-secret"], "another-webhooks-secret");
+    assert_handed_over(&app, "another-webhooks-secret");
     let heartbeat = br#"{"events":[]}"#;
     let r = post(
         &app,
@@ -288,4 +291,21 @@ async fn sendgrid_array_bodies_are_stored_as_they_came() {
     .await;
     assert_eq!(r.status(), 400);
     app.stop().await;
+}
+
+/// The secret the last Asana handshake handed over is in `DATA_DIR/handshake-secrets/asana`,
+/// readable by the owner only, in a directory only the owner can enter.
+fn assert_handed_over(app: &TestApp, secret: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = app.dir.path().join("handshake-secrets");
+    let file = dir.join("asana");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().last(), Some(secret), "{text}");
+    assert!(
+        text.starts_with("# x-hook-secret of the last handshake"),
+        "{text}"
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&dir), 0o700);
 }
