@@ -117,7 +117,7 @@ fn admin_key(config: &Config) -> anyhow::Result<Secret> {
 
 /// Starts serving on `listener` and returns at once.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(&config.data_dir)
+    crate::crypto::create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     let sources = ingest::build_sources(&config.sources).map_err(anyhow::Error::msg)?;
     let admin_key = admin_key(&config)?;

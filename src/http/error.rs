@@ -166,3 +166,50 @@ impl From<IngestError> for ApiError {
         }
     }
 }
+
+/// Every refusal in the contract's envelope: an error answer that is not JSON (the plain-text
+/// rejections axum's extractors write, such as `413 Failed to buffer the request body` for an
+/// admin body over the limit, or an empty error body) is rewritten as
+/// `{"success": false, "error", "code"}` with the same status and headers. JSON answers,
+/// successes and answers to `HEAD` pass untouched.
+pub async fn envelope(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let head = req.method() == axum::http::Method::HEAD;
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if head || json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // What the rejection said, if it is short text; else the status's own words.
+    let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+    let said = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if said.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("Request refused")
+            .to_string()
+    } else {
+        said
+    };
+    let code = match status.as_u16() {
+        400 | 422 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        431 => "headers_too_large",
+        s if s >= 500 => "internal_error",
+        _ => "bad_request",
+    };
+    let fresh = ApiError::new(status, code, message).into_response();
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let (fresh_parts, body) = fresh.into_parts();
+    parts.headers.extend(fresh_parts.headers);
+    Response::from_parts(parts, body)
+}

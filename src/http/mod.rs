@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(error::envelope))
         .layer(
             // A span per request; headers are not recorded, so no key or signature is logged.
             TraceLayer::new_for_http()

@@ -707,3 +707,46 @@ async fn an_api_key_in_a_stream_query_string_never_reaches_the_log() {
         );
     }
 }
+
+/// The data dir the server creates is the owner's only (0700), and so is every file in it
+/// (0600): the database with its `-wal` and `-shm` files, the generated admin and encryption
+/// keys. A data dir open to others is served, with a warning; the log has no colour codes when
+/// stderr is not a terminal.
+#[tokio::test]
+async fn the_data_dir_and_its_files_are_private_and_a_wide_one_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("new").join("data");
+    let served = Served::start(&data, &[("LOG_LEVEL", "info")]).await;
+    // A webhook-free write: the database and its log exist once the server is up.
+    let r = reqwest::Client::new()
+        .get(format!("{}/health", served.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, log) = served.terminate().await;
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
+    );
+    assert_eq!(mode(&data), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files += 1;
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    assert!(data.join("event-router.db").is_file());
+    assert!(data.join("admin.key").is_file(), "the generated admin key");
+    assert!(files >= 3, "{files} files");
+
+    // Opened to others by hand: served, and warned about.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let served = Served::start(&data, &[("LOG_LEVEL", "info")]).await;
+    let (_, log) = served.terminate().await;
+    assert!(log.contains("the data dir is open to other users"), "{log}");
+}

@@ -691,3 +691,46 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Refusals written by the HTTP layer itself, not by a handler, are in the contract's envelope
+/// too: an admin body over the limit (`413`) and a WebSocket request without its upgrade.
+#[tokio::test]
+async fn framework_refusals_are_in_the_envelope() {
+    let app = TestApp::spawn().await;
+    let big = format!("{{\"id\":\"a\",\"name\":\"{}\"}}", "x".repeat(3 << 20));
+    let r = app
+        .client
+        .post(app.url("/admin/agents"))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["success"], false, "{v}");
+    assert_eq!(v["code"], "payload_too_large", "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    // Nothing was created.
+    let (status, _) = app.admin_get("/admin/agents/a").await;
+    assert_eq!(status, 404);
+
+    let r = app
+        .client
+        .get(app.url(&format!("/stream/ws?agentId=x&apiKey={AGENT_KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["success"], false, "{v}");
+    assert!(v["code"].is_string(), "{v}");
+    app.stop().await;
+}

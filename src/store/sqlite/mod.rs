@@ -109,9 +109,25 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and runs the migrations.
     pub fn open(path: &Path, opts: SqliteOptions) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            crate::crypto::create_private_dir(dir).map_err(|e| {
                 StoreError::Database(format!("cannot create {}: {e}", dir.display()))
             })?;
+        }
+        // Created owner-only before SQLite opens it: SQLite makes a new file 0644, and gives its
+        // `-wal` and `-shm` files the database file's mode.
+        crate::crypto::touch_private(path)
+            .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the database file is open to other users: chmod 600 it (and its -wal and -shm files)"
+                );
+            }
         }
         let mut conn = schema::open(path)?;
         schema::migrate(&mut conn)?;
