@@ -3,7 +3,7 @@
 //! the disk is really full (docs/operations.md, "Storage faults").
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long one reading of the free space stands: a `statvfs` per webhook would be a system
@@ -20,13 +20,15 @@ pub(super) struct DiskFloor {
     dir: PathBuf,
     /// 0: no floor.
     min_free: u64,
-    sample: Mutex<Option<Sample>>,
-}
-
-#[derive(Clone, Copy)]
-struct Sample {
-    at: Instant,
-    free: u64,
+    /// The clock `sampled_at` counts from.
+    started: Instant,
+    /// When the free space was last read: ms since `started`, plus one (0: never).
+    sampled_at: AtomicU64,
+    /// Free bytes at that reading.
+    free: AtomicU64,
+    /// Taken by the one caller that reads the free space again; the others use the last
+    /// reading meanwhile. Atomics rather than a lock: this is checked for every webhook.
+    resampling: AtomicBool,
 }
 
 impl DiskFloor {
@@ -34,7 +36,10 @@ impl DiskFloor {
         DiskFloor {
             dir,
             min_free,
-            sample: Mutex::new(None),
+            started: Instant::now(),
+            sampled_at: AtomicU64::new(0),
+            free: AtomicU64::new(u64::MAX),
+            resampling: AtomicBool::new(false),
         }
     }
 
@@ -45,33 +50,23 @@ impl DiskFloor {
         if self.min_free == 0 {
             return None;
         }
-        let mut sample = self.sample.lock().ok()?;
-        let now = Instant::now();
-        let fresh = sample.filter(|s| now.duration_since(s.at) < SAMPLE_FOR);
-        let free = match fresh {
-            Some(s) => s.free,
-            None => {
-                let free = free_bytes(&self.dir)?;
-                let was_below = sample.is_some_and(|s| s.free < self.min_free);
-                let below = free < self.min_free;
-                if below && !was_below {
-                    tracing::warn!(
-                        free_mb = free >> 20,
-                        min_free_disk_mb = self.min_free >> 20,
-                        dir = %self.dir.display(),
-                        "free disk space is below min_free_disk_mb: new webhooks are refused \
-                         (503 storage_unavailable) until space is freed"
-                    );
-                } else if was_below && !below {
-                    tracing::info!(
-                        free_mb = free >> 20,
-                        "free disk space is above min_free_disk_mb again: webhooks are accepted"
-                    );
-                }
-                *sample = Some(Sample { at: now, free });
-                free
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let at = self.sampled_at.load(Ordering::Acquire);
+        let stale = at == 0 || now.saturating_sub(at) >= SAMPLE_FOR.as_millis() as u64;
+        if stale
+            && self
+                .resampling
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Some(free) = free_bytes(&self.dir) {
+                let before = self.free.swap(free, Ordering::AcqRel);
+                self.crossed(at != 0 && before < self.min_free, free);
             }
-        };
+            self.sampled_at.store(now, Ordering::Release);
+            self.resampling.store(false, Ordering::Release);
+        }
+        let free = self.free.load(Ordering::Acquire);
         (free < self.min_free).then(|| {
             format!(
                 "{} MiB free on the database's filesystem, below min_free_disk_mb ({} MiB)",
@@ -79,5 +74,24 @@ impl DiskFloor {
                 self.min_free >> 20
             )
         })
+    }
+
+    /// Logs the floor being crossed, either way, once.
+    fn crossed(&self, was_below: bool, free: u64) {
+        let below = free < self.min_free;
+        if below && !was_below {
+            tracing::warn!(
+                free_mb = free >> 20,
+                min_free_disk_mb = self.min_free >> 20,
+                dir = %self.dir.display(),
+                "free disk space is below min_free_disk_mb: new webhooks are refused \
+                 (503 storage_unavailable) until space is freed"
+            );
+        } else if was_below && !below {
+            tracing::info!(
+                free_mb = free >> 20,
+                "free disk space is above min_free_disk_mb again: webhooks are accepted"
+            );
+        }
     }
 }
