@@ -750,3 +750,70 @@ async fn the_data_dir_and_its_files_are_private_and_a_wide_one_is_warned_about()
     let (_, log) = served.terminate().await;
     assert!(log.contains("the data dir is open to other users"), "{log}");
 }
+
+/// A provider described in the config file (a recipe) is served, checked and sent to: the
+/// real binary serves `[sources.acme]` from `EVENT_ROUTER_CONFIG`, `send acme` (with the same
+/// config and secret) signs as the recipe says and is accepted and archived with the type from
+/// its header, and the same request with another secret is refused.
+#[tokio::test]
+async fn a_recipe_source_is_served_and_send_signs_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "recipe.toml",
+        r#"[sources.acme]
+scheme = "hmac"
+secret_env = "ACME_SECRET"
+header = "X-Acme-Signature"
+prefix = "sha256="
+signed = "{timestamp}.{body}"
+timestamp_header = "X-Acme-Timestamp"
+id_header = "X-Acme-Delivery"
+type_header = "X-Acme-Event"
+"#,
+    );
+    let data = dir.path().join("data");
+    let env = [
+        ("EVENT_ROUTER_CONFIG", config.as_str()),
+        ("ACME_SECRET", "s3cret"),
+        ("ADMIN_API_KEY", ADMIN_KEY),
+    ];
+    let check = run(&["check-config", &config], &env).await;
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let served = Served::start(&data, &env).await;
+    let base = served.base().to_string();
+    let out = run(
+        &["send", "acme", "--url", &base, "--event", "invoice.paid"],
+        &env,
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{base}/admin/events?source=acme"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["type"], "invoice.paid");
+    assert!(items[0]["deliveryId"].is_string(), "{v}");
+    let headers = &items[0]["metadata"]["headers"];
+    assert!(headers.get("x-acme-signature").is_none(), "{headers}");
+    assert!(headers.get("x-acme-timestamp").is_some(), "{headers}");
+
+    let wrong = run(&["send", "acme", "--url", &base, "--secret", "other"], &env).await;
+    assert_ne!(wrong.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&wrong.stdout).contains("invalid_signature"),
+        "{wrong:?}"
+    );
+    served.terminate().await;
+}
