@@ -88,6 +88,9 @@ pub struct Config {
     pub retention_days: u32,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// `environment` [`ENVIRONMENT`]: a name for this deployment (`production`, `staging`, …),
+    /// shown by `/health`.
+    pub environment: Option<String>,
     pub sources: BTreeMap<String, SourceConfig>,
     pub agent_api_key: Option<Secret>,
     pub admin_api_key: Option<Secret>,
@@ -158,6 +161,7 @@ impl Default for Config {
             retention_days: 30,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            environment: None,
             sources: builtin_sources(),
             agent_api_key: None,
             admin_api_key: None,
@@ -398,6 +402,11 @@ impl Config {
                 "retention_days" => match int_in(item, 1, 36_500) {
                     Ok(v) => self.retention_days = v as u32,
                     Err(m) => err(m),
+                },
+                "environment" => match item.as_str().map(check_environment) {
+                    Some(Ok(e)) => self.environment = Some(e),
+                    Some(Err(m)) => err(m),
+                    None => err(expected("a string", item)),
                 },
                 "log_level" => match item.as_str() {
                     Some(s) => match check_log_level(s) {
@@ -744,6 +753,12 @@ impl Config {
                 Err(m) => push("DATABASE_URL", m),
             }
         }
+        if let Some(v) = env("ENVIRONMENT") {
+            match check_environment(&v) {
+                Ok(e) => self.environment = Some(e),
+                Err(m) => push("ENVIRONMENT", m),
+            }
+        }
         if let Some(v) = env("LOG_LEVEL") {
             match check_log_level(&v) {
                 Ok(()) => self.log_level = v,
@@ -864,6 +879,21 @@ fn check_public_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// A deployment's name: 1 to 64 characters of `a-z A-Z 0-9 . _ -`.
+fn check_environment(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected a name such as \"production\" (1 to 64 of a-z A-Z 0-9 . _ -), got {s:?}"
+        ))
+    }
+}
+
 const KNOWN_KEYS: &[&str] = &[
     "listen",
     "data_dir",
@@ -876,6 +906,7 @@ const KNOWN_KEYS: &[&str] = &[
     "default_rate_limit",
     "retention_days",
     "log_level",
+    "environment",
     "log_format",
     "tls_cert",
     "tls_key",
@@ -1158,6 +1189,28 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::load(&o, &env).unwrap().listen.port(), 2000);
+    }
+
+    #[test]
+    fn environment_comes_from_the_file_or_the_environment() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.environment, None);
+        let mut errors = Vec::new();
+        cfg.apply_file(
+            Path::new("c.toml"),
+            "environment = \"staging\"\n",
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cfg.environment.as_deref(), Some("staging"));
+        let env = |k: &str| (k == "ENVIRONMENT").then(|| "production".to_string());
+        cfg.apply_env(&env, &mut errors);
+        assert_eq!(cfg.environment.as_deref(), Some("production"));
+        let errors = file_errors("environment = \"two words\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "environment");
+        let env = |k: &str| (k == "ENVIRONMENT").then(|| String::from("x").repeat(65));
+        assert!(Config::load(&Overrides::default(), &env).is_err());
     }
 
     #[test]

@@ -135,12 +135,15 @@ async fn health(State(app): State<AppState>) -> Response {
     if let Some(r) = reason {
         storage["reason"] = serde_json::Value::String(r);
     }
-    let body = json!({
+    let mut body = json!({
         "status": if ok { "ok" } else { "unavailable" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeSeconds": app.started.elapsed().as_secs(),
         "storage": storage,
     });
+    if let Some(e) = &app.config.environment {
+        body["environment"] = serde_json::Value::String(e.clone());
+    }
     let status = if ok {
         StatusCode::OK
     } else {

@@ -702,3 +702,34 @@ async fn malformed_input_never_breaks_the_server() {
         problems.join("\n")
     );
 }
+
+/// `/health` names the deployment when `environment` [`ENVIRONMENT`] is set, and leaves it out
+/// when it is not.
+#[tokio::test]
+async fn health_names_the_environment_when_one_is_set() {
+    let app = TestApp::spawn_with(|c| c.environment = Some("staging".into())).await;
+    let v: serde_json::Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["environment"], "staging", "{v}");
+    app.stop().await;
+    let app = TestApp::spawn().await;
+    let v: serde_json::Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v.get("environment").is_none(), "{v}");
+    assert_eq!(v["status"], "ok");
+    app.stop().await;
+}
