@@ -331,8 +331,7 @@ impl Provider for Recipe {
     fn parse_secrets(&self, list: &str) -> Result<Secrets, SecretError> {
         match &self.kind {
             Kind::Hmac { algorithm, .. } => {
-                SecretSet::from_list_with(*algorithm, list, |_, s| Ok(s.as_bytes().to_vec()))
-                    .map(Secrets::Hmac)
+                SecretSet::hmac_from_list_for(list, &[*algorithm]).map(Secrets::Hmac)
             }
             Kind::Token { .. } | Kind::Basic => {
                 let tokens: Vec<Vec<u8>> = list

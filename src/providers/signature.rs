@@ -74,29 +74,18 @@ impl SecretSet {
         list: &str,
         decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
     ) -> Result<SecretSet, SecretError> {
-        Self::from_list_with(hmac::HMAC_SHA256, list, decode)
+        Self::from_list_for(&[hmac::HMAC_SHA256], list, decode)
     }
 
     /// Comma-separated secrets whose UTF-8 bytes are HMAC-SHA1 keys (Intercom, Vercel): as
     /// [`SecretSet::hmac_from_list`], for the providers that still sign with SHA-1.
     /// `verify_body` and `any_mac` then compare SHA-1 MACs (20 bytes).
     pub fn hmac_sha1_from_list(list: &str) -> Result<SecretSet, SecretError> {
-        Self::from_list_with(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, list, |_, secret| {
-            Ok(secret.as_bytes().to_vec())
-        })
+        Self::hmac_from_list_for(list, &[hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY])
     }
 
-    /// As [`SecretSet::from_list`], for HMAC keys of `algorithm` (SHA-1 or SHA-512 where a
-    /// provider signs with them).
-    pub fn from_list_with(
-        algorithm: hmac::Algorithm,
-        list: &str,
-        decode: impl Fn(usize, &str) -> Result<Vec<u8>, SecretError>,
-    ) -> Result<SecretSet, SecretError> {
-        Self::from_list_for(&[algorithm], list, decode)
-    }
-
-    /// `hmac_from_list` with each secret a key of each of `algorithms` (Twilio: HMAC-SHA1, and
+    /// `hmac_from_list` with each secret a key of each of `algorithms`: one algorithm other
+    /// than SHA-256 (a config recipe's SHA-1 or SHA-512), or several (Twilio: HMAC-SHA1, and
     /// HMAC-SHA256 for its shared keys). A MAC of one algorithm never matches another's, whose
     /// length differs; `len` counts a key per secret and algorithm.
     pub fn hmac_from_list_for(
