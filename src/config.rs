@@ -115,6 +115,9 @@ pub struct Config {
     /// PostgreSQL: how long a node's heartbeat keeps its deliveries its own (ms); after that
     /// without a heartbeat, other nodes take them over.
     pub node_lease_ms: u64,
+    /// PostgreSQL: this node's identity across restarts (`node_id` [`NODE_ID`]); `None` = the id
+    /// generated once and kept in `DATA_DIR/node-id`.
+    pub node_id: Option<String>,
     /// The file the config came from, if any.
     pub config_file: Option<PathBuf>,
     /// PEM certificate chain and private key: serve HTTPS when both are set.
@@ -176,6 +179,7 @@ impl Default for Config {
             db_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
             min_free_disk_mb: DEFAULT_MIN_FREE_DISK_MB,
             node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
+            node_id: None,
             config_file: None,
             tls_cert: None,
             tls_key: None,
@@ -321,6 +325,7 @@ impl Config {
             db_pool_size: self.db_pool_size,
             min_free_disk_mb: self.min_free_disk_mb,
             node_lease_ms: self.node_lease_ms,
+            node_id: self.node_id.clone(),
         }
     }
 
@@ -446,6 +451,11 @@ impl Config {
                 "node_lease_ms" => match int_in(item, 1000, 3_600_000) {
                     Ok(v) => self.node_lease_ms = v as u64,
                     Err(m) => err(m),
+                },
+                "node_id" => match item.as_str().map(check_node_id) {
+                    Some(Ok(id)) => self.node_id = Some(id),
+                    Some(Err(m)) => err(m),
+                    None => err(expected("a string", item)),
                 },
                 "tls_cert" | "tls_key" | "extra_ca_certs" => match item.as_str() {
                     Some(p) if !p.is_empty() => {
@@ -753,6 +763,12 @@ impl Config {
                 Err(m) => push("DATABASE_URL", m),
             }
         }
+        if let Some(v) = env("NODE_ID") {
+            match check_node_id(&v) {
+                Ok(id) => self.node_id = Some(id),
+                Err(m) => push("NODE_ID", m),
+            }
+        }
         if let Some(v) = env("ENVIRONMENT") {
             match check_environment(&v) {
                 Ok(e) => self.environment = Some(e),
@@ -894,6 +910,11 @@ fn check_environment(s: &str) -> Result<String, String> {
     }
 }
 
+/// A node's name: 1 to 64 characters of `a-z A-Z 0-9 . _ -` (a UUID is one too).
+fn check_node_id(s: &str) -> Result<String, String> {
+    crate::store::postgres::check_node_name(s).map(str::to_string)
+}
+
 const KNOWN_KEYS: &[&str] = &[
     "listen",
     "data_dir",
@@ -919,6 +940,7 @@ const KNOWN_KEYS: &[&str] = &[
     "db_pool_size",
     "min_free_disk_mb",
     "node_lease_ms",
+    "node_id",
     "sources",
     "agents",
     "filters",
@@ -1211,6 +1233,26 @@ mod tests {
         assert_eq!(errors[0].key, "environment");
         let env = |k: &str| (k == "ENVIRONMENT").then(|| String::from("x").repeat(65));
         assert!(Config::load(&Overrides::default(), &env).is_err());
+    }
+
+    #[test]
+    fn node_id_comes_from_the_file_or_the_environment() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.node_id, None);
+        let mut errors = Vec::new();
+        cfg.apply_file(Path::new("c.toml"), "node_id = \"web-1\"\n", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cfg.node_id.as_deref(), Some("web-1"));
+        let env = |k: &str| (k == "NODE_ID").then(|| "web-2".to_string());
+        cfg.apply_env(&env, &mut errors);
+        assert_eq!(cfg.node_id.as_deref(), Some("web-2"));
+        assert_eq!(cfg.store_settings().node_id.as_deref(), Some("web-2"));
+        let errors = file_errors("node_id = \"two words\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "node_id");
+        let env = |k: &str| (k == "NODE_ID").then(|| String::from("x").repeat(65));
+        let errors = Config::load(&Overrides::default(), &env).expect_err("too long");
+        assert!(errors.0.iter().any(|e| e.key == "NODE_ID"), "{errors:?}");
     }
 
     #[test]

@@ -591,6 +591,8 @@ pub struct Settings {
     pub commit_batch_max: usize,
     pub db_pool_size: usize,
     pub node_lease_ms: u64,
+    /// PostgreSQL: `NODE_ID`, else the id kept in `data_dir` (see `postgres::node_identity`).
+    pub node_id: Option<String>,
     /// SQLite: free MiB below which new events are refused (0: none).
     pub min_free_disk_mb: u64,
 }
@@ -628,12 +630,15 @@ pub async fn open_backend(config: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     let url = config.database_url.as_deref().unwrap_or_default();
+    let identity = postgres::node_identity(config.node_id.as_deref(), &config.data_dir)?;
     let store = PgStore::open(
         url,
         PgOptions {
             pool_size: config.db_pool_size,
             batch_max: config.commit_batch_max,
             lease_ms: i64::try_from(config.node_lease_ms).unwrap_or(i64::MAX),
+            node_id: Some(identity.id),
+            node_name: Some(identity.name.clone()),
             ..PgOptions::default()
         },
     )
@@ -642,7 +647,8 @@ pub async fn open_backend(config: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     .context("cannot open the PostgreSQL store")?;
     tracing::info!(
         database = %redact_url(url),
-        node = ?ClusterStore::node_id(&store),
+        node = %identity.name,
+        node_uuid = %identity.id,
         "PostgreSQL store open"
     );
     Ok(Arc::new(store))

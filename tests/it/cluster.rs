@@ -24,35 +24,68 @@ const LEASE_MS: &str = "3000";
 
 struct Cluster {
     nodes: Vec<ChildServer>,
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Vec<tempfile::TempDir>,
+    url: String,
+    /// Environment every node of this cluster gets besides the database's.
+    env: Vec<(String, String)>,
     _db: crate::support::pg_testing::DatabaseGuard,
 }
 
 impl Cluster {
     /// `n` nodes on a fresh database; `None` when PostgreSQL is unavailable outside CI.
     async fn start(n: usize) -> Option<Cluster> {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// As `start`, each node with `env` too (after the cluster's defaults, so it wins).
+    async fn start_with(n: usize, env: &[(&str, &str)]) -> Option<Cluster> {
         let (url, db) = crate::support::pg_testing::fresh_database_or_skip().await?;
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            dirs: Vec::new(),
+            url,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _db: db,
+        };
         for _ in 0..n {
             let dir = tempfile::tempdir().unwrap();
-            let node = ChildServer::start(
-                dir.path(),
-                &[
-                    ("DATABASE_URL", url.as_str()),
-                    ("ENCRYPTION_KEY", ENCRYPTION_KEY),
-                    ("NODE_LEASE_MS", LEASE_MS),
-                ],
-            )
-            .await;
-            nodes.push(node);
-            dirs.push(dir);
+            let node = cluster.spawn(dir.path(), &[]).await;
+            cluster.nodes.push(node);
+            cluster.dirs.push(dir);
         }
-        Some(Cluster {
-            nodes,
-            _dirs: dirs,
-            _db: db,
-        })
+        Some(cluster)
+    }
+
+    /// The environment of a node of this cluster, with `extra` last.
+    fn node_env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![
+            ("DATABASE_URL", self.url.as_str()),
+            ("ENCRYPTION_KEY", ENCRYPTION_KEY),
+            ("NODE_LEASE_MS", LEASE_MS),
+        ];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        env.extend_from_slice(extra);
+        env
+    }
+
+    /// Starts a node of this cluster on `dir`, waiting until it answers.
+    async fn spawn(&self, dir: &std::path::Path, extra: &[(&str, &str)]) -> ChildServer {
+        ChildServer::start(dir, &self.node_env(extra)).await
+    }
+
+    /// Kills node `i` (SIGKILL: no hand-back, no goodbye).
+    async fn kill(&mut self, i: usize) {
+        self.nodes[i].child.start_kill().unwrap();
+        self.nodes[i].child.wait().await.unwrap();
+    }
+
+    /// Starts node `i` again on its own data dir, hence as the same node.
+    async fn restart(&mut self, i: usize) {
+        let node = self.spawn(self.dirs[i].path(), &[]).await;
+        self.nodes[i] = node;
     }
 
     fn base(&self, i: usize) -> &str {
@@ -379,8 +412,7 @@ async fn a_killed_nodes_deliveries_are_finished_by_the_others() {
         acked.insert(routed_on(&client, cluster.base(2), i, i > 0).await);
     }
     rx.wait_for("/slow", 3, Duration::from_secs(10)).await;
-    cluster.nodes[2].child.start_kill().unwrap();
-    cluster.nodes[2].child.wait().await.unwrap();
+    cluster.kill(2).await;
     let at_kill = rx.received("/slow").len();
     assert!(at_kill < n, "node 3 finished before it was killed");
 
@@ -414,4 +446,136 @@ async fn a_killed_nodes_deliveries_are_finished_by_the_others() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_takes_its_own_deliveries_back_at_once() {
+    // A node lease far longer than the test: no other node can take the deliveries over in
+    // time, so only the restarted node itself, as the same node, can deliver them.
+    let Some(mut cluster) = Cluster::start_with(2, &[("NODE_LEASE_MS", "300000")]).await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    rx.set_default("/slow", Reply::Hang(Duration::from_millis(300)));
+    let admin = Admin::at(cluster.base(0));
+    admin
+        .create_agent(agent(
+            "slow",
+            &rx.url("/slow"),
+            json!({ "maxConcurrency": 1 }),
+        ))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["slow"],
+            policy(5, "fixed", 200, 200),
+            json!({}),
+        ))
+        .await;
+    let client = reqwest::Client::new();
+    let n = 12;
+    let mut acked = BTreeSet::new();
+    for i in 0..n {
+        acked.insert(routed_on(&client, cluster.base(1), i, i > 0).await);
+    }
+    rx.wait_for("/slow", 1, Duration::from_secs(10)).await;
+    cluster.kill(1).await;
+    let at_kill = delivered_ids(&rx.received("/slow")).len();
+    assert!(at_kill < n, "node 2 finished before it was killed");
+
+    let restarted = Instant::now();
+    cluster.restart(1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: BTreeSet<Uuid> = delivered_ids(&rx.received("/slow")).into_keys().collect();
+        if acked.is_subset(&delivered) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} delivered after the restart",
+            acked.intersection(&delivered).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Far sooner than the 300 s lease after which the other node would have taken them.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        restarted.elapsed()
+    );
+    let stats = Admin::at(cluster.base(1)).stats().await;
+    assert_eq!(stats["deadLettered"], 0, "{stats}");
+}
+
+/// Runs `event-router serve` until it exits on its own (within `timeout`): its exit status and
+/// what it wrote to stderr.
+async fn serve_until_exit(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (std::process::ExitStatus, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = tokio::process::Command::new(crate::support::binary());
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env_clear()
+        .env("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
+        .env("ADMIN_API_KEY", ADMIN_KEY)
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .expect("the second process did not exit")
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_processes_cannot_share_a_node_id() {
+    let Some(mut cluster) = Cluster::start_with(1, &[("NODE_ID", "twin")]).await else {
+        return;
+    };
+    // A second process claiming the same id (from NODE_ID, on a data dir of its own) is refused
+    // at start, with a message naming the id.
+    let other = tempfile::tempdir().unwrap();
+    let env = cluster.node_env(&[]);
+    let (status, stderr) = serve_until_exit(other.path(), &env, Duration::from_secs(60)).await;
+    assert!(!status.success(), "the second process ran: {stderr}");
+    assert!(
+        stderr.contains("node id twin is in use"),
+        "the refusal does not name the id: {stderr}"
+    );
+    // The first one is untouched.
+    let health = reqwest::get(format!("{}/health", cluster.base(0)))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // Killed, it holds the id no longer: a new process takes it at once (no lease to wait for).
+    cluster.kill(0).await;
+    let started = Instant::now();
+    let node = cluster.spawn(other.path(), &[]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(node);
 }

@@ -6,12 +6,14 @@
 //! agree on whose lease ran out.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use futures_util::future::poll_fn;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, Connection, Notification, Socket};
 use uuid::Uuid;
 
@@ -35,6 +37,221 @@ const FORGET_NODES_AFTER_MS: i64 = 3_600_000;
 /// Bounds the notices waiting for the listener to take them; the LISTEN connection waits
 /// (and PostgreSQL queues) when it is full.
 const NOTICE_BUFFER: usize = 1024;
+
+/// Who a node is across restarts: `NODE_ID`, else the id generated on its first start and kept
+/// in its data dir, so that a restarted node owns again what it owned before (its unfinished
+/// deliveries) instead of waiting for its old lease to lapse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// As the operator wrote it (`NODE_ID`, or the file's content): for logs and messages.
+    pub name: String,
+    /// The id the database knows the node by: the name itself when it is a UUID, else a UUID
+    /// derived from it (v8, from its SHA-256), the same on every start.
+    pub id: Uuid,
+}
+
+/// The file in the data dir that keeps a node's generated id.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// A node name: 1 to 64 characters of `a-z A-Z 0-9 . _ -` (a UUID is one).
+pub fn check_node_name(s: &str) -> std::result::Result<&str, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s)
+    } else {
+        Err(format!(
+            "expected a node name such as \"web-1\" (1 to 64 of a-z A-Z 0-9 . _ -), got {s:?}"
+        ))
+    }
+}
+
+impl NodeIdentity {
+    pub fn from_name(name: &str) -> std::result::Result<NodeIdentity, String> {
+        let name = check_node_name(name.trim())?;
+        let id = Uuid::try_parse(name).unwrap_or_else(|_| {
+            let digest = ring::digest::digest(
+                &ring::digest::SHA256,
+                format!("event-router node\0{name}").as_bytes(),
+            );
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest.as_ref()[..16]);
+            uuid::Builder::from_custom_bytes(bytes).into_uuid()
+        });
+        Ok(NodeIdentity {
+            name: name.to_string(),
+            id,
+        })
+    }
+}
+
+/// This node's identity: `configured` (`NODE_ID`), else `DATA_DIR/node-id`, written with a fresh
+/// v7 id on the first start.
+pub fn node_identity(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
+    if let Some(name) = configured {
+        return NodeIdentity::from_name(name).map_err(|e| anyhow::anyhow!("NODE_ID: {e}"));
+    }
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => NodeIdentity::from_name(text.trim())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = Uuid::now_v7();
+            crate::crypto::write_private(&path, &format!("{id}\n"))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            tracing::info!(node = %id, file = %path.display(), "generated this node's id");
+            Ok(NodeIdentity {
+                name: id.to_string(),
+                id,
+            })
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// How long a starting node waits for its id's lock: a process that was just killed holds it
+/// until PostgreSQL notices its connection closed, which takes milliseconds.
+const IDENTITY_WAIT: Duration = Duration::from_secs(3);
+
+/// The advisory lock (two-key form, which never meets the one-key migration lock) that one
+/// live process per node id holds for as long as it runs.
+fn identity_lock(node: Uuid) -> (i32, i32) {
+    let d = ring::digest::digest(&ring::digest::SHA256, node.as_bytes());
+    let d = d.as_ref();
+    let key = |b: &[u8]| i32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]]);
+    (key(&d[..4]), key(&d[4..8]))
+}
+
+type Driver = JoinHandle<std::result::Result<(), tokio_postgres::Error>>;
+
+/// Takes the id's lock on a connection of its own; `None` while another session holds it.
+async fn lock_identity(
+    config: &tokio_postgres::Config,
+    tls: &super::tls::Tls,
+    (k1, k2): (i32, i32),
+) -> Result<Option<(Client, Driver)>> {
+    let (client, conn) = config.connect(tls.clone()).await?;
+    let driver = tokio::spawn(conn);
+    let held: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&k1, &k2])
+        .await?
+        .get(0);
+    // Dropping the client closes the connection (and ends the driver).
+    Ok(held.then_some((client, driver)))
+}
+
+/// Claims the node id for this process, or refuses the start with a message naming the id when
+/// another live process runs as this node. Returns the task that holds the claim (the lock
+/// lives as long as its connection: a killed process loses it at once, a stopped one on close).
+///
+/// A holder whose node has stopped heartbeating for longer than its lease is a dead machine's
+/// connection that PostgreSQL has not noticed yet: its session is ended and the claim retried.
+pub(super) async fn claim_identity(
+    pool: &deadpool_postgres::Pool,
+    config: &tokio_postgres::Config,
+    tls: &super::tls::Tls,
+    node: Uuid,
+    name: &str,
+) -> Result<JoinHandle<()>> {
+    let keys = identity_lock(node);
+    let started = Instant::now();
+    let mut ended_stale = false;
+    loop {
+        if let Some(held) = lock_identity(config, tls, keys).await? {
+            return Ok(tokio::spawn(hold_identity(
+                config.clone(),
+                tls.clone(),
+                keys,
+                name.to_string(),
+                held,
+            )));
+        }
+        if started.elapsed() < IDENTITY_WAIT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let c = pool.get().await?;
+        let heartbeat: Option<i64> = c
+            .query_opt(
+                "SELECT db_now_ms() - last_seen FROM nodes
+                 WHERE id = $1 AND lease_until > db_now_ms()",
+                &[&node],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let in_use = |detail: String| {
+            StoreError::Database(format!(
+                "node id {name} is in use by another running event-router process ({detail}); \
+                 each node needs its own NODE_ID (or data dir)"
+            ))
+        };
+        if let Some(ago) = heartbeat {
+            return Err(in_use(format!("its last heartbeat was {ago} ms ago")));
+        }
+        if ended_stale {
+            return Err(in_use("its database session holds the node's lock".into()));
+        }
+        ended_stale = true;
+        let ended = c
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks
+                 WHERE locktype = 'advisory' AND classid = $1::int8::oid
+                   AND objid = $2::int8::oid AND objsubid = 2 AND granted",
+                &[&i64::from(keys.0), &i64::from(keys.1)],
+            )
+            .await;
+        match ended {
+            Ok(n) => tracing::warn!(
+                node = %name,
+                sessions = n,
+                "ended the database session of a previous process of this node that no longer heartbeats"
+            ),
+            Err(e) => {
+                return Err(in_use(format!(
+                    "its stale database session could not be ended: {}",
+                    super::pg_message(&e)
+                )));
+            }
+        }
+    }
+}
+
+/// Keeps the claim for as long as the process runs: when the connection drops (a database
+/// restart, a network fault), takes the lock again on a new one.
+async fn hold_identity(
+    config: tokio_postgres::Config,
+    tls: super::tls::Tls,
+    keys: (i32, i32),
+    name: String,
+    held: (Client, Driver),
+) {
+    let (mut client, mut driver) = held;
+    loop {
+        let _ = (&mut driver).await;
+        drop(client);
+        tracing::warn!(node = %name, "the connection holding this node's id dropped; claiming it again");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            match lock_identity(&config, &tls, keys).await {
+                Ok(Some(h)) => {
+                    (client, driver) = h;
+                    break;
+                }
+                Ok(None) => tracing::error!(
+                    node = %name,
+                    "another process holds this node's id: two processes are running as one node; stop one"
+                ),
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "cannot claim this node's id again yet")
+                }
+            }
+        }
+    }
+}
 
 pub(super) fn rules_payload(node: Uuid) -> String {
     format!("r{}", node.simple())
@@ -413,6 +630,63 @@ impl ClusterStore for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_live_store_per_node_id() {
+        let Some((url, _db)) = super::super::testing::fresh_database_or_skip().await else {
+            return;
+        };
+        let id = Uuid::now_v7();
+        let opts = || super::super::PgOptions {
+            node_id: Some(id),
+            node_name: Some("twin".into()),
+            pool_size: 2,
+            ..Default::default()
+        };
+        let first = PgStore::open(&url, opts()).await.expect("open");
+        let Err(e) = PgStore::open(&url, opts()).await else {
+            panic!("a second store ran as the same node");
+        };
+        assert!(e.to_string().contains("node id twin is in use"), "{e}");
+        // Closed, the first gives the id up at once: a restart takes it.
+        crate::store::Store::close(&first).await;
+        let again = PgStore::open(&url, opts()).await.expect("reopen");
+        assert_eq!(again.node_id(), Some(id));
+        crate::store::Store::close(&again).await;
+    }
+
+    #[test]
+    fn a_node_keeps_its_generated_id_or_takes_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = node_identity(None, dir.path()).unwrap();
+        assert_eq!(first.id.get_version_num(), 7);
+        assert_eq!(first.name, first.id.to_string());
+        assert_eq!(node_identity(None, dir.path()).unwrap(), first, "kept");
+        // NODE_ID wins over the file; a name maps to the same UUID everywhere.
+        let other = tempfile::tempdir().unwrap();
+        let web1 = node_identity(Some("web-1"), dir.path()).unwrap();
+        assert_eq!(web1, node_identity(Some("web-1"), other.path()).unwrap());
+        assert_eq!(web1.name, "web-1");
+        assert_ne!(
+            web1.id,
+            node_identity(Some("web-2"), dir.path()).unwrap().id
+        );
+        assert_ne!(web1.id, first.id);
+        // A UUID is taken as it is.
+        let id = Uuid::now_v7().to_string();
+        assert_eq!(
+            node_identity(Some(&id), dir.path()).unwrap().id.to_string(),
+            id
+        );
+        assert!(node_identity(Some("two words"), dir.path()).is_err());
+        // A damaged file is reported, not replaced.
+        std::fs::write(dir.path().join(NODE_ID_FILE), "not/a name\n").unwrap();
+        let err = node_identity(None, dir.path()).unwrap_err().to_string();
+        assert!(err.contains(NODE_ID_FILE), "{err}");
+        assert_ne!(identity_lock(web1.id), identity_lock(first.id));
+        let (a, b) = identity_lock(first.id);
+        assert!(a >= 0 && b >= 0);
+    }
 
     #[test]
     fn payloads_round_trip_and_fit_a_notify() {

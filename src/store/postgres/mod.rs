@@ -29,6 +29,8 @@ pub(crate) mod testing;
 pub mod tls;
 mod writer;
 
+pub use cluster::{NODE_ID_FILE, NodeIdentity, check_node_name, node_identity};
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -55,6 +57,8 @@ pub struct PgOptions {
     pub commit_lanes: usize,
     /// This node's id; `None` = a fresh v7 id.
     pub node_id: Option<Uuid>,
+    /// How the operator names this node (`NODE_ID`), for messages; `None` = its id.
+    pub node_name: Option<String>,
     /// How long a heartbeat keeps this node's deliveries its own (ms).
     pub lease_ms: i64,
 }
@@ -69,6 +73,7 @@ impl Default for PgOptions {
             batch_max: 1024,
             commit_lanes: 2,
             node_id: None,
+            node_name: None,
             lease_ms: DEFAULT_LEASE_MS,
         }
     }
@@ -84,6 +89,8 @@ pub struct PgStore {
     jobs: Mutex<Option<mpsc::Sender<CommitJob>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     listeners: Mutex<Vec<JoinHandle<()>>>,
+    /// Holds this process's claim on the node id (`cluster::claim_identity`).
+    identity: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     /// Why the last group commit could not write, if it could not (see `writer::WriteFault`).
     write_fault: writer::WriteFault,
@@ -217,7 +224,10 @@ impl PgStore {
         };
         schema::migrate(&pool).await.map_err(with_context)?;
         let node = opts.node_id.unwrap_or_else(Uuid::now_v7);
+        let name = opts.node_name.unwrap_or_else(|| node.to_string());
         let lease_ms = opts.lease_ms.max(1);
+        // One live process per node id: a second one is refused here, before it registers.
+        let identity = cluster::claim_identity(&pool, &pg_config, &tls, node, &name).await?;
         {
             let client = pool.get().await.map_err(|e| with_context(e.into()))?;
             client
@@ -252,6 +262,7 @@ impl PgStore {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             listeners: Mutex::new(Vec::new()),
+            identity: Mutex::new(Some(identity)),
             closed: AtomicBool::new(false),
             write_fault,
         })
@@ -430,6 +441,10 @@ impl Store for PgStore {
             for h in l.drain(..) {
                 h.abort();
             }
+        }
+        // Gives up the node id: a restart can claim it at once.
+        if let Some(h) = self.identity.lock().ok().and_then(|mut i| i.take()) {
+            h.abort();
         }
         self.pool.close();
     }
