@@ -197,7 +197,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown: shutdown.clone(),
     };
     let state = AppState(Arc::new(Handles {
-        sessions: Sessions::new(config.dashboard_session_ttl),
+        sessions: Sessions::new(config.dashboard_session_ttl).kept_in(store.clone()),
         config,
         admin_key,
         store,
@@ -417,7 +417,7 @@ fn spawn_housekeeping(state: &AppState) {
                     // Purging walks every shard; keep it off the async workers.
                     let _ = tokio::task::spawn_blocking(move || limiter_state.limiter.purge_idle()).await;
                     state.auth_throttle.purge_expired();
-                    state.sessions.purge_expired();
+                    state.sessions.purge_expired().await;
                 }
             }
         }

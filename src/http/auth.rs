@@ -41,7 +41,7 @@ pub fn is_agent_key(app: &AppState, authorization: &[u8]) -> bool {
 pub async fn require_admin(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let ok = match req.headers().get(header::AUTHORIZATION) {
         Some(v) => is_admin_key(&app, v.as_bytes()),
-        None => match app.sessions.from_headers(req.headers()) {
+        None => match app.sessions.from_headers(req.headers()).await {
             Some(_) => {
                 let safe = matches!(*req.method(), Method::GET | Method::HEAD);
                 if !safe && !crate::http::dashboard::session::csrf_header_ok(req.headers()) {

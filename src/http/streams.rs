@@ -50,7 +50,7 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Auth (401), agent (404), filters and resume id (400) — in that order, before any upgrade.
-fn open(
+async fn open(
     app: &AppState,
     peer: SocketAddr,
     raw: &Option<String>,
@@ -72,7 +72,10 @@ fn open(
         Some(_) => same_origin(headers),
     };
     let session = if key.is_none() && origin_ok {
-        app.sessions.from_headers(headers).map(|(token, _)| token)
+        app.sessions
+            .from_headers(headers)
+            .await
+            .map(|(token, _)| token)
     } else {
         None
     };
@@ -281,7 +284,7 @@ async fn feed(
             },
             _ = beat.tick() => {
                 if let Some(token) = &opened.session
-                    && app.sessions.check(token).is_none()
+                    && !app.sessions.still_live(token).await
                 {
                     let reason = "the dashboard session ended; sign in again";
                     let _ = out.send(Out::Close { code: 1008, reason: reason.into() }).await;
@@ -324,7 +327,7 @@ pub async fn sse(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let opened = match open(&app, peer, &raw, &headers, true) {
+    let opened = match open(&app, peer, &raw, &headers, true).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
@@ -381,7 +384,7 @@ pub async fn ws(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let opened = match open(&app, peer, &raw, &headers, false) {
+    let opened = match open(&app, peer, &raw, &headers, false).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };

@@ -397,6 +397,21 @@ impl super::ClusterStore for EncryptedStore {
             })
             .collect()
     }
+    fn keeps_sessions(&self) -> bool {
+        self.inner.keeps_sessions()
+    }
+    async fn create_session(&self, hash: [u8; 32], ttl_ms: i64, max: usize) -> Result<i64> {
+        self.inner.create_session(hash, ttl_ms, max).await
+    }
+    async fn session_expiry(&self, hash: [u8; 32]) -> Result<Option<i64>> {
+        self.inner.session_expiry(hash).await
+    }
+    async fn end_session(&self, hash: [u8; 32]) -> Result<bool> {
+        self.inner.end_session(hash).await
+    }
+    async fn purge_sessions(&self) -> Result<u64> {
+        self.inner.purge_sessions().await
+    }
     async fn sync_rate_hits(
         &self,
         deltas: Vec<super::RateDelta>,

@@ -567,6 +567,31 @@ pub trait ClusterStore: Send + Sync {
     async fn remote_events(&self, _ids: Vec<Uuid>) -> Result<Vec<RemoteEvent>> {
         Ok(Vec::new())
     }
+    /// Whether dashboard sessions live in this store, shared by every node (PostgreSQL), rather
+    /// than in each process's memory.
+    fn keeps_sessions(&self) -> bool {
+        false
+    }
+    /// Starts a dashboard session, known only by the SHA-256 of its token, lasting `ttl_ms`;
+    /// returns its expiry (ms, the store's clock). At most `max` sessions are kept: past that,
+    /// those closest to expiry are dropped.
+    async fn create_session(&self, _hash: [u8; 32], _ttl_ms: i64, _max: usize) -> Result<i64> {
+        Err(StoreError::Database(
+            "this store keeps no dashboard sessions".into(),
+        ))
+    }
+    /// The expiry (ms) of the live session with this hash, if there is one.
+    async fn session_expiry(&self, _hash: [u8; 32]) -> Result<Option<i64>> {
+        Ok(None)
+    }
+    /// Ends a session; `false` when there was none.
+    async fn end_session(&self, _hash: [u8; 32]) -> Result<bool> {
+        Ok(false)
+    }
+    /// Forgets expired sessions; how many.
+    async fn purge_sessions(&self) -> Result<u64> {
+        Ok(0)
+    }
     /// Adds this node's rate-limit hits to the shared totals and returns the cluster-wide
     /// running total of every key that anyone changed within the last `recent_ms`.
     async fn sync_rate_hits(

@@ -579,3 +579,92 @@ async fn two_live_processes_cannot_share_a_node_id() {
     );
     drop(node);
 }
+
+/// Signs in to the dashboard on the node at `base`: the cookie pair to send back, and the
+/// session's expiry (ms).
+async fn dashboard_sign_in(client: &reqwest::Client, base: &str) -> (String, i64) {
+    let r = client
+        .post(format!("{base}/dashboard/session"))
+        .json(&json!({ "adminKey": ADMIN_KEY }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    let cookie = set.split(';').next().unwrap().to_string();
+    (cookie, body["expiresAt"].as_i64().unwrap())
+}
+
+/// `GET path` on the node at `base` with the session cookie: the status.
+async fn with_cookie(client: &reqwest::Client, base: &str, path: &str, cookie: &str) -> u16 {
+    client
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_holds_on_every_node() {
+    let Some(cluster) = Cluster::start_with(2, &[("DASHBOARD_SESSION_TTL_SECS", "3")]).await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let (a, b) = (cluster.base(0), cluster.base(1));
+    // Signed in on node 1: signed in on node 2 as well, with the same expiry.
+    let (first, expires) = dashboard_sign_in(&client, a).await;
+    assert_eq!(with_cookie(&client, b, "/admin/agents", &first).await, 200);
+    let status: Value = client
+        .get(format!("{b}/dashboard/session"))
+        .header("cookie", &first)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["signedIn"], true, "{status}");
+    assert_eq!(status["expiresAt"], expires, "{status}");
+    // The shared table holds the token's hash, never the token.
+    let token = first.split_once('=').unwrap().1;
+    let (db, conn) = crate::support::pg_testing::connect(&cluster.url)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let hashes: Vec<Vec<u8>> = db
+        .query("SELECT hash FROM dashboard_sessions", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    assert_eq!(hashes, vec![digest.as_ref().to_vec()]);
+    drop(db);
+    let _ = driver.await;
+
+    // Signed out on node 2: signed out on node 1 too; another session goes on.
+    let (second, _) = dashboard_sign_in(&client, b).await;
+    let out = client
+        .delete(format!("{b}/dashboard/session"))
+        .header("cookie", &first)
+        .header("x-requested-with", "event-router-dashboard")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert_eq!(with_cookie(&client, a, "/admin/agents", &first).await, 401);
+    assert_eq!(with_cookie(&client, a, "/admin/agents", &second).await, 200);
+
+    // Expiry is the same everywhere: once past, neither node takes the session.
+    wait_for(Duration::from_secs(10), || {
+        let (client, second) = (&client, &second);
+        async move { (with_cookie(client, a, "/admin/agents", second).await == 401).then_some(()) }
+    })
+    .await;
+    assert_eq!(with_cookie(&client, b, "/admin/agents", &second).await, 401);
+}

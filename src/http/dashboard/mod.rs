@@ -96,7 +96,7 @@ fn serve(a: &'static assets::Asset, headers: &HeaderMap) -> Response {
 }
 
 async fn session_status(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let body = match app.sessions.from_headers(&headers) {
+    let body = match app.sessions.from_headers(&headers).await {
         Some((_, expires)) => json!({"signedIn": true, "expiresAt": expires}),
         None => json!({"signedIn": false, "expiresAt": null}),
     };
@@ -147,10 +147,15 @@ async fn sign_in(
         return harden(e.into_response(), "no-store");
     }
     // A sign-in replaces the session the browser had, if any.
-    if let Some(old) = session::cookie_token(&headers) {
-        app.sessions.end(&old);
+    if let Some(old) = session::cookie_token(&headers)
+        && let Err(e) = app.sessions.end(&old).await
+    {
+        tracing::warn!(error = %e, "cannot end the session a sign-in replaces");
     }
-    let new = app.sessions.create();
+    let new = match app.sessions.create().await {
+        Ok(new) => new,
+        Err(e) => return harden(ApiError::from(e).into_response(), "no-store"),
+    };
     let secure = session::over_tls(app.config.tls_cert.is_some(), &headers);
     tracing::info!(target: "audit", client_ip = %peer.ip(), "dashboard sign-in");
     let mut resp =
@@ -164,11 +169,13 @@ async fn sign_in(
 
 /// Signs out: the session ends at once, so the same cookie is refused from now on.
 async fn sign_out(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some((token, _)) = app.sessions.from_headers(&headers) {
+    if let Some((token, _)) = app.sessions.from_headers(&headers).await {
         if !session::csrf_header_ok(&headers) {
             return harden(csrf_refused().into_response(), "no-store");
         }
-        app.sessions.end(&token);
+        if let Err(e) = app.sessions.end(&token).await {
+            return harden(ApiError::from(e).into_response(), "no-store");
+        }
         tracing::info!(target: "audit", "dashboard sign-out");
     }
     let secure = session::over_tls(app.config.tls_cert.is_some(), &headers);

@@ -1,19 +1,24 @@
 //! Dashboard sign-in sessions: a random 256-bit token in an HttpOnly, SameSite=Strict cookie,
 //! known to the server only by its SHA-256.
 //!
-//! Why random tokens kept in memory rather than a signed (stateless) token: sign-out must end a
-//! session for good, which a signed token cannot do without a revocation list held in memory
-//! anyway; and keeping only the hash means a memory or log leak of the table reveals no cookie
-//! that works. The price is that sessions are per process: a restart signs everyone out, and
-//! with several nodes a session works only on the node that issued it.
+//! Why random tokens kept server-side rather than a signed (stateless) token: sign-out must end
+//! a session for good, which a signed token cannot do without a revocation list kept anyway;
+//! and keeping only the hash means a leak of the table (memory, logs, a database dump) reveals
+//! no cookie that works.
+//!
+//! Where the table lives: on one node (SQLite), in the process's memory, so a restart signs
+//! everyone out. On several nodes (PostgreSQL), in the shared store, so a user signed in on one
+//! node is signed in on every node behind the load balancer, and sign-out on one ends the
+//! session on all of them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::clock::now_ms;
+use crate::store::{Store, StoreError};
 
 /// The cookie's name.
 pub const COOKIE: &str = "er_session";
@@ -31,6 +36,9 @@ pub struct Sessions {
     max: usize,
     // A std Mutex: the critical sections are hash-map operations, never held across an await.
     live: Mutex<HashMap<[u8; 32], Session>>,
+    /// The store that keeps the sessions when the nodes share one (`Store::keeps_sessions`);
+    /// `None`: `live`, this process's memory.
+    shared: Option<Arc<dyn Store>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +67,16 @@ impl Sessions {
             ttl,
             max: MAX_SESSIONS,
             live: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Sessions kept in `store` when it keeps them for every node (PostgreSQL); else in memory.
+    pub fn kept_in(mut self, store: Arc<dyn Store>) -> Sessions {
+        if store.keeps_sessions() {
+            self.shared = Some(store);
+        }
+        self
     }
 
     pub fn ttl(&self) -> Duration {
@@ -67,8 +84,19 @@ impl Sessions {
     }
 
     /// Starts a session with a fresh token (never one the client offered: no fixation).
-    pub fn create(&self) -> NewSession {
-        self.create_at(Instant::now())
+    pub async fn create(&self) -> Result<NewSession, StoreError> {
+        let Some(store) = &self.shared else {
+            return Ok(self.create_at(Instant::now()));
+        };
+        let token = crate::crypto::random_token(32);
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = store
+            .create_session(digest(&token), ttl_ms, self.max)
+            .await?;
+        Ok(NewSession {
+            token,
+            expires_at_ms,
+        })
     }
 
     fn create_at(&self, now: Instant) -> NewSession {
@@ -94,9 +122,29 @@ impl Sessions {
     }
 
     /// The session's wall-clock expiry (ms) when `token` names a live one. Looked up by hash:
-    /// the timing of a hash-map lookup says nothing usable about a token.
-    pub fn check(&self, token: &str) -> Option<i64> {
-        self.check_at(token, Instant::now())
+    /// the timing of a hash-map (or index) lookup says nothing usable about a token. A store that
+    /// cannot answer is logged and counts as no session.
+    pub async fn check(&self, token: &str) -> Option<i64> {
+        match self.lookup(token).await {
+            Ok(expiry) => expiry,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up a dashboard session");
+                None
+            }
+        }
+    }
+
+    /// Whether an open stream's session still holds: only an answer that it ended says no (a
+    /// store that cannot answer right now does not cut a live stream).
+    pub async fn still_live(&self, token: &str) -> bool {
+        !matches!(self.lookup(token).await, Ok(None))
+    }
+
+    async fn lookup(&self, token: &str) -> Result<Option<i64>, StoreError> {
+        match &self.shared {
+            Some(store) => store.session_expiry(digest(token)).await,
+            None => Ok(self.check_at(token, Instant::now())),
+        }
     }
 
     fn check_at(&self, token: &str, now: Instant) -> Option<i64> {
@@ -113,7 +161,14 @@ impl Sessions {
     }
 
     /// Ends a session; `false` when there was none.
-    pub fn end(&self, token: &str) -> bool {
+    pub async fn end(&self, token: &str) -> Result<bool, StoreError> {
+        match &self.shared {
+            Some(store) => store.end_session(digest(token)).await,
+            None => Ok(self.end_here(token)),
+        }
+    }
+
+    fn end_here(&self, token: &str) -> bool {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -122,7 +177,13 @@ impl Sessions {
     }
 
     /// Forgets expired sessions (housekeeping).
-    pub fn purge_expired(&self) {
+    pub async fn purge_expired(&self) {
+        if let Some(store) = &self.shared {
+            if let Err(e) = store.purge_sessions().await {
+                tracing::warn!(error = %e, "purging expired dashboard sessions failed");
+            }
+            return;
+        }
         let now = Instant::now();
         self.live
             .lock()
@@ -130,6 +191,7 @@ impl Sessions {
             .retain(|_, s| s.expires > now);
     }
 
+    /// Sessions held in this process's memory (0 when the store keeps them).
     pub fn len(&self) -> usize {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -139,9 +201,9 @@ impl Sessions {
     }
 
     /// The live session named by the request's cookie: its token and expiry.
-    pub fn from_headers(&self, headers: &HeaderMap) -> Option<(String, i64)> {
+    pub async fn from_headers(&self, headers: &HeaderMap) -> Option<(String, i64)> {
         let token = cookie_token(headers)?;
-        let expires = self.check(&token)?;
+        let expires = self.check(&token).await?;
         Some((token, expires))
     }
 }
@@ -222,14 +284,15 @@ mod tests {
     #[test]
     fn ending_a_session_refuses_its_token() {
         let s = Sessions::new(Duration::from_secs(60));
-        let a = s.create();
-        let b = s.create();
+        let now = Instant::now();
+        let a = s.create_at(now);
+        let b = s.create_at(now);
         assert_ne!(a.token, b.token);
-        assert!(s.end(&a.token));
-        assert!(!s.end(&a.token));
-        assert!(s.check(&a.token).is_none());
-        assert!(s.check(&b.token).is_some());
-        assert!(s.check("not-a-token").is_none());
+        assert!(s.end_here(&a.token));
+        assert!(!s.end_here(&a.token));
+        assert!(s.check_at(&a.token, now).is_none());
+        assert!(s.check_at(&b.token, now).is_some());
+        assert!(s.check_at("not-a-token", now).is_none());
     }
 
     #[test]
@@ -248,7 +311,7 @@ mod tests {
     #[test]
     fn the_table_keeps_only_hashes() {
         let s = Sessions::new(Duration::from_secs(60));
-        let new = s.create();
+        let new = s.create_at(Instant::now());
         let live = s.live.lock().unwrap();
         assert!(live.keys().all(|k| k != new.token.as_bytes()));
         assert!(live.contains_key(&digest(&new.token)));

@@ -588,6 +588,67 @@ impl ClusterStore for PgStore {
             .collect())
     }
 
+    fn keeps_sessions(&self) -> bool {
+        true
+    }
+
+    async fn create_session(&self, hash: [u8; 32], ttl_ms: i64, max: usize) -> Result<i64> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let expires: i64 = tx
+            .query_one(
+                "INSERT INTO dashboard_sessions (hash, expires_at)
+                 VALUES ($1, db_now_ms() + $2) RETURNING expires_at",
+                &[&hash.as_slice(), &ttl_ms.max(1)],
+            )
+            .await?
+            .get(0);
+        // Only holders of the admin key create sessions; this bounds the table against a script
+        // signing in in a loop, as the memory table is bounded on one node.
+        tx.execute(
+            "DELETE FROM dashboard_sessions WHERE hash IN (
+                 SELECT hash FROM dashboard_sessions
+                 ORDER BY expires_at DESC, hash OFFSET $1)",
+            &[&super::limit_of(max.max(1))],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(expires)
+    }
+
+    async fn session_expiry(&self, hash: [u8; 32]) -> Result<Option<i64>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT expires_at FROM dashboard_sessions
+                 WHERE hash = $1 AND expires_at > db_now_ms()",
+            )
+            .await?;
+        Ok(c.query_opt(&stmt, &[&hash.as_slice()])
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    async fn end_session(&self, hash: [u8; 32]) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "DELETE FROM dashboard_sessions WHERE hash = $1",
+                &[&hash.as_slice()],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn purge_sessions(&self) -> Result<u64> {
+        let c = self.client().await?;
+        Ok(c.execute(
+            "DELETE FROM dashboard_sessions WHERE expires_at <= db_now_ms()",
+            &[],
+        )
+        .await?)
+    }
+
     async fn sync_rate_hits(
         &self,
         deltas: Vec<RateDelta>,
@@ -653,6 +714,44 @@ mod tests {
         let again = PgStore::open(&url, opts()).await.expect("reopen");
         assert_eq!(again.node_id(), Some(id));
         crate::store::Store::close(&again).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dashboard_sessions_are_shared_and_bounded() {
+        let Some((url, _db)) = super::super::testing::fresh_database_or_skip().await else {
+            return;
+        };
+        let opts = || super::super::PgOptions {
+            pool_size: 2,
+            ..Default::default()
+        };
+        let (a, b) = (
+            PgStore::open(&url, opts()).await.expect("open"),
+            PgStore::open(&url, opts()).await.expect("open"),
+        );
+        assert!(a.keeps_sessions());
+        let h = |i: u8| [i; 32];
+        let expires = a.create_session(h(1), 60_000, 3).await.unwrap();
+        assert_eq!(b.session_expiry(h(1)).await.unwrap(), Some(expires));
+        assert_eq!(b.session_expiry(h(2)).await.unwrap(), None);
+        assert!(b.end_session(h(1)).await.unwrap());
+        assert!(!a.end_session(h(1)).await.unwrap());
+        assert_eq!(a.session_expiry(h(1)).await.unwrap(), None);
+        // Expired: refused, then purged.
+        a.create_session(h(3), 1, 3).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(b.session_expiry(h(3)).await.unwrap(), None);
+        assert_eq!(b.purge_sessions().await.unwrap(), 1);
+        // At most `max`: those closest to expiry go first.
+        for (i, ttl) in [(4u8, 10_000), (5, 20_000), (6, 30_000), (7, 40_000)] {
+            a.create_session(h(i), ttl, 3).await.unwrap();
+        }
+        assert_eq!(a.session_expiry(h(4)).await.unwrap(), None);
+        for i in 5..=7 {
+            assert!(b.session_expiry(h(i)).await.unwrap().is_some(), "{i}");
+        }
+        crate::store::Store::close(&a).await;
+        crate::store::Store::close(&b).await;
     }
 
     #[test]
