@@ -118,6 +118,10 @@ pub struct Config {
     /// PostgreSQL: this node's identity across restarts (`node_id` [`NODE_ID`]); `None` = the id
     /// generated once and kept in `DATA_DIR/node-id`.
     pub node_id: Option<String>,
+    /// PostgreSQL: how long a node's lease of rate-limit quota lives in the store (ms); a node
+    /// that dies holding one gives its unspent units back after this (`rate_lease_ms`
+    /// [`RATE_LEASE_MS`]).
+    pub rate_lease_ms: u64,
     /// The file the config came from, if any.
     pub config_file: Option<PathBuf>,
     /// PEM certificate chain and private key: serve HTTPS when both are set.
@@ -180,6 +184,7 @@ impl Default for Config {
             min_free_disk_mb: DEFAULT_MIN_FREE_DISK_MB,
             node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
             node_id: None,
+            rate_lease_ms: crate::ratelimit::shared::DEFAULT_LEASE_MS,
             config_file: None,
             tls_cert: None,
             tls_key: None,
@@ -450,6 +455,10 @@ impl Config {
                 },
                 "node_lease_ms" => match int_in(item, 1000, 3_600_000) {
                     Ok(v) => self.node_lease_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "rate_lease_ms" => match int_in(item, 100, 600_000) {
+                    Ok(v) => self.rate_lease_ms = v as u64,
                     Err(m) => err(m),
                 },
                 "node_id" => match item.as_str().map(check_node_id) {
@@ -741,6 +750,9 @@ impl Config {
         if let Some(v) = num("NODE_LEASE_MS", 1000, 3_600_000) {
             self.node_lease_ms = v as u64;
         }
+        if let Some(v) = num("RATE_LEASE_MS", 100, 600_000) {
+            self.rate_lease_ms = v as u64;
+        }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
                 location: format!("env {name}"),
@@ -941,6 +953,7 @@ const KNOWN_KEYS: &[&str] = &[
     "min_free_disk_mb",
     "node_lease_ms",
     "node_id",
+    "rate_lease_ms",
     "sources",
     "agents",
     "filters",
@@ -1243,8 +1256,14 @@ mod tests {
         cfg.apply_file(Path::new("c.toml"), "node_id = \"web-1\"\n", &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(cfg.node_id.as_deref(), Some("web-1"));
-        let env = |k: &str| (k == "NODE_ID").then(|| "web-2".to_string());
+        let env = |k: &str| match k {
+            "NODE_ID" => Some("web-2".to_string()),
+            "RATE_LEASE_MS" => Some("500".to_string()),
+            _ => None,
+        };
+        assert_eq!(cfg.rate_lease_ms, 2000);
         cfg.apply_env(&env, &mut errors);
+        assert_eq!(cfg.rate_lease_ms, 500);
         assert_eq!(cfg.node_id.as_deref(), Some("web-2"));
         assert_eq!(cfg.store_settings().node_id.as_deref(), Some("web-2"));
         let errors = file_errors("node_id = \"two words\"\n");

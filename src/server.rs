@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::analytics::Analytics;
-use crate::cluster::{ClusterHits, Node};
+use crate::cluster::Node;
 use crate::config::{Config, Secret};
 use crate::http::AppState;
 use crate::http::dashboard::Sessions;
@@ -23,6 +23,7 @@ use crate::ingest::dedupe::RecentDeliveries;
 use crate::ingest::{self, Ingest};
 use crate::queue::policy::RetryPolicy;
 use crate::queue::{self, QueueConfig};
+use crate::ratelimit::shared::SharedLimiter;
 use crate::ratelimit::{self, RateLimiter, SystemClock};
 use crate::routing::{self, Rules};
 use crate::rules::{self, RuleOptions};
@@ -78,6 +79,10 @@ impl Server {
             )
             .await;
         crate::store::flush_analytics(self.state.store.as_ref(), &self.state.analytics).await;
+        // The rate-limit units this node holds go back to the others now, not at expiry.
+        if let Some(limits) = &self.state.ingest.shared_limits {
+            limits.give_back_all().await;
+        }
         // On a cluster, what is left unfinished goes to the other nodes now rather than after
         // this node's lease lapses.
         match self.state.store.release().await {
@@ -164,12 +169,19 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         store.clone(),
         queue.clone(),
     ));
-    let cluster_hits = store.node_id().map(|_| Arc::new(ClusterHits::default()));
     let limiter = Arc::new(RateLimiter::new(
         config.default_rate_limit,
         config.rate_limit_window_ms,
         Arc::new(SystemClock),
     ));
+    // Several nodes decide on shared counters; one node in memory.
+    let shared_limits = store.node_id().map(|_| {
+        Arc::new(SharedLimiter::new(
+            limiter.clone(),
+            store.clone(),
+            config.rate_lease_ms,
+        ))
+    });
     let sequencer = Sequencer::new(hub.clone());
     let tasks = TaskTracker::new();
     let ingest = Arc::new(Ingest {
@@ -179,7 +191,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         rules: rules.clone(),
         dedupe: Arc::new(RecentDeliveries::new(100_000)),
         limiter: limiter.clone(),
-        cluster_hits: cluster_hits.clone(),
+        shared_limits: shared_limits.clone(),
         queue: queue.clone(),
         hub: hub.clone(),
         sequencer: sequencer.clone(),
@@ -193,7 +205,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         hub: hub.clone(),
         rules: rules.clone(),
         limiter: limiter.clone(),
-        hits: cluster_hits,
+        shared_limits,
         shutdown: shutdown.clone(),
     };
     let state = AppState(Arc::new(Handles {

@@ -381,6 +381,29 @@ impl Analytics {
         metrics::counter!("delivery_bodies_read_total").increment(n as u64);
     }
 
+    /// A node asked the shared store for rate-limit quota (several nodes): `Some(true)` units
+    /// were granted, `Some(false)` the key had none left, `None` the store could not answer.
+    pub fn rate_lease(granted: Option<bool>, took: Duration) {
+        let outcome = match granted {
+            Some(true) => "granted",
+            Some(false) => "exhausted",
+            None => "failed",
+        };
+        metrics::counter!("rate_limit_leases_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("rate_limit_lease_seconds").record(took.as_secs_f64());
+    }
+
+    /// The nodes of the cluster whose lease is live, this one included, as of its last
+    /// heartbeat (several nodes).
+    pub fn cluster_nodes(live: usize) {
+        metrics::gauge!("cluster_nodes_live").set(live as f64);
+    }
+
+    /// Unfinished deliveries this node claimed from nodes whose lease lapsed.
+    pub fn taken_over(deliveries: usize) {
+        metrics::counter!("cluster_deliveries_taken_over_total").increment(deliveries as u64);
+    }
+
     /// A group commit finished.
     pub fn commit(batch: usize, took: Duration) {
         metrics::histogram!("store_commit_seconds").record(took.as_secs_f64());

@@ -160,13 +160,14 @@ async fn receive(
             None => duplicate(original, head.timestamp),
         });
     }
-    let limit = admit::admit(
+    let admission = admit::admit(
         &ingest.limiter,
-        ingest.cluster_hits.as_deref(),
+        ingest.shared_limits.as_ref(),
         &source.name,
         &event,
         &client_ip,
-    )?;
+    )
+    .await?;
     let routed = route::route(
         &ingest.rules,
         &ingest.hub,
@@ -177,7 +178,7 @@ async fn receive(
         payload_deferred,
     )
     .await?;
-    let committed = commit(ingest, head, routed, pending).await?;
+    let committed = commit(ingest, head, routed, pending, admission.lease).await?;
     match committed.outcome {
         CommitOutcome::Stored => app.analytics.event_accepted(
             &source.name,
@@ -187,7 +188,7 @@ async fn receive(
         ),
         CommitOutcome::Duplicate { .. } => app.analytics.duplicate(&source.name),
     }
-    Ok(answer(committed, &limit, provider_answer))
+    Ok(answer(committed, &admission.decision, provider_answer))
 }
 
 /// A 2xx answer to a webhook (API.md section 3). Typed rather than built with `json!`: that

@@ -1,36 +1,43 @@
 //! Stage: admit the event under its source's inbound rate limit, keyed by `source:identifier`
 //! (the identifier path's value, else the client address).
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::IngestError;
-use crate::cluster::ClusterHits;
-use crate::ratelimit::{Decision, RateLimiter};
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::shared::{Admission, SharedLimiter};
 
-/// The limiter's decision for an allowed event (its headers go on the answer), or
-/// `RateLimited`.
-pub fn admit(
+/// The decision for an allowed event (its headers go on the answer) and, on a cluster, the
+/// lease that paid for it; or `RateLimited`. One node decides in memory; several decide on their
+/// shared counters (`shared`), which costs a store round trip only when this node holds no
+/// units of the key.
+pub async fn admit(
     limiter: &RateLimiter,
-    cluster_hits: Option<&ClusterHits>,
+    shared: Option<&Arc<SharedLimiter>>,
     source: &str,
     event: &Value,
     client_ip: &str,
-) -> Result<Decision, IngestError> {
+) -> Result<Admission, IngestError> {
     let identifier = event
         .get("metadata")
         .and_then(|m| m.get("identifier"))
         .and_then(Value::as_str)
         .unwrap_or(client_ip);
-    let decision = limiter.check(source, identifier);
-    if !decision.allowed {
+    let admission = match shared {
+        Some(shared) => shared.admit(source, identifier).await?,
+        None => Admission {
+            decision: limiter.check(source, identifier),
+            lease: None,
+        },
+    };
+    if !admission.decision.allowed {
         return Err(IngestError::RateLimited {
             source_name: source.to_string(),
             identifier: identifier.to_string(),
-            headers: decision.headers().collect(),
+            headers: admission.decision.headers().collect(),
         });
     }
-    if let Some(hits) = cluster_hits {
-        hits.record(source, identifier);
-    }
-    Ok(decision)
+    Ok(admission)
 }

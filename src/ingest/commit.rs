@@ -21,11 +21,14 @@ pub struct Committed {
     pub routed: bool,
 }
 
+/// `lease`: the rate-limit lease the event was admitted under (several nodes), whose spend the
+/// store records in the event's transaction.
 pub async fn commit(
     ingest: &Ingest,
     head: EventHeader,
     routed: Routed,
     pending: Option<Pending>,
+    lease: Option<uuid::Uuid>,
 ) -> Result<Committed, IngestError> {
     let Routed {
         event,
@@ -59,7 +62,7 @@ pub async fn commit(
     let (head, outcome) = ingest
         .tasks
         .spawn(async move {
-            let outcome = store.commit_event(new_event).await?;
+            let outcome = store.commit_event_spending(new_event, lease).await?;
             if outcome == CommitOutcome::Stored {
                 queue.enqueue(jobs, reservation);
                 if let Some(p) = pending {

@@ -11,10 +11,10 @@ use super::dedupe::RecentDeliveries;
 use super::{IngestError, Prepared, Source, prepare};
 use crate::analytics::Analytics;
 use crate::clock::now_ms;
-use crate::cluster::ClusterHits;
 use crate::providers::RequestLine;
 use crate::queue::Queue;
 use crate::ratelimit::RateLimiter;
+use crate::ratelimit::shared::SharedLimiter;
 use crate::routing::Rules;
 use crate::store::Store;
 use crate::stream::Hub;
@@ -28,8 +28,8 @@ pub struct Ingest {
     pub rules: Arc<Rules>,
     pub dedupe: Arc<RecentDeliveries>,
     pub limiter: Arc<RateLimiter>,
-    /// Allowed hits to share with the other nodes (`None` on a single node).
-    pub cluster_hits: Option<Arc<ClusterHits>>,
+    /// The rate limits shared with the other nodes (`None` on a single node).
+    pub shared_limits: Option<Arc<SharedLimiter>>,
     pub queue: Queue,
     pub hub: Arc<Hub>,
     pub sequencer: Arc<Sequencer>,

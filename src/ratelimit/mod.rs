@@ -2,10 +2,12 @@
 //!
 //! Layout: each strategy (`fixed_window`, `sliding_window`, `token_bucket`)
 //! is a pure function `check(&mut State, &Quota, now_ms) -> Decision` over a
-//! few integers of per-key state, so a store-backed limiter (the PostgreSQL
-//! variant for several nodes) can run the very same arithmetic on a row it
-//! holds locked. `registry::RateLimiter` is the in-process owner of that state:
-//! a sharded map, the config lookup, and idle-key purging.
+//! few integers of per-key state. The shared counters of several nodes (PostgreSQL) are kept
+//! with the very same rules, written in SQL in the function that leases them out
+//! (`store/postgres/migrations/0003_…`); `shared` computes its headers with these functions. `registry::RateLimiter` is the in-process owner of that state:
+//! a sharded map, the config lookup, and idle-key purging. `shared::SharedLimiter` is the one
+//! several nodes share: the same arithmetic over counters in the shared store, which each node
+//! leases shares of.
 //!
 //! `governor` was considered for the token bucket and not taken: its quota is
 //! fixed per limiter (ours differs per key and changes at run time), its
@@ -19,6 +21,7 @@ mod config;
 mod decision;
 pub mod fixed_window;
 mod registry;
+pub mod shared;
 pub mod sliding_window;
 pub mod token_bucket;
 

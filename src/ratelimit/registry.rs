@@ -376,34 +376,10 @@ impl RateLimiter {
         decision
     }
 
-    /// Counts `hits` requests that other nodes of a cluster allowed for this key, as if they
-    /// had been checked here now (stopping once the key is exhausted: past that point more
-    /// hits change nothing). See `docs/scaling.md` for the accuracy this gives.
-    pub fn absorb(&self, source: &str, identifier: &str, hits: u64) {
-        if hits == 0 {
-            return;
-        }
-        let now_ms = self.clock.now_ms();
-        let rules = self.rules.load();
-        let rule = rules.lookup(source, identifier);
-        let key = self.key(source, identifier);
-        let shard = &self.shards[key.shard_bits as usize % SHARDS];
-        let mut map = shard.lock();
-        if !map.contains_key(&key) {
-            if map.len() >= self.max_keys_per_shard {
-                return;
-            }
-            map.insert(key, Slot::new(rule));
-        }
-        let Some(slot) = map.get_mut(&key) else {
-            return;
-        };
-        let cap = rule.quota.limit.max(rule.quota.burst);
-        for _ in 0..hits.min(cap) {
-            if !slot.check(rule, now_ms).allowed {
-                break;
-            }
-        }
+    /// The quota that applies to `source:identifier` (the lookup order of `check`), for a
+    /// limiter that keeps the counts elsewhere (`shared::SharedLimiter`).
+    pub fn quota(&self, source: &str, identifier: &str) -> Quota {
+        self.rules.load().lookup(source, identifier).quota
     }
 
     /// Drops the keys whose state has become indistinguishable from a new
@@ -514,15 +490,20 @@ mod tests {
     }
 
     #[test]
-    fn absorbed_remote_hits_use_up_the_quota() {
-        let (rl, _clock) = limiter(10, 60_000);
-        rl.absorb("github", "org", 4);
-        assert_eq!(allowed_in_a_row(&rl, "github", "org"), 6);
-        // More remote hits than the limit: exhausted, not overflowed.
-        rl.absorb("github", "other", 1_000_000);
-        assert!(!rl.check("github", "other").allowed);
-        rl.absorb("github", "none", 0);
-        assert_eq!(rl.key_count(), 2);
+    fn quota_follows_the_lookup_order() {
+        let (rl, _) = limiter(5, 60_000);
+        rl.set_configs(vec![
+            config("github", "*", 2, 1000, Some(Strategy::FixedWindow)),
+            config("github", "octocat", 4, 2000, None),
+        ]);
+        let q = rl.quota("github", "octocat");
+        assert_eq!(
+            (q.strategy, q.limit, q.window_ms),
+            (Strategy::SlidingWindow, 4, 2000)
+        );
+        assert_eq!(rl.quota("github", "x").strategy, Strategy::FixedWindow);
+        assert_eq!(rl.quota("linear", "x").limit, 5);
+        assert_eq!(rl.key_count(), 0, "looking up counts nothing");
     }
 
     #[test]

@@ -1502,61 +1502,149 @@ async fn cluster_remote_events_carry_what_streams_need() {
     assert!(a.remote_events(vec![]).await.unwrap().is_empty());
 }
 
+/// A lease request of `want` units of `key` under `strategy`, `limit` per `window` ms.
+fn lease_of(
+    key: &str,
+    strategy: &'static str,
+    (limit, window, burst): (u64, u64, u64),
+    want: u64,
+    lease_ms: u64,
+    give_back: Option<LeaseReturn>,
+) -> LeaseRequest {
+    LeaseRequest {
+        key: key.into(),
+        strategy,
+        limit,
+        window_ms: window,
+        burst,
+        want,
+        lease: Uuid::now_v7(),
+        lease_ms,
+        give_back,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_rate_hits_add_up_across_nodes() {
+async fn cluster_rate_leases_never_grant_past_the_limit() {
     let Some(c) = Cluster::new().await else {
         return;
     };
     let a = c.node(60_000).await;
     let b = c.node(60_000).await;
-    let d = |key: &str, hits: u64| RateDelta {
-        key: key.into(),
-        hits,
-    };
-    let got = a
-        .sync_rate_hits(
-            vec![
-                d("github:alice", 3),
-                d("github:bob", 1),
-                d("github:alice", 2),
-            ],
-            60_000,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        got,
-        vec![("github:alice".into(), 5), ("github:bob".into(), 1)]
-    );
-    let got = b
-        .sync_rate_hits(vec![d("github:alice", 4), d("linear:org", 0)], 60_000)
-        .await
-        .unwrap();
-    assert_eq!(
-        got,
-        vec![("github:alice".into(), 9), ("github:bob".into(), 1)]
-    );
-    // Concurrent syncs from both nodes lose nothing.
+    const HOUR: u64 = 3_600_000;
+    // Two nodes asking at once for one key: never more than its limit in all.
     let mut tasks = Vec::new();
     for i in 0..40 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            s.sync_rate_hits(vec![d("github:bob", 1), d("github:alice", 1)], 60_000)
-                .await
+            let r = lease_of(
+                "github:hot",
+                "fixed_window",
+                (25, HOUR, 25),
+                2,
+                60_000,
+                None,
+            );
+            let id = r.lease;
+            (id, s.acquire_rate_lease(r).await.unwrap())
         }));
     }
+    let mut grants = Vec::new();
     for t in tasks {
-        t.await.unwrap().unwrap();
+        grants.push(t.await.unwrap());
     }
-    let got = a.sync_rate_hits(vec![], 60_000).await.unwrap();
-    assert_eq!(
-        got,
-        vec![("github:alice".into(), 49), ("github:bob".into(), 41)]
+    assert_eq!(grants.iter().map(|(_, g)| g.granted).sum::<u64>(), 25);
+    assert!(grants.iter().all(|(_, g)| g.granted <= 2));
+    // Given back with one of its two spent, a lease returns one unit.
+    let (id, _) = grants.iter().find(|(_, g)| g.granted == 2).unwrap();
+    let back = LeaseReturn { id: *id, spent: 1 };
+    b.release_rate_leases(vec![back, back]).await.unwrap();
+    let r = lease_of(
+        "github:hot",
+        "fixed_window",
+        (25, HOUR, 25),
+        5,
+        60_000,
+        None,
     );
-    // Only keys changed within the window are reported.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let got = b.sync_rate_hits(vec![d("slack:t", 2)], 100).await.unwrap();
-    assert_eq!(got, vec![("slack:t".into(), 2)]);
+    assert_eq!(a.acquire_rate_lease(r).await.unwrap().granted, 1);
+
+    // A node that dies holding a lease: once it expires, what was stored under it counts as
+    // spent and the rest comes back.
+    let limit = (10, HOUR, 10);
+    let r = lease_of("github:dead", "fixed_window", limit, 4, 300, None);
+    let dead = r.lease;
+    assert_eq!(a.acquire_rate_lease(r).await.unwrap().granted, 4);
+    a.commit_event_spending(ev("github", None), Some(dead))
+        .await
+        .unwrap();
+    let r = lease_of("github:dead", "fixed_window", limit, 10, 60_000, None);
+    let alive = r.lease;
+    let g = b.acquire_rate_lease(r).await.unwrap();
+    assert_eq!((g.granted, g.curr), (6, 10));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // B gives back its own lease fully spent and gets the dead lease's 3 unspent units.
+    let back = Some(LeaseReturn {
+        id: alive,
+        spent: 6,
+    });
+    let r = lease_of("github:dead", "fixed_window", limit, 10, 60_000, back);
+    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 3);
+    // A changed limit starts the key afresh.
+    let r = lease_of(
+        "github:dead",
+        "fixed_window",
+        (20, HOUR, 20),
+        20,
+        60_000,
+        None,
+    );
+    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 20);
+
+    // Token bucket, 10 per second, burst 4: leased tokens hold the capacity down until settled;
+    // spent ones are then charged (and refill at the rate).
+    let bucket = (10, 1000, 4);
+    let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, None);
+    let first = r.lease;
+    let g = a.acquire_rate_lease(r).await.unwrap();
+    assert_eq!((g.granted, g.outstanding), (3, 3));
+    let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, None);
+    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 1);
+    let back = Some(LeaseReturn {
+        id: first,
+        spent: 3,
+    });
+    let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, back);
+    let g = a.acquire_rate_lease(r).await.unwrap();
+    // 4 − 1 (still leased by B) − 3 (spent, charged just now) = 0.
+    assert_eq!((g.granted, g.outstanding), (0, 1));
+    assert!(g.tat_ms >= g.now_ms + 250, "{g:?}");
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, None);
+    assert!(a.acquire_rate_lease(r).await.unwrap().granted >= 3);
+
+    // Sliding window, 10 per hour: the whole limit in a first window.
+    let r = lease_of(
+        "slack:t",
+        "sliding_window",
+        (10, HOUR, 10),
+        50,
+        60_000,
+        None,
+    );
+    let g = a.acquire_rate_lease(r).await.unwrap();
+    assert_eq!((g.granted, g.prev, g.curr), (10, 0, 10));
+    // Upkeep leaves live keys alone.
+    a.rate_limit_upkeep().await.unwrap();
+    let r = lease_of(
+        "slack:t",
+        "sliding_window",
+        (10, HOUR, 10),
+        50,
+        60_000,
+        None,
+    );
+    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,24 @@ impl EncryptedStore {
             .map_err(|e| corrupt("archived body", e))
     }
 
+    /// The event as stored: its bodies sealed when payloads are encrypted.
+    fn seal_event(&self, mut event: NewEvent) -> Result<NewEvent> {
+        if self.payloads {
+            event.body = self.seal_body(event.body)?;
+            event.deliveries = event
+                .deliveries
+                .into_iter()
+                .map(|d| self.seal_delivery(d))
+                .collect::<Result<_>>()?;
+            event.streamed = event
+                .streamed
+                .into_iter()
+                .map(|(a, b)| Ok((a, b.map(|b| self.seal_body(b)).transpose()?)))
+                .collect::<Result<_>>()?;
+        }
+        Ok(event)
+    }
+
     fn seal_delivery(&self, mut d: NewDelivery) -> Result<NewDelivery> {
         d.body = d.body.map(|b| self.seal_body(b)).transpose()?;
         Ok(d)
@@ -153,21 +171,8 @@ impl EncryptedStore {
 
 #[async_trait]
 impl EventStore for EncryptedStore {
-    async fn commit_event(&self, mut event: NewEvent) -> Result<CommitOutcome> {
-        if self.payloads {
-            event.body = self.seal_body(event.body)?;
-            event.deliveries = event
-                .deliveries
-                .into_iter()
-                .map(|d| self.seal_delivery(d))
-                .collect::<Result<_>>()?;
-            event.streamed = event
-                .streamed
-                .into_iter()
-                .map(|(a, b)| Ok((a, b.map(|b| self.seal_body(b)).transpose()?)))
-                .collect::<Result<_>>()?;
-        }
-        self.inner.commit_event(event).await
+    async fn commit_event(&self, event: NewEvent) -> Result<CommitOutcome> {
+        self.inner.commit_event(self.seal_event(event)?).await
     }
 
     async fn get_event(&self, id: Uuid) -> Result<Option<EventRecord>> {
@@ -412,12 +417,14 @@ impl super::ClusterStore for EncryptedStore {
     async fn purge_sessions(&self) -> Result<u64> {
         self.inner.purge_sessions().await
     }
-    async fn sync_rate_hits(
-        &self,
-        deltas: Vec<super::RateDelta>,
-        recent_ms: i64,
-    ) -> Result<Vec<(String, u64)>> {
-        self.inner.sync_rate_hits(deltas, recent_ms).await
+    async fn acquire_rate_lease(&self, request: super::LeaseRequest) -> Result<super::LeaseGrant> {
+        self.inner.acquire_rate_lease(request).await
+    }
+    async fn release_rate_leases(&self, leases: Vec<super::LeaseReturn>) -> Result<()> {
+        self.inner.release_rate_leases(leases).await
+    }
+    async fn rate_limit_upkeep(&self) -> Result<()> {
+        self.inner.rate_limit_upkeep().await
     }
 }
 
@@ -434,6 +441,15 @@ impl Store for EncryptedStore {
     }
     async fn probe_write(&self) -> Result<()> {
         self.inner.probe_write().await
+    }
+    async fn commit_event_spending(
+        &self,
+        event: NewEvent,
+        lease: Option<Uuid>,
+    ) -> Result<CommitOutcome> {
+        self.inner
+            .commit_event_spending(self.seal_event(event)?, lease)
+            .await
     }
     async fn close(&self) {
         self.inner.close().await

@@ -474,6 +474,17 @@ pub trait Store:
     async fn probe_write(&self) -> Result<()> {
         Ok(())
     }
+    /// `commit_event` for an event admitted under a rate-limit lease: the store records the
+    /// spend against `lease` in the same transaction (so that a lease whose node dies is known
+    /// to have been spent exactly as far as events were stored under it). Stores without
+    /// leases just commit.
+    async fn commit_event_spending(
+        &self,
+        event: NewEvent,
+        _lease: Option<Uuid>,
+    ) -> Result<CommitOutcome> {
+        self.commit_event(event).await
+    }
     /// Finishes queued writes and closes. Later calls fail with `Closed`.
     async fn close(&self);
     /// Passes every archived body (events, deliveries, stream-resume rows) through `rewrite`,
@@ -519,12 +530,51 @@ pub struct RemoteEvent {
     pub routed: Vec<(String, Option<String>)>,
 }
 
-/// Hits one node counted for a rate-limit key since its last sync.
+/// A node's request for a share of a rate-limit key's quota (`ratelimit::shared`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateDelta {
+pub struct LeaseRequest {
     /// `source:identifier`.
     pub key: String,
-    pub hits: u64,
+    /// The quota the node applies to the key: `fixed_window`, `sliding_window` or
+    /// `token_bucket`, its limit, window (ms) and burst. A key whose quota changed starts afresh.
+    pub strategy: &'static str,
+    pub limit: u64,
+    pub window_ms: u64,
+    pub burst: u64,
+    /// Units wanted; fewer (or none) may be granted.
+    pub want: u64,
+    /// The new lease's id (the node's choice, so it is known before the answer).
+    pub lease: Uuid,
+    /// How long the store keeps the lease for its node before it takes the unspent part back.
+    pub lease_ms: u64,
+    /// The node's previous lease of this key, settled in the same statement.
+    pub give_back: Option<LeaseReturn>,
+}
+
+/// A lease a node gives back, with how many of its units it spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseReturn {
+    pub id: Uuid,
+    pub spent: u64,
+}
+
+/// What a lease request got, and the key's shared counters just after (for the
+/// `X-RateLimit-*` headers), on the store's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub granted: u64,
+    /// The store's clock when it decided (ms).
+    pub now_ms: u64,
+    /// Fixed and sliding window: the aligned window, and the units leased in it and the one
+    /// before.
+    pub window_start: u64,
+    pub prev: u64,
+    pub curr: u64,
+    /// Token bucket: GCRA's theoretical arrival time (ms, and the fraction in 1/limit ms), and
+    /// the tokens leased and not yet settled.
+    pub tat_ms: u64,
+    pub tat_frac: u64,
+    pub outstanding: u64,
 }
 
 /// What several nodes sharing one database need. SQLite is a single node, so the defaults
@@ -592,14 +642,20 @@ pub trait ClusterStore: Send + Sync {
     async fn purge_sessions(&self) -> Result<u64> {
         Ok(0)
     }
-    /// Adds this node's rate-limit hits to the shared totals and returns the cluster-wide
-    /// running total of every key that anyone changed within the last `recent_ms`.
-    async fn sync_rate_hits(
-        &self,
-        _deltas: Vec<RateDelta>,
-        _recent_ms: i64,
-    ) -> Result<Vec<(String, u64)>> {
-        Ok(Vec::new())
+    /// Leases a share of a rate-limit key's quota for this node, in one atomic step (see
+    /// `ratelimit::shared`); only a store shared by several nodes keeps leases.
+    async fn acquire_rate_lease(&self, _request: LeaseRequest) -> Result<LeaseGrant> {
+        Err(StoreError::Database(
+            "this store keeps no rate-limit leases".into(),
+        ))
+    }
+    /// Gives leases back, each with what its node spent of it.
+    async fn release_rate_leases(&self, _leases: Vec<LeaseReturn>) -> Result<()> {
+        Ok(())
+    }
+    /// Settles leases whose node never gave them back, and forgets idle keys' counters.
+    async fn rate_limit_upkeep(&self) -> Result<()> {
+        Ok(())
     }
 }
 

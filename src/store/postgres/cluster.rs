@@ -1,6 +1,7 @@
 //! What several nodes on one PostgreSQL database share: node leases (heartbeats), delivery
 //! ownership and takeover (`FOR UPDATE SKIP LOCKED`), notices (LISTEN/NOTIFY), the stream view
-//! of another node's events, and cluster-wide rate-limit counters.
+//! of another node's events, rate-limit leases (the functions in `migrations/0003_…`), dashboard
+//! sessions, and each node's claim on its identity.
 //!
 //! Times here are the database's clock (`db_now_ms()`), so nodes whose clocks disagree still
 //! agree on whose lease ran out.
@@ -20,7 +21,8 @@ use uuid::Uuid;
 use super::deliveries::{pending_row, pending_select};
 use super::{PgStore, UNFINISHED};
 use crate::store::{
-    ClusterStore, NodeInfo, Notice, PendingDelivery, RateDelta, RemoteEvent, Result, StoreError,
+    ClusterStore, LeaseGrant, LeaseRequest, LeaseReturn, NodeInfo, Notice, PendingDelivery,
+    RemoteEvent, Result, StoreError,
 };
 
 /// The one NOTIFY channel; the payload's first character says what it is:
@@ -649,42 +651,68 @@ impl ClusterStore for PgStore {
         .await?)
     }
 
-    async fn sync_rate_hits(
-        &self,
-        deltas: Vec<RateDelta>,
-        recent_ms: i64,
-    ) -> Result<Vec<(String, u64)>> {
-        // One row per key, in key order: nodes adding to the same keys lock them in the same
-        // order and so never deadlock.
-        let mut sums: BTreeMap<String, i64> = BTreeMap::new();
-        for d in deltas.into_iter().filter(|d| d.hits > 0) {
-            let e = sums.entry(d.key).or_default();
-            *e = e.saturating_add(i64::try_from(d.hits).unwrap_or(i64::MAX));
-        }
+    async fn acquire_rate_lease(&self, r: LeaseRequest) -> Result<LeaseGrant> {
         let c = self.client().await?;
-        if !sums.is_empty() {
-            let (keys, hits): (Vec<String>, Vec<i64>) = sums.into_iter().unzip();
-            let stmt = c
-                .prepare_cached(
-                    "INSERT INTO rate_hits (key, total, updated_at)
-                     SELECT k, h, db_now_ms() FROM UNNEST($1::text[], $2::int8[]) AS t(k, h)
-                     ON CONFLICT (key) DO UPDATE SET total = rate_hits.total + excluded.total,
-                         updated_at = excluded.updated_at",
-                )
-                .await?;
-            c.execute(&stmt, &[&keys, &hits]).await?;
-        }
         let stmt = c
             .prepare_cached(
-                "SELECT key, total FROM rate_hits WHERE updated_at >= db_now_ms() - $1
-                 ORDER BY key",
+                "SELECT granted, now_ms, window_start, prev, curr, tat_ms, tat_frac, outstanding
+                 FROM rate_acquire($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .await?;
-        Ok(c.query(&stmt, &[&recent_ms.max(0)])
-            .await?
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (back, back_spent) = match r.give_back {
+            Some(b) => (Some(b.id), big(b.spent)),
+            None => (None, 0),
+        };
+        let row = c
+            .query_one(
+                &stmt,
+                &[
+                    &r.key,
+                    &r.strategy,
+                    &big(r.limit.max(1)),
+                    &big(r.window_ms.max(1)),
+                    &big(r.burst.max(1)),
+                    &big(r.want),
+                    &r.lease,
+                    &self.node,
+                    &big(r.lease_ms),
+                    &back,
+                    &back_spent,
+                ],
+            )
+            .await?;
+        let u = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok(LeaseGrant {
+            granted: u(0),
+            now_ms: u(1),
+            window_start: u(2),
+            prev: u(3),
+            curr: u(4),
+            tat_ms: u(5),
+            tat_frac: u(6),
+            outstanding: u(7),
+        })
+    }
+
+    async fn release_rate_leases(&self, leases: Vec<LeaseReturn>) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let (ids, spent): (Vec<Uuid>, Vec<i64>) = leases
             .iter()
-            .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
-            .collect())
+            .map(|l| (l.id, i64::try_from(l.spent).unwrap_or(i64::MAX)))
+            .unzip();
+        let c = self.client().await?;
+        c.execute("SELECT rate_release($1, $2)", &[&ids, &spent])
+            .await?;
+        Ok(())
+    }
+
+    async fn rate_limit_upkeep(&self) -> Result<()> {
+        let c = self.client().await?;
+        c.execute("SELECT rate_upkeep()", &[]).await?;
+        Ok(())
     }
 }
 

@@ -32,7 +32,11 @@ impl EventStore for PgStore {
     async fn commit_event(&self, event: NewEvent) -> Result<CommitOutcome> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .send(CommitJob { event, reply })
+            .send(CommitJob {
+                event,
+                reply,
+                spend: None,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -428,6 +428,23 @@ impl Store for PgStore {
         Ok(changed)
     }
 
+    async fn commit_event_spending(
+        &self,
+        event: crate::store::NewEvent,
+        lease: Option<Uuid>,
+    ) -> Result<crate::store::CommitOutcome> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.sender()?
+            .send(CommitJob {
+                event,
+                reply,
+                spend: lease,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn close(&self) {
         // Dropping the last sender lets the writer commit what is queued, then exit.
         let sender = self.jobs.lock().ok().and_then(|mut j| j.take());

@@ -17,6 +17,8 @@ use crate::store::{CommitOutcome, NewEvent, Result, StoreError};
 pub(super) struct CommitJob {
     pub(super) event: NewEvent,
     pub(super) reply: oneshot::Sender<Result<CommitOutcome>>,
+    /// The rate-limit lease the event was admitted under: its spend is recorded with the event.
+    pub(super) spend: Option<Uuid>,
 }
 
 /// Why a group commit failed, and whether committing its events one by one may help.
@@ -92,7 +94,8 @@ pub(super) async fn writer_loop(
         running.spawn(async move {
             let started = Instant::now();
             let events: Vec<&NewEvent> = batch.iter().map(|j| &j.event).collect();
-            let results = commit_batch(&pool, node, &events).await;
+            let spends: Vec<Option<Uuid>> = batch.iter().map(|j| j.spend).collect();
+            let results = commit_batch(&pool, node, &events, &spends).await;
             drop(lane);
             crate::analytics::Analytics::commit(batch.len(), started.elapsed());
             tracing::trace!(
@@ -126,14 +129,20 @@ pub(super) async fn writer_loop(
 
 /// Commits a batch; when the server refuses something in it, commits its events one by one so
 /// that one bad event does not fail the others.
-async fn commit_batch(pool: &Pool, node: Uuid, events: &[&NewEvent]) -> Vec<Result<CommitOutcome>> {
-    match commit_retrying(pool, node, events).await {
+async fn commit_batch(
+    pool: &Pool,
+    node: Uuid,
+    events: &[&NewEvent],
+    spends: &[Option<Uuid>],
+) -> Vec<Result<CommitOutcome>> {
+    match commit_retrying(pool, node, events, spends).await {
         Ok(outcomes) => outcomes,
         Err(f) if f.data && events.len() > 1 => {
             let mut out = Vec::with_capacity(events.len());
-            for e in events {
+            for (e, spend) in events.iter().zip(spends) {
+                let one = std::slice::from_ref(e);
                 out.push(
-                    match commit_retrying(pool, node, std::slice::from_ref(e)).await {
+                    match commit_retrying(pool, node, one, std::slice::from_ref(spend)).await {
                         Ok(mut one) => one
                             .pop()
                             .unwrap_or_else(|| Err(StoreError::Database("no outcome".into()))),
@@ -162,10 +171,11 @@ async fn commit_retrying(
     pool: &Pool,
     node: Uuid,
     events: &[&NewEvent],
+    spends: &[Option<Uuid>],
 ) -> std::result::Result<Vec<Result<CommitOutcome>>, BatchFailure> {
     let mut tries = 0;
     loop {
-        match try_commit(pool, node, events).await {
+        match try_commit(pool, node, events, spends).await {
             Err(f) if f.transient && tries < 3 => {
                 tries += 1;
                 tracing::debug!(error = %f.error, "group commit conflicted; trying again");
@@ -207,6 +217,10 @@ WITH ins AS (
 )
 SELECT id FROM ins";
 
+/// Rate-limit spends: how many of the batch's events each lease admitted (see `rate_spends`).
+const RECORD_SPENDS: &str =
+    "INSERT INTO rate_spends (lease, spent) SELECT * FROM UNNEST($1::uuid[], $2::int8[])";
+
 /// The original of each refused event, with whether it has deliveries.
 const RESOLVE_DUPLICATES: &str = "
 SELECT x.ord, e.id, e.filtered, EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
@@ -217,6 +231,7 @@ async fn try_commit(
     pool: &Pool,
     node: Uuid,
     events: &[&NewEvent],
+    spends: &[Option<Uuid>],
 ) -> std::result::Result<Vec<Result<CommitOutcome>>, BatchFailure> {
     let mut ids = Vec::with_capacity(events.len());
     let mut sources = Vec::with_capacity(events.len());
@@ -301,12 +316,25 @@ async fn try_commit(
         &s_body,
         &node,
     ];
-    let stored: HashSet<Uuid> = tx
-        .query(&insert, &params)
-        .await?
-        .iter()
-        .map(|r| r.get::<_, Uuid>(0))
-        .collect();
+    // Every event of a committed batch was answered under its lease, duplicates too (as on one
+    // node, where admission counts before the commit). Sent in the same round trip as the insert.
+    let mut by_lease: std::collections::BTreeMap<Uuid, i64> = Default::default();
+    for lease in spends.iter().flatten() {
+        *by_lease.entry(*lease).or_default() += 1;
+    }
+    let rows = if by_lease.is_empty() {
+        tx.query(&insert, &params).await?
+    } else {
+        let record = tx.prepare_cached(RECORD_SPENDS).await?;
+        let (leases, counts): (Vec<Uuid>, Vec<i64>) = by_lease.into_iter().unzip();
+        let spend_params: [&(dyn ToSql + Sync); 2] = [&leases, &counts];
+        let (rows, _) = tokio::try_join!(
+            tx.query(&insert, &params),
+            tx.execute(&record, &spend_params)
+        )?;
+        rows
+    };
+    let stored: HashSet<Uuid> = rows.iter().map(|r| r.get::<_, Uuid>(0)).collect();
 
     let mut outcomes: Vec<Option<Result<CommitOutcome>>> = events
         .iter()
