@@ -1261,7 +1261,7 @@ mod tests {
             "RATE_LEASE_MS" => Some("500".to_string()),
             _ => None,
         };
-        assert_eq!(cfg.rate_lease_ms, 2000);
+        assert_eq!(cfg.rate_lease_ms, 10_000);
         cfg.apply_env(&env, &mut errors);
         assert_eq!(cfg.rate_lease_ms, 500);
         assert_eq!(cfg.node_id.as_deref(), Some("web-2"));

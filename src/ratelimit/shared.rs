@@ -39,8 +39,10 @@ use super::{
 use crate::store::{LeaseGrant, LeaseRequest, LeaseReturn, Store, StoreError};
 
 /// How long a lease lives in the store by default (`rate_lease_ms`): a killed node's unspent
-/// share comes back within this. Nodes use a lease for half of it.
-pub const DEFAULT_LEASE_MS: u64 = 2_000;
+/// share comes back within this, as its deliveries move within `node_lease_ms` (also 10 s).
+/// Nodes use a lease for half of it, so a key busy on a node costs that node one store round
+/// trip per 5 s at least (the lease runs out of units first when the key is busier).
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
 
 /// A lease's share of a key's capacity is at most 1/8 of it, so one busy node cannot hold the
 /// whole quota while another goes without (units leased are refused to the others).
@@ -138,9 +140,16 @@ impl SharedLimiter {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long an idle node keeps a lease, and how long a refusal is reused.
+    /// How long a refusal is reused before the store is asked again (another node may have
+    /// given units back meanwhile).
     fn recheck_ms(&self) -> u64 {
         (self.lease_ms / 8).clamp(1, 250)
+    }
+
+    /// How long a node keeps a lease of a key it receives nothing for: unused units go back to
+    /// the other nodes after this.
+    fn idle_ms(&self) -> u64 {
+        (self.lease_ms / 8).clamp(1, 1000)
     }
 
     /// How often `run_upkeep` should be called.
@@ -320,7 +329,7 @@ impl SharedLimiter {
     /// forgets keys nobody asked for in a while; returns what to give back to the store.
     fn sweep(&self, everything: bool) -> Vec<LeaseReturn> {
         let now = self.now_ms();
-        let idle = self.recheck_ms();
+        let idle = self.idle_ms();
         let forget = self.lease_ms.max(10_000);
         let mut out =
             std::mem::take(&mut *self.returns.lock().unwrap_or_else(PoisonError::into_inner));
@@ -390,6 +399,13 @@ fn max_share(quota: &Quota) -> u64 {
     (quota.limit.max(quota.burst) / MAX_SHARE_DIVISOR).max(1)
 }
 
+/// The units a node's first lease of a key asks for (more if more requests wait): an eighth of
+/// the most, so that a key seen a few times a second costs a round trip every few seconds, not
+/// at every request, while what one node holds unused stays a sixty-fourth of the limit.
+fn first_share(quota: &Quota) -> u64 {
+    (max_share(quota) / MAX_SHARE_DIVISOR).max(1)
+}
+
 impl Slot {
     fn new(quota: Quota) -> Slot {
         Slot {
@@ -397,7 +413,7 @@ impl Slot {
             lease: None,
             acquiring: None,
             waiting: 0,
-            want: 1,
+            want: first_share(&quota),
             denied_until: 0,
             view: None,
             last_used: 0,
@@ -419,7 +435,7 @@ impl Slot {
     fn take_lease(&mut self) -> Option<LeaseReturn> {
         let l = self.lease.take()?;
         if l.spent < l.granted {
-            self.want = l.spent.max(1);
+            self.want = l.spent.max(first_share(&self.quota));
         }
         Some(LeaseReturn {
             id: l.id,

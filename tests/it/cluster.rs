@@ -356,6 +356,7 @@ async fn a_rate_limit_holds_across_nodes() {
     let client = reqwest::Client::new();
     let mut accepted = 0;
     let mut limited = 0;
+    let started = now_ms();
     // Spread over the nodes, one at a time.
     for i in 0..36 {
         let answer = Webhook::github("issues", gh_body(i))
@@ -371,10 +372,21 @@ async fn a_rate_limit_holds_across_nodes() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let ended = now_ms();
     // Unshared, each node would take 12 of its own 12 requests: 36 in all. Shared, the cluster
     // takes exactly the limit: never more, and here nothing is left stranded in a node's lease
-    // (a lease of this key holds one unit: an eighth of 12, at least one).
-    assert_eq!(accepted, 12, "accepted {accepted}, limited {limited}");
+    // (a lease of this key holds one unit: an eighth of 12, at least one). Across a minute
+    // boundary the sliding window lets the previous minute weigh less as the new one goes on:
+    // 12 × (time into the new minute) / 60 s more may pass then, as on one node.
+    let most = if started / 60_000 == ended / 60_000 {
+        12
+    } else {
+        12 + (12 * (ended % 60_000) + 59_999) / 60_000
+    };
+    assert!(
+        (12..=most).contains(&accepted),
+        "accepted {accepted}, limited {limited}"
+    );
 }
 
 /// One webhook as a client saw it: when it was sent and answered (ms, the machine's clock, which
