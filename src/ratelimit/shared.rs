@@ -4,12 +4,13 @@
 //! Each key has one set of counters in the shared store, kept with the single node's arithmetic
 //! (`fixed_window`, `sliding_window`, `token_bucket`) over units *leased* rather than requests
 //! seen. A node leases a share of what a key has left in one atomic statement
-//! (`Store::acquire_rate_lease`) and spends it in memory: a request that finds a lease with
+//! (`Store::acquire_rate_leases`) and spends it in memory: a request that finds a lease with
 //! units left costs a lock and an increment, no database round trip. A request that finds none
-//! waits for one statement; concurrent ones wait for the same statement, which asks for all of
-//! them (and for more the faster the node spends). A lease is given back, with what was spent
-//! of it, when the next one is taken, when the node stops using the key, and at shutdown; the
-//! store then returns the unspent part to the key.
+//! waits for one statement; concurrent ones for the same key wait for the same lease, which asks
+//! for all of them (and for more the faster the node spends), and the leases of all the keys
+//! waiting at once go in one statement (`acquirer`, batched like the group commit). A lease is
+//! given back, with what was spent of it, when the next one is taken, when the node stops using
+//! the key, and at shutdown; the store then returns the unspent part to the key.
 //!
 //! Why it never overshoots: a unit is leased only if a request at that instant would be allowed
 //! by the counters, which count every unit leased by any node; spending it later stays within
@@ -29,7 +30,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::{
@@ -54,6 +55,14 @@ const MAX_ROUNDS: usize = 8;
 
 const SHARDS: usize = 16;
 
+/// Most keys leased in one statement.
+const ACQUIRE_BATCH: usize = 512;
+/// Lease statements in flight at once: while both wait, new requests gather into the next.
+const ACQUIRE_LANES: usize = 2;
+
+/// A lease request on its way to the store, and where its answer goes.
+type AcquireJob = (LeaseRequest, oneshot::Sender<Result<LeaseGrant, String>>);
+
 /// What admission decided, and the lease that paid for an allowed request (the commit records
 /// the spend against it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,8 @@ pub struct SharedLimiter {
     /// The configured limits (lookup by source and identifier); its own counters are unused.
     limits: Arc<RateLimiter>,
     store: Arc<dyn Store>,
+    /// To the task that batches lease requests (`acquirer`).
+    acquire: mpsc::Sender<AcquireJob>,
     lease_ms: u64,
     shards: Box<[Mutex<HashMap<String, Slot>>]>,
     hasher: RandomState,
@@ -115,10 +126,14 @@ struct View {
 type Outcome = Option<Result<(), String>>;
 
 impl SharedLimiter {
+    /// Starts its lease-batching task: call inside the runtime.
     pub fn new(limits: Arc<RateLimiter>, store: Arc<dyn Store>, lease_ms: u64) -> SharedLimiter {
+        let (acquire, jobs) = mpsc::channel(ACQUIRE_BATCH * 8);
+        tokio::spawn(acquirer(store.clone(), jobs));
         SharedLimiter {
             limits,
             store,
+            acquire,
             lease_ms: lease_ms.max(2),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -264,18 +279,13 @@ impl SharedLimiter {
         let key = key.to_string();
         tokio::spawn(async move {
             let sent = now;
-            let started = Instant::now();
-            let mut result = me.store.acquire_rate_lease(request.clone()).await;
-            if let Err(StoreError::Database(m)) = &result
-                && m.starts_with("40")
-            {
-                // A deadlock or serialization failure with another node: once more.
-                result = me.store.acquire_rate_lease(request.clone()).await;
-            }
-            crate::analytics::Analytics::rate_lease(
-                result.as_ref().ok().map(|g| g.granted > 0),
-                started.elapsed(),
-            );
+            let (reply, answer) = oneshot::channel();
+            let result = match me.acquire.send((request.clone(), reply)).await {
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| Err("the lease request was dropped".into())),
+                Err(_) => Err("the rate limiter is stopping".into()),
+            };
             let outcome = match result {
                 Ok(grant) => {
                     let now = me.now_ms();
@@ -310,7 +320,7 @@ impl SharedLimiter {
                     if let Some(back) = request.give_back {
                         me.give_back(back);
                     }
-                    Err(e.to_string())
+                    Err(e)
                 }
             };
             tx.send_replace(Some(outcome));
@@ -391,6 +401,57 @@ impl SharedLimiter {
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
+    }
+}
+
+/// Sends the lease requests waiting, as many as there are (up to `ACQUIRE_BATCH`) in one
+/// statement, on up to `ACQUIRE_LANES` statements at once: a node touching many keys at once
+/// (a burst after a quiet spell, a start) costs a few statements, not one per key.
+async fn acquirer(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<AcquireJob>) {
+    let lanes = Arc::new(Semaphore::new(ACQUIRE_LANES));
+    loop {
+        let Ok(lane) = lanes.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = jobs.recv().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < ACQUIRE_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<LeaseRequest>, Vec<_>) = batch.into_iter().unzip();
+            let started = Instant::now();
+            let mut result = store.acquire_rate_leases(requests.clone()).await;
+            if let Err(StoreError::Database(m)) = &result
+                && m.starts_with("40")
+            {
+                // A deadlock or serialization failure with another node: once more.
+                result = store.acquire_rate_leases(requests).await;
+            }
+            drop(lane);
+            let took = started.elapsed();
+            match result {
+                Ok(grants) => {
+                    for (grant, reply) in grants.into_iter().zip(replies) {
+                        crate::analytics::Analytics::rate_lease(Some(grant.granted > 0), took);
+                        let _ = reply.send(Ok(grant));
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    for reply in replies {
+                        crate::analytics::Analytics::rate_lease(None, took);
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

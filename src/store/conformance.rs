@@ -1546,7 +1546,7 @@ async fn cluster_rate_leases_never_grant_past_the_limit() {
                 None,
             );
             let id = r.lease;
-            (id, s.acquire_rate_lease(r).await.unwrap())
+            (id, s.acquire_rate_leases(vec![r]).await.unwrap()[0])
         }));
     }
     let mut grants = Vec::new();
@@ -1567,20 +1567,20 @@ async fn cluster_rate_leases_never_grant_past_the_limit() {
         60_000,
         None,
     );
-    assert_eq!(a.acquire_rate_lease(r).await.unwrap().granted, 1);
+    assert_eq!(a.acquire_rate_leases(vec![r]).await.unwrap()[0].granted, 1);
 
     // A node that dies holding a lease: once it expires, what was stored under it counts as
     // spent and the rest comes back.
     let limit = (10, HOUR, 10);
     let r = lease_of("github:dead", "fixed_window", limit, 4, 300, None);
     let dead = r.lease;
-    assert_eq!(a.acquire_rate_lease(r).await.unwrap().granted, 4);
+    assert_eq!(a.acquire_rate_leases(vec![r]).await.unwrap()[0].granted, 4);
     a.commit_event_spending(ev("github", None), Some(dead))
         .await
         .unwrap();
     let r = lease_of("github:dead", "fixed_window", limit, 10, 60_000, None);
     let alive = r.lease;
-    let g = b.acquire_rate_lease(r).await.unwrap();
+    let g = b.acquire_rate_leases(vec![r]).await.unwrap()[0];
     assert_eq!((g.granted, g.curr), (6, 10));
     tokio::time::sleep(Duration::from_millis(350)).await;
     // B gives back its own lease fully spent and gets the dead lease's 3 unspent units.
@@ -1589,7 +1589,7 @@ async fn cluster_rate_leases_never_grant_past_the_limit() {
         spent: 6,
     });
     let r = lease_of("github:dead", "fixed_window", limit, 10, 60_000, back);
-    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 3);
+    assert_eq!(b.acquire_rate_leases(vec![r]).await.unwrap()[0].granted, 3);
     // A changed limit starts the key afresh.
     let r = lease_of(
         "github:dead",
@@ -1599,29 +1599,29 @@ async fn cluster_rate_leases_never_grant_past_the_limit() {
         60_000,
         None,
     );
-    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 20);
+    assert_eq!(b.acquire_rate_leases(vec![r]).await.unwrap()[0].granted, 20);
 
     // Token bucket, 10 per second, burst 4: leased tokens hold the capacity down until settled;
     // spent ones are then charged (and refill at the rate).
     let bucket = (10, 1000, 4);
     let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, None);
     let first = r.lease;
-    let g = a.acquire_rate_lease(r).await.unwrap();
+    let g = a.acquire_rate_leases(vec![r]).await.unwrap()[0];
     assert_eq!((g.granted, g.outstanding), (3, 3));
     let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, None);
-    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 1);
+    assert_eq!(b.acquire_rate_leases(vec![r]).await.unwrap()[0].granted, 1);
     let back = Some(LeaseReturn {
         id: first,
         spent: 3,
     });
     let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, back);
-    let g = a.acquire_rate_lease(r).await.unwrap();
+    let g = a.acquire_rate_leases(vec![r]).await.unwrap()[0];
     // 4 − 1 (still leased by B) − 3 (spent, charged just now) = 0.
     assert_eq!((g.granted, g.outstanding), (0, 1));
     assert!(g.tat_ms >= g.now_ms + 250, "{g:?}");
     tokio::time::sleep(Duration::from_millis(320)).await;
     let r = lease_of("linear:org", "token_bucket", bucket, 3, 60_000, None);
-    assert!(a.acquire_rate_lease(r).await.unwrap().granted >= 3);
+    assert!(a.acquire_rate_leases(vec![r]).await.unwrap()[0].granted >= 3);
 
     // Sliding window, 10 per hour: the whole limit in a first window.
     let r = lease_of(
@@ -1632,7 +1632,7 @@ async fn cluster_rate_leases_never_grant_past_the_limit() {
         60_000,
         None,
     );
-    let g = a.acquire_rate_lease(r).await.unwrap();
+    let g = a.acquire_rate_leases(vec![r]).await.unwrap()[0];
     assert_eq!((g.granted, g.prev, g.curr), (10, 0, 10));
     // Upkeep leaves live keys alone.
     a.rate_limit_upkeep().await.unwrap();
@@ -1644,7 +1644,21 @@ async fn cluster_rate_leases_never_grant_past_the_limit() {
         60_000,
         None,
     );
-    assert_eq!(b.acquire_rate_lease(r).await.unwrap().granted, 0);
+    assert_eq!(b.acquire_rate_leases(vec![r]).await.unwrap()[0].granted, 0);
+    // Several keys in one statement: each answered in the order asked, whatever the key order.
+    let asks = vec![
+        lease_of("z:1", "fixed_window", (5, HOUR, 5), 2, 60_000, None),
+        lease_of("a:1", "fixed_window", (5, HOUR, 5), 9, 60_000, None),
+        lease_of("slack:t", "sliding_window", (10, HOUR, 10), 1, 60_000, None),
+    ];
+    let got: Vec<u64> = a
+        .acquire_rate_leases(asks)
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.granted)
+        .collect();
+    assert_eq!(got, vec![2, 5, 0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -417,8 +417,11 @@ impl super::ClusterStore for EncryptedStore {
     async fn purge_sessions(&self) -> Result<u64> {
         self.inner.purge_sessions().await
     }
-    async fn acquire_rate_lease(&self, request: super::LeaseRequest) -> Result<super::LeaseGrant> {
-        self.inner.acquire_rate_lease(request).await
+    async fn acquire_rate_leases(
+        &self,
+        requests: Vec<super::LeaseRequest>,
+    ) -> Result<Vec<super::LeaseGrant>> {
+        self.inner.acquire_rate_leases(requests).await
     }
     async fn release_rate_leases(&self, leases: Vec<super::LeaseReturn>) -> Result<()> {
         self.inner.release_rate_leases(leases).await

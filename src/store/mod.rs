@@ -642,9 +642,11 @@ pub trait ClusterStore: Send + Sync {
     async fn purge_sessions(&self) -> Result<u64> {
         Ok(0)
     }
-    /// Leases a share of a rate-limit key's quota for this node, in one atomic step (see
-    /// `ratelimit::shared`); only a store shared by several nodes keeps leases.
-    async fn acquire_rate_lease(&self, _request: LeaseRequest) -> Result<LeaseGrant> {
+    /// Leases shares of rate-limit keys' quotas for this node (see `ratelimit::shared`), one
+    /// grant per request in their order, in one statement: each key's share is taken
+    /// atomically, the keys in key order (so that nodes asking for the same keys never
+    /// deadlock). Only a store shared by several nodes keeps leases.
+    async fn acquire_rate_leases(&self, _requests: Vec<LeaseRequest>) -> Result<Vec<LeaseGrant>> {
         Err(StoreError::Database(
             "this store keeps no rate-limit leases".into(),
         ))

@@ -442,6 +442,21 @@ async fn listen_loop(
     }
 }
 
+/// Lease requests as the columns `rate_acquire` is called with.
+#[derive(Default)]
+struct LeaseColumns<'a> {
+    keys: Vec<&'a str>,
+    strategies: Vec<&'static str>,
+    limits: Vec<i64>,
+    windows: Vec<i64>,
+    bursts: Vec<i64>,
+    wants: Vec<i64>,
+    leases: Vec<Uuid>,
+    lives: Vec<i64>,
+    backs: Vec<Option<Uuid>>,
+    back_spent: Vec<i64>,
+}
+
 #[async_trait]
 impl ClusterStore for PgStore {
     fn node_id(&self) -> Option<Uuid> {
@@ -651,48 +666,84 @@ impl ClusterStore for PgStore {
         .await?)
     }
 
-    async fn acquire_rate_lease(&self, r: LeaseRequest) -> Result<LeaseGrant> {
+    async fn acquire_rate_leases(&self, requests: Vec<LeaseRequest>) -> Result<Vec<LeaseGrant>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Locked in key order, whatever order the requests came in.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|&a, &b| requests[a].key.cmp(&requests[b].key));
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut cols = LeaseColumns::default();
+        for &i in &order {
+            let r = &requests[i];
+            cols.keys.push(r.key.as_str());
+            cols.strategies.push(r.strategy);
+            cols.limits.push(big(r.limit.max(1)));
+            cols.windows.push(big(r.window_ms.max(1)));
+            cols.bursts.push(big(r.burst.max(1)));
+            cols.wants.push(big(r.want));
+            cols.leases.push(r.lease);
+            cols.lives.push(big(r.lease_ms));
+            cols.backs.push(r.give_back.map(|b| b.id));
+            cols.back_spent
+                .push(r.give_back.map(|b| big(b.spent)).unwrap_or(0));
+        }
         let c = self.client().await?;
+        // A nested loop over the requests in their (key) order, one `rate_acquire` each.
         let stmt = c
             .prepare_cached(
-                "SELECT granted, now_ms, window_start, prev, curr, tat_ms, tat_frac, outstanding
-                 FROM rate_acquire($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "SELECT a.granted, a.now_ms, a.window_start, a.prev, a.curr, a.tat_ms,
+                        a.tat_frac, a.outstanding
+                 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
+                             $6::int8[], $7::uuid[], $8::int8[], $9::uuid[], $10::int8[])
+                      WITH ORDINALITY AS r(key, strategy, lim, win, burst, want, lease, life,
+                                           back, back_spent, ord)
+                 CROSS JOIN LATERAL rate_acquire(r.key, r.strategy, r.lim, r.win, r.burst,
+                     r.want, r.lease, $11, r.life, r.back, r.back_spent) a
+                 ORDER BY r.ord",
             )
             .await?;
-        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let (back, back_spent) = match r.give_back {
-            Some(b) => (Some(b.id), big(b.spent)),
-            None => (None, 0),
-        };
-        let row = c
-            .query_one(
+        let rows = c
+            .query(
                 &stmt,
                 &[
-                    &r.key,
-                    &r.strategy,
-                    &big(r.limit.max(1)),
-                    &big(r.window_ms.max(1)),
-                    &big(r.burst.max(1)),
-                    &big(r.want),
-                    &r.lease,
+                    &cols.keys,
+                    &cols.strategies,
+                    &cols.limits,
+                    &cols.windows,
+                    &cols.bursts,
+                    &cols.wants,
+                    &cols.leases,
+                    &cols.lives,
+                    &cols.backs,
+                    &cols.back_spent,
                     &self.node,
-                    &big(r.lease_ms),
-                    &back,
-                    &back_spent,
                 ],
             )
             .await?;
-        let u = |i: usize| row.get::<_, i64>(i).max(0) as u64;
-        Ok(LeaseGrant {
-            granted: u(0),
-            now_ms: u(1),
-            window_start: u(2),
-            prev: u(3),
-            curr: u(4),
-            tat_ms: u(5),
-            tat_frac: u(6),
-            outstanding: u(7),
-        })
+        if rows.len() != requests.len() {
+            return Err(StoreError::Database(format!(
+                "{} lease grants for {} requests",
+                rows.len(),
+                requests.len()
+            )));
+        }
+        let mut grants = vec![LeaseGrant::default(); requests.len()];
+        for (row, &i) in rows.iter().zip(&order) {
+            let u = |c: usize| row.get::<_, i64>(c).max(0) as u64;
+            grants[i] = LeaseGrant {
+                granted: u(0),
+                now_ms: u(1),
+                window_start: u(2),
+                prev: u(3),
+                curr: u(4),
+                tat_ms: u(5),
+                tat_frac: u(6),
+                outstanding: u(7),
+            };
+        }
+        Ok(grants)
     }
 
     async fn release_rate_leases(&self, leases: Vec<LeaseReturn>) -> Result<()> {
