@@ -92,6 +92,11 @@ pub struct SharedLimiter {
 struct Slot {
     quota: Quota,
     lease: Option<Lease>,
+    /// The lease asked for in advance, while `lease` still had units (see `Lease::prefetch`):
+    /// it takes over when `lease` runs out, so a busy key's webhooks do not wait for renewals.
+    next: Option<Lease>,
+    /// Leases taken out while the slot was locked, to give back once it no longer is.
+    retired: Vec<LeaseReturn>,
     /// The acquisition in flight; its value becomes `Some(outcome)` when it is done.
     acquiring: Option<watch::Receiver<Option<Result<(), String>>>>,
     /// Requests waiting for a lease right now (sizes the next acquisition).
@@ -113,6 +118,27 @@ struct Lease {
     spent: u64,
     /// Local ms after which this node spends no more of it.
     usable_until: u64,
+    /// When to ask for the next lease in advance: once this many units are spent, or from this
+    /// local time (`u64::MAX`: never, as for a lease that ends with its window, whose successor
+    /// can only be counted in the next window). Once per lease.
+    prefetch_units: u64,
+    prefetch_at: u64,
+    prefetched: bool,
+}
+
+impl Lease {
+    fn usable(&self, now: u64) -> bool {
+        now < self.usable_until && self.spent < self.granted
+    }
+}
+
+/// Why a lease is asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// No lease has units: webhooks are waiting.
+    Now,
+    /// The lease in use is running out: ask before it does.
+    Ahead,
 }
 
 #[derive(Clone, Copy)]
@@ -196,14 +222,20 @@ impl SharedLimiter {
                     slot.waiting = slot.waiting.saturating_sub(1);
                 }
                 if slot.quota != quota {
-                    // The limit changed: this node's lease was of the old one.
-                    if let Some(back) = slot.reset(quota) {
-                        self.give_back(back);
-                    }
+                    // The limit changed: this node's leases were of the old one.
+                    slot.reset(quota);
                 }
                 slot.last_used = now;
                 if let Some(decision) = slot.spend(now) {
                     let lease = slot.lease.as_ref().map(|l| l.id);
+                    if slot.acquiring.is_none() && slot.wants_next(now) {
+                        let _ = self.start_acquisition(&key, slot, now, Ask::Ahead);
+                    }
+                    let retired = std::mem::take(&mut slot.retired);
+                    drop(shard);
+                    for back in retired {
+                        self.give_back(back);
+                    }
                     return Ok(Admission { decision, lease });
                 }
                 if slot.acquiring.is_none() && now < slot.denied_until {
@@ -214,10 +246,16 @@ impl SharedLimiter {
                 }
                 slot.waiting += 1;
                 waited = true;
-                match &slot.acquiring {
+                let rx = match &slot.acquiring {
                     Some(rx) => rx.clone(),
-                    None => self.start_acquisition(&key, slot, now),
+                    None => self.start_acquisition(&key, slot, now, Ask::Now),
+                };
+                let retired = std::mem::take(&mut slot.retired);
+                drop(shard);
+                for back in retired {
+                    self.give_back(back);
                 }
+                rx
             };
             let outcome = match wait.wait_for(Option::is_some).await {
                 Ok(v) => v.clone(),
@@ -251,17 +289,27 @@ impl SharedLimiter {
         })
     }
 
-    /// Sends one lease request for `slot`, carrying back its spent lease, from a task of its
-    /// own (a request whose client goes away must not cancel what the others wait for).
+    /// Sends one lease request for `slot` from a task of its own (a request whose client goes
+    /// away must not cancel what the others wait for). Asked `Now`, it carries back the spent
+    /// lease; asked `Ahead`, the lease in use goes on until the new one takes over.
     fn start_acquisition(
         self: &Arc<Self>,
         key: &str,
         slot: &mut Slot,
         now: u64,
+        ask: Ask,
     ) -> watch::Receiver<Outcome> {
         let (tx, rx) = watch::channel(None);
         slot.acquiring = Some(rx.clone());
-        let give_back = slot.take_lease();
+        let give_back = match ask {
+            Ask::Now => {
+                if let Some(next) = slot.take_next() {
+                    slot.retired.push(next);
+                }
+                slot.take_lease()
+            }
+            Ask::Ahead => None,
+        };
         let quota = slot.quota;
         let want = slot.want.max(slot.waiting).clamp(1, max_share(&quota));
         let request = LeaseRequest {
@@ -294,6 +342,11 @@ impl SharedLimiter {
                         Some(slot) if slot.quota == quota => {
                             slot.install(&request, grant, sent, now, me.lease_ms);
                             slot.acquiring = None;
+                            let retired = std::mem::take(&mut slot.retired);
+                            drop(shard);
+                            for back in retired {
+                                me.give_back(back);
+                            }
                         }
                         other => {
                             // The limit changed meanwhile: this lease is of the old one.
@@ -346,17 +399,28 @@ impl SharedLimiter {
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, slot| {
+                out.append(&mut slot.retired);
                 if slot.acquiring.is_some() {
                     return true;
                 }
+                let idle = now.saturating_sub(slot.last_used) >= idle;
+                if let Some(l) = &slot.next
+                    && (everything || idle || now >= l.usable_until)
+                    && let Some(back) = slot.take_next()
+                {
+                    out.push(back);
+                }
                 if let Some(l) = &slot.lease
-                    && (everything
-                        || l.spent >= l.granted
-                        || now >= l.usable_until
-                        || now.saturating_sub(slot.last_used) >= idle)
+                    && (everything || idle || !l.usable(now))
                     && let Some(back) = slot.take_lease()
                 {
                     out.push(back);
+                }
+                if slot.lease.is_none()
+                    && let Some(next) = slot.next.take()
+                {
+                    // The lease in use ran out while the next one waited: it takes over.
+                    slot.lease = Some(next);
                 }
                 slot.lease.is_some()
                     || slot.waiting > 0
@@ -472,6 +536,8 @@ impl Slot {
         Slot {
             quota,
             lease: None,
+            next: None,
+            retired: Vec::new(),
             acquiring: None,
             waiting: 0,
             want: first_share(&quota),
@@ -481,15 +547,50 @@ impl Slot {
         }
     }
 
-    /// Starts the key afresh under another quota; the lease to give back, if any.
-    fn reset(&mut self, quota: Quota) -> Option<LeaseReturn> {
-        let back = self.take_lease();
+    /// Starts the key afresh under another quota; its leases are retired.
+    fn reset(&mut self, quota: Quota) {
+        let mut retired = std::mem::take(&mut self.retired);
+        retired.extend(self.take_lease());
+        retired.extend(self.take_next());
         let acquiring = self.acquiring.take();
         let waiting = self.waiting;
         *self = Slot::new(quota);
         self.acquiring = acquiring;
         self.waiting = waiting;
-        back
+        self.retired = retired;
+    }
+
+    /// Takes the lease asked for in advance out (to give it back).
+    fn take_next(&mut self) -> Option<LeaseReturn> {
+        let l = self.next.take()?;
+        Some(LeaseReturn {
+            id: l.id,
+            spent: l.spent,
+        })
+    }
+
+    /// Whether to ask for the next lease now, ahead of need (once per lease): the one in use
+    /// is three-quarters spent, or three-quarters through its use.
+    fn wants_next(&mut self, now: u64) -> bool {
+        if self.next.is_some() {
+            return false;
+        }
+        let Some(l) = self.lease.as_mut() else {
+            return false;
+        };
+        if l.prefetched || (l.spent < l.prefetch_units && now < l.prefetch_at) {
+            return false;
+        }
+        l.prefetched = true;
+        self.want = if l.spent >= l.prefetch_units {
+            // Spent fast: twice as much next time.
+            l.granted.saturating_mul(2)
+        } else {
+            // Three-quarters through its use: what a whole use would take at this pace.
+            l.spent + l.spent / 3
+        }
+        .clamp(first_share(&self.quota), max_share(&self.quota));
+        true
     }
 
     /// Takes the lease out (to give it back), learning from how much of it was used.
@@ -504,10 +605,21 @@ impl Slot {
         })
     }
 
-    /// Spends a unit of the lease if it has one and may still be used: the decision to answer.
+    /// Spends a unit of the lease if it has one and may still be used (the one asked for in
+    /// advance takes over from a spent one): the decision to answer.
     fn spend(&mut self, now: u64) -> Option<Decision> {
+        if !self.lease.as_ref().is_some_and(|l| l.usable(now))
+            && self.next.as_ref().is_some_and(|l| l.usable(now))
+        {
+            let spent = self.lease.take().map(|l| LeaseReturn {
+                id: l.id,
+                spent: l.spent,
+            });
+            self.retired.extend(spent);
+            self.lease = self.next.take();
+        }
         let l = self.lease.as_mut()?;
-        if now >= l.usable_until || l.spent >= l.granted {
+        if !l.usable(now) {
             return None;
         }
         l.spent += 1;
@@ -584,17 +696,38 @@ impl Slot {
         self.denied_until = 0;
         // Used for half its life at most (from before it was asked for), and for a window
         // strategy only inside the window it was counted in, by the store's clock.
-        let mut usable_until = sent.saturating_add(lease_ms / 2);
+        let use_ms = lease_ms / 2;
+        let mut usable_until = sent.saturating_add(use_ms);
+        let mut prefetch_at = sent.saturating_add(use_ms - use_ms / 4);
         if self.quota.strategy != Strategy::TokenBucket {
-            let window_end = grant.window_start.saturating_add(self.quota.window_ms);
-            usable_until = usable_until.min(view.local(window_end));
+            let window_end = view.local(grant.window_start.saturating_add(self.quota.window_ms));
+            if window_end <= usable_until {
+                usable_until = window_end;
+                prefetch_at = u64::MAX;
+            }
         }
-        self.lease = Some(Lease {
+        let lease = Lease {
             id: request.lease,
             granted: grant.granted,
             spent: 0,
             usable_until,
-        });
+            prefetch_units: grant.granted - grant.granted / 4,
+            prefetch_at,
+            prefetched: false,
+        };
+        if self.lease.as_ref().is_some_and(|l| l.usable(now)) {
+            if let Some(old) = self.take_next() {
+                self.retired.push(old);
+            }
+            self.next = Some(lease);
+        } else {
+            let old = self.lease.take().map(|l| LeaseReturn {
+                id: l.id,
+                spent: l.spent,
+            });
+            self.retired.extend(old);
+            self.lease = Some(lease);
+        }
     }
 }
 
@@ -742,6 +875,56 @@ mod tests {
         slot.install(&request, grant, 1_000, 1_000, 2000);
         assert!(slot.spend(1_999).is_some());
         assert!(slot.spend(2_000).is_none());
+    }
+
+    #[test]
+    fn the_next_lease_is_asked_for_ahead_and_takes_over() {
+        let q = quota(Strategy::TokenBucket, 64, 1000, None);
+        let mut slot = Slot::new(q);
+        let request = |id| LeaseRequest {
+            key: "k".into(),
+            strategy: "token_bucket",
+            limit: 64,
+            window_ms: 1000,
+            burst: 64,
+            want: 4,
+            lease: id,
+            lease_ms: 2000,
+            give_back: None,
+        };
+        let grant = LeaseGrant {
+            granted: 4,
+            now_ms: 1_000,
+            outstanding: 4,
+            ..Default::default()
+        };
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        slot.install(&request(first), grant, 1_000, 1_000, 2000);
+        for _ in 0..2 {
+            slot.spend(1_000).expect("a unit");
+            assert!(!slot.wants_next(1_000));
+        }
+        slot.spend(1_000).expect("a unit");
+        assert!(slot.wants_next(1_000), "three-quarters spent");
+        assert_eq!(slot.want, 8);
+        assert!(!slot.wants_next(1_000), "once per lease");
+        // The answer comes while the first still has a unit: it waits its turn.
+        slot.install(&request(second), grant, 1_001, 1_001, 2000);
+        assert_eq!(slot.lease.as_ref().map(|l| l.id), Some(first));
+        slot.spend(1_002).expect("the first's last unit");
+        slot.spend(1_002).expect("the second's first unit");
+        assert_eq!(slot.lease.as_ref().map(|l| l.id), Some(second));
+        assert_eq!(
+            slot.retired,
+            vec![LeaseReturn {
+                id: first,
+                spent: 4
+            }]
+        );
+        // Three-quarters through its use (1 s from 1_001): asked for ahead again.
+        assert!(!slot.wants_next(1_750));
+        assert!(slot.wants_next(1_751));
+        assert_eq!(slot.want, first_share(&q), "at one unit in 750 ms");
     }
 
     #[test]
