@@ -524,11 +524,12 @@ fn max_share(quota: &Quota) -> u64 {
     (quota.limit.max(quota.burst) / MAX_SHARE_DIVISOR).max(1)
 }
 
-/// The units a node's first lease of a key asks for (more if more requests wait): an eighth of
-/// the most, so that a key seen a few times a second costs a round trip every few seconds, not
-/// at every request, while what one node holds unused stays a sixty-fourth of the limit.
+/// The units a node's first lease of a key asks for (more if more requests wait): a quarter of
+/// the most, so that a key seen a few times a second costs a lease every few seconds, not one
+/// per webhook or two (a lease costs the database about what storing a webhook does), while
+/// what one node holds unused stays a thirty-second of the limit.
 fn first_share(quota: &Quota) -> u64 {
-    (max_share(quota) / MAX_SHARE_DIVISOR).max(1)
+    (max_share(quota) / 4).max(1)
 }
 
 impl Slot {
@@ -836,7 +837,9 @@ mod tests {
         assert!(slot.spend(9_995).is_none());
         let back = slot.take_lease().expect("a lease");
         assert_eq!(back.spent, 2);
-        assert_eq!(slot.want, 2, "the next lease asks for what was used");
+        // The next lease asks for what was used, or a first share if that is more.
+        assert_eq!(first_share(&q), 3);
+        assert_eq!(slot.want, 3);
     }
 
     #[test]
