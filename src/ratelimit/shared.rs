@@ -8,9 +8,11 @@
 //! units left costs a lock and an increment, no database round trip. A request that finds none
 //! waits for one statement; concurrent ones for the same key wait for the same lease, which asks
 //! for all of them (and for more the faster the node spends), and the leases of all the keys
-//! waiting at once go in one statement (`acquirer`, batched like the group commit). A lease is
-//! given back, with what was spent of it, when the next one is taken, when the node stops using
-//! the key, and at shutdown; the store then returns the unspent part to the key.
+//! waiting at once go in one statement (`acquirer`, batched like the group commit). For a busy
+//! key the next lease is asked for ahead of need and takes over when the one in use runs out,
+//! so its webhooks do not wait for renewals. A lease is given back, with what was spent of it,
+//! when the next one takes over, when the node stops using the key, and at shutdown; the store
+//! then returns the unspent part to the key.
 //!
 //! Why it never overshoots: a unit is leased only if a request at that instant would be allowed
 //! by the counters, which count every unit leased by any node; spending it later stays within
