@@ -208,7 +208,7 @@ impl SharedLimiter {
         identifier: &str,
     ) -> Result<Admission, StoreError> {
         let quota = self.limits.quota(source, identifier);
-        let key = crate::ratelimit::rule_id(source, identifier);
+        let key = store_key(source, identifier);
         let mut waited = false;
         for _ in 0..MAX_ROUNDS {
             let mut wait = {
@@ -519,6 +519,21 @@ async fn acquirer(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<AcquireJob>) {
             }
         });
     }
+}
+
+/// Identifiers longer than this are kept in the store by their digest.
+const MAX_STORED_IDENTIFIER: usize = 200;
+
+/// The key's name in the shared store: `source:identifier`, or for a long identifier (it is
+/// read from the payload, so its length is the sender's choice, and a database index entry has
+/// a size limit) `source:sha256:<hex of its SHA-256>`.
+fn store_key(source: &str, identifier: &str) -> String {
+    if identifier.len() <= MAX_STORED_IDENTIFIER {
+        return crate::ratelimit::rule_id(source, identifier);
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, identifier.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{source}:sha256:{hex}")
 }
 
 /// The most units one lease may hold.
@@ -930,6 +945,16 @@ mod tests {
         assert!(!slot.wants_next(1_750));
         assert!(slot.wants_next(1_751));
         assert_eq!(slot.want, first_share(&q), "at one unit in 750 ms");
+    }
+
+    #[test]
+    fn long_identifiers_are_stored_by_their_digest() {
+        assert_eq!(store_key("github", "octocat"), "github:octocat");
+        let long = "x".repeat(5_000);
+        let key = store_key("github", &long);
+        assert_eq!(key.len(), "github:sha256:".len() + 64);
+        assert_ne!(key, store_key("github", &format!("{long}y")));
+        assert_eq!(key, store_key("github", &long));
     }
 
     #[test]
