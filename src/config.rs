@@ -41,6 +41,8 @@ pub struct SourceConfig {
     /// The token the operator gave the provider for its `GET` check of the endpoint, read from
     /// the provider's `verify_token_env` (Meta: `META_VERIFY_TOKEN`); `None` when it has none.
     pub verify_token: Option<Secret>,
+    /// `retention_days` for this source's events, overriding the global one.
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,9 @@ pub struct Config {
     pub rate_limit_window_ms: u64,
     pub default_rate_limit: u64,
     pub retention_days: u32,
+    /// `dlq_retention_days` [`DLQ_RETENTION_DAYS`]: how long a dead letter is kept after it
+    /// died (with its event); `None` = `retention_days`.
+    pub dlq_retention_days: Option<u32>,
     pub log_level: String,
     pub log_format: LogFormat,
     /// `environment` [`ENVIRONMENT`]: a name for this deployment (`production`, `staging`, …),
@@ -159,6 +164,7 @@ impl Default for Config {
             rate_limit_window_ms: 60_000,
             default_rate_limit: 1000,
             retention_days: 30,
+            dlq_retention_days: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
             environment: None,
@@ -202,6 +208,7 @@ fn builtin_sources() -> BTreeMap<String, SourceConfig> {
                 identifier_field: b.identifier.map(str::to_string),
                 public_url: None,
                 verify_token: None,
+                retention_days: None,
             };
             Some((b.source.to_string(), source))
         })
@@ -403,6 +410,10 @@ impl Config {
                     Ok(v) => self.retention_days = v as u32,
                     Err(m) => err(m),
                 },
+                "dlq_retention_days" => match int_in(item, 1, 36_500) {
+                    Ok(v) => self.dlq_retention_days = Some(v as u32),
+                    Err(m) => err(m),
+                },
                 "environment" => match item.as_str().map(check_environment) {
                     Some(Ok(e)) => self.environment = Some(e),
                     Some(Err(m)) => err(m),
@@ -521,6 +532,7 @@ impl Config {
                 .unwrap_or_default();
             let mut identifier = existing.as_ref().and_then(|s| s.identifier_field.clone());
             let mut public_url = existing.as_ref().and_then(|s| s.public_url.clone());
+            let mut retention_days = existing.as_ref().and_then(|s| s.retention_days);
             let mut recipe_scheme: Option<String> = None;
             let mut recipe = providers::recipe::RecipeSpec::default();
             let mut recipe_keys: Vec<String> = Vec::new();
@@ -600,6 +612,13 @@ impl Config {
                             )
                         }
                     },
+                    "retention_days" => match int_in(v, 1, 36_500) {
+                        Ok(n) => retention_days = Some(n as u32),
+                        Err(m) => {
+                            ok = false;
+                            push(field, at, m)
+                        }
+                    },
                     "public_url" => match v.as_str().map(check_public_url) {
                         Some(Ok(u)) => public_url = Some(u),
                         Some(Err(m)) => {
@@ -617,7 +636,7 @@ impl Config {
                             field,
                             at,
                             format!(
-                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field, public_url, and for scheme \"hmac\", \"token\" or \"basic\": {})",
+                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field, public_url, retention_days, and for scheme \"hmac\", \"token\" or \"basic\": {})",
                                 providers::recipe::RecipeSpec::KEYS.join(", ")
                             ),
                         )
@@ -670,6 +689,7 @@ impl Config {
                         identifier_field: identifier,
                         public_url,
                         verify_token: None,
+                        retention_days,
                     },
                 );
             }
@@ -711,6 +731,9 @@ impl Config {
         }
         if let Some(v) = num("RETENTION_DAYS", 1, 36_500) {
             self.retention_days = v as u32;
+        }
+        if let Some(v) = num("DLQ_RETENTION_DAYS", 1, 36_500) {
+            self.dlq_retention_days = Some(v as u32);
         }
         if let Some(v) = num("STREAM_HEARTBEAT_MS", 100, 3_600_000) {
             self.stream_heartbeat = std::time::Duration::from_millis(v as u64);
@@ -905,6 +928,7 @@ const KNOWN_KEYS: &[&str] = &[
     "rate_limit_window",
     "default_rate_limit",
     "retention_days",
+    "dlq_retention_days",
     "log_level",
     "environment",
     "log_format",

@@ -364,7 +364,73 @@ async fn apply_declared_rate_limits(
 }
 
 /// Background upkeep: forgetting idle rate-limit keys, flushing analytics, and purging what
-/// is older than `retention_days` in small batches that never hold the writer for long.
+/// is past its retention (`purge`).
+/// Batches of a retention purge: small, so none holds the writer for long.
+const PURGE_BATCH: usize = 500;
+
+/// Deletes what is past its retention, in small batches with pauses between them so ingest's
+/// commits go in between: each source with its own `retention_days` first, then every other
+/// source by the global one, then dead letters past `dlq_retention_days` (an event with a
+/// younger dead letter stays with it).
+async fn purge(app: &AppState) {
+    const DAY_MS: i64 = 86_400_000;
+    let now = crate::clock::now_ms();
+    let cfg = &app.config;
+    let dlq_cutoff = now - cfg.dlq_retention_days.unwrap_or(cfg.retention_days) as i64 * DAY_MS;
+    let own: Vec<(String, u32)> = cfg
+        .sources
+        .iter()
+        .filter_map(|(name, s)| s.retention_days.map(|d| (name.clone(), d)))
+        .collect();
+    let mut scopes: Vec<crate::store::PurgeScope> = own
+        .iter()
+        .map(|(name, days)| crate::store::PurgeScope {
+            cutoff: now - *days as i64 * DAY_MS,
+            source: Some(name.clone()),
+            except: Vec::new(),
+            dlq_cutoff,
+        })
+        .collect();
+    scopes.push(crate::store::PurgeScope {
+        cutoff: now - cfg.retention_days as i64 * DAY_MS,
+        source: None,
+        except: own.into_iter().map(|(name, _)| name).collect(),
+        dlq_cutoff,
+    });
+    for scope in scopes {
+        let what = scope.source.clone().unwrap_or_else(|| "*".into());
+        loop {
+            match app.store.purge_events(scope.clone(), PURGE_BATCH).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(events = n, source = %what, "purged events past retention");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "retention purge failed");
+                    return;
+                }
+            }
+        }
+    }
+    loop {
+        match app.store.purge_dead(dlq_cutoff, PURGE_BATCH).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(
+                    deliveries = n,
+                    "purged dead letters past dlq_retention_days"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "dead-letter retention purge failed");
+                return;
+            }
+        }
+    }
+}
+
 fn spawn_housekeeping(state: &AppState) {
     let flusher = state.clone();
     tokio::spawn(async move {
@@ -386,21 +452,7 @@ fn spawn_housekeeping(state: &AppState) {
             tokio::select! {
                 _ = purger.shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    let cutoff = crate::clock::now_ms() - purger.config.retention_days as i64 * 86_400_000;
-                    loop {
-                        match purger.store.purge_before(cutoff, 500).await {
-                            Ok(n) if n > 0 => {
-                                tracing::info!(events = n, "purged events past retention");
-                                // Let ingest's commits in between batches.
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            Ok(_) => break,
-                            Err(e) => {
-                                tracing::error!(error = %e, "retention purge failed");
-                                break;
-                            }
-                        }
-                    }
+                    purge(&purger).await;
                 }
             }
         }

@@ -32,7 +32,11 @@ pub use state::AppState;
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/events", get(events::list))
-        .route("/admin/events/{id}", get(events::get_one))
+        .route(
+            "/admin/events/{id}",
+            get(events::get_one).delete(events::erase),
+        )
+        .route("/admin/erasures", post(events::erase_matching))
         .route("/admin/events/{id}/replay", post(events::replay))
         .route(
             "/admin/filters",

@@ -134,7 +134,14 @@ enum Msg {
     /// Jobs whose bodies the store could not give: no attempt was made; they wait and are read
     /// again.
     Requeue(Vec<Job>),
+    /// These events were erased: their deliveries leave the queue (the store already ended them
+    /// `cancelled`), and an attempt under way is not followed by another.
+    Cancel(Vec<Uuid>),
 }
+
+/// How long the dispatcher remembers an erased event, for attempts that were under way when it
+/// was erased (longer than any attempt's timeout).
+const CANCELLED_MEMORY_MS: i64 = 3_600_000;
 
 /// How long jobs wait after the store failed to give their bodies.
 const BODY_RETRY_MS: i64 = 1000;
@@ -202,6 +209,13 @@ impl Queue {
 
     pub fn targets_changed(&self) {
         let _ = self.tx.send(Msg::TargetsChanged);
+    }
+
+    /// Drops the deliveries of erased events (see `Msg::Cancel`).
+    pub fn cancel_events(&self, event_ids: Vec<Uuid>) {
+        if !event_ids.is_empty() {
+            let _ = self.tx.send(Msg::Cancel(event_ids));
+        }
     }
 
     pub fn unfinished(&self) -> u64 {
@@ -317,6 +331,8 @@ struct Dispatcher {
     /// Bytes of body held by queued (ready and scheduled) jobs, and the most it may be.
     resident: usize,
     body_budget: usize,
+    /// Erased events (id → when), for the attempts that were under way then.
+    cancelled: HashMap<Uuid, i64>,
 }
 
 /// Everything `start` needs.
@@ -410,6 +426,7 @@ pub async fn start(
         loader: Some(load_tx),
         resident: 0,
         body_budget: cfg.body_budget,
+        cancelled: HashMap::new(),
     };
     d.add(reloaded);
     let dispatcher = tokio::spawn(async move { d.run(shutdown).await });
@@ -546,6 +563,7 @@ impl Dispatcher {
             Msg::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
             }
+            Msg::Cancel(ids) => self.cancel(ids),
             Msg::Requeue(mut jobs) => {
                 // Out of flight, and queued again for a moment from now.
                 let due = now_ms() + BODY_RETRY_MS;
@@ -567,10 +585,60 @@ impl Dispatcher {
         }
     }
 
+    /// Takes the deliveries of erased events out of the lanes and timers, and remembers the
+    /// events for attempts under way (and jobs on their way back from the body loader).
+    fn cancel(&mut self, ids: Vec<Uuid>) {
+        let now = now_ms();
+        self.cancelled
+            .retain(|_, at| now - *at < CANCELLED_MEMORY_MS);
+        for id in &ids {
+            self.cancelled.insert(*id, now);
+        }
+        let gone = |job: &Job| ids.contains(&job.event_id);
+        let mut dropped: Vec<Job> = Vec::new();
+        for lane in self.lanes.values_mut() {
+            if !lane.ready.iter().any(|r| gone(&r.job)) {
+                continue;
+            }
+            let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut lane.ready)
+                .into_iter()
+                .partition(|r| gone(&r.job));
+            lane.ready = kept.into_iter().collect();
+            dropped.extend(out.into_iter().map(|r| r.job));
+        }
+        if self.timers.iter().any(|Reverse(t)| gone(&t.job)) {
+            let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timers)
+                .into_iter()
+                .partition(|Reverse(t)| gone(&t.job));
+            self.timers = kept.into_iter().collect();
+            for Reverse(t) in out {
+                if let Some(lane) = self.lanes.get_mut(&t.job.agent_id) {
+                    lane.scheduled = lane.scheduled.saturating_sub(1);
+                }
+                dropped.push(t.job);
+            }
+        }
+        for job in &dropped {
+            self.unhold(job);
+        }
+        if !dropped.is_empty() {
+            self.unfinished
+                .fetch_sub(dropped.len() as i64, AtomicOrdering::AcqRel);
+            tracing::info!(
+                deliveries = dropped.len(),
+                "deliveries of erased events cancelled"
+            );
+        }
+    }
+
     fn add(&mut self, jobs: Vec<Job>) {
         let now = now_ms();
         let mut touched: Vec<Arc<str>> = Vec::new();
         for mut job in jobs {
+            if self.cancelled.contains_key(&job.event_id) {
+                self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+                continue;
+            }
             self.hold(&mut job);
             self.seq += 1;
             let lane = self.lanes.entry(job.agent_id.clone()).or_default();
@@ -773,6 +841,23 @@ impl Dispatcher {
     fn finish(&mut self, job: Job, result: AttemptResult, unit: f64) {
         if let Some(lane) = self.lanes.get_mut(&job.agent_id) {
             lane.in_flight = lane.in_flight.saturating_sub(1);
+        }
+        if self.cancelled.contains_key(&job.event_id) {
+            // Its event was erased while the attempt ran: the outcome goes in the attempt log
+            // (the store keeps the delivery `cancelled`), and nothing follows it.
+            let _ = self.recorder.send(AttemptUpdate {
+                delivery_id: job.delivery_id,
+                attempt: job.attempts,
+                started_at: result.started_at,
+                duration_ms: result.duration_ms,
+                status_code: result.status_code,
+                error: result.error,
+                response_prefix: None,
+                status: DeliveryStatus::Cancelled,
+                next_attempt_at: None,
+            });
+            self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            return;
         }
         let used = job.attempts.saturating_sub(job.retry_base);
         let (status, next) = if result.delivered {

@@ -19,6 +19,7 @@ mod delivery;
 mod delivery_crash;
 mod delivery_dlq;
 mod delivery_queue;
+mod erasure;
 mod fuzz_regressions;
 mod handshakes_pb;
 mod handshakes_pc;

@@ -22,7 +22,8 @@ use crate::store::{
 };
 
 /// The one NOTIFY channel; the payload's first character says what it is:
-/// `r<node>` rules changed, `w<node>` wake, `e<node><id><id>…` events (32 hex digits each).
+/// `r<node>` rules changed, `w<node>` wake, `e<node><id><id>…` events (32 hex digits each),
+/// `x<node><id><id>…` events erased.
 pub(super) const CHANNEL: &str = "event_router";
 
 /// NOTIFY payloads must be shorter than 8000 bytes: 1 + 32 + 240 × 32 = 7713.
@@ -46,10 +47,19 @@ fn wake_payload(node: Uuid) -> String {
 
 /// One or more payloads carrying `ids` (already in id order).
 pub(super) fn events_payloads(node: Uuid, ids: &[Uuid]) -> Vec<String> {
+    ids_payloads('e', node, ids)
+}
+
+/// One or more payloads saying that `ids` were erased.
+pub(super) fn erased_payloads(node: Uuid, ids: &[Uuid]) -> Vec<String> {
+    ids_payloads('x', node, ids)
+}
+
+fn ids_payloads(kind: char, node: Uuid, ids: &[Uuid]) -> Vec<String> {
     ids.chunks(IDS_PER_NOTICE)
         .map(|chunk| {
             let mut p = String::with_capacity(33 + 32 * chunk.len());
-            p.push('e');
+            p.push(kind);
             p.push_str(&node.simple().to_string());
             for id in chunk {
                 p.push_str(&id.simple().to_string());
@@ -69,7 +79,7 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
     match kind {
         "r" => Some(Notice::RulesChanged),
         "w" => Some(Notice::Wake),
-        "e" => {
+        "e" | "x" => {
             let rest = payload.get(33..)?;
             if rest.len() % 32 != 0 {
                 return None;
@@ -80,7 +90,11 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
                         .and_then(|s| Uuid::try_parse(s).ok())
                 })
                 .collect::<Option<Vec<_>>>()?;
-            Some(Notice::Events { node, ids })
+            Some(if kind == "e" {
+                Notice::Events { node, ids }
+            } else {
+                Notice::Erased { ids }
+            })
         }
         _ => None,
     }
@@ -334,7 +348,10 @@ impl ClusterStore for PgStore {
         ids.dedup();
         let c = self.client().await?;
         let events = c
-            .prepare_cached("SELECT id, filtered, body FROM events WHERE id = ANY($1) ORDER BY id")
+            .prepare_cached(
+                "SELECT id, filtered, body FROM events
+                 WHERE id = ANY($1) AND erased_at IS NULL ORDER BY id",
+            )
             .await?;
         // One body per agent, as `stream_backlog` picks it; push agents first should an agent
         // be both.
@@ -432,6 +449,13 @@ mod tests {
             }
         }
         assert_eq!(back, ids);
+        let erased = erased_payloads(node, &ids[..3]);
+        assert_eq!(
+            decode(&erased[0], Uuid::now_v7()),
+            Some(Notice::Erased {
+                ids: ids[..3].to_vec()
+            })
+        );
         // A node does not hear itself.
         assert_eq!(decode(&payloads[0], node), None);
         assert_eq!(decode(&rules_payload(node), node), None);

@@ -8,6 +8,7 @@ use crate::store::{Result, StoreError};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_first_attempt.sql"),
+    include_str!("migrations/0003_erasure.sql"),
 ];
 
 /// The advisory lock key under which nodes starting together migrate one at a time.
