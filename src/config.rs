@@ -117,6 +117,16 @@ pub struct Config {
     pub db_pool_size: usize,
     /// SQLite: free MiB on the data's filesystem below which new webhooks are refused (0: none).
     pub min_free_disk_mb: u64,
+    /// Agents' circuit breaker defaults (`circuit_failure_threshold`, `circuit_cooldown_ms`,
+    /// `circuit_max_cooldown_ms`, `agent_disable_after_hours`; an agent's own settings win).
+    pub circuit_failure_threshold: u32,
+    pub circuit_cooldown_ms: u64,
+    pub circuit_max_cooldown_ms: u64,
+    /// 0: agents are never disabled for failing.
+    pub agent_disable_after_hours: u64,
+    /// `operational_event_interval_ms`: at most one `router` event of a kind about one subject
+    /// per this many ms.
+    pub operational_event_interval_ms: u64,
     /// PostgreSQL: how long a node's heartbeat keeps its deliveries its own (ms); after that
     /// without a heartbeat, other nodes take them over.
     pub node_lease_ms: u64,
@@ -181,6 +191,11 @@ impl Default for Config {
             commit_batch_max: 1024,
             db_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
             min_free_disk_mb: DEFAULT_MIN_FREE_DISK_MB,
+            circuit_failure_threshold: 10,
+            circuit_cooldown_ms: 5_000,
+            circuit_max_cooldown_ms: 300_000,
+            agent_disable_after_hours: 72,
+            operational_event_interval_ms: 60_000,
             node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
             config_file: None,
             tls_cert: None,
@@ -446,6 +461,26 @@ impl Config {
                     Ok(v) => self.delivery_memory = (v as usize) << 20,
                     Err(m) => err(m),
                 },
+                "circuit_failure_threshold" => match int_in(item, 1, 1_000_000) {
+                    Ok(v) => self.circuit_failure_threshold = v as u32,
+                    Err(m) => err(m),
+                },
+                "circuit_cooldown_ms" => match int_in(item, 1, 86_400_000) {
+                    Ok(v) => self.circuit_cooldown_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "circuit_max_cooldown_ms" => match int_in(item, 1, 86_400_000) {
+                    Ok(v) => self.circuit_max_cooldown_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "agent_disable_after_hours" => match int_in(item, 0, 8_760) {
+                    Ok(v) => self.agent_disable_after_hours = v as u64,
+                    Err(m) => err(m),
+                },
+                "operational_event_interval_ms" => match int_in(item, 0, 86_400_000) {
+                    Ok(v) => self.operational_event_interval_ms = v as u64,
+                    Err(m) => err(m),
+                },
                 "min_free_disk_mb" => match int_in(item, 0, MAX_MIN_FREE_DISK_MB) {
                     Ok(v) => self.min_free_disk_mb = v as u64,
                     Err(m) => err(m),
@@ -517,6 +552,14 @@ impl Config {
                     key.clone(),
                     at.clone(),
                     "a source name is 1 to 64 characters of a-z, 0-9, '_' and '-'".into(),
+                );
+                continue;
+            }
+            if name == "router" {
+                push(
+                    key.clone(),
+                    at.clone(),
+                    "\"router\" is the source of the router's own operational events, not a webhook source".into(),
                 );
                 continue;
             }
@@ -942,6 +985,11 @@ const KNOWN_KEYS: &[&str] = &[
     "dashboard_session_ttl_secs",
     "db_pool_size",
     "min_free_disk_mb",
+    "circuit_failure_threshold",
+    "circuit_cooldown_ms",
+    "circuit_max_cooldown_ms",
+    "agent_disable_after_hours",
+    "operational_event_interval_ms",
     "node_lease_ms",
     "sources",
     "agents",

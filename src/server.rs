@@ -130,7 +130,21 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let client = outbound_client(&config)?;
     let store = crate::store::open(&config.store_settings()).await?;
     let shutdown = CancellationToken::new();
-    let rule_options = RuleOptions::default();
+    let rule_options = RuleOptions {
+        circuit_breaker: crate::rules::model::CircuitBreaker {
+            failure_threshold: Some(config.circuit_failure_threshold),
+            failure_ratio: None,
+            window_ms: Some(60_000),
+            cooldown_ms: Some(config.circuit_cooldown_ms),
+            max_cooldown_ms: Some(
+                config
+                    .circuit_max_cooldown_ms
+                    .max(config.circuit_cooldown_ms),
+            ),
+            disable_after_ms: Some(config.agent_disable_after_hours * 3_600_000),
+        },
+        ..RuleOptions::default()
+    };
     let default_policy = Arc::new(RetryPolicy::server_default(
         config.default_retry_attempts,
         config.default_retry_delay_ms,
@@ -141,7 +155,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let targets = Arc::new(ArcSwap::new(compiled.targets.clone()));
     let analytics = Analytics::new();
     let hub = Arc::new(Hub::new(config.stream_buffer));
-    let scheduler = queue::start(
+    let mut scheduler = queue::start(
         store.clone(),
         targets.clone(),
         QueueConfig {
@@ -214,6 +228,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown: shutdown.clone(),
     }));
     spawn_housekeeping(&state);
+    if let Some(signals) = scheduler.signals.take() {
+        spawn_operational(&state, signals);
+    }
     crate::cluster::start(&node).await?;
     let addr = listener.local_addr()?;
     let router = crate::http::router(state.clone());
@@ -365,6 +382,137 @@ async fn apply_declared_rate_limits(
 
 /// Background upkeep: forgetting idle rate-limit keys, flushing analytics, and purging what
 /// is past its retention (`purge`).
+/// Turns what the scheduler reports into `router` events (docs/operations.md, "Operational
+/// events"), disables agents that fail for too long, and watches the queue's fill.
+fn spawn_operational(
+    state: &AppState,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<queue::Signal>,
+) {
+    use crate::ingest::operational::{Limiter, Operational, emit};
+    use serde_json::{Map, Value, json};
+    let app = state.clone();
+    let limiter = Arc::new(Limiter::new(app.config.operational_event_interval_ms));
+    let obj = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let send = |app: AppState, limiter: Arc<Limiter>, op: Operational| async move {
+        let kind = op.kind;
+        if let Err(e) = emit(&app.ingest, &limiter, op).await {
+            tracing::warn!(kind, error = %e, "an operational event could not be stored");
+        }
+    };
+    let (a, l) = (app.clone(), limiter.clone());
+    tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = a.shutdown.cancelled() => break,
+                s = signals.recv() => match s { Some(s) => s, None => break },
+            };
+            let op = match signal {
+                queue::Signal::CircuitOpened { agent, health } => Operational {
+                    kind: "agent.circuit_opened",
+                    subject: agent.to_string(),
+                    about_agent: Some(agent.to_string()),
+                    payload: obj(json!({
+                        "agentId": &*agent,
+                        "consecutiveFailures": health.consecutive_failures,
+                        "lastError": health.last_error,
+                        "nextProbeAt": health.next_probe_at,
+                    })),
+                },
+                queue::Signal::Recovered { agent, down_ms } => Operational {
+                    kind: "agent.recovered",
+                    subject: agent.to_string(),
+                    about_agent: Some(agent.to_string()),
+                    payload: obj(json!({"agentId": &*agent, "downMs": down_ms})),
+                },
+                queue::Signal::Disable {
+                    agent,
+                    failing_since,
+                    last_error,
+                } => {
+                    match a.rules.set_agent_enabled(&agent, false).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::error!(agent = %agent, error = %e, "disabling a failing agent failed");
+                            continue;
+                        }
+                    }
+                    Operational {
+                        kind: "agent.disabled",
+                        subject: agent.to_string(),
+                        about_agent: Some(agent.to_string()),
+                        payload: obj(json!({
+                            "agentId": &*agent,
+                            "failingSince": failing_since,
+                            "lastError": last_error,
+                        })),
+                    }
+                }
+                queue::Signal::DeadLettered {
+                    agent,
+                    event_id,
+                    delivery_id,
+                    source,
+                    event_type,
+                    attempts,
+                    error,
+                } => Operational {
+                    kind: "delivery.dead_lettered",
+                    subject: agent.to_string(),
+                    about_agent: Some(agent.to_string()),
+                    payload: obj(json!({
+                        "agentId": &*agent,
+                        "eventId": event_id,
+                        "deliveryId": delivery_id,
+                        "source": &*source,
+                        "type": &*event_type,
+                        "attempts": attempts,
+                        "lastError": error,
+                    })),
+                },
+            };
+            send(a.clone(), l.clone(), op).await;
+        }
+    });
+    // The queue's fill, once a second: `queue.filling` past 80 % of `max_queue_size`,
+    // `queue.recovered` back under 60 % (the gap keeps a queue hovering at 80 % quiet).
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut filling = false;
+        loop {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let (unfinished, capacity) = (app.queue.unfinished(), app.queue.capacity().max(1));
+            let ratio = unfinished as f64 / capacity as f64;
+            let kind = if !filling && ratio >= 0.8 {
+                filling = true;
+                "queue.filling"
+            } else if filling && ratio < 0.6 {
+                filling = false;
+                "queue.recovered"
+            } else {
+                continue;
+            };
+            let op = Operational {
+                kind,
+                subject: "queue".into(),
+                about_agent: None,
+                payload: obj(json!({
+                    "unfinished": unfinished,
+                    "maxQueueSize": capacity,
+                    "ratio": (ratio * 1000.0).round() / 1000.0,
+                })),
+            };
+            send(app.clone(), limiter.clone(), op).await;
+        }
+    });
+}
+
 /// Batches of a retention purge: small, so none holds the writer for long.
 const PURGE_BATCH: usize = 500;
 

@@ -43,6 +43,33 @@ pub struct AgentTarget {
     /// At most `limit` attempts per `window`; excess waits, nothing is dropped.
     pub pacing: Option<Pacing>,
     pub enabled: bool,
+    /// The agent's circuit breaker, its settings over the server's defaults.
+    pub breaker: BreakerPolicy,
+}
+
+/// An agent's circuit breaker settings, every one resolved (see `rules::model::CircuitBreaker`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerPolicy {
+    pub failure_threshold: u32,
+    pub failure_ratio: Option<f64>,
+    pub window_ms: u64,
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+    /// `None`: never disabled.
+    pub disable_after_ms: Option<u64>,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failure_threshold: 10,
+            failure_ratio: None,
+            window_ms: 60_000,
+            cooldown_ms: 5_000,
+            max_cooldown_ms: 300_000,
+            disable_after_ms: Some(72 * 3_600_000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +381,7 @@ mod tests {
             max_concurrency: 1,
             pacing: None,
             enabled: true,
+            breaker: BreakerPolicy::default(),
         }
     }
 

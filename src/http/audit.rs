@@ -37,6 +37,9 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>) {
             ("erase event".into(), Some(id.to_string()))
         }
         ["admin", "dlq", id] => ("delete dead letter".into(), Some(id.to_string())),
+        ["admin", "agents", id, "health", "reset"] => {
+            ("reset agent health".into(), Some(id.to_string()))
+        }
         ["admin", kind, id] => (format!("{verb} {}", singular(kind)), Some(id.to_string())),
         _ => (format!("{verb} {path}"), None),
     }

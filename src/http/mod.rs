@@ -68,6 +68,10 @@ pub fn router(state: AppState) -> Router {
                 .put(rules::put_agent)
                 .delete(rules::delete_agent),
         )
+        .route(
+            "/admin/agents/{id}/health/reset",
+            post(rules::reset_agent_health),
+        )
         .route("/admin/dlq", get(queue::dlq_list))
         .route("/admin/dlq/retry", post(queue::dlq_retry_bulk))
         .route("/admin/dlq/{id}/retry", post(queue::dlq_retry_one))

@@ -45,6 +45,9 @@ async fn list_kind(app: &AppState, kind: RuleKind) -> ApiResult<Json<Value>> {
         if let Value::Object(m) = &mut v {
             m.remove(API_KEY_HASH);
         }
+        if kind == RuleKind::Agent {
+            add_health(app, &mut v);
+        }
         items.push(v);
     }
     Ok(Json(json!({ "items": items, "nextCursor": null })))
@@ -63,7 +66,55 @@ async fn get_kind(app: &AppState, kind: RuleKind, id: String) -> ApiResult<Json<
     if let Value::Object(m) = &mut v {
         m.remove(API_KEY_HASH);
     }
+    if kind == RuleKind::Agent {
+        add_health(app, &mut v);
+    }
     Ok(Json(v))
+}
+
+/// A push agent's circuit breaker, as this node's scheduler has it (closed since the server
+/// started when nothing went wrong).
+fn add_health(app: &AppState, agent: &mut Value) {
+    let Value::Object(m) = agent else { return };
+    if !m.get("url").is_some_and(Value::is_string) {
+        return;
+    }
+    let id = m.get("id").and_then(Value::as_str).unwrap_or_default();
+    let started = crate::clock::now_ms() - app.started.elapsed().as_millis() as i64;
+    let health = app
+        .queue
+        .health(id)
+        .unwrap_or_else(|| crate::queue::AgentHealth::closed(started));
+    m.insert(
+        "health".into(),
+        serde_json::to_value(health).unwrap_or(Value::Null),
+    );
+}
+
+/// `POST /admin/agents/{id}/health/reset`: closes the agent's circuit breaker (its waiting
+/// deliveries go at once) and answers the agent with its health.
+pub async fn reset_agent_health(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let exists = app
+        .store
+        .list_rules(RuleKind::Agent)
+        .await?
+        .iter()
+        .any(|r| r.id == id);
+    if !exists {
+        return Err(ApiError::not_found(format!("No agent with id \"{id}\"")));
+    }
+    app.queue.reset_health(&id);
+    // The scheduler resets it in order with what it is doing; answer once it has.
+    for _ in 0..50 {
+        if app.queue.health(&id).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    get_kind(&app, RuleKind::Agent, id).await
 }
 
 /// The id in a PUT body must match the path (or be absent, then the path's is used).
@@ -220,6 +271,16 @@ pub async fn get_agent(
 }
 
 async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    // `health` is what the server reports about the agent, not a setting: an agent read back
+    // and sent again as it was is accepted.
+    let stripped = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut m)) if m.contains_key("health") => {
+            m.remove("health");
+            Some(Value::Object(m).to_string().into_bytes())
+        }
+        _ => None,
+    };
+    let body = stripped.as_deref().unwrap_or(body);
     let agent: Agent = rules::parse_agent(body).map_err(validation)?;
     let _guard = app.rules.lock_changes().await;
     let existing = app

@@ -6,6 +6,7 @@
 //! hands it committed deliveries through a channel (no polling), attempt tasks report back
 //! through the same channel. An agent that is slow or down only fills its own lane.
 
+pub mod breaker;
 pub mod policy;
 
 use std::cmp::{Ordering, Reverse};
@@ -25,9 +26,74 @@ use uuid::Uuid;
 
 use crate::analytics::Analytics;
 use crate::clock::now_ms;
-use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult};
+use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult, BreakerPolicy};
 use crate::store::{AttemptUpdate, DeliveryStatus, PendingDelivery, Store};
+use breaker::{Admission, Breaker, Transition};
 use policy::RetryPolicy;
+
+/// An agent's health as `GET /admin/agents/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentHealth {
+    pub state: breaker::State,
+    pub since: i64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub next_probe_at: Option<i64>,
+}
+
+impl AgentHealth {
+    /// A healthy agent that nothing has happened to.
+    pub fn closed(since: i64) -> AgentHealth {
+        AgentHealth {
+            state: breaker::State::Closed,
+            since,
+            consecutive_failures: 0,
+            last_error: None,
+            next_probe_at: None,
+        }
+    }
+
+    fn of(b: &Breaker) -> AgentHealth {
+        AgentHealth {
+            state: b.state,
+            since: b.since,
+            consecutive_failures: b.consecutive_failures,
+            last_error: b.last_error.clone(),
+            next_probe_at: b.next_probe_at,
+        }
+    }
+}
+
+/// What the scheduler tells the rest of the server about agents and deliveries (turned into
+/// `router` events, and the auto-disable, by the server).
+#[derive(Debug, Clone)]
+pub enum Signal {
+    CircuitOpened {
+        agent: Arc<str>,
+        health: AgentHealth,
+    },
+    Recovered {
+        agent: Arc<str>,
+        /// How long it was open (ms).
+        down_ms: i64,
+    },
+    /// Failing without a success for its `disableAfterMs`: disable it.
+    Disable {
+        agent: Arc<str>,
+        failing_since: i64,
+        last_error: Option<String>,
+    },
+    DeadLettered {
+        agent: Arc<str>,
+        event_id: Uuid,
+        delivery_id: Uuid,
+        source: Arc<str>,
+        event_type: Arc<str>,
+        attempts: u32,
+        error: Option<String>,
+    },
+}
 
 /// One delivery as the scheduler holds it.
 #[derive(Debug, Clone)]
@@ -137,6 +203,8 @@ enum Msg {
     /// These events were erased: their deliveries leave the queue (the store already ended them
     /// `cancelled`), and an attempt under way is not followed by another.
     Cancel(Vec<Uuid>),
+    /// Close an agent's circuit breaker (`POST /admin/agents/{id}/health/reset`).
+    ResetHealth(Arc<str>),
 }
 
 /// How long the dispatcher remembers an erased event, for attempts that were under way when it
@@ -153,6 +221,9 @@ pub struct Queue {
     /// Deliveries accepted and not yet delivered or dead (the `max_queue_size` budget).
     unfinished: Arc<AtomicI64>,
     max: i64,
+    /// Agents whose breaker is not closed or that failed since their last success (the
+    /// dispatcher writes, admin reads and /metrics read).
+    health: Arc<std::sync::Mutex<HashMap<Arc<str>, AgentHealth>>>,
 }
 
 /// Refusal of new work: the queue holds `max_queue_size` unfinished deliveries.
@@ -211,11 +282,35 @@ impl Queue {
         let _ = self.tx.send(Msg::TargetsChanged);
     }
 
+    /// The agent's breaker, or `None` when nothing has gone wrong with it (closed, no failure
+    /// since its last success).
+    pub fn health(&self, agent: &str) -> Option<AgentHealth> {
+        self.health.lock().ok()?.get(agent).cloned()
+    }
+
+    /// Every agent with something to report.
+    pub fn health_all(&self) -> Vec<(Arc<str>, AgentHealth)> {
+        self.health
+            .lock()
+            .map(|m| m.iter().map(|(a, h)| (a.clone(), h.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Closes the agent's breaker.
+    pub fn reset_health(&self, agent: &str) {
+        let _ = self.tx.send(Msg::ResetHealth(Arc::from(agent)));
+    }
+
     /// Drops the deliveries of erased events (see `Msg::Cancel`).
     pub fn cancel_events(&self, event_ids: Vec<Uuid>) {
         if !event_ids.is_empty() {
             let _ = self.tx.send(Msg::Cancel(event_ids));
         }
+    }
+
+    /// `max_queue_size`.
+    pub fn capacity(&self) -> u64 {
+        self.max.max(0) as u64
     }
 
     pub fn unfinished(&self) -> u64 {
@@ -307,8 +402,15 @@ struct Lane {
     scheduled: usize,
     /// Start times of the most recent attempts (at most the pacing limit), for pacing.
     sent: std::collections::VecDeque<i64>,
-    /// A pacing wake-up is already set for this lane.
+    /// A pacing or cooldown wake-up is already set for this lane.
     waiting: bool,
+    breaker: Option<Breaker>,
+    /// The delivery of the probe attempt under way (half-open).
+    probe: Option<Uuid>,
+    /// The agent was disabled when last pumped (re-enabling closes the breaker).
+    held_disabled: bool,
+    /// `Signal::Disable` was sent for the current failure streak.
+    disable_sent: bool,
 }
 
 struct Dispatcher {
@@ -333,6 +435,8 @@ struct Dispatcher {
     body_budget: usize,
     /// Erased events (id → when), for the attempts that were under way then.
     cancelled: HashMap<Uuid, i64>,
+    health: Arc<std::sync::Mutex<HashMap<Arc<str>, AgentHealth>>>,
+    signals: mpsc::UnboundedSender<Signal>,
 }
 
 /// Everything `start` needs.
@@ -351,6 +455,8 @@ pub struct QueueConfig {
 /// The running scheduler: the handle, and what shutdown waits on.
 pub struct Running {
     pub queue: Queue,
+    /// What the scheduler has to say about agents (take it once).
+    pub signals: Option<mpsc::UnboundedReceiver<Signal>>,
     dispatcher: tokio::task::JoinHandle<()>,
     recorder: tokio::task::JoinHandle<()>,
 }
@@ -397,10 +503,13 @@ pub async fn start(
         tracing::info!(count = reloaded.len(), "reloaded unfinished deliveries");
     }
     unfinished.store(reloaded.len() as i64, AtomicOrdering::Release);
+    let health = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let (signals, signals_rx) = mpsc::unbounded_channel();
     let queue = Queue {
         tx: tx.clone(),
         unfinished: unfinished.clone(),
         max: cfg.max_queue_size.min(i64::MAX as u64) as i64,
+        health: health.clone(),
     };
     let recorder = tokio::spawn(record_loop(store.clone(), rec_rx));
     let ctx = AttemptCtx {
@@ -427,11 +536,14 @@ pub async fn start(
         resident: 0,
         body_budget: cfg.body_budget,
         cancelled: HashMap::new(),
+        health,
+        signals,
     };
     d.add(reloaded);
     let dispatcher = tokio::spawn(async move { d.run(shutdown).await });
     Ok(Running {
         queue,
+        signals: Some(signals_rx),
         dispatcher,
         recorder,
     })
@@ -564,6 +676,19 @@ impl Dispatcher {
                 let _ = tx.send(self.snapshot());
             }
             Msg::Cancel(ids) => self.cancel(ids),
+            Msg::ResetHealth(agent) => {
+                let now = now_ms();
+                let policy = self.policy_of(&agent);
+                if let Some(lane) = self.lanes.get_mut(&agent) {
+                    if let Some(b) = &mut lane.breaker {
+                        b.reset(now, &policy);
+                    }
+                    lane.probe = None;
+                    lane.disable_sent = false;
+                }
+                self.publish_health(&agent);
+                self.pump(&agent);
+            }
             Msg::Requeue(mut jobs) => {
                 // Out of flight, and queued again for a moment from now.
                 let due = now_ms() + BODY_RETRY_MS;
@@ -776,9 +901,51 @@ impl Dispatcher {
         };
         if !target.enabled {
             // Held, not dropped: a disabled agent's deliveries wait until it is enabled again.
+            lane.held_disabled = true;
             return;
         }
         let now = now_ms();
+        let breaker = lane
+            .breaker
+            .get_or_insert_with(|| Breaker::new(now, &target.breaker));
+        if std::mem::take(&mut lane.held_disabled) {
+            // Enabled again: it starts with a closed breaker.
+            breaker.reset(now, &target.breaker);
+            lane.disable_sent = false;
+            lane.probe = None;
+            if let Ok(mut map) = self.health.lock() {
+                map.remove(agent);
+            }
+            metrics::gauge!("agent_circuit_state", "agent" => agent.to_string()).set(0.0);
+        }
+        match breaker.admission(now) {
+            Admission::Any => {}
+            Admission::Probing => return,
+            Admission::WaitUntil(at) => {
+                if !lane.waiting {
+                    lane.waiting = true;
+                    self.wakeups.push(Reverse((at, agent.clone())));
+                }
+                return;
+            }
+            Admission::Probe => {
+                // One attempt decides, once the attempts under way have ended.
+                if lane.in_flight > 0 {
+                    return;
+                }
+                let Some(Ready { job, .. }) = lane.ready.pop() else {
+                    return;
+                };
+                breaker.probe_started(now);
+                lane.probe = Some(job.delivery_id);
+                lane.in_flight += 1;
+                lane.sent.push_back(now);
+                self.unhold(&job);
+                self.publish_health(agent);
+                self.spawn_attempts(vec![job], target);
+                return;
+            }
+        }
         let mut start = Vec::new();
         while lane.in_flight < target.max_concurrency.max(1) {
             if lane.ready.is_empty() {
@@ -859,6 +1026,45 @@ impl Dispatcher {
             self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
             return;
         }
+        let probe = self.breaker_outcome(&job, &result);
+        if probe && !result.delivered {
+            // A failed probe found the agent still down: the delivery does not spend its
+            // budget on it, and waits in its lane for the next probe.
+            self.analytics.attempt(
+                &job.agent_id,
+                job.attempts,
+                "retry_scheduled",
+                Duration::from_millis(result.duration_ms),
+                None,
+            );
+            let mut job = job;
+            job.retry_base = job.retry_base.saturating_add(1);
+            let next = self
+                .lanes
+                .get(&job.agent_id)
+                .and_then(|l| l.breaker.as_ref())
+                .and_then(|b| b.next_probe_at);
+            let _ = self.recorder.send(AttemptUpdate {
+                delivery_id: job.delivery_id,
+                attempt: job.attempts,
+                started_at: result.started_at,
+                duration_ms: result.duration_ms,
+                status_code: result.status_code,
+                error: result.error,
+                response_prefix: result.response_prefix,
+                status: DeliveryStatus::Scheduled,
+                next_attempt_at: next,
+            });
+            self.hold(&mut job);
+            self.seq += 1;
+            let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+            lane.ready.push(Ready {
+                priority: job.priority,
+                seq: self.seq,
+                job,
+            });
+            return;
+        }
         let used = job.attempts.saturating_sub(job.retry_base);
         let (status, next) = if result.delivered {
             (DeliveryStatus::Delivered, None)
@@ -882,6 +1088,15 @@ impl Dispatcher {
         );
         if status == DeliveryStatus::Dead {
             tracing::warn!(event_id = %job.event_id, agent = %job.agent_id, attempts = job.attempts, "delivery dead-lettered");
+            let _ = self.signals.send(Signal::DeadLettered {
+                agent: job.agent_id.clone(),
+                event_id: job.event_id,
+                delivery_id: job.delivery_id,
+                source: job.source.clone(),
+                event_type: job.event_type.clone(),
+                attempts: job.attempts,
+                error: result.error.clone(),
+            });
         }
         let _ = self.recorder.send(AttemptUpdate {
             delivery_id: job.delivery_id,
@@ -909,6 +1124,102 @@ impl Dispatcher {
             }
             None => {
                 self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            }
+        }
+    }
+
+    /// The breaker policy of `agent` as the rules have it now.
+    fn policy_of(&self, agent: &str) -> BreakerPolicy {
+        self.targets
+            .load()
+            .get(agent)
+            .map(|t| t.breaker)
+            .unwrap_or_default()
+    }
+
+    /// Counts an attempt's outcome in its agent's breaker, tells what changed, and says whether
+    /// the attempt was the half-open probe.
+    fn breaker_outcome(&mut self, job: &Job, result: &AttemptResult) -> bool {
+        let now = now_ms();
+        let policy = self.policy_of(&job.agent_id);
+        let Some(lane) = self.lanes.get_mut(&job.agent_id) else {
+            return false;
+        };
+        let probe = lane.probe == Some(job.delivery_id);
+        if probe {
+            lane.probe = None;
+        }
+        let breaker = lane
+            .breaker
+            .get_or_insert_with(|| Breaker::new(now, &policy));
+        let (was_failing, opened_at) = (breaker.consecutive_failures > 0, breaker.since);
+        let transition = if result.delivered {
+            breaker.succeeded(now, &policy)
+        } else {
+            let retry_after = result.retry_after.map(|d| d.as_millis() as u64);
+            let error = result.error.as_deref().unwrap_or("attempt failed");
+            breaker.failed(now, error, retry_after, probe, &policy)
+        };
+        let disable =
+            !result.delivered && !lane.disable_sent && breaker.should_disable(now, &policy);
+        let failing_since = breaker.failing_since;
+        let health = AgentHealth::of(breaker);
+        if disable {
+            lane.disable_sent = true;
+        }
+        if result.delivered {
+            lane.disable_sent = false;
+        }
+        let agent = job.agent_id.clone();
+        match transition {
+            Some(Transition::Opened) => {
+                tracing::warn!(agent = %agent, failures = health.consecutive_failures, "circuit opened: no attempts until the next probe");
+                let _ = self.signals.send(Signal::CircuitOpened {
+                    agent: agent.clone(),
+                    health: health.clone(),
+                });
+            }
+            Some(Transition::Recovered) => {
+                tracing::info!(agent = %agent, "circuit closed: the agent recovered");
+                let _ = self.signals.send(Signal::Recovered {
+                    agent: agent.clone(),
+                    down_ms: now - opened_at,
+                });
+            }
+            Some(Transition::Reopened) | None => {}
+        }
+        if disable {
+            tracing::warn!(agent = %agent, "agent failing without a success for its disableAfterMs: disabling it");
+            let _ = self.signals.send(Signal::Disable {
+                agent: agent.clone(),
+                failing_since: failing_since.unwrap_or(now),
+                last_error: health.last_error.clone(),
+            });
+        }
+        if transition.is_some() || !result.delivered || was_failing {
+            self.publish_health(&agent);
+        }
+        probe
+    }
+
+    /// Writes the agent's breaker where admin and metrics read it: absent while all is well.
+    fn publish_health(&self, agent: &Arc<str>) {
+        let view = self
+            .lanes
+            .get(agent)
+            .and_then(|l| l.breaker.as_ref())
+            .filter(|b| b.state != breaker::State::Closed || b.consecutive_failures > 0)
+            .map(AgentHealth::of);
+        let state = view.as_ref().map_or(0.0, |h| h.state.gauge());
+        metrics::gauge!("agent_circuit_state", "agent" => agent.to_string()).set(state);
+        if let Ok(mut map) = self.health.lock() {
+            match view {
+                Some(h) => {
+                    map.insert(agent.clone(), h);
+                }
+                None => {
+                    map.remove(agent);
+                }
             }
         }
     }
@@ -1123,6 +1434,7 @@ mod tests {
             tx,
             unfinished: Arc::new(AtomicI64::new(0)),
             max: 3,
+            health: Default::default(),
         };
         let r = q.reserve(2).unwrap();
         assert!(q.reserve(2).is_err());

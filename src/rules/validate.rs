@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::condition::Condition;
 use super::model::{
-    Agent, EventFilter, EventRoute, EventTransformation, FilterAction, RetryPolicy,
+    Agent, CircuitBreaker, EventFilter, EventRoute, EventTransformation, FilterAction, RetryPolicy,
 };
 use super::transform;
 
@@ -342,6 +342,9 @@ pub fn check_agent(agent: &Agent) -> Vec<ValidationError> {
             "must be greater than 0",
         ));
     }
+    if let Some(cb) = &agent.circuit_breaker {
+        out.extend(circuit_breaker_problems(cb));
+    }
     if let Some(limit) = &agent.rate_limit {
         if limit.limit == 0 {
             out.push(ValidationError::new(
@@ -355,6 +358,55 @@ pub fn check_agent(agent: &Agent) -> Vec<ValidationError> {
                 "must be greater than 0 (ms)",
             ));
         }
+    }
+    out
+}
+
+/// Longest cooldown and auto-disable threshold accepted, in ms (a year).
+const MAX_BREAKER_MS: u64 = 365 * 86_400_000;
+
+/// Sanity of an agent's circuit breaker settings; fields are relative to the agent.
+pub fn circuit_breaker_problems(cb: &CircuitBreaker) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    let field = |f: &str| format!("circuitBreaker.{f}");
+    if let Some(n) = cb.failure_threshold
+        && !(1..=1_000_000).contains(&n)
+    {
+        out.push(ValidationError::new(
+            field("failureThreshold"),
+            "must be from 1 to 1000000",
+        ));
+    }
+    if let Some(r) = cb.failure_ratio
+        && !(r > 0.0 && r <= 1.0)
+    {
+        out.push(ValidationError::new(
+            field("failureRatio"),
+            "must be greater than 0 and at most 1",
+        ));
+    }
+    for (name, v, min) in [
+        ("windowMs", cb.window_ms, 1),
+        ("cooldownMs", cb.cooldown_ms, 1),
+        ("maxCooldownMs", cb.max_cooldown_ms, 1),
+        ("disableAfterMs", cb.disable_after_ms, 0),
+    ] {
+        if let Some(v) = v
+            && !(min..=MAX_BREAKER_MS).contains(&v)
+        {
+            out.push(ValidationError::new(
+                field(name),
+                format!("must be from {min} to {MAX_BREAKER_MS} (ms)"),
+            ));
+        }
+    }
+    if let (Some(c), Some(m)) = (cb.cooldown_ms, cb.max_cooldown_ms)
+        && m < c
+    {
+        out.push(ValidationError::new(
+            field("maxCooldownMs"),
+            "must be at least cooldownMs",
+        ));
     }
     out
 }

@@ -7,6 +7,7 @@ mod receiver;
 mod signed;
 mod stream_client;
 
+mod agent_health;
 mod analytics;
 mod archive;
 mod bench_tool;
