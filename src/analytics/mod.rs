@@ -57,6 +57,11 @@ pub mod m {
     pub const DEAD: &str = "dead";
     pub const LATENCY_SUM_MS: &str = "latency_sum_ms";
     pub const LATENCY_COUNT: &str = "latency_count";
+    /// Attempt durations (request sent → answer read, or the failure), in µs, summed…
+    pub const RESPONSE_SUM_US: &str = "rt_sum_us";
+    /// …and by histogram bucket, followed by the bucket index: `rt_b:7` (the count is
+    /// `ATTEMPTS`).
+    pub const RESPONSE_BUCKET: &str = "rt_b:";
     /// Unfinished deliveries, summed over the once-a-second samples of a minute…
     pub const QUEUE_DEPTH_SUM: &str = "queue_depth_sum";
     /// …and how many samples were taken: their ratio is the minute's average queue depth.
@@ -115,6 +120,12 @@ impl SourceMetrics {
 static PROCESSING_BUCKETS: std::sync::LazyLock<Box<[String]>> = std::sync::LazyLock::new(|| {
     (0..BUCKETS_MS.len())
         .map(|b| format!("{}{b}", m::PROCESSING_BUCKET))
+        .collect()
+});
+
+static RESPONSE_BUCKETS: std::sync::LazyLock<Box<[String]>> = std::sync::LazyLock::new(|| {
+    (0..BUCKETS_MS.len())
+        .map(|b| format!("{}{b}", m::RESPONSE_BUCKET))
         .collect()
 });
 
@@ -308,14 +319,17 @@ impl Analytics {
     ) {
         let a = agent_dim(agent);
         let dims = [ALL, a.as_str()];
-        // At most six metrics per attempt: collected first, added under one lock.
-        let mut values: [(&str, i64); 6] = [("", 0); 6];
+        // At most eight metrics per attempt: collected first, added under one lock.
+        let mut values: [(&str, i64); 8] = [("", 0); 8];
         let mut n = 0;
         let mut push = |metric: &'static str, value: i64| {
             values[n] = (metric, value);
             n += 1;
         };
         push(m::ATTEMPTS, 1);
+        let us = took.as_micros() as i64;
+        push(m::RESPONSE_SUM_US, us);
+        push(RESPONSE_BUCKETS[bucket_of(us as f64 / 1000.0)].as_str(), 1);
         if attempt > 1 {
             push(m::RETRIES, 1);
         }

@@ -93,6 +93,8 @@ pub struct AttemptResult {
     pub delivered: bool,
     pub started_at: i64,
     pub duration_ms: u64,
+    /// The same duration, exact (for the response-time figures).
+    pub took: Duration,
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub response_prefix: Option<String>,
@@ -258,6 +260,7 @@ pub async fn attempt(
         delivered: false,
         started_at,
         duration_ms: 0,
+        took: Duration::ZERO,
         status_code: None,
         error: None,
         response_prefix: None,
@@ -290,7 +293,8 @@ pub async fn attempt(
         Ok(Err(e)) => result.error = Some(describe(&e)),
         Err(_) => result.error = Some(format!("timed out after {} ms", target.timeout.as_millis())),
     }
-    result.duration_ms = clock.elapsed().as_millis() as u64;
+    result.took = clock.elapsed();
+    result.duration_ms = result.took.as_millis() as u64;
     result
 }
 

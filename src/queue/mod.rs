@@ -890,6 +890,7 @@ impl Dispatcher {
                     delivered: false,
                     started_at: now_ms(),
                     duration_ms: 0,
+                    took: Duration::ZERO,
                     status_code: None,
                     error: Some("the agent no longer exists or has no url".into()),
                     response_prefix: None,
@@ -1034,7 +1035,7 @@ impl Dispatcher {
                 &job.agent_id,
                 job.attempts,
                 "retry_scheduled",
-                Duration::from_millis(result.duration_ms),
+                result.took,
                 None,
             );
             let mut job = job;
@@ -1083,7 +1084,7 @@ impl Dispatcher {
             &job.agent_id,
             job.attempts,
             outcome,
-            Duration::from_millis(result.duration_ms),
+            result.took,
             result.delivered.then(|| now_ms() - job.created_at),
         );
         if status == DeliveryStatus::Dead {
@@ -1357,6 +1358,7 @@ impl AttemptCtx {
                         delivered: false,
                         started_at: now_ms(),
                         duration_ms: 0,
+                        took: Duration::ZERO,
                         status_code: None,
                         error: Some(error.clone()),
                         response_prefix: None,
