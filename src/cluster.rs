@@ -160,7 +160,7 @@ pub async fn start(state: &Node) -> anyhow::Result<()> {
                     Notice::RulesChanged => reload(&s).await,
                     Notice::Events { ids, .. } => publish_remote(&s, ids).await,
                     Notice::Wake => wake.notify_one(),
-                    Notice::Erased { ids } => s.queue.cancel_events(ids),
+                    Notice::Erased { ids } => s.queue.cancel_events(ids).await,
                 }
             }
         });

@@ -119,7 +119,7 @@ pub async fn get_one(
 pub async fn erase(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let rec = find_event(&app, &id).await?;
     let erased = app.store.erase_events(vec![rec.id], now_ms()).await?;
-    app.queue.cancel_events(erased);
+    app.queue.cancel_events(erased).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -190,7 +190,7 @@ pub async fn erase_matching(State(app): State<AppState>, body: Bytes) -> ApiResu
         if !hits.is_empty() {
             let done = app.store.erase_events(hits, now).await?;
             erased += done.len();
-            app.queue.cancel_events(done);
+            app.queue.cancel_events(done).await;
         }
         if !full {
             break;

@@ -201,8 +201,8 @@ enum Msg {
     /// again.
     Requeue(Vec<Job>),
     /// These events were erased: their deliveries leave the queue (the store already ended them
-    /// `cancelled`), and an attempt under way is not followed by another.
-    Cancel(Vec<Uuid>),
+    /// `cancelled`), and an attempt under way is not followed by another. Answered once done.
+    Cancel(Vec<Uuid>, oneshot::Sender<()>),
     /// Close an agent's circuit breaker (`POST /admin/agents/{id}/health/reset`).
     ResetHealth(Arc<str>),
 }
@@ -301,10 +301,15 @@ impl Queue {
         let _ = self.tx.send(Msg::ResetHealth(Arc::from(agent)));
     }
 
-    /// Drops the deliveries of erased events (see `Msg::Cancel`).
-    pub fn cancel_events(&self, event_ids: Vec<Uuid>) {
-        if !event_ids.is_empty() {
-            let _ = self.tx.send(Msg::Cancel(event_ids));
+    /// Drops the deliveries of erased events (see `Msg::Cancel`); returns once the scheduler
+    /// has, so no attempt of them starts after this.
+    pub async fn cancel_events(&self, event_ids: Vec<Uuid>) {
+        if event_ids.is_empty() {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Cancel(event_ids, done)).is_ok() {
+            let _ = wait.await;
         }
     }
 
@@ -675,7 +680,10 @@ impl Dispatcher {
             Msg::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
             }
-            Msg::Cancel(ids) => self.cancel(ids),
+            Msg::Cancel(ids, done) => {
+                self.cancel(ids);
+                let _ = done.send(());
+            }
             Msg::ResetHealth(agent) => {
                 let now = now_ms();
                 let policy = self.policy_of(&agent);
