@@ -169,9 +169,10 @@ async fn a_head_sent_slowly_is_cut_off_at_the_header_deadline() {
     // done. A client that sends nothing at all is cut off the same way.
     let mut clients = Vec::new();
     for i in 0..20 {
+        // The server's clock starts at accept, which is after this.
+        let started = Instant::now();
         let mut s = connect(&app).await;
         clients.push(tokio::spawn(async move {
-            let started = Instant::now();
             if i == 0 {
                 closed_after(&mut s).await;
                 return started.elapsed();
@@ -255,7 +256,7 @@ async fn a_body_that_stalls_is_answered_408_in_the_envelope() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_its_own_timeout() {
-    let keep_alive = Duration::from_millis(1500);
+    let keep_alive = Duration::from_secs(3);
     let app = TestApp::spawn_with(|c| {
         c.connections.header_read_timeout = Duration::from_millis(300);
         c.connections.keep_alive_timeout = keep_alive;
@@ -265,13 +266,11 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_own_timeout() {
     health_on(&mut s).await;
     // Idle for longer than the head deadline: the connection waits for its next request
     // as long as keep-alive allows, not only as long as a head may take.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     health_on(&mut s).await;
+    // Then it is closed, after the keep-alive timeout (not the head deadline).
     let idle_for = closed_after(&mut s).await;
-    assert!(
-        idle_for >= keep_alive - Duration::from_millis(100),
-        "{idle_for:?}"
-    );
+    assert!(idle_for >= keep_alive / 2, "{idle_for:?}");
     app.stop().await;
 }
 
