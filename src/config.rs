@@ -143,6 +143,64 @@ pub struct Config {
     pub encryption_key: Option<Secret>,
     /// How long a dashboard sign-in lasts (absolute, from sign-in).
     pub dashboard_session_ttl: std::time::Duration,
+    /// What a client connection may hold: deadlines and caps (`header_read_timeout_ms`,
+    /// `body_read_timeout_ms`, `keep_alive_timeout_ms`, `max_header_size`, `max_connections`,
+    /// `max_connections_per_ip`).
+    pub connections: ConnectionLimits,
+}
+
+/// What one client connection may hold, so that slow or numerous clients cannot hold the door
+/// open (see docs/operations.md "Connections").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a connection's opening, or from the first byte of a later request, to the end of
+    /// that request's head; past it the connection is closed.
+    pub header_read_timeout: std::time::Duration,
+    /// From the first read of a request body to its end; past it the request is answered `408`.
+    pub body_read_timeout: std::time::Duration,
+    /// How long a keep-alive connection may wait between requests.
+    pub keep_alive_timeout: std::time::Duration,
+    /// The largest request head (request line and headers), bytes.
+    pub max_header_size: usize,
+    /// Open connections (streams included) past which new ones are refused at once.
+    pub max_connections: usize,
+    /// The same per client address; 0: no per-address cap.
+    pub max_connections_per_ip: usize,
+}
+
+/// Ten seconds for a request head: a provider sends it in one packet; a client that takes longer
+/// is holding a connection open, not sending.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Thirty seconds for a body: `max_event_size` (1 MiB) at 35 KB/s.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Seventy-five seconds between requests: longer than the 60 s idle timeout of common load
+/// balancers, so that the balancer, not the router, closes an idle pooled connection (a router
+/// closing first races the balancer's next request on it).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_MS: u64 = 75_000;
+/// 64 KiB of request head: webhooks carry a few KB. (hyper's own default is 400 KiB; this also
+/// bounds what each connection's read buffer can grow to.)
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// hyper's read buffer cannot be smaller.
+const MIN_MAX_HEADER_SIZE: i64 = 8192;
+/// The 10,000 idle connections measured in docs/performance.md; each costs a file descriptor,
+/// so keep it below `ulimit -n`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// One client address may hold a fifth of them: enough for the 1,000-connection load run and
+/// 1,000 stream subscribers from one host, not enough to starve everyone else.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 2_000;
+const MAX_TIMEOUT_MS: i64 = 3_600_000;
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: std::time::Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS),
+            keep_alive_timeout: std::time::Duration::from_millis(DEFAULT_KEEP_ALIVE_TIMEOUT_MS),
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+        }
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -206,6 +264,7 @@ impl Default for Config {
             dashboard_session_ttl: std::time::Duration::from_secs(
                 DEFAULT_DASHBOARD_SESSION_TTL_SECS,
             ),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -493,6 +552,18 @@ impl Config {
                     Ok(v) => self.node_lease_ms = v as u64,
                     Err(m) => err(m),
                 },
+                "header_read_timeout_ms"
+                | "body_read_timeout_ms"
+                | "keep_alive_timeout_ms"
+                | "max_header_size"
+                | "max_connections"
+                | "max_connections_per_ip" => {
+                    let (min, max) = connection_key_range(key);
+                    match int_in(item, min, max) {
+                        Ok(v) => self.connections.set(key, v as u64),
+                        Err(m) => err(m),
+                    }
+                }
                 "tls_cert" | "tls_key" | "extra_ca_certs" => match item.as_str() {
                     Some(p) if !p.is_empty() => {
                         let p = Some(PathBuf::from(p));
@@ -797,6 +868,12 @@ impl Config {
         if let Some(v) = num("NODE_LEASE_MS", 1000, 3_600_000) {
             self.node_lease_ms = v as u64;
         }
+        for key in CONNECTION_KEYS {
+            let (min, max) = connection_key_range(key);
+            if let Some(v) = num(&key.to_ascii_uppercase(), min, max) {
+                self.connections.set(key, v as u64);
+            }
+        }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
                 location: format!("env {name}"),
@@ -960,6 +1037,42 @@ fn check_environment(s: &str) -> Result<String, String> {
     }
 }
 
+/// The connection keys, each also read from its name in capitals (`MAX_CONNECTIONS`).
+const CONNECTION_KEYS: [&str; 6] = [
+    "header_read_timeout_ms",
+    "body_read_timeout_ms",
+    "keep_alive_timeout_ms",
+    "max_header_size",
+    "max_connections",
+    "max_connections_per_ip",
+];
+
+/// The values a connection key accepts.
+fn connection_key_range(key: &str) -> (i64, i64) {
+    match key {
+        "max_header_size" => (MIN_MAX_HEADER_SIZE, 1 << 20),
+        "max_connections" => (1, 10_000_000),
+        "max_connections_per_ip" => (0, 10_000_000),
+        _ => (100, MAX_TIMEOUT_MS),
+    }
+}
+
+impl ConnectionLimits {
+    /// Sets the value of connection key `key` (checked by `connection_key_range`).
+    fn set(&mut self, key: &str, v: u64) {
+        let ms = std::time::Duration::from_millis(v);
+        match key {
+            "header_read_timeout_ms" => self.header_read_timeout = ms,
+            "body_read_timeout_ms" => self.body_read_timeout = ms,
+            "keep_alive_timeout_ms" => self.keep_alive_timeout = ms,
+            "max_header_size" => self.max_header_size = v as usize,
+            "max_connections" => self.max_connections = v as usize,
+            "max_connections_per_ip" => self.max_connections_per_ip = v as usize,
+            _ => unreachable!("not a connection key: {key}"),
+        }
+    }
+}
+
 const KNOWN_KEYS: &[&str] = &[
     "listen",
     "data_dir",
@@ -991,6 +1104,12 @@ const KNOWN_KEYS: &[&str] = &[
     "agent_disable_after_hours",
     "operational_event_interval_ms",
     "node_lease_ms",
+    "header_read_timeout_ms",
+    "body_read_timeout_ms",
+    "keep_alive_timeout_ms",
+    "max_header_size",
+    "max_connections",
+    "max_connections_per_ip",
     "sources",
     "agents",
     "filters",
@@ -1228,6 +1347,55 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].key, "dashboard_session_ttl_secs");
         let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "forever".to_string());
+        assert!(Config::load(&Overrides::default(), &env).is_err());
+    }
+
+    #[test]
+    fn connection_limits_from_file_and_env() {
+        let ms = std::time::Duration::from_millis;
+        let c = Config::load(&Overrides::default(), &no_env).unwrap();
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert_eq!(c.connections.header_read_timeout, ms(10_000));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "header_read_timeout_ms = 500\nbody_read_timeout_ms = 600\nkeep_alive_timeout_ms = 700\n\
+             max_header_size = 9000\nmax_connections = 50\nmax_connections_per_ip = 0\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = Config::load(&o, &no_env).unwrap();
+        let want = ConnectionLimits {
+            header_read_timeout: ms(500),
+            body_read_timeout: ms(600),
+            keep_alive_timeout: ms(700),
+            max_header_size: 9000,
+            max_connections: 50,
+            max_connections_per_ip: 0,
+        };
+        assert_eq!(c.connections, want);
+        let env = |k: &str| (k == "MAX_CONNECTIONS_PER_IP").then(|| "7".to_string());
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.connections.max_connections_per_ip, 7);
+        assert_eq!(c.connections.max_connections, 50);
+        let errors =
+            file_errors("header_read_timeout_ms = 0\nmax_header_size = 100\nmax_connections = 0\n");
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "header_read_timeout_ms",
+                "max_header_size",
+                "max_connections"
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[1].location.starts_with("c.toml:2:"), "{errors:?}");
+        let env = |k: &str| (k == "KEEP_ALIVE_TIMEOUT_MS").then(|| "soon".to_string());
         assert!(Config::load(&Overrides::default(), &env).is_err());
     }
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +16,7 @@ use crate::analytics::Analytics;
 use crate::cluster::{ClusterHits, Node};
 use crate::config::{Config, Secret};
 use crate::http::AppState;
+use crate::http::admission::{Admission, AdmittingListener};
 use crate::http::dashboard::Sessions;
 use crate::http::state::Handles;
 use crate::ingest::dedupe::RecentDeliveries;
@@ -235,21 +235,21 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let addr = listener.local_addr()?;
     let router = crate::http::router(state.clone());
     let token = shutdown.clone();
+    let limits = state.config.connections.clone();
+    let admission = Admission::new(&limits);
     let serving = match &tls {
         None => {
-            // Webhook answers and stream messages are small writes: send each at once.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(crate::http::serve::serve(listener, router, token))
+            let listener = AdmittingListener::plain(listener, admission);
+            tokio::spawn(crate::http::serve::serve(listener, router, limits, token))
         }
         Some(certs) => {
             let server_config = certs
                 .server_config()
                 .context("cannot build the TLS configuration")?;
-            let listener = TlsListener::new(listener, server_config, shutdown.clone())?;
+            let admitted = AdmittingListener::before_tls(listener, admission);
+            let listener = TlsListener::over(admitted, server_config, shutdown.clone())?;
             spawn_tls_reload_on_sighup(certs.clone(), shutdown.clone());
-            tokio::spawn(crate::http::serve::serve(listener, router, token))
+            tokio::spawn(crate::http::serve::serve(listener, router, limits, token))
         }
     };
     tracing::info!(

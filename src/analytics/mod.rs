@@ -407,6 +407,23 @@ impl Analytics {
         metrics::gauge!("storage_writable").set(if writable { 1.0 } else { 0.0 });
     }
 
+    /// The gauge of open client connections (`connections_open`), moved as they open and close.
+    pub fn connections_open() -> metrics::Gauge {
+        metrics::gauge!("connections_open")
+    }
+
+    /// A connection refused at once for being past a cap: `cap` = `total`
+    /// (`max_connections`) or `per_address` (`max_connections_per_ip`).
+    pub fn connection_refused(cap: &'static str) {
+        metrics::counter!("connections_refused_total", "cap" => cap).increment(1);
+    }
+
+    /// A client ran past a deadline: `deadline` = `header` (the connection was closed),
+    /// `body` (the request was answered `408`) or `idle` (a keep-alive connection was closed).
+    pub fn connection_deadline(deadline: &'static str) {
+        metrics::counter!("connection_deadlines_total", "deadline" => deadline).increment(1);
+    }
+
     /// Values sampled when /metrics is scraped (the stream counters live in the hub).
     pub fn sampled(queue_unfinished: u64, streams_open: u64, stream_messages: u64, overflows: u64) {
         metrics::gauge!("queue_unfinished_deliveries").set(queue_unfinished as f64);

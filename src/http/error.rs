@@ -125,6 +125,33 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as a whole HTTP/1.1 answer that closes the connection, for refusals written
+    /// straight to a socket where no handler runs: a connection past a cap, or a request head
+    /// hyper could not parse.
+    pub fn to_http1(&self) -> Vec<u8> {
+        let body = json!({"success": false, "error": self.message, "code": self.code}).to_string();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\ndate: {}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        )
+        .into_bytes();
+        for (k, v) in &self.headers {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl From<IngestError> for ApiError {

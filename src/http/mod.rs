@@ -1,10 +1,12 @@
 //! The HTTP edge: router assembly, every handler, authentication, query parsing, and the mapping
 //! of domain errors to the contract's JSON errors. The domain below imports nothing from here.
 
+pub mod admission;
 pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod dashboard;
+pub mod deadlines;
 pub mod error;
 pub mod events;
 pub mod query;

@@ -33,5 +33,6 @@ mod rules;
 mod rules_admin;
 mod rules_routing;
 mod security;
+mod slow_clients;
 mod storage_faults;
 mod streaming;
