@@ -346,7 +346,9 @@ try {
   await step("an open circuit breaker shows on the agents view and is reset from the page; a disabled agent is enabled", async () => {
     const id = await postGithub("deployment", { deployment: { id: 1 } });
     await waitFor("the breaker to open", async () => (await admin("/admin/agents/down-agent")).health.state === "open");
-    await visit(page, "#/agents", "tr[data-id]");
+    // The list is drawn when the view is entered: enter it afresh.
+    await visit(page, "#/dlq", "main");
+    await visit(page, "#/agents", 'tr[data-id="down-agent"]');
     const health = page.locator('tr[data-id="down-agent"] .health');
     assert((await health.getAttribute("data-state")) === "open", "the open breaker is shown");
     assert((await health.getAttribute("title")).includes("500"), "with the agent's last error");
