@@ -127,6 +127,14 @@ pub struct Config {
     /// `operational_event_interval_ms`: at most one `router` event of a kind about one subject
     /// per this many ms.
     pub operational_event_interval_ms: u64,
+    /// `ingest.signature_failures`: this many failed signatures of one source in one
+    /// `alert_window_ms` (0: never).
+    pub signature_failure_alert: u64,
+    /// `ingest.slow`: the p95 processing time (ms) above which a window counts as slow; five
+    /// slow windows in a row send the event.
+    pub slow_ingest_alert_ms: u64,
+    /// The window the `ingest.*` events count over (ms; a minute).
+    pub alert_window_ms: u64,
     /// PostgreSQL: how long a node's heartbeat keeps its deliveries its own (ms); after that
     /// without a heartbeat, other nodes take them over.
     pub node_lease_ms: u64,
@@ -254,6 +262,9 @@ impl Default for Config {
             circuit_max_cooldown_ms: 300_000,
             agent_disable_after_hours: 72,
             operational_event_interval_ms: 60_000,
+            signature_failure_alert: 20,
+            slow_ingest_alert_ms: 1_000,
+            alert_window_ms: 60_000,
             node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
             config_file: None,
             tls_cert: None,
@@ -534,6 +545,18 @@ impl Config {
                 },
                 "agent_disable_after_hours" => match int_in(item, 0, 8_760) {
                     Ok(v) => self.agent_disable_after_hours = v as u64,
+                    Err(m) => err(m),
+                },
+                "signature_failure_alert" => match int_in(item, 0, 1_000_000_000) {
+                    Ok(v) => self.signature_failure_alert = v as u64,
+                    Err(m) => err(m),
+                },
+                "slow_ingest_alert_ms" => match int_in(item, 0, 3_600_000) {
+                    Ok(v) => self.slow_ingest_alert_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "alert_window_ms" => match int_in(item, 100, 3_600_000) {
+                    Ok(v) => self.alert_window_ms = v as u64,
                     Err(m) => err(m),
                 },
                 "operational_event_interval_ms" => match int_in(item, 0, 86_400_000) {
@@ -1103,6 +1126,9 @@ const KNOWN_KEYS: &[&str] = &[
     "circuit_max_cooldown_ms",
     "agent_disable_after_hours",
     "operational_event_interval_ms",
+    "signature_failure_alert",
+    "slow_ingest_alert_ms",
+    "alert_window_ms",
     "node_lease_ms",
     "header_read_timeout_ms",
     "body_read_timeout_ms",

@@ -477,6 +477,67 @@ fn spawn_operational(
             send(a.clone(), l.clone(), op).await;
         }
     });
+    // Ingest, once per `alert_window_ms`: `ingest.signature_failures` for each source with
+    // `signature_failure_alert` failed signatures or more in the window, `ingest.slow` after five
+    // windows in a row whose p95 processing time was over `slow_ingest_alert_ms`.
+    let (a, l) = (app.clone(), limiter.clone());
+    tokio::spawn(async move {
+        let window = Duration::from_millis(a.config.alert_window_ms.max(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+        let mut slow_windows = 0u32;
+        loop {
+            tokio::select! {
+                _ = a.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let w = a.analytics.watch.take();
+            let threshold = a.config.signature_failure_alert;
+            let mut ops = Vec::new();
+            if threshold > 0 {
+                let mut failing: Vec<_> = w
+                    .signature_failures
+                    .into_iter()
+                    .filter(|(_, n)| *n >= threshold)
+                    .collect();
+                failing.sort();
+                for (source, n) in failing {
+                    ops.push(Operational {
+                        kind: "ingest.signature_failures",
+                        subject: source.clone(),
+                        about_agent: None,
+                        payload: obj(json!({
+                            "source": source,
+                            "failures": n,
+                            "windowMs": a.config.alert_window_ms,
+                            "threshold": threshold,
+                        })),
+                    });
+                }
+            }
+            let slow_ms = a.config.slow_ingest_alert_ms as f64;
+            slow_windows = if w.events > 0 && w.p95_ms > slow_ms {
+                slow_windows + 1
+            } else {
+                0
+            };
+            if slow_windows >= 5 {
+                ops.push(Operational {
+                    kind: "ingest.slow",
+                    subject: "ingest".into(),
+                    about_agent: None,
+                    payload: obj(json!({
+                        "p95ProcessingTime": w.p95_ms,
+                        "thresholdMs": a.config.slow_ingest_alert_ms,
+                        "windows": slow_windows,
+                        "windowMs": a.config.alert_window_ms,
+                    })),
+                });
+            }
+            for op in ops {
+                send(a.clone(), l.clone(), op).await;
+            }
+        }
+    });
     // The queue's fill, once a second: `queue.filling` past 80 % of `max_queue_size`,
     // `queue.recovered` back under 60 % (the gap keeps a queue hovering at 80 % quiet).
     tokio::spawn(async move {

@@ -168,6 +168,75 @@ pub struct Analytics {
     /// when the minute is over, so an idle router writes once a minute, not every second.
     queue_depth: Mutex<(i64, i64, i64)>,
     prometheus: PrometheusHandle,
+    /// What the operational alerts watch, per minute (see `Watch`).
+    pub watch: Watch,
+}
+
+/// The current minute's figures for the `ingest.*` operational events: processing times by
+/// histogram bucket (one atomic add per webhook) and failed signatures by source.
+#[derive(Default)]
+pub struct Watch {
+    processing: [std::sync::atomic::AtomicU64; 24],
+    signature_failures: Mutex<HashMap<String, u64>>,
+}
+
+/// One minute of `Watch`.
+pub struct WatchMinute {
+    /// Webhooks stored in the minute.
+    pub events: u64,
+    /// The upper bound (ms) of the bucket holding their 95th percentile processing time.
+    pub p95_ms: f64,
+    /// Failed signatures (and stale timestamps) by source.
+    pub signature_failures: HashMap<String, u64>,
+}
+
+impl Watch {
+    fn processed(&self, bucket: usize) {
+        if let Some(b) = self.processing.get(bucket) {
+            b.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn signature_failed(&self, source: &str) {
+        let mut m = self
+            .signature_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot(&mut m, source) += 1;
+    }
+
+    /// Takes what the minute gathered and starts the next.
+    pub fn take(&self) -> WatchMinute {
+        let counts: Vec<u64> = self
+            .processing
+            .iter()
+            .map(|b| b.swap(0, std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let events: u64 = counts.iter().sum();
+        let mut p95_ms = 0.0;
+        if events > 0 {
+            let rank = (events as f64 * 0.95).ceil() as u64;
+            let mut seen = 0;
+            for (i, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    p95_ms = BUCKETS_MS[i.min(BUCKETS_MS.len() - 1)];
+                    break;
+                }
+            }
+        }
+        let signature_failures = std::mem::take(
+            &mut *self
+                .signature_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        WatchMinute {
+            events,
+            p95_ms,
+            signature_failures,
+        }
+    }
 }
 
 fn minute(ms: i64) -> i64 {
@@ -182,6 +251,7 @@ impl Analytics {
             sources: Mutex::new(HashMap::new()),
             queue_depth: Mutex::new((0, 0, 0)),
             prometheus: install_prometheus(),
+            watch: Watch::default(),
         })
     }
 
@@ -252,7 +322,9 @@ impl Analytics {
         let s = source_dim(source);
         let dims = [ALL, s.as_str()];
         let us = took.as_micros() as i64;
-        let bucket = PROCESSING_BUCKETS[bucket_of(us as f64 / 1000.0)].as_str();
+        let bucket_index = bucket_of(us as f64 / 1000.0);
+        self.watch.processed(bucket_index);
+        let bucket = PROCESSING_BUCKETS[bucket_index].as_str();
         let values = [
             (m::EVENTS, 1),
             (m::PROCESSING_SUM_US, us),
@@ -296,6 +368,9 @@ impl Analytics {
         }
         metrics::counter!("webhooks_total", "source" => label.clone(), "status" => status.to_string(), "outcome" => code)
             .increment(1);
+        if let (Some(s), "invalid_signature" | "stale_timestamp") = (source, code) {
+            self.watch.signature_failed(s);
+        }
         match code {
             "invalid_signature" | "stale_timestamp" => {
                 metrics::counter!("webhook_verification_failures_total", "source" => label, "reason" => code)

@@ -413,3 +413,76 @@ async fn a_filling_queue_is_announced_on_a_stream() {
         .await;
     r.refused(404, "unknown_source");
 }
+
+#[tokio::test]
+async fn failed_signatures_and_slow_ingest_are_announced() {
+    let app = TestApp::spawn_with(|c| {
+        c.alert_window_ms = 300;
+        c.signature_failure_alert = 3;
+        // Any window with webhooks is "slow": five in a row send `ingest.slow`.
+        c.slow_ingest_alert_ms = 0;
+    })
+    .await;
+    let admin = Admin::of(&app);
+    admin
+        .create_agent(json!({"id": "watcher", "name": "watcher", "enabled": true}))
+        .await;
+    admin
+        .create_route(route(
+            "alerts",
+            &["watcher"],
+            policy(3, "fixed", 100, 100),
+            only_source("router"),
+        ))
+        .await;
+    let mut watch = open_ok(
+        &app,
+        Transport::Sse,
+        &StreamRequest::new("watcher", AGENT_KEY),
+    )
+    .await;
+    for n in 0..3 {
+        Webhook::github_with("not-the-secret", "push", gh_body(n))
+            .send(&app)
+            .await
+            .refused(401, "invalid_signature");
+    }
+    // Webhooks through six windows.
+    let sender = {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        tokio::spawn(async move {
+            for n in 0..60 {
+                Webhook::github("push", gh_body(n))
+                    .send_to(&client, &base)
+                    .await
+                    .accepted();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(20), watch.next_event())
+            .await
+            .expect("the ingest alerts within 20 s");
+        assert_eq!(ev["source"], "router", "{ev}");
+        let kind = ev["type"].as_str().unwrap().to_string();
+        match kind.as_str() {
+            "ingest.signature_failures" => {
+                assert_eq!(ev["payload"]["source"], "github", "{ev}");
+                assert_eq!(ev["payload"]["failures"], 3, "{ev}");
+                assert_eq!(ev["payload"]["threshold"], 3, "{ev}");
+            }
+            "ingest.slow" => {
+                assert!(ev["payload"]["windows"].as_u64().unwrap() >= 5, "{ev}");
+                assert!(
+                    ev["payload"]["p95ProcessingTime"].as_f64().unwrap() > 0.0,
+                    "{ev}"
+                );
+            }
+            other => panic!("unexpected {other}: {ev}"),
+        }
+        seen.insert(kind);
+    }
+    sender.await.unwrap();
+}
