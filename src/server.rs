@@ -409,6 +409,20 @@ fn spawn_operational(
                 _ = a.shutdown.cancelled() => break,
                 s = signals.recv() => match s { Some(s) => s, None => break },
             };
+            // Every node's breaker follows one node's (PostgreSQL; nothing on SQLite).
+            let shared = match &signal {
+                queue::Signal::CircuitOpened { agent, health } => Some((
+                    agent.clone(),
+                    Some(health.next_probe_at.unwrap_or_else(crate::clock::now_ms)),
+                )),
+                queue::Signal::Recovered { agent, .. } => Some((agent.clone(), None)),
+                _ => None,
+            };
+            if let Some((agent, until)) = shared
+                && let Err(e) = a.store.announce_breaker(&agent, until).await
+            {
+                tracing::warn!(agent = %agent, error = %e, "telling the other nodes about a circuit breaker failed");
+            }
             let op = match signal {
                 queue::Signal::CircuitOpened { agent, health } => Operational {
                     kind: "agent.circuit_opened",

@@ -107,6 +107,9 @@ pub async fn reset_agent_health(
         return Err(ApiError::not_found(format!("No agent with id \"{id}\"")));
     }
     app.queue.reset_health(&id);
+    if let Err(e) = app.store.announce_breaker(&id, None).await {
+        tracing::warn!(agent = %id, error = %e, "telling the other nodes about a breaker reset failed");
+    }
     // The scheduler resets it in order with what it is doing; answer once it has.
     for _ in 0..50 {
         if app.queue.health(&id).is_none() {

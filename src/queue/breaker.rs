@@ -162,6 +162,29 @@ impl Breaker {
         }
     }
 
+    /// Another node's breaker for the agent opened until `until`: this one opens too (a closed
+    /// one; one already open keeps its own probe time unless that is earlier).
+    pub fn opened_elsewhere(&mut self, now: i64, until: i64) {
+        match self.state {
+            State::Closed => {
+                self.state = State::Open;
+                self.since = now;
+                self.next_probe_at = Some(until);
+            }
+            State::Open => {
+                self.next_probe_at = Some(self.next_probe_at.map_or(until, |t| t.max(until)));
+            }
+            State::HalfOpen => {}
+        }
+    }
+
+    /// Another node's probe succeeded (or its breaker was reset): this one closes.
+    pub fn closed_elsewhere(&mut self, now: i64, policy: &BreakerPolicy) {
+        if self.state != State::Closed {
+            *self = Breaker::new(now, policy);
+        }
+    }
+
     /// Closed again by an operator (or the agent was re-enabled).
     pub fn reset(&mut self, now: i64, policy: &BreakerPolicy) {
         *self = Breaker::new(now, policy);

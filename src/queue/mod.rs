@@ -205,6 +205,8 @@ enum Msg {
     Cancel(Vec<Uuid>, oneshot::Sender<()>),
     /// Close an agent's circuit breaker (`POST /admin/agents/{id}/health/reset`).
     ResetHealth(Arc<str>),
+    /// Another node's breaker for the agent opened until then, or closed (`None`).
+    RemoteBreaker(Arc<str>, Option<i64>),
 }
 
 /// How long the dispatcher remembers an erased event, for attempts that were under way when it
@@ -299,6 +301,13 @@ impl Queue {
     /// Closes the agent's breaker.
     pub fn reset_health(&self, agent: &str) {
         let _ = self.tx.send(Msg::ResetHealth(Arc::from(agent)));
+    }
+
+    /// Follows another node's breaker for `agent` (see `Notice::Breaker`).
+    pub fn remote_breaker(&self, agent: &str, open_until: Option<i64>) {
+        let _ = self
+            .tx
+            .send(Msg::RemoteBreaker(Arc::from(agent), open_until));
     }
 
     /// Drops the deliveries of erased events (see `Msg::Cancel`); returns once the scheduler
@@ -683,6 +692,23 @@ impl Dispatcher {
             Msg::Cancel(ids, done) => {
                 self.cancel(ids);
                 let _ = done.send(());
+            }
+            Msg::RemoteBreaker(agent, open_until) => {
+                let now = now_ms();
+                let policy = self.policy_of(&agent);
+                let lane = self.lanes.entry(agent.clone()).or_default();
+                let b = lane
+                    .breaker
+                    .get_or_insert_with(|| Breaker::new(now, &policy));
+                match open_until {
+                    Some(until) => b.opened_elsewhere(now, until),
+                    None => {
+                        b.closed_elsewhere(now, &policy);
+                        lane.probe = None;
+                    }
+                }
+                self.publish_health(&agent);
+                self.pump(&agent);
             }
             Msg::ResetHealth(agent) => {
                 let now = now_ms();

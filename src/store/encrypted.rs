@@ -368,6 +368,9 @@ impl super::ClusterStore for EncryptedStore {
     fn node_id(&self) -> Option<Uuid> {
         self.inner.node_id()
     }
+    async fn announce_breaker(&self, agent: &str, open_until: Option<i64>) -> Result<()> {
+        self.inner.announce_breaker(agent, open_until).await
+    }
     async fn heartbeat(&self, snapshot: String) -> Result<()> {
         self.inner.heartbeat(snapshot).await
     }

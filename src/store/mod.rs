@@ -559,6 +559,12 @@ pub enum Notice {
     Wake,
     /// Another node erased these events: drop their deliveries held here.
     Erased { ids: Vec<Uuid> },
+    /// Another node's circuit breaker for `agent` opened until `open_until` (ms), or closed
+    /// (`None`): every node's breaker follows.
+    Breaker {
+        agent: String,
+        open_until: Option<i64>,
+    },
 }
 
 /// What a stream needs to publish an event that another node committed.
@@ -629,6 +635,11 @@ pub trait ClusterStore: Send + Sync {
         _recent_ms: i64,
     ) -> Result<Vec<(String, u64)>> {
         Ok(Vec::new())
+    }
+    /// Tells the other nodes that this node's breaker for `agent` opened until `open_until`
+    /// (ms), or closed (`None`): `Notice::Breaker`.
+    async fn announce_breaker(&self, _agent: &str, _open_until: Option<i64>) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -486,3 +486,77 @@ async fn failed_signatures_and_slow_ingest_are_announced() {
     }
     sender.await.unwrap();
 }
+
+/// Two nodes on one PostgreSQL database: one node's failures open the agent's breaker on the
+/// other too (which then makes no attempt either), and a reset on either closes both.
+#[tokio::test]
+async fn nodes_on_postgresql_share_an_agents_breaker() {
+    let Some((url, _db)) = crate::support::pg_testing::fresh_database_or_skip().await else {
+        return;
+    };
+    let rx = TestReceiver::start().await;
+    rx.set_default("/down", Reply::Status(500));
+    let node = |url: String| {
+        move |c: &mut event_router::Config| {
+            c.database_url = Some(url);
+            c.encryption_key = Some(event_router::config::Secret(
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
+            ));
+        }
+    };
+    let a = TestApp::spawn_with(node(url.clone())).await;
+    let b = TestApp::spawn_with(node(url.clone())).await;
+    let (admin_a, admin_b) = (Admin::of(&a), Admin::of(&b));
+    admin_a
+        .create_agent(agent(
+            "shared",
+            &rx.url("/down"),
+            json!({"circuitBreaker": {"failureThreshold": 2, "cooldownMs": 600_000,
+                                      "maxCooldownMs": 600_000}}),
+        ))
+        .await;
+    admin_a
+        .create_route(route(
+            "pushes",
+            &["shared"],
+            policy(10, "fixed", 50, 50),
+            only_type("push"),
+        ))
+        .await;
+    // Node A's deliveries fail: its breaker opens, and B's follows.
+    post_routed(&a, "push", 1).await;
+    post_routed(&a, "push", 2).await;
+    wait_for(Duration::from_secs(20), || async {
+        (health(&admin_a, "shared").await["state"] == "open").then_some(())
+    })
+    .await;
+    let on_b = wait_for(Duration::from_secs(20), || async {
+        let h = health(&admin_b, "shared").await;
+        (h["state"] == "open").then_some(h)
+    })
+    .await;
+    assert!(
+        on_b["nextProbeAt"].as_i64().unwrap() > now_ms() + 60_000,
+        "{on_b}"
+    );
+    // B makes no attempt for its own delivery while open.
+    let before = rx.received("/down").len();
+    let id = post_routed(&b, "push", 3).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        rx.received("/down").len(),
+        before,
+        "B attempted through an open breaker"
+    );
+    // A reset on B closes both; B's delivery goes.
+    rx.set_default("/down", Reply::Status(200));
+    let (status, v) = admin_b
+        .post("/admin/agents/shared/health/reset", json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    wait_for(Duration::from_secs(20), || async {
+        (health(&admin_a, "shared").await["state"] == "closed").then_some(())
+    })
+    .await;
+    admin_b.wait_status(id, "delivered").await;
+}

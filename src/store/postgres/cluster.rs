@@ -23,7 +23,8 @@ use crate::store::{
 
 /// The one NOTIFY channel; the payload's first character says what it is:
 /// `r<node>` rules changed, `w<node>` wake, `e<node><id><id>…` events (32 hex digits each),
-/// `x<node><id><id>…` events erased.
+/// `x<node><id><id>…` events erased, `b<node><open-until ms, or -><space><agent id>` an
+/// agent's circuit breaker.
 pub(super) const CHANNEL: &str = "event_router";
 
 /// NOTIFY payloads must be shorter than 8000 bytes: 1 + 32 + 240 × 32 = 7713.
@@ -43,6 +44,12 @@ pub(super) fn rules_payload(node: Uuid) -> String {
 
 fn wake_payload(node: Uuid) -> String {
     format!("w{}", node.simple())
+}
+
+/// The payload of a breaker notice (agent ids are at most 128 characters: it fits).
+pub(super) fn breaker_payload(node: Uuid, agent: &str, open_until: Option<i64>) -> String {
+    let until = open_until.map_or_else(|| "-".to_string(), |t| t.to_string());
+    format!("b{}{until} {agent}", node.simple())
 }
 
 /// One or more payloads carrying `ids` (already in id order).
@@ -79,6 +86,17 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
     match kind {
         "r" => Some(Notice::RulesChanged),
         "w" => Some(Notice::Wake),
+        "b" => {
+            let (until, agent) = payload.get(33..)?.split_once(' ')?;
+            let open_until = match until {
+                "-" => None,
+                t => Some(t.parse().ok()?),
+            };
+            (!agent.is_empty()).then(|| Notice::Breaker {
+                agent: agent.to_string(),
+                open_until,
+            })
+        }
         "e" | "x" => {
             let rest = payload.get(33..)?;
             if rest.len() % 32 != 0 {
@@ -320,6 +338,16 @@ impl ClusterStore for PgStore {
         Ok(n)
     }
 
+    async fn announce_breaker(&self, agent: &str, open_until: Option<i64>) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &breaker_payload(self.node, agent, open_until)],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn listen(&self) -> Result<Option<mpsc::Receiver<Notice>>> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StoreError::Closed);
@@ -465,6 +493,16 @@ mod tests {
             Some(Notice::RulesChanged)
         );
         assert_eq!(decode(&wake_payload(node), other), Some(Notice::Wake));
+        for until in [Some(1_764_170_000_123), None] {
+            assert_eq!(
+                decode(&breaker_payload(node, "agent-1 x", until), other),
+                Some(Notice::Breaker {
+                    agent: "agent-1 x".into(),
+                    open_until: until
+                })
+            );
+        }
+        assert_eq!(decode(&format!("b{}12", node.simple()), other), None);
         // Not ours, or damaged: ignored.
         for bad in ["", "x", "r123", "e0000", &format!("{}abc", payloads[0])] {
             assert_eq!(decode(bad, other), None, "{bad}");
