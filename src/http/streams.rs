@@ -190,7 +190,16 @@ async fn feed(
     // not in id order, so the seam is kept differently: the replay runs past `bound` to a
     // ceiling a little after now (every event with a larger id commits after this
     // subscription, so arrives live), and live messages the replay already sent are skipped.
-    let clustered = app.store.node_id().is_some();
+    // A node alone on PostgreSQL streams exactly as one on SQLite: its own events reach its
+    // streams in id order (the sequencer), and no other node's can arrive.
+    let clustered = match app.store.node_id() {
+        Some(_) => app
+            .store
+            .live_nodes()
+            .await
+            .map_or(true, |nodes| nodes.len() > 1),
+        None => false,
+    };
     let bound = if clustered {
         bound.max(id_floor(crate::clock::now_ms() + CLUSTER_CEILING_MS))
     } else {
@@ -198,7 +207,19 @@ async fn feed(
     };
     let mut replayed: HashSet<Uuid> = HashSet::new();
     let recent_floor = id_floor(uuid_ms(&bound) - CLUSTER_SEAM_MS);
-    if let Some(mut after) = opened.last_event_id {
+    // On several nodes events reach streams out of id order (another node's event arrives
+    // when its notice does, after this node's later ones): a client may have seen an id before
+    // a smaller one from elsewhere, so "after the last id it saw" can skip an event. A resume there starts
+    // `CLUSTER_REWIND_MS` before that id instead: the client may see some events again
+    // (at-least-once, as docs/streaming.md says) and misses none.
+    let resume_from = opened.last_event_id.map(|last| {
+        if clustered {
+            id_floor(uuid_ms(&last) - CLUSTER_REWIND_MS).min(last)
+        } else {
+            last
+        }
+    });
+    if let Some(mut after) = resume_from {
         let agent = (&*opened.agent != FIREHOSE).then(|| opened.agent.to_string());
         loop {
             let batch = match app
@@ -302,6 +323,11 @@ async fn feed(
 
 /// How far past now a clustered replay reads (covers clock differences between nodes), ms.
 const CLUSTER_CEILING_MS: i64 = 5_000;
+
+/// How far before the client's last event id a resume replays on several nodes, ms: longer
+/// than any commit takes to land behind a later id (and than the clock skew `CLUSTER_CEILING_MS`
+/// allows for).
+const CLUSTER_REWIND_MS: i64 = 5_000;
 
 /// How late another node's event may reach a stream and still be recognised as already
 /// replayed, ms.
