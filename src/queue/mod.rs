@@ -1047,17 +1047,13 @@ impl Dispatcher {
         if self.cancelled.contains_key(&job.event_id) {
             // Its event was erased while the attempt ran: the outcome goes in the attempt log
             // (the store keeps the delivery `cancelled`), and nothing follows it.
-            let _ = self.recorder.send(AttemptUpdate {
-                delivery_id: job.delivery_id,
-                attempt: job.attempts,
-                started_at: result.started_at,
-                duration_ms: result.duration_ms,
-                status_code: result.status_code,
-                error: result.error,
-                response_prefix: None,
-                status: DeliveryStatus::Cancelled,
-                next_attempt_at: None,
-            });
+            let _ = self.recorder.send(attempt_update(
+                &job,
+                result,
+                false,
+                DeliveryStatus::Cancelled,
+                None,
+            ));
             self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
             return;
         }
@@ -1079,17 +1075,13 @@ impl Dispatcher {
                 .get(&job.agent_id)
                 .and_then(|l| l.breaker.as_ref())
                 .and_then(|b| b.next_probe_at);
-            let _ = self.recorder.send(AttemptUpdate {
-                delivery_id: job.delivery_id,
-                attempt: job.attempts,
-                started_at: result.started_at,
-                duration_ms: result.duration_ms,
-                status_code: result.status_code,
-                error: result.error,
-                response_prefix: result.response_prefix,
-                status: DeliveryStatus::Scheduled,
-                next_attempt_at: next,
-            });
+            let _ = self.recorder.send(attempt_update(
+                &job,
+                result,
+                true,
+                DeliveryStatus::Scheduled,
+                next,
+            ));
             self.hold(&mut job);
             self.seq += 1;
             let lane = self.lanes.entry(job.agent_id.clone()).or_default();
@@ -1133,17 +1125,9 @@ impl Dispatcher {
                 error: result.error.clone(),
             });
         }
-        let _ = self.recorder.send(AttemptUpdate {
-            delivery_id: job.delivery_id,
-            attempt: job.attempts,
-            started_at: result.started_at,
-            duration_ms: result.duration_ms,
-            status_code: result.status_code,
-            error: result.error,
-            response_prefix: result.response_prefix,
-            status,
-            next_attempt_at: next,
-        });
+        let _ = self
+            .recorder
+            .send(attempt_update(&job, result, true, status, next));
         match next {
             Some(due) => {
                 let mut job = job;
@@ -1304,6 +1288,31 @@ impl Dispatcher {
             s.oldest_pending_age_ms = (now - oldest).max(0) as u64;
         }
         s
+    }
+}
+
+/// The outcome of an attempt as the store records it.
+fn attempt_update(
+    job: &Job,
+    result: AttemptResult,
+    response_prefix: bool,
+    status: DeliveryStatus,
+    next_attempt_at: Option<i64>,
+) -> AttemptUpdate {
+    AttemptUpdate {
+        delivery_id: job.delivery_id,
+        attempt: job.attempts,
+        started_at: result.started_at,
+        duration_ms: result.duration_ms,
+        status_code: result.status_code,
+        error: result.error,
+        response_prefix: if response_prefix {
+            result.response_prefix
+        } else {
+            None
+        },
+        status,
+        next_attempt_at,
     }
 }
 

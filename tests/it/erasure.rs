@@ -481,42 +481,32 @@ async fn a_longer_dead_letter_retention_keeps_its_event() {
     assert_eq!(v["deliveries"][0]["status"], "dead", "{v}");
 }
 
-/// The config keys, from a file: `check-config` accepts them and names a bad one's place.
-#[test]
-fn retention_keys_are_checked_with_their_place() {
+/// `check-config` on `text`: whether it passed, and what it printed.
+fn check_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        "dlq_retention_days = 3\n[sources.github]\nretention_days = 7\n",
-    )
-    .unwrap();
+    std::fs::write(&path, text).unwrap();
     let out = std::process::Command::new(binary())
         .arg("check-config")
         .arg(&path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(
-        &path,
-        "dlq_retention_days = 0\n[sources.github]\nretention_days = \"week\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(binary())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = format!(
+    let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), printed)
+}
+
+/// The config keys, from a file: `check-config` accepts them and names a bad one's place.
+#[test]
+fn retention_keys_are_checked_with_their_place() {
+    let (ok, text) = check_config("dlq_retention_days = 3\n[sources.github]\nretention_days = 7\n");
+    assert!(ok, "{text}");
+    let (ok, text) =
+        check_config("dlq_retention_days = 0\n[sources.github]\nretention_days = \"week\"\n");
+    assert!(!ok);
     assert!(
         text.contains(":1:") && text.contains("dlq_retention_days"),
         "{text}"
