@@ -75,6 +75,27 @@ async fn alert_route(admin: &Admin, rx: &TestReceiver, also: &[&str]) {
         .await;
 }
 
+/// A stream-only agent that every `router` event is routed to, and a stream of it.
+async fn router_watcher(app: &TestApp, admin: &Admin) -> StreamClient {
+    admin
+        .create_agent(json!({"id": "watcher", "name": "watcher", "enabled": true}))
+        .await;
+    admin
+        .create_route(route(
+            "alerts",
+            &["watcher"],
+            policy(3, "fixed", 100, 100),
+            only_source("router"),
+        ))
+        .await;
+    open_ok(
+        app,
+        Transport::Sse,
+        &StreamRequest::new("watcher", AGENT_KEY),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_down_agent_opens_its_circuit_spends_no_attempts_and_gets_everything_after() {
     let rx = TestReceiver::start().await;
@@ -381,23 +402,7 @@ async fn a_filling_queue_is_announced_on_a_stream() {
             only_type("push"),
         ))
         .await;
-    admin
-        .create_agent(json!({"id": "watcher", "name": "watcher", "enabled": true}))
-        .await;
-    admin
-        .create_route(route(
-            "alerts",
-            &["watcher"],
-            policy(3, "fixed", 100, 100),
-            only_source("router"),
-        ))
-        .await;
-    let mut watch = open_ok(
-        &app,
-        Transport::Sse,
-        &StreamRequest::new("watcher", AGENT_KEY),
-    )
-    .await;
+    let mut watch = router_watcher(&app, &admin).await;
     for n in 0..8 {
         post_routed(&app, "push", n).await;
     }
@@ -424,23 +429,7 @@ async fn failed_signatures_and_slow_ingest_are_announced() {
     })
     .await;
     let admin = Admin::of(&app);
-    admin
-        .create_agent(json!({"id": "watcher", "name": "watcher", "enabled": true}))
-        .await;
-    admin
-        .create_route(route(
-            "alerts",
-            &["watcher"],
-            policy(3, "fixed", 100, 100),
-            only_source("router"),
-        ))
-        .await;
-    let mut watch = open_ok(
-        &app,
-        Transport::Sse,
-        &StreamRequest::new("watcher", AGENT_KEY),
-    )
-    .await;
+    let mut watch = router_watcher(&app, &admin).await;
     for n in 0..3 {
         Webhook::github_with("not-the-secret", "push", gh_body(n))
             .send(&app)

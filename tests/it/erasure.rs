@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::archive::event_id_at;
 use crate::delivery::*;
 use crate::receiver::*;
 use crate::signed::Webhook;
@@ -331,16 +332,6 @@ async fn erasures_by_field_erase_every_matching_event_and_nothing_else() {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// A UUID v7 of time `ms`, as the router makes event ids.
-fn id_at(ms: i64) -> Uuid {
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        (ms / 1000) as u64,
-        ((ms % 1000) * 1_000_000) as u32,
-    );
-    Uuid::new_v7(ts)
-}
-
 /// An event of `source` received at `ms` as a long-running router would have stored it, with
 /// one delivery in `status`.
 fn old_event(
@@ -348,7 +339,7 @@ fn old_event(
     ms: i64,
     status: event_router::store::DeliveryStatus,
 ) -> event_router::store::NewEvent {
-    let id = id_at(ms);
+    let id = event_id_at(ms);
     let body = json!({"id": id, "source": source, "type": "push", "action": null,
                       "deliveryId": null, "timestamp": ms, "payload": {"n": 1},
                       "metadata": {"identifier": "x", "clientIp": "127.0.0.1",
@@ -363,7 +354,7 @@ fn old_event(
         filtered: false,
         body: body.to_string().into(),
         deliveries: vec![event_router::store::NewDelivery {
-            id: id_at(ms + 1),
+            id: event_id_at(ms + 1),
             agent_id: "gone".into(),
             route_id: "r".into(),
             priority: 0,
