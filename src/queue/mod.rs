@@ -1044,6 +1044,9 @@ impl Dispatcher {
         if let Some(lane) = self.lanes.get_mut(&job.agent_id) {
             lane.in_flight = lane.in_flight.saturating_sub(1);
         }
+        // The agent's answer counts for its breaker whatever becomes of the delivery (a probe
+        // whose event was erased meanwhile still decides the breaker).
+        let probe = self.breaker_outcome(&job, &result);
         if self.cancelled.contains_key(&job.event_id) {
             // Its event was erased while the attempt ran: the outcome goes in the attempt log
             // (the store keeps the delivery `cancelled`), and nothing follows it.
@@ -1057,7 +1060,6 @@ impl Dispatcher {
             self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
             return;
         }
-        let probe = self.breaker_outcome(&job, &result);
         if probe && !result.delivered {
             // A failed probe found the agent still down: the delivery does not spend its
             // budget on it, and waits in its lane for the next probe.
