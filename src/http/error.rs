@@ -233,7 +233,7 @@ impl From<IngestError> for ApiError {
             IngestError::UnreadableBody | IngestError::InvalidBody(_) => {
                 ApiError::invalid_body(message)
             }
-            IngestError::InvalidSignature => {
+            IngestError::InvalidSignature | IngestError::MissingTimestamp(_) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
             }
             IngestError::StaleTimestamp => {
