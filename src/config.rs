@@ -638,14 +638,15 @@ impl Config {
                     None => err(expected("a table of [sources.NAME] tables", item)),
                 },
                 "agents" | "filters" | "routes" | "rate_limits" => {
-                    match declared_list(&ctx, key, item) {
-                        Ok(list) => match key {
-                            "agents" => self.agents = list,
-                            "filters" => self.filters = list,
-                            "routes" => self.routes = list,
-                            _ => self.rate_limits = list,
-                        },
-                        Err(e) => errors.extend(e),
+                    // The tables that are tables are kept (and checked) beside the errors of
+                    // those that are not.
+                    let (list, e) = declared_list(&ctx, key, item);
+                    errors.extend(e);
+                    match key {
+                        "agents" => self.agents = list,
+                        "filters" => self.filters = list,
+                        "routes" => self.routes = list,
+                        _ => self.rate_limits = list,
                     }
                 }
                 other => err(format!(
@@ -1255,11 +1256,7 @@ fn valid_path(s: &str) -> bool {
 }
 
 /// `[[agents]]` and friends: each table becomes JSON for the rules layer to validate.
-fn declared_list(
-    ctx: &FileCtx<'_>,
-    key: &str,
-    item: &Item,
-) -> Result<Vec<Declared>, Vec<ConfigError>> {
+fn declared_list(ctx: &FileCtx<'_>, key: &str, item: &Item) -> (Vec<Declared>, Vec<ConfigError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let push_one = |t: &dyn toml_edit::TableLike, span: Option<Range<usize>>| {
@@ -1280,13 +1277,15 @@ fn declared_list(
             out.push(push_one(t, t.span()));
         }
     } else if let Some(arr) = item.as_array() {
-        for (i, v) in arr.iter().enumerate() {
+        for v in arr.iter() {
             match v.as_inline_table() {
                 Some(t) => out.push(push_one(t, v.span())),
-                None => errors.push(ConfigError {
+                // Kept, so that the next ones keep their index; the rules layer says it is
+                // not an object.
+                None => out.push(Declared {
+                    value: value_to_json(v),
                     location: ctx.at(v.span()),
-                    key: format!("{key}[{i}]"),
-                    message: "expected a table".into(),
+                    key_locations: BTreeMap::new(),
                 }),
             }
         }
@@ -1297,11 +1296,7 @@ fn declared_list(
             message: format!("expected an array of tables ([[{key}]])"),
         });
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    (out, errors)
 }
 
 /// Records where every key of `table` is, and every element of its arrays, under `prefix`.

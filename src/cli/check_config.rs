@@ -48,7 +48,11 @@ fn error(kind: &str, index: usize, d: &Declared, field: &str, message: &str) -> 
         .collect();
     ConfigError {
         location: d.location_of(field).to_string(),
-        key: format!("{kind}[{index}].{field}"),
+        key: match field {
+            // The object as a whole (not a table, say).
+            "" | "body" => format!("{kind}[{index}]"),
+            _ => format!("{kind}[{index}].{field}"),
+        },
         message: message.join(" "),
     }
 }
@@ -72,6 +76,11 @@ pub fn check_declarations(
 fn declaration_errors(config: &Config, routes_against_declared_agents: bool) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut report = |kind: &str, i: usize, d: &Declared, problems: Vec<Problem>| {
+        // In the file's words: an element of `filters = [ … ]` that is not an inline table.
+        if !d.value.is_object() {
+            errors.push(error(kind, i, d, "", "expected a table"));
+            return;
+        }
         errors.extend(
             problems
                 .into_iter()
@@ -470,6 +479,29 @@ mod tests {
         assert_eq!(
             show_path(&translate(&parse_path("sourceFilters[0]"), &removed)),
             "sourceFilters[0]"
+        );
+    }
+
+    #[test]
+    fn an_inline_element_that_is_not_a_table_keeps_the_others_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "filters = [ 5, { id = \"f\", name = \"F\", action = \"nope\" } ]\n",
+        )
+        .unwrap();
+        let (cfg, errors) = Config::from_file_all(&path);
+        assert!(errors.is_empty(), "{errors:?}");
+        let shown: Vec<String> = declaration_errors(&cfg, true)
+            .iter()
+            .map(|e| format!("{}: {}", e.key, e.message))
+            .collect();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert_eq!(shown[0], "filters[0]: expected a table");
+        assert!(
+            shown[1].starts_with("filters[1].action: unknown action"),
+            "{shown:#?}"
         );
     }
 
