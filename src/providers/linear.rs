@@ -144,7 +144,7 @@ pub fn check_timestamp(
 }
 
 /// Where a Linear timestamp is expected, for the error that says it is missing.
-const MISSING: &str = "send the Linear-Timestamp header or webhookTimestamp in the body";
+pub const MISSING: &str = "send the Linear-Timestamp header or webhookTimestamp in the body";
 
 /// `<hex>`, the value of `Linear-Signature`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
