@@ -148,8 +148,9 @@ fn not_issued() -> ApiError {
 const CLOCK_SKEW_MS: i64 = 5_000;
 
 /// A resume id is one this server issued: a UUID v7 (the only ids it makes), not from the
-/// future, and an archived event — unless it is older than the retention, when it may have
-/// been purged since (the replay then starts at the oldest event kept). Anything else would
+/// future, and an archived event (or an erased one's tombstone) — unless it is older than the
+/// shortest retention, when it may have been purged since (the replay then starts at the
+/// oldest event kept). Anything else would
 /// resume from a point the client never saw: refused, before any upgrade.
 async fn check_resume(app: &AppState, opened: &Opened) -> ApiResult<()> {
     let Some(id) = opened.last_event_id else {
@@ -163,7 +164,17 @@ async fn check_resume(app: &AppState, opened: &Opened) -> ApiResult<()> {
     if at > now + CLOCK_SKEW_MS {
         return Err(not_issued());
     }
-    let retained_from = now - i64::from(app.config.retention_days) * 86_400_000;
+    // The shortest retention any event may have (a source's own, the dead letters'): an id
+    // older than that may have been purged, so only a younger one must still be there (an
+    // erased event's tombstone is).
+    let cfg = &app.config;
+    let shortest = cfg
+        .sources
+        .values()
+        .filter_map(|s| s.retention_days)
+        .chain(cfg.dlq_retention_days)
+        .fold(cfg.retention_days, u32::min);
+    let retained_from = now - i64::from(shortest) * 86_400_000;
     if at >= retained_from && app.store.get_event(id).await?.is_none() {
         return Err(not_issued());
     }

@@ -718,7 +718,7 @@ async fn malformed_admin_json_names_the_line_and_column() {
     // The other bodies: rate limits, the bulk retry, the dashboard's sign-in.
     // (method, path, body, field, line, column)
     type Case<'a> = (Method, &'a str, &'a [u8], &'a str, u64, u64);
-    let others: [Case; 6] = [
+    let others: [Case; 8] = [
         (
             Method::PUT,
             "/admin/rate-limits",
@@ -750,6 +750,22 @@ async fn malformed_admin_json_names_the_line_and_column() {
             "since",
             1,
             21,
+        ),
+        (
+            Method::POST,
+            "/admin/erasures",
+            b"{\"field\": \"metadata.identifier\",\n \"equals\": ",
+            "body",
+            2,
+            11,
+        ),
+        (
+            Method::POST,
+            "/admin/erasures",
+            b"{\"field\": 5, \"equals\": \"x\"}",
+            "field",
+            1,
+            11,
         ),
         (
             Method::POST,

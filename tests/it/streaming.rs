@@ -616,6 +616,24 @@ async fn a_resume_id_this_server_never_issued_is_refused_before_any_upgrade() {
             &format!("{t:?} from long ago"),
         );
     }
+    // An erased event's id was issued too: its tombstone answers for it.
+    let r = app
+        .client
+        .delete(app.url(&format!("/admin/events/{a}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for t in BOTH {
+        let req = StreamRequest::new("bot", AGENT_KEY).param("lastEventId", &a.to_string());
+        let mut c = open_ok(&app, t, &req).await;
+        assert_sequence(
+            &c.event_ids_through(b).await,
+            &[b],
+            &format!("{t:?} from erased a"),
+        );
+    }
 }
 
 #[tokio::test]
