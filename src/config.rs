@@ -58,21 +58,33 @@ pub struct Declared {
     pub value: Value,
     /// `file:line:column` of the table.
     pub location: String,
-    /// Where each top-level key of the table is, so a field error can point at its line.
+    /// Where each key of the table is, nested ones included (`conditions[1].operator`,
+    /// `retry_policy.max_attempts`, `target_agents[2]`), so that a field error points at the
+    /// offending key. Paths are stored in snake_case ([`location_path`]).
     pub key_locations: BTreeMap<String, String>,
 }
 
 impl Declared {
-    /// The location to report for an error on `field` (a path such as `conditions[0].operator`).
+    /// The location to report for an error on `field` (a path such as `conditions[0].operator`):
+    /// that key's, else the nearest enclosing key's that the file has, else the table's.
     pub fn location_of(&self, field: &str) -> &str {
-        let head = field.split(['.', '[']).next().unwrap_or("");
-        // Errors name fields in camelCase; the file may spell the key in snake_case.
-        self.key_locations
-            .get(head)
-            .or_else(|| self.key_locations.get(&crate::event::snake_case(head)))
-            .map(String::as_str)
-            .unwrap_or(&self.location)
+        let mut path = location_path(field);
+        loop {
+            if let Some(at) = self.key_locations.get(&path) {
+                return at;
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) => path.truncate(cut),
+                None => return &self.location,
+            }
+        }
     }
+}
+
+/// A field path in one spelling for looking up locations: errors name fields in camelCase
+/// (`sourceFilters[0].caseSensitive`), the file may spell them in snake_case.
+fn location_path(field: &str) -> String {
+    crate::event::snake_case(field)
 }
 
 #[derive(Debug, Clone)]
@@ -351,6 +363,18 @@ pub fn process_env(name: &str) -> Option<String> {
 impl Config {
     /// Builds the configuration: defaults < file < environment < flags. Every problem is collected.
     pub fn load(overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigErrors> {
+        let (cfg, errors) = Config::load_all(overrides, env);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// As [`Config::load`], but the configuration comes back beside its problems (each bad
+    /// setting left at its default), so that the declared rules can be checked as well and
+    /// every error reported in one run.
+    pub fn load_all(overrides: &Overrides, env: Env<'_>) -> (Config, Vec<ConfigError>) {
         let mut cfg = Config::default();
         let mut errors = Vec::new();
         let file = overrides
@@ -372,6 +396,12 @@ impl Config {
         cfg.apply_overrides(overrides, &mut errors);
         cfg.resolve_secrets(env);
         cfg.check_security(&mut errors);
+        (cfg, errors)
+    }
+
+    /// Parses a file on its own (for `check-config`); every error is returned.
+    pub fn from_file_only(path: &Path) -> Result<Config, ConfigErrors> {
+        let (cfg, errors) = Config::from_file_all(path);
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -379,8 +409,8 @@ impl Config {
         }
     }
 
-    /// Parses a file on its own (for `check-config`); every error is returned.
-    pub fn from_file_only(path: &Path) -> Result<Config, ConfigErrors> {
+    /// As [`Config::from_file_only`], the configuration beside its problems.
+    pub fn from_file_all(path: &Path) -> (Config, Vec<ConfigError>) {
         let mut cfg = Config::default();
         let mut errors = Vec::new();
         match std::fs::read_to_string(path) {
@@ -393,11 +423,7 @@ impl Config {
         }
         cfg.config_file = Some(path.to_path_buf());
         cfg.check_security(&mut errors);
-        if errors.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        (cfg, errors)
     }
 
     /// Where the embedded database lives when `database_url` is unset or `sqlite://`.
@@ -612,14 +638,15 @@ impl Config {
                     None => err(expected("a table of [sources.NAME] tables", item)),
                 },
                 "agents" | "filters" | "routes" | "rate_limits" => {
-                    match declared_list(&ctx, key, item) {
-                        Ok(list) => match key {
-                            "agents" => self.agents = list,
-                            "filters" => self.filters = list,
-                            "routes" => self.routes = list,
-                            _ => self.rate_limits = list,
-                        },
-                        Err(e) => errors.extend(e),
+                    // The tables that are tables are kept (and checked) beside the errors of
+                    // those that are not.
+                    let (list, e) = declared_list(&ctx, key, item);
+                    errors.extend(e);
+                    match key {
+                        "agents" => self.agents = list,
+                        "filters" => self.filters = list,
+                        "routes" => self.routes = list,
+                        _ => self.rate_limits = list,
                     }
                 }
                 other => err(format!(
@@ -1229,21 +1256,16 @@ fn valid_path(s: &str) -> bool {
 }
 
 /// `[[agents]]` and friends: each table becomes JSON for the rules layer to validate.
-fn declared_list(
-    ctx: &FileCtx<'_>,
-    key: &str,
-    item: &Item,
-) -> Result<Vec<Declared>, Vec<ConfigError>> {
+fn declared_list(ctx: &FileCtx<'_>, key: &str, item: &Item) -> (Vec<Declared>, Vec<ConfigError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let push_one = |t: &dyn toml_edit::TableLike, span: Option<Range<usize>>| {
         let mut map = serde_json::Map::new();
-        let mut key_locations = BTreeMap::new();
         for (k, v) in t.iter() {
             map.insert(k.to_string(), item_to_json(v));
-            let span = t.key(k).and_then(|k| k.span()).or_else(|| v.span());
-            key_locations.insert(k.to_string(), ctx.at(span));
         }
+        let mut key_locations = BTreeMap::new();
+        table_locations(ctx, "", t, &mut key_locations);
         Declared {
             value: Value::Object(map),
             location: ctx.at(span),
@@ -1255,13 +1277,15 @@ fn declared_list(
             out.push(push_one(t, t.span()));
         }
     } else if let Some(arr) = item.as_array() {
-        for (i, v) in arr.iter().enumerate() {
+        for v in arr.iter() {
             match v.as_inline_table() {
                 Some(t) => out.push(push_one(t, v.span())),
-                None => errors.push(ConfigError {
+                // Kept, so that the next ones keep their index; the rules layer says it is
+                // not an object.
+                None => out.push(Declared {
+                    value: value_to_json(v),
                     location: ctx.at(v.span()),
-                    key: format!("{key}[{i}]"),
-                    message: "expected a table".into(),
+                    key_locations: BTreeMap::new(),
                 }),
             }
         }
@@ -1272,10 +1296,56 @@ fn declared_list(
             message: format!("expected an array of tables ([[{key}]])"),
         });
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
+    (out, errors)
+}
+
+/// Records where every key of `table` is, and every element of its arrays, under `prefix`.
+fn table_locations(
+    ctx: &FileCtx<'_>,
+    prefix: &str,
+    table: &dyn toml_edit::TableLike,
+    out: &mut BTreeMap<String, String>,
+) {
+    for (k, v) in table.iter() {
+        let key = location_path(k);
+        let path = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let span = table.key(k).and_then(|k| k.span()).or_else(|| v.span());
+        out.insert(path.clone(), ctx.at(span));
+        match v {
+            Item::Value(v) => value_locations(ctx, &path, v, out),
+            Item::Table(t) => table_locations(ctx, &path, t, out),
+            Item::ArrayOfTables(a) => {
+                for (i, t) in a.iter().enumerate() {
+                    let at = format!("{path}[{i}]");
+                    out.insert(at.clone(), ctx.at(t.span()));
+                    table_locations(ctx, &at, t, out);
+                }
+            }
+            Item::None => {}
+        }
+    }
+}
+
+fn value_locations(
+    ctx: &FileCtx<'_>,
+    path: &str,
+    value: &toml_edit::Value,
+    out: &mut BTreeMap<String, String>,
+) {
+    match value {
+        toml_edit::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                let at = format!("{path}[{i}]");
+                out.insert(at.clone(), ctx.at(v.span()));
+                value_locations(ctx, &at, v, out);
+            }
+        }
+        toml_edit::Value::InlineTable(t) => table_locations(ctx, path, t, out),
+        _ => {}
     }
 }
 
@@ -1623,13 +1693,26 @@ type_header = "X-Kind"
         assert_eq!(cfg.agents[0].value["url"], "http://x");
         assert_eq!(cfg.agents[1].value["headers"]["x"], "1");
         assert_eq!(cfg.agents[0].location_of("url"), "c.toml:4:1");
-        assert_eq!(cfg.agents[1].location_of("headers.x"), "c.toml:8:1");
+        assert_eq!(cfg.agents[1].location_of("headers.x"), "c.toml:8:13");
+        // A field the file does not have points at the nearest enclosing key it has.
+        assert_eq!(cfg.agents[1].location_of("headers.y"), "c.toml:8:1");
+        assert_eq!(cfg.agents[1].location_of("timeoutMs"), "c.toml:6:1");
         cfg.apply_file(
             Path::new("c.toml"),
             "[[routes]]\nid = \"r\"\ntarget_agents = [\"x\"]\n",
             &mut errors,
         );
-        assert_eq!(cfg.routes[0].location_of("targetAgents[0]"), "c.toml:3:1");
+        assert_eq!(cfg.routes[0].location_of("targetAgents[0]"), "c.toml:3:18");
+        cfg.apply_file(
+            Path::new("c.toml"),
+            "[[filters]]\nid = \"f\"\nconditions = [\n  { field = \"a\", operator = \"equals\", value = 1 },\n  { field = \"b\", operator = \"nope\", value = 1 },\n]\n",
+            &mut errors,
+        );
+        let f = &cfg.filters[0];
+        assert_eq!(f.location_of("conditions[1].operator"), "c.toml:5:18");
+        assert_eq!(f.location_of("conditions[1]"), "c.toml:5:3");
+        assert_eq!(f.location_of("conditions"), "c.toml:3:1");
+        assert_eq!(f.location_of("caseSensitive"), "c.toml:1:1");
     }
 
     #[test]

@@ -139,14 +139,10 @@ const ERASE_PAGE: usize = 500;
 /// equals `equals`, page by page from the newest, and answers `{"erased": n}`. A string
 /// `equals` also matches a number or boolean written the same way (`"1234"` matches `1234`).
 pub async fn erase_matching(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    super::error::json_syntax(&body)?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
-    let req: ErasureRequest = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        ApiError::validation(
-            if field == "." { "body".into() } else { field },
-            e.inner().to_string(),
-        )
-    })?;
+    let req: ErasureRequest = serde_path_to_error::deserialize(de)
+        .map_err(|e| ApiError::json(&e.path().to_string(), e.inner()))?;
     let path = FieldPath::parse(&req.field).map_err(|m| ApiError::validation("field", m))?;
     match &req.equals {
         Value::String(_) | Value::Number(_) | Value::Bool(_) => {}

@@ -19,7 +19,7 @@ use crate::rules::{self, ValidationError};
 use crate::store::{PutMode, PutOutcome, RuleKind, StoredRule};
 
 fn validation(e: ValidationError) -> ApiError {
-    ApiError::validation(e.field, e.message)
+    ApiError::validation_at(e.field, e.message, e.position)
 }
 
 fn to_json<T: Serialize>(v: &T) -> ApiResult<String> {
@@ -120,26 +120,36 @@ pub async fn reset_agent_health(
     get_kind(&app, RuleKind::Agent, id).await
 }
 
-/// The id in a PUT body must match the path (or be absent, then the path's is used).
+/// The id in a PUT body must match the path (or be absent, then the path's is used). The body
+/// is handed on as sent, so that the line and column of a later error are the client's.
 fn take_path_id(body: &Bytes, path_id: &str) -> ApiResult<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::validation("body", format!("not valid JSON: {e}")))?;
-    let Value::Object(m) = &mut v else {
-        return Err(ApiError::validation("body", "expected a JSON object"));
+    super::error::json_syntax(body)?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::json("", &e))?;
+    let Value::Object(m) = &v else {
+        return Err(ApiError::validation("body", "must be a JSON object"));
     };
     match m.get("id") {
+        Some(Value::String(s)) if s == path_id => Ok(body.to_vec()),
+        Some(_) => Err(ApiError::validation(
+            "id",
+            format!("must match the id in the path (\"{path_id}\")"),
+        )),
         None => {
-            m.insert("id".into(), Value::String(path_id.to_string()));
-        }
-        Some(Value::String(s)) if s == path_id => {}
-        Some(_) => {
-            return Err(ApiError::validation(
-                "id",
-                format!("must match the id in the path (\"{path_id}\")"),
-            ));
+            // Added last, before the closing brace, so that nothing the client sent moves.
+            let end = body
+                .iter()
+                .rposition(|&b| b == b'}')
+                .ok_or_else(|| ApiError::validation("body", "must be a JSON object"))?;
+            let id = serde_json::to_string(path_id)
+                .map_err(|e| ApiError::internal("encode path id", e))?;
+            let comma = if m.is_empty() { "" } else { "," };
+            let mut out = Vec::with_capacity(body.len() + id.len() + 8);
+            out.extend_from_slice(&body[..end]);
+            out.extend_from_slice(format!("{comma}\"id\":{id}").as_bytes());
+            out.extend_from_slice(&body[end..]);
+            Ok(out)
         }
     }
-    serde_json::to_vec(&v).map_err(|e| ApiError::internal("re-encode body", e))
 }
 
 /// Writes one rule and swaps in the rebuilt rule set; answers 201 to a create (POST) and 200 to
@@ -191,6 +201,7 @@ pub async fn get_filter(
 }
 
 async fn save_filter(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    super::error::json_syntax(body)?;
     let filter: EventFilter = rules::parse_filter(body).map_err(validation)?;
     let json = to_json(&filter)?;
     let _guard = app.rules.lock_changes().await;
@@ -232,6 +243,7 @@ pub async fn get_route(
 }
 
 async fn save_route(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    super::error::json_syntax(body)?;
     let _guard = app.rules.lock_changes().await;
     let agents = app.rules.agent_ids().await?;
     let route: EventRoute = rules::parse_route(body, &agents).map_err(validation)?;
@@ -274,8 +286,10 @@ pub async fn get_agent(
 }
 
 async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    super::error::json_syntax(body)?;
     // `health` is what the server reports about the agent, not a setting: an agent read back
-    // and sent again as it was is accepted.
+    // and sent again as it was is accepted. (Such a body is re-encoded, so the line and column
+    // of a later error are of the re-encoded text.)
     let stripped = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(mut m)) if m.contains_key("health") => {
             m.remove("health");

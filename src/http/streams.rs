@@ -128,11 +128,7 @@ fn open(
         param(&pairs, "lastEventId").map(str::to_string)
     };
     let last_event_id = match last.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
-            ApiError::bad_request(
-                "lastEventId / Last-Event-ID must be an event id this server issued",
-            )
-        })?),
+        Some(s) => Some(Uuid::parse_str(s).map_err(|_| not_issued())?),
         None => None,
     };
     Ok(Opened {
@@ -141,6 +137,48 @@ fn open(
         last_event_id,
         session,
     })
+}
+
+fn not_issued() -> ApiError {
+    ApiError::bad_request("lastEventId / Last-Event-ID must be an event id this server issued")
+}
+
+/// How far ahead of this node's clock another node's event id may be, ms (clock differences
+/// between nodes).
+const CLOCK_SKEW_MS: i64 = 5_000;
+
+/// A resume id is one this server issued: a UUID v7 (the only ids it makes), not from the
+/// future, and an archived event (or an erased one's tombstone) — unless it is older than the
+/// shortest retention, when it may have been purged since (the replay then starts at the
+/// oldest event kept). Anything else would
+/// resume from a point the client never saw: refused, before any upgrade.
+async fn check_resume(app: &AppState, opened: &Opened) -> ApiResult<()> {
+    let Some(id) = opened.last_event_id else {
+        return Ok(());
+    };
+    if id.get_version_num() != 7 {
+        return Err(not_issued());
+    }
+    let at = uuid_ms(&id);
+    let now = now_ms();
+    if at > now + CLOCK_SKEW_MS {
+        return Err(not_issued());
+    }
+    // The shortest retention any event may have (a source's own, the dead letters'): an id
+    // older than that may have been purged, so only a younger one must still be there (an
+    // erased event's tombstone is).
+    let cfg = &app.config;
+    let shortest = cfg
+        .sources
+        .values()
+        .filter_map(|s| s.retention_days)
+        .chain(cfg.dlq_retention_days)
+        .fold(cfg.retention_days, u32::min);
+    let retained_from = now - i64::from(shortest) * 86_400_000;
+    if at >= retained_from && app.store.get_event(id).await?.is_none() {
+        return Err(not_issued());
+    }
+    Ok(())
 }
 
 /// Whether the request's `Origin` is this server (its `Host`, or the `X-Forwarded-Host` a proxy
@@ -354,6 +392,9 @@ pub async fn sse(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = check_resume(&app, &opened).await {
+        return e.into_response();
+    }
     let via_session = opened.session.is_some();
     let sub = app
         .sequencer
@@ -411,6 +452,9 @@ pub async fn ws(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = check_resume(&app, &opened).await {
+        return e.into_response();
+    }
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(_) => {

@@ -20,6 +20,7 @@ mod delivery;
 mod delivery_crash;
 mod delivery_dlq;
 mod delivery_queue;
+mod envelope;
 mod erasure;
 mod fuzz_regressions;
 mod handshakes_pb;
