@@ -314,7 +314,9 @@ async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Res
     }
     let (agent, stored) =
         prepare_agent(agent, existing.as_ref().map(|r| r.body.as_str())).map_err(validation)?;
-    let answer = serde_json::to_value(&agent).map_err(|e| ApiError::internal("agent", e))?;
+    let mut answer = serde_json::to_value(&agent).map_err(|e| ApiError::internal("agent", e))?;
+    // As `GET` shows it, so that what was sent, what came back and what is read agree.
+    add_health(app, &mut answer);
     save(app, RuleKind::Agent, agent.id.clone(), stored, answer, mode).await
 }
 
