@@ -80,11 +80,7 @@ fn add_health(app: &AppState, agent: &mut Value) {
         return;
     }
     let id = m.get("id").and_then(Value::as_str).unwrap_or_default();
-    let started = crate::clock::now_ms() - app.started.elapsed().as_millis() as i64;
-    let health = app
-        .queue
-        .health(id)
-        .unwrap_or_else(|| crate::queue::AgentHealth::closed(started));
+    let health = app.queue.health_or_closed(id);
     m.insert(
         "health".into(),
         serde_json::to_value(health).unwrap_or(Value::Null),

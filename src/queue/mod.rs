@@ -226,6 +226,8 @@ pub struct Queue {
     /// Agents whose breaker is not closed or that failed since their last success (the
     /// dispatcher writes, admin reads and /metrics read).
     health: Arc<std::sync::Mutex<HashMap<Arc<str>, AgentHealth>>>,
+    /// When the scheduler started (ms): a healthy agent's breaker has been closed since then.
+    started_ms: i64,
 }
 
 /// Refusal of new work: the queue holds `max_queue_size` unfinished deliveries.
@@ -288,6 +290,12 @@ impl Queue {
     /// since its last success).
     pub fn health(&self, agent: &str) -> Option<AgentHealth> {
         self.health.lock().ok()?.get(agent).cloned()
+    }
+
+    /// The agent's breaker, closed since the scheduler started when nothing went wrong.
+    pub fn health_or_closed(&self, agent: &str) -> AgentHealth {
+        self.health(agent)
+            .unwrap_or_else(|| AgentHealth::closed(self.started_ms))
     }
 
     /// Every agent with something to report.
@@ -524,6 +532,7 @@ pub async fn start(
         unfinished: unfinished.clone(),
         max: cfg.max_queue_size.min(i64::MAX as u64) as i64,
         health: health.clone(),
+        started_ms: now_ms(),
     };
     let recorder = tokio::spawn(record_loop(store.clone(), rec_rx));
     let ctx = AttemptCtx {
@@ -1482,6 +1491,7 @@ mod tests {
             unfinished: Arc::new(AtomicI64::new(0)),
             max: 3,
             health: Default::default(),
+            started_ms: 0,
         };
         let r = q.reserve(2).unwrap();
         assert!(q.reserve(2).is_err());
