@@ -459,6 +459,10 @@ async fn child_server(dir: &std::path::Path) -> (tokio::process::Child, SocketAd
         .env("AGENT_API_KEY", AGENT_KEY)
         .env("ADMIN_API_KEY", ADMIN_KEY)
         .env("DEFAULT_RATE_LIMIT", "1000000000")
+        // Every idle connection comes from this one address, and some wait long for the rest.
+        .env("MAX_CONNECTIONS", "1000000")
+        .env("MAX_CONNECTIONS_PER_IP", "0")
+        .env("KEEP_ALIVE_TIMEOUT_MS", "3600000")
         .env("LOG_LEVEL", "warn")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -1,4 +1,5 @@
-// Agents: list (with the signing secret, revealed on demand and copyable), create, edit, delete.
+// Agents: list (with each push agent's health and the signing secret, revealed on demand and
+// copyable), create, edit, delete; reset a circuit breaker, enable a disabled agent.
 
 import { get, post, put, del } from "./api.js";
 import { h, viewHead, table, toast, confirmDialog, copyButton, showError, number } from "./ui.js";
@@ -17,13 +18,17 @@ async function renderList(main) {
   try {
     const { items } = await get("/admin/agents");
     body.replaceChildren(table(
-      ["Id", "Name", "Delivers to", { label: "Concurrency", class: "num hide-narrow" }, "Enabled", "Signing secret", ""],
+      ["Id", "Name", "Delivers to", { label: "Concurrency", class: "num hide-narrow" }, "Enabled", "Health", "Signing secret", ""],
       items.map((a) => h("tr", { "data-id": a.id },
         h("td", { class: "mono" }, a.id),
         h("td", {}, a.name),
         h("td", {}, a.url ? h("span", { class: "mono" }, a.url) : h("span", { class: "muted" }, "stream only")),
         h("td", { class: "num hide-narrow" }, number(a.maxConcurrency)),
-        h("td", {}, a.enabled ? h("span", { class: "badge ok" }, "yes") : h("span", { class: "badge" }, "no")),
+        h("td", {}, a.enabled
+          ? h("span", { class: "badge ok" }, "yes")
+          : [h("span", { class: "badge" }, "no"), " ",
+            h("button", { type: "button", class: "small", onclick: () => enable(a, main) }, "Enable")]),
+        h("td", {}, healthCell(a, main)),
         h("td", {}, secretCell(a)),
         h("td", { class: "actions" },
           h("a", { class: "button small", href: `#/agents/${encodeURIComponent(a.id)}/edit` }, "Edit"),
@@ -32,6 +37,46 @@ async function renderList(main) {
   } catch (e) {
     body.replaceChildren();
     showError(e, error);
+  }
+}
+
+/** A push agent's circuit breaker: its state, why, and a reset when it is not closed. */
+function healthCell(agent, main) {
+  const health = agent.health;
+  if (!health) return h("span", { class: "muted" }, "—");
+  const kind = { closed: "ok", open: "bad", half_open: "warn" }[health.state] || "";
+  const label = { closed: "closed", open: "open", half_open: "probing" }[health.state] || health.state;
+  const detail = health.state === "closed"
+    ? (health.consecutiveFailures ? `${health.consecutiveFailures} failed in a row` : "")
+    : `${health.consecutiveFailures} failed in a row${health.nextProbeAt ? `, next try ${new Date(health.nextProbeAt).toLocaleTimeString()}` : ""}`;
+  return h("span", { class: "health", "data-state": health.state, title: health.lastError || "" },
+    h("span", { class: `badge ${kind}` }, label),
+    detail ? h("span", { class: "muted" }, ` ${detail}`) : null,
+    health.state !== "closed"
+      ? [" ", h("button", { type: "button", class: "small", onclick: () => resetHealth(agent.id, main) }, "Reset breaker")]
+      : null);
+}
+
+async function resetHealth(id, main) {
+  try {
+    await post(`/admin/agents/${encodeURIComponent(id)}/health/reset`);
+    toast(`Breaker of "${id}" closed`);
+    main.replaceChildren();
+    renderList(main);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function enable(agent, main) {
+  try {
+    const { health, ...stored } = agent;
+    await put(`/admin/agents/${encodeURIComponent(agent.id)}`, { ...stored, enabled: true });
+    toast(`Agent "${agent.id}" enabled`);
+    main.replaceChildren();
+    renderList(main);
+  } catch (e) {
+    showError(e);
   }
 }
 
@@ -117,6 +162,8 @@ async function renderForm(main, id) {
       const limit = numberOf(f, "rateLimit.limit");
       const window = numberOf(f, "rateLimit.window");
       if (limit !== undefined || window !== undefined) body.rateLimit = { limit, window };
+      // Settings this form does not edit are kept as they are.
+      if (agent.circuitBreaker) body.circuitBreaker = agent.circuitBreaker;
       return body;
     },
     send: (body) => (id ? put(`/admin/agents/${encodeURIComponent(id)}`, body) : post("/admin/agents", body)),

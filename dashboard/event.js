@@ -26,9 +26,11 @@ export function renderDetail(detail, reload) {
       h("dt", {}, "Action"), h("dd", {}, ev.action ?? "—"),
       h("dt", {}, "Received"), h("dd", {}, dateTime(ev.timestamp)),
       h("dt", {}, "Delivery id"), h("dd", { class: "mono" }, ev.deliveryId ?? "—"),
-      h("dt", {}, "Status"), h("dd", {}, detail.filtered
-        ? h("span", { class: "badge warn" }, "filtered out")
-        : h("span", { class: "badge ok" }, "processed"))),
+      h("dt", {}, "Status"), h("dd", {}, detail.erasedAt
+        ? h("span", { class: "badge bad" }, `erased ${dateTime(detail.erasedAt)}`)
+        : detail.filtered
+          ? h("span", { class: "badge warn" }, "filtered out")
+          : h("span", { class: "badge ok" }, "processed"))),
     h("h3", {}, `Deliveries (${deliveries.length})`),
     deliveries.length
       ? deliveries.map((d) => delivery(d, reload))
@@ -36,10 +38,12 @@ export function renderDetail(detail, reload) {
         ? "Filtered out: no deliveries."
         : "No push deliveries (no route matched, or only stream agents received it)."),
     h("h3", {}, "Payload"),
-    h("pre", { class: "json", tabindex: "0", "aria-label": "Payload" }, json(ev.payload)),
-    h("details", {},
-      h("summary", {}, "Metadata"),
-      h("pre", { class: "json", tabindex: "0" }, json(ev.metadata))));
+    detail.erasedAt
+      ? h("p", { class: "muted" }, "Erased: the payload, headers and delivery bodies were removed; this tombstone keeps the id, source, type and time.")
+      : [h("pre", { class: "json", tabindex: "0", "aria-label": "Payload" }, json(ev.payload)),
+        h("details", {},
+          h("summary", {}, "Metadata"),
+          h("pre", { class: "json", tabindex: "0" }, json(ev.metadata)))]);
 }
 
 function delivery(d, reload) {
@@ -68,7 +72,7 @@ function delivery(d, reload) {
       h("dt", {}, "Route"), h("dd", {}, d.routeId),
       h("dt", {}, "Delivery id"), h("dd", { class: "mono" }, d.id),
       h("dt", {}, "Attempts"), h("dd", {}, String(d.attempts)),
-      d.nextAttemptAt && d.status !== "delivered" && d.status !== "dead"
+      d.nextAttemptAt && !["delivered", "dead", "cancelled"].includes(d.status)
         ? [h("dt", {}, "Next attempt"), h("dd", {}, dateTime(d.nextAttemptAt))] : null,
       d.lastError ? [h("dt", {}, "Last error"), h("dd", {}, d.lastError)] : null),
     h("h4", { class: "visually-hidden" }, "Attempts"),

@@ -97,6 +97,10 @@ pub async fn start(state: &Node) -> anyhow::Result<()> {
                     Notice::RulesChanged => reload(&s).await,
                     Notice::Events { ids, .. } => publish_remote(&s, ids).await,
                     Notice::Wake => wake.notify_one(),
+                    Notice::Erased { ids } => s.queue.cancel_events(ids).await,
+                    Notice::Breaker { agent, open_until } => {
+                        s.queue.remote_breaker(&agent, open_until)
+                    }
                 }
             }
         });

@@ -41,6 +41,8 @@ pub struct SourceConfig {
     /// The token the operator gave the provider for its `GET` check of the endpoint, read from
     /// the provider's `verify_token_env` (Meta: `META_VERIFY_TOKEN`); `None` when it has none.
     pub verify_token: Option<Secret>,
+    /// `retention_days` for this source's events, overriding the global one.
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,21 +58,33 @@ pub struct Declared {
     pub value: Value,
     /// `file:line:column` of the table.
     pub location: String,
-    /// Where each top-level key of the table is, so a field error can point at its line.
+    /// Where each key of the table is, nested ones included (`conditions[1].operator`,
+    /// `retry_policy.max_attempts`, `target_agents[2]`), so that a field error points at the
+    /// offending key. Paths are stored in snake_case ([`location_path`]).
     pub key_locations: BTreeMap<String, String>,
 }
 
 impl Declared {
-    /// The location to report for an error on `field` (a path such as `conditions[0].operator`).
+    /// The location to report for an error on `field` (a path such as `conditions[0].operator`):
+    /// that key's, else the nearest enclosing key's that the file has, else the table's.
     pub fn location_of(&self, field: &str) -> &str {
-        let head = field.split(['.', '[']).next().unwrap_or("");
-        // Errors name fields in camelCase; the file may spell the key in snake_case.
-        self.key_locations
-            .get(head)
-            .or_else(|| self.key_locations.get(&crate::event::snake_case(head)))
-            .map(String::as_str)
-            .unwrap_or(&self.location)
+        let mut path = location_path(field);
+        loop {
+            if let Some(at) = self.key_locations.get(&path) {
+                return at;
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) => path.truncate(cut),
+                None => return &self.location,
+            }
+        }
     }
+}
+
+/// A field path in one spelling for looking up locations: errors name fields in camelCase
+/// (`sourceFilters[0].caseSensitive`), the file may spell them in snake_case.
+fn location_path(field: &str) -> String {
+    crate::event::snake_case(field)
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +100,9 @@ pub struct Config {
     pub rate_limit_window_ms: u64,
     pub default_rate_limit: u64,
     pub retention_days: u32,
+    /// `dlq_retention_days` [`DLQ_RETENTION_DAYS`]: how long a dead letter is kept after it
+    /// died (with its event); `None` = `retention_days`.
+    pub dlq_retention_days: Option<u32>,
     pub log_level: String,
     pub log_format: LogFormat,
     /// `environment` [`ENVIRONMENT`]: a name for this deployment (`production`, `staging`, …),
@@ -112,6 +129,24 @@ pub struct Config {
     pub db_pool_size: usize,
     /// SQLite: free MiB on the data's filesystem below which new webhooks are refused (0: none).
     pub min_free_disk_mb: u64,
+    /// Agents' circuit breaker defaults (`circuit_failure_threshold`, `circuit_cooldown_ms`,
+    /// `circuit_max_cooldown_ms`, `agent_disable_after_hours`; an agent's own settings win).
+    pub circuit_failure_threshold: u32,
+    pub circuit_cooldown_ms: u64,
+    pub circuit_max_cooldown_ms: u64,
+    /// 0: agents are never disabled for failing.
+    pub agent_disable_after_hours: u64,
+    /// `operational_event_interval_ms`: at most one `router` event of a kind about one subject
+    /// per this many ms.
+    pub operational_event_interval_ms: u64,
+    /// `ingest.signature_failures`: this many failed signatures of one source in one
+    /// `alert_window_ms` (0: never).
+    pub signature_failure_alert: u64,
+    /// `ingest.slow`: the p95 processing time (ms) above which a window counts as slow; five
+    /// slow windows in a row send the event.
+    pub slow_ingest_alert_ms: u64,
+    /// The window the `ingest.*` events count over (ms; a minute).
+    pub alert_window_ms: u64,
     /// PostgreSQL: how long a node's heartbeat keeps its deliveries its own (ms); after that
     /// without a heartbeat, other nodes take them over.
     pub node_lease_ms: u64,
@@ -135,6 +170,64 @@ pub struct Config {
     pub encryption_key: Option<Secret>,
     /// How long a dashboard sign-in lasts (absolute, from sign-in).
     pub dashboard_session_ttl: std::time::Duration,
+    /// What a client connection may hold: deadlines and caps (`header_read_timeout_ms`,
+    /// `body_read_timeout_ms`, `keep_alive_timeout_ms`, `max_header_size`, `max_connections`,
+    /// `max_connections_per_ip`).
+    pub connections: ConnectionLimits,
+}
+
+/// What one client connection may hold, so that slow or numerous clients cannot hold the door
+/// open (see docs/operations.md "Connections").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a connection's opening, or from the first byte of a later request, to the end of
+    /// that request's head; past it the connection is closed.
+    pub header_read_timeout: std::time::Duration,
+    /// From the first read of a request body to its end; past it the request is answered `408`.
+    pub body_read_timeout: std::time::Duration,
+    /// How long a keep-alive connection may wait between requests.
+    pub keep_alive_timeout: std::time::Duration,
+    /// The largest request head (request line and headers), bytes.
+    pub max_header_size: usize,
+    /// Open connections (streams included) past which new ones are refused at once.
+    pub max_connections: usize,
+    /// The same per client address; 0: no per-address cap.
+    pub max_connections_per_ip: usize,
+}
+
+/// Ten seconds for a request head: a provider sends it in one packet; a client that takes longer
+/// is holding a connection open, not sending.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Thirty seconds for a body: `max_event_size` (1 MiB) at 35 KB/s.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Seventy-five seconds between requests: longer than the 60 s idle timeout of common load
+/// balancers, so that the balancer, not the router, closes an idle pooled connection (a router
+/// closing first races the balancer's next request on it).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_MS: u64 = 75_000;
+/// 64 KiB of request head: webhooks carry a few KB. (hyper's own default is 400 KiB; this also
+/// bounds what each connection's read buffer can grow to.)
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// hyper's read buffer cannot be smaller.
+const MIN_MAX_HEADER_SIZE: i64 = 8192;
+/// The 10,000 idle connections measured in docs/performance.md; each costs a file descriptor,
+/// so keep it below `ulimit -n`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// One client address may hold a fifth of them: enough for the 1,000-connection load run and
+/// 1,000 stream subscribers from one host, not enough to starve everyone else.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 2_000;
+const MAX_TIMEOUT_MS: i64 = 3_600_000;
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: std::time::Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS),
+            keep_alive_timeout: std::time::Duration::from_millis(DEFAULT_KEEP_ALIVE_TIMEOUT_MS),
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+        }
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -166,6 +259,7 @@ impl Default for Config {
             rate_limit_window_ms: 60_000,
             default_rate_limit: 1000,
             retention_days: 30,
+            dlq_retention_days: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
             environment: None,
@@ -182,6 +276,14 @@ impl Default for Config {
             commit_batch_max: 1024,
             db_pool_size: crate::store::postgres::DEFAULT_POOL_SIZE,
             min_free_disk_mb: DEFAULT_MIN_FREE_DISK_MB,
+            circuit_failure_threshold: 10,
+            circuit_cooldown_ms: 5_000,
+            circuit_max_cooldown_ms: 300_000,
+            agent_disable_after_hours: 72,
+            operational_event_interval_ms: 60_000,
+            signature_failure_alert: 20,
+            slow_ingest_alert_ms: 1_000,
+            alert_window_ms: 60_000,
             node_lease_ms: crate::store::postgres::DEFAULT_LEASE_MS as u64,
             node_id: None,
             rate_lease_ms: crate::ratelimit::shared::DEFAULT_LEASE_MS,
@@ -194,6 +296,7 @@ impl Default for Config {
             dashboard_session_ttl: std::time::Duration::from_secs(
                 DEFAULT_DASHBOARD_SESSION_TTL_SECS,
             ),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -211,6 +314,7 @@ fn builtin_sources() -> BTreeMap<String, SourceConfig> {
                 identifier_field: b.identifier.map(str::to_string),
                 public_url: None,
                 verify_token: None,
+                retention_days: None,
             };
             Some((b.source.to_string(), source))
         })
@@ -268,6 +372,18 @@ pub fn process_env(name: &str) -> Option<String> {
 impl Config {
     /// Builds the configuration: defaults < file < environment < flags. Every problem is collected.
     pub fn load(overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigErrors> {
+        let (cfg, errors) = Config::load_all(overrides, env);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// As [`Config::load`], but the configuration comes back beside its problems (each bad
+    /// setting left at its default), so that the declared rules can be checked as well and
+    /// every error reported in one run.
+    pub fn load_all(overrides: &Overrides, env: Env<'_>) -> (Config, Vec<ConfigError>) {
         let mut cfg = Config::default();
         let mut errors = Vec::new();
         let file = overrides
@@ -289,6 +405,12 @@ impl Config {
         cfg.apply_overrides(overrides, &mut errors);
         cfg.resolve_secrets(env);
         cfg.check_security(&mut errors);
+        (cfg, errors)
+    }
+
+    /// Parses a file on its own (for `check-config`); every error is returned.
+    pub fn from_file_only(path: &Path) -> Result<Config, ConfigErrors> {
+        let (cfg, errors) = Config::from_file_all(path);
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -296,8 +418,8 @@ impl Config {
         }
     }
 
-    /// Parses a file on its own (for `check-config`); every error is returned.
-    pub fn from_file_only(path: &Path) -> Result<Config, ConfigErrors> {
+    /// As [`Config::from_file_only`], the configuration beside its problems.
+    pub fn from_file_all(path: &Path) -> (Config, Vec<ConfigError>) {
         let mut cfg = Config::default();
         let mut errors = Vec::new();
         match std::fs::read_to_string(path) {
@@ -310,11 +432,7 @@ impl Config {
         }
         cfg.config_file = Some(path.to_path_buf());
         cfg.check_security(&mut errors);
-        if errors.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        (cfg, errors)
     }
 
     /// Where the embedded database lives when `database_url` is unset or `sqlite://`.
@@ -413,6 +531,10 @@ impl Config {
                     Ok(v) => self.retention_days = v as u32,
                     Err(m) => err(m),
                 },
+                "dlq_retention_days" => match int_in(item, 1, 36_500) {
+                    Ok(v) => self.dlq_retention_days = Some(v as u32),
+                    Err(m) => err(m),
+                },
                 "environment" => match item.as_str().map(check_environment) {
                     Some(Ok(e)) => self.environment = Some(e),
                     Some(Err(m)) => err(m),
@@ -445,6 +567,38 @@ impl Config {
                     Ok(v) => self.delivery_memory = (v as usize) << 20,
                     Err(m) => err(m),
                 },
+                "circuit_failure_threshold" => match int_in(item, 1, 1_000_000) {
+                    Ok(v) => self.circuit_failure_threshold = v as u32,
+                    Err(m) => err(m),
+                },
+                "circuit_cooldown_ms" => match int_in(item, 1, 86_400_000) {
+                    Ok(v) => self.circuit_cooldown_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "circuit_max_cooldown_ms" => match int_in(item, 1, 86_400_000) {
+                    Ok(v) => self.circuit_max_cooldown_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "agent_disable_after_hours" => match int_in(item, 0, 8_760) {
+                    Ok(v) => self.agent_disable_after_hours = v as u64,
+                    Err(m) => err(m),
+                },
+                "signature_failure_alert" => match int_in(item, 0, 1_000_000_000) {
+                    Ok(v) => self.signature_failure_alert = v as u64,
+                    Err(m) => err(m),
+                },
+                "slow_ingest_alert_ms" => match int_in(item, 0, 3_600_000) {
+                    Ok(v) => self.slow_ingest_alert_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "alert_window_ms" => match int_in(item, 100, 3_600_000) {
+                    Ok(v) => self.alert_window_ms = v as u64,
+                    Err(m) => err(m),
+                },
+                "operational_event_interval_ms" => match int_in(item, 0, 86_400_000) {
+                    Ok(v) => self.operational_event_interval_ms = v as u64,
+                    Err(m) => err(m),
+                },
                 "min_free_disk_mb" => match int_in(item, 0, MAX_MIN_FREE_DISK_MB) {
                     Ok(v) => self.min_free_disk_mb = v as u64,
                     Err(m) => err(m),
@@ -466,6 +620,18 @@ impl Config {
                     Some(Err(m)) => err(m),
                     None => err(expected("a string", item)),
                 },
+                "header_read_timeout_ms"
+                | "body_read_timeout_ms"
+                | "keep_alive_timeout_ms"
+                | "max_header_size"
+                | "max_connections"
+                | "max_connections_per_ip" => {
+                    let (min, max) = connection_key_range(key);
+                    match int_in(item, min, max) {
+                        Ok(v) => self.connections.set(key, v as u64),
+                        Err(m) => err(m),
+                    }
+                }
                 "tls_cert" | "tls_key" | "extra_ca_certs" => match item.as_str() {
                     Some(p) if !p.is_empty() => {
                         let p = Some(PathBuf::from(p));
@@ -491,14 +657,15 @@ impl Config {
                     None => err(expected("a table of [sources.NAME] tables", item)),
                 },
                 "agents" | "filters" | "routes" | "rate_limits" => {
-                    match declared_list(&ctx, key, item) {
-                        Ok(list) => match key {
-                            "agents" => self.agents = list,
-                            "filters" => self.filters = list,
-                            "routes" => self.routes = list,
-                            _ => self.rate_limits = list,
-                        },
-                        Err(e) => errors.extend(e),
+                    // The tables that are tables are kept (and checked) beside the errors of
+                    // those that are not.
+                    let (list, e) = declared_list(&ctx, key, item);
+                    errors.extend(e);
+                    match key {
+                        "agents" => self.agents = list,
+                        "filters" => self.filters = list,
+                        "routes" => self.routes = list,
+                        _ => self.rate_limits = list,
                     }
                 }
                 other => err(format!(
@@ -528,6 +695,14 @@ impl Config {
                 );
                 continue;
             }
+            if name == "router" {
+                push(
+                    key.clone(),
+                    at.clone(),
+                    "\"router\" is the source of the router's own operational events, not a webhook source".into(),
+                );
+                continue;
+            }
             let Some(t) = item.as_table_like() else {
                 push(key, at, expected("a table", item));
                 continue;
@@ -540,6 +715,7 @@ impl Config {
                 .unwrap_or_default();
             let mut identifier = existing.as_ref().and_then(|s| s.identifier_field.clone());
             let mut public_url = existing.as_ref().and_then(|s| s.public_url.clone());
+            let mut retention_days = existing.as_ref().and_then(|s| s.retention_days);
             let mut recipe_scheme: Option<String> = None;
             let mut recipe = providers::recipe::RecipeSpec::default();
             let mut recipe_keys: Vec<String> = Vec::new();
@@ -619,6 +795,13 @@ impl Config {
                             )
                         }
                     },
+                    "retention_days" => match int_in(v, 1, 36_500) {
+                        Ok(n) => retention_days = Some(n as u32),
+                        Err(m) => {
+                            ok = false;
+                            push(field, at, m)
+                        }
+                    },
                     "public_url" => match v.as_str().map(check_public_url) {
                         Some(Ok(u)) => public_url = Some(u),
                         Some(Err(m)) => {
@@ -636,7 +819,7 @@ impl Config {
                             field,
                             at,
                             format!(
-                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field, public_url, and for scheme \"hmac\", \"token\" or \"basic\": {})",
+                                "unknown key \"{other}\" (known: scheme, secret_env, identifier_field, public_url, retention_days, and for scheme \"hmac\", \"token\" or \"basic\": {})",
                                 providers::recipe::RecipeSpec::KEYS.join(", ")
                             ),
                         )
@@ -689,6 +872,7 @@ impl Config {
                         identifier_field: identifier,
                         public_url,
                         verify_token: None,
+                        retention_days,
                     },
                 );
             }
@@ -731,6 +915,9 @@ impl Config {
         if let Some(v) = num("RETENTION_DAYS", 1, 36_500) {
             self.retention_days = v as u32;
         }
+        if let Some(v) = num("DLQ_RETENTION_DAYS", 1, 36_500) {
+            self.dlq_retention_days = Some(v as u32);
+        }
         if let Some(v) = num("STREAM_HEARTBEAT_MS", 100, 3_600_000) {
             self.stream_heartbeat = std::time::Duration::from_millis(v as u64);
         }
@@ -752,6 +939,12 @@ impl Config {
         }
         if let Some(v) = num("RATE_LEASE_MS", 100, 600_000) {
             self.rate_lease_ms = v as u64;
+        }
+        for key in CONNECTION_KEYS {
+            let (min, max) = connection_key_range(key);
+            if let Some(v) = num(&key.to_ascii_uppercase(), min, max) {
+                self.connections.set(key, v as u64);
+            }
         }
         let mut push = |name: &str, message: String| {
             errors.push(ConfigError {
@@ -927,6 +1120,42 @@ fn check_node_id(s: &str) -> Result<String, String> {
     crate::store::postgres::check_node_name(s).map(str::to_string)
 }
 
+/// The connection keys, each also read from its name in capitals (`MAX_CONNECTIONS`).
+const CONNECTION_KEYS: [&str; 6] = [
+    "header_read_timeout_ms",
+    "body_read_timeout_ms",
+    "keep_alive_timeout_ms",
+    "max_header_size",
+    "max_connections",
+    "max_connections_per_ip",
+];
+
+/// The values a connection key accepts.
+fn connection_key_range(key: &str) -> (i64, i64) {
+    match key {
+        "max_header_size" => (MIN_MAX_HEADER_SIZE, 1 << 20),
+        "max_connections" => (1, 10_000_000),
+        "max_connections_per_ip" => (0, 10_000_000),
+        _ => (100, MAX_TIMEOUT_MS),
+    }
+}
+
+impl ConnectionLimits {
+    /// Sets the value of connection key `key` (checked by `connection_key_range`).
+    fn set(&mut self, key: &str, v: u64) {
+        let ms = std::time::Duration::from_millis(v);
+        match key {
+            "header_read_timeout_ms" => self.header_read_timeout = ms,
+            "body_read_timeout_ms" => self.body_read_timeout = ms,
+            "keep_alive_timeout_ms" => self.keep_alive_timeout = ms,
+            "max_header_size" => self.max_header_size = v as usize,
+            "max_connections" => self.max_connections = v as usize,
+            "max_connections_per_ip" => self.max_connections_per_ip = v as usize,
+            _ => unreachable!("not a connection key: {key}"),
+        }
+    }
+}
+
 const KNOWN_KEYS: &[&str] = &[
     "listen",
     "data_dir",
@@ -938,6 +1167,7 @@ const KNOWN_KEYS: &[&str] = &[
     "rate_limit_window",
     "default_rate_limit",
     "retention_days",
+    "dlq_retention_days",
     "log_level",
     "environment",
     "log_format",
@@ -951,9 +1181,23 @@ const KNOWN_KEYS: &[&str] = &[
     "dashboard_session_ttl_secs",
     "db_pool_size",
     "min_free_disk_mb",
+    "circuit_failure_threshold",
+    "circuit_cooldown_ms",
+    "circuit_max_cooldown_ms",
+    "agent_disable_after_hours",
+    "operational_event_interval_ms",
+    "signature_failure_alert",
+    "slow_ingest_alert_ms",
+    "alert_window_ms",
     "node_lease_ms",
     "node_id",
     "rate_lease_ms",
+    "header_read_timeout_ms",
+    "body_read_timeout_ms",
+    "keep_alive_timeout_ms",
+    "max_header_size",
+    "max_connections",
+    "max_connections_per_ip",
     "sources",
     "agents",
     "filters",
@@ -1047,21 +1291,16 @@ fn valid_path(s: &str) -> bool {
 }
 
 /// `[[agents]]` and friends: each table becomes JSON for the rules layer to validate.
-fn declared_list(
-    ctx: &FileCtx<'_>,
-    key: &str,
-    item: &Item,
-) -> Result<Vec<Declared>, Vec<ConfigError>> {
+fn declared_list(ctx: &FileCtx<'_>, key: &str, item: &Item) -> (Vec<Declared>, Vec<ConfigError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let push_one = |t: &dyn toml_edit::TableLike, span: Option<Range<usize>>| {
         let mut map = serde_json::Map::new();
-        let mut key_locations = BTreeMap::new();
         for (k, v) in t.iter() {
             map.insert(k.to_string(), item_to_json(v));
-            let span = t.key(k).and_then(|k| k.span()).or_else(|| v.span());
-            key_locations.insert(k.to_string(), ctx.at(span));
         }
+        let mut key_locations = BTreeMap::new();
+        table_locations(ctx, "", t, &mut key_locations);
         Declared {
             value: Value::Object(map),
             location: ctx.at(span),
@@ -1073,13 +1312,15 @@ fn declared_list(
             out.push(push_one(t, t.span()));
         }
     } else if let Some(arr) = item.as_array() {
-        for (i, v) in arr.iter().enumerate() {
+        for v in arr.iter() {
             match v.as_inline_table() {
                 Some(t) => out.push(push_one(t, v.span())),
-                None => errors.push(ConfigError {
+                // Kept, so that the next ones keep their index; the rules layer says it is
+                // not an object.
+                None => out.push(Declared {
+                    value: value_to_json(v),
                     location: ctx.at(v.span()),
-                    key: format!("{key}[{i}]"),
-                    message: "expected a table".into(),
+                    key_locations: BTreeMap::new(),
                 }),
             }
         }
@@ -1090,10 +1331,56 @@ fn declared_list(
             message: format!("expected an array of tables ([[{key}]])"),
         });
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
+    (out, errors)
+}
+
+/// Records where every key of `table` is, and every element of its arrays, under `prefix`.
+fn table_locations(
+    ctx: &FileCtx<'_>,
+    prefix: &str,
+    table: &dyn toml_edit::TableLike,
+    out: &mut BTreeMap<String, String>,
+) {
+    for (k, v) in table.iter() {
+        let key = location_path(k);
+        let path = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let span = table.key(k).and_then(|k| k.span()).or_else(|| v.span());
+        out.insert(path.clone(), ctx.at(span));
+        match v {
+            Item::Value(v) => value_locations(ctx, &path, v, out),
+            Item::Table(t) => table_locations(ctx, &path, t, out),
+            Item::ArrayOfTables(a) => {
+                for (i, t) in a.iter().enumerate() {
+                    let at = format!("{path}[{i}]");
+                    out.insert(at.clone(), ctx.at(t.span()));
+                    table_locations(ctx, &at, t, out);
+                }
+            }
+            Item::None => {}
+        }
+    }
+}
+
+fn value_locations(
+    ctx: &FileCtx<'_>,
+    path: &str,
+    value: &toml_edit::Value,
+    out: &mut BTreeMap<String, String>,
+) {
+    match value {
+        toml_edit::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                let at = format!("{path}[{i}]");
+                out.insert(at.clone(), ctx.at(v.span()));
+                value_locations(ctx, &at, v, out);
+            }
+        }
+        toml_edit::Value::InlineTable(t) => table_locations(ctx, path, t, out),
+        _ => {}
     }
 }
 
@@ -1191,6 +1478,55 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].key, "dashboard_session_ttl_secs");
         let env = |k: &str| (k == "DASHBOARD_SESSION_TTL_SECS").then(|| "forever".to_string());
+        assert!(Config::load(&Overrides::default(), &env).is_err());
+    }
+
+    #[test]
+    fn connection_limits_from_file_and_env() {
+        let ms = std::time::Duration::from_millis;
+        let c = Config::load(&Overrides::default(), &no_env).unwrap();
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert_eq!(c.connections.header_read_timeout, ms(10_000));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "header_read_timeout_ms = 500\nbody_read_timeout_ms = 600\nkeep_alive_timeout_ms = 700\n\
+             max_header_size = 9000\nmax_connections = 50\nmax_connections_per_ip = 0\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = Config::load(&o, &no_env).unwrap();
+        let want = ConnectionLimits {
+            header_read_timeout: ms(500),
+            body_read_timeout: ms(600),
+            keep_alive_timeout: ms(700),
+            max_header_size: 9000,
+            max_connections: 50,
+            max_connections_per_ip: 0,
+        };
+        assert_eq!(c.connections, want);
+        let env = |k: &str| (k == "MAX_CONNECTIONS_PER_IP").then(|| "7".to_string());
+        let c = Config::load(&o, &env).unwrap();
+        assert_eq!(c.connections.max_connections_per_ip, 7);
+        assert_eq!(c.connections.max_connections, 50);
+        let errors =
+            file_errors("header_read_timeout_ms = 0\nmax_header_size = 100\nmax_connections = 0\n");
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "header_read_timeout_ms",
+                "max_header_size",
+                "max_connections"
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[1].location.starts_with("c.toml:2:"), "{errors:?}");
+        let env = |k: &str| (k == "KEEP_ALIVE_TIMEOUT_MS").then(|| "soon".to_string());
         assert!(Config::load(&Overrides::default(), &env).is_err());
     }
 
@@ -1418,13 +1754,26 @@ type_header = "X-Kind"
         assert_eq!(cfg.agents[0].value["url"], "http://x");
         assert_eq!(cfg.agents[1].value["headers"]["x"], "1");
         assert_eq!(cfg.agents[0].location_of("url"), "c.toml:4:1");
-        assert_eq!(cfg.agents[1].location_of("headers.x"), "c.toml:8:1");
+        assert_eq!(cfg.agents[1].location_of("headers.x"), "c.toml:8:13");
+        // A field the file does not have points at the nearest enclosing key it has.
+        assert_eq!(cfg.agents[1].location_of("headers.y"), "c.toml:8:1");
+        assert_eq!(cfg.agents[1].location_of("timeoutMs"), "c.toml:6:1");
         cfg.apply_file(
             Path::new("c.toml"),
             "[[routes]]\nid = \"r\"\ntarget_agents = [\"x\"]\n",
             &mut errors,
         );
-        assert_eq!(cfg.routes[0].location_of("targetAgents[0]"), "c.toml:3:1");
+        assert_eq!(cfg.routes[0].location_of("targetAgents[0]"), "c.toml:3:18");
+        cfg.apply_file(
+            Path::new("c.toml"),
+            "[[filters]]\nid = \"f\"\nconditions = [\n  { field = \"a\", operator = \"equals\", value = 1 },\n  { field = \"b\", operator = \"nope\", value = 1 },\n]\n",
+            &mut errors,
+        );
+        let f = &cfg.filters[0];
+        assert_eq!(f.location_of("conditions[1].operator"), "c.toml:5:18");
+        assert_eq!(f.location_of("conditions[1]"), "c.toml:5:3");
+        assert_eq!(f.location_of("conditions"), "c.toml:3:1");
+        assert_eq!(f.location_of("caseSensitive"), "c.toml:1:1");
     }
 
     #[test]

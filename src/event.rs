@@ -204,9 +204,12 @@ pub struct Field(u8);
 
 impl Field {
     /// How many slots a provider may use.
-    pub const PROVIDER_SLOTS: usize = FIELD_COUNT - 1;
+    pub const PROVIDER_SLOTS: usize = FIELD_COUNT - IDENTIFIER_SLOTS;
     /// The source's identifier path, when it points into the payload.
-    pub const IDENTIFIER: Field = Field(FIELD_COUNT as u8 - 1);
+    pub const IDENTIFIER: Field = Field(Field::PROVIDER_SLOTS as u8);
+    /// The identifier's alternate path (Slack's `payload.team.id`), read when the first has
+    /// nothing.
+    pub const IDENTIFIER_ALTERNATE: Field = Field(Field::PROVIDER_SLOTS as u8 + 1);
 
     /// Slot `slot` of a provider's fields; a slot out of range fails to compile in a `const`.
     pub const fn new(slot: usize) -> Field {
@@ -222,7 +225,9 @@ impl Field {
 /// A payload path (`["event", "type"]`) and the slot its value is kept in.
 pub type Probe = (&'static [&'static str], Field);
 
-const FIELD_COUNT: usize = 8;
+const FIELD_COUNT: usize = 9;
+/// The identifier path and one alternate.
+const IDENTIFIER_SLOTS: usize = 2;
 
 /// A probed scalar. Anything else (object, array, bool, null, absent) is not kept: no caller
 /// reads it.
@@ -349,39 +354,54 @@ impl ProbeNode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum IdentifierPath {
     None,
-    /// `payload.…`: probed as [`Field::IDENTIFIER`].
-    InPayload,
+    /// `payload.…`: probed into this slot ([`Field::IDENTIFIER`], or its alternate).
+    InPayload(Field),
     /// Any other path, read from the event object (without its payload or metadata).
     InEvent(Box<str>),
 }
 
 /// What to probe in a source's payloads: the fields its provider classifies by, and its
-/// identifier path. Built once per source.
+/// identifier paths. Built once per source.
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
     root: ProbeNode,
-    identifier: IdentifierPath,
+    /// Tried in order; the first that holds an identifier wins.
+    identifier: [IdentifierPath; IDENTIFIER_SLOTS],
 }
 
 impl ProbeSpec {
     /// `probes`: the provider's fields (`Provider::probes`).
     pub fn new(probes: &[Probe], identifier_field: Option<&str>) -> ProbeSpec {
+        ProbeSpec::with_alternate(probes, identifier_field, None)
+    }
+
+    /// As [`ProbeSpec::new`], with a second identifier path read when the first has nothing
+    /// (`Provider::identifier_alternate`).
+    pub fn with_alternate(
+        probes: &[Probe],
+        identifier_field: Option<&str>,
+        alternate: Option<&str>,
+    ) -> ProbeSpec {
         let mut root = ProbeNode::default();
         for (path, field) in probes {
             root.insert(path, *field);
         }
-        let identifier = match identifier_field {
+        let mut path = |p: Option<&str>, slot: Field| match p {
             None => IdentifierPath::None,
             Some(p) => match p.strip_prefix("payload.") {
                 Some(rest) => {
-                    root.insert(&rest.split('.').collect::<Vec<_>>(), Field::IDENTIFIER);
-                    IdentifierPath::InPayload
+                    root.insert(&rest.split('.').collect::<Vec<_>>(), slot);
+                    IdentifierPath::InPayload(slot)
                 }
                 // The payload itself is an object, never an identifier.
                 None if p == "payload" => IdentifierPath::None,
                 None => IdentifierPath::InEvent(p.into()),
             },
         };
+        let identifier = [
+            path(identifier_field, Field::IDENTIFIER),
+            path(alternate, Field::IDENTIFIER_ALTERNATE),
+        ];
         root.seal();
         ProbeSpec { root, identifier }
     }
@@ -803,16 +823,21 @@ fn probed_identifier(
     event: &Value,
     client_ip: &str,
 ) -> String {
-    match &spec.identifier {
-        IdentifierPath::None => client_ip.to_string(),
-        IdentifierPath::InEvent(path) => identifier(event, Some(path), client_ip),
-        IdentifierPath::InPayload => match fields.get(Field::IDENTIFIER) {
-            Some(Leaf::Str(s)) => identifier_text(s),
-            Some(Leaf::Num(n)) => Some(n.to_string()),
-            None => None,
-        }
-        .unwrap_or_else(|| client_ip.to_string()),
-    }
+    spec.identifier
+        .iter()
+        .find_map(|path| match path {
+            IdentifierPath::None => None,
+            IdentifierPath::InEvent(path) => match lookup(event, path)? {
+                Value::String(s) => identifier_text(s),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            },
+            IdentifierPath::InPayload(slot) => match fields.get(*slot)? {
+                Leaf::Str(s) => identifier_text(s),
+                Leaf::Num(n) => Some(n.to_string()),
+            },
+        })
+        .unwrap_or_else(|| client_ip.to_string())
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -1342,6 +1367,39 @@ mod tests {
         }
         let p = probe_json_object(br#"{"type":"a","type":5}"#, &spec).unwrap();
         assert_eq!(p.fields.str(TYPE), None);
+    }
+
+    #[test]
+    fn an_alternate_identifier_path_is_read_when_the_first_has_nothing() {
+        let spec =
+            ProbeSpec::with_alternate(SLACK_LIKE, Some("payload.team_id"), Some("payload.team.id"));
+        let ident = |body: &[u8]| {
+            let p = probe_json_object(body, &spec).unwrap();
+            let event = serde_json::json!({"payload": parse_json_object(body).unwrap()});
+            probed_identifier(&spec, &p.fields, &event, "10.0.0.1")
+        };
+        assert_eq!(ident(br#"{"team_id":"T1","team":{"id":"T2"}}"#), "T1");
+        assert_eq!(ident(br#"{"team":{"id":"T2","domain":"d"}}"#), "T2");
+        assert_eq!(ident(br#"{"team_id":"","team":{"id":"T2"}}"#), "T2");
+        assert_eq!(ident(br#"{"team":"T3"}"#), "10.0.0.1");
+        assert_eq!(ident(br#"{}"#), "10.0.0.1");
+        // An interactivity form body: `payload=<json>`.
+        let p = probe_body(
+            BodyKind::Form,
+            b"payload=%7B%22type%22%3A%22block_actions%22%2C%22team%22%3A%7B%22id%22%3A%22T9%22%7D%7D",
+            &spec,
+            FormBody::PayloadOrFields,
+        )
+        .unwrap();
+        let event = serde_json::json!({"payload": p.payload.clone()});
+        assert_eq!(probed_identifier(&spec, &p.fields, &event, "ip"), "T9");
+        // Without an alternate, the first path alone.
+        let spec = ProbeSpec::new(SLACK_LIKE, Some("payload.team_id"));
+        let p = probe_json_object(br#"{"team":{"id":"T2"}}"#, &spec).unwrap();
+        assert_eq!(
+            probed_identifier(&spec, &p.fields, &Value::Null, "ip"),
+            "ip"
+        );
     }
 
     #[test]

@@ -15,12 +15,12 @@ use uuid::Uuid;
 
 use crate::config::Secret;
 use crate::crypto::hash_api_key;
-use crate::deliver::{AgentTarget, Pacing};
+use crate::deliver::{AgentTarget, BreakerPolicy, Pacing};
 use crate::event::EventHeader;
 use crate::providers::standard::StandardSigner;
 use crate::queue::policy::RetryPolicy;
 use crate::queue::{Job, Queue, Targets};
-use crate::rules::model::{Agent, EventFilter, EventRoute};
+use crate::rules::model::{Agent, CircuitBreaker, EventFilter, EventRoute};
 use crate::rules::stored::{API_KEY_HASH, parse_stored};
 use crate::rules::{PlannedBody, RuleOptions, RuleSet};
 use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Store, StoreError};
@@ -126,6 +126,38 @@ impl Rules {
         Ok(())
     }
 
+    /// Enables or disables a stored agent (the auto-disable of agent health) and reloads;
+    /// `false` if there is no such agent.
+    pub async fn set_agent_enabled(&self, id: &str, enabled: bool) -> Result<bool, StoreError> {
+        let _guard = self.lock_changes().await;
+        let Some(rule) = self
+            .store
+            .list_rules(RuleKind::Agent)
+            .await?
+            .into_iter()
+            .find(|r| r.id == id)
+        else {
+            return Ok(false);
+        };
+        let mut body: Value = parse_stored(&rule.body)
+            .map_err(|e| StoreError::Corrupt(format!("agent {id}: {e}")))?;
+        if let Value::Object(m) = &mut body {
+            m.insert("enabled".into(), Value::Bool(enabled));
+        }
+        self.store
+            .put_rule(
+                RuleKind::Agent,
+                crate::store::StoredRule {
+                    id: rule.id,
+                    body: body.to_string(),
+                },
+                crate::store::PutMode::Upsert,
+            )
+            .await?;
+        self.reload().await?;
+        Ok(true)
+    }
+
     /// The ids of the stored agents (what a route may target).
     pub async fn agent_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
@@ -165,6 +197,7 @@ impl Rules {
 /// Reads filters, routes and agents from the store and compiles them. A stored object that no
 /// longer parses is logged and skipped rather than taking the whole router down.
 pub async fn load(store: &dyn Store, opts: RuleOptions) -> Result<Compiled, StoreError> {
+    let breaker_defaults = opts.circuit_breaker;
     let mut filters: Vec<EventFilter> = Vec::new();
     for r in store.list_rules(RuleKind::Filter).await? {
         match parse_stored(&r.body) {
@@ -207,7 +240,7 @@ pub async fn load(store: &dyn Store, opts: RuleOptions) -> Result<Compiled, Stor
     };
     let targets: Targets = agents
         .iter()
-        .filter_map(|a| match target(a) {
+        .filter_map(|a| match target(a, &breaker_defaults) {
             Ok(t) => t.map(|t| (Arc::from(a.id.as_str()), Arc::new(t))),
             Err(e) => {
                 tracing::error!(agent = %a.id, error = %e, "agent cannot be delivered to");
@@ -222,8 +255,9 @@ pub async fn load(store: &dyn Store, opts: RuleOptions) -> Result<Compiled, Stor
     })
 }
 
-/// The delivery target of an agent with a `url`; `None` for stream-only agents.
-pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
+/// The delivery target of an agent with a `url`; `None` for stream-only agents. `defaults`:
+/// the server's circuit breaker settings, under the agent's own.
+pub fn target(a: &Agent, defaults: &CircuitBreaker) -> Result<Option<AgentTarget>, String> {
     let Some(url) = &a.url else {
         return Ok(None);
     };
@@ -250,7 +284,29 @@ pub fn target(a: &Agent) -> Result<Option<AgentTarget>, String> {
             window_ms: r.window.max(1),
         }),
         enabled: a.enabled,
+        breaker: breaker_policy(a.circuit_breaker.as_ref(), defaults),
     }))
+}
+
+/// An agent's breaker settings over the server's defaults.
+fn breaker_policy(own: Option<&CircuitBreaker>, defaults: &CircuitBreaker) -> BreakerPolicy {
+    let base = BreakerPolicy::default();
+    let pick = |f: fn(&CircuitBreaker) -> Option<u64>, fallback: u64| {
+        own.and_then(f).or_else(|| f(defaults)).unwrap_or(fallback)
+    };
+    let disable = pick(|c| c.disable_after_ms, base.disable_after_ms.unwrap_or(0));
+    BreakerPolicy {
+        failure_threshold: own
+            .and_then(|c| c.failure_threshold)
+            .or(defaults.failure_threshold)
+            .unwrap_or(base.failure_threshold)
+            .max(1),
+        failure_ratio: own.and_then(|c| c.failure_ratio).or(defaults.failure_ratio),
+        window_ms: pick(|c| c.window_ms, base.window_ms).max(1),
+        cooldown_ms: pick(|c| c.cooldown_ms, base.cooldown_ms).max(1),
+        max_cooldown_ms: pick(|c| c.max_cooldown_ms, base.max_cooldown_ms).max(1),
+        disable_after_ms: (disable > 0).then_some(disable),
+    }
 }
 
 /// What routing decided for one event.

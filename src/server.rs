@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +16,7 @@ use crate::analytics::Analytics;
 use crate::cluster::Node;
 use crate::config::{Config, Secret};
 use crate::http::AppState;
+use crate::http::admission::{Admission, AdmittingListener};
 use crate::http::dashboard::Sessions;
 use crate::http::state::Handles;
 use crate::ingest::dedupe::RecentDeliveries;
@@ -135,7 +135,21 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let client = outbound_client(&config)?;
     let store = crate::store::open(&config.store_settings()).await?;
     let shutdown = CancellationToken::new();
-    let rule_options = RuleOptions::default();
+    let rule_options = RuleOptions {
+        circuit_breaker: crate::rules::model::CircuitBreaker {
+            failure_threshold: Some(config.circuit_failure_threshold),
+            failure_ratio: None,
+            window_ms: Some(60_000),
+            cooldown_ms: Some(config.circuit_cooldown_ms),
+            max_cooldown_ms: Some(
+                config
+                    .circuit_max_cooldown_ms
+                    .max(config.circuit_cooldown_ms),
+            ),
+            disable_after_ms: Some(config.agent_disable_after_hours * 3_600_000),
+        },
+        ..RuleOptions::default()
+    };
     let default_policy = Arc::new(RetryPolicy::server_default(
         config.default_retry_attempts,
         config.default_retry_delay_ms,
@@ -146,7 +160,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let targets = Arc::new(ArcSwap::new(compiled.targets.clone()));
     let analytics = Analytics::new();
     let hub = Arc::new(Hub::new(config.stream_buffer));
-    let scheduler = queue::start(
+    let mut scheduler = queue::start(
         store.clone(),
         targets.clone(),
         QueueConfig {
@@ -226,25 +240,28 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         shutdown: shutdown.clone(),
     }));
     spawn_housekeeping(&state);
+    if let Some(signals) = scheduler.signals.take() {
+        spawn_operational(&state, signals);
+    }
     crate::cluster::start(&node).await?;
     let addr = listener.local_addr()?;
     let router = crate::http::router(state.clone());
     let token = shutdown.clone();
+    let limits = state.config.connections.clone();
+    let admission = Admission::new(&limits);
     let serving = match &tls {
         None => {
-            // Webhook answers and stream messages are small writes: send each at once.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(crate::http::serve::serve(listener, router, token))
+            let listener = AdmittingListener::plain(listener, admission);
+            tokio::spawn(crate::http::serve::serve(listener, router, limits, token))
         }
         Some(certs) => {
             let server_config = certs
                 .server_config()
                 .context("cannot build the TLS configuration")?;
-            let listener = TlsListener::new(listener, server_config, shutdown.clone())?;
+            let admitted = AdmittingListener::before_tls(listener, admission);
+            let listener = TlsListener::over(admitted, server_config, shutdown.clone())?;
             spawn_tls_reload_on_sighup(certs.clone(), shutdown.clone());
-            tokio::spawn(crate::http::serve::serve(listener, router, token))
+            tokio::spawn(crate::http::serve::serve(listener, router, limits, token))
         }
     };
     tracing::info!(
@@ -376,7 +393,279 @@ async fn apply_declared_rate_limits(
 }
 
 /// Background upkeep: forgetting idle rate-limit keys, flushing analytics, and purging what
-/// is older than `retention_days` in small batches that never hold the writer for long.
+/// is past its retention (`purge`).
+/// Turns what the scheduler reports into `router` events (docs/operations.md, "Operational
+/// events"), disables agents that fail for too long, and watches the queue's fill.
+fn spawn_operational(
+    state: &AppState,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<queue::Signal>,
+) {
+    use crate::ingest::operational::{Limiter, Operational, emit};
+    use serde_json::{Map, Value, json};
+    let app = state.clone();
+    let limiter = Arc::new(Limiter::new(app.config.operational_event_interval_ms));
+    let obj = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let send = |app: AppState, limiter: Arc<Limiter>, op: Operational| async move {
+        let kind = op.kind;
+        if let Err(e) = emit(&app.ingest, &limiter, op).await {
+            tracing::warn!(kind, error = %e, "an operational event could not be stored");
+        }
+    };
+    let (a, l) = (app.clone(), limiter.clone());
+    tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = a.shutdown.cancelled() => break,
+                s = signals.recv() => match s { Some(s) => s, None => break },
+            };
+            // Every node's breaker follows one node's (PostgreSQL; nothing on SQLite).
+            let shared = match &signal {
+                queue::Signal::CircuitOpened { agent, health } => Some((
+                    agent.clone(),
+                    Some(health.next_probe_at.unwrap_or_else(crate::clock::now_ms)),
+                )),
+                queue::Signal::Recovered { agent, .. } => Some((agent.clone(), None)),
+                _ => None,
+            };
+            if let Some((agent, until)) = shared
+                && let Err(e) = a.store.announce_breaker(&agent, until).await
+            {
+                tracing::warn!(agent = %agent, error = %e, "telling the other nodes about a circuit breaker failed");
+            }
+            let op = match signal {
+                queue::Signal::CircuitOpened { agent, health } => Operational {
+                    kind: "agent.circuit_opened",
+                    subject: agent.to_string(),
+                    about_agent: Some(agent.to_string()),
+                    payload: obj(json!({
+                        "agentId": &*agent,
+                        "consecutiveFailures": health.consecutive_failures,
+                        "lastError": health.last_error,
+                        "nextProbeAt": health.next_probe_at,
+                    })),
+                },
+                queue::Signal::Recovered { agent, down_ms } => Operational {
+                    kind: "agent.recovered",
+                    subject: agent.to_string(),
+                    about_agent: Some(agent.to_string()),
+                    payload: obj(json!({"agentId": &*agent, "downMs": down_ms})),
+                },
+                queue::Signal::Disable {
+                    agent,
+                    failing_since,
+                    last_error,
+                } => {
+                    match a.rules.set_agent_enabled(&agent, false).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::error!(agent = %agent, error = %e, "disabling a failing agent failed");
+                            continue;
+                        }
+                    }
+                    Operational {
+                        kind: "agent.disabled",
+                        subject: agent.to_string(),
+                        about_agent: Some(agent.to_string()),
+                        payload: obj(json!({
+                            "agentId": &*agent,
+                            "failingSince": failing_since,
+                            "lastError": last_error,
+                        })),
+                    }
+                }
+                queue::Signal::DeadLettered {
+                    agent,
+                    event_id,
+                    delivery_id,
+                    source,
+                    event_type,
+                    attempts,
+                    error,
+                } => Operational {
+                    kind: "delivery.dead_lettered",
+                    subject: agent.to_string(),
+                    about_agent: Some(agent.to_string()),
+                    payload: obj(json!({
+                        "agentId": &*agent,
+                        "eventId": event_id,
+                        "deliveryId": delivery_id,
+                        "source": &*source,
+                        "type": &*event_type,
+                        "attempts": attempts,
+                        "lastError": error,
+                    })),
+                },
+            };
+            send(a.clone(), l.clone(), op).await;
+        }
+    });
+    // Ingest, once per `alert_window_ms`: `ingest.signature_failures` for each source with
+    // `signature_failure_alert` failed signatures or more in the window, `ingest.slow` after five
+    // windows in a row whose p95 processing time was over `slow_ingest_alert_ms`.
+    let (a, l) = (app.clone(), limiter.clone());
+    tokio::spawn(async move {
+        let window = Duration::from_millis(a.config.alert_window_ms.max(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
+        let mut slow_windows = 0u32;
+        loop {
+            tokio::select! {
+                _ = a.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let w = a.analytics.watch.take();
+            let threshold = a.config.signature_failure_alert;
+            let mut ops = Vec::new();
+            if threshold > 0 {
+                let mut failing: Vec<_> = w
+                    .signature_failures
+                    .into_iter()
+                    .filter(|(_, n)| *n >= threshold)
+                    .collect();
+                failing.sort();
+                for (source, n) in failing {
+                    ops.push(Operational {
+                        kind: "ingest.signature_failures",
+                        subject: source.clone(),
+                        about_agent: None,
+                        payload: obj(json!({
+                            "source": source,
+                            "failures": n,
+                            "windowMs": a.config.alert_window_ms,
+                            "threshold": threshold,
+                        })),
+                    });
+                }
+            }
+            let slow_ms = a.config.slow_ingest_alert_ms as f64;
+            slow_windows = if w.events > 0 && w.p95_ms > slow_ms {
+                slow_windows + 1
+            } else {
+                0
+            };
+            if slow_windows >= 5 {
+                ops.push(Operational {
+                    kind: "ingest.slow",
+                    subject: "ingest".into(),
+                    about_agent: None,
+                    payload: obj(json!({
+                        "p95ProcessingTime": w.p95_ms,
+                        "thresholdMs": a.config.slow_ingest_alert_ms,
+                        "windows": slow_windows,
+                        "windowMs": a.config.alert_window_ms,
+                    })),
+                });
+            }
+            for op in ops {
+                send(a.clone(), l.clone(), op).await;
+            }
+        }
+    });
+    // The queue's fill, once a second: `queue.filling` past 80 % of `max_queue_size`,
+    // `queue.recovered` back under 60 % (the gap keeps a queue hovering at 80 % quiet).
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut filling = false;
+        loop {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let (unfinished, capacity) = (app.queue.unfinished(), app.queue.capacity().max(1));
+            let ratio = unfinished as f64 / capacity as f64;
+            let kind = if !filling && ratio >= 0.8 {
+                filling = true;
+                "queue.filling"
+            } else if filling && ratio < 0.6 {
+                filling = false;
+                "queue.recovered"
+            } else {
+                continue;
+            };
+            let op = Operational {
+                kind,
+                subject: "queue".into(),
+                about_agent: None,
+                payload: obj(json!({
+                    "unfinished": unfinished,
+                    "maxQueueSize": capacity,
+                    "ratio": (ratio * 1000.0).round() / 1000.0,
+                })),
+            };
+            send(app.clone(), limiter.clone(), op).await;
+        }
+    });
+}
+
+/// Batches of a retention purge: small, so none holds the writer for long.
+const PURGE_BATCH: usize = 500;
+
+/// Deletes what is past its retention, in small batches with pauses between them so ingest's
+/// commits go in between: each source with its own `retention_days` first, then every other
+/// source by the global one, then dead letters past `dlq_retention_days` (an event with a
+/// younger dead letter stays with it).
+async fn purge(app: &AppState) {
+    const DAY_MS: i64 = 86_400_000;
+    let now = crate::clock::now_ms();
+    let cfg = &app.config;
+    let dlq_cutoff = now - cfg.dlq_retention_days.unwrap_or(cfg.retention_days) as i64 * DAY_MS;
+    let own: Vec<(String, u32)> = cfg
+        .sources
+        .iter()
+        .filter_map(|(name, s)| s.retention_days.map(|d| (name.clone(), d)))
+        .collect();
+    let mut scopes: Vec<crate::store::PurgeScope> = own
+        .iter()
+        .map(|(name, days)| crate::store::PurgeScope {
+            cutoff: now - *days as i64 * DAY_MS,
+            source: Some(name.clone()),
+            except: Vec::new(),
+            dlq_cutoff,
+        })
+        .collect();
+    scopes.push(crate::store::PurgeScope {
+        cutoff: now - cfg.retention_days as i64 * DAY_MS,
+        source: None,
+        except: own.into_iter().map(|(name, _)| name).collect(),
+        dlq_cutoff,
+    });
+    for scope in scopes {
+        let what = scope.source.clone().unwrap_or_else(|| "*".into());
+        loop {
+            match app.store.purge_events(scope.clone(), PURGE_BATCH).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(events = n, source = %what, "purged events past retention");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "retention purge failed");
+                    return;
+                }
+            }
+        }
+    }
+    loop {
+        match app.store.purge_dead(dlq_cutoff, PURGE_BATCH).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(
+                    deliveries = n,
+                    "purged dead letters past dlq_retention_days"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "dead-letter retention purge failed");
+                return;
+            }
+        }
+    }
+}
+
 fn spawn_housekeeping(state: &AppState) {
     let flusher = state.clone();
     tokio::spawn(async move {
@@ -398,21 +687,7 @@ fn spawn_housekeeping(state: &AppState) {
             tokio::select! {
                 _ = purger.shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    let cutoff = crate::clock::now_ms() - purger.config.retention_days as i64 * 86_400_000;
-                    loop {
-                        match purger.store.purge_before(cutoff, 500).await {
-                            Ok(n) if n > 0 => {
-                                tracing::info!(events = n, "purged events past retention");
-                                // Let ingest's commits in between batches.
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            Ok(_) => break,
-                            Err(e) => {
-                                tracing::error!(error = %e, "retention purge failed");
-                                break;
-                            }
-                        }
-                    }
+                    purge(&purger).await;
                 }
             }
         }

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::serve::{Listener, ListenerExt as _};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -146,9 +148,9 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// A listener that yields connections whose TLS handshake is done, for `serve::serve`.
-pub struct TlsListener {
+pub struct TlsListener<IO = TcpStream> {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<IO>, SocketAddr)>,
 }
 
 impl TlsListener {
@@ -158,24 +160,37 @@ impl TlsListener {
         config: ServerConfig,
         shutdown: CancellationToken,
     ) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
+        let tcp = tcp.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        TlsListener::over(tcp, config, shutdown)
+    }
+}
+
+impl<IO> TlsListener<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Handshakes, each in its own task, the connections `inner` accepts until `shutdown`.
+    /// (The server's `inner` admits connections under its caps first: a connection refused
+    /// costs no handshake.)
+    pub fn over<L>(
+        mut inner: L,
+        config: ServerConfig,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<TlsListener<IO>>
+    where
+        L: Listener<Io = IO, Addr = SocketAddr>,
+    {
+        let local = inner.local_addr()?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Usually out of file descriptors: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
+                    accepted = inner.accept() => accepted,
                 };
-                let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -193,8 +208,11 @@ impl TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+impl<IO> Listener for TlsListener<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = TlsStream<IO>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -241,9 +241,11 @@ fn linear_ts_expected(
     body_ts: Option<i64>,
     now_ms: i64,
 ) -> Result<(), VerifyError> {
-    let ts = match header {
-        Some(h) => digits(h),
-        None => body_ts.filter(|t| *t >= 0),
+    let ts = match (header, body_ts) {
+        (Some(h), _) => digits(h),
+        (None, Some(t)) => Some(t).filter(|t| *t >= 0),
+        // No timestamp at all: not a replay, a request Linear did not send.
+        (None, None) => return Err(VerifyError::MissingTimestamp(linear::MISSING)),
     };
     within(
         ts.ok_or(VerifyError::StaleTimestamp)?,

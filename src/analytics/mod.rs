@@ -57,6 +57,11 @@ pub mod m {
     pub const DEAD: &str = "dead";
     pub const LATENCY_SUM_MS: &str = "latency_sum_ms";
     pub const LATENCY_COUNT: &str = "latency_count";
+    /// Attempt durations (request sent → answer read, or the failure), in µs, summed…
+    pub const RESPONSE_SUM_US: &str = "rt_sum_us";
+    /// …and by histogram bucket, followed by the bucket index: `rt_b:7` (the count is
+    /// `ATTEMPTS`).
+    pub const RESPONSE_BUCKET: &str = "rt_b:";
     /// Unfinished deliveries, summed over the once-a-second samples of a minute…
     pub const QUEUE_DEPTH_SUM: &str = "queue_depth_sum";
     /// …and how many samples were taken: their ratio is the minute's average queue depth.
@@ -118,6 +123,12 @@ static PROCESSING_BUCKETS: std::sync::LazyLock<Box<[String]>> = std::sync::LazyL
         .collect()
 });
 
+static RESPONSE_BUCKETS: std::sync::LazyLock<Box<[String]>> = std::sync::LazyLock::new(|| {
+    (0..BUCKETS_MS.len())
+        .map(|b| format!("{}{b}", m::RESPONSE_BUCKET))
+        .collect()
+});
+
 /// An agent's Prometheus handles, registered once instead of looked up by labels per attempt.
 struct AgentMetrics {
     /// `deliveries_total` by outcome (`delivered`, `dead`, `retry_scheduled`).
@@ -157,6 +168,75 @@ pub struct Analytics {
     /// when the minute is over, so an idle router writes once a minute, not every second.
     queue_depth: Mutex<(i64, i64, i64)>,
     prometheus: PrometheusHandle,
+    /// What the operational alerts watch, per minute (see `Watch`).
+    pub watch: Watch,
+}
+
+/// The current minute's figures for the `ingest.*` operational events: processing times by
+/// histogram bucket (one atomic add per webhook) and failed signatures by source.
+#[derive(Default)]
+pub struct Watch {
+    processing: [std::sync::atomic::AtomicU64; 24],
+    signature_failures: Mutex<HashMap<String, u64>>,
+}
+
+/// One minute of `Watch`.
+pub struct WatchMinute {
+    /// Webhooks stored in the minute.
+    pub events: u64,
+    /// The upper bound (ms) of the bucket holding their 95th percentile processing time.
+    pub p95_ms: f64,
+    /// Failed signatures (and stale timestamps) by source.
+    pub signature_failures: HashMap<String, u64>,
+}
+
+impl Watch {
+    fn processed(&self, bucket: usize) {
+        if let Some(b) = self.processing.get(bucket) {
+            b.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn signature_failed(&self, source: &str) {
+        let mut m = self
+            .signature_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot(&mut m, source) += 1;
+    }
+
+    /// Takes what the minute gathered and starts the next.
+    pub fn take(&self) -> WatchMinute {
+        let counts: Vec<u64> = self
+            .processing
+            .iter()
+            .map(|b| b.swap(0, std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let events: u64 = counts.iter().sum();
+        let mut p95_ms = 0.0;
+        if events > 0 {
+            let rank = (events as f64 * 0.95).ceil() as u64;
+            let mut seen = 0;
+            for (i, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    p95_ms = BUCKETS_MS[i.min(BUCKETS_MS.len() - 1)];
+                    break;
+                }
+            }
+        }
+        let signature_failures = std::mem::take(
+            &mut *self
+                .signature_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        WatchMinute {
+            events,
+            p95_ms,
+            signature_failures,
+        }
+    }
 }
 
 fn minute(ms: i64) -> i64 {
@@ -171,6 +251,7 @@ impl Analytics {
             sources: Mutex::new(HashMap::new()),
             queue_depth: Mutex::new((0, 0, 0)),
             prometheus: install_prometheus(),
+            watch: Watch::default(),
         })
     }
 
@@ -241,7 +322,9 @@ impl Analytics {
         let s = source_dim(source);
         let dims = [ALL, s.as_str()];
         let us = took.as_micros() as i64;
-        let bucket = PROCESSING_BUCKETS[bucket_of(us as f64 / 1000.0)].as_str();
+        let bucket_index = bucket_of(us as f64 / 1000.0);
+        self.watch.processed(bucket_index);
+        let bucket = PROCESSING_BUCKETS[bucket_index].as_str();
         let values = [
             (m::EVENTS, 1),
             (m::PROCESSING_SUM_US, us),
@@ -285,6 +368,9 @@ impl Analytics {
         }
         metrics::counter!("webhooks_total", "source" => label.clone(), "status" => status.to_string(), "outcome" => code)
             .increment(1);
+        if let (Some(s), "invalid_signature" | "stale_timestamp") = (source, code) {
+            self.watch.signature_failed(s);
+        }
         match code {
             "invalid_signature" | "stale_timestamp" => {
                 metrics::counter!("webhook_verification_failures_total", "source" => label, "reason" => code)
@@ -308,14 +394,17 @@ impl Analytics {
     ) {
         let a = agent_dim(agent);
         let dims = [ALL, a.as_str()];
-        // At most six metrics per attempt: collected first, added under one lock.
-        let mut values: [(&str, i64); 6] = [("", 0); 6];
+        // At most eight metrics per attempt: collected first, added under one lock.
+        let mut values: [(&str, i64); 8] = [("", 0); 8];
         let mut n = 0;
         let mut push = |metric: &'static str, value: i64| {
             values[n] = (metric, value);
             n += 1;
         };
         push(m::ATTEMPTS, 1);
+        let us = took.as_micros() as i64;
+        push(m::RESPONSE_SUM_US, us);
+        push(RESPONSE_BUCKETS[bucket_of(us as f64 / 1000.0)].as_str(), 1);
         if attempt > 1 {
             push(m::RETRIES, 1);
         }
@@ -414,6 +503,23 @@ impl Analytics {
     /// storage's sake, disk full or database unreachable (0).
     pub fn storage_writable(writable: bool) {
         metrics::gauge!("storage_writable").set(if writable { 1.0 } else { 0.0 });
+    }
+
+    /// The gauge of open client connections (`connections_open`), moved as they open and close.
+    pub fn connections_open() -> metrics::Gauge {
+        metrics::gauge!("connections_open")
+    }
+
+    /// A connection refused at once for being past a cap: `cap` = `total`
+    /// (`max_connections`) or `per_address` (`max_connections_per_ip`).
+    pub fn connection_refused(cap: &'static str) {
+        metrics::counter!("connections_refused_total", "cap" => cap).increment(1);
+    }
+
+    /// A client ran past a deadline: `deadline` = `header` (the connection was closed),
+    /// `body` (the request was answered `408`) or `idle` (a keep-alive connection was closed).
+    pub fn connection_deadline(deadline: &'static str) {
+        metrics::counter!("connection_deadlines_total", "deadline" => deadline).increment(1);
     }
 
     /// Values sampled when /metrics is scraped (the stream counters live in the hub).

@@ -3,16 +3,22 @@
 
 use std::process::ExitCode;
 
-use crate::config::Overrides;
+use crate::config::{self, Config, ConfigErrors, Overrides};
 
 /// Runs the server; a configuration error exits with 2, anything else that stops it with 1.
 pub fn main(overrides: Overrides) -> ExitCode {
-    let cfg = match super::load_config(&overrides) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if let Err(errors) = super::check_config::check_declarations(&cfg, false) {
-        eprintln!("event-router: invalid configuration:\n{errors}");
+    // The settings and the declared rules are checked together, so that one run lists every
+    // mistake in the file.
+    let (cfg, mut errors) = Config::load_all(&overrides, &config::process_env);
+    if let Err(ConfigErrors(more)) = super::check_config::check_declarations(&cfg, false) {
+        errors.extend(more);
+    }
+    if !errors.is_empty() {
+        super::check_config::sort_by_position(&mut errors);
+        eprintln!(
+            "event-router: invalid configuration:\n{}",
+            ConfigErrors(errors)
+        );
         return ExitCode::from(2);
     }
     crate::telemetry::init(&cfg.log_level, cfg.log_format);

@@ -43,6 +43,33 @@ pub struct AgentTarget {
     /// At most `limit` attempts per `window`; excess waits, nothing is dropped.
     pub pacing: Option<Pacing>,
     pub enabled: bool,
+    /// The agent's circuit breaker, its settings over the server's defaults.
+    pub breaker: BreakerPolicy,
+}
+
+/// An agent's circuit breaker settings, every one resolved (see `rules::model::CircuitBreaker`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerPolicy {
+    pub failure_threshold: u32,
+    pub failure_ratio: Option<f64>,
+    pub window_ms: u64,
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+    /// `None`: never disabled.
+    pub disable_after_ms: Option<u64>,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failure_threshold: 10,
+            failure_ratio: None,
+            window_ms: 60_000,
+            cooldown_ms: 5_000,
+            max_cooldown_ms: 300_000,
+            disable_after_ms: Some(72 * 3_600_000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +93,8 @@ pub struct AttemptResult {
     pub delivered: bool,
     pub started_at: i64,
     pub duration_ms: u64,
+    /// The same duration, exact (for the response-time figures).
+    pub took: Duration,
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub response_prefix: Option<String>,
@@ -231,6 +260,7 @@ pub async fn attempt(
         delivered: false,
         started_at,
         duration_ms: 0,
+        took: Duration::ZERO,
         status_code: None,
         error: None,
         response_prefix: None,
@@ -263,7 +293,8 @@ pub async fn attempt(
         Ok(Err(e)) => result.error = Some(describe(&e)),
         Err(_) => result.error = Some(format!("timed out after {} ms", target.timeout.as_millis())),
     }
-    result.duration_ms = clock.elapsed().as_millis() as u64;
+    result.took = clock.elapsed();
+    result.duration_ms = result.took.as_millis() as u64;
     result
 }
 
@@ -354,6 +385,7 @@ mod tests {
             max_concurrency: 1,
             pacing: None,
             enabled: true,
+            breaker: BreakerPolicy::default(),
         }
     }
 

@@ -40,8 +40,25 @@ impl Sums {
         quantile(&counts, q)
     }
 
+    /// The upper bound (ms) of the bucket holding the q-quantile of attempt durations.
+    fn response_quantile(&self, q: f64) -> f64 {
+        let counts: Vec<i64> = (0..BUCKETS_MS.len())
+            .map(|i| self.get(&format!("{}{i}", m::RESPONSE_BUCKET)))
+            .collect();
+        quantile(&counts, q)
+    }
+
     fn delivery_figures(&self) -> Value {
+        let attempted = self.get(m::ATTEMPTS);
+        let success_rate = if attempted == 0 {
+            Value::Null
+        } else {
+            json!(round4(self.get(m::DELIVERED) as f64 / attempted as f64))
+        };
         json!({
+            "successRate": success_rate,
+            "averageResponseTime": self.avg(m::RESPONSE_SUM_US, m::ATTEMPTS, 1000.0),
+            "p95ResponseTime": self.response_quantile(0.95),
             "attempted": self.get(m::ATTEMPTS),
             "succeeded": self.get(m::DELIVERED),
             "failed": self.get(m::ATTEMPTS_FAILED),
@@ -65,6 +82,10 @@ impl Sums {
             "p99ProcessingTime": self.processing_quantile(0.99),
         })
     }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
 }
 
 /// The upper bound (ms) of the histogram bucket holding the q-quantile; 0 with no samples.

@@ -27,11 +27,19 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>) {
         _ => "change",
     };
     match parts.as_slice() {
+        // Never the value matched: it is the personal data being erased.
+        ["admin", "erasures"] => ("erase matching events".into(), None),
         ["admin", kind] => (format!("{verb} {}", singular(kind)), None),
         ["admin", "dlq", "retry"] => ("retry dead letters".into(), None),
         ["admin", "dlq", id, "retry"] => ("retry dead letter".into(), Some(id.to_string())),
         ["admin", "events", id, "replay"] => ("replay event".into(), Some(id.to_string())),
+        ["admin", "events", id] if method == Method::DELETE => {
+            ("erase event".into(), Some(id.to_string()))
+        }
         ["admin", "dlq", id] => ("delete dead letter".into(), Some(id.to_string())),
+        ["admin", "agents", id, "health", "reset"] => {
+            ("reset agent health".into(), Some(id.to_string()))
+        }
         ["admin", kind, id] => (format!("{verb} {}", singular(kind)), Some(id.to_string())),
         _ => (format!("{verb} {path}"), None),
     }

@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// The offending field of a validation error, when there is one.
     pub field: Option<String>,
+    /// Line and column (1-based) in the request's JSON body of a syntax error or of a value of
+    /// the wrong type: answered as `"line"` and `"column"`.
+    pub position: Option<(usize, usize)>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -26,6 +29,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            position: None,
             headers: Vec::new(),
         }
     }
@@ -39,8 +43,13 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_body", message)
     }
 
+    /// `400 validation_error` naming `field`; an empty field (the body as a whole is at fault)
+    /// is named `body`.
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let field = field.into();
+        let mut field = field.into();
+        if field.is_empty() {
+            field = "body".into();
+        }
         let message = message.into();
         let mut e = Self::new(
             StatusCode::BAD_REQUEST,
@@ -49,6 +58,41 @@ impl ApiError {
         );
         e.field = Some(field);
         e
+    }
+
+    /// A validation error at a place in the JSON body: the message ends with it, and the answer
+    /// carries it as `"line"` and `"column"`.
+    pub fn validation_at(
+        field: impl Into<String>,
+        message: impl Into<String>,
+        position: Option<(usize, usize)>,
+    ) -> Self {
+        let message = message.into();
+        match position {
+            Some((line, column)) => {
+                let mut e =
+                    Self::validation(field, format!("{message} at line {line}, column {column}"));
+                e.position = position;
+                e
+            }
+            None => Self::validation(field, message),
+        }
+    }
+
+    /// A JSON body that could not be read into its shape, by serde_json directly or through
+    /// serde_path_to_error (`path`: where, `.` or empty for the body itself). A syntax error
+    /// is the body's (`body: invalid JSON: … at line L, column C`); a value of the wrong type
+    /// is its field's.
+    pub fn json(path: &str, e: &serde_json::Error) -> Self {
+        let message = crate::rules::validate::without_position(e);
+        // serde_json counts column 0 for the end of the body just after a line break.
+        let position = (e.line() > 0).then(|| (e.line(), e.column().max(1)));
+        if e.is_syntax() || e.is_eof() {
+            return Self::validation_at("body", format!("invalid JSON: {message}"), position);
+        }
+        // `?`: a place serde_path_to_error could not name.
+        let path = if path == "." || path == "?" { "" } else { path };
+        Self::validation_at(path, message, position)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -117,6 +161,10 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             body["field"] = serde_json::Value::String(f);
         }
+        if let Some((line, column)) = self.position {
+            body["line"] = line.into();
+            body["column"] = column.into();
+        }
         let mut resp = (self.status, axum::Json(body)).into_response();
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);
@@ -125,7 +173,48 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as a whole HTTP/1.1 answer that closes the connection, for refusals written
+    /// straight to a socket where no handler runs: a connection past a cap, or a request head
+    /// hyper could not parse.
+    pub fn to_http1(&self) -> Vec<u8> {
+        let body = json!({"success": false, "error": self.message, "code": self.code}).to_string();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\ndate: {}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        )
+        .into_bytes();
+        for (k, v) in &self.headers {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// An admin body's JSON syntax, checked before any field is read, so that a body cut short or
+/// with trailing text is reported as that, at its line and column, and not as a missing field.
+pub fn json_syntax(body: &[u8]) -> ApiResult<()> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::validation(
+            "body",
+            "is empty (expected a JSON object)",
+        ));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| ApiError::json("", &e))
+}
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
@@ -144,7 +233,7 @@ impl From<IngestError> for ApiError {
             IngestError::UnreadableBody | IngestError::InvalidBody(_) => {
                 ApiError::invalid_body(message)
             }
-            IngestError::InvalidSignature => {
+            IngestError::InvalidSignature | IngestError::MissingTimestamp(_) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
             }
             IngestError::StaleTimestamp => {

@@ -1,14 +1,21 @@
-//! The archive for operators: `GET /admin/events` and `GET /admin/events/{id}`.
+//! The archive for operators: `GET /admin/events` and `GET /admin/events/{id}`, replay, and
+//! erasure (`DELETE /admin/events/{id}`, `POST /admin/erasures`).
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::query::{decode_cursor, encode_cursor, parse_int, query_pairs};
+use crate::clock::now_ms;
 use crate::event::EventHeader;
 use crate::http::AppState;
+use crate::rules::path::FieldPath;
 use crate::store::{EventQuery, EventRecord, EventStatus};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -96,17 +103,120 @@ pub async fn get_one(
     let rec = find_event(&app, &id).await?;
     let id = rec.id;
     let deliveries = app.store.event_deliveries(id).await?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "event": rec.event_json()?,
         "filtered": rec.filtered,
         "deliveries": deliveries,
-    })))
+    });
+    if let Some(at) = rec.erased_at {
+        answer["erasedAt"] = json!(at);
+    }
+    Ok(Json(answer))
+}
+
+/// `DELETE /admin/events/{id}`: erases the event (see `EventStore::erase_events`) and drops its
+/// deliveries from the scheduler. Erasing an erased event again changes nothing.
+pub async fn erase(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let rec = find_event(&app, &id).await?;
+    let erased = app.store.erase_events(vec![rec.id], now_ms()).await?;
+    app.queue.cancel_events(erased).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasureRequest {
+    source: Option<String>,
+    field: String,
+    equals: Value,
+}
+
+/// Events read per page while looking for matches, and erased per transaction.
+const ERASE_PAGE: usize = 500;
+
+/// `POST /admin/erasures {"source"?, "field", "equals"}`: erases every event where `field` (a
+/// dot path into the event, as in filter conditions; any element of an array it crosses)
+/// equals `equals`, page by page from the newest, and answers `{"erased": n}`. A string
+/// `equals` also matches a number or boolean written the same way (`"1234"` matches `1234`).
+pub async fn erase_matching(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    super::error::json_syntax(&body)?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let req: ErasureRequest = serde_path_to_error::deserialize(de)
+        .map_err(|e| ApiError::json(&e.path().to_string(), e.inner()))?;
+    let path = FieldPath::parse(&req.field).map_err(|m| ApiError::validation("field", m))?;
+    match &req.equals {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => {}
+        _ => {
+            return Err(ApiError::validation(
+                "equals",
+                "must be a string, a number or a boolean",
+            ));
+        }
+    }
+    if let Some(source) = &req.source
+        && source.is_empty()
+    {
+        return Err(ApiError::validation("source", "must not be empty"));
+    }
+    let now = now_ms();
+    let mut erased = 0usize;
+    let mut before = None;
+    loop {
+        let page = app
+            .store
+            .list_events(EventQuery {
+                source: req.source.clone(),
+                limit: ERASE_PAGE,
+                before,
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        let full = page.len() == ERASE_PAGE;
+        let mut hits = Vec::new();
+        for rec in page.iter().filter(|r| r.erased_at.is_none()) {
+            let event = rec.event_json()?;
+            if path.any(&event, &mut |v| {
+                v.is_some_and(|v| erasure_match(v, &req.equals))
+            }) {
+                hits.push(rec.id);
+            }
+        }
+        if !hits.is_empty() {
+            let done = app.store.erase_events(hits, now).await?;
+            erased += done.len();
+            app.queue.cancel_events(done).await;
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(Json(json!({ "erased": erased })))
+}
+
+fn erasure_match(v: &Value, equals: &Value) -> bool {
+    match (v, equals) {
+        (Value::String(a), Value::String(b)) => a == b,
+        (Value::Number(a), Value::Number(b)) => {
+            a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+        }
+        (Value::Bool(a), Value::Bool(b)) => a == b,
+        (Value::Number(a), Value::String(b)) => a.to_string() == *b,
+        (Value::Bool(a), Value::String(b)) => a.to_string() == *b,
+        _ => false,
+    }
 }
 
 /// `POST /admin/events/{id}/replay`: routes an archived event again under the current rules and
 /// creates fresh deliveries for it.
 pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let rec = find_event(&app, &id).await?;
+    if rec.erased_at.is_some() {
+        return Err(ApiError::conflict(
+            "The event was erased: there is nothing to replay",
+        ));
+    }
     let id = rec.id;
     let mut event = rec.event_json()?;
     let str_field = |k: &str| event.get(k).and_then(Value::as_str).map(str::to_string);

@@ -1,10 +1,12 @@
 //! The HTTP edge: router assembly, every handler, authentication, query parsing, and the mapping
 //! of domain errors to the contract's JSON errors. The domain below imports nothing from here.
 
+pub mod admission;
 pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod dashboard;
+pub mod deadlines;
 pub mod error;
 pub mod events;
 pub mod query;
@@ -32,7 +34,11 @@ pub use state::AppState;
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/events", get(events::list))
-        .route("/admin/events/{id}", get(events::get_one))
+        .route(
+            "/admin/events/{id}",
+            get(events::get_one).delete(events::erase),
+        )
+        .route("/admin/erasures", post(events::erase_matching))
         .route("/admin/events/{id}/replay", post(events::replay))
         .route(
             "/admin/filters",
@@ -63,6 +69,10 @@ pub fn router(state: AppState) -> Router {
             get(rules::get_agent)
                 .put(rules::put_agent)
                 .delete(rules::delete_agent),
+        )
+        .route(
+            "/admin/agents/{id}/health/reset",
+            post(rules::reset_agent_health),
         )
         .route("/admin/dlq", get(queue::dlq_list))
         .route("/admin/dlq/retry", post(queue::dlq_retry_bulk))

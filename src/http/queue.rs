@@ -83,14 +83,10 @@ pub async fn dlq_retry_bulk(State(app): State<AppState>, body: Bytes) -> ApiResu
     let filter: BulkRetry = if body.iter().all(u8::is_ascii_whitespace) {
         BulkRetry::default()
     } else {
+        super::error::json_syntax(&body)?;
         let de = &mut serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            ApiError::validation(
-                if field == "." { "body".into() } else { field },
-                e.inner().to_string(),
-            )
-        })?
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| ApiError::json(&e.path().to_string(), e.inner()))?
     };
     let pending = app
         .store

@@ -19,8 +19,9 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
 }
 
 pub async fn put(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<RateLimitConfig>> {
-    let config =
-        ratelimit::parse_config(&body).map_err(|e| ApiError::validation(e.field, e.message))?;
+    super::error::json_syntax(&body)?;
+    let config = ratelimit::parse_config(&body)
+        .map_err(|e| ApiError::validation_at(e.field, e.message, e.position))?;
     let _guard = app.rules.lock_changes().await;
     app.store
         .put_rule(

@@ -19,7 +19,7 @@ use crate::rules::{self, ValidationError};
 use crate::store::{PutMode, PutOutcome, RuleKind, StoredRule};
 
 fn validation(e: ValidationError) -> ApiError {
-    ApiError::validation(e.field, e.message)
+    ApiError::validation_at(e.field, e.message, e.position)
 }
 
 fn to_json<T: Serialize>(v: &T) -> ApiResult<String> {
@@ -45,6 +45,9 @@ async fn list_kind(app: &AppState, kind: RuleKind) -> ApiResult<Json<Value>> {
         if let Value::Object(m) = &mut v {
             m.remove(API_KEY_HASH);
         }
+        if kind == RuleKind::Agent {
+            add_health(app, &mut v);
+        }
         items.push(v);
     }
     Ok(Json(json!({ "items": items, "nextCursor": null })))
@@ -63,29 +66,86 @@ async fn get_kind(app: &AppState, kind: RuleKind, id: String) -> ApiResult<Json<
     if let Value::Object(m) = &mut v {
         m.remove(API_KEY_HASH);
     }
+    if kind == RuleKind::Agent {
+        add_health(app, &mut v);
+    }
     Ok(Json(v))
 }
 
-/// The id in a PUT body must match the path (or be absent, then the path's is used).
+/// A push agent's circuit breaker, as this node's scheduler has it (closed since the server
+/// started when nothing went wrong).
+fn add_health(app: &AppState, agent: &mut Value) {
+    let Value::Object(m) = agent else { return };
+    if !m.get("url").is_some_and(Value::is_string) {
+        return;
+    }
+    let id = m.get("id").and_then(Value::as_str).unwrap_or_default();
+    let health = app.queue.health_or_closed(id);
+    m.insert(
+        "health".into(),
+        serde_json::to_value(health).unwrap_or(Value::Null),
+    );
+}
+
+/// `POST /admin/agents/{id}/health/reset`: closes the agent's circuit breaker (its waiting
+/// deliveries go at once) and answers the agent with its health.
+pub async fn reset_agent_health(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let exists = app
+        .store
+        .list_rules(RuleKind::Agent)
+        .await?
+        .iter()
+        .any(|r| r.id == id);
+    if !exists {
+        return Err(ApiError::not_found(format!("No agent with id \"{id}\"")));
+    }
+    app.queue.reset_health(&id);
+    if let Err(e) = app.store.announce_breaker(&id, None).await {
+        tracing::warn!(agent = %id, error = %e, "telling the other nodes about a breaker reset failed");
+    }
+    // The scheduler resets it in order with what it is doing; answer once it has.
+    for _ in 0..50 {
+        if app.queue.health(&id).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    get_kind(&app, RuleKind::Agent, id).await
+}
+
+/// The id in a PUT body must match the path (or be absent, then the path's is used). The body
+/// is handed on as sent, so that the line and column of a later error are the client's.
 fn take_path_id(body: &Bytes, path_id: &str) -> ApiResult<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::validation("body", format!("not valid JSON: {e}")))?;
-    let Value::Object(m) = &mut v else {
-        return Err(ApiError::validation("body", "expected a JSON object"));
+    super::error::json_syntax(body)?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::json("", &e))?;
+    let Value::Object(m) = &v else {
+        return Err(ApiError::validation("body", "must be a JSON object"));
     };
     match m.get("id") {
+        Some(Value::String(s)) if s == path_id => Ok(body.to_vec()),
+        Some(_) => Err(ApiError::validation(
+            "id",
+            format!("must match the id in the path (\"{path_id}\")"),
+        )),
         None => {
-            m.insert("id".into(), Value::String(path_id.to_string()));
-        }
-        Some(Value::String(s)) if s == path_id => {}
-        Some(_) => {
-            return Err(ApiError::validation(
-                "id",
-                format!("must match the id in the path (\"{path_id}\")"),
-            ));
+            // Added last, before the closing brace, so that nothing the client sent moves.
+            let end = body
+                .iter()
+                .rposition(|&b| b == b'}')
+                .ok_or_else(|| ApiError::validation("body", "must be a JSON object"))?;
+            let id = serde_json::to_string(path_id)
+                .map_err(|e| ApiError::internal("encode path id", e))?;
+            let comma = if m.is_empty() { "" } else { "," };
+            let mut out = Vec::with_capacity(body.len() + id.len() + 8);
+            out.extend_from_slice(&body[..end]);
+            out.extend_from_slice(format!("{comma}\"id\":{id}").as_bytes());
+            out.extend_from_slice(&body[end..]);
+            Ok(out)
         }
     }
-    serde_json::to_vec(&v).map_err(|e| ApiError::internal("re-encode body", e))
 }
 
 /// Writes one rule and swaps in the rebuilt rule set; answers 201 to a create (POST) and 200 to
@@ -137,6 +197,7 @@ pub async fn get_filter(
 }
 
 async fn save_filter(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    super::error::json_syntax(body)?;
     let filter: EventFilter = rules::parse_filter(body).map_err(validation)?;
     let json = to_json(&filter)?;
     let _guard = app.rules.lock_changes().await;
@@ -178,6 +239,7 @@ pub async fn get_route(
 }
 
 async fn save_route(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    super::error::json_syntax(body)?;
     let _guard = app.rules.lock_changes().await;
     let agents = app.rules.agent_ids().await?;
     let route: EventRoute = rules::parse_route(body, &agents).map_err(validation)?;
@@ -220,6 +282,18 @@ pub async fn get_agent(
 }
 
 async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
+    super::error::json_syntax(body)?;
+    // `health` is what the server reports about the agent, not a setting: an agent read back
+    // and sent again as it was is accepted. (Such a body is re-encoded, so the line and column
+    // of a later error are of the re-encoded text.)
+    let stripped = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut m)) if m.contains_key("health") => {
+            m.remove("health");
+            Some(Value::Object(m).to_string().into_bytes())
+        }
+        _ => None,
+    };
+    let body = stripped.as_deref().unwrap_or(body);
     let agent: Agent = rules::parse_agent(body).map_err(validation)?;
     let _guard = app.rules.lock_changes().await;
     let existing = app
@@ -236,7 +310,9 @@ async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Res
     }
     let (agent, stored) =
         prepare_agent(agent, existing.as_ref().map(|r| r.body.as_str())).map_err(validation)?;
-    let answer = serde_json::to_value(&agent).map_err(|e| ApiError::internal("agent", e))?;
+    let mut answer = serde_json::to_value(&agent).map_err(|e| ApiError::internal("agent", e))?;
+    // As `GET` shows it, so that what was sent, what came back and what is read agree.
+    add_health(app, &mut answer);
     save(app, RuleKind::Agent, agent.id.clone(), stored, answer, mode).await
 }
 

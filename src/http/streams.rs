@@ -131,11 +131,7 @@ async fn open(
         param(&pairs, "lastEventId").map(str::to_string)
     };
     let last_event_id = match last.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
-            ApiError::bad_request(
-                "lastEventId / Last-Event-ID must be an event id this server issued",
-            )
-        })?),
+        Some(s) => Some(Uuid::parse_str(s).map_err(|_| not_issued())?),
         None => None,
     };
     Ok(Opened {
@@ -144,6 +140,48 @@ async fn open(
         last_event_id,
         session,
     })
+}
+
+fn not_issued() -> ApiError {
+    ApiError::bad_request("lastEventId / Last-Event-ID must be an event id this server issued")
+}
+
+/// How far ahead of this node's clock another node's event id may be, ms (clock differences
+/// between nodes).
+const CLOCK_SKEW_MS: i64 = 5_000;
+
+/// A resume id is one this server issued: a UUID v7 (the only ids it makes), not from the
+/// future, and an archived event (or an erased one's tombstone) — unless it is older than the
+/// shortest retention, when it may have been purged since (the replay then starts at the
+/// oldest event kept). Anything else would
+/// resume from a point the client never saw: refused, before any upgrade.
+async fn check_resume(app: &AppState, opened: &Opened) -> ApiResult<()> {
+    let Some(id) = opened.last_event_id else {
+        return Ok(());
+    };
+    if id.get_version_num() != 7 {
+        return Err(not_issued());
+    }
+    let at = uuid_ms(&id);
+    let now = now_ms();
+    if at > now + CLOCK_SKEW_MS {
+        return Err(not_issued());
+    }
+    // The shortest retention any event may have (a source's own, the dead letters'): an id
+    // older than that may have been purged, so only a younger one must still be there (an
+    // erased event's tombstone is).
+    let cfg = &app.config;
+    let shortest = cfg
+        .sources
+        .values()
+        .filter_map(|s| s.retention_days)
+        .chain(cfg.dlq_retention_days)
+        .fold(cfg.retention_days, u32::min);
+    let retained_from = now - i64::from(shortest) * 86_400_000;
+    if at >= retained_from && app.store.get_event(id).await?.is_none() {
+        return Err(not_issued());
+    }
+    Ok(())
 }
 
 /// Whether the request's `Origin` is this server (its `Host`, or the `X-Forwarded-Host` a proxy
@@ -193,7 +231,16 @@ async fn feed(
     // not in id order, so the seam is kept differently: the replay runs past `bound` to a
     // ceiling a little after now (every event with a larger id commits after this
     // subscription, so arrives live), and live messages the replay already sent are skipped.
-    let clustered = app.store.node_id().is_some();
+    // A node alone on PostgreSQL streams exactly as one on SQLite: its own events reach its
+    // streams in id order (the sequencer), and no other node's can arrive.
+    let clustered = match app.store.node_id() {
+        Some(_) => app
+            .store
+            .live_nodes()
+            .await
+            .map_or(true, |nodes| nodes.len() > 1),
+        None => false,
+    };
     let bound = if clustered {
         bound.max(id_floor(crate::clock::now_ms() + CLUSTER_CEILING_MS))
     } else {
@@ -201,7 +248,19 @@ async fn feed(
     };
     let mut replayed: HashSet<Uuid> = HashSet::new();
     let recent_floor = id_floor(uuid_ms(&bound) - CLUSTER_SEAM_MS);
-    if let Some(mut after) = opened.last_event_id {
+    // On several nodes events reach streams out of id order (another node's event arrives
+    // when its notice does, after this node's later ones): a client may have seen an id before
+    // a smaller one from elsewhere, so "after the last id it saw" can skip an event. A resume there starts
+    // `CLUSTER_REWIND_MS` before that id instead: the client may see some events again
+    // (at-least-once, as docs/streaming.md says) and misses none.
+    let resume_from = opened.last_event_id.map(|last| {
+        if clustered {
+            id_floor(uuid_ms(&last) - CLUSTER_REWIND_MS).min(last)
+        } else {
+            last
+        }
+    });
+    if let Some(mut after) = resume_from {
         let agent = (&*opened.agent != FIREHOSE).then(|| opened.agent.to_string());
         loop {
             let batch = match app
@@ -306,6 +365,11 @@ async fn feed(
 /// How far past now a clustered replay reads (covers clock differences between nodes), ms.
 const CLUSTER_CEILING_MS: i64 = 5_000;
 
+/// How far before the client's last event id a resume replays on several nodes, ms: longer
+/// than any commit takes to land behind a later id (and than the clock skew `CLUSTER_CEILING_MS`
+/// allows for).
+const CLUSTER_REWIND_MS: i64 = 5_000;
+
 /// How late another node's event may reach a stream and still be recognised as already
 /// replayed, ms.
 const CLUSTER_SEAM_MS: i64 = 30_000;
@@ -331,6 +395,9 @@ pub async fn sse(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = check_resume(&app, &opened).await {
+        return e.into_response();
+    }
     let via_session = opened.session.is_some();
     let sub = app
         .sequencer
@@ -388,6 +455,9 @@ pub async fn ws(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = check_resume(&app, &opened).await {
+        return e.into_response();
+    }
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(_) => {

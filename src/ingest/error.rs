@@ -23,6 +23,10 @@ pub enum IngestError {
     InvalidSignature,
     #[error("Webhook timestamp is outside the allowed window")]
     StaleTimestamp,
+    /// A signature scheme with a replay window, and no timestamp anywhere (`0`: where one is
+    /// expected). Code `invalid_signature`, with a message that says what is missing.
+    #[error("Invalid webhook signature: the timestamp is missing ({0})")]
+    MissingTimestamp(&'static str),
     /// Over the source's inbound limit; `headers` are the `X-RateLimit-*` and `Retry-After`
     /// values to answer with.
     #[error("Rate limit exceeded for {source_name}:{identifier}")]
@@ -51,7 +55,7 @@ impl IngestError {
             IngestError::SourceNotConfigured(_) => "source_not_configured",
             IngestError::PayloadTooLarge { .. } => "payload_too_large",
             IngestError::UnreadableBody | IngestError::InvalidBody(_) => "invalid_body",
-            IngestError::InvalidSignature => "invalid_signature",
+            IngestError::InvalidSignature | IngestError::MissingTimestamp(_) => "invalid_signature",
             IngestError::StaleTimestamp => "stale_timestamp",
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::QueueFull => "queue_full",
@@ -67,6 +71,7 @@ impl From<VerifyError> for IngestError {
         match e {
             VerifyError::InvalidSignature => IngestError::InvalidSignature,
             VerifyError::StaleTimestamp => IngestError::StaleTimestamp,
+            VerifyError::MissingTimestamp(expected) => IngestError::MissingTimestamp(expected),
         }
     }
 }

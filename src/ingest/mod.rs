@@ -9,6 +9,7 @@ pub mod commit;
 pub mod decode;
 pub mod dedupe;
 pub mod error;
+pub mod operational;
 pub mod pipeline;
 pub mod prepare;
 pub mod publish;

@@ -50,11 +50,20 @@ impl Source {
         secrets: Option<Secrets>,
         identifier_field: Option<String>,
     ) -> Source {
+        // The provider's second place for the identifier goes with its own first one only.
+        let default = provider.builtin().and_then(|b| b.identifier);
+        let alternate = provider
+            .identifier_alternate()
+            .filter(|_| identifier_field.is_some() && identifier_field.as_deref() == default);
         Source {
             name: name.to_string(),
             provider,
             secrets,
-            probe: ProbeSpec::new(provider.probes(), identifier_field.as_deref()),
+            probe: ProbeSpec::with_alternate(
+                provider.probes(),
+                identifier_field.as_deref(),
+                alternate,
+            ),
             identifier_field,
             public_url: None,
             verify_token: None,

@@ -128,18 +128,23 @@ pub fn verify(
 /// The replay window: the `Linear-Timestamp` header (ms since epoch) if present, else the
 /// body's `webhookTimestamp` (ms); within 60 s of `now_ms` (inclusive). A header that is present
 /// but unparsable does not fall back to the body: the sender said something we cannot trust.
+/// Neither at all is not a replay but a request Linear did not send: `MissingTimestamp`.
 pub fn check_timestamp(
     header: Option<&[u8]>,
     body_ts_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<(), VerifyError> {
-    let ts = match header {
-        Some(h) => parse_timestamp(h),
-        None => body_ts_ms.filter(|ts| *ts >= 0),
+    let ts = match (header, body_ts_ms) {
+        (Some(h), _) => parse_timestamp(h),
+        (None, Some(ts)) => Some(ts).filter(|ts| *ts >= 0),
+        (None, None) => return Err(VerifyError::MissingTimestamp(MISSING)),
     }
     .ok_or(VerifyError::StaleTimestamp)?;
     within_window(ts, now_ms, WINDOW_MS)
 }
+
+/// Where a Linear timestamp is expected, for the error that says it is missing.
+pub const MISSING: &str = "send the Linear-Timestamp header or webhookTimestamp in the body";
 
 /// `<hex>`, the value of `Linear-Signature`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
@@ -231,7 +236,10 @@ mod tests {
             STALE
         );
         // Nothing, unparsable, negative, absurd.
-        assert_eq!(check_timestamp(None, None, now), STALE);
+        assert_eq!(
+            check_timestamp(None, None, now),
+            Err(VerifyError::MissingTimestamp(MISSING))
+        );
         assert_eq!(check_timestamp(Some(b""), Some(now), now), STALE);
         assert_eq!(check_timestamp(Some(b"soon"), None, now), STALE);
         assert_eq!(check_timestamp(Some(b"-1"), None, now), STALE);

@@ -97,6 +97,14 @@ pub trait Provider: Send + Sync + 'static {
     /// The source the router comes with for this provider, if any.
     fn builtin(&self) -> Option<Builtin>;
 
+    /// A second payload path of the rate-limit identifier, read when the built-in one
+    /// (`Builtin::identifier`) has nothing: a provider whose payloads carry it in two places
+    /// (Slack: `team_id`, but `team.id` in interactivity payloads). Only a source that keeps
+    /// the built-in path uses it.
+    fn identifier_alternate(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Headers that carry a signature or secret: never archived or forwarded, whichever
     /// source they arrive on.
     fn signature_headers(&self) -> &'static [&'static str];

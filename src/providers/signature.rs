@@ -52,6 +52,10 @@ pub enum VerifyError {
     InvalidSignature,
     #[error("Webhook timestamp outside the allowed window")]
     StaleTimestamp,
+    /// No timestamp at all where the scheme needs one (`0` says where it is expected): the
+    /// request is not one the provider sent, so it is a signature failure, not a replay.
+    #[error("Invalid webhook signature: no timestamp ({0})")]
+    MissingTimestamp(&'static str),
 }
 
 /// One or more HMAC-SHA256 keys of a source; several during a rotation, when a signature made

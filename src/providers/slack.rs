@@ -42,6 +42,11 @@ impl Provider for Slack {
         })
     }
 
+    /// Interactivity payloads (`payload=<json>`) have no `team_id`, only `team.id`.
+    fn identifier_alternate(&self) -> Option<&'static str> {
+        Some("payload.team.id")
+    }
+
     fn signature_headers(&self) -> &'static [&'static str] {
         &[SIGNATURE]
     }

@@ -6,6 +6,7 @@
 //! hands it committed deliveries through a channel (no polling), attempt tasks report back
 //! through the same channel. An agent that is slow or down only fills its own lane.
 
+pub mod breaker;
 pub mod policy;
 
 use std::cmp::{Ordering, Reverse};
@@ -25,9 +26,74 @@ use uuid::Uuid;
 
 use crate::analytics::Analytics;
 use crate::clock::now_ms;
-use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult};
+use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult, BreakerPolicy};
 use crate::store::{AttemptUpdate, DeliveryStatus, PendingDelivery, Store};
+use breaker::{Admission, Breaker, Transition};
 use policy::RetryPolicy;
+
+/// An agent's health as `GET /admin/agents/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentHealth {
+    pub state: breaker::State,
+    pub since: i64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub next_probe_at: Option<i64>,
+}
+
+impl AgentHealth {
+    /// A healthy agent that nothing has happened to.
+    pub fn closed(since: i64) -> AgentHealth {
+        AgentHealth {
+            state: breaker::State::Closed,
+            since,
+            consecutive_failures: 0,
+            last_error: None,
+            next_probe_at: None,
+        }
+    }
+
+    fn of(b: &Breaker) -> AgentHealth {
+        AgentHealth {
+            state: b.state,
+            since: b.since,
+            consecutive_failures: b.consecutive_failures,
+            last_error: b.last_error.clone(),
+            next_probe_at: b.next_probe_at,
+        }
+    }
+}
+
+/// What the scheduler tells the rest of the server about agents and deliveries (turned into
+/// `router` events, and the auto-disable, by the server).
+#[derive(Debug, Clone)]
+pub enum Signal {
+    CircuitOpened {
+        agent: Arc<str>,
+        health: AgentHealth,
+    },
+    Recovered {
+        agent: Arc<str>,
+        /// How long it was open (ms).
+        down_ms: i64,
+    },
+    /// Failing without a success for its `disableAfterMs`: disable it.
+    Disable {
+        agent: Arc<str>,
+        failing_since: i64,
+        last_error: Option<String>,
+    },
+    DeadLettered {
+        agent: Arc<str>,
+        event_id: Uuid,
+        delivery_id: Uuid,
+        source: Arc<str>,
+        event_type: Arc<str>,
+        attempts: u32,
+        error: Option<String>,
+    },
+}
 
 /// One delivery as the scheduler holds it.
 #[derive(Debug, Clone)]
@@ -134,7 +200,18 @@ enum Msg {
     /// Jobs whose bodies the store could not give: no attempt was made; they wait and are read
     /// again.
     Requeue(Vec<Job>),
+    /// These events were erased: their deliveries leave the queue (the store already ended them
+    /// `cancelled`), and an attempt under way is not followed by another. Answered once done.
+    Cancel(Vec<Uuid>, oneshot::Sender<()>),
+    /// Close an agent's circuit breaker (`POST /admin/agents/{id}/health/reset`).
+    ResetHealth(Arc<str>),
+    /// Another node's breaker for the agent opened until then, or closed (`None`).
+    RemoteBreaker(Arc<str>, Option<i64>),
 }
+
+/// How long the dispatcher remembers an erased event, for attempts that were under way when it
+/// was erased (longer than any attempt's timeout).
+const CANCELLED_MEMORY_MS: i64 = 3_600_000;
 
 /// How long jobs wait after the store failed to give their bodies.
 const BODY_RETRY_MS: i64 = 1000;
@@ -146,6 +223,11 @@ pub struct Queue {
     /// Deliveries accepted and not yet delivered or dead (the `max_queue_size` budget).
     unfinished: Arc<AtomicI64>,
     max: i64,
+    /// Agents whose breaker is not closed or that failed since their last success (the
+    /// dispatcher writes, admin reads and /metrics read).
+    health: Arc<std::sync::Mutex<HashMap<Arc<str>, AgentHealth>>>,
+    /// When the scheduler started (ms): a healthy agent's breaker has been closed since then.
+    started_ms: i64,
 }
 
 /// Refusal of new work: the queue holds `max_queue_size` unfinished deliveries.
@@ -202,6 +284,55 @@ impl Queue {
 
     pub fn targets_changed(&self) {
         let _ = self.tx.send(Msg::TargetsChanged);
+    }
+
+    /// The agent's breaker, or `None` when nothing has gone wrong with it (closed, no failure
+    /// since its last success).
+    pub fn health(&self, agent: &str) -> Option<AgentHealth> {
+        self.health.lock().ok()?.get(agent).cloned()
+    }
+
+    /// The agent's breaker, closed since the scheduler started when nothing went wrong.
+    pub fn health_or_closed(&self, agent: &str) -> AgentHealth {
+        self.health(agent)
+            .unwrap_or_else(|| AgentHealth::closed(self.started_ms))
+    }
+
+    /// Every agent with something to report.
+    pub fn health_all(&self) -> Vec<(Arc<str>, AgentHealth)> {
+        self.health
+            .lock()
+            .map(|m| m.iter().map(|(a, h)| (a.clone(), h.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Closes the agent's breaker.
+    pub fn reset_health(&self, agent: &str) {
+        let _ = self.tx.send(Msg::ResetHealth(Arc::from(agent)));
+    }
+
+    /// Follows another node's breaker for `agent` (see `Notice::Breaker`).
+    pub fn remote_breaker(&self, agent: &str, open_until: Option<i64>) {
+        let _ = self
+            .tx
+            .send(Msg::RemoteBreaker(Arc::from(agent), open_until));
+    }
+
+    /// Drops the deliveries of erased events (see `Msg::Cancel`); returns once the scheduler
+    /// has, so no attempt of them starts after this.
+    pub async fn cancel_events(&self, event_ids: Vec<Uuid>) {
+        if event_ids.is_empty() {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Cancel(event_ids, done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// `max_queue_size`.
+    pub fn capacity(&self) -> u64 {
+        self.max.max(0) as u64
     }
 
     pub fn unfinished(&self) -> u64 {
@@ -293,8 +424,15 @@ struct Lane {
     scheduled: usize,
     /// Start times of the most recent attempts (at most the pacing limit), for pacing.
     sent: std::collections::VecDeque<i64>,
-    /// A pacing wake-up is already set for this lane.
+    /// A pacing or cooldown wake-up is already set for this lane.
     waiting: bool,
+    breaker: Option<Breaker>,
+    /// The delivery of the probe attempt under way (half-open).
+    probe: Option<Uuid>,
+    /// The agent was disabled when last pumped (re-enabling closes the breaker).
+    held_disabled: bool,
+    /// `Signal::Disable` was sent for the current failure streak.
+    disable_sent: bool,
 }
 
 struct Dispatcher {
@@ -317,6 +455,10 @@ struct Dispatcher {
     /// Bytes of body held by queued (ready and scheduled) jobs, and the most it may be.
     resident: usize,
     body_budget: usize,
+    /// Erased events (id → when), for the attempts that were under way then.
+    cancelled: HashMap<Uuid, i64>,
+    health: Arc<std::sync::Mutex<HashMap<Arc<str>, AgentHealth>>>,
+    signals: mpsc::UnboundedSender<Signal>,
 }
 
 /// Everything `start` needs.
@@ -335,6 +477,8 @@ pub struct QueueConfig {
 /// The running scheduler: the handle, and what shutdown waits on.
 pub struct Running {
     pub queue: Queue,
+    /// What the scheduler has to say about agents (take it once).
+    pub signals: Option<mpsc::UnboundedReceiver<Signal>>,
     dispatcher: tokio::task::JoinHandle<()>,
     recorder: tokio::task::JoinHandle<()>,
 }
@@ -381,10 +525,14 @@ pub async fn start(
         tracing::info!(count = reloaded.len(), "reloaded unfinished deliveries");
     }
     unfinished.store(reloaded.len() as i64, AtomicOrdering::Release);
+    let health = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let (signals, signals_rx) = mpsc::unbounded_channel();
     let queue = Queue {
         tx: tx.clone(),
         unfinished: unfinished.clone(),
         max: cfg.max_queue_size.min(i64::MAX as u64) as i64,
+        health: health.clone(),
+        started_ms: now_ms(),
     };
     let recorder = tokio::spawn(record_loop(store.clone(), rec_rx));
     let ctx = AttemptCtx {
@@ -410,11 +558,15 @@ pub async fn start(
         loader: Some(load_tx),
         resident: 0,
         body_budget: cfg.body_budget,
+        cancelled: HashMap::new(),
+        health,
+        signals,
     };
     d.add(reloaded);
     let dispatcher = tokio::spawn(async move { d.run(shutdown).await });
     Ok(Running {
         queue,
+        signals: Some(signals_rx),
         dispatcher,
         recorder,
     })
@@ -546,6 +698,40 @@ impl Dispatcher {
             Msg::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
             }
+            Msg::Cancel(ids, done) => {
+                self.cancel(ids);
+                let _ = done.send(());
+            }
+            Msg::RemoteBreaker(agent, open_until) => {
+                let now = now_ms();
+                let policy = self.policy_of(&agent);
+                let lane = self.lanes.entry(agent.clone()).or_default();
+                let b = lane
+                    .breaker
+                    .get_or_insert_with(|| Breaker::new(now, &policy));
+                match open_until {
+                    Some(until) => b.opened_elsewhere(now, until),
+                    None => {
+                        b.closed_elsewhere(now, &policy);
+                        lane.probe = None;
+                    }
+                }
+                self.publish_health(&agent);
+                self.pump(&agent);
+            }
+            Msg::ResetHealth(agent) => {
+                let now = now_ms();
+                let policy = self.policy_of(&agent);
+                if let Some(lane) = self.lanes.get_mut(&agent) {
+                    if let Some(b) = &mut lane.breaker {
+                        b.reset(now, &policy);
+                    }
+                    lane.probe = None;
+                    lane.disable_sent = false;
+                }
+                self.publish_health(&agent);
+                self.pump(&agent);
+            }
             Msg::Requeue(mut jobs) => {
                 // Out of flight, and queued again for a moment from now.
                 let due = now_ms() + BODY_RETRY_MS;
@@ -567,10 +753,60 @@ impl Dispatcher {
         }
     }
 
+    /// Takes the deliveries of erased events out of the lanes and timers, and remembers the
+    /// events for attempts under way (and jobs on their way back from the body loader).
+    fn cancel(&mut self, ids: Vec<Uuid>) {
+        let now = now_ms();
+        self.cancelled
+            .retain(|_, at| now - *at < CANCELLED_MEMORY_MS);
+        for id in &ids {
+            self.cancelled.insert(*id, now);
+        }
+        let gone = |job: &Job| ids.contains(&job.event_id);
+        let mut dropped: Vec<Job> = Vec::new();
+        for lane in self.lanes.values_mut() {
+            if !lane.ready.iter().any(|r| gone(&r.job)) {
+                continue;
+            }
+            let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut lane.ready)
+                .into_iter()
+                .partition(|r| gone(&r.job));
+            lane.ready = kept.into_iter().collect();
+            dropped.extend(out.into_iter().map(|r| r.job));
+        }
+        if self.timers.iter().any(|Reverse(t)| gone(&t.job)) {
+            let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timers)
+                .into_iter()
+                .partition(|Reverse(t)| gone(&t.job));
+            self.timers = kept.into_iter().collect();
+            for Reverse(t) in out {
+                if let Some(lane) = self.lanes.get_mut(&t.job.agent_id) {
+                    lane.scheduled = lane.scheduled.saturating_sub(1);
+                }
+                dropped.push(t.job);
+            }
+        }
+        for job in &dropped {
+            self.unhold(job);
+        }
+        if !dropped.is_empty() {
+            self.unfinished
+                .fetch_sub(dropped.len() as i64, AtomicOrdering::AcqRel);
+            tracing::info!(
+                deliveries = dropped.len(),
+                "deliveries of erased events cancelled"
+            );
+        }
+    }
+
     fn add(&mut self, jobs: Vec<Job>) {
         let now = now_ms();
         let mut touched: Vec<Arc<str>> = Vec::new();
         for mut job in jobs {
+            if self.cancelled.contains_key(&job.event_id) {
+                self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+                continue;
+            }
             self.hold(&mut job);
             self.seq += 1;
             let lane = self.lanes.entry(job.agent_id.clone()).or_default();
@@ -697,6 +933,7 @@ impl Dispatcher {
                     delivered: false,
                     started_at: now_ms(),
                     duration_ms: 0,
+                    took: Duration::ZERO,
                     status_code: None,
                     error: Some("the agent no longer exists or has no url".into()),
                     response_prefix: None,
@@ -708,9 +945,51 @@ impl Dispatcher {
         };
         if !target.enabled {
             // Held, not dropped: a disabled agent's deliveries wait until it is enabled again.
+            lane.held_disabled = true;
             return;
         }
         let now = now_ms();
+        let breaker = lane
+            .breaker
+            .get_or_insert_with(|| Breaker::new(now, &target.breaker));
+        if std::mem::take(&mut lane.held_disabled) {
+            // Enabled again: it starts with a closed breaker.
+            breaker.reset(now, &target.breaker);
+            lane.disable_sent = false;
+            lane.probe = None;
+            if let Ok(mut map) = self.health.lock() {
+                map.remove(agent);
+            }
+            metrics::gauge!("agent_circuit_state", "agent" => agent.to_string()).set(0.0);
+        }
+        match breaker.admission(now) {
+            Admission::Any => {}
+            Admission::Probing => return,
+            Admission::WaitUntil(at) => {
+                if !lane.waiting {
+                    lane.waiting = true;
+                    self.wakeups.push(Reverse((at, agent.clone())));
+                }
+                return;
+            }
+            Admission::Probe => {
+                // One attempt decides, once the attempts under way have ended.
+                if lane.in_flight > 0 {
+                    return;
+                }
+                let Some(Ready { job, .. }) = lane.ready.pop() else {
+                    return;
+                };
+                breaker.probe_started(now);
+                lane.probe = Some(job.delivery_id);
+                lane.in_flight += 1;
+                lane.sent.push_back(now);
+                self.unhold(&job);
+                self.publish_health(agent);
+                self.spawn_attempts(vec![job], target);
+                return;
+            }
+        }
         let mut start = Vec::new();
         while lane.in_flight < target.max_concurrency.max(1) {
             if lane.ready.is_empty() {
@@ -774,6 +1053,56 @@ impl Dispatcher {
         if let Some(lane) = self.lanes.get_mut(&job.agent_id) {
             lane.in_flight = lane.in_flight.saturating_sub(1);
         }
+        // The agent's answer counts for its breaker whatever becomes of the delivery (a probe
+        // whose event was erased meanwhile still decides the breaker).
+        let probe = self.breaker_outcome(&job, &result);
+        if self.cancelled.contains_key(&job.event_id) {
+            // Its event was erased while the attempt ran: the outcome goes in the attempt log
+            // (the store keeps the delivery `cancelled`), and nothing follows it.
+            let _ = self.recorder.send(attempt_update(
+                &job,
+                result,
+                false,
+                DeliveryStatus::Cancelled,
+                None,
+            ));
+            self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            return;
+        }
+        if probe && !result.delivered {
+            // A failed probe found the agent still down: the delivery does not spend its
+            // budget on it, and waits in its lane for the next probe.
+            self.analytics.attempt(
+                &job.agent_id,
+                job.attempts,
+                "retry_scheduled",
+                result.took,
+                None,
+            );
+            let mut job = job;
+            job.retry_base = job.retry_base.saturating_add(1);
+            let next = self
+                .lanes
+                .get(&job.agent_id)
+                .and_then(|l| l.breaker.as_ref())
+                .and_then(|b| b.next_probe_at);
+            let _ = self.recorder.send(attempt_update(
+                &job,
+                result,
+                true,
+                DeliveryStatus::Scheduled,
+                next,
+            ));
+            self.hold(&mut job);
+            self.seq += 1;
+            let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+            lane.ready.push(Ready {
+                priority: job.priority,
+                seq: self.seq,
+                job,
+            });
+            return;
+        }
         let used = job.attempts.saturating_sub(job.retry_base);
         let (status, next) = if result.delivered {
             (DeliveryStatus::Delivered, None)
@@ -792,23 +1121,24 @@ impl Dispatcher {
             &job.agent_id,
             job.attempts,
             outcome,
-            Duration::from_millis(result.duration_ms),
+            result.took,
             result.delivered.then(|| now_ms() - job.created_at),
         );
         if status == DeliveryStatus::Dead {
             tracing::warn!(event_id = %job.event_id, agent = %job.agent_id, attempts = job.attempts, "delivery dead-lettered");
+            let _ = self.signals.send(Signal::DeadLettered {
+                agent: job.agent_id.clone(),
+                event_id: job.event_id,
+                delivery_id: job.delivery_id,
+                source: job.source.clone(),
+                event_type: job.event_type.clone(),
+                attempts: job.attempts,
+                error: result.error.clone(),
+            });
         }
-        let _ = self.recorder.send(AttemptUpdate {
-            delivery_id: job.delivery_id,
-            attempt: job.attempts,
-            started_at: result.started_at,
-            duration_ms: result.duration_ms,
-            status_code: result.status_code,
-            error: result.error,
-            response_prefix: result.response_prefix,
-            status,
-            next_attempt_at: next,
-        });
+        let _ = self
+            .recorder
+            .send(attempt_update(&job, result, true, status, next));
         match next {
             Some(due) => {
                 let mut job = job;
@@ -824,6 +1154,102 @@ impl Dispatcher {
             }
             None => {
                 self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            }
+        }
+    }
+
+    /// The breaker policy of `agent` as the rules have it now.
+    fn policy_of(&self, agent: &str) -> BreakerPolicy {
+        self.targets
+            .load()
+            .get(agent)
+            .map(|t| t.breaker)
+            .unwrap_or_default()
+    }
+
+    /// Counts an attempt's outcome in its agent's breaker, tells what changed, and says whether
+    /// the attempt was the half-open probe.
+    fn breaker_outcome(&mut self, job: &Job, result: &AttemptResult) -> bool {
+        let now = now_ms();
+        let policy = self.policy_of(&job.agent_id);
+        let Some(lane) = self.lanes.get_mut(&job.agent_id) else {
+            return false;
+        };
+        let probe = lane.probe == Some(job.delivery_id);
+        if probe {
+            lane.probe = None;
+        }
+        let breaker = lane
+            .breaker
+            .get_or_insert_with(|| Breaker::new(now, &policy));
+        let (was_failing, opened_at) = (breaker.consecutive_failures > 0, breaker.since);
+        let transition = if result.delivered {
+            breaker.succeeded(now, &policy)
+        } else {
+            let retry_after = result.retry_after.map(|d| d.as_millis() as u64);
+            let error = result.error.as_deref().unwrap_or("attempt failed");
+            breaker.failed(now, error, retry_after, probe, &policy)
+        };
+        let disable =
+            !result.delivered && !lane.disable_sent && breaker.should_disable(now, &policy);
+        let failing_since = breaker.failing_since;
+        let health = AgentHealth::of(breaker);
+        if disable {
+            lane.disable_sent = true;
+        }
+        if result.delivered {
+            lane.disable_sent = false;
+        }
+        let agent = job.agent_id.clone();
+        match transition {
+            Some(Transition::Opened) => {
+                tracing::warn!(agent = %agent, failures = health.consecutive_failures, "circuit opened: no attempts until the next probe");
+                let _ = self.signals.send(Signal::CircuitOpened {
+                    agent: agent.clone(),
+                    health: health.clone(),
+                });
+            }
+            Some(Transition::Recovered) => {
+                tracing::info!(agent = %agent, "circuit closed: the agent recovered");
+                let _ = self.signals.send(Signal::Recovered {
+                    agent: agent.clone(),
+                    down_ms: now - opened_at,
+                });
+            }
+            Some(Transition::Reopened) | None => {}
+        }
+        if disable {
+            tracing::warn!(agent = %agent, "agent failing without a success for its disableAfterMs: disabling it");
+            let _ = self.signals.send(Signal::Disable {
+                agent: agent.clone(),
+                failing_since: failing_since.unwrap_or(now),
+                last_error: health.last_error.clone(),
+            });
+        }
+        if transition.is_some() || !result.delivered || was_failing {
+            self.publish_health(&agent);
+        }
+        probe
+    }
+
+    /// Writes the agent's breaker where admin and metrics read it: absent while all is well.
+    fn publish_health(&self, agent: &Arc<str>) {
+        let view = self
+            .lanes
+            .get(agent)
+            .and_then(|l| l.breaker.as_ref())
+            .filter(|b| b.state != breaker::State::Closed || b.consecutive_failures > 0)
+            .map(AgentHealth::of);
+        let state = view.as_ref().map_or(0.0, |h| h.state.gauge());
+        metrics::gauge!("agent_circuit_state", "agent" => agent.to_string()).set(state);
+        if let Ok(mut map) = self.health.lock() {
+            match view {
+                Some(h) => {
+                    map.insert(agent.clone(), h);
+                }
+                None => {
+                    map.remove(agent);
+                }
             }
         }
     }
@@ -873,6 +1299,31 @@ impl Dispatcher {
             s.oldest_pending_age_ms = (now - oldest).max(0) as u64;
         }
         s
+    }
+}
+
+/// The outcome of an attempt as the store records it.
+fn attempt_update(
+    job: &Job,
+    result: AttemptResult,
+    response_prefix: bool,
+    status: DeliveryStatus,
+    next_attempt_at: Option<i64>,
+) -> AttemptUpdate {
+    AttemptUpdate {
+        delivery_id: job.delivery_id,
+        attempt: job.attempts,
+        started_at: result.started_at,
+        duration_ms: result.duration_ms,
+        status_code: result.status_code,
+        error: result.error,
+        response_prefix: if response_prefix {
+            result.response_prefix
+        } else {
+            None
+        },
+        status,
+        next_attempt_at,
     }
 }
 
@@ -961,6 +1412,7 @@ impl AttemptCtx {
                         delivered: false,
                         started_at: now_ms(),
                         duration_ms: 0,
+                        took: Duration::ZERO,
                         status_code: None,
                         error: Some(error.clone()),
                         response_prefix: None,
@@ -1038,6 +1490,8 @@ mod tests {
             tx,
             unfinished: Arc::new(AtomicI64::new(0)),
             max: 3,
+            health: Default::default(),
+            started_ms: 0,
         };
         let r = q.reserve(2).unwrap();
         assert!(q.reserve(2).is_err());

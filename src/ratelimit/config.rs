@@ -115,6 +115,8 @@ fn check_name(field: &str, value: &str) -> Result<(), ValidationError> {
 pub struct ValidationError {
     pub field: String,
     pub message: String,
+    /// Line and column (1-based) in a JSON body of a syntax error or a value of the wrong type.
+    pub position: Option<(usize, usize)>,
 }
 
 impl ValidationError {
@@ -122,6 +124,7 @@ impl ValidationError {
         Self {
             field: field.into(),
             message: message.into(),
+            position: None,
         }
     }
 
@@ -134,9 +137,39 @@ impl ValidationError {
 
 /// Parses and validates one config from a JSON body (the admin `PUT`).
 pub fn parse_config(json: &[u8]) -> Result<RateLimitConfig, ValidationError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| ValidationError::new("body", e.to_string()))?;
-    config_from_value(value)
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
+        let mut err = ValidationError::new("body", message_of(&e));
+        err.position = position_of(&e);
+        err
+    })?;
+    if !value.is_object() {
+        return config_from_value(value);
+    }
+    // Read from the bytes (not the value) so that a wrong type is reported where it is.
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let config: RateLimitConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let position = position_of(e.inner());
+        let mut err = from_serde_error(e);
+        err.position = position;
+        err
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn position_of(e: &serde_json::Error) -> Option<(usize, usize)> {
+    // serde_json counts column 0 for the end of the body just after a line break.
+    (e.line() > 0).then(|| (e.line(), e.column().max(1)))
+}
+
+/// serde_json's message without its trailing position (kept apart).
+fn message_of(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match message.strip_suffix(&suffix) {
+        Some(stripped) if e.line() > 0 => stripped.to_string(),
+        _ => message,
+    }
 }
 
 /// Parses and validates one config from an already-decoded JSON value
@@ -168,7 +201,7 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 }
 
 fn from_serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> ValidationError {
-    let message = err.inner().to_string();
+    let message = message_of(err.inner());
     let path = err.path().to_string();
     if path != "." {
         return ValidationError::new(path, message);

@@ -2,12 +2,12 @@
 //!
 //! Layout: each strategy (`fixed_window`, `sliding_window`, `token_bucket`)
 //! is a pure function `check(&mut State, &Quota, now_ms) -> Decision` over a
-//! few integers of per-key state. The shared counters of several nodes (PostgreSQL) are kept
-//! with the very same rules, written in SQL in the function that leases them out
-//! (`store/postgres/migrations/0003_…`); `shared` computes its headers with these functions. `registry::RateLimiter` is the in-process owner of that state:
-//! a sharded map, the config lookup, and idle-key purging. `shared::SharedLimiter` is the one
-//! several nodes share: the same arithmetic over counters in the shared store, which each node
-//! leases shares of.
+//! few integers of per-key state. `registry::RateLimiter` is the in-process owner of that
+//! state: a sharded map, the config lookup, and idle-key purging. `shared::SharedLimiter` is
+//! the limiter several nodes share: the same arithmetic over counters in the shared store
+//! (PostgreSQL), written in SQL in the function that leases them out
+//! (`store/postgres/migrations/0004_…`), which each node leases shares of; it computes its
+//! headers with these functions.
 //!
 //! `governor` was considered for the token bucket and not taken: its quota is
 //! fixed per limiter (ours differs per key and changes at run time), its

@@ -276,6 +276,56 @@ pub struct Agent {
     pub rate_limit: Option<AgentRateLimit>,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Circuit breaker settings; unset ones take the server's defaults.
+    #[serde(
+        default,
+        alias = "circuit_breaker",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// An agent's circuit breaker (docs/delivery.md "Agent health"): open after
+/// `failureThreshold` consecutive failed attempts, or when at least `failureRatio` of the
+/// attempts of the last `windowMs` failed (with at least 10 of them); while open no attempt
+/// is made; after a cooldown (from `cooldownMs`, doubling after each failed probe up to
+/// `maxCooldownMs`, never shorter than the agent's `Retry-After`) one probe attempt decides.
+/// `disableAfterMs`: an agent failing without a success that long is disabled (0: never).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    #[serde(
+        default,
+        alias = "failure_threshold",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failure_threshold: Option<u32>,
+    #[serde(
+        default,
+        alias = "failure_ratio",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failure_ratio: Option<f64>,
+    #[serde(default, alias = "window_ms", skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    #[serde(
+        default,
+        alias = "cooldown_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cooldown_ms: Option<u64>,
+    #[serde(
+        default,
+        alias = "max_cooldown_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_cooldown_ms: Option<u64>,
+    #[serde(
+        default,
+        alias = "disable_after_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_after_ms: Option<u64>,
 }
 
 // Hand-written so that the secret and the API key never reach a log line

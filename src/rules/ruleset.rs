@@ -48,7 +48,20 @@ pub struct RuleOptions {
     /// How long a transformation may wait for a free worker before its
     /// delivery fails (default 1 s).
     pub transform_queue_timeout: Duration,
+    /// The server's circuit breaker defaults (`circuit_*` in the config), every field set.
+    pub circuit_breaker: crate::rules::model::CircuitBreaker,
 }
+
+/// The circuit breaker defaults when the config sets none.
+pub const DEFAULT_CIRCUIT_BREAKER: crate::rules::model::CircuitBreaker =
+    crate::rules::model::CircuitBreaker {
+        failure_threshold: Some(10),
+        failure_ratio: None,
+        window_ms: Some(60_000),
+        cooldown_ms: Some(5_000),
+        max_cooldown_ms: Some(300_000),
+        disable_after_ms: Some(72 * 3_600_000),
+    };
 
 impl Default for RuleOptions {
     fn default() -> Self {
@@ -56,6 +69,7 @@ impl Default for RuleOptions {
             transform_budget: Duration::from_millis(50),
             transform_workers: 2,
             transform_queue_timeout: Duration::from_secs(1),
+            circuit_breaker: DEFAULT_CIRCUIT_BREAKER,
         }
     }
 }

@@ -39,27 +39,27 @@ pub fn prepare_agent(
     };
     match &agent.secret {
         Some(s) => {
-            StandardSigner::from_secret(s).map_err(|e| ValidationError {
-                field: "secret".into(),
-                message: format!("not a Standard Webhooks secret (whsec_ + base64): {e}"),
+            StandardSigner::from_secret(s).map_err(|e| {
+                ValidationError::new(
+                    "secret",
+                    format!("not a Standard Webhooks secret (whsec_ + base64): {e}"),
+                )
             })?;
         }
         None => agent.secret = Some(old_secret.unwrap_or_else(generate_secret)),
     }
     let hash = match agent.api_key.take() {
         Some(k) if k.len() < 16 => {
-            return Err(ValidationError {
-                field: "apiKey".into(),
-                message: "must be at least 16 characters".into(),
-            });
+            return Err(ValidationError::new(
+                "apiKey",
+                "must be at least 16 characters",
+            ));
         }
         Some(k) => Some(hash_api_key(k.as_bytes())),
         None => old_hash,
     };
-    let mut v = serde_json::to_value(&agent).map_err(|e| ValidationError {
-        field: "body".into(),
-        message: e.to_string(),
-    })?;
+    let mut v =
+        serde_json::to_value(&agent).map_err(|e| ValidationError::new("body", e.to_string()))?;
     if let (Some(h), Value::Object(m)) = (hash, &mut v) {
         m.insert(API_KEY_HASH.into(), Value::String(h));
     }

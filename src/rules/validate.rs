@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::condition::Condition;
 use super::model::{
-    Agent, EventFilter, EventRoute, EventTransformation, FilterAction, RetryPolicy,
+    Agent, CircuitBreaker, EventFilter, EventRoute, EventTransformation, FilterAction, RetryPolicy,
 };
 use super::transform;
 
@@ -29,6 +29,9 @@ use super::transform;
 pub struct ValidationError {
     pub field: String,
     pub message: String,
+    /// Line and column (1-based) in the JSON body, for a syntax error or a value of the wrong
+    /// type in a body read from bytes; `None` for problems of meaning (a bad regex).
+    pub position: Option<(usize, usize)>,
 }
 
 impl ValidationError {
@@ -36,7 +39,16 @@ impl ValidationError {
         ValidationError {
             field: field.into(),
             message: message.into(),
+            position: None,
         }
+    }
+
+    fn at(mut self, e: &serde_json::Error) -> Self {
+        if e.line() > 0 {
+            // serde_json counts column 0 for the end of the body just after a line break.
+            self.position = Some((e.line(), e.column().max(1)));
+        }
+        self
     }
 
     /// Moves the error under `prefix`: `value` under `conditions[1]` is
@@ -342,6 +354,9 @@ pub fn check_agent(agent: &Agent) -> Vec<ValidationError> {
             "must be greater than 0",
         ));
     }
+    if let Some(cb) = &agent.circuit_breaker {
+        out.extend(circuit_breaker_problems(cb));
+    }
     if let Some(limit) = &agent.rate_limit {
         if limit.limit == 0 {
             out.push(ValidationError::new(
@@ -355,6 +370,55 @@ pub fn check_agent(agent: &Agent) -> Vec<ValidationError> {
                 "must be greater than 0 (ms)",
             ));
         }
+    }
+    out
+}
+
+/// Longest cooldown and auto-disable threshold accepted, in ms (a year).
+const MAX_BREAKER_MS: u64 = 365 * 86_400_000;
+
+/// Sanity of an agent's circuit breaker settings; fields are relative to the agent.
+pub fn circuit_breaker_problems(cb: &CircuitBreaker) -> Vec<ValidationError> {
+    let mut out = Vec::new();
+    let field = |f: &str| format!("circuitBreaker.{f}");
+    if let Some(n) = cb.failure_threshold
+        && !(1..=1_000_000).contains(&n)
+    {
+        out.push(ValidationError::new(
+            field("failureThreshold"),
+            "must be from 1 to 1000000",
+        ));
+    }
+    if let Some(r) = cb.failure_ratio
+        && !(r > 0.0 && r <= 1.0)
+    {
+        out.push(ValidationError::new(
+            field("failureRatio"),
+            "must be greater than 0 and at most 1",
+        ));
+    }
+    for (name, v, min) in [
+        ("windowMs", cb.window_ms, 1),
+        ("cooldownMs", cb.cooldown_ms, 1),
+        ("maxCooldownMs", cb.max_cooldown_ms, 1),
+        ("disableAfterMs", cb.disable_after_ms, 0),
+    ] {
+        if let Some(v) = v
+            && !(min..=MAX_BREAKER_MS).contains(&v)
+        {
+            out.push(ValidationError::new(
+                field(name),
+                format!("must be from {min} to {MAX_BREAKER_MS} (ms)"),
+            ));
+        }
+    }
+    if let (Some(c), Some(m)) = (cb.cooldown_ms, cb.max_cooldown_ms)
+        && m < c
+    {
+        out.push(ValidationError::new(
+            field("maxCooldownMs"),
+            "must be at least cooldownMs",
+        ));
     }
     out
 }
@@ -560,10 +624,11 @@ fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
     if first.is_some_and(|b| *b != b'{') {
         return Err(not_object());
     }
+    // Syntax first: a body cut short or with trailing text is that, whatever its fields say.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| syntax_error(&e))?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(serde_error)?;
-    de.end()
-        .map_err(|e| ValidationError::new("", format!("invalid JSON: {e}")))?;
+    de.end().map_err(|e| syntax_error(&e))?;
     Ok(value)
 }
 
@@ -579,27 +644,43 @@ fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ValidationError> {
 /// `name: is required`, `priorty: unknown field ...`.
 fn serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> ValidationError {
     let path = e.path().to_string();
-    let path = if path == "." { String::new() } else { path };
+    // `?`: a place serde_path_to_error could not name (inside a map key).
+    let path = if path == "." || path == "?" {
+        String::new()
+    } else {
+        path
+    };
     let inner = e.into_inner();
-    let mut message = inner.to_string();
-    if inner.line() > 0 {
-        let suffix = format!(" at line {} column {}", inner.line(), inner.column());
-        if let Some(stripped) = message.strip_suffix(&suffix) {
-            message = stripped.to_owned();
-        }
-    }
     if inner.is_syntax() || inner.is_eof() {
-        return ValidationError::new(
-            "",
-            format!(
-                "invalid JSON: {message} at line {} column {}",
-                inner.line(),
-                inner.column()
-            ),
-        );
+        return syntax_error(&inner);
     }
+    serde_problem(&path, &inner).at(&inner)
+}
+
+/// A body that is not JSON: the whole body is at fault, at a line and column.
+fn syntax_error(e: &serde_json::Error) -> ValidationError {
+    ValidationError::new("", format!("invalid JSON: {}", without_position(e))).at(e)
+}
+
+/// serde_json's message without its trailing ` at line L column C` (the position is kept
+/// apart, in [`ValidationError::position`]).
+pub fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match message.strip_suffix(&suffix) {
+        Some(stripped) if e.line() > 0 => stripped.to_owned(),
+        _ => message,
+    }
+}
+
+fn serde_problem(path: &str, inner: &serde_json::Error) -> ValidationError {
+    let path = path.to_owned();
+    let message = without_position(inner);
     if let Some(name) = backticked(&message, "missing field `") {
         return ValidationError::new(join_field(&path, &camel(&name)), "is required");
+    }
+    if let Some(name) = backticked(&message, "duplicate field `") {
+        return ValidationError::new(join_field(&path, &name), "appears more than once");
     }
     if let Some(name) = backticked(&message, "unknown field `") {
         let expected: Vec<String> = message
@@ -670,8 +751,8 @@ mod tests {
         let bytes = serde_json::to_vec(&v).unwrap();
         let e = parse_filter(&bytes).unwrap_err();
         assert_eq!(
-            filter_from_value(v).unwrap_err(),
-            e,
+            same(filter_from_value(v).unwrap_err()),
+            same(e.clone()),
             "bytes and value paths agree"
         );
         e
@@ -680,15 +761,23 @@ mod tests {
     fn route_err(v: Value) -> ValidationError {
         let bytes = serde_json::to_vec(&v).unwrap();
         let e = parse_route(&bytes, &agents()).unwrap_err();
-        assert_eq!(route_from_value(v, &agents()).unwrap_err(), e);
+        assert_eq!(
+            same(route_from_value(v, &agents()).unwrap_err()),
+            same(e.clone())
+        );
         e
     }
 
     fn agent_err(v: Value) -> ValidationError {
         let bytes = serde_json::to_vec(&v).unwrap();
         let e = parse_agent(&bytes).unwrap_err();
-        assert_eq!(agent_from_value(v).unwrap_err(), e);
+        assert_eq!(same(agent_from_value(v).unwrap_err()), same(e.clone()));
         e
+    }
+
+    /// What the bytes and the value paths agree on: only bytes have a line and column.
+    fn same(e: ValidationError) -> (String, String) {
+        (e.field, e.message)
     }
 
     fn base_filter() -> Value {
@@ -917,6 +1006,20 @@ mod tests {
         assert!(
             e.message.starts_with("invalid JSON: trailing characters"),
             "{e}"
+        );
+        assert_eq!(e.position, Some((1, 42)));
+        // A body cut short with a wrong field before the cut is cut short.
+        let e = parse_filter(b"{\"id\": 5,\n \"name\": ").unwrap_err();
+        assert_eq!((e.field.as_str(), e.position), ("", Some((2, 9))), "{e}");
+        // A value of the wrong type: its field, and where it is.
+        let e = parse_filter(b"{\"id\": \"f\",\n  \"name\": 5}").unwrap_err();
+        assert_eq!(e.field, "name");
+        assert_eq!(e.message, "invalid type: integer `5`, expected a string");
+        assert_eq!(e.position, Some((2, 11)));
+        let e = parse_filter(b"{\"id\": \"f\", \"id\": \"g\"}").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("id", "appears more than once")
         );
         let e = parse_filter(b" []").unwrap_err();
         assert_eq!(e.to_string(), "must be a JSON object");

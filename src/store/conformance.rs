@@ -85,6 +85,8 @@ conformance!(
     rollups_and_unsettled_events,
     audit_newest_first_with_cursor,
     purge_removes_old_events_in_batches_with_their_rows,
+    purge_by_source_and_dead_letter_age,
+    erase_leaves_a_tombstone_and_cancels_what_is_unfinished,
     rules_create_replace_delete,
     stream_backlog_per_agent_and_firehose,
     rewrite_bodies_reaches_every_body,
@@ -844,12 +846,18 @@ async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Stor
         .unwrap();
     // Nothing is older than an hour ago.
     let hour_ago = crate::clock::now_ms() - 3_600_000;
-    assert_eq!(store.purge_before(hour_ago, 2).await.unwrap(), 0);
+    let every = |cutoff: i64| PurgeScope {
+        cutoff,
+        source: None,
+        except: Vec::new(),
+        dlq_cutoff: cutoff,
+    };
+    assert_eq!(store.purge_events(every(hour_ago), 2).await.unwrap(), 0);
     let future = crate::clock::now_ms() + 1000;
-    assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
-    assert_eq!(store.purge_before(future, 2).await.unwrap(), 2);
-    assert_eq!(store.purge_before(future, 2).await.unwrap(), 1);
-    assert_eq!(store.purge_before(future, 2).await.unwrap(), 0);
+    assert_eq!(store.purge_events(every(future), 2).await.unwrap(), 2);
+    assert_eq!(store.purge_events(every(future), 2).await.unwrap(), 2);
+    assert_eq!(store.purge_events(every(future), 2).await.unwrap(), 1);
+    assert_eq!(store.purge_events(every(future), 2).await.unwrap(), 0);
     for id in ids {
         assert!(store.get_event(id).await.unwrap().is_none());
         assert!(store.event_deliveries(id).await.unwrap().is_empty());
@@ -866,6 +874,169 @@ async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Stor
     assert!(store.rollup_totals(-1).await.unwrap().is_empty());
     assert!(store.list_audit(10, None).await.unwrap().is_empty());
     assert_eq!(store.finished_counts().await.unwrap(), (0, 0));
+}
+
+async fn purge_by_source_and_dead_letter_age(store: Arc<dyn Store>) {
+    let mut github = ev("github", None);
+    github
+        .deliveries
+        .push(delivery("a", DeliveryStatus::Delivered));
+    let mut linear = ev("linear", None);
+    linear
+        .deliveries
+        .push(delivery("a", DeliveryStatus::Delivered));
+    let mut dead = ev("slack", None);
+    dead.deliveries.push(delivery("a", DeliveryStatus::Dead));
+    for e in [&github, &linear, &dead] {
+        store.commit_event(e.clone()).await.unwrap();
+    }
+    let past = crate::clock::now_ms() - 3_600_000;
+    let future = crate::clock::now_ms() + 1000;
+    // github alone, by its own cutoff.
+    let only = |source: &str, cutoff: i64| PurgeScope {
+        cutoff,
+        source: Some(source.into()),
+        except: Vec::new(),
+        dlq_cutoff: past,
+    };
+    assert_eq!(
+        store.purge_events(only("github", past), 10).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .purge_events(only("github", future), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.get_event(github.id).await.unwrap().is_none());
+    // Every source but linear, past the events' cutoff: slack's event has a dead letter and
+    // arrived after the DLQ cutoff, so the dead letter keeps it.
+    let rest = |dlq_cutoff: i64| PurgeScope {
+        cutoff: future,
+        source: None,
+        except: vec!["linear".into()],
+        dlq_cutoff,
+    };
+    assert_eq!(store.purge_events(rest(past), 10).await.unwrap(), 0);
+    assert!(store.get_event(dead.id).await.unwrap().is_some());
+    assert!(store.get_event(linear.id).await.unwrap().is_some());
+    // Dead letters of events before the cutoff go on their own; then the event can go.
+    assert_eq!(store.purge_dead(past, 10).await.unwrap(), 0);
+    assert_eq!(store.purge_dead(future, 10).await.unwrap(), 1);
+    assert!(store.dead_letters(None, 10, None).await.unwrap().is_empty());
+    assert!(store.get_event(dead.id).await.unwrap().is_some());
+    assert_eq!(store.purge_events(rest(past), 10).await.unwrap(), 1);
+    assert!(store.get_event(linear.id).await.unwrap().is_some());
+}
+
+async fn erase_leaves_a_tombstone_and_cancels_what_is_unfinished(store: Arc<dyn Store>) {
+    let mut e = ev("github", Some("to-erase"));
+    e.body = format!("{{\"id\":\"{}\",\"payload\":\"secret-marker\"}}", e.id).into();
+    let mut scheduled = delivery("a", DeliveryStatus::Scheduled);
+    scheduled.body = Some("transformed secret-marker".into());
+    let dead = delivery("b", DeliveryStatus::Dead);
+    let done = delivery("c", DeliveryStatus::Pending);
+    e.deliveries = vec![scheduled.clone(), dead.clone(), done.clone()];
+    e.streamed
+        .push(("s".into(), Some("streamed secret-marker".into())));
+    store.commit_event(e.clone()).await.unwrap();
+    let keep = ev("github", None);
+    store.commit_event(keep.clone()).await.unwrap();
+    // c is delivered (first attempt), a failed once with an answer.
+    let mut failed = delivered(scheduled.id);
+    failed.status = DeliveryStatus::Scheduled;
+    failed.status_code = Some(500);
+    failed.error = Some("agent answered 500".into());
+    failed.response_prefix = Some("echo secret-marker".into());
+    failed.next_attempt_at = Some(crate::clock::now_ms() + 60_000);
+    store
+        .record_attempts(vec![failed, delivered(done.id)])
+        .await
+        .unwrap();
+
+    let erased = store
+        .erase_events(vec![e.id, Uuid::now_v7(), keep.id], 42)
+        .await
+        .unwrap();
+    let mut want = vec![e.id, keep.id];
+    want.sort();
+    let mut got = erased.clone();
+    got.sort();
+    assert_eq!(got, want);
+    // Again: nothing new.
+    assert!(store.erase_events(vec![e.id], 43).await.unwrap().is_empty());
+
+    let rec = store.get_event(e.id).await.unwrap().unwrap();
+    assert_eq!(rec.erased_at, Some(42));
+    assert!(!rec.body.contains("secret-marker"));
+    assert_eq!(
+        rec.event_json().unwrap(),
+        serde_json::json!({"id": e.id, "source": "github", "type": "t",
+                           "timestamp": e.timestamp, "erasedAt": 42})
+    );
+    // Still a duplicate.
+    assert!(matches!(
+        store.commit_event(ev("github", Some("to-erase"))).await.unwrap(),
+        CommitOutcome::Duplicate { event_id, .. } if event_id == e.id
+    ));
+    let mut ds = store.event_deliveries(e.id).await.unwrap();
+    ds.sort_by_key(|d| d.agent_id.clone());
+    let status: Vec<_> = ds.iter().map(|d| d.status).collect();
+    assert_eq!(
+        status,
+        [
+            DeliveryStatus::Cancelled,
+            DeliveryStatus::Cancelled,
+            DeliveryStatus::Delivered
+        ]
+    );
+    assert_eq!(ds[0].attempt_log.len(), 1, "the attempt log stays");
+    // Nothing to deliver, retry, replay to streams or read back.
+    assert!(unfinished(store.as_ref()).await.is_empty());
+    assert!(store.dead_letters(None, 10, None).await.unwrap().is_empty());
+    assert!(store.retry_dead(dead.id).await.unwrap().is_none());
+    assert!(
+        store
+            .delivery_bodies(vec![scheduled.id, done.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for agent in [None, Some("a".to_string()), Some("s".to_string())] {
+        assert!(
+            store
+                .stream_backlog(agent.clone(), Uuid::nil(), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{agent:?}"
+        );
+    }
+    // An attempt that was under way comes back: logged, and the delivery stays cancelled.
+    let mut late = delivered(scheduled.id);
+    late.attempt = 2;
+    late.response_prefix = Some("late secret-marker".into());
+    store.record_attempts(vec![late]).await.unwrap();
+    let ds = store.event_deliveries(e.id).await.unwrap();
+    let a = ds.iter().find(|d| d.agent_id == "a").unwrap();
+    assert_eq!(a.status, DeliveryStatus::Cancelled);
+    assert_eq!(a.attempt_log.len(), 2);
+    // Still listed, as the tombstone.
+    let listed = store
+        .list_events(EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|r| r.id == e.id && r.erased_at == Some(42))
+    );
+    assert!(listed.iter().all(|r| !r.body.contains("secret-marker")));
 }
 
 async fn rules_create_replace_delete(store: Arc<dyn Store>) {
@@ -1453,6 +1624,31 @@ async fn cluster_notices_reach_the_other_nodes_only() {
         .unwrap();
     assert_eq!(next_notice(&mut rx).await, Notice::RulesChanged);
     a.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_an_erasure_on_one_node_is_heard_by_the_others() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(60_000).await;
+    let b = c.node(60_000).await;
+    let mut rx = a.listen().await.unwrap().expect("a cluster listens");
+    // A owns a scheduled delivery of an event; B erases it.
+    let mut e = ev("github", None);
+    e.deliveries.push(delivery("x", DeliveryStatus::Pending));
+    a.commit_event(e.clone()).await.unwrap();
+    assert_eq!(b.erase_events(vec![e.id], 7).await.unwrap(), [e.id]);
+    assert_eq!(
+        next_notice(&mut rx).await,
+        Notice::Erased { ids: vec![e.id] }
+    );
+    assert!(unfinished(a.as_ref()).await.is_empty());
+    assert_eq!(a.get_event(e.id).await.unwrap().unwrap().erased_at, Some(7));
+    // Another node's erased event is not streamed from there either.
+    assert!(a.remote_events(vec![e.id]).await.unwrap().is_empty());
+    a.close().await;
+    b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::{
     AnalyticsStore, AttemptUpdate, AuditRecord, AuditStore, BacklogItem, CommitOutcome, DeadFilter,
     DeliveryRecord, DeliveryStore, EventQuery, EventRecord, EventStore, NewDelivery, NewEvent,
-    PendingDelivery, PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store,
-    StoreError, StoredRule,
+    PendingDelivery, PurgeScope, PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore,
+    Store, StoreError, StoredRule,
 };
 use crate::crypto::{Cipher, CryptoError};
 
@@ -217,6 +217,10 @@ impl EventStore for EncryptedStore {
             })
             .collect()
     }
+    async fn erase_events(&self, ids: Vec<Uuid>, erased_at: i64) -> Result<Vec<Uuid>> {
+        // The tombstone holds nothing secret; the sealed bodies are overwritten by it.
+        self.inner.erase_events(ids, erased_at).await
+    }
 }
 
 #[async_trait]
@@ -323,8 +327,11 @@ impl AuditStore for EncryptedStore {
     async fn list_audit(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditRecord>> {
         self.inner.list_audit(limit, before).await
     }
-    async fn purge_before(&self, cutoff: i64, batch: usize) -> Result<usize> {
-        self.inner.purge_before(cutoff, batch).await
+    async fn purge_events(&self, scope: PurgeScope, batch: usize) -> Result<usize> {
+        self.inner.purge_events(scope, batch).await
+    }
+    async fn purge_dead(&self, cutoff: i64, batch: usize) -> Result<usize> {
+        self.inner.purge_dead(cutoff, batch).await
     }
 }
 
@@ -365,6 +372,9 @@ impl RuleStore for EncryptedStore {
 impl super::ClusterStore for EncryptedStore {
     fn node_id(&self) -> Option<Uuid> {
         self.inner.node_id()
+    }
+    async fn announce_breaker(&self, agent: &str, open_until: Option<i64>) -> Result<()> {
+        self.inner.announce_breaker(agent, open_until).await
     }
     async fn heartbeat(&self, snapshot: String) -> Result<()> {
         self.inner.heartbeat(snapshot).await

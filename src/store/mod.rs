@@ -49,6 +49,8 @@ pub enum DeliveryStatus {
     Scheduled,
     Delivered,
     Dead,
+    /// Ended without being delivered because its event was erased (final, never retried).
+    Cancelled,
 }
 
 impl DeliveryStatus {
@@ -59,6 +61,7 @@ impl DeliveryStatus {
             DeliveryStatus::Scheduled => "scheduled",
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Cancelled => "cancelled",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -68,6 +71,7 @@ impl DeliveryStatus {
             "scheduled" => DeliveryStatus::Scheduled,
             "delivered" => DeliveryStatus::Delivered,
             "dead" => DeliveryStatus::Dead,
+            "cancelled" => DeliveryStatus::Cancelled,
             _ => return None,
         })
     }
@@ -134,7 +138,30 @@ pub struct EventRecord {
     pub event_type: String,
     pub timestamp: i64,
     pub filtered: bool,
+    /// The event object, or for an erased event its tombstone (see `tombstone`).
     pub body: String,
+    /// When the event was erased (ms); `None` while it is whole.
+    pub erased_at: Option<i64>,
+}
+
+/// What an erased event's row keeps in place of its body: the event's id, source, type and
+/// timestamp, and when it was erased. Its provider delivery id stays in its own column, so a
+/// redelivery of the same webhook is still answered as a duplicate.
+pub fn tombstone(
+    id: Uuid,
+    source: &str,
+    event_type: &str,
+    timestamp: i64,
+    erased_at: i64,
+) -> String {
+    serde_json::json!({
+        "id": id,
+        "source": source,
+        "type": event_type,
+        "timestamp": timestamp,
+        "erasedAt": erased_at,
+    })
+    .to_string()
 }
 
 impl EventRecord {
@@ -250,6 +277,13 @@ pub trait EventStore: Send + Sync {
         after: Uuid,
         limit: usize,
     ) -> Result<Vec<BacklogItem>>;
+    /// Erases events, in one transaction: each row's body becomes its `tombstone`, every
+    /// delivery body, stored agent response and stream copy of it goes, and its deliveries that
+    /// are not delivered (unfinished or dead) end `cancelled`. On SQLite freed content is
+    /// overwritten (`secure_delete`) and the WAL is truncated afterwards; on PostgreSQL the other
+    /// nodes are told (`Notice::Erased`) so they drop the deliveries they hold. Returns the ids
+    /// erased now: unknown ids and events erased before are left out.
+    async fn erase_events(&self, ids: Vec<Uuid>, erased_at: i64) -> Result<Vec<Uuid>>;
 }
 
 /// An unfinished delivery loaded back into the scheduler (at start, or from the DLQ).
@@ -394,9 +428,27 @@ pub trait AuditStore: Send + Sync {
     async fn add_audit(&self, record: AuditRecord) -> Result<()>;
     /// Newest first, ids below `before`.
     async fn list_audit(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditRecord>>;
-    /// Deletes up to `batch` events received before `cutoff` (ms) with their deliveries and
-    /// attempts, plus old rollups and audit records; returns how many events went.
-    async fn purge_before(&self, cutoff: i64, batch: usize) -> Result<usize>;
+    /// Deletes up to `batch` events of `scope` with their deliveries, attempts and stream
+    /// copies; returns how many events went. A pass over every source (`scope.source` unset)
+    /// that finds fewer than `batch` also deletes the rollups and audit records older than its
+    /// cutoff.
+    async fn purge_events(&self, scope: PurgeScope, batch: usize) -> Result<usize>;
+    /// Deletes up to `batch` dead letters of events received before `cutoff` (ms), with their
+    /// attempts; returns how many went.
+    async fn purge_dead(&self, cutoff: i64, batch: usize) -> Result<usize>;
+}
+
+/// The events one retention pass removes: those received before `cutoff` (ms) — of `source`
+/// when it is set, else of every source but those in `except` (which have their own
+/// `retention_days`) — except an event that still has an unfinished delivery, or that has a
+/// dead letter and was received at or after `dlq_cutoff` (a dead letter can be retried only
+/// while its event is kept).
+#[derive(Debug, Clone, Default)]
+pub struct PurgeScope {
+    pub cutoff: i64,
+    pub source: Option<String>,
+    pub except: Vec<String>,
+    pub dlq_cutoff: i64,
 }
 
 /// The kinds of rule objects kept by id.
@@ -516,6 +568,14 @@ pub enum Notice {
     Events { node: Uuid, ids: Vec<Uuid> },
     /// Work was handed back (a node stopped): claim what has no live owner.
     Wake,
+    /// Another node erased these events: drop their deliveries held here.
+    Erased { ids: Vec<Uuid> },
+    /// Another node's circuit breaker for `agent` opened until `open_until` (ms), or closed
+    /// (`None`): every node's breaker follows.
+    Breaker {
+        agent: String,
+        open_until: Option<i64>,
+    },
 }
 
 /// What a stream needs to publish an event that another node committed.
@@ -657,6 +717,11 @@ pub trait ClusterStore: Send + Sync {
     }
     /// Settles leases whose node never gave them back, and forgets idle keys' counters.
     async fn rate_limit_upkeep(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Tells the other nodes that this node's breaker for `agent` opened until `open_until`
+    /// (ms), or closed (`None`): `Notice::Breaker`.
+    async fn announce_breaker(&self, _agent: &str, _open_until: Option<i64>) -> Result<()> {
         Ok(())
     }
 }

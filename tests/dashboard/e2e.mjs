@@ -343,6 +343,26 @@ try {
     await page.locator('tr[data-id="ui-agent"]').waitFor({ state: "detached" });
   });
 
+  await step("an open circuit breaker shows on the agents view and is reset from the page; a disabled agent is enabled", async () => {
+    const id = await postGithub("deployment", { deployment: { id: 1 } });
+    await waitFor("the breaker to open", async () => (await admin("/admin/agents/down-agent")).health.state === "open");
+    // The list is drawn when the view is entered: enter it afresh.
+    await visit(page, "#/dlq", "main");
+    await visit(page, "#/agents", 'tr[data-id="down-agent"]');
+    const health = page.locator('tr[data-id="down-agent"] .health');
+    assert((await health.getAttribute("data-state")) === "open", "the open breaker is shown");
+    assert((await health.getAttribute("title")).includes("500"), "with the agent's last error");
+    await shot(page, "agents-health-1280");
+    await page.locator('tr[data-id="down-agent"]').getByRole("button", { name: "Reset breaker" }).click();
+    await waitForStatus(id, "down-agent", "delivered");
+    await waitFor("the closed breaker", async () =>
+      (await page.locator('tr[data-id="down-agent"] .health').getAttribute("data-state")) === "closed");
+    await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Enable" }).click();
+    await waitFor("the agent enabled", async () => (await admin("/admin/agents/sleepy-agent")).enabled === true);
+    await waitFor("the row updated", async () =>
+      (await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Enable" }).count()) === 0);
+  });
+
   await step("a filter with a bad regex shows the error at its condition", async () => {
     await visit(page, "#/filters/new", "main form");
     await page.getByLabel("Id", { exact: true }).fill("ui-filter");

@@ -121,6 +121,19 @@ fn assert_figures(v: &Value, ok: &str, bad: &str) {
     assert_eq!(v["byAgent"][bad]["failed"], 2);
     assert_eq!(v["byAgent"][bad]["retried"], 1);
     assert_eq!(v["byAgent"][bad]["deadLettered"], 1);
+    // The agent figures the design asks for: success rate and the agent's own answer time.
+    assert_eq!(v["byAgent"][ok]["successRate"], 1.0);
+    assert_eq!(v["byAgent"][bad]["successRate"], 0.0);
+    assert_eq!(d["successRate"], 0.6, "{d}");
+    for a in [ok, bad] {
+        let avg = v["byAgent"][a]["averageResponseTime"].as_f64().unwrap();
+        let p95 = v["byAgent"][a]["p95ResponseTime"].as_f64().unwrap();
+        assert!(avg > 0.0 && avg < 5000.0, "{a}: {avg}");
+        assert!(
+            p95 >= avg && p95 <= 5000.0,
+            "{a}: p95 {p95} vs average {avg}"
+        );
+    }
     let timeline = v["timeline"].as_array().unwrap();
     assert!(!timeline.is_empty());
     let sum = |k: &str| timeline.iter().map(|p| p[k].as_i64().unwrap()).sum::<i64>();

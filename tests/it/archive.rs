@@ -283,7 +283,7 @@ async fn health_reports_ok_version_uptime_and_storage() {
 const DAY_MS: i64 = 86_400_000;
 
 /// A UUID v7 event id of time `ms`, as the router makes them.
-fn event_id_at(ms: i64) -> Uuid {
+pub(crate) fn event_id_at(ms: i64) -> Uuid {
     let ts = uuid::Timestamp::from_unix(
         uuid::NoContext,
         (ms / 1000) as u64,

@@ -113,6 +113,150 @@ scheme = "carrier-pigeon"
     }
 }
 
+/// Settings, sources and every kind of declared object wrong at once: one run lists every
+/// error, each at the line and column of the offending key or value (issue #32).
+#[tokio::test]
+async fn check_config_lists_every_error_of_every_table_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"listen = "not an address"
+retention_days = 0
+
+[sources.ci]
+scheme = "standard"
+identifier_field = ""
+
+[[agents]]
+id = "reviewer"
+name = "Reviewer"
+url = "ftp://example.com/hook"
+timeout_ms = 0
+
+[[agents]]
+id = "has space"
+name = ""
+
+[[filters]]
+id = "drafts"
+name = "Drafts"
+action = "include"
+conditions = [
+  { field = "payload.a", operator = "equals", value = 1 },
+  { field = "payload.b", operator = "startsWith", value = "x" },
+  { field = "payload.c", operator = "regex", value = "(" },
+]
+
+[[filters]]
+id = "f2"
+name = "F2"
+action = "explode"
+
+[[routes]]
+id = "r1"
+name = "R1"
+target_agents = ["reviewer", "ghost"]
+retry_policy = { max_attempts = 0, backoff_strategy = "linear", base_delay = 1, max_delay = 2 }
+
+[[routes]]
+id = "r2"
+name = "R2"
+target_agents = ["has space"]
+source_filters = [ { action = "include", conditions = [ { field = "x", operator = "bad", value = 1 } ] } ]
+
+[[rate_limits]]
+source = "github"
+identifier = "*"
+limit = 0
+window = 1000
+"#;
+    let path = write(dir.path(), "every.toml", text);
+    let out = run(&["check-config", &path], &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    // (line, the text the column must point at, key)
+    let expected = [
+        (1, "\"not an address\"", "listen"),
+        (2, "0", "retention_days"),
+        (6, "\"\"", "sources.ci.identifier_field"),
+        (11, "url", "agents[0].url"),
+        (12, "timeout_ms", "agents[0].timeoutMs"),
+        (15, "id", "agents[1].id"),
+        (16, "name", "agents[1].name"),
+        (24, "operator", "filters[0].conditions[1].operator"),
+        (25, "value", "filters[0].conditions[2].value"),
+        (31, "action", "filters[1].action"),
+        (36, "\"ghost\"", "routes[0].targetAgents[1]"),
+        (37, "max_attempts", "routes[0].retryPolicy.maxAttempts"),
+        (
+            43,
+            "operator",
+            "routes[1].source_filters[0].conditions[0].operator",
+        ),
+        (48, "limit", "rate_limits[0].limit"),
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    for (line, at, key) in expected {
+        let prefix = format!("{path}:{line}:");
+        let found = stderr.lines().find_map(|l| {
+            let (col, rest) = l.strip_prefix(&prefix)?.split_once(": ")?;
+            let msg = rest.strip_prefix(&format!("{key}: "))?;
+            Some((col.parse::<usize>().ok()?, msg.to_string()))
+        });
+        let Some((col, msg)) = found else {
+            panic!("no `{path}:{line}:COL: {key}: message` line in:\n{stderr}");
+        };
+        assert!(!msg.trim().is_empty(), "{stderr}");
+        assert!(
+            lines[line - 1][col - 1..].starts_with(at),
+            "{key}: column {col} of line {line} is not at {at}:\n{stderr}"
+        );
+    }
+    // Nothing else: a route naming an agent whose declaration is wrong is not itself wrong,
+    // and no error is a consequence of another.
+    assert_eq!(
+        stderr.lines().count(),
+        expected.len(),
+        "unexpected lines in:\n{stderr}"
+    );
+    // In the order of the file.
+    let reported: Vec<usize> = stderr
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(&format!("{path}:"))?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(reported.is_sorted(), "{stderr}");
+
+    // `serve` refuses the same file with the same list (but for route targets: those it checks
+    // against the store's agents too, once the file's are applied).
+    let data = dir.path().join("data");
+    let serve = run(
+        &[
+            "serve",
+            "--config",
+            &path,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let serve_err = String::from_utf8_lossy(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(2), "stderr: {serve_err}");
+    for (line, _, key) in expected {
+        if key == "routes[0].targetAgents[1]" {
+            continue;
+        }
+        assert!(
+            serve_err.contains(&format!("{path}:{line}:")) && serve_err.contains(key),
+            "serve did not report {key}:\n{serve_err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn check_config_refuses_bad_database_tls_options_without_the_password() {
     let dir = tempfile::tempdir().unwrap();

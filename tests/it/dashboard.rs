@@ -566,6 +566,25 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
     let app = TestApp::spawn().await;
     create(&app, "agents", agent("ok-agent", &rx, "/ok")).await;
     create(&app, "agents", agent("flaky-agent", &rx, "/flaky")).await;
+    // The down agent fails once: its breaker (threshold 1, a 10-minute cooldown) opens, and
+    // the page's reset lets its delivery through. The sleepy agent is disabled.
+    rx.script("/down", [Reply::Status(500)]);
+    let mut down = agent("down-agent", &rx, "/down");
+    down["circuitBreaker"] =
+        json!({"failureThreshold": 1, "cooldownMs": 600_000, "maxCooldownMs": 600_000});
+    create(&app, "agents", down).await;
+    let mut sleepy = agent("sleepy-agent", &rx, "/sleepy");
+    sleepy["enabled"] = json!(false);
+    create(&app, "agents", sleepy).await;
+    create(
+        &app,
+        "routes",
+        json!({
+            "id": "deployments-to-down", "name": "Deployments", "targetAgents": ["down-agent"],
+            "sourceFilters": [{"source": "github", "eventType": "deployment", "action": "include"}],
+        }),
+    )
+    .await;
     create(
         &app,
         "routes",

@@ -214,8 +214,8 @@ async fn slack_interactivity_form_payload() {
     assert_eq!(ev["payload"], inner);
     assert_eq!(ev["deliveryId"], Value::Null, "no event_id, no delivery id");
     assert_eq!(
-        ev["metadata"]["identifier"], "127.0.0.1",
-        "no payload.team_id: the identifier falls back to the client IP"
+        ev["metadata"]["identifier"], "T9TEAM",
+        "no payload.team_id: the identifier is payload.team.id"
     );
     app.stop().await;
 }

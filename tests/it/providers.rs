@@ -348,6 +348,7 @@ async fn catalog_providers_written_as_recipes_verify_the_same_requests() {
                     identifier_field: None,
                     public_url: None,
                     verify_token: None,
+                    retention_days: None,
                 },
             );
         }

@@ -230,3 +230,49 @@ async fn config_file_limits_apply_at_start_and_survive_restart() {
     assert_eq!(msg, "Rate limit exceeded for github:b");
     app.stop().await;
 }
+
+/// A signed Slack interactivity request (`payload=<json>`) from `team`: it has no `team_id`,
+/// only `team.id`.
+fn slack_interaction(team: &str) -> Webhook {
+    let payload = json!({"type": "block_actions", "team": {"id": team, "domain": "acme"},
+                         "user": {"id": "U1"}, "actions": []});
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish();
+    Webhook::slack(body, "application/x-www-form-urlencoded")
+}
+
+/// Slack's identifier is `payload.team_id`, else `payload.team.id` (interactivity payloads):
+/// each team has its own budget, though every request comes from the same address (issue #32).
+#[tokio::test]
+async fn slack_interactivity_is_limited_by_its_team_not_the_client_ip() {
+    let app = TestApp::spawn_with(|c| c.default_rate_limit = 1).await;
+    let first = slack_interaction("T9").send(&app).await.accepted();
+    let (_, v) = app.admin_get(&format!("/admin/events/{}", first.id)).await;
+    assert_eq!(v["event"]["metadata"]["identifier"], "T9", "{v}");
+    let msg = slack_interaction("T9")
+        .send(&app)
+        .await
+        .refused(429, "rate_limited");
+    assert_eq!(msg, "Rate limit exceeded for slack:T9");
+    // Another team, same address: its own budget.
+    slack_interaction("T8").send(&app).await.accepted();
+    // Events API bodies still count by their `team_id`.
+    let callback = |team: &str| {
+        json!({"type": "event_callback", "team_id": team, "event_id": format!("Ev-{team}"),
+               "event": {"type": "message"}})
+        .to_string()
+    };
+    let a = Webhook::slack(callback("T7"), "application/json")
+        .send(&app)
+        .await
+        .accepted();
+    let (_, v) = app.admin_get(&format!("/admin/events/{}", a.id)).await;
+    assert_eq!(v["event"]["metadata"]["identifier"], "T7", "{v}");
+    let msg = Webhook::slack(callback("T9"), "application/json")
+        .send(&app)
+        .await
+        .refused(429, "rate_limited");
+    assert_eq!(msg, "Rate limit exceeded for slack:T9");
+    app.stop().await;
+}

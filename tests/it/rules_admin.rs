@@ -522,6 +522,15 @@ fn check_refusal(bad: &Bad, status: u16, v: &Value) -> Result<(), String> {
         .as_object_mut()
         .and_then(|m| m.remove("field"))
         .ok_or("no field")?;
+    // A problem the parser met at a place in the body also says where.
+    if let Some(m) = form.as_object_mut()
+        && let Some(line) = m.remove("line")
+    {
+        let column = m.remove("column").ok_or("a line without a column")?;
+        if !(line.as_u64().is_some_and(|n| n >= 1) && column.as_u64().is_some_and(|n| n >= 1)) {
+            return Err("line and column are not positions".into());
+        }
+    }
     if let Some(p) = error_form_problem(&form) {
         return Err(p);
     }
@@ -627,6 +636,176 @@ async fn invalid_json_bodies_are_validation_errors() {
     assert_eq!(app.admin_get("/admin/filters/f-ok").await, before);
     let (_, v) = app.admin_get("/admin/routes").await;
     assert_eq!(v["items"], json!([]));
+}
+
+/// Malformed JSON is reported where it is: a syntax error as the body's, a value of the wrong
+/// type as its field's, each with `line` and `column` (in the answer and in the sentence), on
+/// every admin endpoint that reads a JSON body (issue #32: not `"field": ""` or `"?"`).
+#[tokio::test]
+async fn malformed_admin_json_names_the_line_and_column() {
+    let app = TestApp::spawn().await;
+    create(&app, "filters", good_filter()).await;
+    // (body, field, line, column)
+    let cases: [(&[u8], &str, u64, u64); 4] = [
+        (b"{\n  \"name\": \"n\",\n  \"id\": ", "body", 3, 8),
+        (b"{\"name\": \"n\"} trailing", "body", 1, 15),
+        (b"{\n  \"name\": \"n\",,\n}", "body", 2, 15),
+        (b"{\n  \"name\":\n    5\n}", "name", 3, 5),
+    ];
+    let mut endpoints: Vec<(Method, String)> = Vec::new();
+    for kind in ["filters", "routes", "agents"] {
+        endpoints.push((Method::POST, format!("/admin/{kind}")));
+        endpoints.push((Method::PUT, format!("/admin/{kind}/f-ok")));
+    }
+    for (method, path) in &endpoints {
+        for (body, field, line, column) in cases {
+            let a = admin_with(
+                &app,
+                method.clone(),
+                path,
+                Some(ADMIN_KEY),
+                Some(body.to_vec()),
+            )
+            .await;
+            let v = a.json();
+            let shown = String::from_utf8_lossy(body);
+            let (f, error) = validation_error(a.status, &v);
+            assert_eq!(f, field, "{method} {path} {shown:?}: {v}");
+            assert_eq!(
+                (v["line"].as_u64(), v["column"].as_u64()),
+                (Some(line), Some(column)),
+                "{method} {path} {shown:?}: {v}"
+            );
+            assert!(
+                error.starts_with(&format!("{field}: "))
+                    && error.ends_with(&format!(" at line {line}, column {column}")),
+                "{method} {path} {shown:?}: {v}"
+            );
+        }
+    }
+    // A nested value of the wrong type names its path.
+    let nested = |body: &str| body.replace('\'', "\"").into_bytes();
+    for (method, path, body, field, column) in [
+        (
+            Method::POST,
+            "/admin/filters",
+            nested(
+                "{'id': 'f2', 'name': 'n', 'action': 'include',\n 'conditions': [{'field': 'a', 'operator': 'equals', 'value': 1, 'negate': 'yes'}]}",
+            ),
+            "conditions[0].negate",
+            80,
+        ),
+        (
+            Method::PUT,
+            "/admin/routes/r2",
+            nested(
+                "{'name': 'n', 'targetAgents': ['a'],\n 'sourceFilters': [{'action': 'include', 'priority': 'high'}]}",
+            ),
+            "sourceFilters[0].priority",
+            59,
+        ),
+    ] {
+        let a = admin_with(&app, method.clone(), path, Some(ADMIN_KEY), Some(body)).await;
+        let v = a.json();
+        let (f, _) = validation_error(a.status, &v);
+        assert_eq!(f, field, "{method} {path}: {v}");
+        assert_eq!(
+            (v["line"].as_u64(), v["column"].as_u64()),
+            (Some(2), Some(column)),
+            "{method} {path}: {v}"
+        );
+    }
+    // The other bodies: rate limits, the bulk retry, the dashboard's sign-in.
+    // (method, path, body, field, line, column)
+    type Case<'a> = (Method, &'a str, &'a [u8], &'a str, u64, u64);
+    let others: [Case; 8] = [
+        (
+            Method::PUT,
+            "/admin/rate-limits",
+            b"{\"source\": \"github\",\n",
+            "body",
+            2,
+            1,
+        ),
+        (
+            Method::PUT,
+            "/admin/rate-limits",
+            b"{\"source\": \"github\",\n \"limit\": \"ten\"}",
+            "limit",
+            2,
+            15,
+        ),
+        (
+            Method::POST,
+            "/admin/dlq/retry",
+            b"{\"since\": 1,}",
+            "body",
+            1,
+            13,
+        ),
+        (
+            Method::POST,
+            "/admin/dlq/retry",
+            b"{\"since\": \"yesterday\"}",
+            "since",
+            1,
+            21,
+        ),
+        (
+            Method::POST,
+            "/admin/erasures",
+            b"{\"field\": \"metadata.identifier\",\n \"equals\": ",
+            "body",
+            2,
+            11,
+        ),
+        (
+            Method::POST,
+            "/admin/erasures",
+            b"{\"field\": 5, \"equals\": \"x\"}",
+            "field",
+            1,
+            11,
+        ),
+        (
+            Method::POST,
+            "/dashboard/session",
+            b"{\"adminKey\": ",
+            "body",
+            1,
+            13,
+        ),
+        (
+            Method::POST,
+            "/dashboard/session",
+            b"{\"adminKey\": 5}",
+            "adminKey",
+            1,
+            14,
+        ),
+    ];
+    for (method, path, body, field, line, column) in others {
+        let a = admin_with(
+            &app,
+            method.clone(),
+            path,
+            Some(ADMIN_KEY),
+            Some(body.to_vec()),
+        )
+        .await;
+        let v = a.json();
+        let (f, _) = validation_error(a.status, &v);
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(f, field, "{method} {path} {shown:?}: {v}");
+        assert_eq!(
+            (v["line"].as_u64(), v["column"].as_u64()),
+            (Some(line), Some(column)),
+            "{method} {path} {shown:?}: {v}"
+        );
+    }
+    // Nothing changed.
+    let (_, v) = app.admin_get("/admin/filters").await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
 }
 
 // ---- the config file (section 8) ----

@@ -527,6 +527,115 @@ async fn heartbeats_arrive_at_the_configured_interval() {
     }
 }
 
+/// A UUID v7 of millisecond `ms` (random otherwise): the shape of this server's ids.
+fn v7_at(ms: i64) -> Uuid {
+    let mut b = *Uuid::new_v4().as_bytes();
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = 0x70 | (b[6] & 0x0f);
+    b[8] = 0x80 | (b[8] & 0x3f);
+    let id = Uuid::from_bytes(b);
+    assert_eq!(id.get_version_num(), 7);
+    id
+}
+
+/// A resume id this server never issued is refused as docs/streaming.md says — `400
+/// bad_request`, before any upgrade, on both transports and both ways of passing it — while
+/// one it issued, and one older than the retention (purged since, perhaps), resume (issue #32).
+#[tokio::test]
+async fn a_resume_id_this_server_never_issued_is_refused_before_any_upgrade() {
+    let app = TestApp::spawn().await;
+    agent_with_route(&app, "bot").await;
+    let a = post_push(&app, 1).await;
+    let b = post_push(&app, 2).await;
+    let now = now_ms();
+    let never = [
+        ("not a UUID", "not-an-id".to_string()),
+        ("a UUID v4", Uuid::new_v4().to_string()),
+        ("the nil UUID", Uuid::nil().to_string()),
+        ("a v7 of the next hour", v7_at(now + 3_600_000).to_string()),
+        ("a v7 of now, never archived", v7_at(now).to_string()),
+        (
+            "a v7 of a's millisecond",
+            v7_at(
+                a.as_bytes()[..6]
+                    .iter()
+                    .fold(0i64, |m, b| m << 8 | i64::from(*b)),
+            )
+            .to_string(),
+        ),
+    ];
+    for t in BOTH {
+        for (what, id) in &never {
+            let mut ways = vec![StreamRequest::new("bot", AGENT_KEY).param("lastEventId", id)];
+            if t == Transport::Sse {
+                ways.push(StreamRequest::new("bot", AGENT_KEY).header("last-event-id", id));
+            }
+            for req in ways {
+                let r = open_refused(&app, t, &req).await;
+                assert_refused(&r, 400, t, what);
+                if let Some(v) = r.json() {
+                    assert_eq!(v["code"], "bad_request", "{t:?} {what}: {v}");
+                    assert!(
+                        v["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("this server issued")),
+                        "{t:?} {what}: {v}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        app.state().hub.stats.opened_total.load(Ordering::Relaxed),
+        0,
+        "a refused request opened a subscription"
+    );
+    // An id it issued resumes after it; one older than the retention replays all that is kept.
+    let ancient = v7_at(now - 31 * 86_400_000).to_string();
+    for t in BOTH {
+        let mut c = open_ok(
+            &app,
+            t,
+            &StreamRequest::new("bot", AGENT_KEY).param("lastEventId", &a.to_string()),
+        )
+        .await;
+        assert_sequence(
+            &c.event_ids_through(b).await,
+            &[b],
+            &format!("{t:?} from a"),
+        );
+        let mut c = open_ok(
+            &app,
+            t,
+            &StreamRequest::new("bot", AGENT_KEY).param("lastEventId", &ancient),
+        )
+        .await;
+        assert_sequence(
+            &c.event_ids_through(b).await,
+            &[a, b],
+            &format!("{t:?} from long ago"),
+        );
+    }
+    // An erased event's id was issued too: its tombstone answers for it.
+    let r = app
+        .client
+        .delete(app.url(&format!("/admin/events/{a}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for t in BOTH {
+        let req = StreamRequest::new("bot", AGENT_KEY).param("lastEventId", &a.to_string());
+        let mut c = open_ok(&app, t, &req).await;
+        assert_sequence(
+            &c.event_ids_through(b).await,
+            &[b],
+            &format!("{t:?} from erased a"),
+        );
+    }
+}
+
 #[tokio::test]
 async fn resume_replays_what_came_after_the_last_id_in_order_then_goes_on_live() {
     let app = TestApp::spawn().await;

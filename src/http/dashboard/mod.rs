@@ -110,6 +110,7 @@ struct SignIn {
 }
 
 fn parse_sign_in(body: &[u8]) -> ApiResult<SignIn> {
+    crate::http::error::json_syntax(body)?;
     let de = &mut serde_json::Deserializer::from_slice(body);
     let parsed: SignIn = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -119,7 +120,7 @@ fn parse_sign_in(body: &[u8]) -> ApiResult<SignIn> {
         } else if path == "." {
             ApiError::validation("body", "expected {\"adminKey\": \"…\"}")
         } else {
-            ApiError::validation(path, inner)
+            ApiError::json(&path, e.inner())
         }
     })?;
     if parsed.admin_key.is_empty() {

@@ -1,6 +1,6 @@
 //! What several nodes on one PostgreSQL database share: node leases (heartbeats), delivery
 //! ownership and takeover (`FOR UPDATE SKIP LOCKED`), notices (LISTEN/NOTIFY), the stream view
-//! of another node's events, rate-limit leases (the functions in `migrations/0003_…`), dashboard
+//! of another node's events, rate-limit leases (the functions in `migrations/0004_…`), dashboard
 //! sessions, and each node's claim on its identity.
 //!
 //! Times here are the database's clock (`db_now_ms()`), so nodes whose clocks disagree still
@@ -26,7 +26,9 @@ use crate::store::{
 };
 
 /// The one NOTIFY channel; the payload's first character says what it is:
-/// `r<node>` rules changed, `w<node>` wake, `e<node><id><id>…` events (32 hex digits each).
+/// `r<node>` rules changed, `w<node>` wake, `e<node><id><id>…` events (32 hex digits each),
+/// `x<node><id><id>…` events erased, `b<node><open-until ms, or -><space><agent id>` an
+/// agent's circuit breaker.
 pub(super) const CHANNEL: &str = "event_router";
 
 /// NOTIFY payloads must be shorter than 8000 bytes: 1 + 32 + 240 × 32 = 7713.
@@ -263,12 +265,27 @@ fn wake_payload(node: Uuid) -> String {
     format!("w{}", node.simple())
 }
 
+/// The payload of a breaker notice (agent ids are at most 128 characters: it fits).
+pub(super) fn breaker_payload(node: Uuid, agent: &str, open_until: Option<i64>) -> String {
+    let until = open_until.map_or_else(|| "-".to_string(), |t| t.to_string());
+    format!("b{}{until} {agent}", node.simple())
+}
+
 /// One or more payloads carrying `ids` (already in id order).
 pub(super) fn events_payloads(node: Uuid, ids: &[Uuid]) -> Vec<String> {
+    ids_payloads('e', node, ids)
+}
+
+/// One or more payloads saying that `ids` were erased.
+pub(super) fn erased_payloads(node: Uuid, ids: &[Uuid]) -> Vec<String> {
+    ids_payloads('x', node, ids)
+}
+
+fn ids_payloads(kind: char, node: Uuid, ids: &[Uuid]) -> Vec<String> {
     ids.chunks(IDS_PER_NOTICE)
         .map(|chunk| {
             let mut p = String::with_capacity(33 + 32 * chunk.len());
-            p.push('e');
+            p.push(kind);
             p.push_str(&node.simple().to_string());
             for id in chunk {
                 p.push_str(&id.simple().to_string());
@@ -288,7 +305,18 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
     match kind {
         "r" => Some(Notice::RulesChanged),
         "w" => Some(Notice::Wake),
-        "e" => {
+        "b" => {
+            let (until, agent) = payload.get(33..)?.split_once(' ')?;
+            let open_until = match until {
+                "-" => None,
+                t => Some(t.parse().ok()?),
+            };
+            (!agent.is_empty()).then(|| Notice::Breaker {
+                agent: agent.to_string(),
+                open_until,
+            })
+        }
+        "e" | "x" => {
             let rest = payload.get(33..)?;
             if rest.len() % 32 != 0 {
                 return None;
@@ -299,7 +327,11 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
                         .and_then(|s| Uuid::try_parse(s).ok())
                 })
                 .collect::<Option<Vec<_>>>()?;
-            Some(Notice::Events { node, ids })
+            Some(if kind == "e" {
+                Notice::Events { node, ids }
+            } else {
+                Notice::Erased { ids }
+            })
         }
         _ => None,
     }
@@ -540,6 +572,16 @@ impl ClusterStore for PgStore {
         Ok(n)
     }
 
+    async fn announce_breaker(&self, agent: &str, open_until: Option<i64>) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &breaker_payload(self.node, agent, open_until)],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn listen(&self) -> Result<Option<mpsc::Receiver<Notice>>> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StoreError::Closed);
@@ -568,7 +610,10 @@ impl ClusterStore for PgStore {
         ids.dedup();
         let c = self.client().await?;
         let events = c
-            .prepare_cached("SELECT id, filtered, body FROM events WHERE id = ANY($1) ORDER BY id")
+            .prepare_cached(
+                "SELECT id, filtered, body FROM events
+                 WHERE id = ANY($1) AND erased_at IS NULL ORDER BY id",
+            )
             .await?;
         // One body per agent, as `stream_backlog` picks it; push agents first should an agent
         // be both.
@@ -884,6 +929,13 @@ mod tests {
             }
         }
         assert_eq!(back, ids);
+        let erased = erased_payloads(node, &ids[..3]);
+        assert_eq!(
+            decode(&erased[0], Uuid::now_v7()),
+            Some(Notice::Erased {
+                ids: ids[..3].to_vec()
+            })
+        );
         // A node does not hear itself.
         assert_eq!(decode(&payloads[0], node), None);
         assert_eq!(decode(&rules_payload(node), node), None);
@@ -893,6 +945,16 @@ mod tests {
             Some(Notice::RulesChanged)
         );
         assert_eq!(decode(&wake_payload(node), other), Some(Notice::Wake));
+        for until in [Some(1_764_170_000_123), None] {
+            assert_eq!(
+                decode(&breaker_payload(node, "agent-1 x", until), other),
+                Some(Notice::Breaker {
+                    agent: "agent-1 x".into(),
+                    open_until: until
+                })
+            );
+        }
+        assert_eq!(decode(&format!("b{}12", node.simple()), other), None);
         // Not ours, or damaged: ignored.
         for bad in ["", "x", "r123", "e0000", &format!("{}abc", payloads[0])] {
             assert_eq!(decode(bad, other), None, "{bad}");

@@ -283,10 +283,16 @@ impl DeliveryStore for PgStore {
         if !a_id.is_empty() {
             let ins = tx
                 .prepare_cached(
+                    // An attempt that was under way when its event was erased keeps its
+                    // outcome in the log, not the agent's answer.
                     "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
                                            status_code, error, response_body)
-                     SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[],
-                                          $5::int4[], $6::text[], $7::text[])
+                     SELECT a.id, a.no, a.started, a.dur, a.code, a.err,
+                            CASE WHEN d.status = 'cancelled' THEN NULL ELSE a.resp END
+                     FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[],
+                                 $5::int4[], $6::text[], $7::text[])
+                          AS a(id, no, started, dur, code, err, resp)
+                     LEFT JOIN deliveries d ON d.id = a.id
                      ON CONFLICT (delivery_id, attempt) DO UPDATE SET
                          started_at = excluded.started_at, duration_ms = excluded.duration_ms,
                          status_code = excluded.status_code, error = excluded.error,
@@ -315,7 +321,7 @@ impl DeliveryStore for PgStore {
                              $7::int8[], $8::int8[], $9::int4[])
                       AS u(id, status, attempt, next_attempt_at, error,
                            first_started_at, first_duration_ms, first_status_code)
-                 WHERE d.id = u.id",
+                 WHERE d.id = u.id AND d.status <> 'cancelled'",
             )
             .await?;
         tx.execute(
@@ -366,7 +372,8 @@ impl DeliveryStore for PgStore {
         let stmt = c
             .prepare_cached(
                 "SELECT d.id, COALESCE(d.body, e.body) FROM deliveries d
-                 JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1)",
+                 JOIN events e ON e.id = d.event_id
+                 WHERE d.id = ANY($1) AND e.erased_at IS NULL",
             )
             .await?;
         Ok(c.query(&stmt, &[&ids])

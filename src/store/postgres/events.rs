@@ -8,10 +8,10 @@ use uuid::Uuid;
 
 use super::deliveries::{DELIVERY_COLUMNS, delivery_row, fill_attempts};
 use super::writer::CommitJob;
-use super::{PgStore, limit_of};
+use super::{PgStore, UNFINISHED, limit_of};
 use crate::store::{
     BacklogItem, CommitOutcome, DeliveryRecord, EventQuery, EventRecord, EventStatus, EventStore,
-    NewEvent, Result, StoreError, id_floor,
+    NewEvent, Result, StoreError, id_floor, tombstone,
 };
 
 fn event_row(r: &Row) -> EventRecord {
@@ -22,10 +22,11 @@ fn event_row(r: &Row) -> EventRecord {
         timestamp: r.get(3),
         filtered: r.get(4),
         body: r.get(5),
+        erased_at: r.get(6),
     }
 }
 
-const EVENT_COLUMNS: &str = "id, source, type, timestamp, filtered, body FROM events";
+const EVENT_COLUMNS: &str = "id, source, type, timestamp, filtered, body, erased_at FROM events";
 
 #[async_trait]
 impl EventStore for PgStore {
@@ -128,7 +129,8 @@ impl EventStore for PgStore {
             None => {
                 let stmt = c
                     .prepare_cached(
-                        "SELECT id, body FROM events WHERE id > $1 AND NOT filtered
+                        "SELECT id, body FROM events
+                          WHERE id > $1 AND NOT filtered AND erased_at IS NULL
                          ORDER BY id LIMIT $2",
                     )
                     .await?;
@@ -146,6 +148,7 @@ impl EventStore for PgStore {
                              SELECT event_id, body FROM streamed
                               WHERE agent_id = $1 AND event_id > $2
                          ) x JOIN events e ON e.id = x.event_id
+                         WHERE e.erased_at IS NULL
                          ORDER BY x.event_id LIMIT $3",
                     )
                     .await?;
@@ -159,5 +162,66 @@ impl EventStore for PgStore {
                 body: r.get(1),
             })
             .collect())
+    }
+
+    async fn erase_events(&self, mut ids: Vec<Uuid>, erased_at: i64) -> Result<Vec<Uuid>> {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Locked in id order, so two erasures of overlapping sets cannot deadlock.
+        let found = tx
+            .query(
+                "SELECT id, source, type, timestamp FROM events
+                 WHERE id = ANY($1) AND erased_at IS NULL ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await?;
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut erased = Vec::with_capacity(found.len());
+        let mut stones = Vec::with_capacity(found.len());
+        for r in &found {
+            let id: Uuid = r.get(0);
+            let (source, event_type): (String, String) = (r.get(1), r.get(2));
+            stones.push(tombstone(id, &source, &event_type, r.get(3), erased_at));
+            erased.push(id);
+        }
+        tx.execute(
+            "UPDATE events e SET body = u.body, erased_at = $3
+             FROM UNNEST($1::uuid[], $2::text[]) AS u(id, body) WHERE e.id = u.id",
+            &[&erased, &stones, &erased_at],
+        )
+        .await?;
+        tx.execute(
+            &format!(
+                "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
+                        last_error = 'cancelled: the event was erased', updated_at = $2
+                 WHERE event_id = ANY($1) AND (status IN {UNFINISHED} OR status = 'dead')"
+            ),
+            &[&erased, &erased_at],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE deliveries SET body = NULL WHERE event_id = ANY($1) AND body IS NOT NULL",
+            &[&erased],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE attempts SET response_body = NULL
+             WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1))
+               AND response_body IS NOT NULL",
+            &[&erased],
+        )
+        .await?;
+        tx.execute("DELETE FROM streamed WHERE event_id = ANY($1)", &[&erased])
+            .await?;
+        for p in super::cluster::erased_payloads(self.node, &erased) {
+            tx.execute("SELECT pg_notify($1, $2)", &[&super::cluster::CHANNEL, &p])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(erased)
     }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use super::SqliteStore;
-use crate::store::{AuditRecord, AuditStore, Result, id_floor};
+use crate::store::{AuditRecord, AuditStore, PurgeScope, Result, id_floor};
 
 #[async_trait]
 impl AuditStore for SqliteStore {
@@ -51,19 +51,41 @@ impl AuditStore for SqliteStore {
         .await
     }
 
-    async fn purge_before(&self, cutoff: i64, batch: usize) -> Result<usize> {
+    async fn purge_events(&self, scope: PurgeScope, batch: usize) -> Result<usize> {
         self.write(move |c| {
-            let floor = id_floor(cutoff).to_vec();
-            let ids: Vec<Vec<u8>> = c
-                // Events still being delivered stay until their deliveries finish.
-                .prepare_cached(
-                    "SELECT id FROM events WHERE id < ?1 AND NOT EXISTS (
-                         SELECT 1 FROM deliveries d WHERE d.event_id = events.id
-                            AND d.status IN ('pending', 'in_flight', 'scheduled'))
-                     ORDER BY id LIMIT ?2",
-                )?
-                .query_map(params![floor, batch as i64], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let floor = id_floor(scope.cutoff).to_vec();
+            let dlq_floor = id_floor(scope.dlq_cutoff).to_vec();
+            // Events still being delivered stay until their deliveries finish, and events with
+            // a dead letter younger than the DLQ's retention stay with it.
+            let keep = "NOT EXISTS (
+                SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+                   AND (d.status > 'delivered' OR (d.status = 'dead' AND d.event_id >= ?2)))";
+            let ids: Vec<Vec<u8>> = match &scope.source {
+                Some(source) => c
+                    .prepare_cached(&format!(
+                        "SELECT id FROM events WHERE source = ?4 AND id < ?1 AND {keep}
+                         ORDER BY id LIMIT ?3"
+                    ))?
+                    .query_map(
+                        params![floor, dlq_floor, batch as i64, source],
+                        |r| r.get(0),
+                    )?
+                    .collect::<rusqlite::Result<_>>()?,
+                None => {
+                    // The sources with their own retention, as a JSON array bound once.
+                    let except = serde_json::to_string(&scope.except).unwrap_or_default();
+                    c.prepare_cached(&format!(
+                        "SELECT id FROM events WHERE id < ?1 AND {keep}
+                            AND source NOT IN (SELECT value FROM json_each(?4))
+                         ORDER BY id LIMIT ?3"
+                    ))?
+                    .query_map(
+                        params![floor, dlq_floor, batch as i64, except],
+                        |r| r.get(0),
+                    )?
+                    .collect::<rusqlite::Result<_>>()?
+                }
+            };
             let mut del_attempts = c.prepare_cached(
                 "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",
             )?;
@@ -76,9 +98,34 @@ impl AuditStore for SqliteStore {
                 del_streamed.execute([id])?;
                 del_event.execute([id])?;
             }
-            if ids.len() < batch {
-                c.prepare_cached("DELETE FROM rollups WHERE minute < ?1")?.execute([cutoff])?;
-                c.prepare_cached("DELETE FROM audit WHERE at < ?1")?.execute([cutoff])?;
+            if ids.len() < batch && scope.source.is_none() {
+                c.prepare_cached("DELETE FROM rollups WHERE minute < ?1")?
+                    .execute([scope.cutoff])?;
+                c.prepare_cached("DELETE FROM audit WHERE at < ?1")?
+                    .execute([scope.cutoff])?;
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn purge_dead(&self, cutoff: i64, batch: usize) -> Result<usize> {
+        self.write(move |c| {
+            let ids: Vec<Vec<u8>> = c
+                .prepare_cached(
+                    "SELECT id FROM deliveries INDEXED BY deliveries_dead_by_event
+                     WHERE status = 'dead' AND event_id < ?1 ORDER BY event_id LIMIT ?2",
+                )?
+                .query_map(params![id_floor(cutoff).to_vec(), batch as i64], |r| {
+                    r.get(0)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut del_attempts =
+                c.prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?;
+            let mut del = c.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?;
+            for id in &ids {
+                del_attempts.execute([id])?;
+                del.execute([id])?;
             }
             Ok(ids.len())
         })

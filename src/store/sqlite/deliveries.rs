@@ -165,21 +165,25 @@ pub(super) fn insert_deliveries(
 impl DeliveryStore for SqliteStore {
     async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()> {
         self.write(move |c| {
+            // An attempt that was under way when its event was erased: its outcome is kept in
+            // the log, without the agent's answer, and the delivery stays `cancelled`.
             let mut attempt = c.prepare_cached(
                 "INSERT OR REPLACE INTO attempts
                     (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                         CASE WHEN (SELECT status FROM deliveries WHERE id = ?1) = 'cancelled'
+                              THEN NULL ELSE ?7 END)",
             )?;
             let mut delivery = c.prepare_cached(
                 "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3), next_attempt_at = ?4,
                         last_error = ?5, updated_at = ?6
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND status != 'cancelled'",
             )?;
             let mut first_success = c.prepare_cached(
                 "UPDATE deliveries SET status = 'delivered', attempts = MAX(attempts, 1),
                         next_attempt_at = NULL, last_error = NULL, updated_at = ?2,
                         first_started_at = ?3, first_duration_ms = ?4, first_status_code = ?5
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND status != 'cancelled'",
             )?;
             let now = crate::clock::now_ms();
             for u in &updates {
@@ -226,7 +230,7 @@ impl DeliveryStore for SqliteStore {
                 pending_columns!(),
                 " FROM deliveries d INDEXED BY deliveries_unfinished
                      JOIN events e ON e.id = d.event_id
-                 WHERE d.status NOT IN ('delivered', 'dead') ORDER BY d.id"
+                 WHERE d.status > 'delivered' ORDER BY d.id"
             ))?;
             // The body only while the bodies so far, in id order, add up to at most the budget
             // (their length as text: what they will take in memory, packed or not).
@@ -250,7 +254,7 @@ impl DeliveryStore for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT COALESCE(d.body, e.body) FROM deliveries d
-                 JOIN events e ON e.id = d.event_id WHERE d.id = ?1",
+                 JOIN events e ON e.id = d.event_id WHERE d.id = ?1 AND e.erased_at IS NULL",
             )?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {

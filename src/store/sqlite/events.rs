@@ -11,7 +11,7 @@ use super::{SqliteStore, uuid_col};
 use crate::store::packed::Unpacked;
 use crate::store::{
     BacklogItem, CommitOutcome, DeliveryRecord, EventQuery, EventRecord, EventStatus, EventStore,
-    NewEvent, Result, StoreError, id_floor,
+    NewEvent, Result, StoreError, id_floor, tombstone,
 };
 
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
@@ -22,8 +22,12 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
         timestamp: r.get(3)?,
         filtered: r.get(4)?,
         body: r.get::<_, Unpacked>(5)?.0,
+        erased_at: r.get(6)?,
     })
 }
+
+/// The columns `event_row` reads.
+const EVENT_COLUMNS: &str = "id, source, type, timestamp, filtered, body, erased_at FROM events";
 
 #[async_trait]
 impl EventStore for SqliteStore {
@@ -48,11 +52,9 @@ impl EventStore for SqliteStore {
 
     async fn get_event(&self, id: Uuid) -> Result<Option<EventRecord>> {
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT id, source, type, timestamp, filtered, body FROM events WHERE id = ?1",
-            )?
-            .query_row([id.as_bytes().as_slice()], event_row)
-            .optional()
+            c.prepare_cached(&format!("SELECT {EVENT_COLUMNS} WHERE id = ?1"))?
+                .query_row([id.as_bytes().as_slice()], event_row)
+                .optional()
         })
         .await
     }
@@ -60,9 +62,7 @@ impl EventStore for SqliteStore {
     async fn list_events(&self, q: EventQuery) -> Result<Vec<EventRecord>> {
         self.read(move |c| {
             // Ids are time-ordered, so time bounds and the cursor are all bounds on `id`.
-            let mut sql = String::from(
-                "SELECT id, source, type, timestamp, filtered, body FROM events WHERE 1=1",
-            );
+            let mut sql = format!("SELECT {EVENT_COLUMNS} WHERE 1=1");
             let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
             if let Some(s) = q.source {
                 sql.push_str(" AND source = ?");
@@ -132,7 +132,8 @@ impl EventStore for SqliteStore {
             match agent {
                 None => c
                     .prepare_cached(
-                        "SELECT id, body FROM events WHERE id > ?1 AND filtered = 0
+                        "SELECT id, body FROM events
+                          WHERE id > ?1 AND filtered = 0 AND erased_at IS NULL
                          ORDER BY id LIMIT ?2",
                     )?
                     .query_map(params![after, limit as i64], row)?
@@ -146,6 +147,7 @@ impl EventStore for SqliteStore {
                              SELECT event_id, body FROM streamed
                               WHERE agent_id = ?1 AND event_id > ?2
                          ) x JOIN events e ON e.id = x.event_id
+                         WHERE e.erased_at IS NULL
                          ORDER BY x.event_id LIMIT ?3",
                     )?
                     .query_map(params![agent, after, limit as i64], row)?
@@ -153,5 +155,53 @@ impl EventStore for SqliteStore {
             }
         })
         .await
+    }
+
+    async fn erase_events(&self, ids: Vec<Uuid>, erased_at: i64) -> Result<Vec<Uuid>> {
+        let erased = self
+            .write(move |c| {
+                let mut find = c.prepare_cached(
+                    "SELECT source, type, timestamp FROM events WHERE id = ?1 AND erased_at IS NULL",
+                )?;
+                let mut event = c
+                    .prepare_cached("UPDATE events SET body = ?2, erased_at = ?3 WHERE id = ?1")?;
+                let mut cancel = c.prepare_cached(
+                    "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
+                            last_error = 'cancelled: the event was erased', updated_at = ?2
+                     WHERE event_id = ?1 AND (status > 'delivered' OR status = 'dead')",
+                )?;
+                let mut bodies =
+                    c.prepare_cached("UPDATE deliveries SET body = NULL WHERE event_id = ?1")?;
+                let mut answers = c.prepare_cached(
+                    "UPDATE attempts SET response_body = NULL
+                     WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",
+                )?;
+                let mut streamed = c.prepare_cached("DELETE FROM streamed WHERE event_id = ?1")?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let key = id.as_bytes().as_slice();
+                    let Some((source, event_type, timestamp)) = find
+                        .query_row([key], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+                        })
+                        .optional()?
+                    else {
+                        continue;
+                    };
+                    let stone = tombstone(id, &source, &event_type, timestamp, erased_at);
+                    event.execute(params![key, stone, erased_at])?;
+                    cancel.execute(params![key, erased_at])?;
+                    bodies.execute([key])?;
+                    answers.execute([key])?;
+                    streamed.execute([key])?;
+                    out.push(id);
+                }
+                Ok(out)
+            })
+            .await?;
+        if !erased.is_empty() {
+            self.truncate_wal().await;
+        }
+        Ok(erased)
     }
 }

@@ -215,6 +215,35 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Copies the WAL into the database file and truncates it to nothing, so what an erasure
+    /// overwrote leaves no copy in the log either. It waits (`busy_timeout`) for the writer to
+    /// be between transactions and readers to be on the newest snapshot; if it cannot finish, the
+    /// old frames go with the next checkpoints that restart the log.
+    async fn truncate_wal(&self) {
+        for _ in 0..3 {
+            match self
+                .read(|c| {
+                    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .await
+            {
+                Ok(0) => return,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "truncating the WAL after an erasure failed");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(
+            "the WAL could not be truncated after an erasure (busy); the next checkpoints will"
+        );
+    }
+}
+
 /// The directory holding the database file.
 fn data_dir(path: &Path) -> &Path {
     path.parent()

@@ -10,17 +10,22 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_first_attempt.sql"),
     include_str!("migrations/0003_unfinished_index.sql"),
+    include_str!("migrations/0004_erasure.sql"),
 ];
 
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // WAL: readers never block the writer. synchronous=FULL: a commit is on disk before the
-    // webhook is answered (NORMAL could lose the last commits on power loss).
+    // webhook is answered (NORMAL could lose the last commits on power loss). secure_delete:
+    // content that is deleted or overwritten (an erased event, a purged one) is zeroed in the
+    // file rather than left in free space; the writer rewrites those pages anyway, so it costs
+    // a memset, and the extra writes of freed overflow pages happen only in purges.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 10000;
-         PRAGMA foreign_keys = ON;",
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;",
     )?;
     Ok(conn)
 }
