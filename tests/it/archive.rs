@@ -356,7 +356,9 @@ async fn the_retention_scheduler_purges_finished_old_events_and_keeps_pending_wo
     use event_router::store::{AuditRecord, DeliveryStatus};
     let rx = crate::receiver::TestReceiver::start().await;
     let seven_days = |c: &mut event_router::Config| c.retention_days = 7;
-    let app = TestApp::spawn_with(seven_days).await;
+    // Written under the default retention, so the purge at start cannot race the writes;
+    // then restarted with seven days.
+    let app = TestApp::spawn().await;
     for (id, enabled) in [("pusher", true), ("sleeper", false)] {
         let agent = json!({"id": id, "name": id, "url": rx.url(&format!("/{id}")),
                            "enabled": enabled});
