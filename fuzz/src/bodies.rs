@@ -2804,8 +2804,9 @@ pub fn ingest_prepare(data: &[u8]) {
         Err(e) => {
             match (authentic, &e) {
                 (false, IngestError::InvalidSignature) | (true, IngestError::InvalidBody(_)) => {}
-                (true, IngestError::StaleTimestamp) => {
-                    // Only from the decoded body: the headers were signed just now.
+                (true, IngestError::StaleTimestamp | IngestError::MissingTimestamp(_)) => {
+                    // Only from the decoded body: the headers were signed just now (Linear's
+                    // header left out, the body's timestamp old, or absent).
                     let spec = event::ProbeSpec::new(provider.probes(), None);
                     let fields = event::body_kind(&headers)
                         .and_then(|kind| {
@@ -2828,10 +2829,14 @@ pub fn ingest_prepare(data: &[u8]) {
                         now_ms: NOW_MS,
                         agent_key: &|_| false,
                     };
+                    let expected = match e {
+                        IngestError::MissingTimestamp(m) => VerifyError::MissingTimestamp(m),
+                        _ => VerifyError::StaleTimestamp,
+                    };
                     assert_eq!(
                         provider.verify_payload(&req, &fields),
-                        Err(VerifyError::StaleTimestamp),
-                        "stale, but not by the body"
+                        Err(expected),
+                        "{e:?}, but not by the body"
                     );
                 }
                 _ => panic!("{provider:?} refused with {e:?}, authentic: {authentic}"),
