@@ -15,6 +15,7 @@ use super::query::{decode_cursor, encode_cursor, parse_int, query_pairs};
 use crate::clock::now_ms;
 use crate::event::EventHeader;
 use crate::http::AppState;
+use crate::rules::condition::json_eq;
 use crate::rules::path::FieldPath;
 use crate::store::{EventQuery, EventRecord, EventStatus};
 
@@ -195,16 +196,13 @@ pub async fn erase_matching(State(app): State<AppState>, body: Bytes) -> ApiResu
     Ok(Json(json!({ "erased": erased })))
 }
 
+/// A filter condition's `equals` (`json_eq`), and a string also matching a number or boolean
+/// written the same way.
 fn erasure_match(v: &Value, equals: &Value) -> bool {
     match (v, equals) {
-        (Value::String(a), Value::String(b)) => a == b,
-        (Value::Number(a), Value::Number(b)) => {
-            a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
-        }
-        (Value::Bool(a), Value::Bool(b)) => a == b,
         (Value::Number(a), Value::String(b)) => a.to_string() == *b,
         (Value::Bool(a), Value::String(b)) => a.to_string() == *b,
-        _ => false,
+        _ => json_eq(v, equals, false),
     }
 }
 

@@ -102,16 +102,9 @@ pub async fn reset_agent_health(
     if !exists {
         return Err(ApiError::not_found(format!("No agent with id \"{id}\"")));
     }
-    app.queue.reset_health(&id);
+    app.queue.reset_health(&id).await;
     if let Err(e) = app.store.announce_breaker(&id, None).await {
         tracing::warn!(agent = %id, error = %e, "telling the other nodes about a breaker reset failed");
-    }
-    // The scheduler resets it in order with what it is doing; answer once it has.
-    for _ in 0..50 {
-        if app.queue.health(&id).is_none() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     get_kind(&app, RuleKind::Agent, id).await
 }

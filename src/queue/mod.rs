@@ -204,7 +204,7 @@ enum Msg {
     /// `cancelled`), and an attempt under way is not followed by another. Answered once done.
     Cancel(Vec<Uuid>, oneshot::Sender<()>),
     /// Close an agent's circuit breaker (`POST /admin/agents/{id}/health/reset`).
-    ResetHealth(Arc<str>),
+    ResetHealth(Arc<str>, oneshot::Sender<()>),
     /// Another node's breaker for the agent opened until then, or closed (`None`).
     RemoteBreaker(Arc<str>, Option<i64>),
 }
@@ -298,17 +298,16 @@ impl Queue {
             .unwrap_or_else(|| AgentHealth::closed(self.started_ms))
     }
 
-    /// Every agent with something to report.
-    pub fn health_all(&self) -> Vec<(Arc<str>, AgentHealth)> {
-        self.health
-            .lock()
-            .map(|m| m.iter().map(|(a, h)| (a.clone(), h.clone())).collect())
-            .unwrap_or_default()
-    }
-
-    /// Closes the agent's breaker.
-    pub fn reset_health(&self, agent: &str) {
-        let _ = self.tx.send(Msg::ResetHealth(Arc::from(agent)));
+    /// Closes the agent's breaker; returns once the scheduler has.
+    pub async fn reset_health(&self, agent: &str) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::ResetHealth(Arc::from(agent), done))
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
     }
 
     /// Follows another node's breaker for `agent` (see `Notice::Breaker`).
@@ -719,7 +718,7 @@ impl Dispatcher {
                 self.publish_health(&agent);
                 self.pump(&agent);
             }
-            Msg::ResetHealth(agent) => {
+            Msg::ResetHealth(agent, done) => {
                 let now = now_ms();
                 let policy = self.policy_of(&agent);
                 if let Some(lane) = self.lanes.get_mut(&agent) {
@@ -731,6 +730,7 @@ impl Dispatcher {
                 }
                 self.publish_health(&agent);
                 self.pump(&agent);
+                let _ = done.send(());
             }
             Msg::Requeue(mut jobs) => {
                 // Out of flight, and queued again for a moment from now.
