@@ -19,11 +19,11 @@ use crate::deliver::{AgentTarget, BreakerPolicy, Pacing};
 use crate::event::EventHeader;
 use crate::providers::standard::StandardSigner;
 use crate::queue::policy::RetryPolicy;
-use crate::queue::{Job, Queue, Targets};
+use crate::queue::{Job, Keys, Queue, Targets};
 use crate::rules::model::{Agent, CircuitBreaker, EventFilter, EventRoute};
 use crate::rules::stored::{API_KEY_HASH, parse_stored};
 use crate::rules::{PlannedBody, RuleOptions, RuleSet};
-use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Store, StoreError};
+use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Sequencing, Store, StoreError};
 use crate::stream::StreamItem;
 
 /// Everything compiled from the stored rules, swapped as one.
@@ -398,6 +398,16 @@ pub fn plan(
             continue;
         }
         let id = Uuid::now_v7();
+        let sequencing = Sequencing {
+            ordering_key: pd.ordering.as_ref().map(|(k, _)| k.to_string()),
+            ordering_hold: pd.ordering.as_ref().is_some_and(|(_, hold)| *hold),
+            coalesce_key: pd.coalesce.as_ref().map(|(k, ..)| k.to_string()),
+            coalesce_window_ms: pd.coalesce.as_ref().map_or(0, |c| c.1),
+            coalesce_max_wait_ms: pd.coalesce.as_ref().map_or(0, |c| c.2),
+        };
+        // A coalesced delivery waits its window for a newer event of its key.
+        let due = now + pd.coalesce.as_ref().map_or(0, |c| c.1 as i64);
+        let keys = Keys::of(&sequencing);
         plan.deliveries.push(NewDelivery {
             id,
             agent_id: pd.agent_id.to_string(),
@@ -413,8 +423,9 @@ pub fn plan(
                 .retry
                 .as_ref()
                 .and_then(|p| serde_json::to_string(p).ok()),
-            next_attempt_at: now,
+            next_attempt_at: due,
             last_error: error,
+            sequencing,
         });
         if let Some(body) = body {
             plan.jobs.push(Job {
@@ -432,8 +443,10 @@ pub fn plan(
                 source: source.clone(),
                 event_type: event_type.clone(),
                 body: Some(body),
-                due_at: now,
+                due_at: due,
                 created_at: now,
+                keys,
+                superseded: None,
             });
         }
     }

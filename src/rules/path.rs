@@ -254,6 +254,11 @@ impl<'v> Slots<'v> {
 }
 
 impl<'v, 't> Memo<'v, 't> {
+    /// The value the memo resolves paths in.
+    pub fn root(&self) -> &'v Value {
+        self.root
+    }
+
     pub fn new(table: &'t PrefixTable, root: &'v Value) -> Self {
         let len = table.nodes.len();
         Memo {

@@ -138,6 +138,7 @@ pub(super) fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
         retry_policy: None,
         next_attempt_at: 0,
         last_error: None,
+        sequencing: Default::default(),
     }
 }
 
@@ -574,7 +575,8 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     assert_eq!(list[2].status, DeliveryStatus::Delivered);
     assert_eq!(list[1].attempt_log[0].status_code, None);
     assert!(unfinished(store.as_ref()).await.is_empty());
-    assert_eq!(store.finished_counts().await.unwrap(), (2, 1));
+    let f = store.finished_counts().await.unwrap();
+    assert_eq!((f.dead, f.delivered, f.superseded), (2, 1, 0));
 
     // Dead letters: newest first, by agent, through the cursor.
     let dead = store.dead_letters(None, 10, None).await.unwrap();
@@ -873,7 +875,8 @@ async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Stor
     );
     assert!(store.rollup_totals(-1).await.unwrap().is_empty());
     assert!(store.list_audit(10, None).await.unwrap().is_empty());
-    assert_eq!(store.finished_counts().await.unwrap(), (0, 0));
+    let f = store.finished_counts().await.unwrap();
+    assert_eq!((f.dead, f.delivered), (0, 0));
 }
 
 async fn purge_by_source_and_dead_letter_age(store: Arc<dyn Store>) {
