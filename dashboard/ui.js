@@ -88,7 +88,7 @@ export function json(value) {
 }
 
 export function statusBadge(status) {
-  const kind = { delivered: "ok", dead: "bad", cancelled: "", scheduled: "warn", pending: "info", in_flight: "info" }[status] || "";
+  const kind = { delivered: "ok", dead: "bad", cancelled: "", superseded: "", scheduled: "warn", pending: "info", in_flight: "info" }[status] || "";
   return h("span", { class: `badge ${kind}` }, status);
 }
 

@@ -225,7 +225,10 @@ impl Job {
             due_at: p.next_attempt_at,
             created_at: p.created_at,
             keys: Keys::of(&p.sequencing),
-            superseded: p.superseded.as_ref().map(|i| Box::new(Carried::from_info(i))),
+            superseded: p
+                .superseded
+                .as_ref()
+                .map(|i| Box::new(Carried::from_info(i))),
         }
     }
 }
@@ -294,10 +297,21 @@ enum Msg {
     RemoteBreaker(Arc<str>, Option<i64>),
     /// The outcomes that end these ordered deliveries are committed: their keys move on.
     Released(Vec<KeyRelease>),
-    /// Claims on ordering keys came back (several nodes): each job with whether it got its key.
-    Claimed(Vec<(Job, bool)>),
+    /// Claims on ordering keys came back (several nodes): each job with what became of it.
+    Claimed(Vec<(Job, Claim)>),
     /// A dead letter was deleted: the key it held (if it did) moves on.
     DeadRemoved(Uuid),
+}
+
+/// What a claim on an ordering key gave (several nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Granted,
+    /// The key is busy elsewhere, or an earlier delivery of it is unfinished: claim again soon.
+    Refused,
+    /// This node no longer owns the delivery unfinished (another node took it over while this
+    /// one had lost its lease, or it ended): it leaves this node's queue.
+    Gone,
 }
 
 /// What the recorder writes.
@@ -323,6 +337,9 @@ pub struct KeyRelease {
 /// again, and how long a key waits for ingest to resolve smaller event ids.
 const CLAIM_RETRY_MS: i64 = 100;
 const FLOOR_RETRY_MS: i64 = 2;
+
+/// When to look at an ordering key again: (when, agent, key).
+type KeyWakeup = (i64, Arc<str>, Arc<str>);
 
 /// One ordering key of a lane: the delivery at its head (attempted, waiting to be retried, or
 /// ended and being recorded), the dead letter that holds it, and the rest in event-id order.
@@ -591,7 +608,7 @@ struct Dispatcher {
     /// Deliveries superseded while queued (in `ready` or `timers`): dropped when they come out.
     superseded: std::collections::HashSet<Uuid>,
     /// Ordering keys to look at again at a time: (when, agent, key).
-    key_wakeups: BinaryHeap<Reverse<(i64, Arc<str>, Arc<str>)>>,
+    key_wakeups: BinaryHeap<Reverse<KeyWakeup>>,
     /// Ingest's event-id floor as last read with the channel drained after it: every event with
     /// a smaller id that will ever reach the scheduler from ingest has reached it.
     safe_floor: Uuid,
@@ -814,6 +831,7 @@ async fn record_loop(
         // Supersessions first: a burst's carrier is never recorded delivered while what it
         // superseded still reads pending.
         let written = match store.supersede(steps).await {
+            Ok(()) if updates.is_empty() => Ok(()),
             Ok(()) => store.record_attempts(updates).await,
             Err(e) => Err(e),
         };
@@ -869,8 +887,8 @@ async fn claim_loop(
                 })
             })
             .collect();
-        let granted: std::collections::HashSet<Uuid> = match store.claim_keys(claims).await {
-            Ok(g) => g.into_iter().collect(),
+        let claimed = match store.claim_keys(claims).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, keys = batch.len(), "claiming ordering keys failed; trying again shortly");
                 Default::default()
@@ -879,8 +897,14 @@ async fn claim_loop(
         let out = batch
             .drain(..)
             .map(|j| {
-                let ok = granted.contains(&j.delivery_id);
-                (j, ok)
+                let claim = if claimed.granted.contains(&j.delivery_id) {
+                    Claim::Granted
+                } else if claimed.gone.contains(&j.delivery_id) {
+                    Claim::Gone
+                } else {
+                    Claim::Refused
+                };
+                (j, claim)
             })
             .collect();
         let _ = dispatcher.send(Msg::Claimed(out));
@@ -1043,7 +1067,7 @@ impl Dispatcher {
             Msg::Claimed(results) => {
                 let now = now_ms();
                 let mut agents: Vec<Arc<str>> = Vec::new();
-                for (job, granted) in results {
+                for (job, claim) in results {
                     let agent = job.agent_id.clone();
                     let Some(key) = job.keys.as_ref().and_then(|k| k.ordering.clone()) else {
                         continue;
@@ -1051,7 +1075,12 @@ impl Dispatcher {
                     let lane = self.lanes.entry(agent.clone()).or_default();
                     let kq = lane.keys.entry(key.clone()).or_default();
                     kq.claiming = false;
-                    if granted && kq.head == Some(job.delivery_id) {
+                    if claim == Claim::Gone {
+                        tracing::info!(delivery_id = %job.delivery_id, agent = %agent, "an ordered delivery was taken over by another node; dropped here");
+                        self.unhold(&job);
+                        self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+                        self.free_key(&job);
+                    } else if claim == Claim::Granted && kq.head == Some(job.delivery_id) {
                         self.place(job, now);
                     } else {
                         // Another node holds the key, or an earlier delivery of it is elsewhere:
@@ -1144,7 +1173,8 @@ impl Dispatcher {
         // key, and so does a dead letter that held it. Coalescing slots of them are forgotten.
         let mut keys: Vec<(Arc<str>, Arc<str>)> = Vec::new();
         for (agent, lane) in self.lanes.iter_mut() {
-            lane.coalescing.retain(|_, slot| !ids.contains(&slot.event_id));
+            lane.coalescing
+                .retain(|_, slot| !ids.contains(&slot.event_id));
             for (key, kq) in lane.keys.iter_mut() {
                 let before = kq.waiting.len();
                 kq.waiting.retain(|(event, _), job| {
@@ -1156,7 +1186,9 @@ impl Dispatcher {
                     }
                 });
                 let head_gone = kq.head.is_some_and(|h| {
-                    dropped.iter().any(|j| j.delivery_id == h && j.agent_id == *agent)
+                    dropped
+                        .iter()
+                        .any(|j| j.delivery_id == h && j.agent_id == *agent)
                 });
                 if head_gone {
                     kq.head = None;
@@ -1473,6 +1505,26 @@ impl Dispatcher {
             }
             if self.superseded.remove(&t.job.delivery_id) {
                 self.drop_superseded(t.job);
+                continue;
+            }
+            // Several nodes: an ordered delivery claims its key again before each attempt, so
+            // a node that lost its lease meanwhile (and its delivery to another node) stops.
+            if let (Some(claimer), Some(key)) = (
+                &self.claimer,
+                t.job.keys.as_ref().and_then(|k| k.ordering.as_ref()),
+            ) && let Some(kq) = lane.keys.get_mut(key)
+                && kq.head == Some(t.job.delivery_id)
+            {
+                kq.claiming = true;
+                if let Err(e) = claimer.send(t.job) {
+                    kq.claiming = false;
+                    let job = e.0;
+                    lane.ready.push(Ready {
+                        priority: job.priority,
+                        seq: t.seq,
+                        job,
+                    });
+                }
                 continue;
             }
             lane.ready.push(Ready {

@@ -252,12 +252,17 @@ impl SourceIndex {
         for &ri in routes.iter() {
             let route = &all_routes[ri as usize];
             add_group(&route.filters, &mut payload);
-            let key_reads_payload = |p: &FieldPath| {
-                p.as_str() == "payload" || p.as_str().starts_with("payload.")
-            };
+            let key_reads_payload =
+                |p: &FieldPath| p.as_str() == "payload" || p.as_str().starts_with("payload.");
             if route.transformation.is_some()
-                || route.ordering.as_ref().is_some_and(|(p, _)| key_reads_payload(p))
-                || route.coalesce.as_ref().is_some_and(|(p, ..)| key_reads_payload(p))
+                || route
+                    .ordering
+                    .as_ref()
+                    .is_some_and(|(p, _)| key_reads_payload(p))
+                || route
+                    .coalesce
+                    .as_ref()
+                    .is_some_and(|(p, ..)| key_reads_payload(p))
             {
                 payload.any_type = true;
             }

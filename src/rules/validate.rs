@@ -18,8 +18,8 @@ use super::condition::Condition;
 use super::model::{
     Agent, CircuitBreaker, EventFilter, EventRoute, EventTransformation, FilterAction, RetryPolicy,
 };
-use super::transform;
 use super::path::FieldPath;
+use super::transform;
 
 /// A problem with one field of a filter, route or agent.
 ///

@@ -15,9 +15,8 @@ use uuid::Uuid;
 use super::{
     AnalyticsStore, AttemptUpdate, AuditRecord, AuditStore, BacklogItem, CommitOutcome, DeadFilter,
     DeliveryRecord, DeliveryStore, EventQuery, EventRecord, EventStore, FinishedCounts, HeldKey,
-    KeyClaim, NewDelivery, NewEvent, Supersession,
-    PendingDelivery, PurgeScope, PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore,
-    Store, StoreError, StoredRule,
+    KeyClaim, KeyClaims, NewDelivery, NewEvent, PendingDelivery, PurgeScope, PutMode, PutOutcome,
+    Result, RollupDelta, RuleKind, RuleStore, Store, StoreError, StoredRule, Supersession,
 };
 use crate::crypto::{Cipher, CryptoError};
 
@@ -391,7 +390,7 @@ impl super::ClusterStore for EncryptedStore {
     async fn live_nodes(&self) -> Result<Vec<super::NodeInfo>> {
         self.inner.live_nodes().await
     }
-    async fn claim_keys(&self, claims: Vec<KeyClaim>) -> Result<Vec<Uuid>> {
+    async fn claim_keys(&self, claims: Vec<KeyClaim>) -> Result<KeyClaims> {
         self.inner.claim_keys(claims).await
     }
 

@@ -151,6 +151,14 @@ pub struct KeyClaim {
     pub key: String,
 }
 
+/// What `claim_keys` decided: the deliveries granted their key, and those this node no longer
+/// owns unfinished (the rest wait and claim again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyClaims {
+    pub granted: Vec<Uuid>,
+    pub gone: Vec<Uuid>,
+}
+
 /// An event to archive, with its deliveries, in one transaction.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -750,12 +758,16 @@ pub trait ClusterStore: Send + Sync {
     async fn take_over(&self, _limit: usize) -> Result<Vec<PendingDelivery>> {
         Ok(Vec::new())
     }
-    /// Claims ordering keys for the deliveries at their keys' heads, so that no key is in
-    /// flight on two nodes at once; returns the deliveries granted. A key is refused while an
-    /// earlier unfinished delivery of it exists, while a dead letter holds it, or while
-    /// another live node's unfinished delivery holds it. One node has nothing to claim from.
-    async fn claim_keys(&self, claims: Vec<KeyClaim>) -> Result<Vec<Uuid>> {
-        Ok(claims.into_iter().map(|c| c.delivery_id).collect())
+    /// Claims ordering keys for the deliveries at their keys' heads, before each attempt, so
+    /// that no key is in flight on two nodes at once. A key is refused while an earlier
+    /// unfinished delivery of it exists, while a dead letter holds it, or while another live
+    /// node's unfinished delivery holds it. A delivery this node no longer owns unfinished
+    /// (another node took it over, or it ended) is `gone`. One node has nothing to claim from.
+    async fn claim_keys(&self, claims: Vec<KeyClaim>) -> Result<KeyClaims> {
+        Ok(KeyClaims {
+            granted: claims.into_iter().map(|c| c.delivery_id).collect(),
+            gone: Vec::new(),
+        })
     }
     /// Graceful stop: hands this node's unfinished deliveries back (owner cleared), removes
     /// the node and sends `Notice::Wake`; how many were released.

@@ -163,9 +163,14 @@ impl KeyedAgent {
             if let Some(prev) = last.get(&a.key) {
                 assert!(
                     a.event >= *prev,
-                    "arrival {i}: key {:?} got event {} after {prev}",
+                    "arrival {i}: key {:?} got event {} after {prev}; the key's arrivals: {:#?}",
                     a.key,
-                    a.event
+                    a.event,
+                    self.arrivals()
+                        .iter()
+                        .filter(|b| b.key == a.key)
+                        .map(|b| (b.event.clone(), b.ok))
+                        .collect::<Vec<_>>()
                 );
             }
             last.insert(a.key.clone(), a.event.clone());
@@ -187,7 +192,11 @@ fn keyed(key: &str, n: usize) -> Webhook {
 async fn ordered_route(base: &str, url: &str, retry: Value, extra: Value) {
     let admin = Admin::at(base);
     admin
-        .create_agent(agent("a", url, json!({ "maxConcurrency": 16, "timeoutMs": 5000 })))
+        .create_agent(agent(
+            "a",
+            url,
+            json!({ "maxConcurrency": 16, "timeoutMs": 5000 }),
+        ))
         .await;
     let mut r = route("r", &["a"], retry, json!({}));
     if let (Value::Object(r), Value::Object(extra)) = (&mut r, extra) {
@@ -229,8 +238,7 @@ async fn send_keyed(bases: &[String], total: usize, keys: usize) -> BTreeSet<Str
     for w in workers {
         w.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    acked
+    acked.lock().unwrap().clone()
 }
 
 /// Sends `per_key` events on each of `keys` keys, one sender per key, each key's next event only
@@ -263,8 +271,7 @@ async fn send_keyed_in_turn(bases: &[String], per_key: usize, keys: usize) -> BT
     for s in senders {
         s.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    acked
+    acked.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,15 +346,17 @@ async fn keys_keep_their_order_across_a_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_postgresql_never_overlap_a_key_and_keep_its_order() {
-    let Some((url, _db)) = crate::support::pg_testing::fresh_database_or_skip().await
-    else {
+    let Some((url, _db)) = crate::support::pg_testing::fresh_database_or_skip().await else {
         return;
     };
     let env = [
         ("DATABASE_URL", url.as_str()),
         ("NODE_LEASE_MS", "3000"),
         // The same key on both nodes: each seals agent secrets with it.
-        ("ENCRYPTION_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        (
+            "ENCRYPTION_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
     ];
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let a = ChildServer::start(dirs[0].path(), &env).await;
@@ -361,10 +370,14 @@ async fn two_nodes_on_postgresql_never_overlap_a_key_and_keep_its_order() {
     )
     .await;
     // The route reaches node b by notice: wait until b routes too.
-    poll(Duration::from_secs(10), "node b knows the route", || async {
-        let (s, v) = Admin::at(&b.base).get("/admin/routes/r").await;
-        if s == 200 { Ok(()) } else { Err(v) }
-    })
+    poll(
+        Duration::from_secs(10),
+        "node b knows the route",
+        || async {
+            let (s, v) = Admin::at(&b.base).get("/admin/routes/r").await;
+            if s == 200 { Ok(()) } else { Err(v) }
+        },
+    )
     .await;
     let acked = send_keyed_in_turn(&[a.base.clone(), b.base.clone()], 25, 40).await;
     assert_eq!(acked.len(), 1000);
@@ -456,18 +469,28 @@ async fn max_wait_bounds_the_delay_under_a_never_ending_burst() {
         "maxWaitMs let {during} deliveries through during a 4 s burst"
     );
     let total_superseded: u32 = {
-        poll(Duration::from_secs(10), "the burst's tail delivered", || async {
-            let got = agent.arrivals();
-            let s: u32 = got
-                .iter()
-                .map(|a| a.superseded.as_deref().unwrap_or("0").parse::<u32>().unwrap())
-                .sum();
-            if s as usize + got.len() == n {
-                Ok(s)
-            } else {
-                Err(json!({"arrivals": got.len(), "superseded": s, "sent": n}))
-            }
-        })
+        poll(
+            Duration::from_secs(10),
+            "the burst's tail delivered",
+            || async {
+                let got = agent.arrivals();
+                let s: u32 = got
+                    .iter()
+                    .map(|a| {
+                        a.superseded
+                            .as_deref()
+                            .unwrap_or("0")
+                            .parse::<u32>()
+                            .unwrap()
+                    })
+                    .sum();
+                if s as usize + got.len() == n {
+                    Ok(s)
+                } else {
+                    Err(json!({"arrivals": got.len(), "superseded": s, "sent": n}))
+                }
+            },
+        )
         .await
     };
     assert!(total_superseded > 0);
@@ -480,9 +503,7 @@ async fn hold_blocks_a_key_behind_its_dead_letter_until_retried_or_deleted() {
     // The agent refuses everything at first: event 1 dies after its only attempt.
     let failing = KeyedAgent::start(100).await;
     let admin = Admin::of(&app);
-    admin
-        .create_agent(agent_json("a", &failing.url))
-        .await;
+    admin.create_agent(agent_json("a", &failing.url)).await;
     admin
         .create_route(route(
             "r",
@@ -528,11 +549,7 @@ async fn hold_blocks_a_key_behind_its_dead_letter_until_retried_or_deleted() {
     let admin = Admin::of(&app);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        agent
-            .arrivals()
-            .iter()
-            .filter(|a| a.key == "k1")
-            .count(),
+        agent.arrivals().iter().filter(|a| a.key == "k1").count(),
         0,
         "k1 is held behind its dead letter"
     );
@@ -545,7 +562,9 @@ async fn hold_blocks_a_key_behind_its_dead_letter_until_retried_or_deleted() {
         .as_str()
         .unwrap()
         .to_string();
-    let (s, v) = admin.post(&format!("/admin/dlq/{dead}/retry"), json!({})).await;
+    let (s, v) = admin
+        .post(&format!("/admin/dlq/{dead}/retry"), json!({}))
+        .await;
     assert_eq!(s, 200, "{v}");
     let want: BTreeSet<String> = [first, second, third].iter().map(Uuid::to_string).collect();
     agent.wait_delivered(&want, Duration::from_secs(15)).await;
@@ -637,10 +656,15 @@ async fn skip_moves_a_key_on_after_a_dead_letter() {
 async fn bad_ordering_and_coalescing_settings_are_refused_with_their_fields() {
     let app = TestApp::spawn().await;
     let admin = Admin::of(&app);
-    admin.create_agent(agent_json("a", "http://127.0.0.1:9/")).await;
+    admin
+        .create_agent(agent_json("a", "http://127.0.0.1:9/"))
+        .await;
     for (extra, field) in [
         (json!({ "ordering": { "key": "" } }), "ordering.key"),
-        (json!({ "ordering": { "key": "payload..x" } }), "ordering.key"),
+        (
+            json!({ "ordering": { "key": "payload..x" } }),
+            "ordering.key",
+        ),
         (
             json!({ "ordering": { "key": "payload.x", "onDead": "later" } }),
             "ordering.onDead",
@@ -655,7 +679,10 @@ async fn bad_ordering_and_coalescing_settings_are_refused_with_their_fields() {
         ),
     ] {
         let (s, v) = admin
-            .post("/admin/routes", route("r", &["a"], policy(3, "fixed", 10, 10), extra.clone()))
+            .post(
+                "/admin/routes",
+                route("r", &["a"], policy(3, "fixed", 10, 10), extra.clone()),
+            )
             .await;
         assert_eq!(s, 400, "{extra}: {v}");
         assert_eq!(v["code"], "validation_error", "{v}");

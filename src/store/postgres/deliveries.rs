@@ -271,7 +271,10 @@ async fn insert_sequenced<C: GenericClient>(
         let q = &d.sequencing;
         let body = d.body.as_deref().map(utf8).transpose()?;
         let window = q.coalesce_key.as_ref().map(|_| q.coalesce_window_ms as i64);
-        let wait = q.coalesce_key.as_ref().map(|_| q.coalesce_max_wait_ms as i64);
+        let wait = q
+            .coalesce_key
+            .as_ref()
+            .map(|_| q.coalesce_max_wait_ms as i64);
         c.execute(
             &stmt,
             &[

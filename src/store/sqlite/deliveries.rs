@@ -423,6 +423,9 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn supersede(&self, steps: Vec<Supersession>) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
         self.write(move |c| {
             let mut old = c.prepare_cached(
                 "UPDATE deliveries SET status = 'superseded', superseded_by = ?2,
