@@ -309,6 +309,25 @@ fn breaker_policy(own: Option<&CircuitBreaker>, defaults: &CircuitBreaker) -> Br
     }
 }
 
+/// The text an ordering or coalescing key's value is compared by: a string as is, anything else
+/// as its JSON text; `None` when the path is missing or null. Read from the event, or from its
+/// text (`as_is`, the same event serialized) when the payload was left unparsed.
+fn key_value(path: &crate::rules::FieldPath, event: &Value, as_is: &[u8]) -> Option<String> {
+    let raw;
+    let v = match path.get(event) {
+        Some(v) if !v.is_null() => v,
+        _ => {
+            raw = path.get_raw(as_is)?;
+            &raw
+        }
+    };
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
 /// What routing decided for one event.
 pub struct Plan {
     pub processed: bool,
@@ -398,15 +417,32 @@ pub fn plan(
             continue;
         }
         let id = Uuid::now_v7();
-        let sequencing = Sequencing {
-            ordering_key: pd.ordering.as_ref().map(|(k, _)| k.to_string()),
-            ordering_hold: pd.ordering.as_ref().is_some_and(|(_, hold)| *hold),
-            coalesce_key: pd.coalesce.as_ref().map(|(k, ..)| k.to_string()),
-            coalesce_window_ms: pd.coalesce.as_ref().map_or(0, |c| c.1),
-            coalesce_max_wait_ms: pd.coalesce.as_ref().map_or(0, |c| c.2),
+        let sequencing = match &pd.keys {
+            None => Sequencing::default(),
+            Some(keys) => {
+                let ordering = keys
+                    .ordering
+                    .as_ref()
+                    .and_then(|(p, hold)| Some((key_value(p, event, &as_is)?, *hold)));
+                let coalesce = keys
+                    .coalesce
+                    .as_ref()
+                    .and_then(|(p, w, m)| Some((key_value(p, event, &as_is)?, *w, *m)));
+                Sequencing {
+                    ordering_hold: ordering.as_ref().is_some_and(|(_, hold)| *hold),
+                    ordering_key: ordering.map(|(k, _)| k),
+                    coalesce_window_ms: coalesce.as_ref().map_or(0, |c| c.1),
+                    coalesce_max_wait_ms: coalesce.as_ref().map_or(0, |c| c.2),
+                    coalesce_key: coalesce.map(|c| c.0),
+                }
+            }
         };
         // A coalesced delivery waits its window for a newer event of its key.
-        let due = now + pd.coalesce.as_ref().map_or(0, |c| c.1 as i64);
+        let due = now
+            + sequencing
+                .coalesce_key
+                .as_ref()
+                .map_or(0, |_| sequencing.coalesce_window_ms as i64);
         let keys = Keys::of(&sequencing);
         plan.deliveries.push(NewDelivery {
             id,

@@ -113,21 +113,18 @@ pub struct PlannedDelivery {
     /// The route's policy; `None` = the server's default.
     pub retry: Option<RetryPolicy>,
     pub body: PlannedBody,
-    /// The route's ordering key's value in this event (`None`: not ordered), and whether the key
-    /// holds after a dead letter.
-    pub ordering: Option<(Arc<str>, bool)>,
-    /// The route's coalescing key's value in this event, with its window and longest wait (ms).
-    pub coalesce: Option<(Arc<str>, u64, u64)>,
+    /// The route's ordering and coalescing keys, whose values the caller reads from the event
+    /// (from its text when the payload was left unparsed).
+    pub keys: Option<Arc<RouteKeys>>,
 }
 
-/// The text a key path's value is compared by: a string as is, anything else as its JSON text;
-/// `None` when the path is missing or null.
-fn key_value(path: &FieldPath, root: &Value) -> Option<Arc<str>> {
-    match path.get(root)? {
-        Value::Null => None,
-        Value::String(s) => Some(Arc::from(s.as_str())),
-        other => Some(Arc::from(other.to_string())),
-    }
+/// A route's `ordering` and `coalesce` paths.
+#[derive(Debug, PartialEq)]
+pub struct RouteKeys {
+    /// The ordering key's path, and whether a dead letter holds the key.
+    pub ordering: Option<(FieldPath, bool)>,
+    /// The coalescing key's path, window and longest wait (ms).
+    pub coalesce: Option<(FieldPath, u64, u64)>,
 }
 
 /// What to deliver.
@@ -252,18 +249,9 @@ impl SourceIndex {
         for &ri in routes.iter() {
             let route = &all_routes[ri as usize];
             add_group(&route.filters, &mut payload);
-            let key_reads_payload =
-                |p: &FieldPath| p.as_str() == "payload" || p.as_str().starts_with("payload.");
-            if route.transformation.is_some()
-                || route
-                    .ordering
-                    .as_ref()
-                    .is_some_and(|(p, _)| key_reads_payload(p))
-                || route
-                    .coalesce
-                    .as_ref()
-                    .is_some_and(|(p, ..)| key_reads_payload(p))
-            {
+            // Ordering and coalescing keys are read from the event's text when its payload
+            // is left unparsed: they do not count.
+            if route.transformation.is_some() {
                 payload.any_type = true;
             }
         }
@@ -328,10 +316,8 @@ struct CompiledRoute {
     id: Arc<str>,
     priority: i64,
     retry: Option<RetryPolicy>,
-    /// `ordering`: its key path and whether a dead letter holds the key.
-    ordering: Option<(FieldPath, bool)>,
-    /// `coalesce`: its key path, window and longest wait (ms).
-    coalesce: Option<(FieldPath, u64, u64)>,
+    /// `ordering` and `coalesce`.
+    keys: Option<Arc<RouteKeys>>,
     filters: FilterGroup,
     transformation: Option<Arc<JqProgram>>,
     /// Enabled, configured agents, each once.
@@ -591,15 +577,19 @@ impl RuleSet {
                 id: route.id.as_str().into(),
                 priority: route.priority,
                 retry: route.retry_policy,
-                ordering: route.ordering.as_ref().and_then(|o| {
-                    FieldPath::parse(&o.key)
-                        .ok()
-                        .map(|p| (p, o.on_dead == super::model::OnDead::Hold))
-                }),
-                coalesce: route.coalesce.as_ref().and_then(|c| {
-                    FieldPath::parse(&c.key)
-                        .ok()
-                        .map(|p| (p, c.window_ms, c.max_wait_ms))
+                keys: (route.ordering.is_some() || route.coalesce.is_some()).then(|| {
+                    Arc::new(RouteKeys {
+                        ordering: route.ordering.as_ref().and_then(|o| {
+                            FieldPath::parse(&o.key)
+                                .ok()
+                                .map(|p| (p, o.on_dead == super::model::OnDead::Hold))
+                        }),
+                        coalesce: route.coalesce.as_ref().and_then(|c| {
+                            FieldPath::parse(&c.key)
+                                .ok()
+                                .map(|p| (p, c.window_ms, c.max_wait_ms))
+                        }),
+                    })
                 }),
                 filters,
                 transformation,
@@ -797,21 +787,13 @@ impl RuleSet {
                 .find(|a| a.index == agent_index)
                 .map(|a| Arc::clone(&a.id))
                 .unwrap_or_else(|| Arc::from(""));
-            let root = memo.root();
             deliveries.push(PlannedDelivery {
                 agent_id,
                 route_id: Arc::clone(&route.id),
                 priority: route.priority,
                 retry: route.retry,
                 body,
-                ordering: route
-                    .ordering
-                    .as_ref()
-                    .and_then(|(p, hold)| Some((key_value(p, root)?, *hold))),
-                coalesce: route
-                    .coalesce
-                    .as_ref()
-                    .and_then(|(p, w, m)| Some((key_value(p, root)?, *w, *m))),
+                keys: route.keys.clone(),
             });
         }
         deliveries.sort_by(|a, b| {
