@@ -415,6 +415,7 @@ pub fn plan(
                 .and_then(|p| serde_json::to_string(p).ok()),
             next_attempt_at: now,
             last_error: error,
+            trace_context: None,
         });
         if let Some(body) = body {
             plan.jobs.push(Job {
@@ -434,6 +435,7 @@ pub fn plan(
                 body: Some(body),
                 due_at: now,
                 created_at: now,
+                trace_context: None,
             });
         }
     }

@@ -85,6 +85,9 @@ pub struct AttemptRequest<'a> {
     pub event_type: &'a str,
     pub attempt: u32,
     pub body: &'a Bytes,
+    /// The attempt's W3C trace context (`traceparent`, `tracestate`), sent so that the
+    /// agent's spans join the webhook's trace; `None` while tracing is off.
+    pub trace: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// What happened.
@@ -211,6 +214,8 @@ static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signatur
 static X_EVENT_SOURCE: HeaderName = HeaderName::from_static("x-event-source");
 static X_EVENT_TYPE: HeaderName = HeaderName::from_static("x-event-type");
 static X_DELIVERY_ATTEMPT: HeaderName = HeaderName::from_static("x-delivery-attempt");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -236,6 +241,12 @@ fn request(target: &AgentTarget, req: &AttemptRequest<'_>, ts: i64) -> Request<F
     headers.insert(X_EVENT_SOURCE.clone(), value(req.source));
     headers.insert(X_EVENT_TYPE.clone(), value(req.event_type));
     headers.insert(X_DELIVERY_ATTEMPT.clone(), HeaderValue::from(req.attempt));
+    if let Some((parent, state)) = req.trace {
+        headers.insert(TRACEPARENT.clone(), value(parent));
+        if let Some(state) = state {
+            headers.insert(TRACESTATE.clone(), value(state));
+        }
+    }
     *request.headers_mut() = headers;
     request
 }
@@ -396,6 +407,7 @@ mod tests {
             event_type: "pull_request.opened",
             attempt: 2,
             body,
+            trace: None,
         }
     }
 

@@ -28,6 +28,7 @@ use crate::analytics::Analytics;
 use crate::clock::now_ms;
 use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult, BreakerPolicy};
 use crate::store::{AttemptUpdate, DeliveryStatus, PendingDelivery, Store};
+use crate::telemetry::trace;
 use breaker::{Admission, Breaker, Transition};
 use policy::RetryPolicy;
 
@@ -116,6 +117,9 @@ pub struct Job {
     pub due_at: i64,
     /// When the delivery was created (ms), for age and end-to-end latency.
     pub created_at: i64,
+    /// The webhook's W3C trace context, which its attempts' spans continue (`None` while
+    /// tracing is off).
+    pub trace_context: Option<Arc<str>>,
 }
 
 impl Job {
@@ -141,6 +145,7 @@ impl Job {
             body: p.body.map(Bytes::from),
             due_at: p.next_attempt_at,
             created_at: p.created_at,
+            trace_context: p.trace_context.map(Arc::from),
         }
     }
 }
@@ -1393,18 +1398,36 @@ impl AttemptCtx {
         self.attempts.spawn(tracing::Instrument::instrument(
             async move {
                 let event_id = job.event_id.to_string();
+                let traced = trace::Attempt::start(trace::AttemptInfo {
+                    event_id: &job.event_id,
+                    delivery_id: &job.delivery_id,
+                    agent_id: &job.agent_id,
+                    source: &job.source,
+                    event_type: &job.event_type,
+                    attempt: job.attempts,
+                    uri: &target.uri,
+                    stored: job.trace_context.as_deref(),
+                });
                 let result = match &body {
                     Ok(body) => {
-                        deliver::attempt(
-                            &client,
-                            &target,
-                            AttemptRequest {
-                                event_id: &event_id,
-                                source: &job.source,
-                                event_type: &job.event_type,
-                                attempt: job.attempts,
-                                body,
-                            },
+                        tracing::Instrument::instrument(
+                            deliver::attempt(
+                                &client,
+                                &target,
+                                AttemptRequest {
+                                    event_id: &event_id,
+                                    source: &job.source,
+                                    event_type: &job.event_type,
+                                    attempt: job.attempts,
+                                    body,
+                                    trace: traced
+                                        .as_ref()
+                                        .map(|t| (t.traceparent.as_str(), t.tracestate.as_deref())),
+                                },
+                            ),
+                            traced
+                                .as_ref()
+                                .map_or_else(tracing::Span::none, |t| t.span.clone()),
                         )
                         .await
                     }
@@ -1419,6 +1442,13 @@ impl AttemptCtx {
                         retry_after: None,
                     },
                 };
+                if let Some(t) = &traced {
+                    t.finish(
+                        result.status_code,
+                        result.delivered,
+                        result.error.as_deref(),
+                    );
+                }
                 // A retry keeps the body if the budget has room for it then.
                 job.body = body.ok();
                 tracing::debug!(
@@ -1469,6 +1499,7 @@ mod tests {
             body: Some(Bytes::new()),
             due_at: 0,
             created_at: 0,
+            trace_context: None,
         };
         let mut h = BinaryHeap::new();
         for (seq, p) in [(1, 0), (2, 5), (3, 0), (4, 5), (5, 10)] {

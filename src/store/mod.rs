@@ -91,6 +91,10 @@ pub struct NewDelivery {
     pub retry_policy: Option<String>,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
+    /// The W3C trace context of the webhook that created it (`telemetry::TraceContext`), kept
+    /// so that its attempts join that trace whenever and wherever they run; `None` while
+    /// tracing is off.
+    pub trace_context: Option<Arc<str>>,
 }
 
 /// An event to archive, with its deliveries, in one transaction.
@@ -306,6 +310,8 @@ pub struct PendingDelivery {
     /// `unfinished_deliveries` past its body budget: read it with `delivery_bodies` when needed.
     pub body: Option<String>,
     pub created_at: i64,
+    /// The webhook's trace context, as `NewDelivery::trace_context`.
+    pub trace_context: Option<String>,
 }
 
 /// The outcome of one attempt, written back in batches.

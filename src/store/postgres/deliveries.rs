@@ -30,7 +30,8 @@ pub(super) fn pending_select(budget: Option<&str>) -> String {
     };
     format!(
         "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
-         d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at"
+         d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at,
+         d.trace_context"
     )
 }
 
@@ -49,6 +50,7 @@ pub(super) fn pending_row(r: &Row) -> Result<PendingDelivery> {
         event_type: r.get(10),
         body: r.get(11),
         created_at: r.get(12),
+        trace_context: r.get(13),
     })
 }
 
@@ -174,6 +176,7 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
     let mut error = Vec::new();
     let mut body = Vec::new();
     let mut policy = Vec::new();
+    let mut trace = Vec::new();
     for d in deliveries {
         id.push(d.id);
         agent.push(d.agent_id.as_str());
@@ -184,18 +187,19 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
         error.push(d.last_error.as_deref());
         body.push(d.body.as_deref().map(utf8).transpose()?);
         policy.push(d.retry_policy.as_deref());
+        trace.push(d.trace_context.as_deref());
     }
     let stmt = c
         .prepare_cached(
             "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
                                      next_attempt_at, last_error, body, retry_policy, created_at,
-                                     updated_at, owner)
+                                     updated_at, owner, trace_context)
              SELECT d.id, $10, d.agent_id, d.route_id, d.priority, d.status, 0, d.next_attempt_at,
-                    d.last_error, d.body, d.retry_policy, $11, $11, $12
+                    d.last_error, d.body, d.retry_policy, $11, $11, $12, d.trace_context
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[],
-                         $7::text[], $8::text[], $9::text[])
+                         $7::text[], $8::text[], $9::text[], $13::text[])
                   AS d(id, agent_id, route_id, priority, status, next_attempt_at, last_error,
-                       body, retry_policy)",
+                       body, retry_policy, trace_context)",
         )
         .await?;
     c.execute(
@@ -213,6 +217,7 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
             &event_id,
             &created_at,
             &node,
+            &trace,
         ],
     )
     .await?;

@@ -23,7 +23,7 @@ macro_rules! pending_columns {
             "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
              d.next_attempt_at, d.retry_policy, e.source, e.type, ",
             $body,
-            ", d.created_at"
+            ", d.created_at, d.trace_context"
         )
     };
 }
@@ -53,6 +53,7 @@ fn pending_row_without_body(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingDe
         event_type: r.get(10)?,
         body: None,
         created_at: r.get(12)?,
+        trace_context: r.get(13)?,
     })
 }
 
@@ -140,8 +141,9 @@ pub(super) fn insert_deliveries(
 ) -> rusqlite::Result<()> {
     let mut stmt = c.prepare_cached(
         "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
-                                 next_attempt_at, last_error, body, retry_policy, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11)",
+                                 next_attempt_at, last_error, body, retry_policy, created_at, updated_at,
+                                 trace_context)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
     )?;
     for (d, body) in deliveries.iter().zip(bodies) {
         stmt.execute(params![
@@ -156,6 +158,7 @@ pub(super) fn insert_deliveries(
             body,
             d.retry_policy,
             created_at,
+            d.trace_context.as_deref(),
         ])?;
     }
     Ok(())
