@@ -21,6 +21,23 @@ fn var(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Where traces go, for the start-up log line: the protocol and the endpoint's host and port
+/// (never its credentials, query or headers).
+pub(super) fn describe() -> String {
+    let protocol = otlp_var("PROTOCOL").unwrap_or_else(|| "http/protobuf".into());
+    let endpoint = otlp_var("ENDPOINT")
+        .and_then(|e| e.parse::<http::Uri>().ok())
+        .and_then(|u| {
+            let host = u.host()?.to_string();
+            Some(match u.port_u16() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            })
+        })
+        .unwrap_or_else(|| "the default endpoint (localhost)".into());
+    format!("{protocol} to {endpoint}")
+}
+
 /// The variable for traces, else the general one (`OTEL_EXPORTER_OTLP_TRACES_X`, then
 /// `OTEL_EXPORTER_OTLP_X`), as the specification orders them.
 fn otlp_var(suffix: &str) -> Option<String> {

@@ -113,6 +113,10 @@ pub fn init(level: &str, format: LogFormat) -> Telemetry {
         return Telemetry { provider: None };
     }
     trace::enable();
+    tracing::info!(
+        exporter = %export::describe(),
+        "exporting traces over OTLP"
+    );
     Telemetry {
         provider: Some(provider),
     }

@@ -437,3 +437,45 @@ async fn json_log_lines_name_their_trace_and_span() {
         "a refusal is the caller's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_exports_over_http2_to_the_endpoint() {
+    // A collector's port: what arrives first is an HTTP/2 connection preface, i.e. the gRPC
+    // exporter was chosen and is sending (the spans themselves are decoded in the tests above).
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let agent_rx = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_string()),
+    ];
+    let server = start(dir.path(), &env).await;
+    let admin = Admin::at(&server.base);
+    admin
+        .create_agent(agent("a", &agent_rx.url("/a"), json!({})))
+        .await;
+    admin
+        .create_route(route("r", &["a"], policy(3, "fixed", 50, 50), json!({})))
+        .await;
+    Webhook::github("push", gh_body(5))
+        .send_to(&reqwest::Client::new(), &server.base)
+        .await
+        .accepted();
+    let got = agent_rx.wait_for("/a", 1, Duration::from_secs(20)).await;
+    traceparent(got[0].header("traceparent").expect("a traceparent"));
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(20), collector.accept())
+        .await
+        .expect("the exporter connects")
+        .unwrap();
+    let mut preface = [0u8; 24];
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut preface),
+    )
+    .await
+    .expect("the exporter sends")
+    .unwrap();
+    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+}
