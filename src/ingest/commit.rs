@@ -5,12 +5,12 @@
 //! handler's future at any `.await`, and an event being committed must still be queued and
 //! published (ARCHITECTURE.md, "No half-done work").
 
+use tracing::Instrument as _;
+
 use super::dedupe::Original;
 use super::pipeline::Ingest;
 use super::route::Routed;
 use super::{IngestError, publish};
-use tracing::Instrument as _;
-
 use crate::event::EventHeader;
 use crate::store::{CommitOutcome, NewEvent};
 use crate::stream::sequencer::Pending;

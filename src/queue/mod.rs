@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::analytics::Analytics;
@@ -1410,25 +1411,19 @@ impl AttemptCtx {
                 });
                 let result = match &body {
                     Ok(body) => {
-                        tracing::Instrument::instrument(
-                            deliver::attempt(
-                                &client,
-                                &target,
-                                AttemptRequest {
-                                    event_id: &event_id,
-                                    source: &job.source,
-                                    event_type: &job.event_type,
-                                    attempt: job.attempts,
-                                    body,
-                                    trace: traced
-                                        .as_ref()
-                                        .map(|t| (t.traceparent.as_str(), t.tracestate.as_deref())),
-                                },
-                            ),
-                            traced
-                                .as_ref()
-                                .map_or_else(tracing::Span::none, |t| t.span.clone()),
+                        deliver::attempt(
+                            &client,
+                            &target,
+                            AttemptRequest {
+                                event_id: &event_id,
+                                source: &job.source,
+                                event_type: &job.event_type,
+                                attempt: job.attempts,
+                                body,
+                                trace: traced.as_ref().map(trace::Attempt::headers),
+                            },
                         )
+                        .instrument(trace::Attempt::span_of(traced.as_ref()))
                         .await
                     }
                     Err(error) => AttemptResult {

@@ -270,6 +270,16 @@ impl Attempt {
         })
     }
 
+    /// The `traceparent` and `tracestate` the agent receives.
+    pub fn headers(&self) -> (&str, Option<&str>) {
+        (&self.traceparent, self.tracestate.as_deref())
+    }
+
+    /// The span to run the attempt in: this attempt's, or none while tracing is off.
+    pub fn span_of(attempt: Option<&Attempt>) -> Span {
+        attempt.map_or_else(Span::none, |a| a.span.clone())
+    }
+
     /// Records the attempt's outcome: the agent's status, or the error.
     pub fn finish(&self, status: Option<u16>, delivered: bool, error: Option<&str>) {
         if let Some(status) = status {
