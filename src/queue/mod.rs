@@ -1437,13 +1437,15 @@ impl AttemptCtx {
                         retry_after: None,
                     },
                 };
-                if let Some(t) = &traced {
+                // The attempt's log line inside its span, so that it names the trace.
+                let _in_span = traced.as_ref().map(|t| {
                     t.finish(
                         result.status_code,
                         result.delivered,
                         result.error.as_deref(),
                     );
-                }
+                    t.span.enter()
+                });
                 // A retry keeps the body if the budget has room for it then.
                 job.body = body.ok();
                 tracing::debug!(
