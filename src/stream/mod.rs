@@ -374,6 +374,37 @@ mod tests {
         ))
     }
 
+    #[test]
+    fn a_traced_message_carries_its_context_beside_the_event() {
+        let body = br#"{"id":"x"}"#;
+        let plain = Message::new(Uuid::from_u128(1), body, Arc::new(Value::Null));
+        assert_eq!(plain.text.as_str(), r#"{"type":"event","data":{"id":"x"}}"#);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // A `tracestate` value may hold characters JSON escapes.
+        let context = format!("{parent}\na=\"q\\b\"");
+        let traced = Message::traced(
+            Uuid::from_u128(1),
+            body,
+            Arc::new(Value::Null),
+            Some(&context),
+        );
+        let v: Value = serde_json::from_str(traced.text.as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "event", "data": {"id": "x"},
+                               "traceparent": parent, "tracestate": "a=\"q\\b\""})
+        );
+        let without_state = Message::traced(
+            Uuid::from_u128(1),
+            body,
+            Arc::new(Value::Null),
+            Some(parent),
+        );
+        let v: Value = serde_json::from_str(without_state.text.as_str()).unwrap();
+        assert_eq!(v["traceparent"], parent);
+        assert!(v.get("tracestate").is_none());
+    }
+
     #[tokio::test]
     async fn filters_buffers_and_overflow() {
         let hub = Arc::new(Hub::new(2));

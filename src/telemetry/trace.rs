@@ -308,3 +308,49 @@ fn classify(error: &str) -> &'static str {
         "_OTHER"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_context_splits_into_its_two_headers() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(split(parent), (parent, None));
+        assert_eq!(
+            split(&format!("{parent}\nrojo=1,congo=2")),
+            (parent, Some("rojo=1,congo=2"))
+        );
+        // What the propagator makes of a stored context is the span context it names.
+        let cx = TraceContextPropagator::new().extract(&Stored(parent, Some("rojo=1")));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(sc.trace_state().header(), "rojo=1");
+    }
+
+    #[test]
+    fn nothing_is_made_while_tracing_is_off() {
+        // The flag is only ever set by `telemetry::init` with an exporter, which no unit test
+        // installs.
+        assert!(!enabled());
+        assert!(stage("verify").is_none());
+        assert!(context_of(&Span::current()).is_none());
+        let uri: Uri = "http://agent.example/hook".parse().unwrap();
+        let attempt = Attempt::start(AttemptInfo {
+            event_id: &uuid::Uuid::nil(),
+            delivery_id: &uuid::Uuid::nil(),
+            agent_id: "a",
+            source: "github",
+            event_type: "push",
+            attempt: 1,
+            uri: &uri,
+            stored: None,
+        });
+        assert!(attempt.is_none());
+    }
+}
