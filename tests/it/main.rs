@@ -29,6 +29,7 @@ mod handshakes_pd;
 mod ingest;
 mod ingest_errors;
 mod ordering;
+mod otel_tracing;
 mod providers;
 mod rate_limits;
 mod rules;
