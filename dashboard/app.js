@@ -55,12 +55,31 @@ async function checkHealth() {
   }
 }
 
+// The dead-letter count in the navigation, so failures show wherever the operator is.
+async function checkDeadLetters() {
+  let stats;
+  try {
+    stats = await get("/queue/stats");
+  } catch {
+    return;
+  }
+  const n = Number(stats && stats.deadLettered) || 0;
+  const badge = $("dlq-count");
+  badge.textContent = n.toLocaleString();
+  badge.hidden = n === 0;
+  $("nav-dlq").setAttribute("aria-label", n ? `Dead letters, ${n} waiting` : "Dead letters");
+}
+
 function watchHealth(on) {
   clearInterval(healthTimer);
   healthTimer = null;
   if (on) {
     checkHealth();
-    healthTimer = setInterval(checkHealth, HEALTH_EVERY_MS);
+    checkDeadLetters();
+    healthTimer = setInterval(() => {
+      checkHealth();
+      checkDeadLetters();
+    }, HEALTH_EVERY_MS);
   }
 }
 
@@ -162,6 +181,9 @@ async function signOut() {
   }
   showSignIn("You are signed out.");
 }
+
+// A view that changed the dead-letter queue asks for the count at once.
+window.addEventListener("er:dlq-changed", checkDeadLetters);
 
 whenSignedOut((notice) => {
   if (signedIn) showSignIn(notice);

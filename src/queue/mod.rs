@@ -938,6 +938,7 @@ impl Dispatcher {
                     error: Some("the agent no longer exists or has no url".into()),
                     response_prefix: None,
                     retry_after: None,
+                    detail: None,
                 };
                 self.dead_now(job, result);
             }
@@ -1265,6 +1266,7 @@ impl Dispatcher {
             status_code: None,
             error: result.error,
             response_prefix: None,
+            detail: None,
             status: DeliveryStatus::Dead,
             next_attempt_at: None,
         });
@@ -1322,6 +1324,7 @@ fn attempt_update(
         } else {
             None
         },
+        detail: result.detail,
         status,
         next_attempt_at,
     }
@@ -1417,6 +1420,7 @@ impl AttemptCtx {
                         error: Some(error.clone()),
                         response_prefix: None,
                         retry_after: None,
+                        detail: None,
                     },
                 };
                 // A retry keeps the body if the budget has room for it then.

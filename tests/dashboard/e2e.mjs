@@ -9,8 +9,9 @@
 //   SCREENSHOT_DIR  where to write the screenshots (1280×800 and 390×844 of every view)
 //   CHROMIUM        the browser (default /usr/bin/chromium)
 //   FAULTED_URL     a second router whose store refuses webhooks (below its free-space floor)
-// Set up by the Rust side: agent "ok-agent" (answers 200), agent "flaky-agent" (answers 500
-// three times, then 200) reached by route "issues-to-flaky" (github issues, maxAttempts 1).
+// Set up by the Rust side: agent "ok-agent" (answers 200), agent "flaky-agent" (answers 500 with
+// the body {"error":"database unavailable: connection refused"} three times, then 200) reached by
+// route "issues-to-flaky" (github issues, maxAttempts 1).
 //
 // Prints one line per step; exits 0 when every step passed.
 
@@ -244,7 +245,7 @@ try {
     assert((await delivery.textContent()).includes("ok-agent"), "the delivery's agent");
     assert(await delivery.locator("tr[data-attempt='1']").count() === 1, "attempt 1 is listed");
     assert((await delivery.locator("tr[data-attempt='1']").textContent()).includes("200"), "with its answer");
-    assert((await drawer.locator("pre.json").first().textContent()).includes("refs/heads/main"), "the payload");
+    assert((await drawer.getByTestId("payload").textContent()).includes("refs/heads/main"), "the payload");
     await shot(page, "event-1280");
     await page.keyboard.press("Escape");
     await drawer.waitFor({ state: "detached" });
@@ -262,7 +263,59 @@ try {
     await shot(page, "dlq-1280");
   });
 
+  await step("the navigation shows the dead-letter count", async () => {
+    await waitFor("the count", async () => (await page.locator("#dlq-count").textContent()) === "3", 20000);
+    assert(await page.locator("#dlq-count").isVisible(), "the count is shown");
+    assert((await page.locator("#nav-dlq").getAttribute("aria-label")) === "Dead letters, 3 waiting", "and announced");
+  });
+
+  await step("a failing agent's own answer is shown on its attempt, with what was sent", async () => {
+    await visit(page, `#/events/${dead[0].eventId}`, ".delivery[data-status=dead]");
+    const delivery = page.locator(".delivery[data-status=dead]");
+    const attempt = delivery.locator("details.exchange[data-attempt-detail='1']");
+    assert(await attempt.getAttribute("open") !== null, "the failed attempt's exchange is open");
+    const body = await attempt.getByTestId("response-body").textContent();
+    assert(body.includes("database unavailable: connection refused"), `the agent's words: ${body}`);
+    const text = await attempt.textContent();
+    assert(text.includes("x-agent-error: db down"), `the answer's headers: ${text}`);
+    assert(text.includes("x-delivery-attempt: 1") && text.includes("webhook-signature: v1,"), `the request's headers: ${text}`);
+    assert((await delivery.locator("tr[data-attempt='1']").textContent()).includes("first attempt"), "why it was made");
+    await shot(page, "attempt-1280");
+  });
+
+  await step("the live view shows outcomes, searches payload text and ids, and filters by outcome", async () => {
+    const needle = await postGithub("ping", { zen: "Needle-4711 in the haystack", sender: { login: "octocat" } });
+    await visit(page, "#/live", ".feed-row");
+    await waitFor("the push delivered", async () =>
+      (await page.locator(`.feed-row[data-id="${pushId}"]`).getAttribute("data-outcome")) === "delivered");
+    const label = await page.locator(`.feed-row[data-id="${pushId}"]`).getAttribute("aria-label");
+    assert(label.includes("delivered") && label.includes("Open details"), `announced with its outcome: ${label}`);
+    assert((await page.locator("#live-q").getAttribute("type")) === "search", "a search box");
+    await page.locator("#live-q").fill("needle-4711 IN THE");
+    await waitFor("the payload match alone", async () => {
+      const ids = await page.locator(".feed-row").evaluateAll((rows) => rows.map((r) => r.dataset.id));
+      return ids.length === 1 && ids[0] === needle;
+    });
+    assert((await page.getByTestId("live-searched").textContent()).includes("Searched"), "says how far it searched");
+    await page.locator("#live-q").fill("");
+    await page.locator("#live-outcome").selectOption("dead");
+    await waitFor("the dead ones", async () => {
+      const ids = await page.locator(".feed-row").evaluateAll((rows) => rows.map((r) => r.dataset.id));
+      return ids.length === 3 && dead.every((d) => ids.includes(d.eventId));
+    });
+    await shot(page, "live-search-1280");
+    await page.locator("#live-outcome").selectOption("");
+    await page.locator("#live-q").fill(dead[1].eventId);
+    await page.locator("#live-q").press("Enter");
+    const drawer = page.locator("dialog.drawer");
+    await drawer.locator(`[data-event-id="${dead[1].eventId}"]`).waitFor();
+    await page.keyboard.press("Escape");
+    await drawer.waitFor({ state: "detached" });
+    await page.locator("#live-q").fill("");
+  });
+
   await step("a dead letter can be deleted from the page", async () => {
+    await visit(page, "#/dlq", "table");
     const gone = dead[2];
     await page.locator(`tr[data-id="${gone.deliveryId}"]`).getByRole("button", { name: "Delete" }).click();
     await page.locator("dialog.confirm").getByRole("button", { name: "Delete" }).click();
@@ -292,6 +345,7 @@ try {
     const rows = page.locator(".delivery tr[data-attempt]");
     assert(await rows.count() === 2, "two attempts");
     assert((await rows.nth(0).textContent()).includes("500"), "the first failed with 500");
+    assert((await rows.nth(1).textContent()).includes("manual retry"), "the second was a manual retry");
   });
 
   await step("a route with an invalid jq program shows the error next to the field", async () => {
@@ -439,7 +493,7 @@ try {
     await page.locator('nav a[data-view="dlq"]').focus();
     await page.keyboard.press("Enter");
     await waitFor("the DLQ view", async () => (await page.locator("main").getAttribute("data-view")) === "dlq");
-    assert((await page.locator('nav a[aria-current="page"]').textContent()) === "Dead letters", "the current view is marked");
+    assert((await page.locator('nav a[aria-current="page"]').textContent()).startsWith("Dead letters"), "the current view is marked");
   });
 
   await step("a storage fault shows a banner with its reason; a healthy router shows none", async () => {

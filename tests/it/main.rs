@@ -28,6 +28,7 @@ mod handshakes_pc;
 mod handshakes_pd;
 mod ingest;
 mod ingest_errors;
+mod inspect;
 mod providers;
 mod rate_limits;
 mod rules;
