@@ -245,6 +245,12 @@ pub async fn prometheus(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /admin/rejections`: the webhooks refused lately on this node (signature failures, rate
+/// limits, bodies too large, unknown sources…), newest first, at most 200.
+pub async fn rejections(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "items": app.analytics.recent.refusals(), "nextCursor": null }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/queue/stats", get(queue::stats))
         .route("/analytics/metrics", get(analytics::analytics))
         .route("/admin/audit", get(audit::list))
+        .route("/admin/rejections", get(analytics::rejections))
+        .route("/admin/rate-limits/usage", get(rate_limits::usage))
         .route(
             "/admin/rate-limits",
             get(rate_limits::list)

@@ -18,6 +18,12 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
     Json(json!({ "items": app.limiter.configs(), "nextCursor": null }))
 }
 
+/// `GET /admin/rate-limits/usage`: how often each `source:identifier` was admitted and refused
+/// lately, on this node (see `analytics::recent`).
+pub async fn usage(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "items": app.analytics.recent.keys(), "nextCursor": null }))
+}
+
 pub async fn put(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<RateLimitConfig>> {
     super::error::json_syntax(&body)?;
     let config = ratelimit::parse_config(&body)

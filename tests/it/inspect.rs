@@ -260,3 +260,70 @@ async fn the_event_list_shows_outcomes_and_finds_events_by_text() {
     assert_eq!(names, [("to-bad", false), ("to-ok", false)], "{v}");
     assert!(admin.event(delivered).await["explanation"].is_null());
 }
+
+/// Refused webhooks are listed with their reason, source and time, newest first; the rate-limit
+/// keys with how often each was admitted and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_webhooks_and_rate_limit_keys_are_listed() {
+    let app = TestApp::spawn_with(|c| c.max_event_size = 2048).await;
+    let admin = Admin::of(&app);
+    let (status, v) = admin
+        .call(
+            reqwest::Method::PUT,
+            "/admin/rate-limits",
+            Some(json!({ "source": "github", "identifier": "octocat", "limit": 1, "window": 60_000 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    Webhook::github_with("not-the-secret", "push", gh_body(1))
+        .send(&app)
+        .await
+        .refused(401, "invalid_signature");
+    Webhook::github("push", gh_body(2))
+        .send(&app)
+        .await
+        .accepted();
+    Webhook::github("push", gh_body(3))
+        .send(&app)
+        .await
+        .refused(429, "rate_limited");
+    let big = json!({ "sender": { "login": "hubot" }, "text": "x".repeat(4096) });
+    Webhook::github("push", big.to_string().into_bytes())
+        .send(&app)
+        .await
+        .refused(413, "payload_too_large");
+
+    let (status, v) = app.admin_get("/admin/rejections").await;
+    assert_eq!(status, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    let codes: Vec<_> = items.iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(
+        codes,
+        ["payload_too_large", "rate_limited", "invalid_signature"],
+        "{v}"
+    );
+    let limited = &items[1];
+    assert_eq!(limited["source"], "github", "{v}");
+    assert_eq!(limited["status"], 429, "{v}");
+    assert!(
+        limited["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("github:octocat")),
+        "{v}"
+    );
+    assert_eq!(limited["clientIp"], "127.0.0.1", "{v}");
+    assert!(limited["at"].as_i64().is_some_and(|t| t <= now_ms()), "{v}");
+
+    let (status, v) = app.admin_get("/admin/rate-limits/usage").await;
+    assert_eq!(status, 200, "{v}");
+    let first = &v["items"][0];
+    assert_eq!(first["source"], "github", "{v}");
+    assert_eq!(first["identifier"], "octocat", "{v}");
+    assert_eq!(first["allowed"], 1, "{v}");
+    assert_eq!(first["limited"], 1, "{v}");
+
+    for path in ["/admin/rejections", "/admin/rate-limits/usage"] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} needs the admin key");
+    }
+}
