@@ -14,6 +14,7 @@ pub mod queue;
 pub mod rate_limits;
 pub mod rules;
 pub mod serve;
+pub mod sources;
 pub mod state;
 pub mod streams;
 pub mod throttle;
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/analytics/metrics", get(analytics::analytics))
         .route("/admin/audit", get(audit::list))
         .route("/admin/rejections", get(analytics::rejections))
+        .route("/admin/sources", get(sources::list))
         .route("/admin/rate-limits/usage", get(rate_limits::usage))
         .route(
             "/admin/rate-limits",

@@ -327,3 +327,35 @@ async fn refused_webhooks_and_rate_limit_keys_are_listed() {
         assert_eq!(r.status(), 401, "{path} needs the admin key");
     }
 }
+
+/// The sources an operator points providers at: enabled or not (no secret), where the secret is
+/// read from, and the path to give the provider.
+#[tokio::test]
+async fn the_sources_are_listed_with_their_path_and_whether_they_are_enabled() {
+    let app = TestApp::spawn().await;
+    let (status, v) = app.admin_get("/admin/sources").await;
+    assert_eq!(status, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    let find = |name: &str| {
+        items
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {v}"))
+            .clone()
+    };
+    let github = find("github");
+    assert_eq!(github["enabled"], true, "{github}");
+    assert_eq!(github["scheme"], "github", "{github}");
+    assert_eq!(github["webhookPath"], "/webhook/github", "{github}");
+    assert_eq!(github["secretEnv"][0], "GITHUB_WEBHOOK_SECRET", "{github}");
+    // A built-in provider without its secret in the test's environment is disabled.
+    let stripe = find("stripe");
+    assert_eq!(stripe["enabled"], false, "{stripe}");
+    let r = app
+        .client
+        .get(app.url("/admin/sources"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
