@@ -7,8 +7,9 @@ import { openEvent } from "./live.js";
 
 const PAGE = 50;
 
-export function render(main) {
-  let agentFilter = "";
+/** `#/dlq` or `#/dlq/{agentId}` (the overview's links to an agent's dead letters). */
+export function render(main, args = []) {
+  let agentFilter = args[0] || "";
   const error = h("p", { class: "form-error", role: "alert" });
   const result = h("p", { class: "muted", role: "status", "data-testid": "dlq-result" });
   const agentSelect = h("select", { id: "dlq-agent" }, h("option", { value: "" }, "all agents"));
@@ -25,7 +26,7 @@ export function render(main) {
   let rows = [];
 
   get("/admin/agents").then(({ items }) => {
-    for (const a of items) agentSelect.append(h("option", { value: a.id }, a.id));
+    for (const a of items) agentSelect.append(h("option", { value: a.id, selected: a.id === agentFilter }, a.id));
   }).catch(() => {});
 
   async function load(append) {
@@ -35,6 +36,7 @@ export function render(main) {
       rows = append ? rows.concat(page.items) : page.items;
       cursor = page.nextCursor;
       more.hidden = !cursor;
+      window.dispatchEvent(new Event("er:dlq-changed"));
       draw();
     } catch (e) {
       showError(e, error);

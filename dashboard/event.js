@@ -128,6 +128,7 @@ function delivery(d, reload, ev) {
         try {
           await post(`/admin/dlq/${encodeURIComponent(d.id)}/retry`);
           toast("Delivery retried");
+          window.dispatchEvent(new Event("er:dlq-changed"));
           reload();
         } catch (err) {
           showError(err);

@@ -26,13 +26,14 @@ const RANGES = [
   ["custom", "Custom…"],
 ];
 
-export function render(main) {
+/** `#/live` or `#/live/{source}` (the overview's links to a source's events). */
+export function render(main, args = []) {
   let events = [];               // newest first
   const ids = new Set();
   let paused = false;
   let held = [];                 // arrived while paused, newest first
   let unseenAbove = 0;           // arrived while scrolled down
-  let filter = { source: "", type: "", q: "", outcome: "", since: null, until: null };
+  let filter = { source: args[0] || "", type: "", q: "", outcome: "", since: null, until: null };
   let stopped = false;
   let stream = null;
   let retry = null;
@@ -47,7 +48,7 @@ export function render(main) {
     id: "live-q", type: "search", placeholder: "Event id, or text in the payload", autocomplete: "off",
     "aria-describedby": "live-q-hint",
   });
-  const sourceInput = h("input", { id: "live-source", type: "search", list: "live-sources", placeholder: "any", autocomplete: "off" });
+  const sourceInput = h("input", { id: "live-source", type: "search", list: "live-sources", placeholder: "any", autocomplete: "off", value: filter.source });
   const typeInput = h("input", { id: "live-type", type: "search", list: "live-types", placeholder: "any", autocomplete: "off" });
   const outcomeSelect = h("select", { id: "live-outcome" },
     h("option", { value: "" }, "Any"),

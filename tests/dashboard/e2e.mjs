@@ -177,6 +177,18 @@ try {
     assert(await page.evaluate(() => document.cookie === ""), "scripts cannot read the cookie");
   });
 
+  await step("before any event, the overview guides: webhook URLs, disabled sources, test commands", async () => {
+    await visit(page, "#/overview", "[data-testid=first-start]");
+    const guide = page.getByTestId("first-start");
+    const text = await guide.textContent();
+    assert(text.includes(`${BASE}/webhook/github`), `the github URL: ${text}`);
+    assert(/sources are disabled until their secret is set/.test(text), `the disabled sources: ${text}`);
+    const commands = await guide.getByTestId("test-commands").textContent();
+    assert(commands.includes("export GITHUB_WEBHOOK_SECRET=") && commands.includes(`event-router send github --event push --url ${BASE}`), commands);
+    assert((await page.locator("[data-stat=p95] .value").textContent()) === "—", "no data shows —, not 0 ms");
+    await shot(page, "first-start-1280");
+  });
+
   await step("overview shows the four charts and refreshes", async () => {
     await visit(page, "#/overview", "[data-stat=queue-depth]");
     for (const id of ["events", "success", "p95", "queue"]) {
@@ -445,6 +457,9 @@ try {
     await page.getByLabel("Limit", { exact: true }).fill("600");
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="github:octocat"]').waitFor();
+    const usage = page.locator('[data-testid=rate-usage] tr[data-key="github:octocat"]');
+    await usage.waitFor();
+    assert(Number((await usage.locator("td").nth(2).textContent()).replace(/\D/g, "")) > 0, "octocat's admitted webhooks are counted");
     await shot(page, "rate-limits-1280");
   });
 
@@ -472,6 +487,30 @@ try {
       await shot(p, `${name}-390`);
     }
     await phone.close();
+  });
+
+  await step("the overview lists refused webhooks, flags a low success rate, and drops the guide", async () => {
+    const r = await fetch(`${BASE}/webhook/github`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-github-event": "push", "x-hub-signature-256": "sha256=00" },
+      body: "{}",
+    });
+    assert(r.status === 401, `a bad signature is refused: ${r.status}`);
+    await visit(page, "#/overview", "[data-testid=rejections] tr[data-code=invalid_signature]");
+    assert(await page.getByTestId("first-start").count() === 0, "no guide once events arrived");
+    const row = await page.locator("[data-testid=rejections] tr[data-code=invalid_signature]").first().textContent();
+    assert(row.includes("github") && row.includes("401"), row);
+    // Three of the flaky agent's deliveries died: its success rate is flagged, linked to its dead letters.
+    const agent = page.locator('tr[data-agent="flaky-agent"]');
+    await agent.waitFor();
+    assert((await agent.getAttribute("class")) === "row-bad", "the low success rate is highlighted");
+    // Hovering a chart shows the value under the pointer.
+    const frame = page.locator("[data-chart=events] .chart-frame");
+    const box = await frame.boundingBox();
+    await page.mouse.move(box.x + box.width - 2, box.y + box.height / 2);
+    const tip = await page.locator("[data-chart=events] .chart-tip").textContent();
+    assert(/\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} · /.test(tip), `the hover value: ${tip}`);
+    assert(await page.locator("[data-chart=events] .chart-axis span").count() >= 2, "time labels");
   });
 
   await step("the overview at 1280×800, light and dark", async () => {
