@@ -397,6 +397,7 @@ impl Analytics {
         took: Duration,
         latency_ms: Option<i64>,
     ) {
+        self.recent.agent_attempted(agent, outcome == "delivered");
         let a = agent_dim(agent);
         let dims = [ALL, a.as_str()];
         // At most eight metrics per attempt: collected first, added under one lock.

@@ -45,8 +45,18 @@ pub struct KeyCount {
     pub last_limited_at: Option<i64>,
 }
 
+/// When an agent last answered a delivery with success, and last failed one.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentActivity {
+    pub last_success_at: Option<i64>,
+    pub last_failure_at: Option<i64>,
+}
+
 #[derive(Default)]
 pub struct Recent {
+    /// By agent id: one entry per agent that was attempted (agents are few and configured).
+    agents: Mutex<HashMap<String, AgentActivity>>,
     refusals: Mutex<VecDeque<Refusal>>,
     /// By source, then identifier: a lookup borrows the names, so a key already counted costs
     /// no allocation.
@@ -136,6 +146,28 @@ impl Recent {
             .insert(identifier.to_string(), k);
     }
 
+    /// Notes an attempt's outcome for its agent.
+    pub fn agent_attempted(&self, agent: &str, delivered: bool) {
+        let now = now_ms();
+        let Ok(mut agents) = self.agents.lock() else {
+            return;
+        };
+        let a = match agents.get_mut(agent) {
+            Some(a) => a,
+            None => agents.entry(agent.to_string()).or_default(),
+        };
+        if delivered {
+            a.last_success_at = Some(now);
+        } else {
+            a.last_failure_at = Some(now);
+        }
+    }
+
+    /// What is known of each agent attempted since the start.
+    pub fn agents(&self) -> HashMap<String, AgentActivity> {
+        self.agents.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
     /// Every key counted, the most refused first, then the most recently seen.
     pub fn keys(&self) -> Vec<KeyCount> {
         let mut all: Vec<KeyCount> = self
@@ -175,6 +207,16 @@ mod tests {
             "::1",
         );
         assert_eq!(r.refusals()[0].source.len(), TEXT_KEPT);
+    }
+
+    #[test]
+    fn an_agent_s_last_success_and_failure_are_kept() {
+        let r = Recent::default();
+        r.agent_attempted("a", false);
+        let a = r.agents()["a"];
+        assert!(a.last_failure_at.is_some() && a.last_success_at.is_none());
+        r.agent_attempted("a", true);
+        assert!(r.agents()["a"].last_success_at.is_some());
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/audit", get(audit::list))
         .route("/admin/rejections", get(analytics::rejections))
         .route("/admin/sources", get(sources::list))
+        .route("/admin/agent-activity", get(analytics::agent_activity))
         .route("/admin/rate-limits/usage", get(rate_limits::usage))
         .route(
             "/admin/rate-limits",

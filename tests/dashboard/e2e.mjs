@@ -423,10 +423,17 @@ try {
     await waitForStatus(id, "down-agent", "delivered");
     await waitFor("the closed breaker", async () =>
       (await page.locator('tr[data-id="down-agent"] .health').getAttribute("data-state")) === "closed");
-    await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Enable" }).click();
+    await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Resume" }).click();
     await waitFor("the agent enabled", async () => (await admin("/admin/agents/sleepy-agent")).enabled === true);
     await waitFor("the row updated", async () =>
-      (await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Enable" }).count()) === 0);
+      (await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Resume" }).count()) === 0);
+    // Paused again from the page: its deliveries wait.
+    await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Pause" }).click();
+    await waitFor("the agent paused", async () => (await admin("/admin/agents/sleepy-agent")).enabled === false);
+    // At a glance: the flaky agent's success rate is low, with when it last failed.
+    const flaky = page.locator('tr[data-id="flaky-agent"] .glance');
+    assert((await flaky.getByTestId("success-rate").getAttribute("class")) === "badge bad", "a low success rate is flagged");
+    assert(!(await flaky.textContent()).includes("last failed —"), `the last failure is known: ${await flaky.textContent()}`);
   });
 
   await step("a filter with a bad regex shows the error at its condition", async () => {

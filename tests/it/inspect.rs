@@ -119,6 +119,16 @@ async fn each_attempt_keeps_the_request_the_answer_and_why_it_was_made() {
     assert_eq!(log[0]["statusCode"], 200, "{d}");
     assert_eq!(log[0]["responseBody"], "thanks", "{d}");
     assert_eq!(log[0]["requestHeaders"]["x-delivery-attempt"], "1", "{d}");
+
+    // The agent at a glance: when it last succeeded and last failed.
+    let (status, v) = app.admin_get("/admin/agent-activity").await;
+    assert_eq!(status, 200, "{v}");
+    let d = &v["agents"]["d"];
+    let (ok, failed) = (
+        d["lastSuccessAt"].as_i64().expect("a success"),
+        d["lastFailureAt"].as_i64().expect("a failure"),
+    );
+    assert!(failed <= ok && ok <= now_ms(), "{v}");
 }
 
 /// The archive's list: each event's outcome; filtered by outcome and searched by text.
