@@ -326,6 +326,18 @@ try {
     await page.locator("#live-q").fill("");
   });
 
+  await step("dead letters are grouped by error, with full ids, time of death and the total", async () => {
+    await visit(page, "#/dlq", "table");
+    await waitFor("the total", async () => (await page.getByTestId("dlq-total").textContent()).includes("3 in all"));
+    const group = page.getByTestId("dlq-groups").locator("li").first();
+    assert((await group.getAttribute("data-count")) === "3", "one group of three");
+    assert((await group.textContent()).includes("agent answered 500"), await group.textContent());
+    const row = page.locator(`tr[data-id="${dead[0].deliveryId}"]`);
+    const text = await row.textContent();
+    assert(text.includes(dead[0].deliveryId) && text.includes(dead[0].eventId), `full ids: ${text}`);
+    assert(/\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}/.test(text), `when it died: ${text}`);
+  });
+
   await step("a dead letter can be deleted from the page", async () => {
     await visit(page, "#/dlq", "table");
     const gone = dead[2];
@@ -336,11 +348,14 @@ try {
     assert(!list.items.some((d) => d.id === gone.deliveryId), "deleted in the store");
   });
 
-  await step("retrying one dead letter from the page delivers it", async () => {
+  await step("retrying a selection from the page delivers it, and the page follows it until it settles", async () => {
     const one = dead[0];
-    await page.locator(`tr[data-id="${one.deliveryId}"]`).getByRole("button", { name: "Retry" }).click();
+    await page.locator(`tr[data-id="${one.deliveryId}"]`).getByRole("checkbox").check();
+    await page.getByRole("button", { name: "Retry selected (1)" }).click();
     await waitFor("the answer", async () => (await page.getByTestId("dlq-result").textContent()).includes("Retried 1"));
     await waitForStatus(one.eventId, "flaky-agent", "delivered");
+    await waitFor("the follow-up", async () => (await page.getByTestId("dlq-follow").getAttribute("data-settled")) === "true");
+    assert((await page.getByTestId("dlq-follow").textContent()).includes("1 delivered"), await page.getByTestId("dlq-follow").textContent());
   });
 
   await step("retry all answers how many it retried", async () => {
