@@ -4,7 +4,7 @@
 // that this script cannot read authenticates every call and the live stream.
 
 import { get, post, request, whenSignedOut, ApiError } from "./api.js";
-import { toast } from "./ui.js";
+import { toast, leaving } from "./ui.js";
 import * as overview from "./overview.js";
 import * as live from "./live.js";
 import * as eventPage from "./event.js";
@@ -115,8 +115,18 @@ function stopView() {
   leaveView = null;
 }
 
+/** The address of the view shown, to go back to when leaving it is called off. */
+let shownHash = location.hash;
+
 function route() {
   if (!signedIn) return;
+  if (leaving.guard && leaving.guard()
+      && !window.confirm("This form has changes that are not saved. Leave it and lose them?")) {
+    history.replaceState(null, "", shownHash || "#/overview");
+    return;
+  }
+  leaving.guard = null;
+  shownHash = location.hash;
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
   const name = parts[0] && VIEWS[parts[0]] ? parts[0] : "overview";
   const view = VIEWS[name];
@@ -189,6 +199,12 @@ whenSignedOut((notice) => {
   if (signedIn) showSignIn(notice);
 });
 window.addEventListener("hashchange", route);
+window.addEventListener("beforeunload", (e) => {
+  if (leaving.guard && leaving.guard()) {
+    e.preventDefault();
+    e.returnValue = "";
+  }
+});
 $("signin-form").addEventListener("submit", signIn);
 $("signout").addEventListener("click", signOut);
 

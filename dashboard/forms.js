@@ -2,7 +2,7 @@
 // `transformation.expression`, `conditions[1].operator`, `targetAgents[0]`); the error is shown
 // under the input whose `data-field` is the longest prefix of that path.
 
-import { h, toast } from "./ui.js";
+import { h, toast, leaving } from "./ui.js";
 
 let uid = 0;
 
@@ -128,10 +128,16 @@ export function showFieldError(form, e) {
  */
 export function resourceForm({ title, fields, collect, send, back, saved }) {
   const submit = h("button", { type: "submit", class: "primary" }, "Save");
+  // Edits not saved yet: leaving the form (another view, closing the tab) asks first.
+  let dirty = false;
+  const cancel = h("a", { class: "button", href: back, onclick: () => { dirty = false; } }, "Cancel");
   const form = h("form", { class: "form card", novalidate: true, "aria-label": title },
     h("p", { class: "form-error", role: "alert" }),
     fields,
-    h("div", { class: "form-actions" }, submit, h("a", { class: "button", href: back }, "Cancel")));
+    h("div", { class: "form-actions" }, submit, cancel));
+  form.addEventListener("input", () => { dirty = true; });
+  form.addEventListener("change", () => { dirty = true; });
+  leaving.guard = () => dirty && form.isConnected;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clearErrors(form);
@@ -139,6 +145,7 @@ export function resourceForm({ title, fields, collect, send, back, saved }) {
     try {
       const body = collect(form);
       await send(body);
+      dirty = false;
       toast(saved);
       location.hash = back;
     } catch (e) {

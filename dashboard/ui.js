@@ -110,6 +110,12 @@ export function outcomeBadge(outcome) {
   return h("span", { class: `badge ${kind}`, "data-outcome": outcome }, OUTCOME_LABELS[outcome] || outcome);
 }
 
+/**
+ * What the page asks before leaving the current view: a form with unsaved edits sets `guard`
+ * (true = there is something to lose); the router and the browser's unload ask first.
+ */
+export const leaving = { guard: null };
+
 // ---- feedback ----
 
 export function toast(message, kind = "") {

@@ -469,6 +469,21 @@ try {
     await shot(page, "filters-1280");
   });
 
+  await step("leaving a form with unsaved edits asks first", async () => {
+    await visit(page, "#/filters/new", "main form");
+    await page.getByLabel("Name", { exact: true }).fill("Half done");
+    let asked = "";
+    page.once("dialog", (d) => { asked = d.message(); d.dismiss(); });
+    await page.evaluate(() => { location.hash = "#/overview"; });
+    await waitFor("the question", async () => asked.length > 0);
+    assert(asked.includes("not saved"), asked);
+    assert((await page.locator("main").getAttribute("data-view")) === "filters", "still on the form");
+    assert((await page.getByLabel("Name", { exact: true }).inputValue()) === "Half done", "the edit is kept");
+    page.once("dialog", (d) => d.accept());
+    await page.evaluate(() => { location.hash = "#/overview"; });
+    await waitFor("the overview", async () => (await page.locator("main").getAttribute("data-view")) === "overview");
+  });
+
   await step("a rate limit is created from the page, a bad value shown at its field", async () => {
     await visit(page, "#/rate-limits/new", "main form");
     await page.getByLabel("Source", { exact: true }).fill("github");
