@@ -369,3 +369,56 @@ async fn the_sources_are_listed_with_their_path_and_whether_they_are_enabled() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Validation errors are plain words, at their field: never the parser's own terms.
+#[tokio::test]
+async fn validation_errors_are_plain_words() {
+    let app = TestApp::spawn().await;
+    let admin = Admin::of(&app);
+    let put = |body: Value| {
+        let admin = &admin;
+        async move {
+            admin
+                .call(reqwest::Method::PUT, "/admin/rate-limits", Some(body))
+                .await
+        }
+    };
+    let (status, v) = put(json!({"source": "github", "identifier": "x", "window": 1000})).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["field"], "limit", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("limit: is required"),
+        "{v}"
+    );
+    let (status, v) =
+        put(json!({"source": "github", "identifier": "x", "window": 1000, "limit": "ten"})).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["field"], "limit", "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("must be a whole number") && error.contains("\"ten\""),
+        "{v}"
+    );
+    assert!(
+        !error.contains("expected u64") && !error.contains("invalid type"),
+        "{v}"
+    );
+    let (status, v) = admin
+        .post(
+            "/admin/filters",
+            json!({"id": "f", "name": "f", "action": "exclude", "priority": "high", "conditions": []}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["field"], "priority", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("must be a whole number (got the text \"high\")"),
+        "{v}"
+    );
+}
