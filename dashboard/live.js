@@ -369,7 +369,12 @@ export function render(main, args = []) {
   // The stream first, so nothing that arrives while the history loads is missed.
   connect();
   loadHistory();
-  outcomeTimer = setInterval(refreshOutcomes, OUTCOME_EVERY_MS);
+  outcomeTimer = setInterval(() => {
+    refreshOutcomes();
+    // A sign-out in another tab ends the session at once; the stream would notice only at its
+    // next heartbeat. Asking every few seconds shows the sign-in form promptly.
+    if (!document.hidden) checkSession();
+  }, OUTCOME_EVERY_MS);
 
   return () => {
     stopped = true;

@@ -406,6 +406,12 @@ async fn validation_errors_are_plain_words() {
         !error.contains("expected u64") && !error.contains("invalid type"),
         "{v}"
     );
+    let (status, v) = put(json!({"source": "githbu", "identifier": "x", "window": 1000, "limit": 1})).await;
+    assert_eq!(status, 400, "a limit for an unknown source is refused: {v}");
+    assert_eq!(v["field"], "source", "{v}");
+    let (status, v) = put(json!({"source": "githbu", "identifier": "x", "window": 1000, "limit": 1})).await;
+    assert_eq!(status, 400, "a limit for an unknown source is refused: {v}");
+    assert_eq!(v["field"], "source", "{v}");
     let (status, v) = admin
         .post(
             "/admin/filters",
