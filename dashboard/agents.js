@@ -41,6 +41,7 @@ async function renderList(main) {
         h("td", {}, healthCell(a, main)),
         h("td", {}, secretCell(a)),
         h("td", { class: "actions" },
+          a.url ? h("button", { type: "button", class: "small", onclick: (e) => sendTest(a, e.currentTarget) }, "Send test event") : null,
           h("a", { class: "button small", href: `#/agents/${encodeURIComponent(a.id)}/edit` }, "Edit"),
           h("button", { type: "button", class: "small danger", onclick: () => remove(a.id, main) }, "Delete")))),
       "No agents yet. Create one to deliver events to it."));
@@ -75,6 +76,22 @@ async function resetHealth(id, main) {
     renderList(main);
   } catch (e) {
     showError(e);
+  }
+}
+
+/** Sends one test event straight to the agent, then shows how its delivery went. */
+async function sendTest(agent, button) {
+  button.disabled = true;
+  try {
+    const { eventId, deliveryId } = await post(`/admin/agents/${encodeURIComponent(agent.id)}/test`);
+    toast(`Test event sent to "${agent.id}"`);
+    // Its outcome: the event's page shows the attempt and what the agent answered.
+    location.hash = `#/events/${encodeURIComponent(eventId)}`;
+    button.dataset.deliveryId = deliveryId;
+  } catch (e) {
+    showError(e);
+  } finally {
+    button.disabled = false;
   }
 }
 

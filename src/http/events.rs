@@ -477,3 +477,88 @@ pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
         "deliveries": deliveries,
     })))
 }
+
+/// The route id a test delivery carries (it was made by no route).
+pub const TEST_ROUTE: &str = "dashboard-test";
+
+/// `POST /admin/agents/{id}/test`: archives a small event (source `router`, type `agent.test`)
+/// with one delivery to this push agent, made at once and attempted once (no retries), outside
+/// the routes. Answers `200 {"eventId", "deliveryId"}`; its outcome is that event's delivery.
+pub async fn test_agent(
+    State(app): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let agent = app
+        .rules
+        .current()
+        .rules
+        .agent(&agent_id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("No agent with that id"))?;
+    if agent.url.is_none() {
+        return Err(ApiError::conflict(
+            "The agent has no url: it receives events by streaming, and a test event is pushed",
+        ));
+    }
+    let (id, timestamp) = crate::event::new_event_id();
+    let body = json!({
+        "id": id,
+        "source": crate::ingest::operational::ROUTER,
+        "type": "agent.test",
+        "action": null,
+        "deliveryId": null,
+        "timestamp": timestamp,
+        "payload": {
+            "agentId": agent_id,
+            "message": "A test event sent by an operator: answer 2xx to acknowledge it.",
+        },
+        "metadata": {"identifier": "dashboard", "clientIp": "", "receivedBytes": 0, "headers": {}},
+    })
+    .to_string();
+    let delivery_id = Uuid::now_v7();
+    let once = r#"{"maxAttempts":1,"backoffStrategy":"fixed","baseDelay":1000,"maxDelay":1000,"jitter":false}"#;
+    let delivery = crate::store::NewDelivery {
+        id: delivery_id,
+        agent_id: agent_id.clone(),
+        route_id: TEST_ROUTE.into(),
+        priority: 0,
+        status: crate::store::DeliveryStatus::Pending,
+        body: None,
+        retry_policy: Some(once.into()),
+        next_attempt_at: timestamp,
+        last_error: None,
+    };
+    app.store
+        .commit_event(crate::store::NewEvent {
+            id,
+            source: crate::ingest::operational::ROUTER.into(),
+            event_type: "agent.test".into(),
+            action: None,
+            delivery_id: None,
+            timestamp,
+            filtered: false,
+            body: Bytes::from(body.clone()),
+            deliveries: vec![delivery],
+            streamed: vec![],
+        })
+        .await?;
+    app.queue.requeue(
+        vec![crate::store::PendingDelivery {
+            id: delivery_id,
+            event_id: id,
+            agent_id,
+            route_id: TEST_ROUTE.into(),
+            priority: 0,
+            attempts: 0,
+            retry_base: 0,
+            next_attempt_at: timestamp,
+            retry_policy: Some(once.into()),
+            source: crate::ingest::operational::ROUTER.into(),
+            event_type: "agent.test".into(),
+            body: Some(body),
+            created_at: timestamp,
+        }],
+        app.rules.default_policy(),
+    );
+    Ok(Json(json!({ "eventId": id, "deliveryId": delivery_id })))
+}

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/agents/{id}/health/reset",
             post(rules::reset_agent_health),
         )
+        .route("/admin/agents/{id}/test", post(events::test_agent))
         .route("/admin/dlq", get(queue::dlq_list))
         .route("/admin/dlq/retry", post(queue::dlq_retry_bulk))
         .route("/admin/dlq/{id}/retry", post(queue::dlq_retry_one))

@@ -451,6 +451,18 @@ try {
     assert(!(await flaky.textContent()).includes("last failed —"), `the last failure is known: ${await flaky.textContent()}`);
   });
 
+  await step("send test event: the agent gets it, and its event shows the attempt", async () => {
+    await visit(page, "#/agents", 'tr[data-id="ok-agent"]');
+    await page.locator('tr[data-id="ok-agent"]').getByRole("button", { name: "Send test event" }).click();
+    await waitFor("the event page", async () => (await page.locator("main").getAttribute("data-view")) === "events");
+    // The page shows it as it is when loaded; reload until the attempt is in.
+    await waitFor("the delivered test", async () => {
+      await page.evaluate(() => window.dispatchEvent(new HashChangeEvent("hashchange")));
+      return (await page.locator(".delivery[data-status=delivered]").count()) === 1;
+    });
+    assert((await page.locator(".event-detail").textContent()).includes("agent.test"), "the test event");
+  });
+
   await step("a filter with a bad regex shows the error at its condition", async () => {
     await visit(page, "#/filters/new", "main form");
     await page.getByLabel("Id", { exact: true }).fill("ui-filter");

@@ -406,10 +406,12 @@ async fn validation_errors_are_plain_words() {
         !error.contains("expected u64") && !error.contains("invalid type"),
         "{v}"
     );
-    let (status, v) = put(json!({"source": "githbu", "identifier": "x", "window": 1000, "limit": 1})).await;
+    let (status, v) =
+        put(json!({"source": "githbu", "identifier": "x", "window": 1000, "limit": 1})).await;
     assert_eq!(status, 400, "a limit for an unknown source is refused: {v}");
     assert_eq!(v["field"], "source", "{v}");
-    let (status, v) = put(json!({"source": "githbu", "identifier": "x", "window": 1000, "limit": 1})).await;
+    let (status, v) =
+        put(json!({"source": "githbu", "identifier": "x", "window": 1000, "limit": 1})).await;
     assert_eq!(status, 400, "a limit for an unknown source is refused: {v}");
     assert_eq!(v["field"], "source", "{v}");
     let (status, v) = admin
@@ -427,4 +429,41 @@ async fn validation_errors_are_plain_words() {
             .contains("must be a whole number (got the text \"high\")"),
         "{v}"
     );
+}
+
+/// "Send test event": one delivery of a small `router` event straight to the agent, outside the
+/// routes, its outcome recorded as any delivery's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_event_is_delivered_to_one_agent_outside_the_routes() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    admin
+        .create_agent(agent("t", &rx.url("/t"), json!({})))
+        .await;
+    let (status, v) = admin.post("/admin/agents/t/test", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let id = Uuid::parse_str(v["eventId"].as_str().unwrap()).unwrap();
+    let got = rx
+        .wait_for("/t", 1, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(got[0].json()["type"], "agent.test");
+    assert_eq!(got[0].json()["source"], "router");
+    let d = admin.wait_status(id, "delivered").await;
+    assert_eq!(d["id"], v["deliveryId"], "{d}");
+    assert_eq!(d["routeId"], "dashboard-test", "{d}");
+    assert_eq!(d["attemptLog"][0]["trigger"], "initial", "{d}");
+
+    let (status, v) = admin.post("/admin/agents/nobody/test", json!({})).await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["success"], false, "{v}");
+    let (status, v) = admin
+        .post(
+            "/admin/agents",
+            json!({"id": "s", "name": "stream only", "enabled": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = admin.post("/admin/agents/s/test", json!({})).await;
+    assert_eq!(status, 409, "{v}");
 }
