@@ -17,6 +17,7 @@ pub mod serve;
 pub mod sources;
 pub mod state;
 pub mod streams;
+pub mod tester;
 pub mod throttle;
 pub mod webhook;
 
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/audit", get(audit::list))
         .route("/admin/rejections", get(analytics::rejections))
         .route("/admin/sources", get(sources::list))
+        .route("/admin/rules/test", post(tester::test))
         .route("/admin/agent-activity", get(analytics::agent_activity))
         .route("/admin/rate-limits/usage", get(rate_limits::usage))
         .route(

@@ -467,3 +467,57 @@ async fn a_test_event_is_delivered_to_one_agent_outside_the_routes() {
     let (status, v) = admin.post("/admin/agents/s/test", json!({})).await;
     assert_eq!(status, 409, "{v}");
 }
+
+/// The tester: a filter or a jq program, not saved, run against an archived event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_or_a_transformation_is_tried_on_a_recent_event_before_saving() {
+    let app = TestApp::spawn().await;
+    let admin = Admin::of(&app);
+    let a = Webhook::github("push", gh_body(7)).send(&app).await.accepted();
+    let filter = |action: &str, login: &str| {
+        json!({"id": "t", "name": "t", "action": action, "priority": 0, "conditions": [
+            {"field": "payload.sender.login", "operator": "equals", "value": login}]})
+    };
+    let test = |body: Value| {
+        let admin = &admin;
+        async move { admin.post("/admin/rules/test", body).await }
+    };
+    let (status, v) = test(json!({"eventId": a.id, "filter": filter("exclude", "octocat")})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["kept"], false, "an exclude filter that matches drops it: {v}");
+    let (_, v) = test(json!({"eventId": a.id, "filter": filter("exclude", "hubot")})).await;
+    assert_eq!(v["kept"], true, "{v}");
+    let (_, v) = test(json!({"eventId": a.id, "filter": {
+        "id": "t", "name": "t", "action": "transform", "priority": 0, "conditions": [],
+        "transformation": {"type": "jq", "expression": ".payload.number += 1"}}}))
+    .await;
+    assert_eq!(v["changed"], true, "{v}");
+    assert_eq!(v["event"]["payload"]["number"], 8, "{v}");
+    let (status, v) = test(json!({"eventId": a.id,
+        "transformation": {"type": "jq", "expression": "{n: .payload.number}"}}))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["event"], json!({"n": 7}), "{v}");
+    let (status, v) = test(json!({"eventId": a.id,
+        "transformation": {"type": "jq", "expression": "error(\"boom\")"}}))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("boom")), "{v}");
+
+    // Bad input: the contract's error, at its field.
+    let (status, v) = test(json!({"eventId": a.id,
+        "transformation": {"type": "jq", "expression": ".payload |"}}))
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["field"], "transformation.expression", "{v}");
+    let (status, v) = test(json!({"eventId": a.id, "filter": {"id": "t", "name": "t",
+        "action": "drop", "priority": 0, "conditions": []}}))
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["field"], "filter.action", "{v}");
+    let (status, v) = test(json!({"eventId": Uuid::now_v7(), "filter": filter("exclude", "x")})).await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("eventId")), "{v}");
+    let (status, v) = test(json!({"eventId": a.id})).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["success"], false, "{v}");
+}
