@@ -390,6 +390,12 @@ try {
     assert(await page.locator("form .form-error").textContent() === "", "not only at the top");
     await shot(page, "route-error-1280");
     await page.getByLabel("Transformation (jq)").fill(".payload |= {title: .title}");
+    // Tried on the newest event before saving: the result shows.
+    await waitFor("the newest event's id", async () => (await page.locator("#tester-event").inputValue()).length > 0);
+    await page.getByLabel("Transformation (jq)").fill("{kind: .type}");
+    await page.getByRole("button", { name: "Try it" }).click();
+    await waitFor("the tester's result", async () => (await page.getByTestId("tester-result").textContent()).includes('"kind"'));
+    await page.getByLabel("Transformation (jq)").fill(".payload |= {title: .title}");
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="ui-route"]').waitFor();
     await shot(page, "routes-1280");
@@ -476,6 +482,8 @@ try {
     const error = page.locator('[data-error-for="conditions[0].value"]');
     await waitFor("the condition's error", async () => (await error.textContent()).length > 0);
     await page.getByLabel("Value").fill("\\[bot\\]$");
+    await page.getByRole("button", { name: "Try it" }).click();
+    await waitFor("the filter tried", async () => (await page.getByTestId("tester-result").locator("[data-kept]").count()) === 1);
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="ui-filter"]').waitFor();
     await shot(page, "filters-1280");

@@ -473,7 +473,10 @@ async fn a_test_event_is_delivered_to_one_agent_outside_the_routes() {
 async fn a_filter_or_a_transformation_is_tried_on_a_recent_event_before_saving() {
     let app = TestApp::spawn().await;
     let admin = Admin::of(&app);
-    let a = Webhook::github("push", gh_body(7)).send(&app).await.accepted();
+    let a = Webhook::github("push", gh_body(7))
+        .send(&app)
+        .await
+        .accepted();
     let filter = |action: &str, login: &str| {
         json!({"id": "t", "name": "t", "action": action, "priority": 0, "conditions": [
             {"field": "payload.sender.login", "operator": "equals", "value": login}]})
@@ -484,7 +487,10 @@ async fn a_filter_or_a_transformation_is_tried_on_a_recent_event_before_saving()
     };
     let (status, v) = test(json!({"eventId": a.id, "filter": filter("exclude", "octocat")})).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["kept"], false, "an exclude filter that matches drops it: {v}");
+    assert_eq!(
+        v["kept"], false,
+        "an exclude filter that matches drops it: {v}"
+    );
     let (_, v) = test(json!({"eventId": a.id, "filter": filter("exclude", "hubot")})).await;
     assert_eq!(v["kept"], true, "{v}");
     let (_, v) = test(json!({"eventId": a.id, "filter": {
@@ -502,7 +508,10 @@ async fn a_filter_or_a_transformation_is_tried_on_a_recent_event_before_saving()
         "transformation": {"type": "jq", "expression": "error(\"boom\")"}}))
     .await;
     assert_eq!(status, 200, "{v}");
-    assert!(v["error"].as_str().is_some_and(|e| e.contains("boom")), "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("boom")),
+        "{v}"
+    );
 
     // Bad input: the contract's error, at its field.
     let (status, v) = test(json!({"eventId": a.id,
@@ -515,7 +524,8 @@ async fn a_filter_or_a_transformation_is_tried_on_a_recent_event_before_saving()
     .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["field"], "filter.action", "{v}");
-    let (status, v) = test(json!({"eventId": Uuid::now_v7(), "filter": filter("exclude", "x")})).await;
+    let (status, v) =
+        test(json!({"eventId": Uuid::now_v7(), "filter": filter("exclude", "x")})).await;
     assert_eq!((status, v["field"].as_str()), (400, Some("eventId")), "{v}");
     let (status, v) = test(json!({"eventId": a.id})).await;
     assert_eq!(status, 400, "{v}");
