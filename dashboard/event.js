@@ -32,6 +32,23 @@ export function renderDetail(detail, reload) {
           ? h("span", { class: "badge warn" }, "filtered out")
           : h("span", { class: "badge ok" }, "processed"))),
     explanation(detail),
+    detail.erasedAt ? null : h("p", {}, h("button", {
+      type: "button", class: "small", "data-testid": "replay",
+      onclick: async (e) => {
+        const button = e.currentTarget;
+        button.disabled = true;
+        try {
+          const r = await post(`/admin/events/${encodeURIComponent(ev.id)}/replay`);
+          toast(r.routed
+            ? `Replayed: ${r.deliveries.length} new ${r.deliveries.length === 1 ? "delivery" : "deliveries"}`
+            : "Replayed: no route takes it now");
+          reload();
+        } catch (err) {
+          showError(err);
+          button.disabled = false;
+        }
+      },
+    }, "Replay"), " ", h("span", { class: "hint" }, "Routes it again under the current rules, with new deliveries.")),
     h("h3", {}, `Deliveries (${deliveries.length})`),
     deliveries.length
       ? deliveries.map((d) => delivery(d, reload, ev))

@@ -308,7 +308,7 @@ try {
       const ids = await page.locator(".feed-row").evaluateAll((rows) => rows.map((r) => r.dataset.id));
       return ids.length === 1 && ids[0] === needle;
     });
-    assert((await page.getByTestId("live-searched").textContent()).includes("Searched"), "says how far it searched");
+    await waitFor("how far it searched", async () => (await page.getByTestId("live-searched").textContent()).includes("Searched"));
     await page.locator("#live-q").fill("");
     await page.locator("#live-outcome").selectOption("dead");
     await waitFor("the dead ones", async () => {
@@ -373,6 +373,13 @@ try {
     assert(await rows.count() === 2, "two attempts");
     assert((await rows.nth(0).textContent()).includes("500"), "the first failed with 500");
     assert((await rows.nth(1).textContent()).includes("manual retry"), "the second was a manual retry");
+    // Replayed from the page: a new delivery, its first attempt marked as a replay.
+    await page.getByTestId("replay").click();
+    await waitFor("the replayed delivery", async () => (await admin(`/admin/events/${dead[1].eventId}`)).deliveries.length === 2);
+    await waitFor("its attempt shown", async () => {
+      await page.evaluate(() => window.dispatchEvent(new HashChangeEvent("hashchange")));
+      return (await page.locator(".delivery tr[data-attempt]").allTextContents()).some((t) => t.includes("replay"));
+    });
   });
 
   await step("a route with an invalid jq program shows the error next to the field", async () => {
