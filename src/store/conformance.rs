@@ -1384,6 +1384,50 @@ async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
     assert_eq!(s[0].body, format!("({body})"));
     // Plain rows written before encryption still read back.
     assert_eq!(enc.get_event(e.id).await.unwrap().unwrap().body, body);
+
+    // An agent's answer may repeat the payload: sealed at rest too, in an attempt row and in a
+    // later attempt alike; an answer that happens to start like a sealed value comes back as it was.
+    let answered = |n: u32, status, text: &str| AttemptUpdate {
+        delivery_id: e2.deliveries[0].id,
+        attempt: n,
+        started_at: 1,
+        duration_ms: 1,
+        status_code: Some(if status == DeliveryStatus::Delivered {
+            200
+        } else {
+            500
+        }),
+        error: (status != DeliveryStatus::Delivered).then(|| "agent answered 500".into()),
+        response_prefix: Some(text.into()),
+        detail: None,
+        status,
+        next_attempt_at: None,
+    };
+    enc.record_attempts(vec![answered(1, DeliveryStatus::Scheduled, body)])
+        .await
+        .unwrap();
+    enc.record_attempts(vec![answered(
+        2,
+        DeliveryStatus::Delivered,
+        "enc:v1:not really",
+    )])
+    .await
+    .unwrap();
+    let raw = store.event_deliveries(e2.id).await.unwrap();
+    let raw_answer = raw[0].attempt_log[0].response_body.clone().unwrap();
+    assert!(
+        raw_answer.starts_with(crate::crypto::PREFIX),
+        "sealed at rest"
+    );
+    let opened = enc.event_deliveries(e2.id).await.unwrap();
+    assert_eq!(
+        opened[0].attempt_log[0].response_body.as_deref(),
+        Some(body)
+    );
+    assert_eq!(
+        opened[0].attempt_log[1].response_body.as_deref(),
+        Some("enc:v1:not really")
+    );
 }
 
 async fn delivery_bodies_are_read_back_alone(store: Arc<dyn Store>) {
