@@ -163,8 +163,12 @@ function delivery(d, reload, ev) {
       h("dt", {}, "Route"), h("dd", {}, d.routeId),
       h("dt", {}, "Delivery id"), h("dd", { class: "mono" }, d.id),
       h("dt", {}, "Attempts"), h("dd", {}, String(d.attempts)),
-      d.nextAttemptAt && !["delivered", "dead", "cancelled"].includes(d.status)
+      d.nextAttemptAt && !["delivered", "dead", "cancelled", "superseded"].includes(d.status)
         ? [h("dt", {}, "Next attempt"), h("dd", {}, dateTime(d.nextAttemptAt))] : null,
+      d.orderingKey ? [h("dt", {}, "Ordering key"), h("dd", { class: "mono" }, d.orderingKey)] : null,
+      d.coalesceKey ? [h("dt", {}, "Coalescing key"), h("dd", { class: "mono" }, d.coalesceKey)] : null,
+      d.supersededBy ? [h("dt", {}, "Superseded by"), h("dd", { class: "mono" }, d.supersededBy)] : null,
+      d.supersededCount ? [h("dt", {}, "Superseded"), h("dd", {}, `${d.supersededCount} earlier deliveries`)] : null,
       d.lastError ? [h("dt", {}, "Last error"), h("dd", {}, d.lastError)] : null),
     h("h4", { class: "visually-hidden" }, "Attempts"),
     table(["#", "Why", "Started", { label: "Took", class: "num" }, "Answer", "Error"],

@@ -88,7 +88,7 @@ export function json(value) {
 }
 
 export function statusBadge(status) {
-  const kind = { delivered: "ok", dead: "bad", cancelled: "", scheduled: "warn", pending: "info", in_flight: "info" }[status] || "";
+  const kind = { delivered: "ok", dead: "bad", cancelled: "", superseded: "", scheduled: "warn", pending: "info", in_flight: "info" }[status] || "";
   return h("span", { class: `badge ${kind}` }, status);
 }
 
@@ -101,6 +101,7 @@ export const OUTCOME_LABELS = {
   filtered: "filtered",
   unrouted: "no route",
   streamed: "streamed",
+  superseded: "superseded",
   cancelled: "cancelled",
 };
 

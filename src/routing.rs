@@ -19,11 +19,11 @@ use crate::deliver::{AgentTarget, BreakerPolicy, Pacing};
 use crate::event::EventHeader;
 use crate::providers::standard::StandardSigner;
 use crate::queue::policy::RetryPolicy;
-use crate::queue::{Job, Queue, Targets};
+use crate::queue::{Job, Keys, Queue, Targets};
 use crate::rules::model::{Agent, CircuitBreaker, EventFilter, EventRoute};
 use crate::rules::stored::{API_KEY_HASH, parse_stored};
 use crate::rules::{PlannedBody, RuleOptions, RuleSet};
-use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Store, StoreError};
+use crate::store::{DeliveryStatus, NewDelivery, RuleKind, Sequencing, Store, StoreError};
 use crate::stream::StreamItem;
 
 /// Everything compiled from the stored rules, swapped as one.
@@ -309,6 +309,25 @@ fn breaker_policy(own: Option<&CircuitBreaker>, defaults: &CircuitBreaker) -> Br
     }
 }
 
+/// The text an ordering or coalescing key's value is compared by: a string as is, anything else
+/// as its JSON text; `None` when the path is missing or null. Read from the event, or from its
+/// text (`as_is`, the same event serialized) when the payload was left unparsed.
+fn key_value(path: &crate::rules::FieldPath, event: &Value, as_is: &[u8]) -> Option<String> {
+    let raw;
+    let v = match path.get(event) {
+        Some(v) if !v.is_null() => v,
+        _ => {
+            raw = path.get_raw(as_is)?;
+            &raw
+        }
+    };
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
 /// What routing decided for one event.
 pub struct Plan {
     pub processed: bool,
@@ -398,6 +417,33 @@ pub fn plan(
             continue;
         }
         let id = Uuid::now_v7();
+        let sequencing = match &pd.keys {
+            None => Sequencing::default(),
+            Some(keys) => {
+                let ordering = keys
+                    .ordering
+                    .as_ref()
+                    .and_then(|(p, hold)| Some((key_value(p, event, &as_is)?, *hold)));
+                let coalesce = keys
+                    .coalesce
+                    .as_ref()
+                    .and_then(|(p, w, m)| Some((key_value(p, event, &as_is)?, *w, *m)));
+                Sequencing {
+                    ordering_hold: ordering.as_ref().is_some_and(|(_, hold)| *hold),
+                    ordering_key: ordering.map(|(k, _)| k),
+                    coalesce_window_ms: coalesce.as_ref().map_or(0, |c| c.1),
+                    coalesce_max_wait_ms: coalesce.as_ref().map_or(0, |c| c.2),
+                    coalesce_key: coalesce.map(|c| c.0),
+                }
+            }
+        };
+        // A coalesced delivery waits its window for a newer event of its key.
+        let due = now
+            + sequencing
+                .coalesce_key
+                .as_ref()
+                .map_or(0, |_| sequencing.coalesce_window_ms as i64);
+        let keys = Keys::of(&sequencing);
         plan.deliveries.push(NewDelivery {
             id,
             agent_id: pd.agent_id.to_string(),
@@ -413,8 +459,9 @@ pub fn plan(
                 .retry
                 .as_ref()
                 .and_then(|p| serde_json::to_string(p).ok()),
-            next_attempt_at: now,
+            next_attempt_at: due,
             last_error: error,
+            sequencing,
         });
         if let Some(body) = body {
             plan.jobs.push(Job {
@@ -432,8 +479,10 @@ pub fn plan(
                 source: source.clone(),
                 event_type: event_type.clone(),
                 body: Some(body),
-                due_at: now,
+                due_at: due,
                 created_at: now,
+                keys,
+                superseded: None,
             });
         }
     }

@@ -160,6 +160,11 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let targets = Arc::new(ArcSwap::new(compiled.targets.clone()));
     let analytics = Analytics::new();
     let hub = Arc::new(Hub::new(config.stream_buffer));
+    let sequencer = Sequencer::new(hub.clone());
+    let floor = {
+        let sequencer = sequencer.clone();
+        Arc::new(move || sequencer.floor()) as queue::Floor
+    };
     let mut scheduler = queue::start(
         store.clone(),
         targets.clone(),
@@ -169,6 +174,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             analytics: analytics.clone(),
             client,
             body_budget: config.delivery_memory,
+            floor,
         },
         shutdown.clone(),
     )
@@ -196,7 +202,6 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
             config.rate_lease_ms,
         ))
     });
-    let sequencer = Sequencer::new(hub.clone());
     let tasks = TaskTracker::new();
     let ingest = Arc::new(Ingest {
         sources,

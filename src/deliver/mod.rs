@@ -105,6 +105,9 @@ pub struct AttemptRequest<'a> {
     pub event_type: &'a str,
     pub attempt: u32,
     pub body: &'a Bytes,
+    /// A coalesced burst: how many deliveries this one superseded, and their event ids
+    /// (comma-separated, at most 100).
+    pub superseded: Option<(u32, &'a str)>,
 }
 
 /// What happened.
@@ -234,6 +237,8 @@ static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signatur
 static X_EVENT_SOURCE: HeaderName = HeaderName::from_static("x-event-source");
 static X_EVENT_TYPE: HeaderName = HeaderName::from_static("x-event-type");
 static X_DELIVERY_ATTEMPT: HeaderName = HeaderName::from_static("x-delivery-attempt");
+static X_EVENT_SUPERSEDED: HeaderName = HeaderName::from_static("x-event-superseded");
+static X_EVENT_SUPERSEDED_IDS: HeaderName = HeaderName::from_static("x-event-superseded-ids");
 
 fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -259,6 +264,10 @@ fn request(target: &AgentTarget, req: &AttemptRequest<'_>, ts: i64) -> Request<F
     headers.insert(X_EVENT_SOURCE.clone(), value(req.source));
     headers.insert(X_EVENT_TYPE.clone(), value(req.event_type));
     headers.insert(X_DELIVERY_ATTEMPT.clone(), HeaderValue::from(req.attempt));
+    if let Some((count, ids)) = req.superseded {
+        headers.insert(X_EVENT_SUPERSEDED.clone(), HeaderValue::from(count));
+        headers.insert(X_EVENT_SUPERSEDED_IDS.clone(), value(ids));
+    }
     *request.headers_mut() = headers;
     request
 }
@@ -510,6 +519,7 @@ mod tests {
             event_type: "pull_request.opened",
             attempt: 2,
             body,
+            superseded: None,
         }
     }
 

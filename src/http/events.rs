@@ -40,6 +40,7 @@ const OUTCOMES: &[&str] = &[
     "filtered",
     "unrouted",
     "streamed",
+    "superseded",
     "cancelled",
 ];
 
@@ -110,6 +111,8 @@ fn outcome(rec: &EventRecord, tally: Option<&DeliveryTally>) -> &'static str {
         "pending"
     } else if t.delivered > 0 {
         "delivered"
+    } else if t.superseded > 0 {
+        "superseded"
     } else if t.streamed > 0 {
         "streamed"
     } else if t.cancelled > 0 {
@@ -527,6 +530,7 @@ pub async fn test_agent(
         retry_policy: Some(once.into()),
         next_attempt_at: timestamp,
         last_error: None,
+        sequencing: Default::default(),
     };
     app.store
         .commit_event(crate::store::NewEvent {
@@ -557,6 +561,8 @@ pub async fn test_agent(
             event_type: "agent.test".into(),
             body: Some(body),
             created_at: timestamp,
+            sequencing: Default::default(),
+            superseded: Default::default(),
         }],
         app.rules.default_policy(),
     );

@@ -107,6 +107,8 @@ pub async fn dlq_delete(
 ) -> ApiResult<Response> {
     let id = delivery_id(&id)?;
     if app.store.delete_dead(id).await? {
+        // An ordering key the dead letter held moves on.
+        app.queue.dead_removed(id);
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(
@@ -117,13 +119,14 @@ pub async fn dlq_delete(
 
 pub async fn stats(State(app): State<AppState>) -> ApiResult<Json<Value>> {
     let snap = crate::cluster::queue_snapshot(&app.queue, app.store.as_ref()).await;
-    let (dead, delivered) = app.store.finished_counts().await?;
+    let finished = app.store.finished_counts().await?;
     Ok(Json(json!({
         "pending": snap.pending,
         "inFlight": snap.in_flight,
         "scheduled": snap.scheduled,
-        "deadLettered": dead,
-        "delivered": delivered,
+        "deadLettered": finished.dead,
+        "delivered": finished.delivered,
+        "superseded": finished.superseded,
         "oldestPendingAgeMs": snap.oldest_pending_age_ms,
         "byPriority": snap.by_priority,
         "byAgent": snap.by_agent,

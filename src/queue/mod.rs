@@ -27,7 +27,10 @@ use uuid::Uuid;
 use crate::analytics::Analytics;
 use crate::clock::now_ms;
 use crate::deliver::{self, AgentTarget, AttemptRequest, AttemptResult, BreakerPolicy};
-use crate::store::{AttemptUpdate, DeliveryStatus, PendingDelivery, Store};
+use crate::store::{
+    AttemptUpdate, DeliveryStatus, KeyClaim, PendingDelivery, Sequencing, Store, SupersededInfo,
+    Supersession,
+};
 use breaker::{Admission, Breaker, Transition};
 use policy::RetryPolicy;
 
@@ -116,6 +119,86 @@ pub struct Job {
     pub due_at: i64,
     /// When the delivery was created (ms), for age and end-to-end latency.
     pub created_at: i64,
+    /// Its ordering and coalescing keys, if its route has them.
+    pub keys: Option<Arc<Keys>>,
+    /// What it superseded, when it carries a burst.
+    pub superseded: Option<Box<Carried>>,
+}
+
+/// A delivery's ordering and coalescing keys (docs/delivery.md, "Ordered and coalesced
+/// delivery").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// Deliveries to one agent with the same value go one at a time, in event-id order.
+    pub ordering: Option<Arc<str>>,
+    /// A dead letter holds the ordering key.
+    pub hold: bool,
+    /// A newer event with the same value supersedes the delivery while it waits: the value, the
+    /// window and the longest wait (ms).
+    pub coalesce: Option<(Arc<str>, u64, u64)>,
+}
+
+impl Keys {
+    /// The keys of a stored delivery; `None` when it has neither.
+    pub fn of(s: &Sequencing) -> Option<Arc<Keys>> {
+        if s.ordering_key.is_none() && s.coalesce_key.is_none() {
+            return None;
+        }
+        Some(Arc::new(Keys {
+            ordering: s.ordering_key.as_deref().map(Arc::from),
+            hold: s.ordering_hold,
+            coalesce: s
+                .coalesce_key
+                .as_deref()
+                .map(|k| (Arc::from(k), s.coalesce_window_ms, s.coalesce_max_wait_ms)),
+        }))
+    }
+}
+
+/// The most superseded event ids a delivery lists (`x-event-superseded-ids`).
+pub const MAX_SUPERSEDED_IDS: usize = 100;
+
+/// What a delivery superseded: how many, the most recent event ids, and when the first of them
+/// was created (ms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub count: u32,
+    pub event_ids: std::collections::VecDeque<Uuid>,
+    pub since: i64,
+}
+
+impl Carried {
+    fn from_info(info: &SupersededInfo) -> Carried {
+        Carried {
+            count: info.count,
+            event_ids: info
+                .event_ids
+                .split(',')
+                .filter_map(|s| Uuid::parse_str(s.trim()).ok())
+                .collect(),
+            since: info.since,
+        }
+    }
+
+    /// The ids as the header and the store have them: comma-separated.
+    pub fn ids_text(&self) -> String {
+        let mut out = String::with_capacity(self.event_ids.len() * 37);
+        for (i, id) in self.event_ids.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&id.hyphenated().to_string());
+        }
+        out
+    }
+
+    fn info(&self) -> SupersededInfo {
+        SupersededInfo {
+            count: self.count,
+            event_ids: self.ids_text(),
+            since: self.since,
+        }
+    }
 }
 
 impl Job {
@@ -141,6 +224,11 @@ impl Job {
             body: p.body.map(Bytes::from),
             due_at: p.next_attempt_at,
             created_at: p.created_at,
+            keys: Keys::of(&p.sequencing),
+            superseded: p
+                .superseded
+                .as_ref()
+                .map(|i| Box::new(Carried::from_info(i))),
         }
     }
 }
@@ -207,6 +295,72 @@ enum Msg {
     ResetHealth(Arc<str>, oneshot::Sender<()>),
     /// Another node's breaker for the agent opened until then, or closed (`None`).
     RemoteBreaker(Arc<str>, Option<i64>),
+    /// The outcomes that end these ordered deliveries are committed: their keys move on.
+    Released(Vec<KeyRelease>),
+    /// Claims on ordering keys came back (several nodes): each job with what became of it.
+    Claimed(Vec<(Job, Claim)>),
+    /// A dead letter was deleted: the key it held (if it did) moves on.
+    DeadRemoved(Uuid),
+}
+
+/// What a claim on an ordering key gave (several nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Granted,
+    /// The key is busy elsewhere, or an earlier delivery of it is unfinished: claim again soon.
+    Refused,
+    /// This node no longer owns the delivery unfinished (another node took it over while this
+    /// one had lost its lease, or it ended): it leaves this node's queue.
+    Gone,
+}
+
+/// What the recorder writes.
+enum Record {
+    /// An attempt's outcome; the key to release once it is committed, if it ends an ordered
+    /// delivery.
+    Attempt(AttemptUpdate, Option<KeyRelease>),
+    Supersede(Supersession),
+}
+
+/// An ordered delivery that ended (delivered, dead): its key moves on once that is committed.
+#[derive(Debug, Clone)]
+pub struct KeyRelease {
+    agent: Arc<str>,
+    key: Arc<str>,
+    delivery_id: Uuid,
+    event_id: Uuid,
+    /// It was dead-lettered and its key holds until the dead letter is retried or deleted.
+    held: bool,
+}
+
+/// How long a key whose head could not be claimed (another node holds it) waits before trying
+/// again, and how long a key waits for ingest to resolve smaller event ids.
+const CLAIM_RETRY_MS: i64 = 100;
+const FLOOR_RETRY_MS: i64 = 2;
+
+/// When to look at an ordering key again: (when, agent, key).
+type KeyWakeup = (i64, Arc<str>, Arc<str>);
+
+/// One ordering key of a lane: the delivery at its head (attempted, waiting to be retried, or
+/// ended and being recorded), the dead letter that holds it, and the rest in event-id order.
+#[derive(Default)]
+struct KeyQueue {
+    head: Option<Uuid>,
+    /// The head was sent to be claimed (several nodes) and has not come back.
+    claiming: bool,
+    /// (delivery, event) of the dead letter holding the key.
+    held: Option<(Uuid, Uuid)>,
+    waiting: BTreeMap<(Uuid, Uuid), Job>,
+}
+
+/// The newest not yet attempted delivery of a coalescing key.
+struct CoalesceSlot {
+    delivery_id: Uuid,
+    event_id: Uuid,
+    created_at: i64,
+    carried: Option<Box<Carried>>,
+    /// Where it waits behind its ordering key, if it does.
+    ordering: Option<Arc<str>>,
 }
 
 /// How long the dispatcher remembers an erased event, for attempts that were under way when it
@@ -317,6 +471,11 @@ impl Queue {
             .send(Msg::RemoteBreaker(Arc::from(agent), open_until));
     }
 
+    /// A dead letter was deleted: an ordering key it held moves on.
+    pub fn dead_removed(&self, delivery_id: Uuid) {
+        let _ = self.tx.send(Msg::DeadRemoved(delivery_id));
+    }
+
     /// Drops the deliveries of erased events (see `Msg::Cancel`); returns once the scheduler
     /// has, so no attempt of them starts after this.
     pub async fn cancel_events(&self, event_ids: Vec<Uuid>) {
@@ -419,6 +578,10 @@ impl Ord for Timed {
 #[derive(Default)]
 struct Lane {
     ready: BinaryHeap<Ready>,
+    /// Ordering keys with a delivery at their head or waiting.
+    keys: HashMap<Arc<str>, KeyQueue>,
+    /// Coalescing keys with a delivery not yet attempted.
+    coalescing: HashMap<Arc<str>, CoalesceSlot>,
     in_flight: usize,
     scheduled: usize,
     /// Start times of the most recent attempts (at most the pacing limit), for pacing.
@@ -440,8 +603,22 @@ struct Dispatcher {
     timers: BinaryHeap<Reverse<Timed>>,
     wakeups: BinaryHeap<Reverse<(i64, Arc<str>)>>,
     targets: Arc<ArcSwap<Targets>>,
-    recorder: mpsc::UnboundedSender<AttemptUpdate>,
+    recorder: mpsc::UnboundedSender<Record>,
     unfinished: Arc<AtomicI64>,
+    /// Deliveries superseded while queued (in `ready` or `timers`): dropped when they come out.
+    superseded: std::collections::HashSet<Uuid>,
+    /// Ordering keys to look at again at a time: (when, agent, key).
+    key_wakeups: BinaryHeap<Reverse<KeyWakeup>>,
+    /// Ingest's event-id floor as last read with the channel drained after it: every event with
+    /// a smaller id that will ever reach the scheduler from ingest has reached it.
+    safe_floor: Uuid,
+    floor: Floor,
+    /// Keys waiting for the floor to pass their first delivery.
+    floor_blocked: Vec<(Arc<str>, Arc<str>)>,
+    /// Some delivery had an ordering key (until then the floor is not read).
+    ordering_seen: bool,
+    /// Sends heads of ordering keys to be claimed (several nodes); `None` on one node.
+    claimer: Option<mpsc::UnboundedSender<Job>>,
     analytics: Arc<Analytics>,
     seq: u64,
     stopping: bool,
@@ -471,7 +648,14 @@ pub struct QueueConfig {
     /// queued past it wait without their body and read it from the store when attempted, so a
     /// deep backlog costs memory for its ids, not its payloads.
     pub body_budget: usize,
+    /// Ingest's event-id floor: an id such that every smaller id that ingest handed out is
+    /// resolved (committed and handed to the scheduler, or refused). Ordered deliveries start
+    /// in event-id order only up to it, so a smaller id still committing cannot come too late.
+    pub floor: Floor,
 }
+
+/// See `QueueConfig::floor`.
+pub type Floor = Arc<dyn Fn() -> Uuid + Send + Sync>;
 
 /// The running scheduler: the handle, and what shutdown waits on.
 pub struct Running {
@@ -533,7 +717,20 @@ pub async fn start(
         health: health.clone(),
         started_ms: now_ms(),
     };
-    let recorder = tokio::spawn(record_loop(store.clone(), rec_rx));
+    let recorder = tokio::spawn(record_loop(store.clone(), rec_rx, tx.clone()));
+    // A dead letter that holds its key holds it across restarts. Several nodes decide that in
+    // the store when they claim keys.
+    let cluster = store.node_id().is_some();
+    let held = if cluster {
+        Vec::new()
+    } else {
+        store.held_keys().await?
+    };
+    let claimer = cluster.then(|| {
+        let (claim_tx, claim_rx) = mpsc::unbounded_channel();
+        tokio::spawn(claim_loop(store.clone(), claim_rx, tx.clone()));
+        claim_tx
+    });
     let ctx = AttemptCtx {
         client: cfg.client,
         tx: tx.clone(),
@@ -560,7 +757,18 @@ pub async fn start(
         cancelled: HashMap::new(),
         health,
         signals,
+        superseded: Default::default(),
+        key_wakeups: BinaryHeap::new(),
+        safe_floor: (cfg.floor)(),
+        floor: cfg.floor,
+        floor_blocked: Vec::new(),
+        ordering_seen: false,
+        claimer,
     };
+    for h in held {
+        let lane = d.lanes.entry(Arc::from(h.agent_id)).or_default();
+        lane.keys.entry(Arc::from(h.key)).or_default().held = Some((h.delivery_id, h.event_id));
+    }
     d.add(reloaded);
     let dispatcher = tokio::spawn(async move { d.run(shutdown).await });
     Ok(Running {
@@ -578,11 +786,15 @@ pub async fn start(
 /// can again. Should the store still refuse them when the server stops, they are dropped
 /// with an error in the log: those deliveries are still pending in the store and are made
 /// again at the next start (at-least-once).
-async fn record_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<AttemptUpdate>) {
+async fn record_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Record>,
+    dispatcher: mpsc::UnboundedSender<Msg>,
+) {
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
     const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
     let mut batch = Vec::with_capacity(1024);
-    let mut kept: Vec<AttemptUpdate> = Vec::new();
+    let mut kept: Vec<Record> = Vec::new();
     let mut pause = FIRST_PAUSE;
     let mut open = true;
     loop {
@@ -602,27 +814,100 @@ async fn record_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Atte
                 }
             }
         }
-        let mut updates = std::mem::take(&mut kept);
-        updates.append(&mut batch);
-        match store.record_attempts(updates.clone()).await {
-            Ok(()) => pause = FIRST_PAUSE,
+        let mut records = std::mem::take(&mut kept);
+        records.append(&mut batch);
+        let mut updates = Vec::with_capacity(records.len());
+        let mut steps = Vec::new();
+        let mut releases = Vec::new();
+        for r in &records {
+            match r {
+                Record::Attempt(u, release) => {
+                    updates.push(u.clone());
+                    releases.extend(release.iter().cloned());
+                }
+                Record::Supersede(step) => steps.push(step.clone()),
+            }
+        }
+        // Supersessions first: a burst's carrier is never recorded delivered while what it
+        // superseded still reads pending.
+        let written = match store.supersede(steps).await {
+            Ok(()) if updates.is_empty() => Ok(()),
+            Ok(()) => store.record_attempts(updates).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => {
+                pause = FIRST_PAUSE;
+                if !releases.is_empty() {
+                    let _ = dispatcher.send(Msg::Released(releases));
+                }
+            }
             Err(crate::store::StoreError::Unavailable(e)) if open => {
                 tracing::warn!(
                     error = %e,
-                    outcomes = updates.len(),
+                    outcomes = records.len(),
                     "delivery outcomes kept until the store can write again"
                 );
-                kept = updates;
+                kept = records;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(LONGEST_PAUSE);
             }
             Err(e) => {
-                tracing::error!(error = %e, outcomes = updates.len(), "recording delivery outcomes failed");
+                tracing::error!(error = %e, outcomes = records.len(), "recording delivery outcomes failed");
+                // The keys move on all the same: they would otherwise stay stuck until restart.
+                if !releases.is_empty() {
+                    let _ = dispatcher.send(Msg::Released(releases));
+                }
                 if !open {
                     break;
                 }
             }
         }
+    }
+}
+
+/// Claims ordering keys in the store for the heads the dispatcher picked (several nodes), for
+/// everything that queued up during the last claim at once.
+async fn claim_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    dispatcher: mpsc::UnboundedSender<Msg>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let claims = batch
+            .iter()
+            .filter_map(|j: &Job| {
+                let key = j.keys.as_ref()?.ordering.as_ref()?;
+                Some(KeyClaim {
+                    delivery_id: j.delivery_id,
+                    event_id: j.event_id,
+                    agent_id: j.agent_id.to_string(),
+                    key: key.to_string(),
+                })
+            })
+            .collect();
+        let claimed = match store.claim_keys(claims).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, keys = batch.len(), "claiming ordering keys failed; trying again shortly");
+                Default::default()
+            }
+        };
+        let out = batch
+            .drain(..)
+            .map(|j| {
+                let claim = if claimed.granted.contains(&j.delivery_id) {
+                    Claim::Granted
+                } else if claimed.gone.contains(&j.delivery_id) {
+                    Claim::Gone
+                } else {
+                    Claim::Refused
+                };
+                (j, claim)
+            })
+            .collect();
+        let _ = dispatcher.send(Msg::Claimed(out));
     }
 }
 
@@ -637,7 +922,12 @@ impl Dispatcher {
                     break;
                 }
                 msg = self.rx.recv() => match msg {
-                    Some(m) => self.handle(m),
+                    Some(m) => {
+                        self.handle(m);
+                        if self.ordering_seen {
+                            self.refresh_floor();
+                        }
+                    }
                     None => break,
                 },
                 _ = sleep_until_ms(next), if next.is_some() => {}
@@ -673,9 +963,28 @@ impl Dispatcher {
     fn next_wake(&self) -> Option<i64> {
         let t = self.timers.peek().map(|Reverse(t)| t.due);
         let w = self.wakeups.peek().map(|Reverse((at, _))| *at);
-        match (t, w) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let k = self.key_wakeups.peek().map(|Reverse((at, _, _))| *at);
+        [t, w, k].into_iter().flatten().min()
+    }
+
+    /// Reads ingest's floor, then handles everything already sent: whatever ingest handed over
+    /// for an id below the floor was sent before the floor passed it, so it has now been seen.
+    fn refresh_floor(&mut self) {
+        let floor = (self.floor)();
+        while let Ok(m) = self.rx.try_recv() {
+            self.handle(m);
+        }
+        self.safe_floor = floor;
+        let blocked = std::mem::take(&mut self.floor_blocked);
+        let mut agents: Vec<Arc<str>> = Vec::new();
+        for (agent, key) in blocked {
+            self.advance(&agent, &key);
+            if !agents.contains(&agent) {
+                agents.push(agent);
+            }
+        }
+        for a in agents {
+            self.pump(&a);
         }
     }
 
@@ -732,6 +1041,80 @@ impl Dispatcher {
                 self.pump(&agent);
                 let _ = done.send(());
             }
+            Msg::Released(releases) => {
+                let mut agents: Vec<Arc<str>> = Vec::new();
+                for r in releases {
+                    let Some(lane) = self.lanes.get_mut(&r.agent) else {
+                        continue;
+                    };
+                    if let Some(kq) = lane.keys.get_mut(&r.key)
+                        && kq.head == Some(r.delivery_id)
+                    {
+                        kq.head = None;
+                        if r.held && self.claimer.is_none() {
+                            kq.held = Some((r.delivery_id, r.event_id));
+                        }
+                    }
+                    self.advance(&r.agent, &r.key);
+                    if !agents.contains(&r.agent) {
+                        agents.push(r.agent);
+                    }
+                }
+                for a in agents {
+                    self.pump(&a);
+                }
+            }
+            Msg::Claimed(results) => {
+                let now = now_ms();
+                let mut agents: Vec<Arc<str>> = Vec::new();
+                for (job, claim) in results {
+                    let agent = job.agent_id.clone();
+                    let Some(key) = job.keys.as_ref().and_then(|k| k.ordering.clone()) else {
+                        continue;
+                    };
+                    let lane = self.lanes.entry(agent.clone()).or_default();
+                    let kq = lane.keys.entry(key.clone()).or_default();
+                    kq.claiming = false;
+                    if claim == Claim::Gone {
+                        tracing::info!(delivery_id = %job.delivery_id, agent = %agent, "an ordered delivery was taken over by another node; dropped here");
+                        self.unhold(&job);
+                        self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+                        self.free_key(&job);
+                    } else if claim == Claim::Granted && kq.head == Some(job.delivery_id) {
+                        self.place(job, now);
+                    } else {
+                        // Another node holds the key, or an earlier delivery of it is elsewhere:
+                        // back in line, and the key is looked at again shortly.
+                        if kq.head == Some(job.delivery_id) {
+                            kq.head = None;
+                        }
+                        kq.waiting.insert((job.event_id, job.delivery_id), job);
+                        self.key_wakeups
+                            .push(Reverse((now + CLAIM_RETRY_MS, agent.clone(), key)));
+                    }
+                    if !agents.contains(&agent) {
+                        agents.push(agent);
+                    }
+                }
+                for a in agents {
+                    self.pump(&a);
+                }
+            }
+            Msg::DeadRemoved(id) => {
+                let mut freed: Option<(Arc<str>, Arc<str>)> = None;
+                for (agent, lane) in &mut self.lanes {
+                    for (key, kq) in &mut lane.keys {
+                        if kq.held.is_some_and(|(d, _)| d == id) {
+                            kq.held = None;
+                            freed = Some((agent.clone(), key.clone()));
+                        }
+                    }
+                }
+                if let Some((agent, key)) = freed {
+                    self.advance(&agent, &key);
+                    self.pump(&agent);
+                }
+            }
             Msg::Requeue(mut jobs) => {
                 // Out of flight, and queued again for a moment from now.
                 let due = now_ms() + BODY_RETRY_MS;
@@ -786,8 +1169,45 @@ impl Dispatcher {
                 dropped.push(t.job);
             }
         }
+        // Ordering keys: waiting deliveries of erased events leave, a head that left frees its
+        // key, and so does a dead letter that held it. Coalescing slots of them are forgotten.
+        let mut keys: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        for (agent, lane) in self.lanes.iter_mut() {
+            lane.coalescing
+                .retain(|_, slot| !ids.contains(&slot.event_id));
+            for (key, kq) in lane.keys.iter_mut() {
+                let before = kq.waiting.len();
+                kq.waiting.retain(|(event, _), job| {
+                    if ids.contains(event) {
+                        dropped.push(job.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let head_gone = kq.head.is_some_and(|h| {
+                    dropped
+                        .iter()
+                        .any(|j| j.delivery_id == h && j.agent_id == *agent)
+                });
+                if head_gone {
+                    kq.head = None;
+                }
+                if kq.held.is_some_and(|(_, e)| ids.contains(&e)) {
+                    kq.held = None;
+                }
+                if head_gone || kq.waiting.len() != before || kq.held.is_none() {
+                    keys.push((agent.clone(), key.clone()));
+                }
+            }
+        }
         for job in &dropped {
             self.unhold(job);
+            self.superseded.remove(&job.delivery_id);
+        }
+        for (agent, key) in keys {
+            self.advance(&agent, &key);
+            self.pump(&agent);
         }
         if !dropped.is_empty() {
             self.unfinished
@@ -802,35 +1222,230 @@ impl Dispatcher {
     fn add(&mut self, jobs: Vec<Job>) {
         let now = now_ms();
         let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut keys: Vec<(Arc<str>, Arc<str>)> = Vec::new();
         for mut job in jobs {
             if self.cancelled.contains_key(&job.event_id) {
                 self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
                 continue;
             }
             self.hold(&mut job);
-            self.seq += 1;
-            let lane = self.lanes.entry(job.agent_id.clone()).or_default();
-            if job.due_at > now {
-                lane.scheduled += 1;
-                self.timers.push(Reverse(Timed {
-                    due: job.due_at,
-                    seq: self.seq,
-                    job,
-                }));
-            } else {
-                if !touched.contains(&job.agent_id) {
-                    touched.push(job.agent_id.clone());
+            if job.keys.as_ref().is_some_and(|k| k.coalesce.is_some()) {
+                self.coalesce(&mut job);
+            }
+            if let Some(key) = job.keys.as_ref().and_then(|k| k.ordering.clone()) {
+                self.ordering_seen = true;
+                let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+                let kq = lane.keys.entry(key.clone()).or_default();
+                if kq.head == Some(job.delivery_id) {
+                    // The head coming back (its body could not be read): it keeps the key.
+                } else if kq.held.is_some_and(|(d, _)| d == job.delivery_id) {
+                    // The dead letter that held the key, retried: it goes first.
+                    kq.held = None;
+                    kq.head = Some(job.delivery_id);
+                } else {
+                    let agent = job.agent_id.clone();
+                    kq.waiting.insert((job.event_id, job.delivery_id), job);
+                    if !keys.iter().any(|(a, k)| *k == key && *a == agent) {
+                        keys.push((agent, key));
+                    }
+                    continue;
                 }
-                lane.ready.push(Ready {
-                    priority: job.priority,
-                    seq: self.seq,
-                    job,
-                });
+            }
+            if !touched.contains(&job.agent_id) {
+                touched.push(job.agent_id.clone());
+            }
+            self.place(job, now);
+        }
+        // Heads are picked once the whole batch is in: the smallest event id of each key.
+        for (agent, key) in keys {
+            self.advance(&agent, &key);
+            if !touched.contains(&agent) {
+                touched.push(agent);
             }
         }
         for agent in touched {
             self.pump(&agent);
         }
+    }
+
+    /// Puts a job where it waits for its time or its turn in its lane.
+    fn place(&mut self, job: Job, now: i64) {
+        self.seq += 1;
+        let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+        if job.due_at > now {
+            lane.scheduled += 1;
+            self.timers.push(Reverse(Timed {
+                due: job.due_at,
+                seq: self.seq,
+                job,
+            }));
+        } else {
+            lane.ready.push(Ready {
+                priority: job.priority,
+                seq: self.seq,
+                job,
+            });
+        }
+    }
+
+    /// A new delivery of a coalescing key: the key's delivery still waiting for its attempt, if
+    /// older, is superseded by this one, which takes over what it carried and waits its window
+    /// again (never past `maxWaitMs` from the first superseded delivery).
+    fn coalesce(&mut self, job: &mut Job) {
+        let Some((key, _window, max_wait)) = job.keys.as_ref().and_then(|k| k.coalesce.clone())
+        else {
+            return;
+        };
+        if job.attempts > 0 {
+            return;
+        }
+        let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+        let newer = |slot: &CoalesceSlot| slot.event_id < job.event_id;
+        let Some(slot) = lane.coalescing.get(&key) else {
+            lane.coalescing.insert(key, slot_of(job));
+            return;
+        };
+        if !newer(slot) {
+            return;
+        }
+        let Some(slot) = lane.coalescing.remove(&key) else {
+            return;
+        };
+        // Take the superseded delivery out of line: from its ordering key's waiting list, or
+        // (when it is in `ready` or `timers`) when it comes out.
+        let mut taken = None;
+        if let Some(okey) = &slot.ordering
+            && let Some(kq) = lane.keys.get_mut(okey)
+        {
+            taken = kq.waiting.remove(&(slot.event_id, slot.delivery_id));
+        }
+        match taken {
+            Some(old) => {
+                self.unhold(&old);
+                self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            }
+            None => {
+                self.superseded.insert(slot.delivery_id);
+            }
+        }
+        let mut carried = slot.carried.map(|c| *c).unwrap_or(Carried {
+            count: 0,
+            event_ids: Default::default(),
+            since: slot.created_at,
+        });
+        carried.count += 1;
+        carried.event_ids.push_back(slot.event_id);
+        while carried.event_ids.len() > MAX_SUPERSEDED_IDS {
+            carried.event_ids.pop_front();
+        }
+        if let Some(mine) = job.superseded.take() {
+            // Reloaded after a restart with what it carried already recorded.
+            carried.count = carried.count.max(mine.count);
+        }
+        job.due_at = job
+            .due_at
+            .min(carried.since.saturating_add(max_wait as i64));
+        let _ = self.recorder.send(Record::Supersede(Supersession {
+            old: slot.delivery_id,
+            by: job.delivery_id,
+            carried: carried.info(),
+            due: job.due_at,
+        }));
+        job.superseded = Some(Box::new(carried));
+        let lane = self.lanes.entry(job.agent_id.clone()).or_default();
+        lane.coalescing.insert(key, slot_of(job));
+    }
+
+    /// Picks the next delivery of an ordering key when the key is free: the smallest event id
+    /// waiting, once ingest can no longer hand over a smaller one. On several nodes the head
+    /// is claimed in the store first.
+    fn advance(&mut self, agent: &Arc<str>, key: &Arc<str>) {
+        let now = now_ms();
+        loop {
+            let Some(lane) = self.lanes.get_mut(agent) else {
+                return;
+            };
+            let Some(kq) = lane.keys.get_mut(key) else {
+                return;
+            };
+            if kq.head.is_some() || kq.claiming || kq.held.is_some() {
+                return;
+            }
+            let Some((&(event_id, delivery_id), _)) = kq.waiting.first_key_value() else {
+                lane.keys.remove(key);
+                return;
+            };
+            if self.superseded.remove(&delivery_id) {
+                if let Some(job) = kq.waiting.remove(&(event_id, delivery_id)) {
+                    self.unhold(&job);
+                    self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+                }
+                continue;
+            }
+            if event_id >= self.safe_floor {
+                // A smaller id may still be committing: look again once the floor is read
+                // again, and in a moment at the latest.
+                self.floor_blocked.push((agent.clone(), key.clone()));
+                self.key_wakeups
+                    .push(Reverse((now + FLOOR_RETRY_MS, agent.clone(), key.clone())));
+                return;
+            }
+            let Some(job) = kq.waiting.remove(&(event_id, delivery_id)) else {
+                return;
+            };
+            kq.head = Some(delivery_id);
+            if let Some(claimer) = &self.claimer {
+                kq.claiming = true;
+                if let Err(e) = claimer.send(job) {
+                    // Only when stopping: the key stays as it is.
+                    kq.claiming = false;
+                    kq.head = None;
+                    let job = e.0;
+                    kq.waiting.insert((job.event_id, job.delivery_id), job);
+                }
+                return;
+            }
+            self.place(job, now);
+            return;
+        }
+    }
+
+    /// A delivery of an ordering key left without an attempt or its outcome to record
+    /// (superseded, cancelled): the key moves on at once.
+    fn free_key(&mut self, job: &Job) {
+        let Some(key) = job.keys.as_ref().and_then(|k| k.ordering.clone()) else {
+            return;
+        };
+        if let Some(kq) = self
+            .lanes
+            .get_mut(&job.agent_id)
+            .and_then(|l| l.keys.get_mut(&key))
+            && kq.head == Some(job.delivery_id)
+        {
+            kq.head = None;
+        }
+        self.advance(&job.agent_id.clone(), &key);
+    }
+
+    /// The key to release once an outcome that ends `job` is committed.
+    fn release_of(&self, job: &Job, status: DeliveryStatus) -> Option<KeyRelease> {
+        let keys = job.keys.as_ref()?;
+        let key = keys.ordering.clone()?;
+        Some(KeyRelease {
+            agent: job.agent_id.clone(),
+            key,
+            delivery_id: job.delivery_id,
+            event_id: job.event_id,
+            held: keys.hold && status == DeliveryStatus::Dead,
+        })
+    }
+
+    /// A superseded job comes out of `ready` or `timers`: it ends there (the store has it
+    /// `superseded`), and its ordering key, if it was the head, moves on.
+    fn drop_superseded(&mut self, job: Job) {
+        self.unhold(&job);
+        self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+        self.free_key(&job);
     }
 
     /// Counts a job's body as queued, or lets go of it when the budget is spent.
@@ -888,11 +1503,48 @@ impl Dispatcher {
             if !touched.contains(&t.job.agent_id) {
                 touched.push(t.job.agent_id.clone());
             }
+            if self.superseded.remove(&t.job.delivery_id) {
+                self.drop_superseded(t.job);
+                continue;
+            }
+            // Several nodes: an ordered delivery claims its key again before each attempt, so
+            // a node that lost its lease meanwhile (and its delivery to another node) stops.
+            if let (Some(claimer), Some(key)) = (
+                &self.claimer,
+                t.job.keys.as_ref().and_then(|k| k.ordering.as_ref()),
+            ) && let Some(kq) = lane.keys.get_mut(key)
+                && kq.head == Some(t.job.delivery_id)
+            {
+                kq.claiming = true;
+                if let Err(e) = claimer.send(t.job) {
+                    kq.claiming = false;
+                    let job = e.0;
+                    lane.ready.push(Ready {
+                        priority: job.priority,
+                        seq: t.seq,
+                        job,
+                    });
+                }
+                continue;
+            }
             lane.ready.push(Ready {
                 priority: t.job.priority,
                 seq: t.seq,
                 job: t.job,
             });
+        }
+        while self
+            .key_wakeups
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            let Some(Reverse((_, agent, key))) = self.key_wakeups.pop() else {
+                break;
+            };
+            self.advance(&agent, &key);
+            if !touched.contains(&agent) {
+                touched.push(agent);
+            }
         }
         while self
             .wakeups
@@ -926,7 +1578,16 @@ impl Dispatcher {
         };
         let Some(target) = target else {
             // The agent was deleted (or lost its url): its deliveries cannot be made.
-            let dead: Vec<Job> = lane.ready.drain().map(|r| r.job).collect();
+            let (gone, dead): (Vec<Job>, Vec<Job>) = lane
+                .ready
+                .drain()
+                .map(|r| r.job)
+                .partition(|j| self.superseded.contains(&j.delivery_id));
+            lane.coalescing.clear();
+            for job in gone {
+                self.superseded.remove(&job.delivery_id);
+                self.drop_superseded(job);
+            }
             for job in dead {
                 self.unhold(&job);
                 let result = AttemptResult {
@@ -963,6 +1624,8 @@ impl Dispatcher {
             }
             metrics::gauge!("agent_circuit_state", "agent" => agent.to_string()).set(0.0);
         }
+        // Superseded jobs at the top of the heap end here rather than being attempted.
+        let mut gone = Vec::new();
         match breaker.admission(now) {
             Admission::Any => {}
             Admission::Probing => return,
@@ -978,9 +1641,14 @@ impl Dispatcher {
                 if lane.in_flight > 0 {
                     return;
                 }
+                skip_superseded(&mut lane.ready, &mut self.superseded, &mut gone);
                 let Some(Ready { job, .. }) = lane.ready.pop() else {
+                    for job in gone {
+                        self.drop_superseded(job);
+                    }
                     return;
                 };
+                started(&mut lane.coalescing, &job);
                 breaker.probe_started(now);
                 lane.probe = Some(job.delivery_id);
                 lane.in_flight += 1;
@@ -988,11 +1656,17 @@ impl Dispatcher {
                 self.unhold(&job);
                 self.publish_health(agent);
                 self.spawn_attempts(vec![job], target);
+                for job in gone {
+                    self.drop_superseded(job);
+                }
                 return;
             }
         }
         let mut start = Vec::new();
         while lane.in_flight < target.max_concurrency.max(1) {
+            if !self.superseded.is_empty() {
+                skip_superseded(&mut lane.ready, &mut self.superseded, &mut gone);
+            }
             if lane.ready.is_empty() {
                 break;
             }
@@ -1020,6 +1694,7 @@ impl Dispatcher {
             let Some(Ready { job, .. }) = lane.ready.pop() else {
                 break;
             };
+            started(&mut lane.coalescing, &job);
             lane.in_flight += 1;
             start.push(job);
         }
@@ -1028,6 +1703,9 @@ impl Dispatcher {
         }
         if !start.is_empty() {
             self.spawn_attempts(start, target);
+        }
+        for job in gone {
+            self.drop_superseded(job);
         }
     }
 
@@ -1060,14 +1738,12 @@ impl Dispatcher {
         if self.cancelled.contains_key(&job.event_id) {
             // Its event was erased while the attempt ran: the outcome goes in the attempt log
             // (the store keeps the delivery `cancelled`), and nothing follows it.
-            let _ = self.recorder.send(attempt_update(
-                &job,
-                result,
-                false,
-                DeliveryStatus::Cancelled,
+            let _ = self.recorder.send(Record::Attempt(
+                attempt_update(&job, result, false, DeliveryStatus::Cancelled, None),
                 None,
             ));
             self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            self.free_key(&job);
             return;
         }
         if probe && !result.delivered {
@@ -1087,12 +1763,9 @@ impl Dispatcher {
                 .get(&job.agent_id)
                 .and_then(|l| l.breaker.as_ref())
                 .and_then(|b| b.next_probe_at);
-            let _ = self.recorder.send(attempt_update(
-                &job,
-                result,
-                true,
-                DeliveryStatus::Scheduled,
-                next,
+            let _ = self.recorder.send(Record::Attempt(
+                attempt_update(&job, result, true, DeliveryStatus::Scheduled, next),
+                None,
             ));
             self.hold(&mut job);
             self.seq += 1;
@@ -1137,9 +1810,14 @@ impl Dispatcher {
                 error: result.error.clone(),
             });
         }
-        let _ = self
-            .recorder
-            .send(attempt_update(&job, result, true, status, next));
+        let release = match status {
+            DeliveryStatus::Delivered | DeliveryStatus::Dead => self.release_of(&job, status),
+            _ => None,
+        };
+        let _ = self.recorder.send(Record::Attempt(
+            attempt_update(&job, result, true, status, next),
+            release,
+        ));
         match next {
             Some(due) => {
                 let mut job = job;
@@ -1258,7 +1936,8 @@ impl Dispatcher {
     /// Dead-letters a job without an attempt (its agent is gone).
     fn dead_now(&mut self, job: Job, result: AttemptResult) {
         self.analytics.dead_without_attempt(&job.agent_id);
-        let _ = self.recorder.send(AttemptUpdate {
+        let release = self.release_of(&job, DeliveryStatus::Dead);
+        let update = AttemptUpdate {
             delivery_id: job.delivery_id,
             attempt: job.attempts + 1,
             started_at: result.started_at,
@@ -1269,7 +1948,8 @@ impl Dispatcher {
             detail: None,
             status: DeliveryStatus::Dead,
             next_attempt_at: None,
-        });
+        };
+        let _ = self.recorder.send(Record::Attempt(update, release));
         self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
     }
 
@@ -1278,8 +1958,9 @@ impl Dispatcher {
         let mut s = QueueSnapshot::default();
         let mut oldest = i64::MAX;
         for (agent, lane) in &self.lanes {
+            let waiting: usize = lane.keys.values().map(|k| k.waiting.len()).sum();
             let a = AgentQueue {
-                pending: lane.ready.len() as u64,
+                pending: (lane.ready.len() + waiting) as u64,
                 in_flight: lane.in_flight as u64,
                 scheduled: lane.scheduled as u64,
             };
@@ -1301,6 +1982,45 @@ impl Dispatcher {
             s.oldest_pending_age_ms = (now - oldest).max(0) as u64;
         }
         s
+    }
+}
+
+/// A job leaves the queue for an attempt: it is no longer its coalescing key's waiting one.
+fn started(coalescing: &mut HashMap<Arc<str>, CoalesceSlot>, job: &Job) {
+    if let Some((key, ..)) = job.keys.as_ref().and_then(|k| k.coalesce.as_ref())
+        && coalescing
+            .get(key)
+            .is_some_and(|s| s.delivery_id == job.delivery_id)
+    {
+        coalescing.remove(key);
+    }
+}
+
+/// Takes superseded jobs off the top of a lane's heap (into `gone`).
+fn skip_superseded(
+    ready: &mut BinaryHeap<Ready>,
+    superseded: &mut std::collections::HashSet<Uuid>,
+    gone: &mut Vec<Job>,
+) {
+    while ready
+        .peek()
+        .is_some_and(|r| superseded.contains(&r.job.delivery_id))
+    {
+        if let Some(r) = ready.pop() {
+            superseded.remove(&r.job.delivery_id);
+            gone.push(r.job);
+        }
+    }
+}
+
+/// A coalescing slot for `job`, the newest delivery of its key.
+fn slot_of(job: &Job) -> CoalesceSlot {
+    CoalesceSlot {
+        delivery_id: job.delivery_id,
+        event_id: job.event_id,
+        created_at: job.created_at,
+        carried: job.superseded.clone(),
+        ordering: job.keys.as_ref().and_then(|k| k.ordering.clone()),
     }
 }
 
@@ -1396,6 +2116,7 @@ impl AttemptCtx {
         self.attempts.spawn(tracing::Instrument::instrument(
             async move {
                 let event_id = job.event_id.to_string();
+                let superseded_ids = job.superseded.as_ref().map(|c| c.ids_text());
                 let result = match &body {
                     Ok(body) => {
                         deliver::attempt(
@@ -1407,6 +2128,11 @@ impl AttemptCtx {
                                 event_type: &job.event_type,
                                 attempt: job.attempts,
                                 body,
+                                superseded: job
+                                    .superseded
+                                    .as_ref()
+                                    .zip(superseded_ids.as_deref())
+                                    .map(|(c, ids)| (c.count, ids)),
                             },
                         )
                         .await
@@ -1473,6 +2199,8 @@ mod tests {
             body: Some(Bytes::new()),
             due_at: 0,
             created_at: 0,
+            keys: None,
+            superseded: None,
         };
         let mut h = BinaryHeap::new();
         for (seq, p) in [(1, 0), (2, 5), (3, 0), (4, 5), (5, 10)] {

@@ -199,8 +199,50 @@ pub struct EventRoute {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_policy: Option<RetryPolicy>,
+    /// Deliveries with the same key value go to each agent one at a time, in event-id order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<RouteOrdering>,
+    /// A delivery waits a window; a newer event with the same key value supersedes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce: Option<RouteCoalesce>,
     #[serde(default = "default_true")]
     pub enabled: bool,
+}
+
+/// A route's `ordering` (docs/delivery.md, "Ordered and coalesced delivery").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteOrdering {
+    /// A dot path into the event, as in filter conditions.
+    pub key: String,
+    #[serde(default, alias = "on_dead")]
+    pub on_dead: OnDead,
+}
+
+/// What a key does after one of its deliveries is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDead {
+    /// The key moves on.
+    #[default]
+    Skip,
+    /// The key's later deliveries wait until the dead letter is retried and delivered, or
+    /// deleted.
+    Hold,
+}
+
+/// A route's `coalesce`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteCoalesce {
+    /// A dot path into the event, as in filter conditions.
+    pub key: String,
+    /// How long a delivery waits for a newer event of its key (ms).
+    #[serde(alias = "window_ms")]
+    pub window_ms: u64,
+    /// The longest a burst delays its delivery, from its first superseded event (ms).
+    #[serde(alias = "max_wait_ms")]
+    pub max_wait_ms: u64,
 }
 
 /// How failed deliveries of a route are retried.

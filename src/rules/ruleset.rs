@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::condition::Condition;
 use super::model::{Agent, EventFilter, EventRoute, FilterAction, RetryPolicy};
-use super::path::{Memo, PrefixTable};
+use super::path::{FieldPath, Memo, PrefixTable};
 use super::transform::{self, JqProgram, TransformPool};
 use super::validate::ValidationError;
 
@@ -126,6 +126,18 @@ pub struct PlannedDelivery {
     /// The route's policy; `None` = the server's default.
     pub retry: Option<RetryPolicy>,
     pub body: PlannedBody,
+    /// The route's ordering and coalescing keys, whose values the caller reads from the event
+    /// (from its text when the payload was left unparsed).
+    pub keys: Option<Arc<RouteKeys>>,
+}
+
+/// A route's `ordering` and `coalesce` paths.
+#[derive(Debug, PartialEq)]
+pub struct RouteKeys {
+    /// The ordering key's path, and whether a dead letter holds the key.
+    pub ordering: Option<(FieldPath, bool)>,
+    /// The coalescing key's path, window and longest wait (ms).
+    pub coalesce: Option<(FieldPath, u64, u64)>,
 }
 
 /// What to deliver.
@@ -250,6 +262,8 @@ impl SourceIndex {
         for &ri in routes.iter() {
             let route = &all_routes[ri as usize];
             add_group(&route.filters, &mut payload);
+            // Ordering and coalescing keys are read from the event's text when its payload
+            // is left unparsed: they do not count.
             if route.transformation.is_some() {
                 payload.any_type = true;
             }
@@ -315,6 +329,8 @@ struct CompiledRoute {
     id: Arc<str>,
     priority: i64,
     retry: Option<RetryPolicy>,
+    /// `ordering` and `coalesce`.
+    keys: Option<Arc<RouteKeys>>,
     filters: FilterGroup,
     transformation: Option<Arc<JqProgram>>,
     /// Enabled, configured agents, each once.
@@ -574,6 +590,20 @@ impl RuleSet {
                 id: route.id.as_str().into(),
                 priority: route.priority,
                 retry: route.retry_policy,
+                keys: (route.ordering.is_some() || route.coalesce.is_some()).then(|| {
+                    Arc::new(RouteKeys {
+                        ordering: route.ordering.as_ref().and_then(|o| {
+                            FieldPath::parse(&o.key)
+                                .ok()
+                                .map(|p| (p, o.on_dead == super::model::OnDead::Hold))
+                        }),
+                        coalesce: route.coalesce.as_ref().and_then(|c| {
+                            FieldPath::parse(&c.key)
+                                .ok()
+                                .map(|p| (p, c.window_ms, c.max_wait_ms))
+                        }),
+                    })
+                }),
                 filters,
                 transformation,
                 agents: targets.into(),
@@ -816,6 +846,7 @@ impl RuleSet {
                 priority: route.priority,
                 retry: route.retry,
                 body,
+                keys: route.keys.clone(),
             });
         }
         deliveries.sort_by(|a, b| {

@@ -18,6 +18,7 @@ use super::condition::Condition;
 use super::model::{
     Agent, CircuitBreaker, EventFilter, EventRoute, EventTransformation, FilterAction, RetryPolicy,
 };
+use super::path::FieldPath;
 use super::transform;
 
 /// A problem with one field of a filter, route or agent.
@@ -313,8 +314,33 @@ pub fn check_route<K: KnownAgents + ?Sized>(
                 .map(|e| e.under("retryPolicy")),
         );
     }
+    if let Some(o) = &route.ordering
+        && let Err(m) = FieldPath::parse(&o.key)
+    {
+        out.push(ValidationError::new("ordering.key", m));
+    }
+    if let Some(c) = &route.coalesce {
+        if let Err(m) = FieldPath::parse(&c.key) {
+            out.push(ValidationError::new("coalesce.key", m));
+        }
+        if !(1..=MAX_COALESCE_MS).contains(&c.window_ms) {
+            out.push(ValidationError::new(
+                "coalesce.windowMs",
+                format!("must be between 1 and {MAX_COALESCE_MS} (ms)"),
+            ));
+        }
+        if c.max_wait_ms < c.window_ms || c.max_wait_ms > MAX_COALESCE_MS {
+            out.push(ValidationError::new(
+                "coalesce.maxWaitMs",
+                format!("must be at least windowMs and at most {MAX_COALESCE_MS} (ms)"),
+            ));
+        }
+    }
     out
 }
+
+/// The longest a coalescing window or wait may be: a day.
+pub const MAX_COALESCE_MS: u64 = 86_400_000;
 
 /// Every problem of an agent.
 pub fn check_agent(agent: &Agent) -> Vec<ValidationError> {

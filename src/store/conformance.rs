@@ -94,8 +94,97 @@ conformance!(
     delivery_bodies_are_read_back_alone,
     a_first_attempt_success_is_logged_like_any_attempt,
     attempts_keep_the_exchange_and_why_they_were_made,
+    keys_supersessions_and_held_keys_are_kept,
     ping_and_close,
 );
+
+fn keyed(agent: &str, ordering: Option<&str>, hold: bool, coalesce: Option<&str>) -> NewDelivery {
+    NewDelivery {
+        sequencing: Sequencing {
+            ordering_key: ordering.map(str::to_string),
+            ordering_hold: hold,
+            coalesce_key: coalesce.map(str::to_string),
+            coalesce_window_ms: if coalesce.is_some() { 500 } else { 0 },
+            coalesce_max_wait_ms: if coalesce.is_some() { 5000 } else { 0 },
+        },
+        ..delivery(agent, DeliveryStatus::Pending)
+    }
+}
+
+async fn keys_supersessions_and_held_keys_are_kept(store: Arc<dyn Store>) {
+    let mut a = ev("github", None);
+    let old = keyed("x", Some("pr-1"), true, Some("pr-1"));
+    a.deliveries = vec![old.clone()];
+    store.commit_event(a.clone()).await.unwrap();
+    let mut b = ev("github", None);
+    let new = keyed("x", Some("pr-1"), true, Some("pr-1"));
+    b.deliveries = vec![new.clone()];
+    store.commit_event(b.clone()).await.unwrap();
+    // Reloaded with their keys.
+    let pending = unfinished(store.as_ref()).await;
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].sequencing, old.sequencing);
+    assert_eq!(pending[0].superseded, None);
+    // The newer one supersedes the older one, carrying it.
+    let carried = SupersededInfo {
+        count: 1,
+        event_ids: a.id.to_string(),
+        since: 123,
+    };
+    store
+        .supersede(vec![Supersession {
+            old: old.id,
+            by: new.id,
+            carried: carried.clone(),
+            due: 4567,
+        }])
+        .await
+        .unwrap();
+    let pending = unfinished(store.as_ref()).await;
+    assert_eq!(pending.len(), 1, "a superseded delivery is finished");
+    assert_eq!(pending[0].id, new.id);
+    assert_eq!(pending[0].superseded.as_ref(), Some(&carried));
+    assert_eq!(pending[0].next_attempt_at, 4567);
+    let d = store.event_deliveries(a.id).await.unwrap();
+    assert_eq!(d[0].status, DeliveryStatus::Superseded);
+    assert_eq!(d[0].superseded_by, Some(new.id));
+    assert_eq!(d[0].ordering_key.as_deref(), Some("pr-1"));
+    let d = store.event_deliveries(b.id).await.unwrap();
+    assert_eq!(d[0].superseded_count, 1);
+    let f = store.finished_counts().await.unwrap();
+    assert_eq!((f.dead, f.delivered, f.superseded), (0, 0, 1));
+    // Dead with `hold`: its key is held; once retried it is not.
+    let mut dead = delivered(new.id);
+    dead.status = DeliveryStatus::Dead;
+    dead.status_code = Some(500);
+    dead.error = Some("agent answered 500".into());
+    store.record_attempts(vec![dead]).await.unwrap();
+    let held = store.held_keys().await.unwrap();
+    assert_eq!(
+        held,
+        vec![HeldKey {
+            delivery_id: new.id,
+            event_id: b.id,
+            agent_id: "x".into(),
+            key: "pr-1".into(),
+        }]
+    );
+    let back = store.retry_dead(new.id).await.unwrap().expect("retried");
+    assert_eq!(back.sequencing, new.sequencing);
+    assert!(store.held_keys().await.unwrap().is_empty());
+    // A superseded delivery is never superseded back to life, nor one already attempted.
+    store
+        .supersede(vec![Supersession {
+            old: old.id,
+            by: new.id,
+            carried,
+            due: 1,
+        }])
+        .await
+        .unwrap();
+    let d = store.event_deliveries(a.id).await.unwrap();
+    assert_eq!(d[0].status, DeliveryStatus::Superseded);
+}
 
 pub(super) fn ev(source: &str, delivery: Option<&str>) -> NewEvent {
     let (id, ts) = crate::event::new_event_id();
@@ -140,6 +229,7 @@ pub(super) fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
         retry_policy: None,
         next_attempt_at: 0,
         last_error: None,
+        sequencing: Default::default(),
     }
 }
 
@@ -578,7 +668,8 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     assert_eq!(list[2].status, DeliveryStatus::Delivered);
     assert_eq!(list[1].attempt_log[0].status_code, None);
     assert!(unfinished(store.as_ref()).await.is_empty());
-    assert_eq!(store.finished_counts().await.unwrap(), (2, 1));
+    let f = store.finished_counts().await.unwrap();
+    assert_eq!((f.dead, f.delivered, f.superseded), (2, 1, 0));
 
     // Dead letters: newest first, by agent, through the cursor.
     let dead = store.dead_letters(None, 10, None).await.unwrap();
@@ -1003,7 +1094,8 @@ async fn purge_removes_old_events_in_batches_with_their_rows(store: Arc<dyn Stor
     );
     assert!(store.rollup_totals(-1).await.unwrap().is_empty());
     assert!(store.list_audit(10, None).await.unwrap().is_empty());
-    assert_eq!(store.finished_counts().await.unwrap(), (0, 0));
+    let f = store.finished_counts().await.unwrap();
+    assert_eq!((f.dead, f.delivered), (0, 0));
 }
 
 async fn purge_by_source_and_dead_letter_age(store: Arc<dyn Store>) {
@@ -1686,6 +1778,122 @@ async fn cluster_each_delivery_is_claimed_by_exactly_one_node() {
     let (ua, ub) = (unfinished(a.as_ref()).await, unfinished(b.as_ref()).await);
     assert_eq!(ua.len() + ub.len(), 200);
     assert!(ua.iter().all(|p| !ub.iter().any(|q| q.id == p.id)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_an_ordering_key_is_held_by_one_node_at_a_time() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(10_000).await;
+    let b = c.node(10_000).await;
+    let one = |n: &Arc<PgStore>| {
+        let n = n.clone();
+        async move {
+            let mut e = ev("github", None);
+            let d = keyed("x", Some("k"), false, None);
+            e.deliveries = vec![d.clone()];
+            n.commit_event(e.clone()).await.unwrap();
+            KeyClaim {
+                delivery_id: d.id,
+                event_id: e.id,
+                agent_id: "x".into(),
+                key: "k".into(),
+            }
+        }
+    };
+    let first = one(&a).await;
+    let second = one(&b).await;
+    // The later event waits for the earlier one, wherever it is.
+    assert!(
+        b.claim_keys(vec![second.clone()])
+            .await
+            .unwrap()
+            .granted
+            .is_empty()
+    );
+    assert_eq!(
+        a.claim_keys(vec![first.clone()]).await.unwrap().granted,
+        vec![first.delivery_id]
+    );
+    // Claiming again (a restart of the same node) is granted; another node is refused.
+    assert_eq!(
+        a.claim_keys(vec![first.clone()]).await.unwrap().granted,
+        vec![first.delivery_id]
+    );
+    // Another node does not own it: gone for that node.
+    let other = b.claim_keys(vec![first.clone()]).await.unwrap();
+    assert!(other.granted.is_empty());
+    assert_eq!(other.gone, vec![first.delivery_id]);
+    // Once the first is delivered, the second gets the key.
+    a.record_attempts(vec![delivered(first.delivery_id)])
+        .await
+        .unwrap();
+    assert_eq!(
+        b.claim_keys(vec![second.clone()]).await.unwrap().granted,
+        vec![second.delivery_id]
+    );
+    // A node that stops holding it (no longer live) frees the key for the others.
+    let third = one(&a).await;
+    assert!(
+        a.claim_keys(vec![third.clone()])
+            .await
+            .unwrap()
+            .granted
+            .is_empty()
+    );
+    b.release().await.unwrap();
+    // The second is still unfinished (earlier than the third): the key stays with its event
+    // order, whoever holds the lock.
+    assert!(
+        a.claim_keys(vec![third.clone()])
+            .await
+            .unwrap()
+            .granted
+            .is_empty()
+    );
+    a.record_attempts(vec![delivered(second.delivery_id)])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.claim_keys(vec![third.clone()]).await.unwrap().granted,
+        vec![third.delivery_id]
+    );
+    // A dead letter that holds its key refuses every claim until it is retried.
+    let mut dead = delivered(third.delivery_id);
+    dead.status = DeliveryStatus::Dead;
+    a.record_attempts(vec![dead]).await.unwrap();
+    let mut e = ev("github", None);
+    let held = keyed("x", Some("k2"), true, None);
+    e.deliveries = vec![held.clone()];
+    a.commit_event(e.clone()).await.unwrap();
+    let mut dead = delivered(held.id);
+    dead.status = DeliveryStatus::Dead;
+    a.record_attempts(vec![dead]).await.unwrap();
+    let later = {
+        let mut e = ev("github", None);
+        let d = keyed("x", Some("k2"), true, None);
+        e.deliveries = vec![d.clone()];
+        a.commit_event(e.clone()).await.unwrap();
+        KeyClaim {
+            delivery_id: d.id,
+            event_id: e.id,
+            agent_id: "x".into(),
+            key: "k2".into(),
+        }
+    };
+    assert!(
+        a.claim_keys(vec![later.clone()])
+            .await
+            .unwrap()
+            .granted
+            .is_empty()
+    );
+    a.delete_dead(held.id).await.unwrap();
+    assert_eq!(
+        a.claim_keys(vec![later.clone()]).await.unwrap().granted,
+        vec![later.delivery_id]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,10 @@ use uuid::Uuid;
 
 use super::{
     AnalyticsStore, AttemptUpdate, AuditRecord, AuditStore, BacklogItem, CommitOutcome, DeadFilter,
-    DeliveryRecord, DeliveryStore, DeliveryTally, EventQuery, EventRecord, EventStore, NewDelivery,
-    NewEvent, PendingDelivery, PurgeScope, PutMode, PutOutcome, Result, RollupDelta, RuleKind,
-    RuleStore, Store, StoreError, StoredRule,
+    DeliveryRecord, DeliveryStore, DeliveryTally, EventQuery, EventRecord, EventStore,
+    FinishedCounts, HeldKey, KeyClaim, KeyClaims, NewDelivery, NewEvent, PendingDelivery,
+    PurgeScope, PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store, StoreError,
+    StoredRule, Supersession,
 };
 use crate::crypto::{Cipher, CryptoError};
 
@@ -330,8 +331,16 @@ impl DeliveryStore for EncryptedStore {
         self.inner.add_deliveries(event_id, deliveries).await
     }
 
-    async fn finished_counts(&self) -> Result<(u64, u64)> {
+    async fn finished_counts(&self) -> Result<FinishedCounts> {
         self.inner.finished_counts().await
+    }
+
+    async fn supersede(&self, steps: Vec<Supersession>) -> Result<()> {
+        self.inner.supersede(steps).await
+    }
+
+    async fn held_keys(&self) -> Result<Vec<HeldKey>> {
+        self.inner.held_keys().await
     }
 }
 
@@ -419,6 +428,10 @@ impl super::ClusterStore for EncryptedStore {
     async fn live_nodes(&self) -> Result<Vec<super::NodeInfo>> {
         self.inner.live_nodes().await
     }
+    async fn claim_keys(&self, claims: Vec<KeyClaim>) -> Result<KeyClaims> {
+        self.inner.claim_keys(claims).await
+    }
+
     async fn take_over(&self, limit: usize) -> Result<Vec<PendingDelivery>> {
         self.inner
             .take_over(limit)

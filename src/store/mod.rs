@@ -51,6 +51,9 @@ pub enum DeliveryStatus {
     Dead,
     /// Ended without being delivered because its event was erased (final, never retried).
     Cancelled,
+    /// Ended without an attempt: a newer event with the same coalescing key took its place
+    /// (final, not a failure, never dead-lettered).
+    Superseded,
 }
 
 impl DeliveryStatus {
@@ -62,6 +65,7 @@ impl DeliveryStatus {
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Dead => "dead",
             DeliveryStatus::Cancelled => "cancelled",
+            DeliveryStatus::Superseded => "superseded",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -72,6 +76,7 @@ impl DeliveryStatus {
             "delivered" => DeliveryStatus::Delivered,
             "dead" => DeliveryStatus::Dead,
             "cancelled" => DeliveryStatus::Cancelled,
+            "superseded" => DeliveryStatus::Superseded,
             _ => return None,
         })
     }
@@ -91,6 +96,67 @@ pub struct NewDelivery {
     pub retry_policy: Option<String>,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
+    pub sequencing: Sequencing,
+}
+
+/// A delivery's ordering and coalescing, from its route (docs/delivery.md, "Ordered and
+/// coalesced delivery"): the key values its event has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sequencing {
+    /// Deliveries of one agent with the same value go one at a time, in event-id order.
+    pub ordering_key: Option<String>,
+    /// A dead letter holds the key until it is retried and delivered, or deleted.
+    pub ordering_hold: bool,
+    /// A newer event with the same value supersedes this delivery while it waits.
+    pub coalesce_key: Option<String>,
+    pub coalesce_window_ms: u64,
+    pub coalesce_max_wait_ms: u64,
+}
+
+/// What a delivery that carries a burst superseded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SupersededInfo {
+    pub count: u32,
+    /// The superseded deliveries' event ids, comma-separated, the most recent 100 at most.
+    pub event_ids: String,
+    /// When the first superseded delivery was created (ms): the burst's wait is bounded from it.
+    pub since: i64,
+}
+
+/// One coalescing step, written back with attempt outcomes: `old` ends `superseded` by `by`
+/// (if it is still pending), and `by` now carries the burst and waits until `due`.
+#[derive(Debug, Clone)]
+pub struct Supersession {
+    pub old: Uuid,
+    pub by: Uuid,
+    pub carried: SupersededInfo,
+    pub due: i64,
+}
+
+/// A dead letter that holds its ordering key (read at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldKey {
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub agent_id: String,
+    pub key: String,
+}
+
+/// A node's claim on an ordering key for the delivery at the key's head (several nodes).
+#[derive(Debug, Clone)]
+pub struct KeyClaim {
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub agent_id: String,
+    pub key: String,
+}
+
+/// What `claim_keys` decided: the deliveries granted their key, and those this node no longer
+/// owns unfinished (the rest wait and claim again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyClaims {
+    pub granted: Vec<Uuid>,
+    pub gone: Vec<Uuid>,
 }
 
 /// An event to archive, with its deliveries, in one transaction.
@@ -310,6 +376,20 @@ pub struct DeliveryRecord {
     pub next_attempt_at: Option<i64>,
     pub last_error: Option<String>,
     pub attempt_log: Vec<AttemptRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesce_key: Option<String>,
+    /// The delivery that took this one's place (status `superseded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Uuid>,
+    /// How many deliveries this one superseded.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub superseded_count: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How an event's deliveries stand, for the archive's lists (`outcome`).
@@ -322,6 +402,8 @@ pub struct DeliveryTally {
     pub retrying: u32,
     pub dead: u32,
     pub cancelled: u32,
+    /// Replaced by a newer event's delivery with the same coalescing key (final, no failure).
+    pub superseded: u32,
     /// Stream-only agents it was routed to.
     pub streamed: u32,
 }
@@ -333,6 +415,7 @@ impl DeliveryTally {
             Some(DeliveryStatus::Delivered) => &mut self.delivered,
             Some(DeliveryStatus::Dead) => &mut self.dead,
             Some(DeliveryStatus::Cancelled) => &mut self.cancelled,
+            Some(DeliveryStatus::Superseded) => &mut self.superseded,
             _ if attempted => &mut self.retrying,
             _ => &mut self.pending,
         };
@@ -389,6 +472,9 @@ pub struct PendingDelivery {
     /// `unfinished_deliveries` past its body budget: read it with `delivery_bodies` when needed.
     pub body: Option<String>,
     pub created_at: i64,
+    pub sequencing: Sequencing,
+    /// What it superseded, if it carries a burst.
+    pub superseded: Option<SupersededInfo>,
 }
 
 /// The outcome of one attempt, written back in batches.
@@ -415,6 +501,14 @@ impl AttemptUpdate {
     pub fn is_first_success(&self) -> bool {
         self.attempt == 1 && self.status == DeliveryStatus::Delivered && self.error.is_none()
     }
+}
+
+/// Figures for `/queue/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FinishedCounts {
+    pub dead: u64,
+    pub delivered: u64,
+    pub superseded: u64,
 }
 
 /// Which dead letters a bulk retry takes.
@@ -453,8 +547,12 @@ pub trait DeliveryStore: Send + Sync {
     async fn delete_dead(&self, id: Uuid) -> Result<bool>;
     /// Fresh deliveries for an archived event (replay).
     async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()>;
-    /// Counts of dead and delivered deliveries.
-    async fn finished_counts(&self) -> Result<(u64, u64)>;
+    /// Counts of dead, delivered and superseded deliveries.
+    async fn finished_counts(&self) -> Result<FinishedCounts>;
+    /// Coalescing steps (see `Supersession`), in one transaction.
+    async fn supersede(&self, steps: Vec<Supersession>) -> Result<()>;
+    /// Dead letters that hold their ordering key.
+    async fn held_keys(&self) -> Result<Vec<HeldKey>>;
 }
 
 pub use crate::analytics::RollupDelta;
@@ -747,6 +845,17 @@ pub trait ClusterStore: Send + Sync {
     /// released), making this node their owner; returns them with the body to send.
     async fn take_over(&self, _limit: usize) -> Result<Vec<PendingDelivery>> {
         Ok(Vec::new())
+    }
+    /// Claims ordering keys for the deliveries at their keys' heads, before each attempt, so
+    /// that no key is in flight on two nodes at once. A key is refused while an earlier
+    /// unfinished delivery of it exists, while a dead letter holds it, or while another live
+    /// node's unfinished delivery holds it. A delivery this node no longer owns unfinished
+    /// (another node took it over, or it ended) is `gone`. One node has nothing to claim from.
+    async fn claim_keys(&self, claims: Vec<KeyClaim>) -> Result<KeyClaims> {
+        Ok(KeyClaims {
+            granted: claims.into_iter().map(|c| c.delivery_id).collect(),
+            gone: Vec::new(),
+        })
     }
     /// Graceful stop: hands this node's unfinished deliveries back (owner cleared), removes
     /// the node and sends `Notice::Wake`; how many were released.

@@ -92,6 +92,17 @@ impl Sequencer {
         )
     }
 
+    /// An id such that every smaller id handed out so far is resolved: the smallest outstanding
+    /// one, or a fresh id when none is (see `queue::QueueConfig::floor`).
+    pub fn floor(&self) -> Uuid {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .outstanding
+            .first()
+            .copied()
+            .unwrap_or_else(|| crate::event::new_event_id().0)
+    }
+
     fn resolve(&self, id: Uuid, publication: Option<Publication>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.outstanding.remove(&id);

@@ -243,7 +243,7 @@ async fn agent_rate_limit_never_exceeds_limit_within_a_window() {
     }
 }
 
-const STATS_KEYS: [&str; 8] = [
+const STATS_KEYS: [&str; 9] = [
     "byAgent",
     "byPriority",
     "deadLettered",
@@ -252,6 +252,7 @@ const STATS_KEYS: [&str; 8] = [
     "oldestPendingAgeMs",
     "pending",
     "scheduled",
+    "superseded",
 ];
 
 #[tokio::test]

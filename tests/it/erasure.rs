@@ -363,6 +363,7 @@ fn old_event(
             retry_policy: None,
             next_attempt_at: 0,
             last_error: None,
+            sequencing: Default::default(),
         }],
         streamed: vec![],
     }

@@ -29,6 +29,7 @@ mod handshakes_pd;
 mod ingest;
 mod ingest_errors;
 mod inspect;
+mod ordering;
 mod providers;
 mod rate_limits;
 mod rules;

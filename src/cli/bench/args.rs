@@ -74,6 +74,11 @@ pub struct BenchArgs {
     /// `Last-Event-ID` if the router cuts it off as a slow consumer).
     #[arg(long, value_enum, default_value_t = DeliverVia::Http, conflicts_with = "backlog")]
     pub deliver: DeliverVia,
+    /// Deliver in order per key: the route gets `ordering` on `payload.pull_request.number`,
+    /// and the webhooks spread over this many pull request numbers (docs/delivery.md,
+    /// "Ordered and coalesced delivery").
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ordering_keys: Option<u64>,
 }
 
 /// `--deliver`: how the events reach the tool.

@@ -78,19 +78,18 @@ pub(super) async fn measure_router(
         agent["apiKey"] = json!(stream_key);
     }
     admin.create("/admin/agents", agent).await?;
-    admin
-        .create(
-            "/admin/routes",
-            json!({
-                "id": route_id,
-                "name": "bench route",
-                "sourceFilters": [],
-                "targetAgents": [agent_id],
-                "priority": 0,
-                "enabled": true,
-            }),
-        )
-        .await?;
+    let mut route = json!({
+        "id": route_id,
+        "name": "bench route",
+        "sourceFilters": [],
+        "targetAgents": [agent_id],
+        "priority": 0,
+        "enabled": true,
+    });
+    if args.ordering_keys.is_some() {
+        route["ordering"] = json!({ "key": "payload.pull_request.number" });
+    }
+    admin.create("/admin/routes", route).await?;
 
     // `--deliver sse`: the stream is open (so every event from now on reaches it live) before
     // the first webhook is sent.

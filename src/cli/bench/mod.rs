@@ -141,6 +141,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
         args.identifiers,
         args.payload_bytes,
         github_secret.as_bytes(),
+        args.ordering_keys,
     )?);
     let mean_bytes = pool.mean_bytes();
     let plan = LoadPlan {
@@ -290,6 +291,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
             agent_concurrency: args.agent_concurrency,
             backlog: args.backlog,
             deliver: args.deliver,
+            ordering_keys: args.ordering_keys,
         },
         baseline,
         ingest,

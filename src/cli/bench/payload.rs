@@ -30,6 +30,7 @@ impl PayloadPool {
         count: usize,
         target_bytes: usize,
         secret: &[u8],
+        keys: Option<u64>,
     ) -> anyhow::Result<PayloadPool> {
         const ACTIONS: [&str; 6] = [
             "opened",
@@ -44,7 +45,8 @@ impl PayloadPool {
         for i in 0..count {
             let mut p = template.clone();
             let login = format!("bench-user-{i:04}");
-            let number = 1000 + i as u64;
+            // With ordering keys, the pull request numbers repeat every `keys` senders.
+            let number = 1000 + keys.map_or(i as u64, |k| i as u64 % k);
             p["action"] = json!(ACTIONS[i % ACTIONS.len()]);
             p["number"] = json!(number);
             p["sender"]["login"] = json!(login);
@@ -145,7 +147,7 @@ mod tests {
 
     #[test]
     fn payloads_are_signed_sized_and_spread_over_senders() {
-        let pool = PayloadPool::build(10, 6144, b"s").unwrap();
+        let pool = PayloadPool::build(10, 6144, b"s", None).unwrap();
         assert_eq!(pool.items.len(), 10);
         let mut logins = std::collections::HashSet::new();
         for p in &pool.items {

@@ -51,6 +51,9 @@ pub struct Settings {
     pub backlog: bool,
     /// `http` (push deliveries) or `sse` (one live stream).
     pub deliver: DeliverVia,
+    /// `--ordering-keys`: deliveries ordered per key over this many keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering_keys: Option<u64>,
 }
 
 /// One load phase (the baseline, or ingest into the router).

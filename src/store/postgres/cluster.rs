@@ -21,8 +21,8 @@ use uuid::Uuid;
 use super::deliveries::{pending_row, pending_select};
 use super::{PgStore, UNFINISHED};
 use crate::store::{
-    ClusterStore, LeaseGrant, LeaseRequest, LeaseReturn, NodeInfo, Notice, PendingDelivery,
-    RemoteEvent, Result, StoreError,
+    ClusterStore, KeyClaim, KeyClaims, LeaseGrant, LeaseRequest, LeaseReturn, NodeInfo, Notice,
+    PendingDelivery, RemoteEvent, Result, StoreError,
 };
 
 /// The one NOTIFY channel; the payload's first character says what it is:
@@ -528,6 +528,78 @@ impl ClusterStore for PgStore {
                 snapshot: r.get(2),
             })
             .collect())
+    }
+
+    async fn claim_keys(&self, claims: Vec<KeyClaim>) -> Result<KeyClaims> {
+        if claims.is_empty() {
+            return Ok(KeyClaims::default());
+        }
+        // One claim per key in a statement (an upsert may not touch a row twice): the earliest.
+        let mut first: BTreeMap<(&str, &str), &KeyClaim> = BTreeMap::new();
+        for k in &claims {
+            let e = first.entry((&k.agent_id, &k.key)).or_insert(k);
+            if (k.event_id, k.delivery_id) < (e.event_id, e.delivery_id) {
+                *e = k;
+            }
+        }
+        let (mut id, mut event, mut agent, mut key) = (vec![], vec![], vec![], vec![]);
+        for k in first.values() {
+            id.push(k.delivery_id);
+            event.push(k.event_id);
+            agent.push(k.agent_id.as_str());
+            key.push(k.key.as_str());
+        }
+        let c = self.client().await?;
+        // A delivery this node still owns unfinished gets its key when no earlier unfinished
+        // delivery of it exists and no dead letter holds it, and when the key's lock is free:
+        // held by this node for the same delivery (a restart, a retry), by a node that is not
+        // live, or by a delivery that is no longer unfinished.
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH c AS (
+                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+                         AS c(id, event_id, agent_id, okey)
+                 ), mine AS (
+                     SELECT c.* FROM c JOIN deliveries d ON d.id = c.id
+                     WHERE d.status IN {UNFINISHED} AND d.owner = $5
+                 ), ok AS (
+                     SELECT c.* FROM mine c WHERE NOT EXISTS (
+                         SELECT 1 FROM deliveries d
+                         WHERE d.agent_id = c.agent_id AND d.ordering_key = c.okey
+                           AND d.id <> c.id
+                           AND ((d.status IN {UNFINISHED}
+                                 AND (d.event_id, d.id) < (c.event_id, c.id))
+                                OR (d.status = 'dead' AND d.ordering_hold)))
+                 ), ins AS (
+                     INSERT INTO ordering_locks AS l (agent_id, ordering_key, delivery_id, node)
+                     SELECT agent_id, okey, id, $5 FROM ok
+                     ON CONFLICT (agent_id, ordering_key) DO UPDATE
+                         SET delivery_id = excluded.delivery_id, node = excluded.node
+                         WHERE (l.delivery_id = excluded.delivery_id AND l.node = excluded.node)
+                            OR l.node NOT IN (SELECT n.id FROM nodes n
+                                              WHERE n.lease_until > db_now_ms())
+                            OR NOT EXISTS (SELECT 1 FROM deliveries d
+                                           WHERE d.id = l.delivery_id
+                                             AND d.status IN {UNFINISHED})
+                     RETURNING delivery_id
+                 )
+                 SELECT c.id, c.id IN (SELECT delivery_id FROM ins), c.id IN (SELECT id FROM mine)
+                 FROM c"
+            ))
+            .await?;
+        let mut out = KeyClaims::default();
+        for r in c
+            .query(&stmt, &[&id, &event, &agent, &key, &self.node])
+            .await?
+        {
+            let (id, granted, mine): (Uuid, bool, bool) = (r.get(0), r.get(1), r.get(2));
+            if granted {
+                out.granted.push(id);
+            } else if !mine {
+                out.gone.push(id);
+            }
+        }
+        Ok(out)
     }
 
     async fn take_over(&self, limit: usize) -> Result<Vec<PendingDelivery>> {

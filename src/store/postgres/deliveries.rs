@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::{PgStore, UNFINISHED, cluster, limit_of, u32_of, utf8};
 use crate::store::{
     AttemptRecord, AttemptUpdate, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
-    FirstSuccess, NewDelivery, PendingDelivery, Result, parse_detail,
+    FinishedCounts, FirstSuccess, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing,
+    SupersededInfo, Supersession, parse_detail,
 };
 
 /// What a `PendingDelivery` needs, over `deliveries d JOIN events e`. With a `budget` (an
@@ -30,7 +31,9 @@ pub(super) fn pending_select(budget: Option<&str>) -> String {
     };
     format!(
         "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
-         d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at"
+         d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at,
+         d.ordering_key, d.ordering_hold, d.coalesce_key, d.coalesce_window_ms,
+         d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since"
     )
 }
 
@@ -49,12 +52,28 @@ pub(super) fn pending_row(r: &Row) -> Result<PendingDelivery> {
         event_type: r.get(10),
         body: r.get(11),
         created_at: r.get(12),
+        sequencing: Sequencing {
+            ordering_key: r.get(13),
+            ordering_hold: r.get(14),
+            coalesce_key: r.get(15),
+            coalesce_window_ms: r.get::<_, Option<i64>>(16).unwrap_or(0).max(0) as u64,
+            coalesce_max_wait_ms: r.get::<_, Option<i64>>(17).unwrap_or(0).max(0) as u64,
+        },
+        superseded: match u32_of(r.get(18), "superseded_count")? {
+            0 => None,
+            count => Some(SupersededInfo {
+                count,
+                event_ids: r.get::<_, Option<String>>(19).unwrap_or_default(),
+                since: r.get::<_, Option<i64>>(20).unwrap_or(0),
+            }),
+        },
     })
 }
 
 pub(super) const DELIVERY_COLUMNS: &str =
     "id, event_id, agent_id, route_id, priority, status, attempts,
      next_attempt_at, last_error, first_started_at, first_duration_ms, first_status_code,
+     ordering_key, coalesce_key, superseded_by, superseded_count,
      first_detail, first_response_body, origin
      FROM deliveries";
 
@@ -78,10 +97,14 @@ pub(super) fn delivery_row(r: &Row) -> Result<DeliveryRecord> {
             status_code: r
                 .get::<_, Option<i32>>(11)
                 .and_then(|c| u16::try_from(c).ok()),
-            detail: r.get(12),
-            response_body: r.get(13),
-            replayed: r.get::<_, Option<&str>>(14) == Some("replay"),
+            detail: r.get(16),
+            response_body: r.get(17),
+            replayed: r.get::<_, Option<&str>>(18) == Some("replay"),
         }),
+        ordering_key: r.get(12),
+        coalesce_key: r.get(13),
+        superseded_by: r.get(14),
+        superseded_count: u32_of(r.get(15), "superseded_count")?,
     })
 }
 
@@ -176,6 +199,12 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
     if deliveries.is_empty() {
         return Ok(());
     }
+    if deliveries
+        .iter()
+        .any(|d| d.sequencing != Sequencing::default())
+    {
+        return insert_sequenced(c, node, event_id, created_at, deliveries).await;
+    }
     let mut id = Vec::new();
     let mut agent = Vec::new();
     let mut route = Vec::new();
@@ -227,6 +256,60 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// `insert_deliveries` when some have ordering or coalescing: the statement with those columns,
+/// so that the common one stays as short as it was.
+async fn insert_sequenced<C: GenericClient>(
+    c: &C,
+    node: Uuid,
+    event_id: Uuid,
+    created_at: i64,
+    deliveries: &[NewDelivery],
+) -> Result<()> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
+                                     next_attempt_at, last_error, body, retry_policy, created_at,
+                                     updated_at, owner, ordering_key, ordering_hold, coalesce_key,
+                                     coalesce_window_ms, coalesce_max_wait_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15,
+                     $16, $17)",
+        )
+        .await?;
+    for d in deliveries {
+        let q = &d.sequencing;
+        let body = d.body.as_deref().map(utf8).transpose()?;
+        let window = q.coalesce_key.as_ref().map(|_| q.coalesce_window_ms as i64);
+        let wait = q
+            .coalesce_key
+            .as_ref()
+            .map(|_| q.coalesce_max_wait_ms as i64);
+        c.execute(
+            &stmt,
+            &[
+                &d.id,
+                &event_id,
+                &d.agent_id,
+                &d.route_id,
+                &d.priority,
+                &d.status.as_str(),
+                &d.next_attempt_at,
+                &d.last_error,
+                &body,
+                &d.retry_policy,
+                &created_at,
+                &node,
+                &q.ordering_key,
+                &q.ordering_hold,
+                &q.coalesce_key,
+                &window,
+                &wait,
+            ],
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -497,19 +580,81 @@ impl DeliveryStore for PgStore {
         Ok(())
     }
 
-    async fn finished_counts(&self) -> Result<(u64, u64)> {
+    async fn finished_counts(&self) -> Result<FinishedCounts> {
         let c = self.client().await?;
         let row = c
             .query_one(
                 "SELECT count(*) FILTER (WHERE status = 'dead'),
-                        count(*) FILTER (WHERE status = 'delivered')
+                        count(*) FILTER (WHERE status = 'delivered'),
+                        count(*) FILTER (WHERE status = 'superseded')
                  FROM deliveries",
                 &[],
             )
             .await?;
-        Ok((
-            row.get::<_, i64>(0).max(0) as u64,
-            row.get::<_, i64>(1).max(0) as u64,
-        ))
+        Ok(FinishedCounts {
+            dead: row.get::<_, i64>(0).max(0) as u64,
+            delivered: row.get::<_, i64>(1).max(0) as u64,
+            superseded: row.get::<_, i64>(2).max(0) as u64,
+        })
+    }
+
+    async fn supersede(&self, steps: Vec<Supersession>) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let old = tx
+            .prepare_cached(
+                "UPDATE deliveries SET status = 'superseded', superseded_by = $2,
+                        next_attempt_at = NULL, updated_at = $3
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .await?;
+        let by = tx
+            .prepare_cached(
+                "UPDATE deliveries SET superseded_count = $2, superseded_ids = $3,
+                        coalesce_since = $4, next_attempt_at = $5, updated_at = $6
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .await?;
+        let now = crate::clock::now_ms();
+        for s in &steps {
+            tx.execute(&old, &[&s.old, &s.by, &now]).await?;
+            tx.execute(
+                &by,
+                &[
+                    &s.by,
+                    &i64::from(s.carried.count),
+                    &s.carried.event_ids,
+                    &s.carried.since,
+                    &s.due,
+                    &now,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn held_keys(&self) -> Result<Vec<HeldKey>> {
+        let c = self.client().await?;
+        c.query(
+            "SELECT id, event_id, agent_id, ordering_key FROM deliveries
+             WHERE status = 'dead' AND ordering_hold ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(HeldKey {
+                delivery_id: r.get(0),
+                event_id: r.get(1),
+                agent_id: r.get(2),
+                key: r.get(3),
+            })
+        })
+        .collect()
     }
 }

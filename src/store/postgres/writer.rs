@@ -217,6 +217,15 @@ WITH ins AS (
 )
 SELECT id FROM ins";
 
+/// Ordering and coalescing keys of the deliveries just inserted (rows of refused events were
+/// not inserted, so they match nothing).
+const SET_KEYS: &str = "
+UPDATE deliveries d SET ordering_key = u.okey, ordering_hold = u.hold, coalesce_key = u.ckey,
+       coalesce_window_ms = u.w, coalesce_max_wait_ms = u.m
+FROM UNNEST($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::int8[], $6::int8[])
+     AS u(id, okey, hold, ckey, w, m)
+WHERE d.id = u.id";
+
 /// Rate-limit spends: how many of the batch's events each lease admitted (see `rate_spends`).
 const RECORD_SPENDS: &str =
     "INSERT INTO rate_spends (lease, spent) SELECT * FROM UNNEST($1::uuid[], $2::int8[])";
@@ -254,6 +263,13 @@ async fn try_commit(
     let mut s_agent = Vec::new();
     let mut s_event = Vec::new();
     let mut s_body = Vec::new();
+    // Ordering and coalescing keys, set on the rows just inserted (few deliveries have them).
+    let mut q_id = Vec::new();
+    let mut q_okey = Vec::new();
+    let mut q_hold = Vec::new();
+    let mut q_ckey = Vec::new();
+    let mut q_window = Vec::new();
+    let mut q_wait = Vec::new();
     // A body that is not UTF-8 (only a programming error can make one) fails its own event.
     fn text(b: &[u8]) -> std::result::Result<&str, BatchFailure> {
         utf8(b).map_err(|error| BatchFailure {
@@ -282,6 +298,19 @@ async fn try_commit(
             d_error.push(d.last_error.as_deref());
             d_body.push(d.body.as_deref().map(text).transpose()?);
             d_policy.push(d.retry_policy.as_deref());
+            let q = &d.sequencing;
+            if q.ordering_key.is_some() || q.coalesce_key.is_some() {
+                q_id.push(d.id);
+                q_okey.push(q.ordering_key.as_deref());
+                q_hold.push(q.ordering_hold);
+                q_ckey.push(q.coalesce_key.as_deref());
+                q_window.push(q.coalesce_key.as_ref().map(|_| q.coalesce_window_ms as i64));
+                q_wait.push(
+                    q.coalesce_key
+                        .as_ref()
+                        .map(|_| q.coalesce_max_wait_ms as i64),
+                );
+            }
         }
         for (agent, body) in &e.streamed {
             s_agent.push(agent.as_str());
@@ -335,6 +364,14 @@ async fn try_commit(
         rows
     };
     let stored: HashSet<Uuid> = rows.iter().map(|r| r.get::<_, Uuid>(0)).collect();
+    if !q_id.is_empty() {
+        let keys = tx.prepare_cached(SET_KEYS).await?;
+        tx.execute(
+            &keys,
+            &[&q_id, &q_okey, &q_hold, &q_ckey, &q_window, &q_wait],
+        )
+        .await?;
+    }
 
     let mut outcomes: Vec<Option<Result<CommitOutcome>>> = events
         .iter()

@@ -59,7 +59,7 @@ impl AuditStore for SqliteStore {
             // a dead letter younger than the DLQ's retention stay with it.
             let keep = "NOT EXISTS (
                 SELECT 1 FROM deliveries d WHERE d.event_id = events.id
-                   AND (d.status > 'delivered' OR (d.status = 'dead' AND d.event_id >= ?2)))";
+                   AND (d.status BETWEEN 'in_flight' AND 'scheduled' OR (d.status = 'dead' AND d.event_id >= ?2)))";
             let ids: Vec<Vec<u8>> = match &scope.source {
                 Some(source) => c
                     .prepare_cached(&format!(

@@ -9,7 +9,8 @@ use super::{SqliteStore, uuid_col};
 use crate::store::packed::{Packed, Unpacked, unpacked_len};
 use crate::store::{
     AttemptRecord, AttemptUpdate, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
-    FirstSuccess, NewDelivery, PendingDelivery, Result, parse_detail,
+    FinishedCounts, FirstSuccess, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing,
+    SupersededInfo, Supersession, parse_detail,
 };
 
 /// `pending_row`'s columns, of `deliveries d` joined to `events e`; the body column's
@@ -23,7 +24,8 @@ macro_rules! pending_columns {
             "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
              d.next_attempt_at, d.retry_policy, e.source, e.type, ",
             $body,
-            ", d.created_at"
+            ", d.created_at, d.ordering_key, d.ordering_hold, d.coalesce_key, d.coalesce_window_ms,
+             d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since"
         )
     };
 }
@@ -53,6 +55,21 @@ fn pending_row_without_body(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingDe
         event_type: r.get(10)?,
         body: None,
         created_at: r.get(12)?,
+        sequencing: Sequencing {
+            ordering_key: r.get(13)?,
+            ordering_hold: r.get(14)?,
+            coalesce_key: r.get(15)?,
+            coalesce_window_ms: r.get::<_, Option<i64>>(16)?.unwrap_or(0).max(0) as u64,
+            coalesce_max_wait_ms: r.get::<_, Option<i64>>(17)?.unwrap_or(0).max(0) as u64,
+        },
+        superseded: match r.get::<_, u32>(18)? {
+            0 => None,
+            count => Some(SupersededInfo {
+                count,
+                event_ids: r.get::<_, Option<String>>(19)?.unwrap_or_default(),
+                since: r.get::<_, Option<i64>>(20)?.unwrap_or(0),
+            }),
+        },
     })
 }
 
@@ -72,16 +89,23 @@ pub(super) fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRe
             started_at: r.get(9)?,
             duration_ms: r.get(10)?,
             status_code: r.get(11)?,
-            detail: r.get(12)?,
-            response_body: r.get(13)?,
-            replayed: r.get::<_, Option<String>>(14)?.as_deref() == Some("replay"),
+            detail: r.get(16)?,
+            response_body: r.get(17)?,
+            replayed: r.get::<_, Option<String>>(18)?.as_deref() == Some("replay"),
         }),
+        ordering_key: r.get(12)?,
+        coalesce_key: r.get(13)?,
+        superseded_by: r
+            .get::<_, Option<Vec<u8>>>(14)?
+            .and_then(|b| Uuid::from_slice(&b).ok()),
+        superseded_count: r.get(15)?,
     })
 }
 
 pub(super) const DELIVERY_COLUMNS: &str =
     "id, event_id, agent_id, route_id, priority, status, attempts,
      next_attempt_at, last_error, first_started_at, first_duration_ms, first_status_code,
+     ordering_key, coalesce_key, superseded_by, superseded_count,
      first_detail, first_response_body, origin
      FROM deliveries";
 
@@ -158,6 +182,10 @@ pub(super) fn insert_deliveries(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11)",
     )?;
     for (d, body) in deliveries.iter().zip(bodies) {
+        if d.sequencing != Sequencing::default() {
+            insert_sequenced(c, event_id, created_at, d, body)?;
+            continue;
+        }
         stmt.execute(params![
             d.id.as_bytes().as_slice(),
             event_id.as_bytes().as_slice(),
@@ -172,6 +200,44 @@ pub(super) fn insert_deliveries(
             created_at,
         ])?;
     }
+    Ok(())
+}
+
+/// A delivery with ordering or coalescing: the other statement, so that the common one stays as
+/// short as it was.
+fn insert_sequenced(
+    c: &Connection,
+    event_id: Uuid,
+    created_at: i64,
+    d: &NewDelivery,
+    body: &Option<Packed>,
+) -> rusqlite::Result<()> {
+    let q = &d.sequencing;
+    c.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
+                                 next_attempt_at, last_error, body, retry_policy, created_at, updated_at,
+                                 ordering_key, ordering_hold, coalesce_key, coalesce_window_ms,
+                                 coalesce_max_wait_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        d.id.as_bytes().as_slice(),
+        event_id.as_bytes().as_slice(),
+        d.agent_id,
+        d.route_id,
+        d.priority,
+        d.status.as_str(),
+        d.next_attempt_at,
+        d.last_error,
+        body,
+        d.retry_policy,
+        created_at,
+        q.ordering_key,
+        q.ordering_hold,
+        q.coalesce_key,
+        q.coalesce_key.as_ref().map(|_| q.coalesce_window_ms as i64),
+        q.coalesce_key.as_ref().map(|_| q.coalesce_max_wait_ms as i64),
+    ])?;
     Ok(())
 }
 
@@ -256,7 +322,7 @@ impl DeliveryStore for SqliteStore {
                 pending_columns!(),
                 " FROM deliveries d INDEXED BY deliveries_unfinished
                      JOIN events e ON e.id = d.event_id
-                 WHERE d.status > 'delivered' ORDER BY d.id"
+                 WHERE d.status BETWEEN 'in_flight' AND 'scheduled' ORDER BY d.id"
             ))?;
             // The body only while the bodies so far, in id order, add up to at most the budget
             // (their length as text: what they will take in memory, packed or not).
@@ -370,14 +436,76 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn finished_counts(&self) -> Result<(u64, u64)> {
+    async fn finished_counts(&self) -> Result<FinishedCounts> {
         self.read(|c| {
             c.query_row(
-                "SELECT COALESCE(SUM(status = 'dead'), 0), COALESCE(SUM(status = 'delivered'), 0)
+                "SELECT COALESCE(SUM(status = 'dead'), 0), COALESCE(SUM(status = 'delivered'), 0),
+                        COALESCE(SUM(status = 'superseded'), 0)
                  FROM deliveries",
                 [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                |r| {
+                    Ok(FinishedCounts {
+                        dead: r.get::<_, i64>(0)? as u64,
+                        delivered: r.get::<_, i64>(1)? as u64,
+                        superseded: r.get::<_, i64>(2)? as u64,
+                    })
+                },
             )
+        })
+        .await
+    }
+
+    async fn supersede(&self, steps: Vec<Supersession>) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| {
+            let mut old = c.prepare_cached(
+                "UPDATE deliveries SET status = 'superseded', superseded_by = ?2,
+                        next_attempt_at = NULL, updated_at = ?3
+                 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            let mut by = c.prepare_cached(
+                "UPDATE deliveries SET superseded_count = ?2, superseded_ids = ?3,
+                        coalesce_since = ?4, next_attempt_at = ?5, updated_at = ?6
+                 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            let now = crate::clock::now_ms();
+            for s in &steps {
+                old.execute(params![
+                    s.old.as_bytes().as_slice(),
+                    s.by.as_bytes().as_slice(),
+                    now
+                ])?;
+                by.execute(params![
+                    s.by.as_bytes().as_slice(),
+                    s.carried.count,
+                    s.carried.event_ids,
+                    s.carried.since,
+                    s.due,
+                    now
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn held_keys(&self) -> Result<Vec<HeldKey>> {
+        self.read(|c| {
+            c.prepare(
+                "SELECT id, event_id, agent_id, ordering_key FROM deliveries INDEXED BY deliveries_held
+                 WHERE status = 'dead' AND ordering_hold = 1 ORDER BY id",
+            )?
+            .query_map([], |r| {
+                Ok(HeldKey {
+                    delivery_id: uuid_col(r, 0)?,
+                    event_id: uuid_col(r, 1)?,
+                    agent_id: r.get(2)?,
+                    key: r.get(3)?,
+                })
+            })?
+            .collect()
         })
         .await
     }

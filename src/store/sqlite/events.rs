@@ -195,7 +195,7 @@ impl EventStore for SqliteStore {
                 let mut cancel = c.prepare_cached(
                     "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,
                             last_error = 'cancelled: the event was erased', updated_at = ?2
-                     WHERE event_id = ?1 AND (status > 'delivered' OR status = 'dead')",
+                     WHERE event_id = ?1 AND (status BETWEEN 'in_flight' AND 'scheduled' OR status = 'dead')",
                 )?;
                 let mut bodies = c.prepare_cached(
                     "UPDATE deliveries SET body = NULL, first_response_body = NULL
