@@ -212,7 +212,7 @@ fn publish_one(state: &Node, e: RemoteEvent) {
         })
         .collect();
     let firehose = (!e.filtered).then_some(body);
-    publish_event(&state.hub, e.id, view, None, firehose, items);
+    publish_event(&state.hub, e.id, view, None, firehose, items, None);
 }
 
 /// `/queue/stats` for the whole cluster: this node's live figures plus every other live

@@ -461,6 +461,7 @@ pub fn plan(
                 .and_then(|p| serde_json::to_string(p).ok()),
             next_attempt_at: due,
             last_error: error,
+            trace_context: None,
             sequencing,
         });
         if let Some(body) = body {
@@ -481,6 +482,7 @@ pub fn plan(
                 body: Some(body),
                 due_at: due,
                 created_at: now,
+                trace_context: None,
                 keys,
                 superseded: None,
             });

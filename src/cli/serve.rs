@@ -21,7 +21,6 @@ pub fn main(overrides: Overrides) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    crate::telemetry::init(&cfg.log_level, cfg.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -29,7 +28,15 @@ pub fn main(overrides: Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(crate::run(cfg)) {
+    // Inside the runtime: the trace exporter's batch task runs on it.
+    let telemetry = {
+        let _rt = rt.enter();
+        crate::telemetry::init(&cfg.log_level, cfg.log_format)
+    };
+    let outcome = rt.block_on(crate::run(cfg));
+    // The spans of the last requests are still buffered: exported while the runtime lives.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("event-router: {e:#}");

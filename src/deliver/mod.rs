@@ -105,6 +105,9 @@ pub struct AttemptRequest<'a> {
     pub event_type: &'a str,
     pub attempt: u32,
     pub body: &'a Bytes,
+    /// The attempt's W3C trace context (`traceparent`, `tracestate`), sent so that the
+    /// agent's spans join the webhook's trace; `None` while tracing is off.
+    pub trace: Option<(&'a str, Option<&'a str>)>,
     /// A coalesced burst: how many deliveries this one superseded, and their event ids
     /// (comma-separated, at most 100).
     pub superseded: Option<(u32, &'a str)>,
@@ -237,6 +240,8 @@ static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signatur
 static X_EVENT_SOURCE: HeaderName = HeaderName::from_static("x-event-source");
 static X_EVENT_TYPE: HeaderName = HeaderName::from_static("x-event-type");
 static X_DELIVERY_ATTEMPT: HeaderName = HeaderName::from_static("x-delivery-attempt");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static X_EVENT_SUPERSEDED: HeaderName = HeaderName::from_static("x-event-superseded");
 static X_EVENT_SUPERSEDED_IDS: HeaderName = HeaderName::from_static("x-event-superseded-ids");
 
@@ -264,6 +269,12 @@ fn request(target: &AgentTarget, req: &AttemptRequest<'_>, ts: i64) -> Request<F
     headers.insert(X_EVENT_SOURCE.clone(), value(req.source));
     headers.insert(X_EVENT_TYPE.clone(), value(req.event_type));
     headers.insert(X_DELIVERY_ATTEMPT.clone(), HeaderValue::from(req.attempt));
+    if let Some((parent, state)) = req.trace {
+        headers.insert(TRACEPARENT.clone(), value(parent));
+        if let Some(state) = state {
+            headers.insert(TRACESTATE.clone(), value(state));
+        }
+    }
     if let Some((count, ids)) = req.superseded {
         headers.insert(X_EVENT_SUPERSEDED.clone(), HeaderValue::from(count));
         headers.insert(X_EVENT_SUPERSEDED_IDS.clone(), value(ids));
@@ -519,6 +530,7 @@ mod tests {
             event_type: "pull_request.opened",
             attempt: 2,
             body,
+            trace: None,
             superseded: None,
         }
     }

@@ -531,6 +531,7 @@ pub async fn test_agent(
         next_attempt_at: timestamp,
         last_error: None,
         sequencing: Default::default(),
+        trace_context: None,
     };
     app.store
         .commit_event(crate::store::NewEvent {
@@ -563,6 +564,7 @@ pub async fn test_agent(
             created_at: timestamp,
             sequencing: Default::default(),
             superseded: Default::default(),
+            trace_context: None,
         }],
         app.rules.default_policy(),
     );

@@ -118,15 +118,30 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(error::envelope))
         .layer(
             // A span per request; headers are not recorded, so no key or signature is logged.
+            // With tracing on, a webhook's span is also the root of its exported trace.
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
-                    tracing::info_span!(
-                        "request",
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                        event_id = tracing::field::Empty,
-                    )
+                    crate::telemetry::trace::webhook(req.method(), req.uri(), req.headers())
+                        .unwrap_or_else(|| {
+                            tracing::info_span!(
+                                "request",
+                                method = %req.method(),
+                                path = %req.uri().path(),
+                                event_id = tracing::field::Empty,
+                            )
+                        })
                 })
+                .on_response(
+                    |resp: &Response, latency: std::time::Duration, span: &tracing::Span| {
+                        crate::telemetry::trace::answered(span, resp.status().as_u16());
+                        tower_http::trace::OnResponse::on_response(
+                            tower_http::trace::DefaultOnResponse::default(),
+                            resp,
+                            latency,
+                            span,
+                        );
+                    },
+                )
                 // Refusals are answers, not failures; real internal errors are logged where they
                 // happen, with context.
                 .on_failure(()),

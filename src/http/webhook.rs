@@ -10,6 +10,8 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::AppState;
 use super::auth::is_agent_key;
@@ -20,7 +22,7 @@ use crate::ingest::{IngestError, Prepared, admit, read, route};
 use crate::providers::{GetRefusal, Handshake, RequestLine};
 use crate::ratelimit::Decision;
 use crate::store::CommitOutcome;
-use serde_json::Value;
+use crate::telemetry::trace;
 
 pub async fn webhook(
     State(app): State<AppState>,
@@ -138,6 +140,7 @@ async fn receive(
             wrong_bearer.set(!ok);
             ok
         };
+        let _verify = trace::stage("verify").entered();
         match ingest.prepare(&source, line, headers, &bytes, &client_ip, &agent_key) {
             Err(e) if wrong_bearer.get() => {
                 return Err(match app.auth_throttle.failed(peer.ip()) {
@@ -158,6 +161,7 @@ async fn receive(
         } => (head, event, raw_json, payload_deferred),
     };
     tracing::Span::current().record("event_id", tracing::field::display(head.id));
+    trace::event(&head.id, &head.source, &head.event_type, &client_ip);
     // The body the provider expects instead of ours (Discord's deferred interaction response).
     let provider_answer = source.provider.accepted_answer(&head);
     if let Some(original) = dedupe::dedupe(&ingest.dedupe, &head) {
@@ -193,6 +197,7 @@ async fn receive(
         raw_json,
         payload_deferred,
     )
+    .instrument(trace::stage("route"))
     .await?;
     let committed = commit(ingest, head, routed, pending, admission.lease).await?;
     match committed.outcome {

@@ -5,6 +5,8 @@
 //! handler's future at any `.await`, and an event being committed must still be queued and
 //! published (ARCHITECTURE.md, "No half-done work").
 
+use tracing::Instrument as _;
+
 use super::dedupe::Original;
 use super::pipeline::Ingest;
 use super::route::Routed;
@@ -12,6 +14,7 @@ use super::{IngestError, publish};
 use crate::event::EventHeader;
 use crate::store::{CommitOutcome, NewEvent};
 use crate::stream::sequencer::Pending;
+use crate::telemetry::trace;
 
 /// What the commit made of the event.
 pub struct Committed {
@@ -33,9 +36,21 @@ pub async fn commit(
     let Routed {
         event,
         body,
-        plan,
+        mut plan,
         deferred_payload,
     } = routed;
+    // The webhook's span (while tracing is on): its context goes with every delivery, so that
+    // the attempts join its trace whenever and wherever they run.
+    let webhook = trace::enabled().then(tracing::Span::current);
+    if let Some(context) = webhook.as_ref().and_then(trace::context_of) {
+        for d in &mut plan.deliveries {
+            d.trace_context = Some(context.clone());
+        }
+        for j in &mut plan.jobs {
+            j.trace_context = Some(context.clone());
+        }
+    }
+    let commit_span = trace::stage("commit");
     let reservation = ingest
         .queue
         .reserve(plan.jobs.len())
@@ -62,11 +77,17 @@ pub async fn commit(
     let (head, outcome) = ingest
         .tasks
         .spawn(async move {
-            let outcome = store.commit_event_spending(new_event, lease).await?;
+            let outcome = store
+                .commit_event_spending(new_event, lease)
+                .instrument(commit_span)
+                .await?;
             if outcome == CommitOutcome::Stored {
                 queue.enqueue(jobs, reservation);
                 if let Some(p) = pending {
-                    publish::publish(p, event, deferred_payload, firehose, streams);
+                    let span = webhook.map(|w| trace::publish(&w, &head.id, streams.len()));
+                    let _publishing = span.as_ref().map(|s| s.enter());
+                    let trace_context = span.as_ref().and_then(trace::context_of);
+                    publish::publish(p, event, deferred_payload, firehose, streams, trace_context);
                 }
                 if let Some(d) = &head.delivery_id {
                     dedupe.insert(

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::analytics::Analytics;
@@ -31,6 +32,7 @@ use crate::store::{
     AttemptUpdate, DeliveryStatus, KeyClaim, PendingDelivery, Sequencing, Store, SupersededInfo,
     Supersession,
 };
+use crate::telemetry::trace;
 use breaker::{Admission, Breaker, Transition};
 use policy::RetryPolicy;
 
@@ -119,6 +121,9 @@ pub struct Job {
     pub due_at: i64,
     /// When the delivery was created (ms), for age and end-to-end latency.
     pub created_at: i64,
+    /// The webhook's W3C trace context, which its attempts' spans continue (`None` while
+    /// tracing is off).
+    pub trace_context: Option<Arc<str>>,
     /// Its ordering and coalescing keys, if its route has them.
     pub keys: Option<Arc<Keys>>,
     /// What it superseded, when it carries a burst.
@@ -224,6 +229,7 @@ impl Job {
             body: p.body.map(Bytes::from),
             due_at: p.next_attempt_at,
             created_at: p.created_at,
+            trace_context: p.trace_context.map(Arc::from),
             keys: Keys::of(&p.sequencing),
             superseded: p
                 .superseded
@@ -2116,6 +2122,16 @@ impl AttemptCtx {
         self.attempts.spawn(tracing::Instrument::instrument(
             async move {
                 let event_id = job.event_id.to_string();
+                let traced = trace::Attempt::start(trace::AttemptInfo {
+                    event_id: &job.event_id,
+                    delivery_id: &job.delivery_id,
+                    agent_id: &job.agent_id,
+                    source: &job.source,
+                    event_type: &job.event_type,
+                    attempt: job.attempts,
+                    uri: &target.uri,
+                    stored: job.trace_context.as_deref(),
+                });
                 let superseded_ids = job.superseded.as_ref().map(|c| c.ids_text());
                 let result = match &body {
                     Ok(body) => {
@@ -2128,6 +2144,7 @@ impl AttemptCtx {
                                 event_type: &job.event_type,
                                 attempt: job.attempts,
                                 body,
+                                trace: traced.as_ref().map(trace::Attempt::headers),
                                 superseded: job
                                     .superseded
                                     .as_ref()
@@ -2135,6 +2152,7 @@ impl AttemptCtx {
                                     .map(|(c, ids)| (c.count, ids)),
                             },
                         )
+                        .instrument(trace::Attempt::span_of(traced.as_ref()))
                         .await
                     }
                     Err(error) => AttemptResult {
@@ -2149,6 +2167,15 @@ impl AttemptCtx {
                         detail: None,
                     },
                 };
+                // The attempt's log line inside its span, so that it names the trace.
+                let _in_span = traced.as_ref().map(|t| {
+                    t.finish(
+                        result.status_code,
+                        result.delivered,
+                        result.error.as_deref(),
+                    );
+                    t.span.enter()
+                });
                 // A retry keeps the body if the budget has room for it then.
                 job.body = body.ok();
                 tracing::debug!(
@@ -2199,6 +2226,7 @@ mod tests {
             body: Some(Bytes::new()),
             due_at: 0,
             created_at: 0,
+            trace_context: None,
             keys: None,
             superseded: None,
         };

@@ -95,6 +95,7 @@ conformance!(
     a_first_attempt_success_is_logged_like_any_attempt,
     attempts_keep_the_exchange_and_why_they_were_made,
     keys_supersessions_and_held_keys_are_kept,
+    trace_context_is_kept_with_the_delivery,
     ping_and_close,
 );
 
@@ -229,6 +230,7 @@ pub(super) fn delivery(agent: &str, status: DeliveryStatus) -> NewDelivery {
         retry_policy: None,
         next_attempt_at: 0,
         last_error: None,
+        trace_context: None,
         sequencing: Default::default(),
     }
 }
@@ -1520,6 +1522,39 @@ async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
         opened[0].attempt_log[1].response_body.as_deref(),
         Some("enc:v1:not really")
     );
+}
+
+async fn trace_context_is_kept_with_the_delivery(store: Arc<dyn Store>) {
+    // What a delivery's attempts continue, after a restart or on another node: read back with
+    // it from every path that loads deliveries (unfinished, dead-letter retry, added later).
+    let context = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nrojo=00f067aa0ba902b7";
+    let mut e = ev("github", Some("traced"));
+    let mut traced = delivery("a", DeliveryStatus::Pending);
+    traced.trace_context = Some(context.into());
+    let untraced = delivery("b", DeliveryStatus::Pending);
+    let mut dead = delivery("c", DeliveryStatus::Dead);
+    dead.last_error = Some("agent answered 500".into());
+    dead.trace_context = Some(context.into());
+    let (traced_id, untraced_id, dead_id) = (traced.id, untraced.id, dead.id);
+    e.deliveries = vec![traced, untraced, dead];
+    store.commit_event(e.clone()).await.unwrap();
+    let mut added = delivery("d", DeliveryStatus::Pending);
+    added.trace_context = Some(context.into());
+    let added_id = added.id;
+    store.add_deliveries(e.id, vec![added]).await.unwrap();
+
+    let all = unfinished(store.as_ref()).await;
+    let context_of = |id: Uuid| {
+        all.iter()
+            .find(|p| p.id == id)
+            .map(|p| p.trace_context.clone())
+            .expect("an unfinished delivery")
+    };
+    assert_eq!(context_of(traced_id).as_deref(), Some(context));
+    assert_eq!(context_of(untraced_id), None);
+    assert_eq!(context_of(added_id).as_deref(), Some(context));
+    let retried = store.retry_dead(dead_id).await.unwrap().expect("was dead");
+    assert_eq!(retried.trace_context.as_deref(), Some(context));
 }
 
 async fn delivery_bodies_are_read_back_alone(store: Arc<dyn Store>) {

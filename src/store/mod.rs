@@ -96,6 +96,10 @@ pub struct NewDelivery {
     pub retry_policy: Option<String>,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
+    /// The W3C trace context of the webhook that created it (`telemetry::TraceContext`), kept
+    /// so that its attempts join that trace whenever and wherever they run; `None` while
+    /// tracing is off.
+    pub trace_context: Option<Arc<str>>,
     pub sequencing: Sequencing,
 }
 
@@ -472,6 +476,8 @@ pub struct PendingDelivery {
     /// `unfinished_deliveries` past its body budget: read it with `delivery_bodies` when needed.
     pub body: Option<String>,
     pub created_at: i64,
+    /// The webhook's trace context, as `NewDelivery::trace_context`.
+    pub trace_context: Option<String>,
     pub sequencing: Sequencing,
     /// What it superseded, if it carries a burst.
     pub superseded: Option<SupersededInfo>,

@@ -36,6 +36,18 @@ pub struct Message {
 
 impl Message {
     pub fn new(event_id: Uuid, body: &[u8], view: Arc<Value>) -> Message {
+        Message::traced(event_id, body, view, None)
+    }
+
+    /// A message that carries the W3C trace context of its publication (as stored by
+    /// `telemetry::trace`): `traceparent` and `tracestate` fields beside `data`, so that a
+    /// consumer's spans can join the webhook's trace.
+    pub fn traced(
+        event_id: Uuid,
+        body: &[u8],
+        view: Arc<Value>,
+        trace_context: Option<&str>,
+    ) -> Message {
         // Bodies are text this server serialized: the strict check passes (and is much faster
         // than the lossy conversion, which walks the text in chunks).
         let body = match std::str::from_utf8(body) {
@@ -45,6 +57,17 @@ impl Message {
         let mut text = String::with_capacity(body.len() + 24);
         text.push_str(r#"{"type":"event","data":"#);
         text.push_str(&body);
+        if let Some(context) = trace_context {
+            let (parent, state) = crate::telemetry::trace::split(context);
+            // JSON strings: a `tracestate` value may hold quotes or backslashes.
+            let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+            text.push_str(r#","traceparent":"#);
+            text.push_str(&quoted(parent));
+            if let Some(state) = state {
+                text.push_str(r#","tracestate":"#);
+                text.push_str(&quoted(state));
+            }
+        }
         text.push('}');
         Message {
             event_id,
@@ -294,6 +317,7 @@ pub fn publish_event(
     deferred_payload: Option<Bytes>,
     firehose_body: Option<Bytes>,
     items: Vec<StreamItem>,
+    trace_context: Option<&str>,
 ) {
     let listened = items.iter().any(|i| hub.listening(&i.agent_id))
         || (firehose_body.is_some() && hub.listening(FIREHOSE));
@@ -318,17 +342,22 @@ pub fn publish_event(
         let msg = match item.view {
             None => shared
                 .get_or_insert_with(|| {
-                    Arc::new(Message::new(event_id, &item.body, event_view.clone()))
+                    Arc::new(Message::traced(
+                        event_id,
+                        &item.body,
+                        event_view.clone(),
+                        trace_context,
+                    ))
                 })
                 .clone(),
-            Some(view) => Arc::new(Message::new(event_id, &item.body, view)),
+            Some(view) => Arc::new(Message::traced(event_id, &item.body, view, trace_context)),
         };
         hub.publish(&item.agent_id, &msg);
     }
     if let Some(body) = firehose_body
         && hub.listening(FIREHOSE)
     {
-        let msg = Arc::new(Message::new(event_id, &body, event_view));
+        let msg = Arc::new(Message::traced(event_id, &body, event_view, trace_context));
         hub.publish(FIREHOSE, &msg);
     }
 }
@@ -343,6 +372,37 @@ mod tests {
             v.to_string().as_bytes(),
             Arc::new(v),
         ))
+    }
+
+    #[test]
+    fn a_traced_message_carries_its_context_beside_the_event() {
+        let body = br#"{"id":"x"}"#;
+        let plain = Message::new(Uuid::from_u128(1), body, Arc::new(Value::Null));
+        assert_eq!(plain.text.as_str(), r#"{"type":"event","data":{"id":"x"}}"#);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // A `tracestate` value may hold characters JSON escapes.
+        let context = format!("{parent}\na=\"q\\b\"");
+        let traced = Message::traced(
+            Uuid::from_u128(1),
+            body,
+            Arc::new(Value::Null),
+            Some(&context),
+        );
+        let v: Value = serde_json::from_str(traced.text.as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "event", "data": {"id": "x"},
+                               "traceparent": parent, "tracestate": "a=\"q\\b\""})
+        );
+        let without_state = Message::traced(
+            Uuid::from_u128(1),
+            body,
+            Arc::new(Value::Null),
+            Some(parent),
+        );
+        let v: Value = serde_json::from_str(without_state.text.as_str()).unwrap();
+        assert_eq!(v["traceparent"], parent);
+        assert!(v.get("tracestate").is_none());
     }
 
     #[tokio::test]
@@ -417,6 +477,7 @@ mod tests {
             Some(raw.clone()),
             Some(body.clone()),
             Vec::new(),
+            None,
         );
         // A stream whose filter does not read the payload gets the text, and no tree is built.
         let (everything, mut rx_all) = hub.subscribe(FIREHOSE, Subscription::all());
@@ -428,6 +489,7 @@ mod tests {
             Some(raw.clone()),
             Some(body.clone()),
             Vec::new(),
+            None,
         );
         let msg = rx_all.recv().await.unwrap();
         assert_eq!(msg.view["payload"], Value::Null);
@@ -449,6 +511,7 @@ mod tests {
             Some(raw),
             Some(body),
             Vec::new(),
+            None,
         );
         let msg = rx.recv().await.unwrap();
         assert_eq!(msg.event_id, Uuid::from_u128(2));

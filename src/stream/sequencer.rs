@@ -25,6 +25,8 @@ pub struct Publication {
     pub deferred_payload: Option<Bytes>,
     pub firehose_body: Option<Bytes>,
     pub items: Vec<StreamItem>,
+    /// The W3C trace context the messages carry (`telemetry::trace`; `None` while tracing is off).
+    pub trace_context: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -124,6 +126,7 @@ impl Sequencer {
                 p.deferred_payload,
                 p.firehose_body,
                 p.items,
+                p.trace_context.as_deref(),
             );
         }
     }
@@ -174,6 +177,7 @@ mod tests {
             deferred_payload: None,
             firehose_body: Some(Bytes::from_static(b"{}")),
             items: Vec::new(),
+            trace_context: None,
         };
         c.publish(publication());
         assert!(rx.try_recv().is_err(), "c waits for a and b");

@@ -328,6 +328,7 @@ fn stored_event(
             next_attempt_at: 0,
             last_error: (status == event_router::store::DeliveryStatus::Dead)
                 .then(|| "agent answered 500 Internal Server Error".into()),
+            trace_context: None,
             sequencing: Default::default(),
         }],
         streamed: vec![],

@@ -363,6 +363,7 @@ fn old_event(
             retry_policy: None,
             next_attempt_at: 0,
             last_error: None,
+            trace_context: None,
             sequencing: Default::default(),
         }],
         streamed: vec![],

@@ -30,6 +30,7 @@ mod ingest;
 mod ingest_errors;
 mod inspect;
 mod ordering;
+mod otel_tracing;
 mod providers;
 mod rate_limits;
 mod rules;

@@ -44,7 +44,6 @@ use crate::config::{Config, Secret};
 /// `event-router bench`: runs and prints; exit 1 if an acknowledged event was lost.
 pub fn main(args: BenchArgs) -> ExitCode {
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into());
-    crate::telemetry::init(&level, crate::config::LogFormat::Text);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,7 +54,14 @@ pub fn main(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(&args, !args.json)) {
+    // The router under load traces as `serve` does when the `OTEL_*` variables ask for it.
+    let telemetry = {
+        let _rt = rt.enter();
+        crate::telemetry::init(&level, crate::config::LogFormat::Text)
+    };
+    let outcome = rt.block_on(run(&args, !args.json));
+    telemetry.shutdown();
+    match outcome {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string_pretty(&report) {

@@ -33,7 +33,7 @@ pub(super) fn pending_select(budget: Option<&str>) -> String {
         "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
          d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at,
          d.ordering_key, d.ordering_hold, d.coalesce_key, d.coalesce_window_ms,
-         d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since"
+         d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since, d.trace_context"
     )
 }
 
@@ -52,6 +52,7 @@ pub(super) fn pending_row(r: &Row) -> Result<PendingDelivery> {
         event_type: r.get(10),
         body: r.get(11),
         created_at: r.get(12),
+        trace_context: r.get(21),
         sequencing: Sequencing {
             ordering_key: r.get(13),
             ordering_hold: r.get(14),
@@ -214,6 +215,7 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
     let mut error = Vec::new();
     let mut body = Vec::new();
     let mut policy = Vec::new();
+    let mut trace = Vec::new();
     for d in deliveries {
         id.push(d.id);
         agent.push(d.agent_id.as_str());
@@ -224,18 +226,19 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
         error.push(d.last_error.as_deref());
         body.push(d.body.as_deref().map(utf8).transpose()?);
         policy.push(d.retry_policy.as_deref());
+        trace.push(d.trace_context.as_deref());
     }
     let stmt = c
         .prepare_cached(
             "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
                                      next_attempt_at, last_error, body, retry_policy, created_at,
-                                     updated_at, owner)
+                                     updated_at, owner, trace_context)
              SELECT d.id, $10, d.agent_id, d.route_id, d.priority, d.status, 0, d.next_attempt_at,
-                    d.last_error, d.body, d.retry_policy, $11, $11, $12
+                    d.last_error, d.body, d.retry_policy, $11, $11, $12, d.trace_context
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[],
-                         $7::text[], $8::text[], $9::text[])
+                         $7::text[], $8::text[], $9::text[], $13::text[])
                   AS d(id, agent_id, route_id, priority, status, next_attempt_at, last_error,
-                       body, retry_policy)",
+                       body, retry_policy, trace_context)",
         )
         .await?;
     c.execute(
@@ -253,6 +256,7 @@ pub(super) async fn insert_deliveries<C: GenericClient>(
             &event_id,
             &created_at,
             &node,
+            &trace,
         ],
     )
     .await?;
@@ -273,9 +277,9 @@ async fn insert_sequenced<C: GenericClient>(
             "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
                                      next_attempt_at, last_error, body, retry_policy, created_at,
                                      updated_at, owner, ordering_key, ordering_hold, coalesce_key,
-                                     coalesce_window_ms, coalesce_max_wait_ms)
+                                     coalesce_window_ms, coalesce_max_wait_ms, trace_context)
              VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15,
-                     $16, $17)",
+                     $16, $17, $18)",
         )
         .await?;
     for d in deliveries {
@@ -306,6 +310,7 @@ async fn insert_sequenced<C: GenericClient>(
                 &q.coalesce_key,
                 &window,
                 &wait,
+                &d.trace_context.as_deref(),
             ],
         )
         .await?;

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_erasure.sql"),
     include_str!("migrations/0004_shared_sessions_and_rate_leases.sql"),
     include_str!("migrations/0005_ordering.sql"),
+    include_str!("migrations/0006_trace_context.sql"),
     include_str!("migrations/0007_attempt_detail.sql"),
 ];
 

@@ -197,14 +197,14 @@ WITH ins AS (
 ), dl AS (
     INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
                             next_attempt_at, last_error, body, retry_policy, created_at,
-                            updated_at, owner)
+                            updated_at, owner, trace_context)
     SELECT d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.status, 0,
            d.next_attempt_at, d.last_error, d.body, d.retry_policy, ins.timestamp,
-           ins.timestamp, $22
+           ins.timestamp, $22, d.trace_context
     FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::text[], $13::int8[], $14::text[],
-                $15::int8[], $16::text[], $17::text[], $18::text[])
+                $15::int8[], $16::text[], $17::text[], $18::text[], $23::text[])
          AS d(id, event_id, agent_id, route_id, priority, status, next_attempt_at, last_error,
-              body, retry_policy)
+              body, retry_policy, trace_context)
     JOIN ins ON ins.id = d.event_id
     RETURNING 1
 ), st AS (
@@ -260,6 +260,7 @@ async fn try_commit(
     let mut d_error = Vec::new();
     let mut d_body = Vec::new();
     let mut d_policy = Vec::new();
+    let mut d_trace = Vec::new();
     let mut s_agent = Vec::new();
     let mut s_event = Vec::new();
     let mut s_body = Vec::new();
@@ -298,6 +299,7 @@ async fn try_commit(
             d_error.push(d.last_error.as_deref());
             d_body.push(d.body.as_deref().map(text).transpose()?);
             d_policy.push(d.retry_policy.as_deref());
+            d_trace.push(d.trace_context.as_deref());
             let q = &d.sequencing;
             if q.ordering_key.is_some() || q.coalesce_key.is_some() {
                 q_id.push(d.id);
@@ -321,7 +323,7 @@ async fn try_commit(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let insert = tx.prepare_cached(INSERT_BATCH).await?;
-    let params: [&(dyn ToSql + Sync); 22] = [
+    let params: [&(dyn ToSql + Sync); 23] = [
         &ids,
         &sources,
         &types,
@@ -344,6 +346,7 @@ async fn try_commit(
         &s_event,
         &s_body,
         &node,
+        &d_trace,
     ];
     // Every event of a committed batch was answered under its lease, duplicates too (as on one
     // node, where admission counts before the commit). Sent in the same round trip as the insert.

@@ -25,7 +25,7 @@ macro_rules! pending_columns {
              d.next_attempt_at, d.retry_policy, e.source, e.type, ",
             $body,
             ", d.created_at, d.ordering_key, d.ordering_hold, d.coalesce_key, d.coalesce_window_ms,
-             d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since"
+             d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since, d.trace_context"
         )
     };
 }
@@ -55,6 +55,7 @@ fn pending_row_without_body(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingDe
         event_type: r.get(10)?,
         body: None,
         created_at: r.get(12)?,
+        trace_context: r.get(21)?,
         sequencing: Sequencing {
             ordering_key: r.get(13)?,
             ordering_hold: r.get(14)?,
@@ -178,8 +179,9 @@ pub(super) fn insert_deliveries(
 ) -> rusqlite::Result<()> {
     let mut stmt = c.prepare_cached(
         "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
-                                 next_attempt_at, last_error, body, retry_policy, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11)",
+                                 next_attempt_at, last_error, body, retry_policy, created_at, updated_at,
+                                 trace_context)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
     )?;
     for (d, body) in deliveries.iter().zip(bodies) {
         if d.sequencing != Sequencing::default() {
@@ -198,6 +200,7 @@ pub(super) fn insert_deliveries(
             body,
             d.retry_policy,
             created_at,
+            d.trace_context.as_deref(),
         ])?;
     }
     Ok(())
@@ -217,8 +220,9 @@ fn insert_sequenced(
         "INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
                                  next_attempt_at, last_error, body, retry_policy, created_at, updated_at,
                                  ordering_key, ordering_hold, coalesce_key, coalesce_window_ms,
-                                 coalesce_max_wait_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?15, ?16)",
+                                 coalesce_max_wait_ms, trace_context)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17)",
     )?
     .execute(params![
         d.id.as_bytes().as_slice(),
@@ -237,6 +241,7 @@ fn insert_sequenced(
         q.coalesce_key,
         q.coalesce_key.as_ref().map(|_| q.coalesce_window_ms as i64),
         q.coalesce_key.as_ref().map(|_| q.coalesce_max_wait_ms as i64),
+        d.trace_context.as_deref(),
     ])?;
     Ok(())
 }
