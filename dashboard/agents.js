@@ -2,7 +2,7 @@
 // copyable), create, edit, delete; reset a circuit breaker, enable a disabled agent.
 
 import { get, post, put, del } from "./api.js";
-import { h, viewHead, table, toast, confirmDialog, copyButton, showError, number } from "./ui.js";
+import { h, viewHead, table, toast, confirmDialog, copyButton, showError, number, percent, time, dateTime } from "./ui.js";
 import { input, textarea, checkbox, resourceForm, numberOf, textOf, LocalError } from "./forms.js";
 
 export function render(main, args) {
@@ -16,21 +16,32 @@ async function renderList(main) {
   const body = h("div", {}, h("p", { class: "empty" }, "Loading…"));
   main.append(viewHead("Agents", h("a", { class: "button primary", href: "#/agents/new" }, "New agent")), error, body);
   try {
-    const { items } = await get("/admin/agents");
+    // The agents, and at a glance how each is doing: the last 24 hours' figures and when it
+    // last succeeded and failed (activity and figures are best-effort: the list shows without).
+    const [{ items }, metrics, activity] = await Promise.all([
+      get("/admin/agents"),
+      get("/analytics/metrics?hours=24").catch(() => null),
+      get("/admin/agent-activity").catch(() => null),
+    ]);
+    const byAgent = (metrics && metrics.byAgent) || {};
+    const seen = (activity && activity.agents) || {};
     body.replaceChildren(table(
-      ["Id", "Name", "Delivers to", { label: "Concurrency", class: "num hide-narrow" }, "Enabled", "Health", "Signing secret", ""],
+      ["Id", "Name", "Delivers to", { label: "Concurrency", class: "num hide-narrow" }, "State", "Last 24 h", "Health", "Signing secret", ""],
       items.map((a) => h("tr", { "data-id": a.id },
         h("td", { class: "mono" }, a.id),
         h("td", {}, a.name),
         h("td", {}, a.url ? h("span", { class: "mono" }, a.url) : h("span", { class: "muted" }, "stream only")),
         h("td", { class: "num hide-narrow" }, number(a.maxConcurrency)),
         h("td", {}, a.enabled
-          ? h("span", { class: "badge ok" }, "yes")
-          : [h("span", { class: "badge" }, "no"), " ",
-            h("button", { type: "button", class: "small", onclick: () => enable(a, main) }, "Enable")]),
+          ? [h("span", { class: "badge ok" }, "active"), " ",
+            h("button", { type: "button", class: "small", onclick: () => setEnabled(a, false, main), title: "Hold its deliveries until resumed" }, "Pause")]
+          : [h("span", { class: "badge warn" }, "paused"), " ",
+            h("button", { type: "button", class: "small", onclick: () => setEnabled(a, true, main) }, "Resume")]),
+        h("td", { class: "activity" }, activityCell(a, byAgent[a.id], seen[a.id])),
         h("td", {}, healthCell(a, main)),
         h("td", {}, secretCell(a)),
         h("td", { class: "actions" },
+          a.url ? h("button", { type: "button", class: "small", onclick: (e) => sendTest(a, e.currentTarget) }, "Send test event") : null,
           h("a", { class: "button small", href: `#/agents/${encodeURIComponent(a.id)}/edit` }, "Edit"),
           h("button", { type: "button", class: "small danger", onclick: () => remove(a.id, main) }, "Delete")))),
       "No agents yet. Create one to deliver events to it."));
@@ -68,11 +79,48 @@ async function resetHealth(id, main) {
   }
 }
 
-async function enable(agent, main) {
+/** Sends one test event straight to the agent, then shows how its delivery went. */
+async function sendTest(agent, button) {
+  button.disabled = true;
+  try {
+    const { eventId, deliveryId } = await post(`/admin/agents/${encodeURIComponent(agent.id)}/test`);
+    toast(`Test event sent to "${agent.id}"`);
+    // Its outcome: the event's page shows the attempt and what the agent answered.
+    location.hash = `#/events/${encodeURIComponent(eventId)}`;
+    button.dataset.deliveryId = deliveryId;
+  } catch (e) {
+    showError(e);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Success rate, last success, last failure (with the breaker's last error) and dead letters. */
+function activityCell(agent, figures, seen) {
+  if (!agent.url) return h("span", { class: "muted" }, "—");
+  const f = figures || { succeeded: 0, failed: 0, deadLettered: 0 };
+  const n = f.succeeded + f.failed;
+  const rate = n ? f.succeeded / n : null;
+  const low = rate !== null && rate < 0.95;
+  const lastError = agent.health && agent.health.lastError;
+  return h("div", { class: "glance" },
+    h("div", {}, h("span", { class: low ? "badge bad" : "", "data-testid": "success-rate" }, rate === null ? "—" : percent(rate)),
+      h("span", { class: "muted" }, ` of ${number(n)} attempts`)),
+    h("div", { class: "muted" }, "last ok ",
+      h("span", { title: seen && seen.lastSuccessAt ? dateTime(seen.lastSuccessAt) : "" }, seen && seen.lastSuccessAt ? time(seen.lastSuccessAt) : "—")),
+    h("div", { class: "muted" }, "last failed ",
+      h("span", { title: lastError || "" }, seen && seen.lastFailureAt ? time(seen.lastFailureAt) : "—"),
+      lastError ? h("span", { class: "reason" }, `: ${lastError}`) : null),
+    f.deadLettered
+      ? h("div", {}, h("a", { href: `#/dlq/${encodeURIComponent(agent.id)}` }, `${number(f.deadLettered)} dead`))
+      : null);
+}
+
+async function setEnabled(agent, enabled, main) {
   try {
     const { health, ...stored } = agent;
-    await put(`/admin/agents/${encodeURIComponent(agent.id)}`, { ...stored, enabled: true });
-    toast(`Agent "${agent.id}" enabled`);
+    await put(`/admin/agents/${encodeURIComponent(agent.id)}`, { ...stored, enabled });
+    toast(enabled ? `Agent "${agent.id}" resumed` : `Agent "${agent.id}" paused: its deliveries wait`);
     main.replaceChildren();
     renderList(main);
   } catch (e) {

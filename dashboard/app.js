@@ -4,7 +4,7 @@
 // that this script cannot read authenticates every call and the live stream.
 
 import { get, post, request, whenSignedOut, ApiError } from "./api.js";
-import { toast } from "./ui.js";
+import { toast, leaving } from "./ui.js";
 import * as overview from "./overview.js";
 import * as live from "./live.js";
 import * as eventPage from "./event.js";
@@ -55,12 +55,31 @@ async function checkHealth() {
   }
 }
 
+// The dead-letter count in the navigation, so failures show wherever the operator is.
+async function checkDeadLetters() {
+  let stats;
+  try {
+    stats = await get("/queue/stats");
+  } catch {
+    return;
+  }
+  const n = Number(stats && stats.deadLettered) || 0;
+  const badge = $("dlq-count");
+  badge.textContent = n.toLocaleString();
+  badge.hidden = n === 0;
+  $("nav-dlq").setAttribute("aria-label", n ? `Dead letters, ${n} waiting` : "Dead letters");
+}
+
 function watchHealth(on) {
   clearInterval(healthTimer);
   healthTimer = null;
   if (on) {
     checkHealth();
-    healthTimer = setInterval(checkHealth, HEALTH_EVERY_MS);
+    checkDeadLetters();
+    healthTimer = setInterval(() => {
+      checkHealth();
+      checkDeadLetters();
+    }, HEALTH_EVERY_MS);
   }
 }
 
@@ -96,8 +115,18 @@ function stopView() {
   leaveView = null;
 }
 
+/** The address of the view shown, to go back to when leaving it is called off. */
+let shownHash = location.hash;
+
 function route() {
   if (!signedIn) return;
+  if (leaving.guard && leaving.guard()
+      && !window.confirm("This form has changes that are not saved. Leave it and lose them?")) {
+    history.replaceState(null, "", shownHash || "#/overview");
+    return;
+  }
+  leaving.guard = null;
+  shownHash = location.hash;
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
   const name = parts[0] && VIEWS[parts[0]] ? parts[0] : "overview";
   const view = VIEWS[name];
@@ -163,10 +192,19 @@ async function signOut() {
   showSignIn("You are signed out.");
 }
 
+// A view that changed the dead-letter queue asks for the count at once.
+window.addEventListener("er:dlq-changed", checkDeadLetters);
+
 whenSignedOut((notice) => {
   if (signedIn) showSignIn(notice);
 });
 window.addEventListener("hashchange", route);
+window.addEventListener("beforeunload", (e) => {
+  if (leaving.guard && leaving.guard()) {
+    e.preventDefault();
+    e.returnValue = "";
+  }
+});
 $("signin-form").addEventListener("submit", signIn);
 $("signout").addEventListener("click", signOut);
 

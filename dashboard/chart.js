@@ -1,7 +1,10 @@
 // A small line-and-area chart in SVG. The drawing stretches to its box (so it is sharp at any
-// width) while the labels are HTML around it, so text never stretches with it.
+// width) while the labels are HTML around it, so text never stretches with it. Hovering (or
+// touching) shows the value and time of the nearest bucket; the time axis has five labels.
 
-import { h, s, axisTime } from "./ui.js";
+import { h, s, axisTime, dateTime } from "./ui.js";
+
+const TICKS = 5;
 
 const W = 600;
 const H = 150;
@@ -51,13 +54,38 @@ export function lineChart(points, opts) {
   }, s("title", {}, summary), grid, shapes);
 
   const span = n > 1 ? points[n - 1].t - points[0].t : 0;
+  const ticks = n ? Array.from({ length: Math.min(TICKS, n) }, (_, k) =>
+    points[Math.round((k / Math.max(1, Math.min(TICKS, n) - 1)) * (n - 1))]) : [];
+  const rule = h("span", { class: "chart-rule", hidden: true, "aria-hidden": "true" });
+  const tip = h("span", { class: "chart-tip", hidden: true, "aria-hidden": "true" });
+  const frame = h("div", { class: "chart-frame" }, svg,
+    h("span", { class: "ymax", "aria-hidden": "true" }, opts.format(top)), rule, tip);
+  const show = (e) => {
+    if (!n) return;
+    const box = frame.getBoundingClientRect();
+    const f = Math.min(1, Math.max(0, (e.clientX - box.left) / box.width));
+    const i = n === 1 ? 0 : Math.round(f * (n - 1));
+    const p = points[i];
+    const left = (x(i) / W) * 100;
+    rule.style.left = `${left}%`;
+    tip.textContent = `${dateTime(p.t)} · ${p.v === null || p.v === undefined ? "no data" : opts.format(p.v)}`;
+    tip.style.left = `${Math.min(72, Math.max(0, left - 14))}%`;
+    rule.hidden = false;
+    tip.hidden = false;
+  };
+  const hide = () => {
+    rule.hidden = true;
+    tip.hidden = true;
+  };
+  frame.addEventListener("pointermove", show);
+  frame.addEventListener("pointerdown", show);
+  frame.addEventListener("pointerleave", hide);
   return h("section", { class: "card chart", "data-chart": opts.id },
     h("h2", {}, opts.title),
     h("div", { class: "chart-sub" }, opts.subtitle),
-    h("div", { class: "chart-frame" }, svg, h("span", { class: "ymax", "aria-hidden": "true" }, opts.format(top))),
+    frame,
     h("div", { class: "chart-axis", "aria-hidden": "true" },
-      h("span", {}, n ? axisTime(points[0].t, span) : ""),
-      h("span", {}, n ? axisTime(points[n - 1].t, span) : "")));
+      ticks.map((p) => h("span", {}, axisTime(p.t, span)))));
 }
 
 /** 1, 2, 5 × 10^k at or above x. */

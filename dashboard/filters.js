@@ -2,7 +2,7 @@
 
 import { get, post, put, del } from "./api.js";
 import { h, viewHead, table, toast, confirmDialog, showError } from "./ui.js";
-import { input, textarea, select, checkbox, resourceForm, numberOf, textOf } from "./forms.js";
+import { input, textarea, select, checkbox, resourceForm, numberOf, textOf, ruleTester } from "./forms.js";
 
 const OPERATORS = ["equals", "contains", "regex", "exists", "gt", "lt", "in"];
 
@@ -129,6 +129,9 @@ async function renderForm(main, id) {
 
   const transformation = textarea("transformation", "Transformation (jq)", filter.transformation?.expression ?? "", { rows: 3 },
     "Only for action transform: a jq program run on the event; it must yield one object.");
+  let collectFilter = null;
+  const tester = ruleTester((f) => ({ filter: collectFilter(f) }),
+    "Runs this filter as written (not saved) on the event: whether it keeps it, and what a transform makes of it.");
   const form = resourceForm({
     title: id ? "Edit filter" : "New filter",
     back: "#/filters",
@@ -148,8 +151,9 @@ async function renderForm(main, id) {
         input("priority", "Priority", filter.priority ?? 0, { inputmode: "numeric" }, "Larger runs first."),
         h("div", {}), h("div", {})),
       checkbox("enabled", "Enabled", filter.enabled ?? true),
+      tester,
     ],
-    collect: (f) => {
+    collect: collectFilter = (f) => {
       const expression = f.elements.transformation.value.trim();
       return {
         id: textOf(f, "id") ?? "",

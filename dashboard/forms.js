@@ -2,7 +2,7 @@
 // `transformation.expression`, `conditions[1].operator`, `targetAgents[0]`); the error is shown
 // under the input whose `data-field` is the longest prefix of that path.
 
-import { h, toast } from "./ui.js";
+import { h, toast, leaving } from "./ui.js";
 
 let uid = 0;
 
@@ -128,10 +128,16 @@ export function showFieldError(form, e) {
  */
 export function resourceForm({ title, fields, collect, send, back, saved }) {
   const submit = h("button", { type: "submit", class: "primary" }, "Save");
+  // Edits not saved yet: leaving the form (another view, closing the tab) asks first.
+  let dirty = false;
+  const cancel = h("a", { class: "button", href: back, onclick: () => { dirty = false; } }, "Cancel");
   const form = h("form", { class: "form card", novalidate: true, "aria-label": title },
     h("p", { class: "form-error", role: "alert" }),
     fields,
-    h("div", { class: "form-actions" }, submit, h("a", { class: "button", href: back }, "Cancel")));
+    h("div", { class: "form-actions" }, submit, cancel));
+  form.addEventListener("input", () => { dirty = true; });
+  form.addEventListener("change", () => { dirty = true; });
+  leaving.guard = () => dirty && form.isConnected;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clearErrors(form);
@@ -139,6 +145,7 @@ export function resourceForm({ title, fields, collect, send, back, saved }) {
     try {
       const body = collect(form);
       await send(body);
+      dirty = false;
       toast(saved);
       location.hash = back;
     } catch (e) {
@@ -149,3 +156,46 @@ export function resourceForm({ title, fields, collect, send, back, saved }) {
   });
   return form;
 }
+
+/**
+ * "Try it": runs what the form holds now (not saved) against a recent event
+ * (POST /admin/rules/test) and shows the outcome. `build(form)` gives the body without the
+ * event id, e.g. `{filter: …}` or `{transformation: …}`.
+ */
+export function ruleTester(build, hint) {
+  const eventInput = h("input", { id: "tester-event", type: "text", autocomplete: "off", class: "mono", placeholder: "an event id" });
+  const run = h("button", { type: "button" }, "Try it");
+  const out = h("div", { class: "tester-result", role: "status", "aria-live": "polite", "data-testid": "tester-result" });
+  // The newest event, to try on by default.
+  import("./api.js").then(({ get }) => get("/admin/events?limit=1")).then((page) => {
+    if (!eventInput.value && page.items.length) eventInput.value = page.items[0].id;
+  }).catch(() => {});
+  run.addEventListener("click", async () => {
+    const form = run.form || run.closest("form");
+    out.replaceChildren(h("p", { class: "muted" }, "Trying…"));
+    try {
+      const { post } = await import("./api.js");
+      const body = { ...build(form), eventId: eventInput.value.trim() };
+      const r = await post("/admin/rules/test", body);
+      const parts = [];
+      if ("kept" in r) {
+        parts.push(h("p", { "data-kept": String(r.kept) }, r.kept
+          ? (r.changed ? "The event passes, changed:" : "The event passes this filter unchanged.")
+          : "This filter drops the event."));
+      }
+      if (r.error) parts.push(h("p", { class: "form-error" }, r.error));
+      if (r.event && (!("kept" in r) || r.changed)) parts.push(h("pre", { class: "json", tabindex: "0" }, JSON.stringify(r.event, null, 2)));
+      out.replaceChildren(...parts);
+    } catch (e) {
+      out.replaceChildren(h("p", { class: "form-error" }, e.field ? `${e.field}: ${e.message.replace(/^[^:]*: /, "")}` : e.message));
+    }
+  });
+  return h("fieldset", { class: "tester" },
+    h("legend", {}, "Try it on a recent event"),
+    h("p", { class: "hint" }, hint),
+    h("div", { class: "row" },
+      h("div", { class: "field" }, h("label", { for: "tester-event" }, "Event id"), eventInput),
+      h("div", { class: "field tester-run" }, run)),
+    out);
+}
+

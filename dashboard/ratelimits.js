@@ -1,7 +1,7 @@
 // Inbound rate limits per source:identifier: list, create, edit (PUT replaces), delete.
 
 import { get, put, del, withQuery } from "./api.js";
-import { h, viewHead, table, toast, confirmDialog, showError, number } from "./ui.js";
+import { h, viewHead, table, toast, confirmDialog, showError, number, time, dateTime } from "./ui.js";
 import { input, select, resourceForm, numberOf, textOf } from "./forms.js";
 
 export function render(main, args) {
@@ -15,7 +15,22 @@ const key = (c) => `${encodeURIComponent(c.source)}/${encodeURIComponent(c.ident
 async function renderList(main) {
   const error = h("p", { class: "form-error", role: "alert" });
   const body = h("div", {}, h("p", { class: "empty" }, "Loading…"));
-  main.append(viewHead("Rate limits", h("a", { class: "button primary", href: "#/rate-limits/new" }, "New rate limit")), error, body);
+  const usage = h("section", { class: "usage", "data-testid": "rate-usage" });
+  main.append(viewHead("Rate limits", h("a", { class: "button primary", href: "#/rate-limits/new" }, "New rate limit")), error, body, usage);
+  get("/admin/rate-limits/usage").then(({ items }) => {
+    usage.replaceChildren(
+      h("h2", {}, "Hits per key"),
+      h("p", { class: "hint" }, "Webhooks admitted and refused by each source:identifier on this node since it started, the most refused first."),
+      table(["Source", "Identifier", { label: "Admitted", class: "num" }, { label: "Refused", class: "num" }, "Last refused", { label: "Last seen", class: "hide-narrow" }],
+        items.map((k) => h("tr", { "data-key": `${k.source}:${k.identifier}`, class: k.limited ? "row-bad" : null },
+          h("td", {}, k.source),
+          h("td", { class: "mono" }, k.identifier),
+          h("td", { class: "num" }, number(k.allowed)),
+          h("td", { class: "num" }, k.limited ? h("span", { class: "badge bad" }, number(k.limited)) : "0"),
+          h("td", { title: k.lastLimitedAt ? dateTime(k.lastLimitedAt) : "" }, k.lastLimitedAt ? time(k.lastLimitedAt) : "—"),
+          h("td", { class: "hide-narrow", title: dateTime(k.lastAt) }, time(k.lastAt)))),
+        "No webhook was checked against a rate limit since the router started."));
+  }).catch((e) => showError(e, error));
   try {
     const { items } = await get("/admin/rate-limits");
     body.replaceChildren(table(

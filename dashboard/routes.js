@@ -4,7 +4,7 @@
 
 import { get, post, put, del } from "./api.js";
 import { h, viewHead, table, toast, confirmDialog, showError } from "./ui.js";
-import { input, textarea, select, checkbox, resourceForm, numberOf, textOf, jsonOf } from "./forms.js";
+import { input, textarea, select, checkbox, resourceForm, numberOf, textOf, jsonOf, ruleTester } from "./forms.js";
 
 export function render(main, args) {
   if (args[0] === "new") return renderForm(main, null);
@@ -112,6 +112,8 @@ async function renderForm(main, id) {
         `Empty list: every processed event. For example ${EXAMPLE_FILTERS}`),
       textarea("transformation", "Transformation (jq)", route.transformation?.expression ?? "", { rows: 3, placeholder: ".payload |= {title: .title}" },
         "A jq program run on the event; it must yield one object. Leave empty for none."),
+      ruleTester((f) => ({ transformation: { type: "jq", expression: f.elements.transformation.value.trim() || "." } }),
+        "Runs the transformation as written (not saved) on the event, and shows what the agents would receive."),
       h("div", { class: "row three" },
         input("priority", "Priority", route.priority ?? 0, { inputmode: "numeric" }, "Larger is delivered first."),
         h("div", {}), h("div", {})),

@@ -92,6 +92,31 @@ export function statusBadge(status) {
   return h("span", { class: `badge ${kind}` }, status);
 }
 
+/** What happened to an event, in the words the lists use (the API's `outcome`). */
+export const OUTCOME_LABELS = {
+  delivered: "delivered",
+  retrying: "retrying",
+  pending: "pending",
+  dead: "dead",
+  filtered: "filtered",
+  unrouted: "no route",
+  streamed: "streamed",
+  superseded: "superseded",
+  cancelled: "cancelled",
+};
+
+export function outcomeBadge(outcome) {
+  if (!outcome) return h("span", { class: "badge", title: "Outcome not known yet" }, "…");
+  const kind = { delivered: "ok", dead: "bad", retrying: "warn", pending: "info", filtered: "warn", streamed: "info" }[outcome] || "";
+  return h("span", { class: `badge ${kind}`, "data-outcome": outcome }, OUTCOME_LABELS[outcome] || outcome);
+}
+
+/**
+ * What the page asks before leaving the current view: a form with unsaved edits sets `guard`
+ * (true = there is something to lose); the router and the browser's unload ask first.
+ */
+export const leaving = { guard: null };
+
 // ---- feedback ----
 
 export function toast(message, kind = "") {

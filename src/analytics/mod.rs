@@ -41,6 +41,8 @@ pub fn agent_dim(agent: &str) -> String {
 }
 
 /// Names of the stored rollup metrics.
+pub mod recent;
+
 pub mod m {
     pub const EVENTS: &str = "events";
     pub const FILTERED: &str = "filtered";
@@ -170,6 +172,8 @@ pub struct Analytics {
     prometheus: PrometheusHandle,
     /// What the operational alerts watch, per minute (see `Watch`).
     pub watch: Watch,
+    /// The webhooks refused lately and the rate-limit keys seen (see `recent`).
+    pub recent: recent::Recent,
 }
 
 /// The current minute's figures for the `ingest.*` operational events: processing times by
@@ -252,6 +256,7 @@ impl Analytics {
             queue_depth: Mutex::new((0, 0, 0)),
             prometheus: install_prometheus(),
             watch: Watch::default(),
+            recent: recent::Recent::default(),
         })
     }
 
@@ -392,6 +397,7 @@ impl Analytics {
         took: Duration,
         latency_ms: Option<i64>,
     ) {
+        self.recent.agent_attempted(agent, outcome == "delivered");
         let a = agent_dim(agent);
         let dims = [ALL, a.as_str()];
         // At most eight metrics per attempt: collected first, added under one lock.

@@ -23,7 +23,27 @@ use crate::clock::now_ms;
 use crate::providers::standard::StandardSigner;
 
 /// How much of an agent's answer is kept in the attempt log.
-pub const RESPONSE_PREFIX: usize = 1024;
+pub const RESPONSE_PREFIX: usize = 4096;
+
+/// At most this many headers of a request or an answer are kept in the attempt log, each value
+/// cut to `HEADER_VALUE_KEPT` bytes: an agent cannot make the log grow without bound.
+const HEADERS_KEPT: usize = 64;
+const HEADER_VALUE_KEPT: usize = 512;
+
+/// The request headers the router sets itself, kept in the attempt log as sent. Any other (the
+/// agent's own `headers`, the `authorization` of credentials in its URL) may carry a credential,
+/// so the log keeps its name with the value `[redacted]`.
+const LOGGED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "user-agent",
+    "accept",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-event-source",
+    "x-event-type",
+    "x-delivery-attempt",
+];
 
 /// How much of an answer is read at most, so a connection with a small answer can be reused;
 /// past this the connection is dropped rather than drained.
@@ -106,6 +126,9 @@ pub struct AttemptResult {
     pub response_prefix: Option<String>,
     /// `Retry-After` of a 429 or 503 answer.
     pub retry_after: Option<Duration>,
+    /// The headers sent and those answered, as JSON (`exchange_detail`); `None` when no request
+    /// was made.
+    pub detail: Option<String>,
 }
 
 /// The shared outbound client: one pool of keep-alive connections per agent (scheme, host and
@@ -269,13 +292,10 @@ pub async fn attempt(
     let started_at = now_ms();
     let clock = Instant::now();
     let deadline = tokio::time::Instant::from_std(clock + target.timeout);
-    let sent = tokio::time::timeout_at(
-        deadline,
-        client
-            .http
-            .request(request(target, &req, started_at / 1000)),
-    )
-    .await;
+    let request = request(target, &req, started_at / 1000);
+    let sent_headers = request.headers().clone();
+    let sent = tokio::time::timeout_at(deadline, client.http.request(request)).await;
+    let mut answered_headers = None;
     let mut result = AttemptResult {
         delivered: false,
         started_at,
@@ -285,6 +305,7 @@ pub async fn attempt(
         error: None,
         response_prefix: None,
         retry_after: None,
+        detail: None,
     };
     match sent {
         Ok(Ok(resp)) => {
@@ -301,6 +322,7 @@ pub async fn attempt(
             if !result.delivered {
                 result.error = Some(format!("agent answered {status}"));
             }
+            answered_headers = Some(resp.headers().clone());
             // Most agents answer a delivery with an empty body: then there is nothing to read
             // (hyper hands the connection back to the pool by itself).
             if !resp.body().is_end_stream() {
@@ -315,7 +337,51 @@ pub async fn attempt(
     }
     result.took = clock.elapsed();
     result.duration_ms = result.took.as_millis() as u64;
+    result.detail = Some(exchange_detail(&sent_headers, answered_headers.as_ref()));
     result
+}
+
+/// What the attempt log keeps of an exchange besides the status and the answer's body:
+/// `{"requestHeaders": {...}, "responseHeaders": {...}|null}`, names in lower case, repeated
+/// headers joined with ", ", bounded by `HEADERS_KEPT` and `HEADER_VALUE_KEPT`. Request headers
+/// the router does not set itself are kept as `[redacted]`, and so is an answer's `set-cookie`.
+pub fn exchange_detail(sent: &HeaderMap, answered: Option<&HeaderMap>) -> String {
+    let sent = header_object(sent, |name| LOGGED_REQUEST_HEADERS.contains(&name.as_str()));
+    let answered = answered.map(|h| header_object(h, |name| name != header::SET_COOKIE));
+    serde_json::json!({ "requestHeaders": sent, "responseHeaders": answered }).to_string()
+}
+
+fn header_object(
+    headers: &HeaderMap,
+    shown: impl Fn(&HeaderName) -> bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (name, value) in headers {
+        let value = if shown(name) && !value.is_sensitive() {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let mut end = text.len().min(HEADER_VALUE_KEPT);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text[..end].to_string()
+        } else {
+            "[redacted]".to_string()
+        };
+        let full = out.len() >= HEADERS_KEPT;
+        match out.get_mut(name.as_str()) {
+            Some(serde_json::Value::String(kept)) => {
+                if kept.len() < HEADER_VALUE_KEPT {
+                    kept.push_str(", ");
+                    kept.push_str(&value);
+                }
+            }
+            _ if full => {}
+            _ => {
+                out.insert(name.as_str().to_string(), serde_json::Value::String(value));
+            }
+        }
+    }
+    out
 }
 
 /// Reads at most `DRAIN_LIMIT` of the answer (so the connection can be reused for small
@@ -392,6 +458,54 @@ mod tests {
     }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[test]
+    fn the_attempt_log_keeps_headers_without_credentials_and_bounded() {
+        let mut agent_headers = HeaderMap::new();
+        agent_headers.insert("x-api-token", HeaderValue::from_static("s3cret"));
+        let (_, basic) = request_target(&"http://u:p@127.0.0.1:1/hook".parse().unwrap()).unwrap();
+        let body = Bytes::from_static(b"{}");
+        let sent = request(
+            &target("http://127.0.0.1:1/hook", agent_headers.clone()),
+            &req(&body),
+            1_764_170_000,
+        );
+        let mut with_auth = sent.headers().clone();
+        with_auth.insert(header::AUTHORIZATION, basic.unwrap());
+        let mut answered = HeaderMap::new();
+        answered.append("x-trace", HeaderValue::from_static("a"));
+        answered.append("x-trace", HeaderValue::from_static("b"));
+        answered.insert(header::SET_COOKIE, HeaderValue::from_static("sid=1"));
+        for i in 0..100 {
+            let name = HeaderName::try_from(format!("x-many-{i}")).unwrap();
+            answered.insert(name, HeaderValue::from_str(&"v".repeat(2000)).unwrap());
+        }
+        let detail: serde_json::Value =
+            serde_json::from_str(&exchange_detail(&with_auth, Some(&answered))).unwrap();
+        let request = &detail["requestHeaders"];
+        assert_eq!(request["x-api-token"], "[redacted]");
+        assert_eq!(request["authorization"], "[redacted]");
+        assert_eq!(request["x-delivery-attempt"], "2");
+        assert_eq!(request["x-event-source"], "github");
+        assert!(
+            request["webhook-signature"]
+                .as_str()
+                .unwrap()
+                .starts_with("v1,")
+        );
+        let response = detail["responseHeaders"].as_object().unwrap();
+        assert_eq!(response["x-trace"], "a, b");
+        assert_eq!(response["set-cookie"], "[redacted]");
+        assert_eq!(response.len(), HEADERS_KEPT);
+        assert!(
+            response
+                .values()
+                .all(|v| v.as_str().unwrap().len() <= HEADER_VALUE_KEPT)
+        );
+        let unanswered: serde_json::Value =
+            serde_json::from_str(&exchange_detail(&with_auth, None)).unwrap();
+        assert!(unanswered["responseHeaders"].is_null());
+    }
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

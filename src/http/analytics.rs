@@ -245,6 +245,18 @@ pub async fn prometheus(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /admin/agent-activity`: when each agent last had a delivery succeed and fail, on this
+/// node since it started (`{"agentId": {"lastSuccessAt", "lastFailureAt"}}`).
+pub async fn agent_activity(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "agents": app.analytics.recent.agents() }))
+}
+
+/// `GET /admin/rejections`: the webhooks refused lately on this node (signature failures, rate
+/// limits, bodies too large, unknown sources…), newest first, at most 200.
+pub async fn rejections(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "items": app.analytics.recent.refusals(), "nextCursor": null }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

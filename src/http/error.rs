@@ -92,7 +92,11 @@ impl ApiError {
         }
         // `?`: a place serde_path_to_error could not name.
         let path = if path == "." || path == "?" { "" } else { path };
-        Self::validation_at(path, message, position)
+        Self::validation_at(
+            path,
+            crate::rules::validate::plain_words(&message),
+            position,
+        )
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

@@ -17,10 +17,110 @@ use crate::event::EventHeader;
 use crate::http::AppState;
 use crate::rules::condition::json_eq;
 use crate::rules::path::FieldPath;
-use crate::store::{EventQuery, EventRecord, EventStatus};
+use crate::store::{DeliveryTally, EventQuery, EventRecord, EventStatus};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
+
+/// How many archived events one search (`q`, `outcome`) examines at most, newest first within
+/// the indexed narrowing (`source`, `type`, `since`, `until`, `status`). A search is a scan of
+/// the events' text, so it is bounded per request rather than indexed: one request costs the
+/// same on a thousand events as on a million, and `nextCursor` continues from where it stopped.
+const SEARCH_SCAN: usize = 5_000;
+
+/// How far a search may be given: longer text is refused rather than scanned for.
+const MAX_SEARCH_LEN: usize = 200;
+
+/// What happened to an event's deliveries, as the lists show it (`outcome`).
+const OUTCOMES: &[&str] = &[
+    "delivered",
+    "pending",
+    "retrying",
+    "dead",
+    "filtered",
+    "unrouted",
+    "streamed",
+    "superseded",
+    "cancelled",
+];
+
+/// `GET /admin/events`' parameters beyond the store's own narrowing.
+#[derive(Default)]
+struct Search {
+    /// Case-insensitive text looked for in the event as stored (its id, source, type, action,
+    /// payload and metadata as JSON text).
+    text: Option<regex::Regex>,
+    /// Outcomes wanted; empty = any.
+    outcomes: Vec<&'static str>,
+}
+
+impl Search {
+    fn is_set(&self) -> bool {
+        self.text.is_some() || !self.outcomes.is_empty()
+    }
+}
+
+fn parse_search(raw: &Option<String>) -> ApiResult<Search> {
+    let mut search = Search::default();
+    for (k, v) in query_pairs(raw) {
+        match k.as_str() {
+            "q" => {
+                let text = v.trim();
+                if text.chars().count() > MAX_SEARCH_LEN {
+                    return Err(ApiError::bad_request(format!(
+                        "q must be at most {MAX_SEARCH_LEN} characters"
+                    )));
+                }
+                if !text.is_empty() {
+                    let re = regex::RegexBuilder::new(&regex::escape(text))
+                        .case_insensitive(true)
+                        .build()
+                        .map_err(|e| ApiError::bad_request(format!("q: {e}")))?;
+                    search.text = Some(re);
+                }
+            }
+            "outcome" => {
+                for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let Some(known) = OUTCOMES.iter().find(|o| **o == part) else {
+                        return Err(ApiError::bad_request(format!(
+                            "outcome must be one or more (comma-separated) of: {}",
+                            OUTCOMES.join(", ")
+                        )));
+                    };
+                    search.outcomes.push(known);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(search)
+}
+
+/// An event's outcome from its filtering and how its deliveries stand: the worst first (a dead
+/// delivery outweighs delivered ones).
+fn outcome(rec: &EventRecord, tally: Option<&DeliveryTally>) -> &'static str {
+    if rec.filtered {
+        return "filtered";
+    }
+    let Some(t) = tally else { return "unrouted" };
+    if t.dead > 0 {
+        "dead"
+    } else if t.retrying > 0 {
+        "retrying"
+    } else if t.pending > 0 {
+        "pending"
+    } else if t.delivered > 0 {
+        "delivered"
+    } else if t.superseded > 0 {
+        "superseded"
+    } else if t.streamed > 0 {
+        "streamed"
+    } else if t.cancelled > 0 {
+        "cancelled"
+    } else {
+        "unrouted"
+    }
+}
 
 fn parse_query(raw: &Option<String>) -> ApiResult<EventQuery> {
     let mut q = EventQuery {
@@ -29,6 +129,8 @@ fn parse_query(raw: &Option<String>) -> ApiResult<EventQuery> {
     };
     for (k, v) in query_pairs(raw) {
         match k.as_str() {
+            // Read by `parse_search`.
+            "q" | "outcome" => {}
             "source" => q.source = Some(v),
             "type" => q.event_type = Some(v),
             "since" => q.since = Some(parse_int("since", &v)?),
@@ -56,7 +158,7 @@ fn parse_query(raw: &Option<String>) -> ApiResult<EventQuery> {
             "cursor" => q.before = Some(decode_cursor(&v)?),
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter \"{}\" (known: source, type, since, until, status, limit, cursor)",
+                    "unknown query parameter \"{}\" (known: source, type, since, until, status, q, outcome, limit, cursor)",
                     other.chars().take(64).collect::<String>()
                 )));
             }
@@ -65,18 +167,42 @@ fn parse_query(raw: &Option<String>) -> ApiResult<EventQuery> {
     Ok(q)
 }
 
-/// The stored event object, with `filtered` added so a list shows what happened to each.
-fn item(rec: &EventRecord) -> ApiResult<Value> {
+/// The stored event object, with `filtered` and `outcome` added so a list shows what happened
+/// to each.
+fn item(rec: &EventRecord, outcome: &str) -> ApiResult<Value> {
     let mut ev = rec.event_json()?;
     if let Value::Object(m) = &mut ev {
         m.insert("filtered".into(), Value::Bool(rec.filtered));
+        m.insert("outcome".into(), Value::String(outcome.into()));
     }
     Ok(ev)
 }
 
+/// The outcome of each event of a page.
+async fn outcomes(app: &AppState, rows: &[EventRecord]) -> ApiResult<Vec<&'static str>> {
+    let routed: Vec<Uuid> = rows.iter().filter(|r| !r.filtered).map(|r| r.id).collect();
+    let tallies: std::collections::HashMap<Uuid, DeliveryTally> = if routed.is_empty() {
+        Default::default()
+    } else {
+        app.store
+            .delivery_tallies(routed)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    Ok(rows
+        .iter()
+        .map(|r| outcome(r, tallies.get(&r.id)))
+        .collect())
+}
+
 pub async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Json<Value>> {
     let mut q = parse_query(&raw)?;
+    let search = parse_search(&raw)?;
     let limit = q.limit;
+    if search.is_set() {
+        return search_list(&app, q, &search).await;
+    }
     // One extra row tells whether there is a next page.
     q.limit = limit + 1;
     let mut rows = app.store.list_events(q).await?;
@@ -86,8 +212,68 @@ pub async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiRe
     } else {
         None
     };
-    let items = rows.iter().map(item).collect::<ApiResult<Vec<_>>>()?;
+    let outcomes = outcomes(&app, &rows).await?;
+    let items = rows
+        .iter()
+        .zip(outcomes)
+        .map(|(r, o)| item(r, o))
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(json!({ "items": items, "nextCursor": next })))
+}
+
+/// A search: the archive read newest first, page by page, keeping the events that match, until
+/// `limit` matched or `SEARCH_SCAN` events were examined. `nextCursor` continues after the last
+/// event examined (so a page may hold fewer than `limit` and still have a next one), and
+/// `scanned` says how many were examined.
+async fn search_list(app: &AppState, mut q: EventQuery, search: &Search) -> ApiResult<Json<Value>> {
+    let limit = q.limit;
+    let mut items = Vec::new();
+    let mut scanned = 0usize;
+    let mut last_examined: Option<Uuid> = None;
+    let mut exhausted = false;
+    'pages: while items.len() < limit && scanned < SEARCH_SCAN {
+        q.limit = MAX_LIMIT.min(SEARCH_SCAN - scanned);
+        q.before = last_examined.or(q.before);
+        let rows = app.store.list_events(q.clone()).await?;
+        if rows.len() < q.limit {
+            exhausted = true;
+        }
+        let candidates: Vec<EventRecord> = rows
+            .iter()
+            .filter(|r| search.text.as_ref().is_none_or(|re| re.is_match(&r.body)))
+            .cloned()
+            .collect();
+        let found = outcomes(app, &candidates).await?;
+        let mut matched: std::collections::HashMap<Uuid, (&EventRecord, &'static str)> = candidates
+            .iter()
+            .zip(found)
+            .filter(|(_, o)| search.outcomes.is_empty() || search.outcomes.contains(o))
+            .map(|(r, o)| (r.id, (r, o)))
+            .collect();
+        for r in &rows {
+            scanned += 1;
+            last_examined = Some(r.id);
+            if let Some((m, o)) = matched.remove(&r.id) {
+                items.push(item(m, o)?);
+                if items.len() == limit {
+                    // The rest of this page is not examined: the cursor resumes after `r`.
+                    exhausted = false;
+                    break 'pages;
+                }
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let next = if exhausted {
+        None
+    } else {
+        last_examined.map(encode_cursor)
+    };
+    Ok(Json(
+        json!({ "items": items, "nextCursor": next, "scanned": scanned }),
+    ))
 }
 
 /// The archived event with this id, or a 404.
@@ -104,10 +290,50 @@ pub async fn get_one(
     let rec = find_event(&app, &id).await?;
     let id = rec.id;
     let deliveries = app.store.event_deliveries(id).await?;
+    let event = rec.event_json()?;
+    // Why it went nowhere, when it did: under the rules as they are now.
+    let explanation = if rec.erased_at.is_none() && (rec.filtered || deliveries.is_empty()) {
+        let why = app.rules.current().rules.explain(&event);
+        json!({
+            "excludedBy": why.excluded_by.as_deref(),
+            "unmatchedIncludes": why.unmatched_includes.iter().map(|f| &**f).collect::<Vec<_>>(),
+            "routesChecked": why.routes.iter().map(|(id, matched)| json!({
+                "id": &**id,
+                "matched": matched,
+            })).collect::<Vec<_>>(),
+        })
+    } else {
+        Value::Null
+    };
+    // What each delivery sends, when a route's transformation made it differ from the event.
+    // Read apart from the deliveries and best-effort: the event and its attempt log are what an
+    // operator needs first, and they are shown even when the bodies cannot be read.
+    let ids = deliveries.iter().map(|d| d.id).collect::<Vec<_>>();
+    let bodies: std::collections::HashMap<Uuid, String> = if ids.is_empty() {
+        Default::default()
+    } else {
+        match app.store.delivery_bodies(ids).await {
+            Ok(found) => found.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(event_id = %id, error = %e, "reading the bodies of an event's deliveries failed");
+                Default::default()
+            }
+        }
+    };
+    let deliveries = deliveries
+        .iter()
+        .map(|d| {
+            let mut v = serde_json::to_value(d).map_err(|e| ApiError::internal("a delivery", e))?;
+            let sent = bodies.get(&d.id).filter(|b| **b != rec.body);
+            v["requestBody"] = json!(sent);
+            Ok(v)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let mut answer = json!({
-        "event": rec.event_json()?,
+        "event": event,
         "filtered": rec.filtered,
         "deliveries": deliveries,
+        "explanation": explanation,
     });
     if let Some(at) = rec.erased_at {
         answer["erasedAt"] = json!(at);
@@ -253,4 +479,94 @@ pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
         "routed": plan.routed,
         "deliveries": deliveries,
     })))
+}
+
+/// The route id a test delivery carries (it was made by no route).
+pub const TEST_ROUTE: &str = "dashboard-test";
+
+/// `POST /admin/agents/{id}/test`: archives a small event (source `router`, type `agent.test`)
+/// with one delivery to this push agent, made at once and attempted once (no retries), outside
+/// the routes. Answers `200 {"eventId", "deliveryId"}`; its outcome is that event's delivery.
+pub async fn test_agent(
+    State(app): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let agent = app
+        .rules
+        .current()
+        .rules
+        .agent(&agent_id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("No agent with that id"))?;
+    if agent.url.is_none() {
+        return Err(ApiError::conflict(
+            "The agent has no url: it receives events by streaming, and a test event is pushed",
+        ));
+    }
+    let (id, timestamp) = crate::event::new_event_id();
+    let body = json!({
+        "id": id,
+        "source": crate::ingest::operational::ROUTER,
+        "type": "agent.test",
+        "action": null,
+        "deliveryId": null,
+        "timestamp": timestamp,
+        "payload": {
+            "agentId": agent_id,
+            "message": "A test event sent by an operator: answer 2xx to acknowledge it.",
+        },
+        "metadata": {"identifier": "dashboard", "clientIp": "", "receivedBytes": 0, "headers": {}},
+    })
+    .to_string();
+    let delivery_id = Uuid::now_v7();
+    let once = r#"{"maxAttempts":1,"backoffStrategy":"fixed","baseDelay":1000,"maxDelay":1000,"jitter":false}"#;
+    let delivery = crate::store::NewDelivery {
+        id: delivery_id,
+        agent_id: agent_id.clone(),
+        route_id: TEST_ROUTE.into(),
+        priority: 0,
+        status: crate::store::DeliveryStatus::Pending,
+        body: None,
+        retry_policy: Some(once.into()),
+        next_attempt_at: timestamp,
+        last_error: None,
+        sequencing: Default::default(),
+        trace_context: None,
+    };
+    app.store
+        .commit_event(crate::store::NewEvent {
+            id,
+            source: crate::ingest::operational::ROUTER.into(),
+            event_type: "agent.test".into(),
+            action: None,
+            delivery_id: None,
+            timestamp,
+            filtered: false,
+            body: Bytes::from(body.clone()),
+            deliveries: vec![delivery],
+            streamed: vec![],
+        })
+        .await?;
+    app.queue.requeue(
+        vec![crate::store::PendingDelivery {
+            id: delivery_id,
+            event_id: id,
+            agent_id,
+            route_id: TEST_ROUTE.into(),
+            priority: 0,
+            attempts: 0,
+            retry_base: 0,
+            next_attempt_at: timestamp,
+            retry_policy: Some(once.into()),
+            source: crate::ingest::operational::ROUTER.into(),
+            event_type: "agent.test".into(),
+            body: Some(body),
+            created_at: timestamp,
+            sequencing: Default::default(),
+            superseded: Default::default(),
+            trace_context: None,
+        }],
+        app.rules.default_policy(),
+    );
+    Ok(Json(json!({ "eventId": id, "deliveryId": delivery_id })))
 }

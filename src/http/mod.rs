@@ -14,8 +14,10 @@ pub mod queue;
 pub mod rate_limits;
 pub mod rules;
 pub mod serve;
+pub mod sources;
 pub mod state;
 pub mod streams;
+pub mod tester;
 pub mod throttle;
 pub mod webhook;
 
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/agents/{id}/health/reset",
             post(rules::reset_agent_health),
         )
+        .route("/admin/agents/{id}/test", post(events::test_agent))
         .route("/admin/dlq", get(queue::dlq_list))
         .route("/admin/dlq/retry", post(queue::dlq_retry_bulk))
         .route("/admin/dlq/{id}/retry", post(queue::dlq_retry_one))
@@ -81,6 +84,11 @@ pub fn router(state: AppState) -> Router {
         .route("/queue/stats", get(queue::stats))
         .route("/analytics/metrics", get(analytics::analytics))
         .route("/admin/audit", get(audit::list))
+        .route("/admin/rejections", get(analytics::rejections))
+        .route("/admin/sources", get(sources::list))
+        .route("/admin/rules/test", post(tester::test))
+        .route("/admin/agent-activity", get(analytics::agent_activity))
+        .route("/admin/rate-limits/usage", get(rate_limits::usage))
         .route(
             "/admin/rate-limits",
             get(rate_limits::list)

@@ -18,10 +18,26 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
     Json(json!({ "items": app.limiter.configs(), "nextCursor": null }))
 }
 
+/// `GET /admin/rate-limits/usage`: how often each `source:identifier` was admitted and refused
+/// lately, on this node (see `analytics::recent`).
+pub async fn usage(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "items": app.analytics.recent.keys(), "nextCursor": null }))
+}
+
 pub async fn put(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<RateLimitConfig>> {
     super::error::json_syntax(&body)?;
     let config = ratelimit::parse_config(&body)
         .map_err(|e| ApiError::validation_at(e.field, e.message, e.position))?;
+    // A limit for a source webhooks cannot arrive on would never apply: most likely a typo.
+    if !app.config.sources.contains_key(&config.source) {
+        return Err(ApiError::validation(
+            "source",
+            format!(
+                "is not a source of this router (\"{}\"; see GET /admin/sources)",
+                config.source.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
     let _guard = app.rules.lock_changes().await;
     app.store
         .put_rule(

@@ -18,7 +18,7 @@ use super::auth::is_agent_key;
 use super::error::ApiError;
 use crate::ingest::commit::{Committed, commit};
 use crate::ingest::dedupe::{self, Original};
-use crate::ingest::{Prepared, admit, read, route};
+use crate::ingest::{IngestError, Prepared, admit, read, route};
 use crate::providers::{GetRefusal, Handshake, RequestLine};
 use crate::ratelimit::Decision;
 use crate::store::CommitOutcome;
@@ -46,6 +46,13 @@ pub async fn webhook(
             tracing::debug!(source = %source, code = e.code, "webhook refused");
             let known = app.ingest.knows(&source).then_some(source.as_str());
             app.analytics.rejected(known, e.status.as_u16(), e.code);
+            app.analytics.recent.refused(
+                &source,
+                e.status.as_u16(),
+                e.code,
+                &e.message,
+                &peer.ip().to_string(),
+            );
             e.into_response()
         }
     }
@@ -171,7 +178,16 @@ async fn receive(
         &event,
         &client_ip,
     )
-    .await?;
+    .await;
+    match &admission {
+        Ok(_) | Err(IngestError::RateLimited { .. }) => app.analytics.recent.rate_checked(
+            &source.name,
+            admit::identifier(&event, &client_ip),
+            admission.is_ok(),
+        ),
+        Err(_) => {}
+    }
+    let admission = admission?;
     let routed = route::route(
         &ingest.rules,
         &ingest.hub,

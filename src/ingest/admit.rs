@@ -13,6 +13,16 @@ use crate::ratelimit::shared::{Admission, SharedLimiter};
 /// lease that paid for it; or `RateLimited`. One node decides in memory; several decide on their
 /// shared counters (`shared`), which costs a store round trip only when this node holds no
 /// units of the key.
+/// The rate-limit identifier of an event: its identifier path's value (`metadata.identifier`),
+/// else the client address.
+pub fn identifier<'a>(event: &'a Value, client_ip: &'a str) -> &'a str {
+    event
+        .get("metadata")
+        .and_then(|m| m.get("identifier"))
+        .and_then(Value::as_str)
+        .unwrap_or(client_ip)
+}
+
 pub async fn admit(
     limiter: &RateLimiter,
     shared: Option<&Arc<SharedLimiter>>,
@@ -20,11 +30,7 @@ pub async fn admit(
     event: &Value,
     client_ip: &str,
 ) -> Result<Admission, IngestError> {
-    let identifier = event
-        .get("metadata")
-        .and_then(|m| m.get("identifier"))
-        .and_then(Value::as_str)
-        .unwrap_or(client_ip);
+    let identifier = identifier(event, client_ip);
     let admission = match shared {
         Some(shared) => shared.admit(source, identifier).await?,
         None => Admission {

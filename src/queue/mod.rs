@@ -1605,6 +1605,7 @@ impl Dispatcher {
                     error: Some("the agent no longer exists or has no url".into()),
                     response_prefix: None,
                     retry_after: None,
+                    detail: None,
                 };
                 self.dead_now(job, result);
             }
@@ -1950,6 +1951,7 @@ impl Dispatcher {
             status_code: None,
             error: result.error,
             response_prefix: None,
+            detail: None,
             status: DeliveryStatus::Dead,
             next_attempt_at: None,
         };
@@ -2048,6 +2050,7 @@ fn attempt_update(
         } else {
             None
         },
+        detail: result.detail,
         status,
         next_attempt_at,
     }
@@ -2161,6 +2164,7 @@ impl AttemptCtx {
                         error: Some(error.clone()),
                         response_prefix: None,
                         retry_after: None,
+                        detail: None,
                     },
                 };
                 // The attempt's log line inside its span, so that it names the trace.

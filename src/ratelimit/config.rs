@@ -201,10 +201,16 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 }
 
 fn from_serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> ValidationError {
-    let message = message_of(err.inner());
+    let message = crate::rules::validate::plain_words(&message_of(err.inner()));
     let path = err.path().to_string();
     if path != "." {
         return ValidationError::new(path, message);
+    }
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        return ValidationError::new(name, "is required");
     }
     // Missing and unknown fields are reported by serde at the object itself;
     // name the field so the dashboard can show the error next to it.

@@ -96,6 +96,19 @@ impl Evaluation {
     }
 }
 
+/// Why an event is filtered out, or which routes were checked for it, under a rule set: for an
+/// operator reading the archive. Transform filters are not run for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Explanation {
+    /// The exclude filter that drops the event.
+    pub excluded_by: Option<Arc<str>>,
+    /// Include filters whose scope covers the event, none of which matches it (so it is
+    /// dropped).
+    pub unmatched_includes: Vec<Arc<str>>,
+    /// The enabled routes that can apply to the event's source, each with whether it matches.
+    pub routes: Vec<(Arc<str>, bool)>,
+}
+
 /// A global transform filter that failed on this event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterError {
@@ -646,6 +659,46 @@ impl RuleSet {
     /// Runs the section 5 semantics on one event (the section 4 object).
     /// Global transform filters rewrite `event` in place; a filtered-out
     /// event is left untouched.
+    /// Why `event` is filtered out or where it goes (see [`Explanation`]), without running any
+    /// program.
+    pub fn explain(&self, event: &Value) -> Explanation {
+        let scope = self.scope_of(event);
+        let index = self.source_index(scope);
+        let filters = &self.filters;
+        let mut memo = Memo::new(&self.prefixes, event);
+        let mut out = Explanation {
+            excluded_by: index
+                .excludes
+                .iter()
+                .map(|&i| &filters.excludes[i as usize])
+                .find(|f| f.matches(&mut memo, scope))
+                .map(|f| Arc::clone(&f.id)),
+            ..Explanation::default()
+        };
+        if out.excluded_by.is_some() {
+            return out;
+        }
+        let in_scope: Vec<&CompiledFilter> = index
+            .includes
+            .iter()
+            .map(|&i| &filters.includes[i as usize])
+            .filter(|f| f.in_scope(scope))
+            .collect();
+        if !in_scope.is_empty() && !in_scope.iter().any(|f| f.conditions_hold(&mut memo)) {
+            out.unmatched_includes = in_scope.iter().map(|f| Arc::clone(&f.id)).collect();
+            return out;
+        }
+        out.routes = index
+            .routes
+            .iter()
+            .map(|&ri| {
+                let route = &self.routes[ri as usize];
+                (Arc::clone(&route.id), route.matches(&mut memo, scope))
+            })
+            .collect();
+        out
+    }
+
     pub fn evaluate(&self, event: &mut Value) -> Evaluation {
         let mut scope = self.scope_of(event);
         let filters = &self.filters;

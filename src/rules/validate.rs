@@ -732,7 +732,58 @@ fn serde_problem(path: &str, inner: &serde_json::Error) -> ValidationError {
         };
         return ValidationError::new(field, format!("unknown field{hint}"));
     }
-    ValidationError::new(path, message)
+    ValidationError::new(path, plain_words(&message))
+}
+
+/// serde's message for a value of the wrong type or an unknown variant, in plain words:
+/// `invalid type: string "high", expected i64` becomes `must be a whole number (got the text
+/// "high")`. Other messages are returned as they are.
+pub fn plain_words(message: &str) -> String {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "));
+    if let Some((got, want)) = rest.and_then(|r| r.split_once(", expected ")) {
+        return format!("must be {} (got {})", plain_want(want), plain_got(got));
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some((got, want)) = rest.split_once("`, expected ")
+    {
+        let options: Vec<&str> = want.split('`').skip(1).step_by(2).collect();
+        return format!("must be one of {} (got \"{got}\")", options.join(", "));
+    }
+    message.to_string()
+}
+
+fn plain_want(want: &str) -> String {
+    match want {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" => "true or false".into(),
+        "a string" | "a borrowed string" => "text".into(),
+        "a sequence" => "a list".into(),
+        w if w == "a map" || w.starts_with("struct ") => "an object".into(),
+        w => w.to_string(),
+    }
+}
+
+fn plain_got(got: &str) -> String {
+    let inner = |s: &str| s.trim_matches('`').to_string();
+    if let Some(s) = got.strip_prefix("string ") {
+        return format!("the text {s}");
+    }
+    for prefix in ["integer ", "floating point "] {
+        if let Some(n) = got.strip_prefix(prefix) {
+            return format!("the number {}", inner(n));
+        }
+    }
+    match got {
+        "sequence" => "a list".into(),
+        "map" => "an object".into(),
+        g => g
+            .strip_prefix("boolean ")
+            .map_or_else(|| g.to_string(), inner),
+    }
 }
 
 fn backticked(message: &str, prefix: &str) -> Option<String> {
@@ -1009,12 +1060,12 @@ mod tests {
             (
                 with(base_filter(), json!({"priority": "high"})),
                 "priority",
-                "invalid type: string \"high\", expected i64",
+                "must be a whole number (got the text \"high\")",
             ),
             (
                 with(base_filter(), json!({"enabled": 1})),
                 "enabled",
-                "invalid type",
+                "must be true or false (got the number 1)",
             ),
         ];
         for (value, field, msg) in cases {
@@ -1040,7 +1091,7 @@ mod tests {
         // A value of the wrong type: its field, and where it is.
         let e = parse_filter(b"{\"id\": \"f\",\n  \"name\": 5}").unwrap_err();
         assert_eq!(e.field, "name");
-        assert_eq!(e.message, "invalid type: integer `5`, expected a string");
+        assert_eq!(e.message, "must be text (got the number 5)");
         assert_eq!(e.position, Some((2, 11)));
         let e = parse_filter(b"{\"id\": \"f\", \"id\": \"g\"}").unwrap_err();
         assert_eq!(
@@ -1164,7 +1215,7 @@ mod tests {
                     json!({"retryPolicy": {"maxAttempts": -1, "backoffStrategy": "fixed", "baseDelay": 1, "maxDelay": 1}}),
                 ),
                 "retryPolicy.maxAttempts",
-                "invalid value",
+                "must be a whole number, 0 or more (got the number -1)",
             ),
             (
                 with(
@@ -1300,7 +1351,7 @@ mod tests {
             (
                 with(base_agent(), json!({"timeoutMs": "fast"})),
                 "timeoutMs",
-                "invalid type",
+                "must be a whole number, 0 or more (got the text \"fast\")",
             ),
         ];
         for (value, field, msg) in cases {

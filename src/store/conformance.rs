@@ -93,6 +93,7 @@ conformance!(
     bodies_come_back_byte_exact_through_encryption,
     delivery_bodies_are_read_back_alone,
     a_first_attempt_success_is_logged_like_any_attempt,
+    attempts_keep_the_exchange_and_why_they_were_made,
     keys_supersessions_and_held_keys_are_kept,
     trace_context_is_kept_with_the_delivery,
     ping_and_close,
@@ -212,6 +213,7 @@ pub(super) fn delivered(id: Uuid) -> AttemptUpdate {
         status_code: Some(200),
         error: None,
         response_prefix: None,
+        detail: None,
         status: DeliveryStatus::Delivered,
         next_attempt_at: None,
     }
@@ -544,6 +546,7 @@ pub(super) async fn first_success_rows(store: &dyn Store) -> ((Uuid, Uuid), Uuid
         status_code: code,
         error: error.map(str::to_string),
         response_prefix: None,
+        detail: None,
         status,
         next_attempt_at: None,
     };
@@ -631,6 +634,7 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
         status_code: code,
         error: code.filter(|c| *c >= 400).map(|c| format!("HTTP {c}")),
         response_prefix: Some("nope".into()),
+        detail: None,
         status,
         next_attempt_at: (status == DeliveryStatus::Scheduled).then_some(5000),
     };
@@ -704,6 +708,131 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     assert_eq!(pending[0].attempts, 0);
 }
 
+/// Each attempt keeps the headers of both sides, the agent's answer and why it was made (issue
+/// 30), a first-attempt success too (kept in its delivery's row); an erasure drops the answers.
+async fn attempts_keep_the_exchange_and_why_they_were_made(store: Arc<dyn Store>) {
+    let mut e = ev("github", None);
+    let transformed = NewDelivery {
+        body: Some(bytes::Bytes::from_static(b"{\"changed\":true}")),
+        ..delivery("a", DeliveryStatus::Pending)
+    };
+    let plain = delivery("b", DeliveryStatus::Pending);
+    e.deliveries = vec![transformed.clone(), plain.clone()];
+    store.commit_event(e.clone()).await.unwrap();
+    let detail = |n: u32| {
+        format!(
+            r#"{{"requestHeaders":{{"x-delivery-attempt":"{n}","authorization":"[redacted]"}},"responseHeaders":{{"x-agent":"n{n}"}}}}"#
+        )
+    };
+    let update = |id: Uuid, n: u32, code: u16, status: DeliveryStatus| AttemptUpdate {
+        delivery_id: id,
+        attempt: n,
+        started_at: 1000 * i64::from(n),
+        duration_ms: 3,
+        status_code: Some(code),
+        error: (code >= 300).then(|| format!("agent answered {code}")),
+        response_prefix: Some(format!("answer {n}")),
+        detail: Some(detail(n)),
+        status,
+        next_attempt_at: None,
+    };
+    store
+        .record_attempts(vec![
+            update(transformed.id, 1, 500, DeliveryStatus::Scheduled),
+            update(plain.id, 1, 200, DeliveryStatus::Delivered),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_attempts(vec![update(transformed.id, 2, 503, DeliveryStatus::Dead)])
+        .await
+        .unwrap();
+    assert!(store.retry_dead(transformed.id).await.unwrap().is_some());
+    store
+        .record_attempts(vec![update(
+            transformed.id,
+            3,
+            500,
+            DeliveryStatus::Scheduled,
+        )])
+        .await
+        .unwrap();
+    store
+        .record_attempts(vec![update(
+            transformed.id,
+            4,
+            200,
+            DeliveryStatus::Delivered,
+        )])
+        .await
+        .unwrap();
+    // A replay's deliveries: a first-attempt success and a failure.
+    let (again_ok, again_failed) = (
+        delivery("b", DeliveryStatus::Pending),
+        delivery("c", DeliveryStatus::Pending),
+    );
+    store
+        .add_deliveries(e.id, vec![again_ok.clone(), again_failed.clone()])
+        .await
+        .unwrap();
+    store
+        .record_attempts(vec![
+            update(again_ok.id, 1, 204, DeliveryStatus::Delivered),
+            update(again_failed.id, 1, 500, DeliveryStatus::Dead),
+        ])
+        .await
+        .unwrap();
+
+    let list = store.event_deliveries(e.id).await.unwrap();
+    let find = |id: Uuid| list.iter().find(|d| d.id == id).unwrap();
+    let t = find(transformed.id);
+    let triggers: Vec<_> = t
+        .attempt_log
+        .iter()
+        .map(|a| a.trigger.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        triggers,
+        ["initial", "scheduled", "manual_retry", "scheduled"]
+    );
+    let first = &t.attempt_log[0];
+    assert_eq!(first.response_body.as_deref(), Some("answer 1"));
+    assert_eq!(
+        first.request_headers.as_ref().unwrap()["x-delivery-attempt"],
+        "1"
+    );
+    assert_eq!(first.response_headers.as_ref().unwrap()["x-agent"], "n1");
+    let p = find(plain.id);
+    assert_eq!(p.attempt_log.len(), 1);
+    let ok = &p.attempt_log[0];
+    assert_eq!(ok.trigger.as_deref(), Some("initial"));
+    assert_eq!(ok.status_code, Some(200));
+    assert_eq!(ok.response_body.as_deref(), Some("answer 1"));
+    assert_eq!(ok.response_headers.as_ref().unwrap()["x-agent"], "n1");
+    assert_eq!(
+        find(again_ok.id).attempt_log[0].trigger.as_deref(),
+        Some("replay")
+    );
+    assert_eq!(
+        find(again_failed.id).attempt_log[0].trigger.as_deref(),
+        Some("replay")
+    );
+    let dead = store.dead_letters(None, 10, None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].attempt_log[0].response_body.as_deref(),
+        Some("answer 1")
+    );
+
+    // Erased: the agents' answers go with the payload.
+    store.erase_events(vec![e.id], 5).await.unwrap();
+    for d in store.event_deliveries(e.id).await.unwrap() {
+        for a in &d.attempt_log {
+            assert_eq!(a.response_body, None, "{a:?}");
+        }
+    }
+}
+
 async fn retry_and_delete_dead_letters(store: Arc<dyn Store>) {
     let failed = |agent: &str| NewDelivery {
         last_error: Some("HTTP 500".into()),
@@ -734,6 +863,7 @@ async fn retry_and_delete_dead_letters(store: Arc<dyn Store>) {
                 status_code: Some(500),
                 error: Some("HTTP 500".into()),
                 response_prefix: None,
+                detail: None,
                 status: DeliveryStatus::Dead,
                 next_attempt_at: None,
             }])
@@ -1348,6 +1478,50 @@ async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
     assert_eq!(s[0].body, format!("({body})"));
     // Plain rows written before encryption still read back.
     assert_eq!(enc.get_event(e.id).await.unwrap().unwrap().body, body);
+
+    // An agent's answer may repeat the payload: sealed at rest too, in an attempt row and in a
+    // later attempt alike; an answer that happens to start like a sealed value comes back as it was.
+    let answered = |n: u32, status, text: &str| AttemptUpdate {
+        delivery_id: e2.deliveries[0].id,
+        attempt: n,
+        started_at: 1,
+        duration_ms: 1,
+        status_code: Some(if status == DeliveryStatus::Delivered {
+            200
+        } else {
+            500
+        }),
+        error: (status != DeliveryStatus::Delivered).then(|| "agent answered 500".into()),
+        response_prefix: Some(text.into()),
+        detail: None,
+        status,
+        next_attempt_at: None,
+    };
+    enc.record_attempts(vec![answered(1, DeliveryStatus::Scheduled, body)])
+        .await
+        .unwrap();
+    enc.record_attempts(vec![answered(
+        2,
+        DeliveryStatus::Delivered,
+        "enc:v1:not really",
+    )])
+    .await
+    .unwrap();
+    let raw = store.event_deliveries(e2.id).await.unwrap();
+    let raw_answer = raw[0].attempt_log[0].response_body.clone().unwrap();
+    assert!(
+        raw_answer.starts_with(crate::crypto::PREFIX),
+        "sealed at rest"
+    );
+    let opened = enc.event_deliveries(e2.id).await.unwrap();
+    assert_eq!(
+        opened[0].attempt_log[0].response_body.as_deref(),
+        Some(body)
+    );
+    assert_eq!(
+        opened[0].attempt_log[1].response_body.as_deref(),
+        Some("enc:v1:not really")
+    );
 }
 
 async fn trace_context_is_kept_with_the_delivery(store: Arc<dyn Store>) {

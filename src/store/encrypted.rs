@@ -14,9 +14,10 @@ use uuid::Uuid;
 
 use super::{
     AnalyticsStore, AttemptUpdate, AuditRecord, AuditStore, BacklogItem, CommitOutcome, DeadFilter,
-    DeliveryRecord, DeliveryStore, EventQuery, EventRecord, EventStore, FinishedCounts, HeldKey,
-    KeyClaim, KeyClaims, NewDelivery, NewEvent, PendingDelivery, PurgeScope, PutMode, PutOutcome,
-    Result, RollupDelta, RuleKind, RuleStore, Store, StoreError, StoredRule, Supersession,
+    DeliveryRecord, DeliveryStore, DeliveryTally, EventQuery, EventRecord, EventStore,
+    FinishedCounts, HeldKey, KeyClaim, KeyClaims, NewDelivery, NewEvent, PendingDelivery,
+    PurgeScope, PutMode, PutOutcome, Result, RollupDelta, RuleKind, RuleStore, Store, StoreError,
+    StoredRule, Supersession,
 };
 use crate::crypto::{Cipher, CryptoError};
 
@@ -133,6 +134,17 @@ impl EncryptedStore {
         Ok(d)
     }
 
+    /// A delivery record with the agent's answers opened. An answer that does not open is shown
+    /// as stored: an agent may well answer text that happens to start like a sealed value.
+    fn open_delivery(&self, mut d: DeliveryRecord) -> Result<DeliveryRecord> {
+        for a in &mut d.attempt_log {
+            if let Some(body) = a.response_body.take() {
+                a.response_body = Some(self.cipher.open_text(&body).unwrap_or(body));
+            }
+        }
+        Ok(d)
+    }
+
     fn open_pending(&self, mut p: PendingDelivery) -> Result<PendingDelivery> {
         p.body = p.body.map(|b| self.open_body(b)).transpose()?;
         Ok(p)
@@ -198,7 +210,16 @@ impl EventStore for EncryptedStore {
     }
 
     async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>> {
-        self.inner.event_deliveries(id).await
+        self.inner
+            .event_deliveries(id)
+            .await?
+            .into_iter()
+            .map(|d| self.open_delivery(d))
+            .collect()
+    }
+
+    async fn delivery_tallies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, DeliveryTally)>> {
+        self.inner.delivery_tallies(ids).await
     }
 
     async fn stream_backlog(
@@ -225,7 +246,19 @@ impl EventStore for EncryptedStore {
 
 #[async_trait]
 impl DeliveryStore for EncryptedStore {
-    async fn record_attempts(&self, updates: Vec<AttemptUpdate>) -> Result<()> {
+    async fn record_attempts(&self, mut updates: Vec<AttemptUpdate>) -> Result<()> {
+        // An agent's answer may repeat what it was sent: sealed as the payloads are.
+        if self.payloads {
+            for u in &mut updates {
+                if let Some(body) = u.response_prefix.take() {
+                    u.response_prefix = Some(
+                        self.cipher
+                            .seal(body.as_bytes())
+                            .map_err(|e| corrupt("sealing an answer", e))?,
+                    );
+                }
+            }
+        }
         self.inner.record_attempts(updates).await
     }
 
@@ -261,7 +294,12 @@ impl DeliveryStore for EncryptedStore {
         limit: usize,
         before: Option<Uuid>,
     ) -> Result<Vec<DeliveryRecord>> {
-        self.inner.dead_letters(agent_id, limit, before).await
+        self.inner
+            .dead_letters(agent_id, limit, before)
+            .await?
+            .into_iter()
+            .map(|d| self.open_delivery(d))
+            .collect()
     }
 
     async fn retry_dead(&self, id: Uuid) -> Result<Option<PendingDelivery>> {

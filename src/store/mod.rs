@@ -291,24 +291,76 @@ pub struct AttemptRecord {
     pub duration_ms: u64,
     pub status_code: Option<u16>,
     pub error: Option<String>,
+    /// Why it was made: `initial` (a delivery's first attempt), `scheduled` (a retry by its
+    /// policy), `manual_retry` (the first after a retry from the dead-letter queue) or `replay`
+    /// (the first of a delivery made by replaying its event). `None` for attempts recorded
+    /// before this was kept.
+    pub trigger: Option<String>,
+    /// The request's headers as sent (credentials `[redacted]`), when a request was made.
+    pub request_headers: Option<Value>,
+    /// The agent's answer: its headers, and the first `deliver::RESPONSE_PREFIX` bytes of its
+    /// body (as text).
+    pub response_headers: Option<Value>,
+    pub response_body: Option<String>,
+}
+
+/// Why an attempt was made, from its number and what its delivery's row says (`origin`, and
+/// `retry_base`: the attempts spent before the last retry from the dead-letter queue). The stores
+/// decide it when the attempt is recorded (the same rule in SQL).
+pub fn attempt_trigger(attempt: u32, replayed: bool, retry_base: u32) -> &'static str {
+    if attempt <= 1 {
+        if replayed { "replay" } else { "initial" }
+    } else if retry_base > 0 && attempt == retry_base + 1 {
+        "manual_retry"
+    } else {
+        "scheduled"
+    }
+}
+
+/// The headers of an exchange as the stores keep them (`deliver::exchange_detail`'s JSON):
+/// (request headers, response headers). Text that does not parse (it never should) is dropped.
+pub fn parse_detail(detail: Option<&str>) -> (Option<Value>, Option<Value>) {
+    let Some(mut v) = detail.and_then(|d| serde_json::from_str::<Value>(d).ok()) else {
+        return (None, None);
+    };
+    let take = |v: &mut Value, k: &str| v.get_mut(k).map(Value::take).filter(|v| !v.is_null());
+    (
+        take(&mut v, "requestHeaders"),
+        take(&mut v, "responseHeaders"),
+    )
+}
+
+/// What a delivery row keeps of a first attempt that succeeded (its `first_*` columns).
+#[derive(Debug, Clone, Default)]
+pub struct FirstSuccess {
+    pub started_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub status_code: Option<u16>,
+    pub detail: Option<String>,
+    pub response_body: Option<String>,
+    /// The delivery was made by a replay (its `origin`).
+    pub replayed: bool,
 }
 
 impl AttemptRecord {
     /// The attempt log a delivery row's `first_*` columns hold: the first-attempt success, if
     /// it was one (see `AttemptUpdate::is_first_success`); `attempts` rows follow it.
-    pub fn first_success_log(
-        started_at: Option<i64>,
-        duration_ms: Option<i64>,
-        status_code: Option<u16>,
-    ) -> Vec<AttemptRecord> {
-        match started_at {
-            Some(started_at) => vec![AttemptRecord {
-                attempt: 1,
-                started_at,
-                duration_ms: duration_ms.unwrap_or(0).max(0) as u64,
-                status_code,
-                error: None,
-            }],
+    pub fn first_success_log(first: FirstSuccess) -> Vec<AttemptRecord> {
+        match first.started_at {
+            Some(started_at) => {
+                let (request_headers, response_headers) = parse_detail(first.detail.as_deref());
+                vec![AttemptRecord {
+                    attempt: 1,
+                    started_at,
+                    duration_ms: first.duration_ms.unwrap_or(0).max(0) as u64,
+                    status_code: first.status_code,
+                    error: None,
+                    trigger: Some(attempt_trigger(1, first.replayed, 0).to_string()),
+                    request_headers,
+                    response_headers,
+                    response_body: first.response_body,
+                }]
+            }
             None => Vec::new(),
         }
     }
@@ -344,6 +396,37 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// How an event's deliveries stand, for the archive's lists (`outcome`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryTally {
+    pub delivered: u32,
+    /// Unfinished, not attempted yet.
+    pub pending: u32,
+    /// Unfinished after at least one attempt.
+    pub retrying: u32,
+    pub dead: u32,
+    pub cancelled: u32,
+    /// Replaced by a newer event's delivery with the same coalescing key (final, no failure).
+    pub superseded: u32,
+    /// Stream-only agents it was routed to.
+    pub streamed: u32,
+}
+
+impl DeliveryTally {
+    /// Adds `n` deliveries in `status` (with or without an attempt made).
+    pub fn add(&mut self, status: &str, attempted: bool, n: u32) {
+        let slot = match DeliveryStatus::parse(status) {
+            Some(DeliveryStatus::Delivered) => &mut self.delivered,
+            Some(DeliveryStatus::Dead) => &mut self.dead,
+            Some(DeliveryStatus::Cancelled) => &mut self.cancelled,
+            Some(DeliveryStatus::Superseded) => &mut self.superseded,
+            _ if attempted => &mut self.retrying,
+            _ => &mut self.pending,
+        };
+        *slot += n;
+    }
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Archives an event and its deliveries durably. Concurrent calls share one transaction and
@@ -353,6 +436,9 @@ pub trait EventStore: Send + Sync {
     /// Newest first.
     async fn list_events(&self, query: EventQuery) -> Result<Vec<EventRecord>>;
     async fn event_deliveries(&self, id: Uuid) -> Result<Vec<DeliveryRecord>>;
+    /// How each event's deliveries stand (one index lookup per event); events without any
+    /// delivery or stream copy are left out.
+    async fn delivery_tallies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, DeliveryTally)>>;
     /// What a stream missed: events routed to `agent` (or, for `None`, every processed event)
     /// with ids after `after`, oldest first.
     async fn stream_backlog(
@@ -407,6 +493,8 @@ pub struct AttemptUpdate {
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub response_prefix: Option<String>,
+    /// The headers sent and answered, as `deliver::exchange_detail` wrote them (JSON).
+    pub detail: Option<String>,
     /// `Delivered`, `Scheduled` (with `next_attempt_at`) or `Dead`.
     pub status: DeliveryStatus,
     pub next_attempt_at: Option<i64>,

@@ -9,8 +9,9 @@
 //   SCREENSHOT_DIR  where to write the screenshots (1280×800 and 390×844 of every view)
 //   CHROMIUM        the browser (default /usr/bin/chromium)
 //   FAULTED_URL     a second router whose store refuses webhooks (below its free-space floor)
-// Set up by the Rust side: agent "ok-agent" (answers 200), agent "flaky-agent" (answers 500
-// three times, then 200) reached by route "issues-to-flaky" (github issues, maxAttempts 1).
+// Set up by the Rust side: agent "ok-agent" (answers 200), agent "flaky-agent" (answers 500 with
+// the body {"error":"database unavailable: connection refused"} three times, then 200) reached by
+// route "issues-to-flaky" (github issues, maxAttempts 1).
 //
 // Prints one line per step; exits 0 when every step passed.
 
@@ -176,6 +177,18 @@ try {
     assert(await page.evaluate(() => document.cookie === ""), "scripts cannot read the cookie");
   });
 
+  await step("before any event, the overview guides: webhook URLs, disabled sources, test commands", async () => {
+    await visit(page, "#/overview", "[data-testid=first-start]");
+    const guide = page.getByTestId("first-start");
+    const text = await guide.textContent();
+    assert(text.includes(`${BASE}/webhook/github`), `the github URL: ${text}`);
+    assert(/sources are disabled until their secret is set/.test(text), `the disabled sources: ${text}`);
+    const commands = await guide.getByTestId("test-commands").textContent();
+    assert(commands.includes("export GITHUB_WEBHOOK_SECRET=") && commands.includes(`event-router send github --event push --url ${BASE}`), commands);
+    assert((await page.locator("[data-stat=p95] .value").textContent()) === "—", "no data shows —, not 0 ms");
+    await shot(page, "first-start-1280");
+  });
+
   await step("overview shows the four charts and refreshes", async () => {
     await visit(page, "#/overview", "[data-stat=queue-depth]");
     for (const id of ["events", "success", "p95", "queue"]) {
@@ -244,7 +257,7 @@ try {
     assert((await delivery.textContent()).includes("ok-agent"), "the delivery's agent");
     assert(await delivery.locator("tr[data-attempt='1']").count() === 1, "attempt 1 is listed");
     assert((await delivery.locator("tr[data-attempt='1']").textContent()).includes("200"), "with its answer");
-    assert((await drawer.locator("pre.json").first().textContent()).includes("refs/heads/main"), "the payload");
+    assert((await drawer.getByTestId("payload").textContent()).includes("refs/heads/main"), "the payload");
     await shot(page, "event-1280");
     await page.keyboard.press("Escape");
     await drawer.waitFor({ state: "detached" });
@@ -262,7 +275,71 @@ try {
     await shot(page, "dlq-1280");
   });
 
+  await step("the navigation shows the dead-letter count", async () => {
+    await waitFor("the count", async () => (await page.locator("#dlq-count").textContent()) === "3", 20000);
+    assert(await page.locator("#dlq-count").isVisible(), "the count is shown");
+    assert((await page.locator("#nav-dlq").getAttribute("aria-label")) === "Dead letters, 3 waiting", "and announced");
+  });
+
+  await step("a failing agent's own answer is shown on its attempt, with what was sent", async () => {
+    await visit(page, `#/events/${dead[0].eventId}`, ".delivery[data-status=dead]");
+    const delivery = page.locator(".delivery[data-status=dead]");
+    const attempt = delivery.locator("details.exchange[data-attempt-detail='1']");
+    assert(await attempt.getAttribute("open") !== null, "the failed attempt's exchange is open");
+    const body = await attempt.getByTestId("response-body").textContent();
+    assert(body.includes("database unavailable: connection refused"), `the agent's words: ${body}`);
+    const text = await attempt.textContent();
+    assert(text.includes("x-agent-error: db down"), `the answer's headers: ${text}`);
+    assert(text.includes("x-delivery-attempt: 1") && text.includes("webhook-signature: v1,"), `the request's headers: ${text}`);
+    assert((await delivery.locator("tr[data-attempt='1']").textContent()).includes("first attempt"), "why it was made");
+    await shot(page, "attempt-1280");
+  });
+
+  await step("the live view shows outcomes, searches payload text and ids, and filters by outcome", async () => {
+    const needle = await postGithub("ping", { zen: "Needle-4711 in the haystack", sender: { login: "octocat" } });
+    await visit(page, "#/live", ".feed-row");
+    await waitFor("the push delivered", async () =>
+      (await page.locator(`.feed-row[data-id="${pushId}"]`).getAttribute("data-outcome")) === "delivered");
+    const label = await page.locator(`.feed-row[data-id="${pushId}"]`).getAttribute("aria-label");
+    assert(label.includes("delivered") && label.includes("Open details"), `announced with its outcome: ${label}`);
+    assert((await page.locator("#live-q").getAttribute("type")) === "search", "a search box");
+    await page.locator("#live-q").fill("needle-4711 IN THE");
+    await waitFor("the payload match alone", async () => {
+      const ids = await page.locator(".feed-row").evaluateAll((rows) => rows.map((r) => r.dataset.id));
+      return ids.length === 1 && ids[0] === needle;
+    });
+    await waitFor("how far it searched", async () => (await page.getByTestId("live-searched").textContent()).includes("Searched"));
+    await page.locator("#live-q").fill("");
+    await page.locator("#live-outcome").selectOption("dead");
+    await waitFor("the dead ones", async () => {
+      const ids = await page.locator(".feed-row").evaluateAll((rows) => rows.map((r) => r.dataset.id));
+      return ids.length === 3 && dead.every((d) => ids.includes(d.eventId));
+    });
+    await shot(page, "live-search-1280");
+    await page.locator("#live-outcome").selectOption("");
+    await page.locator("#live-q").fill(dead[1].eventId);
+    await page.locator("#live-q").press("Enter");
+    const drawer = page.locator("dialog.drawer");
+    await drawer.locator(`[data-event-id="${dead[1].eventId}"]`).waitFor();
+    await page.keyboard.press("Escape");
+    await drawer.waitFor({ state: "detached" });
+    await page.locator("#live-q").fill("");
+  });
+
+  await step("dead letters are grouped by error, with full ids, time of death and the total", async () => {
+    await visit(page, "#/dlq", "table");
+    await waitFor("the total", async () => (await page.getByTestId("dlq-total").textContent()).includes("3 in all"));
+    const group = page.getByTestId("dlq-groups").locator("li").first();
+    assert((await group.getAttribute("data-count")) === "3", "one group of three");
+    assert((await group.textContent()).includes("agent answered 500"), await group.textContent());
+    const row = page.locator(`tr[data-id="${dead[0].deliveryId}"]`);
+    const text = await row.textContent();
+    assert(text.includes(dead[0].deliveryId) && text.includes(dead[0].eventId), `full ids: ${text}`);
+    assert(/\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}/.test(text), `when it died: ${text}`);
+  });
+
   await step("a dead letter can be deleted from the page", async () => {
+    await visit(page, "#/dlq", "table");
     const gone = dead[2];
     await page.locator(`tr[data-id="${gone.deliveryId}"]`).getByRole("button", { name: "Delete" }).click();
     await page.locator("dialog.confirm").getByRole("button", { name: "Delete" }).click();
@@ -271,11 +348,14 @@ try {
     assert(!list.items.some((d) => d.id === gone.deliveryId), "deleted in the store");
   });
 
-  await step("retrying one dead letter from the page delivers it", async () => {
+  await step("retrying a selection from the page delivers it, and the page follows it until it settles", async () => {
     const one = dead[0];
-    await page.locator(`tr[data-id="${one.deliveryId}"]`).getByRole("button", { name: "Retry" }).click();
+    await page.locator(`tr[data-id="${one.deliveryId}"]`).getByRole("checkbox").check();
+    await page.getByRole("button", { name: "Retry selected (1)" }).click();
     await waitFor("the answer", async () => (await page.getByTestId("dlq-result").textContent()).includes("Retried 1"));
     await waitForStatus(one.eventId, "flaky-agent", "delivered");
+    await waitFor("the follow-up", async () => (await page.getByTestId("dlq-follow").getAttribute("data-settled")) === "true");
+    assert((await page.getByTestId("dlq-follow").textContent()).includes("1 delivered"), await page.getByTestId("dlq-follow").textContent());
   });
 
   await step("retry all answers how many it retried", async () => {
@@ -292,6 +372,14 @@ try {
     const rows = page.locator(".delivery tr[data-attempt]");
     assert(await rows.count() === 2, "two attempts");
     assert((await rows.nth(0).textContent()).includes("500"), "the first failed with 500");
+    assert((await rows.nth(1).textContent()).includes("manual retry"), "the second was a manual retry");
+    // Replayed from the page: a new delivery, its first attempt marked as a replay.
+    await page.getByTestId("replay").click();
+    await waitFor("the replayed delivery", async () => (await admin(`/admin/events/${dead[1].eventId}`)).deliveries.length === 2);
+    await waitFor("its attempt shown", async () => {
+      await page.evaluate(() => window.dispatchEvent(new HashChangeEvent("hashchange")));
+      return (await page.locator(".delivery tr[data-attempt]").allTextContents()).some((t) => t.includes("replay"));
+    });
   });
 
   await step("a route with an invalid jq program shows the error next to the field", async () => {
@@ -308,6 +396,12 @@ try {
     assert((await page.getByLabel("Transformation (jq)").getAttribute("aria-invalid")) === "true", "the field is marked");
     assert(await page.locator("form .form-error").textContent() === "", "not only at the top");
     await shot(page, "route-error-1280");
+    await page.getByLabel("Transformation (jq)").fill(".payload |= {title: .title}");
+    // Tried on the newest event before saving: the result shows.
+    await waitFor("the newest event's id", async () => (await page.locator("#tester-event").inputValue()).length > 0);
+    await page.getByLabel("Transformation (jq)").fill("{kind: .type}");
+    await page.getByRole("button", { name: "Try it" }).click();
+    await waitFor("the tester's result", async () => (await page.getByTestId("tester-result").textContent()).includes('"kind"'));
     await page.getByLabel("Transformation (jq)").fill(".payload |= {title: .title}");
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="ui-route"]').waitFor();
@@ -357,10 +451,29 @@ try {
     await waitForStatus(id, "down-agent", "delivered");
     await waitFor("the closed breaker", async () =>
       (await page.locator('tr[data-id="down-agent"] .health').getAttribute("data-state")) === "closed");
-    await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Enable" }).click();
+    await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Resume" }).click();
     await waitFor("the agent enabled", async () => (await admin("/admin/agents/sleepy-agent")).enabled === true);
     await waitFor("the row updated", async () =>
-      (await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Enable" }).count()) === 0);
+      (await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Resume" }).count()) === 0);
+    // Paused again from the page: its deliveries wait.
+    await page.locator('tr[data-id="sleepy-agent"]').getByRole("button", { name: "Pause" }).click();
+    await waitFor("the agent paused", async () => (await admin("/admin/agents/sleepy-agent")).enabled === false);
+    // At a glance: the flaky agent's success rate is low, with when it last failed.
+    const flaky = page.locator('tr[data-id="flaky-agent"] .glance');
+    assert((await flaky.getByTestId("success-rate").getAttribute("class")) === "badge bad", "a low success rate is flagged");
+    assert(!(await flaky.textContent()).includes("last failed —"), `the last failure is known: ${await flaky.textContent()}`);
+  });
+
+  await step("send test event: the agent gets it, and its event shows the attempt", async () => {
+    await visit(page, "#/agents", 'tr[data-id="ok-agent"]');
+    await page.locator('tr[data-id="ok-agent"]').getByRole("button", { name: "Send test event" }).click();
+    await waitFor("the event page", async () => (await page.locator("main").getAttribute("data-view")) === "events");
+    // The page shows it as it is when loaded; reload until the attempt is in.
+    await waitFor("the delivered test", async () => {
+      await page.evaluate(() => window.dispatchEvent(new HashChangeEvent("hashchange")));
+      return (await page.locator(".delivery[data-status=delivered]").count()) === 1;
+    });
+    assert((await page.locator(".event-detail").textContent()).includes("agent.test"), "the test event");
   });
 
   await step("a filter with a bad regex shows the error at its condition", async () => {
@@ -376,9 +489,26 @@ try {
     const error = page.locator('[data-error-for="conditions[0].value"]');
     await waitFor("the condition's error", async () => (await error.textContent()).length > 0);
     await page.getByLabel("Value").fill("\\[bot\\]$");
+    await page.getByRole("button", { name: "Try it" }).click();
+    await waitFor("the filter tried", async () => (await page.getByTestId("tester-result").locator("[data-kept]").count()) === 1);
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="ui-filter"]').waitFor();
     await shot(page, "filters-1280");
+  });
+
+  await step("leaving a form with unsaved edits asks first", async () => {
+    await visit(page, "#/filters/new", "main form");
+    await page.getByLabel("Name", { exact: true }).fill("Half done");
+    let asked = "";
+    page.once("dialog", (d) => { asked = d.message(); d.dismiss(); });
+    await page.evaluate(() => { location.hash = "#/overview"; });
+    await waitFor("the question", async () => asked.length > 0);
+    assert(asked.includes("not saved"), asked);
+    assert((await page.locator("main").getAttribute("data-view")) === "filters", "still on the form");
+    assert((await page.getByLabel("Name", { exact: true }).inputValue()) === "Half done", "the edit is kept");
+    page.once("dialog", (d) => d.accept());
+    await page.evaluate(() => { location.hash = "#/overview"; });
+    await waitFor("the overview", async () => (await page.locator("main").getAttribute("data-view")) === "overview");
   });
 
   await step("a rate limit is created from the page, a bad value shown at its field", async () => {
@@ -391,6 +521,9 @@ try {
     await page.getByLabel("Limit", { exact: true }).fill("600");
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="github:octocat"]').waitFor();
+    const usage = page.locator('[data-testid=rate-usage] tr[data-key="github:octocat"]');
+    await usage.waitFor();
+    assert(Number((await usage.locator("td").nth(2).textContent()).replace(/\D/g, "")) > 0, "octocat's admitted webhooks are counted");
     await shot(page, "rate-limits-1280");
   });
 
@@ -420,6 +553,30 @@ try {
     await phone.close();
   });
 
+  await step("the overview lists refused webhooks, flags a low success rate, and drops the guide", async () => {
+    const r = await fetch(`${BASE}/webhook/github`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-github-event": "push", "x-hub-signature-256": "sha256=00" },
+      body: "{}",
+    });
+    assert(r.status === 401, `a bad signature is refused: ${r.status}`);
+    await visit(page, "#/overview", "[data-testid=rejections] tr[data-code=invalid_signature]");
+    assert(await page.getByTestId("first-start").count() === 0, "no guide once events arrived");
+    const row = await page.locator("[data-testid=rejections] tr[data-code=invalid_signature]").first().textContent();
+    assert(row.includes("github") && row.includes("401"), row);
+    // Three of the flaky agent's deliveries died: its success rate is flagged, linked to its dead letters.
+    const agent = page.locator('tr[data-agent="flaky-agent"]');
+    await agent.waitFor();
+    assert((await agent.getAttribute("class")) === "row-bad", "the low success rate is highlighted");
+    // Hovering a chart shows the value under the pointer.
+    const frame = page.locator("[data-chart=events] .chart-frame");
+    const box = await frame.boundingBox();
+    await page.mouse.move(box.x + box.width - 2, box.y + box.height / 2);
+    const tip = await page.locator("[data-chart=events] .chart-tip").textContent();
+    assert(/\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} · /.test(tip), `the hover value: ${tip}`);
+    assert(await page.locator("[data-chart=events] .chart-axis span").count() >= 2, "time labels");
+  });
+
   await step("the overview at 1280×800, light and dark", async () => {
     await visit(page, "#/overview", "[data-chart=queue] svg");
     await page.locator("input[name=window][value='1']").check({ force: true });
@@ -439,7 +596,7 @@ try {
     await page.locator('nav a[data-view="dlq"]').focus();
     await page.keyboard.press("Enter");
     await waitFor("the DLQ view", async () => (await page.locator("main").getAttribute("data-view")) === "dlq");
-    assert((await page.locator('nav a[aria-current="page"]').textContent()) === "Dead letters", "the current view is marked");
+    assert((await page.locator('nav a[aria-current="page"]').textContent()).startsWith("Dead letters"), "the current view is marked");
   });
 
   await step("a storage fault shows a banner with its reason; a healthy router shows none", async () => {

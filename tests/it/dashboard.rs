@@ -558,11 +558,13 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
         return;
     }
     let rx = TestReceiver::start().await;
-    // The flaky agent fails three times (three events go to the DLQ), then accepts.
-    rx.script(
-        "/flaky",
-        [Reply::Status(500), Reply::Status(500), Reply::Status(500)],
+    // The flaky agent fails three times (three events go to the DLQ), saying why, then accepts.
+    let failure = Reply::Answer(
+        500,
+        ("x-agent-error", "db down"),
+        r#"{"error":"database unavailable: connection refused"}"#.into(),
     );
+    rx.script("/flaky", [failure.clone(), failure.clone(), failure]);
     let app = TestApp::spawn().await;
     create(&app, "agents", agent("ok-agent", &rx, "/ok")).await;
     create(&app, "agents", agent("flaky-agent", &rx, "/flaky")).await;

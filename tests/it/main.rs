@@ -28,6 +28,7 @@ mod handshakes_pc;
 mod handshakes_pd;
 mod ingest;
 mod ingest_errors;
+mod inspect;
 mod ordering;
 mod otel_tracing;
 mod providers;

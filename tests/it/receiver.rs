@@ -24,6 +24,8 @@ pub enum Reply {
     Hang(Duration),
     /// Hold the request until the gate opens, then answer 200.
     Held(Gate),
+    /// This status, with a header `(name, value)` and a body.
+    Answer(u16, (&'static str, &'static str), String),
 }
 
 /// Holds requests answered with `Reply::Held` until the test opens it (a hang that ends on a
@@ -185,5 +187,8 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         )
             .into_response(),
         Reply::Hang(_) | Reply::Held(_) => StatusCode::OK.into_response(),
+        Reply::Answer(s, header, body) => {
+            (StatusCode::from_u16(s).unwrap(), [header], body).into_response()
+        }
     }
 }

@@ -497,7 +497,9 @@ pub async fn archived_event(app: &TestApp, id: Uuid) -> Value {
     assert_eq!(status, 200, "GET /admin/events/{id}: {v}");
     assert_eq!(
         keys(&v),
-        ["deliveries", "event", "filtered"].into_iter().collect(),
+        ["deliveries", "event", "explanation", "filtered"]
+            .into_iter()
+            .collect(),
         "{v}"
     );
     assert!(v["filtered"].is_boolean(), "{v}");

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::{PgStore, UNFINISHED, cluster, limit_of, u32_of, utf8};
 use crate::store::{
     AttemptRecord, AttemptUpdate, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
-    FinishedCounts, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing, SupersededInfo,
-    Supersession,
+    FinishedCounts, FirstSuccess, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing,
+    SupersededInfo, Supersession, parse_detail,
 };
 
 /// What a `PendingDelivery` needs, over `deliveries d JOIN events e`. With a `budget` (an
@@ -74,7 +74,8 @@ pub(super) fn pending_row(r: &Row) -> Result<PendingDelivery> {
 pub(super) const DELIVERY_COLUMNS: &str =
     "id, event_id, agent_id, route_id, priority, status, attempts,
      next_attempt_at, last_error, first_started_at, first_duration_ms, first_status_code,
-     ordering_key, coalesce_key, superseded_by, superseded_count
+     ordering_key, coalesce_key, superseded_by, superseded_count,
+     first_detail, first_response_body, origin
      FROM deliveries";
 
 pub(super) fn delivery_row(r: &Row) -> Result<DeliveryRecord> {
@@ -91,12 +92,16 @@ pub(super) fn delivery_row(r: &Row) -> Result<DeliveryRecord> {
         last_error: r.get(8),
         // A first-attempt success is kept in the row (see `record_attempts`); every other
         // attempt is an `attempts` row, added by `fill_attempts`.
-        attempt_log: AttemptRecord::first_success_log(
-            r.get(9),
-            r.get(10),
-            r.get::<_, Option<i32>>(11)
+        attempt_log: AttemptRecord::first_success_log(FirstSuccess {
+            started_at: r.get(9),
+            duration_ms: r.get(10),
+            status_code: r
+                .get::<_, Option<i32>>(11)
                 .and_then(|c| u16::try_from(c).ok()),
-        ),
+            detail: r.get(16),
+            response_body: r.get(17),
+            replayed: r.get::<_, Option<&str>>(18) == Some("replay"),
+        }),
         ordering_key: r.get(12),
         coalesce_key: r.get(13),
         superseded_by: r.get(14),
@@ -114,7 +119,8 @@ pub(super) async fn fill_attempts<C: GenericClient>(
     let ids: Vec<Uuid> = list.iter().map(|d| d.id).collect();
     let rows = c
         .query(
-            "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error
+            "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error, cause,
+                    detail, response_body
              FROM attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt",
             &[&ids],
         )
@@ -122,6 +128,7 @@ pub(super) async fn fill_attempts<C: GenericClient>(
     let mut by_delivery: HashMap<Uuid, Vec<AttemptRecord>> = HashMap::new();
     for r in rows {
         let code: Option<i32> = r.get(4);
+        let (request_headers, response_headers) = parse_detail(r.get(7));
         by_delivery
             .entry(r.get(0))
             .or_default()
@@ -131,6 +138,10 @@ pub(super) async fn fill_attempts<C: GenericClient>(
                 duration_ms: r.get::<_, i64>(3).max(0) as u64,
                 status_code: code.and_then(|c| u16::try_from(c).ok()),
                 error: r.get(5),
+                trigger: r.get(6),
+                request_headers,
+                response_headers,
+                response_body: r.get(8),
             });
     }
     for d in list {
@@ -332,6 +343,7 @@ impl DeliveryStore for PgStore {
         let mut a_code = Vec::new();
         let mut a_err = Vec::new();
         let mut a_resp = Vec::new();
+        let mut a_detail = Vec::new();
         for ((id, no), u) in &attempts {
             // A first attempt that succeeded is kept in its delivery's row (most deliveries):
             // no `attempts` row to insert and index. `delivery_row` puts it back in the log.
@@ -345,6 +357,7 @@ impl DeliveryStore for PgStore {
             a_code.push(u.status_code.map(i32::from));
             a_err.push(u.error.as_deref());
             a_resp.push(u.response_prefix.as_deref());
+            a_detail.push(u.detail.as_deref());
         }
         let mut d_id = Vec::new();
         let mut d_status = Vec::new();
@@ -354,6 +367,8 @@ impl DeliveryStore for PgStore {
         let mut f_start = Vec::new();
         let mut f_dur = Vec::new();
         let mut f_code = Vec::new();
+        let mut f_detail = Vec::new();
+        let mut f_resp = Vec::new();
         for (id, (u, top)) in &last {
             d_id.push(*id);
             d_status.push(u.status.as_str());
@@ -364,6 +379,8 @@ impl DeliveryStore for PgStore {
             f_start.push(first.map(|f| f.started_at));
             f_dur.push(first.map(|f| i64::try_from(f.duration_ms).unwrap_or(i64::MAX)));
             f_code.push(first.and_then(|f| f.status_code).map(i32::from));
+            f_detail.push(first.and_then(|f| f.detail.as_deref()));
+            f_resp.push(first.and_then(|f| f.response_prefix.as_deref()));
         }
         let now = crate::clock::now_ms();
         let mut c = self.client().await?;
@@ -372,24 +389,34 @@ impl DeliveryStore for PgStore {
             let ins = tx
                 .prepare_cached(
                     // An attempt that was under way when its event was erased keeps its
-                    // outcome in the log, not the agent's answer.
+                    // outcome in the log, not the agent's answer. Why the attempt was made is
+                    // decided from its delivery's row as it is now (`store::attempt_trigger`).
                     "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
-                                           status_code, error, response_body)
+                                           status_code, error, response_body, detail, cause)
                      SELECT a.id, a.no, a.started, a.dur, a.code, a.err,
-                            CASE WHEN d.status = 'cancelled' THEN NULL ELSE a.resp END
+                            CASE WHEN d.status = 'cancelled' THEN NULL ELSE a.resp END,
+                            a.detail,
+                            CASE WHEN a.no <= 1 THEN
+                                     CASE WHEN d.origin = 'replay' THEN 'replay' ELSE 'initial' END
+                                 WHEN d.retry_base > 0 AND a.no = d.retry_base + 1
+                                     THEN 'manual_retry'
+                                 ELSE 'scheduled' END
                      FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[],
-                                 $5::int4[], $6::text[], $7::text[])
-                          AS a(id, no, started, dur, code, err, resp)
+                                 $5::int4[], $6::text[], $7::text[], $8::text[])
+                          AS a(id, no, started, dur, code, err, resp, detail)
                      LEFT JOIN deliveries d ON d.id = a.id
                      ON CONFLICT (delivery_id, attempt) DO UPDATE SET
                          started_at = excluded.started_at, duration_ms = excluded.duration_ms,
                          status_code = excluded.status_code, error = excluded.error,
-                         response_body = excluded.response_body",
+                         response_body = excluded.response_body, detail = excluded.detail,
+                         cause = excluded.cause",
                 )
                 .await?;
             tx.execute(
                 &ins,
-                &[&a_id, &a_no, &a_start, &a_dur, &a_code, &a_err, &a_resp],
+                &[
+                    &a_id, &a_no, &a_start, &a_dur, &a_code, &a_err, &a_resp, &a_detail,
+                ],
             )
             .await?;
         }
@@ -404,11 +431,16 @@ impl DeliveryStore for PgStore {
                             THEN d.first_duration_ms ELSE u.first_duration_ms END,
                         first_status_code = CASE WHEN u.first_started_at IS NULL
                             THEN d.first_status_code ELSE u.first_status_code END,
+                        first_detail = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_detail ELSE u.first_detail END,
+                        first_response_body = CASE WHEN u.first_started_at IS NULL
+                            THEN d.first_response_body ELSE u.first_response_body END,
                         updated_at = $6
                  FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
-                             $7::int8[], $8::int8[], $9::int4[])
+                             $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::text[])
                       AS u(id, status, attempt, next_attempt_at, error,
-                           first_started_at, first_duration_ms, first_status_code)
+                           first_started_at, first_duration_ms, first_status_code,
+                           first_detail, first_response_body)
                  WHERE d.id = u.id AND d.status <> 'cancelled'",
             )
             .await?;
@@ -416,6 +448,7 @@ impl DeliveryStore for PgStore {
             &upd,
             &[
                 &d_id, &d_status, &d_attempt, &d_next, &d_err, &now, &f_start, &f_dur, &f_code,
+                &f_detail, &f_resp,
             ],
         )
         .await?;
@@ -531,8 +564,25 @@ impl DeliveryStore for PgStore {
     }
 
     async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()> {
-        let c = self.client().await?;
-        insert_deliveries(&c, self.node, event_id, crate::clock::now_ms(), &deliveries).await
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        insert_deliveries(
+            &tx,
+            self.node,
+            event_id,
+            crate::clock::now_ms(),
+            &deliveries,
+        )
+        .await?;
+        // Only a replay adds deliveries to an archived event: its attempts say so.
+        let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+        tx.execute(
+            "UPDATE deliveries SET origin = 'replay' WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn finished_counts(&self) -> Result<FinishedCounts> {

@@ -10,8 +10,8 @@ use super::deliveries::{DELIVERY_COLUMNS, delivery_row, fill_attempts};
 use super::writer::CommitJob;
 use super::{PgStore, UNFINISHED, limit_of};
 use crate::store::{
-    BacklogItem, CommitOutcome, DeliveryRecord, EventQuery, EventRecord, EventStatus, EventStore,
-    NewEvent, Result, StoreError, id_floor, tombstone,
+    BacklogItem, CommitOutcome, DeliveryRecord, DeliveryTally, EventQuery, EventRecord,
+    EventStatus, EventStore, NewEvent, Result, StoreError, id_floor, tombstone,
 };
 
 fn event_row(r: &Row) -> EventRecord {
@@ -118,6 +118,34 @@ impl EventStore for PgStore {
         Ok(out)
     }
 
+    async fn delivery_tallies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, DeliveryTally)>> {
+        let c = self.client().await?;
+        let deliveries = c
+            .prepare_cached(
+                "SELECT event_id, status, attempts > 0, count(*) FROM deliveries
+                 WHERE event_id = ANY($1) GROUP BY 1, 2, 3",
+            )
+            .await?;
+        let streamed = c
+            .prepare_cached(
+                "SELECT event_id, count(*) FROM streamed WHERE event_id = ANY($1) GROUP BY 1",
+            )
+            .await?;
+        let mut tallies: std::collections::BTreeMap<Uuid, DeliveryTally> = Default::default();
+        for r in c.query(&deliveries, &[&ids]).await? {
+            let n = u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX);
+            tallies
+                .entry(r.get(0))
+                .or_default()
+                .add(r.get(1), r.get(2), n);
+        }
+        for r in c.query(&streamed, &[&ids]).await? {
+            tallies.entry(r.get(0)).or_default().streamed =
+                u32::try_from(r.get::<_, i64>(1)).unwrap_or(u32::MAX);
+        }
+        Ok(tallies.into_iter().collect())
+    }
+
     async fn stream_backlog(
         &self,
         agent: Option<String>,
@@ -204,7 +232,8 @@ impl EventStore for PgStore {
         )
         .await?;
         tx.execute(
-            "UPDATE deliveries SET body = NULL WHERE event_id = ANY($1) AND body IS NOT NULL",
+            "UPDATE deliveries SET body = NULL, first_response_body = NULL
+             WHERE event_id = ANY($1) AND (body IS NOT NULL OR first_response_body IS NOT NULL)",
             &[&erased],
         )
         .await?;

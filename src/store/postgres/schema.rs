@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_shared_sessions_and_rate_leases.sql"),
     include_str!("migrations/0005_ordering.sql"),
     include_str!("migrations/0006_trace_context.sql"),
+    include_str!("migrations/0007_attempt_detail.sql"),
 ];
 
 /// The advisory lock key under which nodes starting together migrate one at a time.

@@ -9,8 +9,8 @@ use super::{SqliteStore, uuid_col};
 use crate::store::packed::{Packed, Unpacked, unpacked_len};
 use crate::store::{
     AttemptRecord, AttemptUpdate, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
-    FinishedCounts, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing, SupersededInfo,
-    Supersession,
+    FinishedCounts, FirstSuccess, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing,
+    SupersededInfo, Supersession, parse_detail,
 };
 
 /// `pending_row`'s columns, of `deliveries d` joined to `events e`; the body column's
@@ -86,7 +86,14 @@ pub(super) fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRe
         attempts: r.get(6)?,
         next_attempt_at: r.get(7)?,
         last_error: r.get(8)?,
-        attempt_log: AttemptRecord::first_success_log(r.get(9)?, r.get(10)?, r.get(11)?),
+        attempt_log: AttemptRecord::first_success_log(FirstSuccess {
+            started_at: r.get(9)?,
+            duration_ms: r.get(10)?,
+            status_code: r.get(11)?,
+            detail: r.get(16)?,
+            response_body: r.get(17)?,
+            replayed: r.get::<_, Option<String>>(18)?.as_deref() == Some("replay"),
+        }),
         ordering_key: r.get(12)?,
         coalesce_key: r.get(13)?,
         superseded_by: r
@@ -99,23 +106,30 @@ pub(super) fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRe
 pub(super) const DELIVERY_COLUMNS: &str =
     "id, event_id, agent_id, route_id, priority, status, attempts,
      next_attempt_at, last_error, first_started_at, first_duration_ms, first_status_code,
-     ordering_key, coalesce_key, superseded_by, superseded_count
+     ordering_key, coalesce_key, superseded_by, superseded_count,
+     first_detail, first_response_body, origin
      FROM deliveries";
 
 pub(super) fn fill_attempts(c: &Connection, list: &mut [DeliveryRecord]) -> rusqlite::Result<()> {
     let mut attempts = c.prepare_cached(
-        "SELECT attempt, started_at, duration_ms, status_code, error
+        "SELECT attempt, started_at, duration_ms, status_code, error, cause, detail, response_body
          FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
     )?;
     for d in list {
         let logged: Vec<AttemptRecord> = attempts
             .query_map([d.id.as_bytes().as_slice()], |r| {
+                let (request_headers, response_headers) =
+                    parse_detail(r.get::<_, Option<String>>(6)?.as_deref());
                 Ok(AttemptRecord {
                     attempt: r.get(0)?,
                     started_at: r.get(1)?,
                     duration_ms: r.get::<_, i64>(2)?.max(0) as u64,
                     status_code: r.get(3)?,
                     error: r.get(4)?,
+                    trigger: r.get(5)?,
+                    request_headers,
+                    response_headers,
+                    response_body: r.get(7)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -238,12 +252,20 @@ impl DeliveryStore for SqliteStore {
         self.write(move |c| {
             // An attempt that was under way when its event was erased: its outcome is kept in
             // the log, without the agent's answer, and the delivery stays `cancelled`.
+            // Why the attempt was made is decided from its delivery's row as it is now (see
+            // `store::attempt_trigger`): a later retry from the dead-letter queue moves
+            // `retry_base`.
             let mut attempt = c.prepare_cached(
                 "INSERT OR REPLACE INTO attempts
-                    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
-                         CASE WHEN (SELECT status FROM deliveries WHERE id = ?1) = 'cancelled'
-                              THEN NULL ELSE ?7 END)",
+                    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body,
+                     detail, cause)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6,
+                        CASE WHEN d.status = 'cancelled' THEN NULL ELSE ?7 END, ?8,
+                        CASE WHEN ?2 <= 1 THEN
+                                 CASE WHEN d.origin = 'replay' THEN 'replay' ELSE 'initial' END
+                             WHEN d.retry_base > 0 AND ?2 = d.retry_base + 1 THEN 'manual_retry'
+                             ELSE 'scheduled' END
+                 FROM (SELECT 1) LEFT JOIN deliveries d ON d.id = ?1",
             )?;
             let mut delivery = c.prepare_cached(
                 "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3), next_attempt_at = ?4,
@@ -253,7 +275,8 @@ impl DeliveryStore for SqliteStore {
             let mut first_success = c.prepare_cached(
                 "UPDATE deliveries SET status = 'delivered', attempts = MAX(attempts, 1),
                         next_attempt_at = NULL, last_error = NULL, updated_at = ?2,
-                        first_started_at = ?3, first_duration_ms = ?4, first_status_code = ?5
+                        first_started_at = ?3, first_duration_ms = ?4, first_status_code = ?5,
+                        first_detail = ?6, first_response_body = ?7
                  WHERE id = ?1 AND status != 'cancelled'",
             )?;
             let now = crate::clock::now_ms();
@@ -265,7 +288,9 @@ impl DeliveryStore for SqliteStore {
                         now,
                         u.started_at,
                         u.duration_ms as i64,
-                        u.status_code
+                        u.status_code,
+                        u.detail,
+                        u.response_prefix
                     ])?;
                     continue;
                 }
@@ -276,7 +301,8 @@ impl DeliveryStore for SqliteStore {
                     u.duration_ms as i64,
                     u.status_code,
                     u.error,
-                    u.response_prefix
+                    u.response_prefix,
+                    u.detail
                 ])?;
                 delivery.execute(params![
                     id,
@@ -403,7 +429,14 @@ impl DeliveryStore for SqliteStore {
     async fn add_deliveries(&self, event_id: Uuid, deliveries: Vec<NewDelivery>) -> Result<()> {
         let bodies = pack_deliveries(&deliveries);
         self.write(move |c| {
-            insert_deliveries(c, event_id, crate::clock::now_ms(), &deliveries, &bodies)
+            insert_deliveries(c, event_id, crate::clock::now_ms(), &deliveries, &bodies)?;
+            // Only a replay adds deliveries to an archived event: its attempts say so.
+            let mut origin =
+                c.prepare_cached("UPDATE deliveries SET origin = 'replay' WHERE id = ?1")?;
+            for d in &deliveries {
+                origin.execute([d.id.as_bytes().as_slice()])?;
+            }
+            Ok(())
         })
         .await
     }

@@ -10,8 +10,8 @@ use super::writer::{CommitEventJob, PackedBodies};
 use super::{SqliteStore, uuid_col};
 use crate::store::packed::Unpacked;
 use crate::store::{
-    BacklogItem, CommitOutcome, DeliveryRecord, EventQuery, EventRecord, EventStatus, EventStore,
-    NewEvent, Result, StoreError, id_floor, tombstone,
+    BacklogItem, CommitOutcome, DeliveryRecord, DeliveryTally, EventQuery, EventRecord,
+    EventStatus, EventStore, NewEvent, Result, StoreError, id_floor, tombstone,
 };
 
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
@@ -115,6 +115,33 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn delivery_tallies(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, DeliveryTally)>> {
+        self.read(move |c| {
+            let mut deliveries = c.prepare_cached(
+                "SELECT status, attempts > 0, count(*) FROM deliveries WHERE event_id = ?1
+                 GROUP BY 1, 2",
+            )?;
+            let mut streamed =
+                c.prepare_cached("SELECT count(*) FROM streamed WHERE event_id = ?1")?;
+            let mut out = Vec::new();
+            for id in ids {
+                let key = id.as_bytes().as_slice();
+                let mut tally = DeliveryTally::default();
+                let mut rows = deliveries.query([key])?;
+                while let Some(r) = rows.next()? {
+                    let status: String = r.get(0)?;
+                    tally.add(&status, r.get(1)?, r.get(2)?);
+                }
+                tally.streamed = streamed.query_row([key], |r| r.get(0))?;
+                if tally != DeliveryTally::default() {
+                    out.push((id, tally));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn stream_backlog(
         &self,
         agent: Option<String>,
@@ -170,8 +197,10 @@ impl EventStore for SqliteStore {
                             last_error = 'cancelled: the event was erased', updated_at = ?2
                      WHERE event_id = ?1 AND (status BETWEEN 'in_flight' AND 'scheduled' OR status = 'dead')",
                 )?;
-                let mut bodies =
-                    c.prepare_cached("UPDATE deliveries SET body = NULL WHERE event_id = ?1")?;
+                let mut bodies = c.prepare_cached(
+                    "UPDATE deliveries SET body = NULL, first_response_body = NULL
+                     WHERE event_id = ?1",
+                )?;
                 let mut answers = c.prepare_cached(
                     "UPDATE attempts SET response_body = NULL
                      WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_erasure.sql"),
     include_str!("migrations/0005_ordering.sql"),
     include_str!("migrations/0006_trace_context.sql"),
+    include_str!("migrations/0007_attempt_detail.sql"),
 ];
 
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
