@@ -401,11 +401,7 @@ async fn a_burst_per_key_is_one_delivery_of_its_newest_event() {
     for n in 0..10 {
         for k in 0..5 {
             let key = format!("pr-{k}");
-            let id = keyed(&key, n)
-                .send_to(&app.client, &app.base)
-                .await
-                .accepted()
-                .id;
+            let id = post_keyed(&app, &key, n).await;
             sent.entry(key).or_default().push(id);
         }
     }
@@ -512,36 +508,13 @@ async fn hold_blocks_a_key_behind_its_dead_letter_until_retried_or_deleted() {
             json!({ "ordering": { "key": "payload.k", "onDead": "hold" } }),
         ))
         .await;
-    let first = keyed("k1", 1)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
+    let first = post_keyed(&app, "k1", 1).await;
     admin.wait_status(first, "dead").await;
     // The agent recovers; later events of k1 wait behind the dead letter, k2 is free.
-    let (s, v) = admin
-        .call(
-            reqwest::Method::PUT,
-            "/admin/agents/a",
-            Some(agent_json("a", &agent.url)),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let second = keyed("k1", 2)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
-    let third = keyed("k1", 3)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
-    let other = keyed("k2", 4)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
+    point_agent_at(&admin, &agent.url).await;
+    let second = post_keyed(&app, "k1", 2).await;
+    let third = post_keyed(&app, "k1", 3).await;
+    let other = post_keyed(&app, "k2", 4).await;
     admin.wait_status(other, "delivered").await;
     // Held across a restart too.
     let dir = app.stop().await;
@@ -577,33 +550,11 @@ async fn hold_blocks_a_key_behind_its_dead_letter_until_retried_or_deleted() {
     assert_eq!(k1, [first, second, third].map(|u| u.to_string()));
 
     // Deleting a dead letter releases its key as well.
-    let (s, v) = admin
-        .call(
-            reqwest::Method::PUT,
-            "/admin/agents/a",
-            Some(agent_json("a", &failing.url)),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let fourth = keyed("k3", 5)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
+    point_agent_at(&admin, &failing.url).await;
+    let fourth = post_keyed(&app, "k3", 5).await;
     admin.wait_status(fourth, "dead").await;
-    let (s, v) = admin
-        .call(
-            reqwest::Method::PUT,
-            "/admin/agents/a",
-            Some(agent_json("a", &agent.url)),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let fifth = keyed("k3", 6)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
+    point_agent_at(&admin, &agent.url).await;
+    let fifth = post_keyed(&app, "k3", 6).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(admin.deliveries(fifth).await[0]["status"], "pending");
     let dead = admin.deliveries(fourth).await[0]["id"]
@@ -630,25 +581,10 @@ async fn skip_moves_a_key_on_after_a_dead_letter() {
             json!({ "ordering": { "key": "payload.k", "onDead": "skip" } }),
         ))
         .await;
-    let first = keyed("k", 1)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
+    let first = post_keyed(&app, "k", 1).await;
     admin.wait_status(first, "dead").await;
-    let (s, v) = admin
-        .call(
-            reqwest::Method::PUT,
-            "/admin/agents/a",
-            Some(agent_json("a", &agent.url)),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let second = keyed("k", 2)
-        .send_to(&app.client, &app.base)
-        .await
-        .accepted()
-        .id;
+    point_agent_at(&admin, &agent.url).await;
+    let second = post_keyed(&app, "k", 2).await;
     admin.wait_status(second, "delivered").await;
 }
 
@@ -693,6 +629,27 @@ async fn bad_ordering_and_coalescing_settings_are_refused_with_their_fields() {
     }
     let (s, _) = admin.get("/admin/routes/r").await;
     assert_eq!(s, 404, "nothing was stored");
+}
+
+/// Posts one keyed webhook to `app`; its event id.
+async fn post_keyed(app: &TestApp, key: &str, n: usize) -> Uuid {
+    keyed(key, n)
+        .send_to(&app.client, &app.base)
+        .await
+        .accepted()
+        .id
+}
+
+/// Points agent `a` at `url` (`PUT /admin/agents/a`).
+async fn point_agent_at(admin: &Admin, url: &str) {
+    let (s, v) = admin
+        .call(
+            reqwest::Method::PUT,
+            "/admin/agents/a",
+            Some(agent_json("a", url)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
 }
 
 fn agent_json(id: &str, url: &str) -> Value {
