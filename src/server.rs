@@ -637,11 +637,13 @@ async fn purge(app: &AppState) {
         except: own.into_iter().map(|(name, _)| name).collect(),
         dlq_cutoff,
     });
+    let mut purged = false;
     for scope in scopes {
         let what = scope.source.clone().unwrap_or_else(|| "*".into());
         loop {
             match app.store.purge_events(scope.clone(), PURGE_BATCH).await {
                 Ok(n) if n > 0 => {
+                    purged = true;
                     tracing::info!(events = n, source = %what, "purged events past retention");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -656,6 +658,7 @@ async fn purge(app: &AppState) {
     loop {
         match app.store.purge_dead(dlq_cutoff, PURGE_BATCH).await {
             Ok(n) if n > 0 => {
+                purged = true;
                 tracing::info!(
                     deliveries = n,
                     "purged dead letters past dlq_retention_days"
@@ -667,6 +670,16 @@ async fn purge(app: &AppState) {
                 tracing::error!(error = %e, "dead-letter retention purge failed");
                 return;
             }
+        }
+    }
+    // Dead letters that held their ordering key may be gone with the purge: those keys move on
+    // (several nodes see that in the store when they claim).
+    if purged && app.store.node_id().is_none() {
+        match app.store.held_keys().await {
+            Ok(held) => app
+                .queue
+                .held_keys_now(held.into_iter().map(|h| h.delivery_id).collect()),
+            Err(e) => tracing::warn!(error = %e, "reading the dead letters that hold keys failed"),
         }
     }
 }

@@ -307,6 +307,9 @@ enum Msg {
     Claimed(Vec<(Job, Claim)>),
     /// A dead letter was deleted: the key it held (if it did) moves on.
     DeadRemoved(Uuid),
+    /// The dead letters that still hold their keys (after a retention purge): keys held by
+    /// any other move on.
+    HeldNow(std::collections::HashSet<Uuid>),
 }
 
 /// What a claim on an ordering key gave (several nodes).
@@ -480,6 +483,12 @@ impl Queue {
     /// A dead letter was deleted: an ordering key it held moves on.
     pub fn dead_removed(&self, delivery_id: Uuid) {
         let _ = self.tx.send(Msg::DeadRemoved(delivery_id));
+    }
+
+    /// The dead letters that hold their keys now (`Store::held_keys`, after a purge): keys held
+    /// by dead letters no longer stored move on.
+    pub fn held_keys_now(&self, held: std::collections::HashSet<Uuid>) {
+        let _ = self.tx.send(Msg::HeldNow(held));
     }
 
     /// Drops the deliveries of erased events (see `Msg::Cancel`); returns once the scheduler
@@ -1106,21 +1115,8 @@ impl Dispatcher {
                     self.pump(&a);
                 }
             }
-            Msg::DeadRemoved(id) => {
-                let mut freed: Option<(Arc<str>, Arc<str>)> = None;
-                for (agent, lane) in &mut self.lanes {
-                    for (key, kq) in &mut lane.keys {
-                        if kq.held.is_some_and(|(d, _)| d == id) {
-                            kq.held = None;
-                            freed = Some((agent.clone(), key.clone()));
-                        }
-                    }
-                }
-                if let Some((agent, key)) = freed {
-                    self.advance(&agent, &key);
-                    self.pump(&agent);
-                }
-            }
+            Msg::DeadRemoved(id) => self.unhold_keys(|d| d == id),
+            Msg::HeldNow(held) => self.unhold_keys(|d| !held.contains(&d)),
             Msg::Requeue(mut jobs) => {
                 // Out of flight, and queued again for a moment from now.
                 let due = now_ms() + BODY_RETRY_MS;
@@ -1139,6 +1135,23 @@ impl Dispatcher {
                     self.pump(&agent);
                 }
             }
+        }
+    }
+
+    /// Keys held by a dead letter that `gone` says is no longer stored move on.
+    fn unhold_keys(&mut self, gone: impl Fn(Uuid) -> bool) {
+        let mut freed: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        for (agent, lane) in &mut self.lanes {
+            for (key, kq) in &mut lane.keys {
+                if kq.held.is_some_and(|(d, _)| gone(d)) {
+                    kq.held = None;
+                    freed.push((agent.clone(), key.clone()));
+                }
+            }
+        }
+        for (agent, key) in freed {
+            self.advance(&agent, &key);
+            self.pump(&agent);
         }
     }
 

@@ -509,3 +509,51 @@ fn retention_keys_are_checked_with_their_place() {
         "{text}"
     );
 }
+
+/// A dead letter that holds its ordering key (`onDead: "hold"`) and is purged by
+/// `dlq_retention_days` releases the key: the key's next event is delivered.
+#[tokio::test]
+async fn a_held_key_moves_on_when_its_dead_letter_is_purged() {
+    let rx = TestReceiver::start().await;
+    let app = TestApp::spawn().await;
+    let admin = Admin::of(&app);
+    admin
+        .create_agent(agent("held", &rx.url("/held"), json!({})))
+        .await;
+    admin
+        .create_route(route(
+            "r",
+            &["held"],
+            policy(1, "fixed", 10, 10),
+            json!({ "ordering": { "key": "source", "onDead": "hold" } }),
+        ))
+        .await;
+    // A dead letter five days old for agent "held", key "github" (the event's source).
+    let mut old = old_event(
+        "github",
+        now_ms() - 5 * DAY_MS,
+        event_router::store::DeliveryStatus::Dead,
+    );
+    old.deliveries[0].agent_id = "held".into();
+    old.deliveries[0].sequencing = event_router::store::Sequencing {
+        ordering_key: Some("github".into()),
+        ordering_hold: true,
+        ..Default::default()
+    };
+    app.state().store.commit_event(old.clone()).await.unwrap();
+    // Held after a restart: a new github event waits behind it.
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, |_| {}).await;
+    let admin = Admin::of(&app);
+    let waiting = post_routed(&app, "push", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(admin.deliveries(waiting).await[0]["status"], "pending");
+    assert!(rx.received("/held").is_empty(), "the key is held");
+    // Restarted with dlq_retention_days = 3: the purge at start removes the dead letter, and
+    // the key moves on.
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, |c| c.dlq_retention_days = Some(3)).await;
+    let admin = Admin::of(&app);
+    admin.wait_status(waiting, "delivered").await;
+    assert_eq!(rx.received("/held").len(), 1);
+}
