@@ -316,7 +316,12 @@ impl ChildServer {
         }
         let child = cmd.spawn().unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        // Each probe bounded, so a server that accepts but never answers fails the deadline
+        // below instead of hanging the test.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client.get(format!("{base}/health")).send().await
