@@ -382,13 +382,28 @@ try {
     });
   });
 
-  await step("a route with an invalid jq program shows the error next to the field", async () => {
+  await step("a route with three problems shows all three at once, each next to its field", async () => {
     await visit(page, "#/routes/new", "main form");
-    await page.getByLabel("Id", { exact: true }).fill("ui-route");
+    await page.getByLabel("Id", { exact: true }).fill("bad id!");
     await page.getByLabel("Name", { exact: true }).fill("Made in the dashboard");
-    await page.getByRole("checkbox", { name: "ok-agent" }).check();
     await page.getByLabel("Transformation (jq)").fill(".payload | {title: ");
     await page.getByRole("button", { name: "Save" }).click();
+    const boxes = ["id", "targetAgents", "transformation"].map((f) => page.locator(`[data-error-for="${f}"]`));
+    await waitFor("the three errors", async () => {
+      for (const b of boxes) if (!(await b.textContent())) return false;
+      return true;
+    });
+    assert((await page.getByLabel("Id", { exact: true }).getAttribute("aria-invalid")) === "true", "the id is marked");
+    assert(/jq/i.test(await boxes[2].textContent()), "the jq error under its field");
+    assert((await page.locator("form .form-error").textContent()).includes("3 problems"), "the count at the top");
+    await shot(page, "route-errors-1280");
+  });
+
+  await step("a route with an invalid jq program shows the error next to the field", async () => {
+    await page.getByLabel("Id", { exact: true }).fill("ui-route");
+    await page.getByRole("checkbox", { name: "ok-agent" }).check();
+    await page.getByRole("button", { name: "Save" }).click();
+    await waitFor("the other errors gone", async () => (await page.locator('[data-error-for="id"]').textContent()) === "");
     const error = page.locator('[data-error-for="transformation"]');
     await waitFor("the field's error", async () => (await error.textContent()).length > 0);
     const text = await error.textContent();

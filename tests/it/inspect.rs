@@ -431,6 +431,69 @@ async fn validation_errors_are_plain_words() {
     );
 }
 
+/// A route with three problems answers all three at once, each at its field, the first also as
+/// the contract's `field` and `error`.
+#[tokio::test]
+async fn every_validation_error_is_answered_at_once() {
+    let app = TestApp::spawn().await;
+    let admin = Admin::of(&app);
+    let (status, v) = admin
+        .post(
+            "/admin/routes",
+            json!({"id": "bad id!", "name": "r", "targetAgents": ["nobody"],
+                   "sourceFilters": [{"action": "include", "priority": 1,
+                       "conditions": [{"field": "payload.x", "operator": "regex", "value": "("}]}]}),
+        )
+        .await;
+    let (field, error) = crate::rules::validation_error(status, &v);
+    let errors = v["errors"].as_array().unwrap();
+    let fields: Vec<&str> = errors
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "id",
+            "sourceFilters[0].conditions[0].value",
+            "targetAgents[0]"
+        ],
+        "{v}"
+    );
+    assert_eq!(field, "id", "{v}");
+    assert!(error.starts_with("id: "), "{v}");
+    for e in errors {
+        let text = e["error"].as_str().unwrap();
+        assert!(
+            !text.trim().is_empty() && !text.starts_with(e["field"].as_str().unwrap()),
+            "{v}"
+        );
+    }
+    assert!(
+        errors[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown agent \"nobody\""),
+        "{v}"
+    );
+    // Nothing was stored.
+    let (status, _) = admin
+        .call(reqwest::Method::GET, "/admin/routes/bad%20id!", None)
+        .await;
+    assert_eq!(status, 404);
+    // One problem is one item; a body that cannot be read is one problem at its place.
+    let (status, v) = admin
+        .post(
+            "/admin/filters",
+            json!({"id": "f", "name": "f", "action": "exclude",
+                                       "priority": "high", "conditions": []}),
+        )
+        .await;
+    crate::rules::validation_error(status, &v);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["errors"][0]["line"], v["line"], "{v}");
+}
+
 /// "Send test event": one delivery of a small `router` event straight to the agent, outside the
 /// routes, its outcome recorded as any delivery's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
