@@ -336,6 +336,13 @@ try {
     const text = await row.textContent();
     assert(text.includes(dead[0].deliveryId) && text.includes(dead[0].eventId), `full ids: ${text}`);
     assert(/\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}/.test(text), `when it died: ${text}`);
+    // Narrowed by source (GET /admin/dlq?source=): none from stripe, the three from github.
+    await waitFor("the sources", async () => (await page.locator("#dlq-source option").count()) > 2);
+    await page.getByLabel("Source", { exact: true }).selectOption("stripe");
+    await waitFor("no stripe dead letters", async () => (await page.locator(`tr[data-id="${dead[0].deliveryId}"]`).count()) === 0);
+    await page.getByLabel("Source", { exact: true }).selectOption("github");
+    for (const d of dead) await page.locator(`tr[data-id="${d.deliveryId}"]`).waitFor();
+    await page.getByLabel("Source", { exact: true }).selectOption("");
   });
 
   await step("a dead letter can be deleted from the page", async () => {
