@@ -518,6 +518,16 @@ try {
     await shot(page, "filters-1280");
   });
 
+  await step("the live view names the filter that dropped a filtered event", async () => {
+    const bot = await postGithub("push", { ref: "refs/heads/main", sender: { login: "renovate[bot]" } });
+    await visit(page, "#/live", ".feed-row");
+    const row = page.locator(`.feed-row[data-id="${bot}"]`);
+    await waitFor("the filtered row", async () => (await row.getAttribute("data-outcome")) === "filtered");
+    const why = row.getByTestId("why");
+    assert((await why.textContent()).includes("by filter ui-filter"), await why.textContent());
+    assert((await row.getAttribute("aria-label")).includes("ui-filter"), "announced with the filter");
+  });
+
   await step("leaving a form with unsaved edits asks first", async () => {
     await visit(page, "#/filters/new", "main form");
     await page.getByLabel("Name", { exact: true }).fill("Half done");

@@ -269,6 +269,41 @@ async fn the_event_list_shows_outcomes_and_finds_events_by_text() {
     names.sort();
     assert_eq!(names, [("to-bad", false), ("to-ok", false)], "{v}");
     assert!(admin.event(delivered).await["explanation"].is_null());
+
+    // The list says the same of its rows that went nowhere, and nothing of the others, in a
+    // plain listing and in a search.
+    for q in [
+        "/admin/events?source=github",
+        "/admin/events?source=github&outcome=filtered,unrouted,delivered,dead",
+    ] {
+        let (status, v) = app.admin_get(q).await;
+        assert_eq!(status, 200, "{v}");
+        let row = |id: String| {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["id"] == id.as_str())
+                .unwrap_or_else(|| panic!("{id} not listed: {v}"))
+                .clone()
+        };
+        let f = row(filtered.id.to_string());
+        assert_eq!(f["explanation"]["excludedBy"], "no-pings", "{f}");
+        assert_eq!(f["explanation"]["omitted"], 0, "{f}");
+        let u = row(unrouted.id.to_string());
+        assert_eq!(u["outcome"], "unrouted", "{u}");
+        let mut names: Vec<_> = u["explanation"]["routesChecked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["to-bad", "to-ok"], "{u}");
+        assert!(u["explanation"]["excludedBy"].is_null(), "{u}");
+        assert!(row(delivered.to_string())["explanation"].is_null(), "{v}");
+        assert!(row(dead.to_string())["explanation"].is_null(), "{v}");
+    }
 }
 
 /// Refused webhooks are listed with their reason, source and time, newest first; the rate-limit
