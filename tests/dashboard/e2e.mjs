@@ -430,6 +430,49 @@ try {
     await shot(page, "routes-1280");
   });
 
+  await step("a route's source filters are edited with the filters' row editor", async () => {
+    await visit(page, "#/routes/ui-route/edit", "main form");
+    await page.getByRole("button", { name: "Add source filter" }).click();
+    const card = page.locator("fieldset.source-filter").first();
+    await card.getByLabel("Source", { exact: true }).fill("github");
+    await card.getByLabel("Event type").fill("push");
+    await card.getByRole("button", { name: "Add condition" }).click();
+    await card.getByLabel("Field", { exact: true }).fill("payload.ref");
+    await card.getByLabel("Operator").selectOption("regex");
+    await card.getByLabel("Value").fill("refs/(");
+    await page.getByRole("button", { name: "Save" }).click();
+    const error = page.locator('[data-error-for="sourceFilters[0].conditions[0].value"]');
+    await waitFor("the condition's error", async () => (await error.textContent()).length > 0);
+    assert((await card.getByLabel("Value").getAttribute("aria-invalid")) === "true", "the value is marked");
+    await shot(page, "route-source-filter-1280");
+    await card.getByLabel("Value").fill("^refs/heads/");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-route"]').waitFor();
+    let route = await admin("/admin/routes/ui-route");
+    assert(route.sourceFilters.length === 1, JSON.stringify(route.sourceFilters));
+    const [sf] = route.sourceFilters;
+    assert(sf.source === "github" && sf.eventType === "push" && sf.action === "include", JSON.stringify(sf));
+    const [c] = sf.conditions;
+    assert(sf.conditions.length === 1 && c.field === "payload.ref" && c.operator === "regex" && c.value === "^refs/heads/", JSON.stringify(sf));
+    // Read back into the same rows, edited and removed.
+    await visit(page, "#/routes/ui-route/edit", "main form");
+    const again = page.locator("fieldset.source-filter").first();
+    assert((await again.getByLabel("Field", { exact: true }).inputValue()) === "payload.ref", "the condition is shown");
+    assert((await again.getByLabel("Source", { exact: true }).inputValue()) === "github", "the source is shown");
+    await again.getByLabel("Event type").fill("");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-route"]').waitFor();
+    route = await admin("/admin/routes/ui-route");
+    assert(route.sourceFilters.length === 1 && route.sourceFilters[0].eventType == null, JSON.stringify(route.sourceFilters));
+    assert(route.sourceFilters[0].id === sf.id, "its id is kept");
+    await visit(page, "#/routes/ui-route/edit", "main form");
+    await page.getByRole("button", { name: "Remove source filter 1" }).click();
+    assert(await page.locator("fieldset.source-filter").count() === 0, "removed");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-route"]').waitFor();
+    assert((await admin("/admin/routes/ui-route")).sourceFilters.length === 0, "no source filter left");
+  });
+
   await step("an agent is created and edited from the page, its secret revealed and copied", async () => {
     await visit(page, "#/agents/new", "main form");
     await page.getByLabel("Id", { exact: true }).fill("ui-agent");
