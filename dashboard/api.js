@@ -4,13 +4,15 @@
 export const CSRF_HEADER = "X-Requested-With";
 export const CSRF_VALUE = "event-router-dashboard";
 
-/** A refused or failed request, with the API's `{error, code, field}` body. */
+/** A refused or failed request, with the API's `{error, code, field, errors}` body. */
 export class ApiError extends Error {
   constructor(status, body) {
     super((body && body.error) || `Request failed (${status})`);
     this.status = status;
     this.code = body && body.code;
     this.field = body && body.field;
+    // A validation error's every problem, `[{field, error}]` (`error` without the field).
+    this.errors = (body && Array.isArray(body.errors)) ? body.errors : [];
   }
 }
 

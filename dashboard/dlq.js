@@ -1,6 +1,6 @@
 // The dead-letter queue: deliveries that used up their attempts. Each shows when it died, its
 // full ids (copyable), agent, route and last error; dead letters are grouped by error, narrowed
-// by agent and time, selected and retried or deleted together (retry all: the API answers how
+// by agent, source and time, selected and retried or deleted together (retry all: the API answers how
 // many). After a retry the page follows the retried deliveries until they settle.
 
 import { get, post, del, withQuery } from "./api.js";
@@ -28,6 +28,7 @@ function diedAt(d) {
 /** `#/dlq` or `#/dlq/{agentId}` (the overview's links to an agent's dead letters). */
 export function render(main, args = []) {
   let agentFilter = args[0] || "";
+  let sourceFilter = "";
   let sinceFilter = "";
   let stopped = false;
   const selected = new Set();
@@ -36,6 +37,7 @@ export function render(main, args = []) {
   const follow = h("p", { class: "muted", role: "status", "aria-live": "polite", "data-testid": "dlq-follow" });
   const total = h("span", { class: "muted", "data-testid": "dlq-total" });
   const agentSelect = h("select", { id: "dlq-agent" }, h("option", { value: "" }, "all agents"));
+  const sourceSelect = h("select", { id: "dlq-source" }, h("option", { value: "" }, "all sources"));
   const sinceSelect = h("select", { id: "dlq-since" }, SINCE.map(([v, label]) => h("option", { value: v }, label)));
   const retryAll = h("button", { type: "button", class: "primary" }, "Retry all");
   const retrySelected = h("button", { type: "button", disabled: true }, "Retry selected");
@@ -47,6 +49,7 @@ export function render(main, args = []) {
     viewHead("Dead letters", total, retryAll),
     h("div", { class: "toolbar" },
       h("div", { class: "field" }, h("label", { for: "dlq-agent" }, "Agent"), agentSelect),
+      h("div", { class: "field" }, h("label", { for: "dlq-source" }, "Source"), sourceSelect),
       h("div", { class: "field" }, h("label", { for: "dlq-since" }, "Died"), sinceSelect),
       retrySelected, deleteSelected),
     error, result, follow, groups, body, h("p", {}, more));
@@ -56,6 +59,9 @@ export function render(main, args = []) {
 
   get("/admin/agents").then(({ items }) => {
     for (const a of items) agentSelect.append(h("option", { value: a.id, selected: a.id === agentFilter }, a.id));
+  }).catch(() => {});
+  get("/admin/sources").then(({ items }) => {
+    for (const s of items) sourceSelect.append(h("option", { value: s.name }, s.name));
   }).catch(() => {});
 
   async function loadTotal() {
@@ -69,7 +75,7 @@ export function render(main, args = []) {
 
   async function load(append) {
     try {
-      const page = await get(withQuery("/admin/dlq", { limit: PAGE, agentId: agentFilter, cursor: append ? cursor : "" }));
+      const page = await get(withQuery("/admin/dlq", { limit: PAGE, agentId: agentFilter, source: sourceFilter, cursor: append ? cursor : "" }));
       if (stopped) return;
       error.textContent = "";
       rows = append ? rows.concat(page.items) : page.items;
@@ -277,13 +283,16 @@ export function render(main, args = []) {
   }
 
   retryAll.addEventListener("click", async () => {
-    const whom = agentFilter ? ` for ${agentFilter}` : "";
+    const whom = [agentFilter && ` for ${agentFilter}`, sourceFilter && ` from ${sourceFilter}`].filter(Boolean).join("");
     if (!(await confirmDialog(`Retry every dead letter${whom}?`, "Retry all"))) return;
     retryAll.disabled = true;
     // The ones listed are followed; the API answers only how many it retried.
     const listed = rows.slice();
     try {
-      const r = await post("/admin/dlq/retry", agentFilter ? { agentId: agentFilter } : {});
+      const narrow = {};
+      if (agentFilter) narrow.agentId = agentFilter;
+      if (sourceFilter) narrow.source = sourceFilter;
+      const r = await post("/admin/dlq/retry", narrow);
       result.textContent = `Retried ${r.retried} ${r.retried === 1 ? "delivery" : "deliveries"}${whom}.`;
       toast(result.textContent);
       selected.clear();
@@ -296,6 +305,12 @@ export function render(main, args = []) {
   });
   agentSelect.addEventListener("change", () => {
     agentFilter = agentSelect.value;
+    result.textContent = "";
+    selected.clear();
+    load(false);
+  });
+  sourceSelect.addEventListener("change", () => {
+    sourceFilter = sourceSelect.value;
     result.textContent = "";
     selected.clear();
     load(false);

@@ -91,35 +91,57 @@ export function clearErrors(form) {
   if (top) top.textContent = "";
 }
 
-/** Shows an error next to the field it concerns, or at the top of the form. */
+/** The input whose `data-field` is the longest prefix of `path`, or null. */
+function fieldFor(form, path) {
+  let best = null;
+  if (!path) return best;
+  for (const el of form.querySelectorAll("[data-field]")) {
+    const d = el.dataset.field;
+    const hit = path === d || path.startsWith(`${d}.`) || path.startsWith(`${d}[`);
+    if (hit && (!best || d.length > best.dataset.field.length)) best = el;
+  }
+  return best;
+}
+
+/**
+ * Shows every problem of an error next to the field it concerns (the API's `errors`, or the
+ * error itself when it has none), the rest at the top of the form; focuses the first field.
+ */
 export function showFieldError(form, e) {
   clearErrors(form);
   const top = form.querySelector(".form-error");
-  const path = e && e.field;
-  let best = null;
-  if (path) {
-    for (const el of form.querySelectorAll("[data-field]")) {
-      const d = el.dataset.field;
-      const hit = path === d || path.startsWith(`${d}.`) || path.startsWith(`${d}[`);
-      if (hit && (!best || d.length > best.dataset.field.length)) best = el;
+  const problems = e && e.errors && e.errors.length
+    ? e.errors.map((p) => ({ path: p.field, text: `${p.field}: ${p.error}` }))
+    : [{ path: e && e.field, text: e.message }];
+  const topLines = [];
+  let first = null;
+  for (const { path, text } of problems) {
+    const best = fieldFor(form, path);
+    const box = best && form.querySelector(`[data-error-for="${CSS.escape(best.dataset.field)}"]`);
+    if (!best || !box) {
+      topLines.push(text);
+      continue;
     }
+    const name = best.dataset.field;
+    // This field, or a plain sub-field of it (transformation.expression): the message without
+    // its "path: " prefix. Deeper inside (sourceFilters[0].conditions[1]): all of it.
+    const plain = path === name || !path.slice(name.length).includes("[");
+    const message = plain && text.startsWith(`${path}: `) ? text.slice(path.length + 2) : text;
+    best.setAttribute("aria-invalid", "true");
+    // Two problems of one field: both, one per line.
+    box.textContent = box.textContent ? `${box.textContent}\n${message}` : message;
+    if (!first) first = best;
   }
-  if (!best) {
-    top.textContent = e.message;
+  if (topLines.length) {
+    top.textContent = topLines.join("\n");
     top.scrollIntoView({ block: "nearest" });
-    return;
   }
-  const name = best.dataset.field;
-  // Exactly this field: the message without its "field: " prefix; a part of it: all of it.
-  // This field, or a plain sub-field of it (transformation.expression): the message without
-  // its "path: " prefix. Deeper inside (sourceFilters[0].conditions[1]): all of it.
-  const plain = path === name || !path.slice(name.length).includes("[");
-  const message = plain && e.message.startsWith(`${path}: `) ? e.message.slice(path.length + 2) : e.message;
-  const box = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
-  best.setAttribute("aria-invalid", "true");
-  if (box) box.textContent = message;
-  else top.textContent = e.message;
-  best.focus();
+  if (problems.length > 1) {
+    // Say how many, so that a screen reader user knows to look for more than one.
+    const note = `${problems.length} problems to fix.`;
+    top.textContent = top.textContent ? `${note}\n${top.textContent}` : note;
+  }
+  if (first) first.focus();
 }
 
 /**

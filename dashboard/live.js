@@ -95,7 +95,8 @@ export function render(main, args = []) {
 
   function rowLabel(ev) {
     const outcome = ev.outcome ? OUTCOME_LABELS[ev.outcome] || ev.outcome : "outcome not known yet";
-    return `${ev.source} ${ev.type} event at ${time(ev.timestamp)}, ${outcome}. Open details`;
+    const why = whyText(ev);
+    return `${ev.source} ${ev.type} event at ${time(ev.timestamp)}, ${outcome}${why ? ` (${why})` : ""}. Open details`;
   }
 
   function row(ev, fresh) {
@@ -111,7 +112,13 @@ export function render(main, args = []) {
     h("span", {}, ev.type),
     h("span", { class: "c-action muted" }, ev.action ?? ""),
     h("span", { class: "c-id mono" }, ev.id),
-    h("span", { class: "c-outcome" }, outcomeBadge(ev.outcome)));
+    h("span", { class: "c-outcome" }, outcomeBadge(ev.outcome), whyNote(ev)));
+  }
+
+  /** The reason next to a filtered or unrouted row's badge (the API's `explanation`). */
+  function whyNote(ev) {
+    const text = whyText(ev);
+    return text ? h("span", { class: "c-why muted", "data-testid": "why", title: text }, ` ${text}`) : null;
   }
 
   function emptyText() {
@@ -134,15 +141,17 @@ export function render(main, args = []) {
   /** Puts fresh outcomes on the rows already drawn, without moving anything. */
   function applyOutcomes(items) {
     const known = new Map(items.map((ev) => [ev.id, ev.outcome]));
+    const explanations = new Map(items.map((ev) => [ev.id, ev.explanation]));
     for (const ev of events) {
       const o = known.get(ev.id);
       if (o === undefined || o === ev.outcome) continue;
       ev.outcome = o;
+      ev.explanation = explanations.get(ev.id) ?? null;
       const r = list.querySelector(`.feed-row[data-id="${ev.id}"]`);
       if (!r) continue;
       r.dataset.outcome = o;
       r.setAttribute("aria-label", rowLabel(ev));
-      r.querySelector(".c-outcome").replaceChildren(outcomeBadge(o));
+      r.querySelector(".c-outcome").replaceChildren(outcomeBadge(o), whyNote(ev) ?? "");
     }
   }
 
@@ -404,3 +413,25 @@ export function openEvent(id) {
   close.focus();
   loadInto(body, id);
 }
+
+/**
+ * Why a filtered or unrouted event went nowhere, in a few words: the exclude filter that dropped
+ * it, the include filters none of which matched, or the routes checked (the API's
+ * `explanation` of the list row, under the rules as they are now). Empty for the others.
+ */
+export function whyText(ev) {
+  const why = ev.explanation;
+  if (!why || !(ev.outcome === "filtered" || ev.outcome === "unrouted")) return "";
+  const more = why.omitted ? ` and ${why.omitted} more` : "";
+  if (why.excludedBy) return `by filter ${why.excludedBy}`;
+  if (why.unmatchedIncludes && why.unmatchedIncludes.length) {
+    return `no include filter matched: ${why.unmatchedIncludes.join(", ")}${more}`;
+  }
+  if (ev.outcome === "filtered") return "by a filter since changed";
+  const checked = why.routesChecked || [];
+  if (!checked.length) return "no enabled route for its source";
+  const matched = checked.filter((r) => r.matched);
+  if (matched.length) return `routes match it now: ${matched.map((r) => r.id).join(", ")}`;
+  return `routes checked: ${checked.map((r) => r.id).join(", ")}${more}`;
+}
+

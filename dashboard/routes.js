@@ -1,10 +1,11 @@
 // Routes: list, create, edit, delete. Target agents are picked from the existing agents; the
-// route's own source filters are edited as JSON (they are full filters); the transformation is
-// a jq program, checked by the server (a compile error is shown under it).
+// route's own source filters are edited with the global filters' row editor; the
+// transformation is a jq program, checked by the server (a compile error is shown under it).
 
 import { get, post, put, del } from "./api.js";
 import { h, viewHead, table, toast, confirmDialog, showError } from "./ui.js";
-import { input, textarea, select, checkbox, resourceForm, numberOf, textOf, jsonOf, ruleTester } from "./forms.js";
+import { input, textarea, select, checkbox, resourceForm, numberOf, textOf, ruleTester } from "./forms.js";
+import { sourceFilterEditor } from "./filters.js";
 
 export function render(main, args) {
   if (args[0] === "new") return renderForm(main, null);
@@ -59,8 +60,6 @@ async function remove(id, main) {
   }
 }
 
-const EXAMPLE_FILTERS = `[{"source": "github", "eventType": "pull_request", "action": "include"}]`;
-
 async function renderForm(main, id) {
   main.append(viewHead(id ? `Edit route ${id}` : "New route"));
   let route = { sourceFilters: [], targetAgents: [], priority: 0, enabled: true };
@@ -92,6 +91,7 @@ async function renderForm(main, id) {
     policyFields.hidden = !e.target.checked;
   });
 
+  const sourceFilters = sourceFilterEditor(route.sourceFilters);
   const form = resourceForm({
     title: id ? "Edit route" : "New route",
     back: "#/routes",
@@ -108,8 +108,7 @@ async function renderForm(main, id) {
             h("input", { type: "checkbox", name: "targetAgents", value: a, checked: route.targetAgents.includes(a) }), a)))
           : h("p", { class: "muted" }, "No agents yet: create one first."),
         h("p", { class: "field-error", id: "targets-error", "data-error-for": "targetAgents", role: "alert" })),
-      textarea("sourceFilters", "Source filters (JSON)", JSON.stringify(route.sourceFilters, null, 2), { rows: 5 },
-        `Empty list: every processed event. For example ${EXAMPLE_FILTERS}`),
+      sourceFilters.element,
       textarea("transformation", "Transformation (jq)", route.transformation?.expression ?? "", { rows: 3, placeholder: ".payload |= {title: .title}" },
         "A jq program run on the event; it must yield one object. Leave empty for none."),
       ruleTester((f) => ({ transformation: { type: "jq", expression: f.elements.transformation.value.trim() || "." } }),
@@ -128,7 +127,7 @@ async function renderForm(main, id) {
         name: textOf(f, "name") ?? "",
         description: textOf(f, "description"),
         targetAgents: [...f.querySelectorAll("input[name=targetAgents]:checked")].map((c) => c.value),
-        sourceFilters: jsonOf(f, "sourceFilters", []),
+        sourceFilters: sourceFilters.collect(),
         transformation: expression ? { type: "jq", expression } : undefined,
         priority: numberOf(f, "priority") ?? 0,
         enabled: f.elements.enabled.checked,

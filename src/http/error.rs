@@ -18,9 +18,17 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Line and column (1-based) in the request's JSON body of a syntax error or of a value of
     /// the wrong type: answered as `"line"` and `"column"`.
-    pub position: Option<(usize, usize)>,
+    /// (`u32`, as `ApiError` is the error of every handler and is kept small.)
+    pub position: Option<(u32, u32)>,
+    /// Every problem of a validation error, the first being `field`'s: answered as `"errors"`.
+    pub errors: Option<Box<Problems>>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// A validation error's problems, `[{"field", "error", "line"?, "column"?}]`, each `error`
+/// without its field's prefix. Boxed in `ApiError` (the error of every handler) to keep it small.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<serde_json::Value>);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -30,6 +38,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             position: None,
+            errors: None,
             headers: Vec::new(),
         }
     }
@@ -56,8 +65,32 @@ impl ApiError {
             "validation_error",
             format!("{field}: {message}"),
         );
+        e.errors = Some(Box::new(Problems(vec![
+            json!({"field": field, "error": message}),
+        ])));
         e.field = Some(field);
         e
+    }
+
+    /// `400 validation_error` with every problem in `problems` (field, message, position):
+    /// the first is the answer's `field` and `error`, all of them are its `errors`. `None`
+    /// when there is no problem.
+    pub fn validations(
+        problems: impl IntoIterator<Item = (String, String, Option<(usize, usize)>)>,
+    ) -> Option<Self> {
+        let mut out: Option<Self> = None;
+        for (field, message, position) in problems {
+            let one = Self::validation_at(field, message, position);
+            match &mut out {
+                None => out = Some(one),
+                Some(e) => {
+                    if let (Some(all), Some(more)) = (&mut e.errors, one.errors) {
+                        all.0.extend(more.0);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// A validation error at a place in the JSON body: the message ends with it, and the answer
@@ -72,7 +105,12 @@ impl ApiError {
             Some((line, column)) => {
                 let mut e =
                     Self::validation(field, format!("{message} at line {line}, column {column}"));
-                e.position = position;
+                let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                e.position = Some((narrow(line), narrow(column)));
+                for item in e.errors.iter_mut().flat_map(|p| p.0.iter_mut()) {
+                    item["line"] = line.into();
+                    item["column"] = column.into();
+                }
                 e
             }
             None => Self::validation(field, message),
@@ -168,6 +206,9 @@ impl IntoResponse for ApiError {
         if let Some((line, column)) = self.position {
             body["line"] = line.into();
             body["column"] = column.into();
+        }
+        if let Some(problems) = self.errors {
+            body["errors"] = serde_json::Value::Array(problems.0);
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
         for (k, v) in self.headers {

@@ -167,13 +167,49 @@ fn parse_query(raw: &Option<String>) -> ApiResult<EventQuery> {
     Ok(q)
 }
 
-/// The stored event object, with `filtered` and `outcome` added so a list shows what happened
-/// to each.
-fn item(rec: &EventRecord, outcome: &str) -> ApiResult<Value> {
+/// How many filters and routes a list row's `explanation` names at most (`omitted` counts the
+/// rest); the event's own page names them all.
+const LIST_EXPLAIN_NAMES: usize = 10;
+
+/// Why an event went nowhere, under the rules as they are now, as the API shows it. `cap`
+/// bounds how many include filters and routes are named (`None`: all of them).
+fn explanation_json(rules: &crate::rules::RuleSet, event: &Value, cap: Option<usize>) -> Value {
+    let mut why = rules.explain(event);
+    if cap.is_some() {
+        // The matching routes first, so that a cut list still names them.
+        why.routes.sort_by_key(|(_, matched)| !*matched);
+    }
+    let cap = cap.unwrap_or(usize::MAX);
+    let omitted =
+        why.unmatched_includes.len().saturating_sub(cap) + why.routes.len().saturating_sub(cap);
+    let mut v = json!({
+        "excludedBy": why.excluded_by.as_deref(),
+        "unmatchedIncludes": why.unmatched_includes.iter().take(cap).map(|f| &**f).collect::<Vec<_>>(),
+        "routesChecked": why.routes.iter()
+            .take(cap)
+            .map(|(id, matched)| json!({"id": &**id, "matched": matched}))
+            .collect::<Vec<_>>(),
+    });
+    if cap != usize::MAX {
+        v["omitted"] = omitted.into();
+    }
+    v
+}
+
+/// The stored event object, with `filtered`, `outcome` and, for an event that went nowhere
+/// (`filtered` or `unrouted`), the `explanation` of its page (naming at most
+/// `LIST_EXPLAIN_NAMES` filters and routes) added, so a list shows what happened to each.
+fn item(rec: &EventRecord, outcome: &str, rules: &crate::rules::RuleSet) -> ApiResult<Value> {
     let mut ev = rec.event_json()?;
+    let explanation = if rec.erased_at.is_none() && matches!(outcome, "filtered" | "unrouted") {
+        explanation_json(rules, &ev, Some(LIST_EXPLAIN_NAMES))
+    } else {
+        Value::Null
+    };
     if let Value::Object(m) = &mut ev {
         m.insert("filtered".into(), Value::Bool(rec.filtered));
         m.insert("outcome".into(), Value::String(outcome.into()));
+        m.insert("explanation".into(), explanation);
     }
     Ok(ev)
 }
@@ -213,10 +249,11 @@ pub async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiRe
         None
     };
     let outcomes = outcomes(&app, &rows).await?;
+    let compiled = app.rules.current();
     let items = rows
         .iter()
         .zip(outcomes)
-        .map(|(r, o)| item(r, o))
+        .map(|(r, o)| item(r, o, &compiled.rules))
         .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(json!({ "items": items, "nextCursor": next })))
 }
@@ -231,6 +268,7 @@ async fn search_list(app: &AppState, mut q: EventQuery, search: &Search) -> ApiR
     let mut scanned = 0usize;
     let mut last_examined: Option<Uuid> = None;
     let mut exhausted = false;
+    let compiled = app.rules.current_full();
     'pages: while items.len() < limit && scanned < SEARCH_SCAN {
         q.limit = MAX_LIMIT.min(SEARCH_SCAN - scanned);
         q.before = last_examined.or(q.before);
@@ -254,7 +292,7 @@ async fn search_list(app: &AppState, mut q: EventQuery, search: &Search) -> ApiR
             scanned += 1;
             last_examined = Some(r.id);
             if let Some((m, o)) = matched.remove(&r.id) {
-                items.push(item(m, o)?);
+                items.push(item(m, o, &compiled.rules)?);
                 if items.len() == limit {
                     // The rest of this page is not examined: the cursor resumes after `r`.
                     exhausted = false;
@@ -293,15 +331,7 @@ pub async fn get_one(
     let event = rec.event_json()?;
     // Why it went nowhere, when it did: under the rules as they are now.
     let explanation = if rec.erased_at.is_none() && (rec.filtered || deliveries.is_empty()) {
-        let why = app.rules.current().rules.explain(&event);
-        json!({
-            "excludedBy": why.excluded_by.as_deref(),
-            "unmatchedIncludes": why.unmatched_includes.iter().map(|f| &**f).collect::<Vec<_>>(),
-            "routesChecked": why.routes.iter().map(|(id, matched)| json!({
-                "id": &**id,
-                "matched": matched,
-            })).collect::<Vec<_>>(),
-        })
+        explanation_json(&app.rules.current().rules, &event, None)
     } else {
         Value::Null
     };

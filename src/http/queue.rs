@@ -21,10 +21,11 @@ pub async fn dlq_list(
     State(app): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (mut agent, mut limit, mut before) = (None, DEFAULT_LIMIT, None);
+    let (mut agent, mut source, mut limit, mut before) = (None, None, DEFAULT_LIMIT, None);
     for (k, v) in query_pairs(&raw) {
         match k.as_str() {
             "agentId" => agent = Some(v),
+            "source" => source = Some(v),
             "limit" => {
                 let n = parse_int("limit", &v)?;
                 if !(1..=MAX_LIMIT as i64).contains(&n) {
@@ -37,12 +38,15 @@ pub async fn dlq_list(
             "cursor" => before = Some(decode_cursor(&v)?),
             _ => {
                 return Err(ApiError::bad_request(
-                    "unknown query parameter (known: agentId, limit, cursor)",
+                    "unknown query parameter (known: agentId, source, limit, cursor)",
                 ));
             }
         }
     }
-    let mut items = app.store.dead_letters(agent, limit + 1, before).await?;
+    let mut items = app
+        .store
+        .dead_letters(agent, source, limit + 1, before)
+        .await?;
     let next = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|d| encode_cursor(d.id))

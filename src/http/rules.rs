@@ -22,6 +22,16 @@ fn validation(e: ValidationError) -> ApiError {
     ApiError::validation_at(e.field, e.message, e.position)
 }
 
+/// Every problem at once: the first as `field` and `error`, all of them as `errors`.
+fn validations(problems: Vec<ValidationError>) -> ApiError {
+    ApiError::validations(
+        problems
+            .into_iter()
+            .map(|e| (e.field, e.message, e.position)),
+    )
+    .unwrap_or_else(|| ApiError::validation("body", "is not valid"))
+}
+
 fn to_json<T: Serialize>(v: &T) -> ApiResult<String> {
     serde_json::to_string(v).map_err(|e| ApiError::internal("serialize rule", e))
 }
@@ -191,7 +201,7 @@ pub async fn get_filter(
 
 async fn save_filter(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Response> {
     super::error::json_syntax(body)?;
-    let filter: EventFilter = rules::parse_filter(body).map_err(validation)?;
+    let filter: EventFilter = rules::parse_filter_all(body).map_err(validations)?;
     let json = to_json(&filter)?;
     let _guard = app.rules.lock_changes().await;
     let answer = serde_json::to_value(&filter).map_err(|e| ApiError::internal("filter", e))?;
@@ -235,7 +245,7 @@ async fn save_route(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Res
     super::error::json_syntax(body)?;
     let _guard = app.rules.lock_changes().await;
     let agents = app.rules.agent_ids().await?;
-    let route: EventRoute = rules::parse_route(body, &agents).map_err(validation)?;
+    let route: EventRoute = rules::parse_route_all(body, &agents).map_err(validations)?;
     let json = to_json(&route)?;
     let answer = serde_json::to_value(&route).map_err(|e| ApiError::internal("route", e))?;
     save(app, RuleKind::Route, route.id.clone(), json, answer, mode).await
@@ -287,7 +297,7 @@ async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Res
         _ => None,
     };
     let body = stripped.as_deref().unwrap_or(body);
-    let agent: Agent = rules::parse_agent(body).map_err(validation)?;
+    let agent: Agent = rules::parse_agent_all(body).map_err(validations)?;
     let _guard = app.rules.lock_changes().await;
     let existing = app
         .store

@@ -32,6 +32,6 @@ pub use subscription::{Subscription, SubscriptionSpec};
 pub use transform::{JqCompileError, JqProgram, TransformError};
 pub use validate::{
     KnownAgents, ValidationError, agent_from_value, check_agent, check_filter, check_route,
-    filter_from_value, parse_agent, parse_filter, parse_route, route_from_value, validate_agent,
-    validate_filter, validate_route,
+    filter_from_value, parse_agent, parse_agent_all, parse_filter, parse_filter_all, parse_route,
+    parse_route_all, route_from_value, validate_agent, validate_filter, validate_route,
 };

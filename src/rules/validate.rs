@@ -179,6 +179,40 @@ pub fn parse_filter(bytes: &[u8]) -> Result<EventFilter, ValidationError> {
     finish_filter(from_slice(bytes)?)
 }
 
+/// Parses a global filter from a JSON body, with every problem of its meaning. A body that
+/// cannot be read into a filter at all (syntax, a value of the wrong type) is one problem.
+pub fn parse_filter_all(bytes: &[u8]) -> Result<EventFilter, Vec<ValidationError>> {
+    let filter: EventFilter = from_slice(bytes).map_err(|e| vec![e])?;
+    none_or(check_filter(&filter)).map(|()| filter)
+}
+
+/// Parses a route from a JSON body, with every problem of its meaning (see
+/// [`parse_filter_all`]).
+pub fn parse_route_all<K: KnownAgents + ?Sized>(
+    bytes: &[u8],
+    known_agents: &K,
+) -> Result<EventRoute, Vec<ValidationError>> {
+    let mut route: EventRoute = from_slice(bytes).map_err(|e| vec![e])?;
+    none_or(check_route(&route, known_agents))?;
+    fill_route_defaults(&mut route);
+    Ok(route)
+}
+
+/// Parses an agent from a JSON body, with every problem of its meaning (see
+/// [`parse_filter_all`]).
+pub fn parse_agent_all(bytes: &[u8]) -> Result<Agent, Vec<ValidationError>> {
+    let agent: Agent = from_slice(bytes).map_err(|e| vec![e])?;
+    none_or(check_agent(&agent)).map(|()| agent)
+}
+
+fn none_or(problems: Vec<ValidationError>) -> Result<(), Vec<ValidationError>> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 /// Parses and validates a global filter from a JSON value (config file).
 pub fn filter_from_value(value: Value) -> Result<EventFilter, ValidationError> {
     finish_filter(from_value(value)?)

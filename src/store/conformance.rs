@@ -521,7 +521,7 @@ async fn a_first_attempt_success_is_logged_like_any_attempt(store: Arc<dyn Store
         vec![(1, 1000, 7, None, Some("connection refused".into()))]
     );
     assert_eq!(find(failed).status, DeliveryStatus::Dead);
-    let dead = store.dead_letters(None, 10, None).await.unwrap();
+    let dead = store.dead_letters(None, None, 10, None).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempt_log.len(), 1);
 }
@@ -674,7 +674,7 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
     assert_eq!((f.dead, f.delivered, f.superseded), (2, 1, 0));
 
     // Dead letters: newest first, by agent, through the cursor.
-    let dead = store.dead_letters(None, 10, None).await.unwrap();
+    let dead = store.dead_letters(None, None, 10, None).await.unwrap();
     let ids: Vec<Uuid> = dead.iter().map(|d| d.id).collect();
     let mut expect = vec![high.id, same.id];
     expect.sort_unstable_by(|a, b| b.cmp(a));
@@ -683,18 +683,41 @@ async fn deliveries_attempts_and_dead_letters(store: Arc<dyn Store>) {
         dead[0].attempt_log.len(),
         if dead[0].id == high.id { 3 } else { 1 }
     );
-    let first = store.dead_letters(None, 1, None).await.unwrap();
+    let first = store.dead_letters(None, None, 1, None).await.unwrap();
     let second = store
-        .dead_letters(None, 1, Some(first[0].id))
+        .dead_letters(None, None, 1, Some(first[0].id))
         .await
         .unwrap();
     assert_eq!(vec![first[0].id, second[0].id], expect);
     let only = store
-        .dead_letters(Some("a-agent".into()), 10, None)
+        .dead_letters(Some("a-agent".into()), None, 10, None)
         .await
         .unwrap();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].id, same.id);
+    // By the source of their event, with the agent and through the cursor too.
+    let by_source = store
+        .dead_letters(None, Some("github".into()), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(by_source.iter().map(|d| d.id).collect::<Vec<_>>(), expect);
+    assert!(
+        store
+            .dead_letters(None, Some("stripe".into()), 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let both = store
+        .dead_letters(Some("a-agent".into()), Some("github".into()), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 1);
+    let after = store
+        .dead_letters(None, Some("github".into()), 1, Some(first[0].id))
+        .await
+        .unwrap();
+    assert_eq!(after[0].id, second[0].id);
 
     // Replay: fresh deliveries for an archived event.
     let again = delivery("c-agent", DeliveryStatus::Pending);
@@ -817,7 +840,7 @@ async fn attempts_keep_the_exchange_and_why_they_were_made(store: Arc<dyn Store>
         find(again_failed.id).attempt_log[0].trigger.as_deref(),
         Some("replay")
     );
-    let dead = store.dead_letters(None, 10, None).await.unwrap();
+    let dead = store.dead_letters(None, None, 10, None).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0].attempt_log[0].response_body.as_deref(),
@@ -1149,7 +1172,13 @@ async fn purge_by_source_and_dead_letter_age(store: Arc<dyn Store>) {
     // Dead letters of events before the cutoff go on their own; then the event can go.
     assert_eq!(store.purge_dead(past, 10).await.unwrap(), 0);
     assert_eq!(store.purge_dead(future, 10).await.unwrap(), 1);
-    assert!(store.dead_letters(None, 10, None).await.unwrap().is_empty());
+    assert!(
+        store
+            .dead_letters(None, None, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.get_event(dead.id).await.unwrap().is_some());
     assert_eq!(store.purge_events(rest(past), 10).await.unwrap(), 1);
     assert!(store.get_event(linear.id).await.unwrap().is_some());
@@ -1219,7 +1248,13 @@ async fn erase_leaves_a_tombstone_and_cancels_what_is_unfinished(store: Arc<dyn 
     assert_eq!(ds[0].attempt_log.len(), 1, "the attempt log stays");
     // Nothing to deliver, retry, replay to streams or read back.
     assert!(unfinished(store.as_ref()).await.is_empty());
-    assert!(store.dead_letters(None, 10, None).await.unwrap().is_empty());
+    assert!(
+        store
+            .dead_letters(None, None, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.retry_dead(dead.id).await.unwrap().is_none());
     assert!(
         store

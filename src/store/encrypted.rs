@@ -291,11 +291,12 @@ impl DeliveryStore for EncryptedStore {
     async fn dead_letters(
         &self,
         agent_id: Option<String>,
+        source: Option<String>,
         limit: usize,
         before: Option<Uuid>,
     ) -> Result<Vec<DeliveryRecord>> {
         self.inner
-            .dead_letters(agent_id, limit, before)
+            .dead_letters(agent_id, source, limit, before)
             .await?
             .into_iter()
             .map(|d| self.open_delivery(d))

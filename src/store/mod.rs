@@ -542,6 +542,7 @@ pub trait DeliveryStore: Send + Sync {
     async fn dead_letters(
         &self,
         agent_id: Option<String>,
+        source: Option<String>,
         limit: usize,
         before: Option<Uuid>,
     ) -> Result<Vec<DeliveryRecord>>;

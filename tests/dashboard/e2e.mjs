@@ -336,6 +336,13 @@ try {
     const text = await row.textContent();
     assert(text.includes(dead[0].deliveryId) && text.includes(dead[0].eventId), `full ids: ${text}`);
     assert(/\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}/.test(text), `when it died: ${text}`);
+    // Narrowed by source (GET /admin/dlq?source=): none from stripe, the three from github.
+    await waitFor("the sources", async () => (await page.locator("#dlq-source option").count()) > 2);
+    await page.getByLabel("Source", { exact: true }).selectOption("stripe");
+    await waitFor("no stripe dead letters", async () => (await page.locator(`tr[data-id="${dead[0].deliveryId}"]`).count()) === 0);
+    await page.getByLabel("Source", { exact: true }).selectOption("github");
+    for (const d of dead) await page.locator(`tr[data-id="${d.deliveryId}"]`).waitFor();
+    await page.getByLabel("Source", { exact: true }).selectOption("");
   });
 
   await step("a dead letter can be deleted from the page", async () => {
@@ -382,13 +389,28 @@ try {
     });
   });
 
-  await step("a route with an invalid jq program shows the error next to the field", async () => {
+  await step("a route with three problems shows all three at once, each next to its field", async () => {
     await visit(page, "#/routes/new", "main form");
-    await page.getByLabel("Id", { exact: true }).fill("ui-route");
+    await page.getByLabel("Id", { exact: true }).fill("bad id!");
     await page.getByLabel("Name", { exact: true }).fill("Made in the dashboard");
-    await page.getByRole("checkbox", { name: "ok-agent" }).check();
     await page.getByLabel("Transformation (jq)").fill(".payload | {title: ");
     await page.getByRole("button", { name: "Save" }).click();
+    const boxes = ["id", "targetAgents", "transformation"].map((f) => page.locator(`[data-error-for="${f}"]`));
+    await waitFor("the three errors", async () => {
+      for (const b of boxes) if (!(await b.textContent())) return false;
+      return true;
+    });
+    assert((await page.getByLabel("Id", { exact: true }).getAttribute("aria-invalid")) === "true", "the id is marked");
+    assert(/jq/i.test(await boxes[2].textContent()), "the jq error under its field");
+    assert((await page.locator("form .form-error").textContent()).includes("3 problems"), "the count at the top");
+    await shot(page, "route-errors-1280");
+  });
+
+  await step("a route with an invalid jq program shows the error next to the field", async () => {
+    await page.getByLabel("Id", { exact: true }).fill("ui-route");
+    await page.getByRole("checkbox", { name: "ok-agent" }).check();
+    await page.getByRole("button", { name: "Save" }).click();
+    await waitFor("the other errors gone", async () => (await page.locator('[data-error-for="id"]').textContent()) === "");
     const error = page.locator('[data-error-for="transformation"]');
     await waitFor("the field's error", async () => (await error.textContent()).length > 0);
     const text = await error.textContent();
@@ -406,6 +428,49 @@ try {
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="ui-route"]').waitFor();
     await shot(page, "routes-1280");
+  });
+
+  await step("a route's source filters are edited with the filters' row editor", async () => {
+    await visit(page, "#/routes/ui-route/edit", "main form");
+    await page.getByRole("button", { name: "Add source filter" }).click();
+    const card = page.locator("fieldset.source-filter").first();
+    await card.getByLabel("Source", { exact: true }).fill("github");
+    await card.getByLabel("Event type").fill("push");
+    await card.getByRole("button", { name: "Add condition" }).click();
+    await card.getByLabel("Field", { exact: true }).fill("payload.ref");
+    await card.getByLabel("Operator").selectOption("regex");
+    await card.getByLabel("Value").fill("refs/(");
+    await page.getByRole("button", { name: "Save" }).click();
+    const error = page.locator('[data-error-for="sourceFilters[0].conditions[0].value"]');
+    await waitFor("the condition's error", async () => (await error.textContent()).length > 0);
+    assert((await card.getByLabel("Value").getAttribute("aria-invalid")) === "true", "the value is marked");
+    await shot(page, "route-source-filter-1280");
+    await card.getByLabel("Value").fill("^refs/heads/");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-route"]').waitFor();
+    let route = await admin("/admin/routes/ui-route");
+    assert(route.sourceFilters.length === 1, JSON.stringify(route.sourceFilters));
+    const [sf] = route.sourceFilters;
+    assert(sf.source === "github" && sf.eventType === "push" && sf.action === "include", JSON.stringify(sf));
+    const [c] = sf.conditions;
+    assert(sf.conditions.length === 1 && c.field === "payload.ref" && c.operator === "regex" && c.value === "^refs/heads/", JSON.stringify(sf));
+    // Read back into the same rows, edited and removed.
+    await visit(page, "#/routes/ui-route/edit", "main form");
+    const again = page.locator("fieldset.source-filter").first();
+    assert((await again.getByLabel("Field", { exact: true }).inputValue()) === "payload.ref", "the condition is shown");
+    assert((await again.getByLabel("Source", { exact: true }).inputValue()) === "github", "the source is shown");
+    await again.getByLabel("Event type").fill("");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-route"]').waitFor();
+    route = await admin("/admin/routes/ui-route");
+    assert(route.sourceFilters.length === 1 && route.sourceFilters[0].eventType == null, JSON.stringify(route.sourceFilters));
+    assert(route.sourceFilters[0].id === sf.id, "its id is kept");
+    await visit(page, "#/routes/ui-route/edit", "main form");
+    await page.getByRole("button", { name: "Remove source filter 1" }).click();
+    assert(await page.locator("fieldset.source-filter").count() === 0, "removed");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator('tr[data-id="ui-route"]').waitFor();
+    assert((await admin("/admin/routes/ui-route")).sourceFilters.length === 0, "no source filter left");
   });
 
   await step("an agent is created and edited from the page, its secret revealed and copied", async () => {
@@ -494,6 +559,16 @@ try {
     await page.getByRole("button", { name: "Save" }).click();
     await page.locator('tr[data-id="ui-filter"]').waitFor();
     await shot(page, "filters-1280");
+  });
+
+  await step("the live view names the filter that dropped a filtered event", async () => {
+    const bot = await postGithub("push", { ref: "refs/heads/main", sender: { login: "renovate[bot]" } });
+    await visit(page, "#/live", ".feed-row");
+    const row = page.locator(`.feed-row[data-id="${bot}"]`);
+    await waitFor("the filtered row", async () => (await row.getAttribute("data-outcome")) === "filtered");
+    const why = row.getByTestId("why");
+    assert((await why.textContent()).includes("by filter ui-filter"), await why.textContent());
+    assert((await row.getAttribute("aria-label")).includes("ui-filter"), "announced with the filter");
   });
 
   await step("leaving a form with unsaved edits asks first", async () => {

@@ -472,3 +472,69 @@ async fn bulk_retry_narrows_by_source_and_since() {
         "since 0 takes every one"
     );
 }
+
+/// `GET /admin/dlq?source=`: the dead letters of one source's events, alone or with `agentId`,
+/// through the cursor; an unknown source has none.
+#[tokio::test]
+async fn dlq_lists_filter_by_source() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    rx.set_default("/a", Reply::Status(500));
+    admin
+        .agent_with_route("a", &rx.url("/a"), "r", policy(1, "fixed", 100, 100))
+        .await;
+    let github = [
+        post_routed(&app, "push", 0).await,
+        post_routed(&app, "push", 1).await,
+    ];
+    let internal = crate::signed::Webhook::bearer(
+        AGENT_KEY,
+        json!({ "type": "build.finished", "n": 1 }).to_string(),
+    )
+    .send(&app)
+    .await
+    .accepted()
+    .id;
+    for id in github.iter().chain([&internal]) {
+        admin.wait_status(*id, "dead").await;
+    }
+    let events = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["eventId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let get = |q: &'static str| {
+        let admin = &admin;
+        async move { admin.call(reqwest::Method::GET, q, None).await }
+    };
+    let (status, v) = get("/admin/dlq?source=internal").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(events(&v), [internal.to_string()], "{v}");
+    let (status, v) = get("/admin/dlq?source=github&agentId=a&limit=1").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(events(&v), [github[1].to_string()], "newest first: {v}");
+    let cursor = v["nextCursor"].as_str().expect("a next page").to_string();
+    let (status, v) = admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/admin/dlq?source=github&limit=1&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(events(&v), [github[0].to_string()], "{v}");
+    assert_eq!(v["nextCursor"], Value::Null, "{v}");
+    let (status, v) = get("/admin/dlq?source=stripe").await;
+    assert_eq!((status, v), (200, json!({"items": [], "nextCursor": null})));
+    let (status, v) = get("/admin/dlq?source=internal&agentId=nobody").await;
+    assert_eq!(status, 200, "{v}");
+    assert!(events(&v).is_empty(), "{v}");
+    let (status, v) = get("/admin/dlq?sources=github").await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["code"], "bad_request", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("source"), "{v}");
+}

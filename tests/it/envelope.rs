@@ -255,13 +255,23 @@ fn envelope_problem(reply: &Reply, codes: &BTreeSet<(u16, String)>) -> Option<St
     let Some(obj) = v.as_object() else {
         return Some(format!("body is not an object: {v}"));
     };
-    // Validation errors add `field`, and `line` and `column` at a place in a JSON body.
+    // Validation errors add `field`, `errors` (every problem, the first being `field`'s), and
+    // `line` and `column` at a place in a JSON body.
+    let validation = v["code"] == "validation_error";
     let extra: Vec<&String> = obj
         .keys()
         .filter(|k| !["success", "error", "code", "field", "line", "column"].contains(&k.as_str()))
+        .filter(|k| !(validation && k.as_str() == "errors"))
         .collect();
     if !extra.is_empty() {
         return Some(format!("unexpected members {extra:?}: {v}"));
+    }
+    if validation
+        && !v["errors"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a[0]["field"] == v["field"])
+    {
+        return Some(format!("errors does not list the problem: {v}"));
     }
     if v["success"] != false {
         return Some(format!("success is not false: {v}"));

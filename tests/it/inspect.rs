@@ -269,6 +269,41 @@ async fn the_event_list_shows_outcomes_and_finds_events_by_text() {
     names.sort();
     assert_eq!(names, [("to-bad", false), ("to-ok", false)], "{v}");
     assert!(admin.event(delivered).await["explanation"].is_null());
+
+    // The list says the same of its rows that went nowhere, and nothing of the others, in a
+    // plain listing and in a search.
+    for q in [
+        "/admin/events?source=github",
+        "/admin/events?source=github&outcome=filtered,unrouted,delivered,dead",
+    ] {
+        let (status, v) = app.admin_get(q).await;
+        assert_eq!(status, 200, "{v}");
+        let row = |id: String| {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["id"] == id.as_str())
+                .unwrap_or_else(|| panic!("{id} not listed: {v}"))
+                .clone()
+        };
+        let f = row(filtered.id.to_string());
+        assert_eq!(f["explanation"]["excludedBy"], "no-pings", "{f}");
+        assert_eq!(f["explanation"]["omitted"], 0, "{f}");
+        let u = row(unrouted.id.to_string());
+        assert_eq!(u["outcome"], "unrouted", "{u}");
+        let mut names: Vec<_> = u["explanation"]["routesChecked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["to-bad", "to-ok"], "{u}");
+        assert!(u["explanation"]["excludedBy"].is_null(), "{u}");
+        assert!(row(delivered.to_string())["explanation"].is_null(), "{v}");
+        assert!(row(dead.to_string())["explanation"].is_null(), "{v}");
+    }
 }
 
 /// Refused webhooks are listed with their reason, source and time, newest first; the rate-limit
@@ -429,6 +464,69 @@ async fn validation_errors_are_plain_words() {
             .contains("must be a whole number (got the text \"high\")"),
         "{v}"
     );
+}
+
+/// A route with three problems answers all three at once, each at its field, the first also as
+/// the contract's `field` and `error`.
+#[tokio::test]
+async fn every_validation_error_is_answered_at_once() {
+    let app = TestApp::spawn().await;
+    let admin = Admin::of(&app);
+    let (status, v) = admin
+        .post(
+            "/admin/routes",
+            json!({"id": "bad id!", "name": "r", "targetAgents": ["nobody"],
+                   "sourceFilters": [{"action": "include", "priority": 1,
+                       "conditions": [{"field": "payload.x", "operator": "regex", "value": "("}]}]}),
+        )
+        .await;
+    let (field, error) = crate::rules::validation_error(status, &v);
+    let errors = v["errors"].as_array().unwrap();
+    let fields: Vec<&str> = errors
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "id",
+            "sourceFilters[0].conditions[0].value",
+            "targetAgents[0]"
+        ],
+        "{v}"
+    );
+    assert_eq!(field, "id", "{v}");
+    assert!(error.starts_with("id: "), "{v}");
+    for e in errors {
+        let text = e["error"].as_str().unwrap();
+        assert!(
+            !text.trim().is_empty() && !text.starts_with(e["field"].as_str().unwrap()),
+            "{v}"
+        );
+    }
+    assert!(
+        errors[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown agent \"nobody\""),
+        "{v}"
+    );
+    // Nothing was stored.
+    let (status, _) = admin
+        .call(reqwest::Method::GET, "/admin/routes/bad%20id!", None)
+        .await;
+    assert_eq!(status, 404);
+    // One problem is one item; a body that cannot be read is one problem at its place.
+    let (status, v) = admin
+        .post(
+            "/admin/filters",
+            json!({"id": "f", "name": "f", "action": "exclude",
+                                       "priority": "high", "conditions": []}),
+        )
+        .await;
+    crate::rules::validation_error(status, &v);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["errors"][0]["line"], v["line"], "{v}");
 }
 
 /// "Send test event": one delivery of a small `router` event straight to the agent, outside the

@@ -243,7 +243,7 @@ pub fn validation_error(status: u16, v: &Value) -> (String, String) {
         .collect();
     // `line` and `column` come with an error at a place in the JSON body.
     let positioned = keys.contains("line");
-    let mut expected: BTreeSet<&str> = ["code", "error", "field", "success"].into();
+    let mut expected: BTreeSet<&str> = ["code", "error", "errors", "field", "success"].into();
     if positioned {
         expected.extend(["line", "column"]);
         for k in ["line", "column"] {
@@ -260,6 +260,14 @@ pub fn validation_error(status: u16, v: &Value) -> (String, String) {
         .as_str()
         .filter(|e| !e.trim().is_empty())
         .unwrap_or_else(|| panic!("error is not a sentence: {v}"));
+    // Every problem, the first being the answer's own.
+    let errors = v["errors"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| panic!("errors is not a list of problems: {v}"));
+    assert_eq!(errors[0]["field"], field, "{v}");
+    let first = errors[0]["error"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(error, format!("{field}: {first}"), "{v}");
     (field.to_string(), error.to_string())
 }
 

@@ -535,6 +535,9 @@ fn check_refusal(bad: &Bad, status: u16, v: &Value) -> Result<(), String> {
         return Err(p);
     }
     let field = field.as_str().ok_or("field is not a string")?;
+    if v["errors"][0]["field"] != field {
+        return Err("the first of errors is not the answer's field".into());
+    }
     if !(bad.field)(field) {
         return Err(format!("field {field:?} does not name the problem"));
     }

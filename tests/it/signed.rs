@@ -356,7 +356,21 @@ pub fn error_form_problem(v: &Value) -> Option<String> {
     let Some(obj) = v.as_object() else {
         return Some("not a JSON object".into());
     };
-    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    let mut keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    // A validation error also lists every problem, each a field and a sentence.
+    if v["code"] == "validation_error" {
+        let well_formed = v["errors"].as_array().is_some_and(|a| {
+            !a.is_empty()
+                && a.iter().all(|e| {
+                    e["field"].as_str().is_some_and(|f| !f.is_empty())
+                        && e["error"].as_str().is_some_and(|s| !s.trim().is_empty())
+                })
+        });
+        if !well_formed {
+            return Some("errors is not a list of {field, error}".into());
+        }
+        keys.remove("errors");
+    }
     if keys != ["code", "error", "success"].into_iter().collect() {
         return Some(format!(
             "keys {keys:?} are not exactly code, error, success"

@@ -507,6 +507,7 @@ impl DeliveryStore for PgStore {
     async fn dead_letters(
         &self,
         agent_id: Option<String>,
+        source: Option<String>,
         limit: usize,
         before: Option<Uuid>,
     ) -> Result<Vec<DeliveryRecord>> {
@@ -515,12 +516,14 @@ impl DeliveryStore for PgStore {
             .prepare_cached(&format!(
                 "SELECT {DELIVERY_COLUMNS}
                  WHERE status = 'dead' AND id < $1 AND ($2::text IS NULL OR agent_id = $2)
+                   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM events e
+                        WHERE e.id = deliveries.event_id AND e.source = $4))
                  ORDER BY id DESC LIMIT $3"
             ))
             .await?;
         let before = before.unwrap_or(Uuid::max());
         let mut list = c
-            .query(&stmt, &[&before, &agent_id, &limit_of(limit)])
+            .query(&stmt, &[&before, &agent_id, &limit_of(limit), &source])
             .await?
             .iter()
             .map(delivery_row)

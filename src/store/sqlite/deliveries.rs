@@ -370,6 +370,7 @@ impl DeliveryStore for SqliteStore {
     async fn dead_letters(
         &self,
         agent_id: Option<String>,
+        source: Option<String>,
         limit: usize,
         before: Option<Uuid>,
     ) -> Result<Vec<DeliveryRecord>> {
@@ -381,9 +382,14 @@ impl DeliveryStore for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {DELIVERY_COLUMNS}
                      WHERE status = 'dead' AND id < ?1 AND (?2 IS NULL OR agent_id = ?2)
+                       AND (?4 IS NULL OR EXISTS (SELECT 1 FROM events e
+                            WHERE e.id = deliveries.event_id AND e.source = ?4))
                      ORDER BY id DESC LIMIT ?3"
                 ))?
-                .query_map(params![before, agent_id, limit as i64], delivery_row)?
+                .query_map(
+                    params![before, agent_id, limit as i64, source],
+                    delivery_row,
+                )?
                 .collect::<rusqlite::Result<_>>()?;
             fill_attempts(c, &mut list)?;
             Ok(list)
