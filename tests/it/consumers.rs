@@ -759,3 +759,48 @@ async fn refusals_follow_the_contract() {
         .await;
     assert_eq!((s, v["field"].as_str()), (400, Some("url")), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_polls_fills_only_its_own_backlog() {
+    let app = TestApp::spawn_with(|c| c.max_queue_size = 6).await;
+    let rx = crate::receiver::TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    pull_route(
+        &app.base,
+        policy(3, "fixed", 10, 10),
+        only_type("push"),
+    )
+    .await;
+    admin
+        .create_agent(agent("h", &rx.url("/h"), json!({})))
+        .await;
+    admin
+        .create_route(route(
+            "to-h",
+            &["h"],
+            policy(3, "fixed", 10, 10),
+            only_type("issues"),
+        ))
+        .await;
+    // The pull agent's backlog grows while the push agent keeps getting its events.
+    for n in 0..5 {
+        post_routed(&app, "push", n).await;
+        let id = post_routed(&app, "issues", n).await;
+        admin.wait_status(id, "delivered").await;
+    }
+    let (_, stats) = admin.get("/queue/stats").await;
+    assert_eq!(stats["byAgent"]["p"]["pending"], 5, "{stats}");
+    // The queue's bound holds for it as for a push agent that is down.
+    post_routed(&app, "push", 5).await;
+    Webhook::github("push", gh_body(6))
+        .send(&app)
+        .await
+        .refused(503, "queue_full");
+    // A consumer drains it, and the queue takes webhooks again.
+    let c = Consumer::new(&app.base, "late");
+    let items = c.poll(100, 1_000, 30_000).await;
+    assert_eq!(items.len(), 6);
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(c.ack(&ids).await.0.len(), 6);
+    post_routed(&app, "push", 7).await;
+}
