@@ -571,6 +571,8 @@ async fn consume(app: AppState, agent: Arc<str>, p: PollParams, socket: WebSocke
                     break;
                 }
             }
+            // A lease held unsettled runs out: room for another.
+            _ = expiry(&held), if asking.is_none() && !held.is_empty() => {}
             msg = stream.next() => {
                 let text = match msg {
                     Some(Ok(WsMessage::Text(t))) => t.to_string(),
@@ -595,6 +597,13 @@ async fn consume(app: AppState, agent: Arc<str>, p: PollParams, socket: WebSocke
             .await;
     }
     let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
+}
+
+/// Sleeps until the first of the socket's leases runs out.
+async fn expiry(held: &std::collections::HashMap<Uuid, i64>) {
+    let first = held.values().min().copied().unwrap_or(i64::MAX);
+    let wait = (first - crate::clock::now_ms()).clamp(0, 3_600_000) as u64;
+    tokio::time::sleep(Duration::from_millis(wait + 1)).await;
 }
 
 /// One client message of a consume socket, and the answer.

@@ -803,3 +803,34 @@ async fn an_agent_that_never_polls_fills_only_its_own_backlog() {
     assert_eq!(c.ack(&ids).await.0.len(), 6);
     post_routed(&app, "push", 7).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_socket_gets_more_once_its_unsettled_leases_run_out() {
+    let app = TestApp::spawn().await;
+    pull_route(&app.base, policy(5, "fixed", 10, 10), json!({})).await;
+    for n in 0..2 {
+        post_routed(&app, "push", n).await;
+    }
+    let ws_url = format!(
+        "{}/stream/ws?agentId=p&mode=consume&prefetch=2&leaseMs=1000&apiKey={PULL_KEY}",
+        app.base.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    let mut attempts = Vec::new();
+    while attempts.len() < 4 {
+        let m = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let f: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(f["type"], "delivery", "{f}");
+            attempts.push(f["attempt"].as_u64().unwrap());
+        }
+    }
+    // The two leases ran out unsettled and came back to the same socket as second attempts.
+    assert_eq!(attempts, vec![1, 1, 2, 2]);
+}
