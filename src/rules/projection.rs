@@ -99,8 +99,14 @@ impl PayloadPaths {
                     self.nodes.push(Node::default());
                     let parent = &mut self.nodes[at as usize];
                     parent.keys.push((key.into(), id));
-                    if parent.keys.len() > LINEAR_KEYS {
-                        parent.by_key = Some(parent.keys.iter().cloned().collect());
+                    match &mut parent.by_key {
+                        Some(map) => {
+                            map.insert(key.into(), id);
+                        }
+                        None if parent.keys.len() > LINEAR_KEYS => {
+                            parent.by_key = Some(parent.keys.iter().cloned().collect());
+                        }
+                        None => {}
                     }
                     match index {
                         Some(i) => parent.indices.push((i, id)),
@@ -390,6 +396,22 @@ pub(crate) mod tests {
             all.project(text.as_bytes()).unwrap(),
             serde_json::from_str::<Value>(text).unwrap()
         );
+    }
+
+    #[test]
+    fn many_keys_are_looked_up_by_hash() {
+        let list: Vec<String> = (0..20).map(|i| format!("payload.k{i}.v")).collect();
+        let list: Vec<&str> = list.iter().map(String::as_str).collect();
+        let text = (0..25)
+            .map(|i| format!("\"k{i}\":{{\"v\":{i},\"w\":0}}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        agrees(&list, &format!("{{{text}}}"));
+        let projected = paths(&list)
+            .project(format!("{{{text}}}").as_bytes())
+            .unwrap();
+        assert_eq!(projected.as_object().map(|m| m.len()), Some(20));
+        assert_eq!(projected["k19"], json!({"v": 19}));
     }
 
     #[test]
