@@ -188,5 +188,45 @@ fn bench_transform(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_evaluate, bench_transform);
+/// One route whose filter reads the payload, as ingest meets it: the payload still JSON text.
+/// Parsing the whole tree first (what ingest did before) against the one-pass projection.
+fn bench_payload_condition(c: &mut Criterion) {
+    let route: EventRoute = serde_json::from_value(
+        json!({"id": "pr", "name": "pr", "targetAgents": ["agent-0"],
+        "sourceFilters": [{"action": "include", "conditions": [
+            {"field": "payload.pull_request.number", "operator": "gt", "value": 0}]}]}),
+    )
+    .expect("route");
+    let rules = RuleSet::build(&[], &[route], &agents(), RuleOptions::default()).expect("builds");
+    let full = event();
+    let text = serde_json::to_vec(&full["payload"]).expect("payload");
+    let mut deferred = full.clone();
+    deferred["payload"] = Value::Null;
+    let (check, parsed) = rules.evaluate_deferred(&mut deferred.clone(), &text);
+    assert!(check.routed() && !parsed);
+
+    c.bench_function(
+        "evaluate/payload condition/parse the tree, then evaluate",
+        |b| {
+            b.iter(|| {
+                let mut e = deferred.clone();
+                e["payload"] = serde_json::from_slice(black_box(&text)).expect("JSON");
+                black_box(rules.evaluate(&mut e))
+            })
+        },
+    );
+    c.bench_function("evaluate/payload condition/projection of the text", |b| {
+        b.iter(|| {
+            let mut e = deferred.clone();
+            black_box(rules.evaluate_deferred(&mut e, black_box(&text)))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_evaluate,
+    bench_transform,
+    bench_payload_condition
+);
 criterion_main!(benches);

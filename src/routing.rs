@@ -90,17 +90,19 @@ impl Rules {
 
     /// Filters and routes an event against the current rule set.
     pub fn plan(&self, head: &EventHeader, event: &mut Value, body: &Bytes) -> Plan {
-        self.plan_with(&self.compiled.load(), head, event, body)
+        self.plan_with(&self.compiled.load(), head, event, body, None)
     }
 
     /// Filters and routes an event against `compiled` (a rule set the caller already consulted,
-    /// such as ingest deciding whether the event needs its payload parsed).
+    /// such as ingest deciding whether it runs jq programs). `payload_text`: the payload's JSON
+    /// text when `event`'s `payload` is left `null` (see `RuleSet::evaluate_deferred`).
     pub fn plan_with(
         &self,
         compiled: &Compiled,
         head: &EventHeader,
         event: &mut Value,
         body: &Bytes,
+        payload_text: Option<&[u8]>,
     ) -> Plan {
         plan(
             &compiled.rules,
@@ -108,6 +110,7 @@ impl Rules {
             head,
             event,
             body,
+            payload_text,
             &self.default_policy,
         )
     }
@@ -347,6 +350,9 @@ fn key_value(path: &crate::rules::FieldPath, event: &Value, as_is: &[u8]) -> Opt
 /// What routing decided for one event.
 pub struct Plan {
     pub processed: bool,
+    /// The event's deferred payload was parsed into its `payload` on the way (a jq program ran
+    /// on it).
+    pub payload_parsed: bool,
     /// At least one agent will receive the event (push or stream).
     pub routed: bool,
     /// Rows committed with the event.
@@ -362,16 +368,21 @@ pub struct Plan {
 }
 
 /// Evaluates the rules on an event and builds its deliveries. `event_body` is the archived
-/// event (before any transformation); `default_policy` applies to routes without one.
+/// event (before any transformation); `payload_text` the payload's JSON text when `event`'s
+/// `payload` was left unparsed; `default_policy` applies to routes without one.
 pub fn plan(
     rules: &RuleSet,
     targets: &Targets,
     head: &EventHeader,
     event: &mut Value,
     event_body: &Bytes,
+    payload_text: Option<&[u8]>,
     default_policy: &Arc<RetryPolicy>,
 ) -> Plan {
-    let eval = rules.evaluate(event);
+    let (eval, payload_parsed) = match payload_text {
+        Some(text) => rules.evaluate_deferred(event, text),
+        None => (rules.evaluate(event), false),
+    };
     for fe in &eval.filter_errors {
         tracing::warn!(event_id = %head.id, filter = %fe.filter_id, error = %fe.error, "transform filter failed; skipped");
     }
@@ -384,6 +395,7 @@ pub fn plan(
     };
     let mut plan = Plan {
         processed: eval.processed,
+        payload_parsed,
         routed: eval.routed(),
         deliveries: Vec::with_capacity(eval.deliveries.len()),
         streamed: Vec::new(),

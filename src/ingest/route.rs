@@ -37,25 +37,24 @@ pub async fn route(
     let (text, payload_span) =
         event::serialize_event_spliced(&event, raw_json.then_some(&bytes[..]));
     let body = Bytes::from(text);
-    // The rules that route this event: loaded once, so that the payload decision below and the
-    // evaluation see the same rule set.
+    // The rules that route this event: loaded once, so that the decision to run them off the
+    // async workers and the evaluation see the same rule set.
     let compiled = rules.current_full();
-    // The payload tree is built only for rules that read it (conditions on `payload.…`, jq
-    // programs) and for live streams whose filters read it (a stream's message is the stored
-    // text either way). A filter opened after this check still gets it: publishing
-    // materializes a deferred payload when a filter reads it.
-    if payload_deferred
-        && (compiled.rules.reads_payload(&head.source, &head.event_type) || hub.needs_payload())
-    {
+    // The payload tree is built for live streams whose filters read it (a stream's message is
+    // the stored text either way). A filter opened after this check still gets it: publishing
+    // materializes a deferred payload when a filter reads it. The rules read a deferred payload
+    // from its text, and parse it whole only to run a jq program on it.
+    if payload_deferred && hub.needs_payload() {
         event::materialize_payload(&mut event, &bytes);
         payload_deferred = false;
     }
     // jq programs may run up to their time budget: keep them off the async workers.
     let plan = if compiled.rules.has_transforms() {
         let (rules, head, body) = (rules.clone(), head.clone(), body.clone());
+        let text = payload_deferred.then(|| bytes.clone());
         let (plan, ev) = tokio::task::spawn_blocking(move || {
             let mut ev = event;
-            let plan = rules.plan_with(&compiled, &head, &mut ev, &body);
+            let plan = rules.plan_with(&compiled, &head, &mut ev, &body, text.as_deref());
             (plan, ev)
         })
         .await
@@ -66,8 +65,12 @@ pub async fn route(
         event = ev;
         plan
     } else {
-        rules.plan_with(&compiled, head, &mut event, &body)
+        let text = payload_deferred.then_some(&bytes[..]);
+        rules.plan_with(&compiled, head, &mut event, &body, text)
     };
+    if plan.payload_parsed {
+        payload_deferred = false;
+    }
     // A payload still deferred is published from its text inside `body`, not from the request
     // body: that is a slice of the connection's read buffer, which would stay pinned until the
     // event is published (behind every earlier event still committing).

@@ -5,6 +5,7 @@
 //!   snake_case aliases for the config file).
 //! - [`validate`]: parse + validate with errors naming the field.
 //! - [`path`], [`condition`]: dot paths and operators, compiled once.
+//! - [`projection`]: the parts of a payload's JSON text that conditions read, in one pass.
 //! - [`transform`]: jq programs (jaq) and their time-budgeted workers.
 //! - [`ruleset`]: the immutable compiled rules and `evaluate`.
 //! - [`subscription`]: stream `filters=` narrowing.
@@ -13,6 +14,7 @@
 pub mod condition;
 pub mod model;
 pub mod path;
+pub mod projection;
 pub mod ruleset;
 pub mod stored;
 pub mod subscription;

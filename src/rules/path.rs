@@ -82,6 +82,11 @@ impl FieldPath {
         &self.raw
     }
 
+    /// Each segment's key, and its array index when the key is all digits.
+    pub(crate) fn segments(&self) -> impl Iterator<Item = (&str, Option<usize>)> {
+        self.segments.iter().map(|s| (&*s.key, s.index))
+    }
+
     /// Resolves the path in `root` and calls `test` on what it finds there:
     /// `Some(value)` for each value reached, `None` where the path is missing
     /// (absent key, index out of range, a scalar where a container was

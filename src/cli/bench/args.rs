@@ -79,6 +79,16 @@ pub struct BenchArgs {
     /// "Ordered and coalesced delivery").
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     pub ordering_keys: Option<u64>,
+    /// The route gets an include filter whose condition reads the payload
+    /// (`payload.pull_request.number gt 0`, true of every webhook sent), so that routing
+    /// looks into each event's payload.
+    #[arg(long)]
+    pub payload_condition: bool,
+    /// Routes in all: the bench route and N−1 more, for the same agent and evaluated before it
+    /// (higher priority), each with a payload condition that no webhook meets
+    /// (`payload.pull_request.title equals "no such title <i>"`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub routes: u32,
 }
 
 /// `--deliver`: how the events reach the tool.

@@ -89,7 +89,35 @@ pub(super) async fn measure_router(
     if args.ordering_keys.is_some() {
         route["ordering"] = json!({ "key": "payload.pull_request.number" });
     }
+    if args.payload_condition {
+        route["sourceFilters"] = json!([{
+            "action": "include",
+            "conditions": [{"field": "payload.pull_request.number", "operator": "gt", "value": 0}],
+        }]);
+    }
     admin.create("/admin/routes", route).await?;
+    let extra_routes: Vec<String> = (1..args.routes)
+        .map(|i| format!("{route_id}-never-{i:05}"))
+        .collect();
+    for (i, id) in extra_routes.iter().enumerate() {
+        admin
+            .create(
+                "/admin/routes",
+                json!({
+                    "id": id,
+                    "name": "bench route that never matches",
+                    "sourceFilters": [{
+                        "action": "include",
+                        "conditions": [{"field": "payload.pull_request.title", "operator": "equals",
+                                        "value": format!("no such title {i}")}],
+                    }],
+                    "targetAgents": [agent_id],
+                    "priority": 1,
+                    "enabled": true,
+                }),
+            )
+            .await?;
+    }
 
     // `--deliver sse`: the stream is open (so every event from now on reaches it live) before
     // the first webhook is sent.
@@ -115,7 +143,9 @@ pub(super) async fn measure_router(
         };
         if let Some(failed) = failed {
             if args.router.is_some() {
-                admin.remove_bench(&route_id, &agent_id).await;
+                admin
+                    .remove_bench(&route_id, &extra_routes, &agent_id)
+                    .await;
             }
             bail!(failed);
         }
@@ -278,7 +308,9 @@ pub(super) async fn measure_router(
         + (receiver.capacity() + acked.capacity()) * (entry + 1)) as u64;
 
     if args.router.is_some() {
-        admin.remove_bench(&route_id, &agent_id).await;
+        admin
+            .remove_bench(&route_id, &extra_routes, &agent_id)
+            .await;
     }
     let peak = Some(peak_rss.load(Ordering::Acquire)).filter(|&p| p > 0);
     Ok(Measured {
@@ -316,8 +348,11 @@ impl Admin {
     }
 
     /// Leaves an external router as the run found it (its archive keeps the events).
-    async fn remove_bench(&self, route_id: &str, agent_id: &str) {
+    async fn remove_bench(&self, route_id: &str, extra_routes: &[String], agent_id: &str) {
         self.delete(&format!("/admin/routes/{route_id}")).await;
+        for id in extra_routes {
+            self.delete(&format!("/admin/routes/{id}")).await;
+        }
         self.delete(&format!("/admin/agents/{agent_id}")).await;
     }
 

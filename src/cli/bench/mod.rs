@@ -298,6 +298,8 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
             backlog: args.backlog,
             deliver: args.deliver,
             ordering_keys: args.ordering_keys,
+            payload_condition: args.payload_condition,
+            routes: args.routes,
         },
         baseline,
         ingest,

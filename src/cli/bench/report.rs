@@ -54,6 +54,10 @@ pub struct Settings {
     /// `--ordering-keys`: deliveries ordered per key over this many keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ordering_keys: Option<u64>,
+    /// `--payload-condition`: the route's filter reads the payload.
+    pub payload_condition: bool,
+    /// `--routes`: routes in all.
+    pub routes: u32,
 }
 
 /// One load phase (the baseline, or ingest into the router).
