@@ -82,13 +82,12 @@ pub(super) async fn measure_router(
         agent["apiKey"] = json!(stream_key);
     }
     if args.deliver == DeliverVia::Pull {
+        // Consumers take deliveries at their own pace: no timeout, concurrency or pacing.
         agent["mode"] = json!("pull");
-        agent.as_object_mut().map(|a| a.remove("timeoutMs"));
-        // Enough for every consumer's whole batch, should the router count leases against it.
-        agent["maxConcurrency"] = json!(
-            args.agent_concurrency
-                .max(args.consumers.saturating_mul(args.pull_batch))
-        );
+        if let Some(a) = agent.as_object_mut() {
+            a.remove("timeoutMs");
+            a.remove("maxConcurrency");
+        }
     }
     admin.create("/admin/agents", agent).await?;
     let mut route = json!({
