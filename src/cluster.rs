@@ -98,6 +98,7 @@ pub async fn start(state: &Node) -> anyhow::Result<()> {
                     Notice::Events { ids, .. } => publish_remote(&s, ids).await,
                     Notice::Wake => wake.notify_one(),
                     Notice::Erased { ids } => s.queue.cancel_events(ids).await,
+                    Notice::Taken { ids } => s.queue.taken(ids),
                     Notice::Breaker { agent, open_until } => {
                         s.queue.remote_breaker(&agent, open_until)
                     }

@@ -258,6 +258,21 @@ pub async fn load(store: &dyn Store, opts: RuleOptions) -> Result<Compiled, Stor
 /// The delivery target of an agent with a `url`; `None` for stream-only agents. `defaults`:
 /// the server's circuit breaker settings, under the agent's own.
 pub fn target(a: &Agent, defaults: &CircuitBreaker) -> Result<Option<AgentTarget>, String> {
+    if a.is_pull() {
+        let secret = a.secret.as_deref().ok_or("no signing secret")?;
+        return Ok(Some(AgentTarget {
+            id: Arc::from(a.id.as_str()),
+            uri: http::Uri::from_static("/"),
+            signer: StandardSigner::from_secret(secret).map_err(|e| format!("secret: {e}"))?,
+            headers: HeaderMap::new(),
+            timeout: Duration::from_millis(a.timeout_ms.max(1)),
+            max_concurrency: usize::MAX,
+            pacing: None,
+            enabled: a.enabled,
+            breaker: breaker_policy(a.circuit_breaker.as_ref(), defaults),
+            pull: true,
+        }));
+    }
     let Some(url) = &a.url else {
         return Ok(None);
     };
@@ -285,6 +300,7 @@ pub fn target(a: &Agent, defaults: &CircuitBreaker) -> Result<Option<AgentTarget
         }),
         enabled: a.enabled,
         breaker: breaker_policy(a.circuit_breaker.as_ref(), defaults),
+        pull: false,
     }))
 }
 

@@ -57,6 +57,9 @@ pub mod m {
     pub const RETRIES: &str = "retries";
     pub const DELIVERED: &str = "delivered";
     pub const DEAD: &str = "dead";
+    /// Pull agents' deliveries leased to a consumer, and those acknowledged.
+    pub const LEASED: &str = "leased";
+    pub const ACKED: &str = "acked";
     pub const LATENCY_SUM_MS: &str = "latency_sum_ms";
     pub const LATENCY_COUNT: &str = "latency_count";
     /// Attempt durations (request sent → answer read, or the failure), in µs, summed…
@@ -432,6 +435,20 @@ impl Analytics {
             handles.outcome(agent, outcome).increment(1);
             handles.attempt_seconds.record(took.as_secs_f64());
         }
+    }
+
+    /// A pull agent's consumer leased `n` deliveries.
+    pub fn leased(&self, agent: &str, n: usize) {
+        let a = agent_dim(agent);
+        self.add(&[ALL, a.as_str()], m::LEASED, n as i64);
+        metrics::counter!("deliveries_leased_total", "agent" => agent.to_string())
+            .increment(n as u64);
+    }
+
+    /// A pull agent's consumer acknowledged a delivery (also counted as a delivered attempt).
+    pub fn acked(&self, agent: &str) {
+        let a = agent_dim(agent);
+        self.add(&[ALL, a.as_str()], m::ACKED, 1);
     }
 
     /// A delivery was dead-lettered without an attempt (its agent is gone).

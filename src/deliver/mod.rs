@@ -65,6 +65,9 @@ pub struct AgentTarget {
     pub enabled: bool,
     /// The agent's circuit breaker, its settings over the server's defaults.
     pub breaker: BreakerPolicy,
+    /// A pull agent: its deliveries are leased to consumers that poll (`uri`, `signer` and
+    /// `headers` are unused).
+    pub pull: bool,
 }
 
 /// An agent's circuit breaker settings, every one resolved (see `rules::model::CircuitBreaker`).
@@ -520,6 +523,7 @@ mod tests {
             pacing: None,
             enabled: true,
             breaker: BreakerPolicy::default(),
+            pull: false,
         }
     }
 

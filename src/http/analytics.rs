@@ -65,6 +65,8 @@ impl Sums {
             "retried": self.get(m::RETRIES),
             "deadLettered": self.get(m::DEAD),
             "averageLatency": self.avg(m::LATENCY_SUM_MS, m::LATENCY_COUNT, 1.0),
+            "leased": self.get(m::LEASED),
+            "acked": self.get(m::ACKED),
         })
     }
 

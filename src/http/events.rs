@@ -515,7 +515,7 @@ pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
 pub const TEST_ROUTE: &str = "dashboard-test";
 
 /// `POST /admin/agents/{id}/test`: archives a small event (source `router`, type `agent.test`)
-/// with one delivery to this push agent, made at once and attempted once (no retries), outside
+/// with one delivery to this push (or pull) agent, made at once and attempted once (no retries), outside
 /// the routes. Answers `200 {"eventId", "deliveryId"}`; its outcome is that event's delivery.
 pub async fn test_agent(
     State(app): State<AppState>,
@@ -528,9 +528,10 @@ pub async fn test_agent(
         .agent(&agent_id)
         .cloned()
         .ok_or_else(|| ApiError::not_found("No agent with that id"))?;
-    if agent.url.is_none() {
+    if agent.url.is_none() && !agent.is_pull() {
         return Err(ApiError::conflict(
-            "The agent has no url: it receives events by streaming, and a test event is pushed",
+            "The agent has no url: it receives events by streaming, and a test event is pushed \
+             (or leased, to a pull agent)",
         ));
     }
     let (id, timestamp) = crate::event::new_event_id();
@@ -595,6 +596,7 @@ pub async fn test_agent(
             sequencing: Default::default(),
             superseded: Default::default(),
             trace_context: None,
+            lease_consumer: None,
         }],
         app.rules.default_policy(),
     );

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod analytics;
 pub mod audit;
 pub mod auth;
+pub mod consumers;
 pub mod dashboard;
 pub mod deadlines;
 pub mod error;
@@ -110,6 +111,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(analytics::prometheus))
         .route("/stream/ws", get(streams::ws))
+        .route("/agents/{id}/deliveries", get(consumers::poll))
+        .route("/agents/{id}/deliveries/ack", post(consumers::ack))
+        .route("/agents/{id}/deliveries/nack", post(consumers::nack))
+        .route("/agents/{id}/deliveries/extend", post(consumers::extend))
         .route("/stream/sse", get(streams::sse))
         .merge(admin)
         .merge(dashboard::router())

@@ -128,6 +128,8 @@ pub async fn stats(State(app): State<AppState>) -> ApiResult<Json<Value>> {
         "pending": snap.pending,
         "inFlight": snap.in_flight,
         "scheduled": snap.scheduled,
+        "leased": snap.leased,
+        "acked": snap.acked,
         "deadLettered": finished.dead,
         "delivered": finished.delivered,
         "superseded": finished.superseded,

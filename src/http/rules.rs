@@ -57,6 +57,7 @@ async fn list_kind(app: &AppState, kind: RuleKind) -> ApiResult<Json<Value>> {
         }
         if kind == RuleKind::Agent {
             add_health(app, &mut v);
+            add_consumers(app, &mut v).await;
         }
         items.push(v);
     }
@@ -78,6 +79,7 @@ async fn get_kind(app: &AppState, kind: RuleKind, id: String) -> ApiResult<Json<
     }
     if kind == RuleKind::Agent {
         add_health(app, &mut v);
+        add_consumers(app, &mut v).await;
     }
     Ok(Json(v))
 }
@@ -94,6 +96,20 @@ fn add_health(app: &AppState, agent: &mut Value) {
     m.insert(
         "health".into(),
         serde_json::to_value(health).unwrap_or(Value::Null),
+    );
+}
+
+/// A pull agent's consumers as this node's scheduler knows them: name, leases held, last poll.
+async fn add_consumers(app: &AppState, agent: &mut Value) {
+    let Value::Object(m) = agent else { return };
+    if m.get("mode").and_then(Value::as_str) != Some("pull") {
+        return;
+    }
+    let id = m.get("id").and_then(Value::as_str).unwrap_or_default();
+    let consumers = app.queue.consumers(id).await;
+    m.insert(
+        "consumers".into(),
+        serde_json::to_value(consumers).unwrap_or(Value::Null),
     );
 }
 
@@ -290,8 +306,9 @@ async fn save_agent(app: &AppState, body: &[u8], mode: PutMode) -> ApiResult<Res
     // and sent again as it was is accepted. (Such a body is re-encoded, so the line and column
     // of a later error are of the re-encoded text.)
     let stripped = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(mut m)) if m.contains_key("health") => {
+        Ok(Value::Object(mut m)) if m.contains_key("health") || m.contains_key("consumers") => {
             m.remove("health");
+            m.remove("consumers");
             Some(Value::Object(m).to_string().into_bytes())
         }
         _ => None,

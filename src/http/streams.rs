@@ -451,6 +451,15 @@ pub async fn ws(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    match param(&query_pairs(&raw), "mode") {
+        None | Some("stream") => {}
+        Some("consume") => {
+            return super::consumers::ws_consume(app, peer, raw, headers, upgrade).await;
+        }
+        Some(_) => {
+            return ApiError::bad_request("mode must be stream or consume").into_response();
+        }
+    }
     let opened = match open(&app, peer, &raw, &headers, false).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),

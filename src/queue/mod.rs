@@ -8,6 +8,7 @@
 
 pub mod breaker;
 pub mod policy;
+pub mod pull;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -35,6 +36,7 @@ use crate::store::{
 use crate::telemetry::trace;
 use breaker::{Admission, Breaker, Transition};
 use policy::RetryPolicy;
+pub use pull::{ConsumerInfo, Leased, Settle, Settled};
 
 /// An agent's health as `GET /admin/agents/{id}` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -249,6 +251,12 @@ pub struct QueueSnapshot {
     pub pending: u64,
     pub in_flight: u64,
     pub scheduled: u64,
+    /// Pull agents' deliveries leased to consumers.
+    #[serde(default)]
+    pub leased: u64,
+    /// Pull agents' deliveries acknowledged since the node started.
+    #[serde(default)]
+    pub acked: u64,
     pub oldest_pending_age_ms: u64,
     pub by_priority: BTreeMap<String, u64>,
     pub by_agent: BTreeMap<String, AgentQueue>,
@@ -260,6 +268,8 @@ pub struct AgentQueue {
     pub pending: u64,
     pub in_flight: u64,
     pub scheduled: u64,
+    #[serde(default)]
+    pub leased: u64,
 }
 
 impl QueueSnapshot {
@@ -268,6 +278,8 @@ impl QueueSnapshot {
         self.pending += other.pending;
         self.in_flight += other.in_flight;
         self.scheduled += other.scheduled;
+        self.leased += other.leased;
+        self.acked += other.acked;
         self.oldest_pending_age_ms = self.oldest_pending_age_ms.max(other.oldest_pending_age_ms);
         for (p, n) in &other.by_priority {
             *self.by_priority.entry(p.clone()).or_default() += n;
@@ -277,6 +289,7 @@ impl QueueSnapshot {
             mine.pending += q.pending;
             mine.in_flight += q.in_flight;
             mine.scheduled += q.scheduled;
+            mine.leased += q.leased;
         }
     }
 }
@@ -310,6 +323,15 @@ enum Msg {
     /// The dead letters that still hold their keys (after a retention purge): keys held by
     /// any other move on.
     HeldNow(std::collections::HashSet<Uuid>),
+    /// A consumer of a pull agent polls.
+    Poll(Arc<str>, pull::Waiter),
+    /// The lease writer's answer to a grant.
+    Granted(Box<pull::Grant>),
+    /// A consumer settles leases.
+    Settle(Arc<str>, Vec<Uuid>, Settle, oneshot::Sender<Settled>),
+    Consumers(Arc<str>, oneshot::Sender<Vec<ConsumerInfo>>),
+    /// Another node took these pull deliveries.
+    Taken(Vec<Uuid>),
 }
 
 /// What a claim on an ordering key gave (several nodes).
@@ -329,6 +351,8 @@ enum Record {
     /// delivery.
     Attempt(AttemptUpdate, Option<KeyRelease>),
     Supersede(Supersession),
+    /// Answered once everything recorded before it is committed.
+    Notify(oneshot::Sender<Result<(), String>>),
 }
 
 /// An ordered delivery that ended (delivered, dead): its key moves on once that is committed.
@@ -610,6 +634,8 @@ struct Lane {
     held_disabled: bool,
     /// `Signal::Disable` was sent for the current failure streak.
     disable_sent: bool,
+    /// A pull agent's polls and leases.
+    pull: pull::PullLane,
 }
 
 struct Dispatcher {
@@ -650,6 +676,14 @@ struct Dispatcher {
     cancelled: HashMap<Uuid, i64>,
     health: Arc<std::sync::Mutex<HashMap<Arc<str>, AgentHealth>>>,
     signals: mpsc::UnboundedSender<Signal>,
+    /// Makes pull agents' leases durable; `None` once stopping.
+    leaser: Option<mpsc::UnboundedSender<pull::LeaseTask>>,
+    /// When leases run out: (when, delivery, agent); stale entries are skipped.
+    lease_timers: BinaryHeap<Reverse<(i64, Uuid, Arc<str>)>>,
+    /// When waiting polls end: (when, agent).
+    poll_timers: BinaryHeap<Reverse<(i64, Arc<str>)>>,
+    /// Acks since start (`/queue/stats`).
+    acked: u64,
 }
 
 /// Everything `start` needs.
@@ -715,14 +749,32 @@ pub async fn start(
     let (rec_tx, rec_rx) = mpsc::unbounded_channel();
     let unfinished = Arc::new(AtomicI64::new(0));
     let pending = store.unfinished_deliveries(cfg.body_budget).await?;
-    let reloaded: Vec<Job> = pending
-        .into_iter()
-        .map(|p| Job::from_pending(p, &cfg.default_policy))
-        .collect();
+    // Pull agents' deliveries the store has leased keep their leases until they run out.
+    let mut leases = Vec::new();
+    let reloaded: Vec<Job> = {
+        let pulls = targets.load();
+        pending
+            .into_iter()
+            .filter_map(|mut p| {
+                let consumer = p.lease_consumer.take();
+                let job = Job::from_pending(p, &cfg.default_policy);
+                match consumer {
+                    Some(c) if pulls.get(&job.agent_id).is_some_and(|t| t.pull) => {
+                        leases.push((job, c));
+                        None
+                    }
+                    _ => Some(job),
+                }
+            })
+            .collect()
+    };
     if !reloaded.is_empty() {
         tracing::info!(count = reloaded.len(), "reloaded unfinished deliveries");
     }
-    unfinished.store(reloaded.len() as i64, AtomicOrdering::Release);
+    unfinished.store(
+        (reloaded.len() + leases.len()) as i64,
+        AtomicOrdering::Release,
+    );
     let health = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let (signals, signals_rx) = mpsc::unbounded_channel();
     let queue = Queue {
@@ -754,6 +806,8 @@ pub async fn start(
     let (load_tx, load_rx) = mpsc::unbounded_channel();
     ctx.attempts
         .spawn(load_loop(store.clone(), ctx.clone(), load_rx));
+    let (lease_tx, lease_rx) = mpsc::unbounded_channel();
+    tokio::spawn(pull::lease_loop(store.clone(), lease_rx, tx.clone()));
     let mut d = Dispatcher {
         rx,
         lanes: HashMap::new(),
@@ -779,10 +833,17 @@ pub async fn start(
         floor_blocked: Vec::new(),
         ordering_seen: false,
         claimer,
+        leaser: Some(lease_tx),
+        lease_timers: BinaryHeap::new(),
+        poll_timers: BinaryHeap::new(),
+        acked: 0,
     };
     for h in held {
         let lane = d.lanes.entry(Arc::from(h.agent_id)).or_default();
         lane.keys.entry(Arc::from(h.key)).or_default().held = Some((h.delivery_id, h.event_id));
+    }
+    for (job, consumer) in leases {
+        d.restore_lease(job, consumer);
     }
     d.add(reloaded);
     let dispatcher = tokio::spawn(async move { d.run(shutdown).await });
@@ -834,6 +895,7 @@ async fn record_loop(
         let mut updates = Vec::with_capacity(records.len());
         let mut steps = Vec::new();
         let mut releases = Vec::new();
+        let mut notify = 0;
         for r in &records {
             match r {
                 Record::Attempt(u, release) => {
@@ -841,8 +903,20 @@ async fn record_loop(
                     releases.extend(release.iter().cloned());
                 }
                 Record::Supersede(step) => steps.push(step.clone()),
+                Record::Notify(_) => notify += 1,
             }
         }
+        // Those waiting for the batch's commit: told once it is (or why not).
+        let tell = |records: &mut Vec<Record>, outcome: Result<(), String>| {
+            if notify == 0 {
+                return;
+            }
+            for r in records.drain(..) {
+                if let Record::Notify(tx) = r {
+                    let _ = tx.send(outcome.clone());
+                }
+            }
+        };
         // Supersessions first: a burst's carrier is never recorded delivered while what it
         // superseded still reads pending.
         let written = match store.supersede(steps).await {
@@ -856,6 +930,7 @@ async fn record_loop(
                 if !releases.is_empty() {
                     let _ = dispatcher.send(Msg::Released(releases));
                 }
+                tell(&mut records, Ok(()));
             }
             Err(crate::store::StoreError::Unavailable(e)) if open => {
                 tracing::warn!(
@@ -869,6 +944,7 @@ async fn record_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, outcomes = records.len(), "recording delivery outcomes failed");
+                tell(&mut records, Err(e.to_string()));
                 // The keys move on all the same: they would otherwise stay stuck until restart.
                 if !releases.is_empty() {
                     let _ = dispatcher.send(Msg::Released(releases));
@@ -952,6 +1028,7 @@ impl Dispatcher {
         // Hand back: whatever is queued stays pending in the store; in-flight attempts finish
         // (the loader too, once it has started the attempts it was handed).
         self.loader = None;
+        self.leaser = None;
         self.ctx.attempts.close();
         let drain = async {
             loop {
@@ -979,7 +1056,9 @@ impl Dispatcher {
         let t = self.timers.peek().map(|Reverse(t)| t.due);
         let w = self.wakeups.peek().map(|Reverse((at, _))| *at);
         let k = self.key_wakeups.peek().map(|Reverse((at, _, _))| *at);
-        [t, w, k].into_iter().flatten().min()
+        let l = self.lease_timers.peek().map(|Reverse((at, _, _))| *at);
+        let p = self.poll_timers.peek().map(|Reverse((at, _))| *at);
+        [t, w, k, l, p].into_iter().flatten().min()
     }
 
     /// Reads ingest's floor, then handles everything already sent: whatever ingest handed over
@@ -1115,6 +1194,13 @@ impl Dispatcher {
                     self.pump(&a);
                 }
             }
+            Msg::Poll(agent, waiter) => self.on_poll(agent, waiter),
+            Msg::Granted(grant) => self.on_granted(*grant),
+            Msg::Settle(agent, ids, op, reply) => self.on_settle(agent, ids, op, reply),
+            Msg::Consumers(agent, reply) => {
+                let _ = reply.send(self.consumers(&agent));
+            }
+            Msg::Taken(ids) => self.taken(ids),
             Msg::DeadRemoved(id) => self.unhold_keys(|d| d == id),
             Msg::HeldNow(held) => self.unhold_keys(|d| !held.contains(&d)),
             Msg::Requeue(mut jobs) => {
@@ -1224,6 +1310,7 @@ impl Dispatcher {
             self.unhold(job);
             self.superseded.remove(&job.delivery_id);
         }
+        self.cancel_leases(&ids);
         for (agent, key) in keys {
             self.advance(&agent, &key);
             self.pump(&agent);
@@ -1552,6 +1639,7 @@ impl Dispatcher {
                 job: t.job,
             });
         }
+        self.expire_leases(now, &mut touched);
         while self
             .key_wakeups
             .peek()
@@ -1627,6 +1715,12 @@ impl Dispatcher {
         if !target.enabled {
             // Held, not dropped: a disabled agent's deliveries wait until it is enabled again.
             lane.held_disabled = true;
+            return;
+        }
+        if target.pull {
+            // Consumers pull at their own pace: no breaker, concurrency or pacing applies.
+            lane.held_disabled = false;
+            self.serve(agent);
             return;
         }
         let now = now_ms();
@@ -1753,7 +1847,7 @@ impl Dispatcher {
         }
         // The agent's answer counts for its breaker whatever becomes of the delivery (a probe
         // whose event was erased meanwhile still decides the breaker).
-        let probe = self.breaker_outcome(&job, &result);
+        let probe = !self.is_pull(&job.agent_id) && self.breaker_outcome(&job, &result);
         if self.cancelled.contains_key(&job.event_id) {
             // Its event was erased while the attempt ran: the outcome goes in the attempt log
             // (the store keeps the delivery `cancelled`), and nothing follows it.
@@ -1982,21 +2076,24 @@ impl Dispatcher {
                 pending: (lane.ready.len() + waiting) as u64,
                 in_flight: lane.in_flight as u64,
                 scheduled: lane.scheduled as u64,
+                leased: Dispatcher::leased(lane) as u64,
             };
             s.pending += a.pending;
             s.in_flight += a.in_flight;
             s.scheduled += a.scheduled;
+            s.leased += a.leased;
             for r in lane.ready.iter() {
                 oldest = oldest.min(r.job.created_at);
                 *s.by_priority.entry(r.priority.to_string()).or_default() += 1;
             }
-            if a.pending + a.in_flight + a.scheduled > 0 {
+            if a.pending + a.in_flight + a.scheduled + a.leased > 0 {
                 s.by_agent.insert(agent.to_string(), a);
             }
         }
         for Reverse(t) in self.timers.iter() {
             *s.by_priority.entry(t.job.priority.to_string()).or_default() += 1;
         }
+        s.acked = self.acked;
         if oldest != i64::MAX {
             s.oldest_pending_age_ms = (now - oldest).max(0) as u64;
         }

@@ -21,8 +21,8 @@ pub mod validate;
 
 pub use condition::Condition;
 pub use model::{
-    Agent, AgentRateLimit, BackoffStrategy, EventFilter, EventRoute, EventTransformation,
-    FilterAction, FilterCondition, Operator, RetryPolicy, TransformationType,
+    Agent, AgentMode, AgentRateLimit, BackoffStrategy, EventFilter, EventRoute,
+    EventTransformation, FilterAction, FilterCondition, Operator, RetryPolicy, TransformationType,
 };
 pub use path::FieldPath;
 pub use ruleset::{

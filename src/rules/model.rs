@@ -297,9 +297,13 @@ pub struct Agent {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Push deliveries here; absent = stream only.
+    /// Push deliveries here; absent = stream only (or pull, with `mode`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// How deliveries reach the agent: pushed to `url`, or leased to consumers that poll
+    /// (docs/consumers.md). Absent: push when there is a `url`, else stream only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AgentMode>,
     /// Standard Webhooks signing secret; the server generates one if absent.
     /// Returned to the admin (agents need it to verify signatures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -379,6 +383,7 @@ impl fmt::Debug for Agent {
             .field("name", &self.name)
             .field("description", &self.description)
             .field("url", &self.url)
+            .field("mode", &self.mode)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
@@ -387,6 +392,23 @@ impl fmt::Debug for Agent {
             .field("rate_limit", &self.rate_limit)
             .field("enabled", &self.enabled)
             .finish()
+    }
+}
+
+/// How an agent's deliveries reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// Posted to the agent's `url`.
+    Push,
+    /// Leased to the agent's consumers (`GET /agents/{id}/deliveries`).
+    Pull,
+}
+
+impl Agent {
+    /// The agent's deliveries are leased to consumers rather than posted.
+    pub fn is_pull(&self) -> bool {
+        self.mode == Some(AgentMode::Pull)
     }
 }
 

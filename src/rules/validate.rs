@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use super::condition::Condition;
 use super::model::{
-    Agent, CircuitBreaker, EventFilter, EventRoute, EventTransformation, FilterAction, RetryPolicy,
+    Agent, AgentMode, CircuitBreaker, EventFilter, EventRoute, EventTransformation, FilterAction,
+    RetryPolicy,
 };
 use super::path::FieldPath;
 use super::transform;
@@ -386,6 +387,16 @@ pub fn check_agent(agent: &Agent) -> Vec<ValidationError> {
         && let Err(m) = check_http_url(url)
     {
         out.push(ValidationError::new("url", m));
+    }
+    match (agent.mode, &agent.url) {
+        (Some(AgentMode::Push), None) => {
+            out.push(ValidationError::new("url", "a push agent needs a url"));
+        }
+        (Some(AgentMode::Pull), Some(_)) => out.push(ValidationError::new(
+            "mode",
+            "a pull agent has no url: its consumers poll for deliveries",
+        )),
+        _ => {}
     }
     if let Some(secret) = &agent.secret
         && let Err(m) = check_token(secret)

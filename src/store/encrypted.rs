@@ -343,6 +343,10 @@ impl DeliveryStore for EncryptedStore {
     async fn held_keys(&self) -> Result<Vec<HeldKey>> {
         self.inner.held_keys().await
     }
+
+    async fn lease_deliveries(&self, leases: Vec<crate::store::LeaseWrite>) -> Result<Vec<Uuid>> {
+        self.inner.lease_deliveries(leases).await
+    }
 }
 
 #[async_trait]
@@ -436,6 +440,14 @@ impl super::ClusterStore for EncryptedStore {
     async fn take_over(&self, limit: usize) -> Result<Vec<PendingDelivery>> {
         self.inner
             .take_over(limit)
+            .await?
+            .into_iter()
+            .map(|p| self.open_pending(p))
+            .collect()
+    }
+    async fn take_pull(&self, agent: &str, limit: usize) -> Result<Vec<PendingDelivery>> {
+        self.inner
+            .take_pull(agent, limit)
             .await?
             .into_iter()
             .map(|p| self.open_pending(p))

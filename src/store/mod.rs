@@ -481,6 +481,21 @@ pub struct PendingDelivery {
     pub sequencing: Sequencing,
     /// What it superseded, if it carries a burst.
     pub superseded: Option<SupersededInfo>,
+    /// The consumer holding its lease (a pull agent's delivery `in_flight`; the lease runs
+    /// until `next_attempt_at`).
+    pub lease_consumer: Option<String>,
+}
+
+/// A lease of a pull agent's delivery to a consumer, written before the consumer gets it (and
+/// again when it is extended).
+#[derive(Debug, Clone)]
+pub struct LeaseWrite {
+    pub delivery_id: Uuid,
+    /// The attempt the lease is.
+    pub attempt: u32,
+    /// When the lease runs out (ms).
+    pub expires_at: i64,
+    pub consumer: String,
 }
 
 /// The outcome of one attempt, written back in batches.
@@ -560,6 +575,12 @@ pub trait DeliveryStore: Send + Sync {
     async fn supersede(&self, steps: Vec<Supersession>) -> Result<()>;
     /// Dead letters that hold their ordering key.
     async fn held_keys(&self) -> Result<Vec<HeldKey>>;
+    /// Leases (or extends the leases of) pull agents' deliveries, in one transaction: each
+    /// becomes `in_flight` with the lease's expiry as `next_attempt_at` and the consumer's
+    /// name, if it is still unfinished and (several nodes) still this node's. Returns the ids
+    /// leased; the others ended or went to another node meanwhile. An outcome recorded later
+    /// (`record_attempts`) ends the lease.
+    async fn lease_deliveries(&self, leases: Vec<LeaseWrite>) -> Result<Vec<Uuid>>;
 }
 
 pub use crate::analytics::RollupDelta;
@@ -760,6 +781,8 @@ pub enum Notice {
     Wake,
     /// Another node erased these events: drop their deliveries held here.
     Erased { ids: Vec<Uuid> },
+    /// Another node took these pull deliveries (`take_pull`): drop them here.
+    Taken { ids: Vec<Uuid> },
     /// Another node's circuit breaker for `agent` opened until `open_until` (ms), or closed
     /// (`None`): every node's breaker follows.
     Breaker {
@@ -919,6 +942,13 @@ pub trait ClusterStore: Send + Sync {
     /// Settles leases whose node never gave them back, and forgets idle keys' counters.
     async fn rate_limit_upkeep(&self) -> Result<()> {
         Ok(())
+    }
+    /// Takes up to `limit` of a pull agent's deliveries that wait on other nodes (due, not
+    /// leased, without ordering or coalescing keys), making this node their owner, for a
+    /// consumer polling here; the nodes that held them are told (`Notice::Taken`). `FOR UPDATE
+    /// SKIP LOCKED`: each is taken by one node.
+    async fn take_pull(&self, _agent: &str, _limit: usize) -> Result<Vec<PendingDelivery>> {
+        Ok(Vec::new())
     }
     /// Tells the other nodes that this node's breaker for `agent` opened until `open_until`
     /// (ms), or closed (`None`): `Notice::Breaker`.

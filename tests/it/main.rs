@@ -15,6 +15,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod consumer_examples;
+mod consumers;
 mod crash;
 mod dashboard;
 mod delivery;

@@ -316,7 +316,7 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
                 open_until,
             })
         }
-        "e" | "x" => {
+        "e" | "x" | "t" => {
             let rest = payload.get(33..)?;
             if rest.len() % 32 != 0 {
                 return None;
@@ -327,10 +327,10 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
                         .and_then(|s| Uuid::try_parse(s).ok())
                 })
                 .collect::<Option<Vec<_>>>()?;
-            Some(if kind == "e" {
-                Notice::Events { node, ids }
-            } else {
-                Notice::Erased { ids }
+            Some(match kind {
+                "e" => Notice::Events { node, ids },
+                "t" => Notice::Taken { ids },
+                _ => Notice::Erased { ids },
             })
         }
         _ => None,
@@ -618,6 +618,46 @@ impl ClusterStore for PgStore {
                 "took over deliveries of a stopped node"
             );
         }
+        Ok(taken)
+    }
+
+    async fn take_pull(&self, agent: &str, limit: usize) -> Result<Vec<PendingDelivery>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let stmt = tx
+            .prepare_cached(&format!(
+                "WITH picked AS (
+                     SELECT d.id FROM deliveries d
+                     WHERE d.agent_id = $2 AND d.status IN ('pending', 'scheduled')
+                       AND d.owner IS DISTINCT FROM $1
+                       AND COALESCE(d.next_attempt_at, 0) <= $4
+                       AND d.ordering_key IS NULL AND d.coalesce_key IS NULL
+                     ORDER BY d.priority DESC, d.id LIMIT $3
+                     FOR UPDATE SKIP LOCKED
+                 ), upd AS (
+                     UPDATE deliveries d SET owner = $1 FROM picked WHERE d.id = picked.id
+                     RETURNING d.*
+                 )
+                 SELECT {} FROM upd d JOIN events e ON e.id = d.event_id
+                 ORDER BY d.id",
+                pending_select(None)
+            ))
+            .await?;
+        let now = crate::clock::now_ms();
+        let taken = tx
+            .query(&stmt, &[&self.node, &agent, &super::limit_of(limit), &now])
+            .await?
+            .iter()
+            .map(pending_row)
+            .collect::<Result<Vec<_>>>()?;
+        if !taken.is_empty() {
+            let ids: Vec<Uuid> = taken.iter().map(|p| p.id).collect();
+            for p in ids_payloads('t', self.node, &ids) {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &p])
+                    .await?;
+            }
+        }
+        tx.commit().await?;
         Ok(taken)
     }
 

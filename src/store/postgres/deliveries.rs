@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::{PgStore, UNFINISHED, cluster, limit_of, u32_of, utf8};
 use crate::store::{
     AttemptRecord, AttemptUpdate, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
-    FinishedCounts, FirstSuccess, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing,
-    SupersededInfo, Supersession, parse_detail,
+    FinishedCounts, FirstSuccess, HeldKey, LeaseWrite, NewDelivery, PendingDelivery, Result,
+    Sequencing, SupersededInfo, Supersession, parse_detail,
 };
 
 /// What a `PendingDelivery` needs, over `deliveries d JOIN events e`. With a `budget` (an
@@ -33,7 +33,8 @@ pub(super) fn pending_select(budget: Option<&str>) -> String {
         "d.id, d.event_id, d.agent_id, d.route_id, d.priority, d.attempts, d.retry_base,
          d.next_attempt_at, d.retry_policy, e.source, e.type, {body}, d.created_at,
          d.ordering_key, d.ordering_hold, d.coalesce_key, d.coalesce_window_ms,
-         d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since, d.trace_context"
+         d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since, d.trace_context,
+         d.lease_consumer"
     )
 }
 
@@ -53,6 +54,7 @@ pub(super) fn pending_row(r: &Row) -> Result<PendingDelivery> {
         body: r.get(11),
         created_at: r.get(12),
         trace_context: r.get(21),
+        lease_consumer: r.get(22),
         sequencing: Sequencing {
             ordering_key: r.get(13),
             ordering_hold: r.get(14),
@@ -435,7 +437,7 @@ impl DeliveryStore for PgStore {
                             THEN d.first_detail ELSE u.first_detail END,
                         first_response_body = CASE WHEN u.first_started_at IS NULL
                             THEN d.first_response_body ELSE u.first_response_body END,
-                        updated_at = $6
+                        updated_at = $6, lease_consumer = NULL
                  FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
                              $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::text[])
                       AS u(id, status, attempt, next_attempt_at, error,
@@ -454,6 +456,37 @@ impl DeliveryStore for PgStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn lease_deliveries(&self, leases: Vec<LeaseWrite>) -> Result<Vec<Uuid>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.delivery_id).collect();
+        let attempts: Vec<i64> = leases.iter().map(|l| i64::from(l.attempt)).collect();
+        let until: Vec<i64> = leases.iter().map(|l| l.expires_at).collect();
+        let consumers: Vec<&str> = leases.iter().map(|l| l.consumer.as_str()).collect();
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "UPDATE deliveries d SET status = 'in_flight',
+                        attempts = GREATEST(d.attempts, u.attempt),
+                        next_attempt_at = u.until, lease_consumer = u.consumer, updated_at = $5
+                 FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[])
+                      AS u(id, attempt, until, consumer)
+                 WHERE d.id = u.id AND d.owner = $6 AND d.status IN {UNFINISHED}
+                 RETURNING d.id"
+            ))
+            .await?;
+        let now = crate::clock::now_ms();
+        Ok(c.query(
+            &stmt,
+            &[&ids, &attempts, &until, &consumers, &now, &self.node],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
     }
 
     async fn unfinished_deliveries(&self, body_budget: usize) -> Result<Vec<PendingDelivery>> {

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_ordering.sql"),
     include_str!("migrations/0006_trace_context.sql"),
     include_str!("migrations/0007_attempt_detail.sql"),
+    include_str!("migrations/0008_leases.sql"),
 ];
 
 /// The advisory lock key under which nodes starting together migrate one at a time.

@@ -9,8 +9,8 @@ use super::{SqliteStore, uuid_col};
 use crate::store::packed::{Packed, Unpacked, unpacked_len};
 use crate::store::{
     AttemptRecord, AttemptUpdate, DeadFilter, DeliveryRecord, DeliveryStatus, DeliveryStore,
-    FinishedCounts, FirstSuccess, HeldKey, NewDelivery, PendingDelivery, Result, Sequencing,
-    SupersededInfo, Supersession, parse_detail,
+    FinishedCounts, FirstSuccess, HeldKey, LeaseWrite, NewDelivery, PendingDelivery, Result,
+    Sequencing, SupersededInfo, Supersession, parse_detail,
 };
 
 /// `pending_row`'s columns, of `deliveries d` joined to `events e`; the body column's
@@ -25,7 +25,8 @@ macro_rules! pending_columns {
              d.next_attempt_at, d.retry_policy, e.source, e.type, ",
             $body,
             ", d.created_at, d.ordering_key, d.ordering_hold, d.coalesce_key, d.coalesce_window_ms,
-             d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since, d.trace_context"
+             d.coalesce_max_wait_ms, d.superseded_count, d.superseded_ids, d.coalesce_since, d.trace_context,
+             d.lease_consumer"
         )
     };
 }
@@ -56,6 +57,7 @@ fn pending_row_without_body(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingDe
         body: None,
         created_at: r.get(12)?,
         trace_context: r.get(21)?,
+        lease_consumer: r.get(22)?,
         sequencing: Sequencing {
             ordering_key: r.get(13)?,
             ordering_hold: r.get(14)?,
@@ -269,14 +271,14 @@ impl DeliveryStore for SqliteStore {
             )?;
             let mut delivery = c.prepare_cached(
                 "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3), next_attempt_at = ?4,
-                        last_error = ?5, updated_at = ?6
+                        last_error = ?5, updated_at = ?6, lease_consumer = NULL
                  WHERE id = ?1 AND status != 'cancelled'",
             )?;
             let mut first_success = c.prepare_cached(
                 "UPDATE deliveries SET status = 'delivered', attempts = MAX(attempts, 1),
                         next_attempt_at = NULL, last_error = NULL, updated_at = ?2,
                         first_started_at = ?3, first_duration_ms = ?4, first_status_code = ?5,
-                        first_detail = ?6, first_response_body = ?7
+                        first_detail = ?6, first_response_body = ?7, lease_consumer = NULL
                  WHERE id = ?1 AND status != 'cancelled'",
             )?;
             let now = crate::clock::now_ms();
@@ -314,6 +316,35 @@ impl DeliveryStore for SqliteStore {
                 ])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn lease_deliveries(&self, leases: Vec<LeaseWrite>) -> Result<Vec<Uuid>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached(
+                "UPDATE deliveries SET status = 'in_flight', attempts = MAX(attempts, ?2),
+                        next_attempt_at = ?3, lease_consumer = ?4, updated_at = ?5
+                 WHERE id = ?1 AND status BETWEEN 'in_flight' AND 'scheduled'",
+            )?;
+            let now = crate::clock::now_ms();
+            let mut leased = Vec::with_capacity(leases.len());
+            for l in &leases {
+                let n = stmt.execute(params![
+                    l.delivery_id.as_bytes().as_slice(),
+                    l.attempt,
+                    l.expires_at,
+                    l.consumer,
+                    now
+                ])?;
+                if n == 1 {
+                    leased.push(l.delivery_id);
+                }
+            }
+            Ok(leased)
         })
         .await
     }

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_ordering.sql"),
     include_str!("migrations/0006_trace_context.sql"),
     include_str!("migrations/0007_attempt_detail.sql"),
+    include_str!("migrations/0008_leases.sql"),
 ];
 
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
