@@ -549,12 +549,7 @@ impl Dispatcher {
             let Some(lane) = self.lanes.get_mut(agent) else {
                 break;
             };
-            if lane
-                .pull
-                .leases
-                .get(&id)
-                .is_none_or(|l| l.holder != holder)
-            {
+            if lane.pull.leases.get(&id).is_none_or(|l| l.holder != holder) {
                 continue;
             }
             let Some(lease) = lane.pull.leases.remove(&id) else {
@@ -604,12 +599,7 @@ impl Dispatcher {
             let Some(lane) = self.lanes.get_mut(&agent) else {
                 continue;
             };
-            if lane
-                .pull
-                .leases
-                .get(&id)
-                .is_none_or(|l| l.expires_at > now)
-            {
+            if lane.pull.leases.get(&id).is_none_or(|l| l.expires_at > now) {
                 continue;
             }
             let Some(lease) = lane.pull.leases.remove(&id) else {

@@ -243,15 +243,33 @@ async fn the_python_and_javascript_consumers_share_the_work_and_ack_every_event_
     require_interpreters();
     let (app, admin) = pull_setup().await;
 
+    // Both at once, sharing the agent's deliveries (one consumer group): both are waiting in a
+    // long poll (the agent lists them as its consumers) before the first event comes.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let py = start("py", "python", &app.base, PULL_KEY, None, tx.clone());
+    let js = start("js", "node", &app.base, PULL_KEY, None, tx.clone());
+    poll(
+        Duration::from_secs(30),
+        "both consumers polling",
+        || async {
+            let (_, agent) = admin.get("/admin/agents/puller").await;
+            let names: Vec<&str> = agent["consumers"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+                .unwrap_or_default();
+            if names == ["node", "python"] {
+                Ok(())
+            } else {
+                Err(agent)
+            }
+        },
+    )
+    .await;
+
     let mut sent = BTreeSet::new();
     for n in 0..50 {
         sent.insert(post_routed(&app, "pull_request", n).await);
     }
-
-    // Both at once, sharing the agent's deliveries (one consumer group).
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let py = start("py", "python", &app.base, PULL_KEY, None, tx.clone());
-    let js = start("js", "node", &app.base, PULL_KEY, None, tx.clone());
     let got = collect(&mut rx, sent.len(), Duration::from_secs(90)).await;
     // Nothing more may come: a second handling of an event would show here.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -272,7 +290,19 @@ async fn the_python_and_javascript_consumers_share_the_work_and_ack_every_event_
     let logs = format!("{}\n{}", py.kill().await, js.kill().await);
     let split = assert_each_once(&got, &sent, &logs);
     eprintln!("handled by: {split:?}");
+    // Each was waiting when the first events came, so each got some of them.
+    assert_eq!(
+        split.len(),
+        2,
+        "one consumer handled everything: {split:?}\n{logs}"
+    );
     assert_all_delivered(&admin, &sent).await;
+    let (_, agent) = admin.get("/admin/agents/puller").await;
+    let leases: Vec<u64> = agent["consumers"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["leases"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(leases, [0, 0], "no lease left after every ack: {agent}");
 
     // MAX_EVENTS: each stops by itself once it has acked its share, leasing no more than that.
     let mut more = BTreeSet::new();
