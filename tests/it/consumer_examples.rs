@@ -323,6 +323,10 @@ async fn the_python_and_javascript_consumers_share_the_work_and_ack_every_event_
     assert_eq!(split.get("python"), Some(&3), "{logs}");
     assert_eq!(split.get("node"), Some(&3), "{logs}");
     assert_all_delivered(&admin, &more).await;
+    // The node's own count: every ack of this run, and nothing leased any more.
+    let stats = admin.stats().await;
+    assert_eq!(stats["acked"], 56, "{stats}");
+    assert_eq!(stats["leased"], 0, "{stats}");
 }
 
 #[tokio::test]
