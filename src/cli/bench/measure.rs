@@ -133,12 +133,17 @@ pub(super) async fn measure_router(
         }
     }
 
-    // `--deliver pull`: the consumers are polling before the first webhook is sent.
+    // `--deliver pull`: the consumers are polling before the first webhook is sent, spread
+    // round robin over the nodes of `--router`.
+    let nodes: Vec<String> = router_url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .collect();
     let consumers = match args.deliver {
         DeliverVia::Pull => match Consumers::start(
             args.consumers,
             args.pull_batch,
-            &admin.base,
+            &nodes,
             &agent_id,
             &stream_key,
             receiver.state.clone(),

@@ -59,8 +59,8 @@ struct Acked {
     expired: Vec<String>,
 }
 
-/// The consumer group: `consumers` tasks polling agent `agent_id` at `base` with `key` until
-/// `stop`.
+/// The consumer group: `consumers` tasks polling agent `agent_id` with `key` until `stop`,
+/// consumer `n` on node `n % nodes.len()`.
 pub(super) struct Consumers {
     pub(super) counters: Arc<PullCounters>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -73,7 +73,7 @@ impl Consumers {
     pub(super) fn start(
         consumers: u32,
         batch: u32,
-        base: &str,
+        nodes: &[String],
         agent_id: &str,
         key: &str,
         arrivals: Arc<Arrivals>,
@@ -96,12 +96,11 @@ impl Consumers {
             .tcp_nodelay(true)
             .pool_max_idle_per_host(consumers as usize)
             .build()?;
-        let deliveries = format!(
-            "{}/agents/{agent_id}/deliveries",
-            base.trim_end_matches('/')
-        );
+        anyhow::ensure!(!nodes.is_empty(), "no router to poll");
         let tasks = (0..consumers)
             .map(|n| {
+                let base = nodes[n as usize % nodes.len()].trim_end_matches('/');
+                let deliveries = format!("{base}/agents/{agent_id}/deliveries");
                 tokio::spawn(consume(Consumer {
                     client: client.clone(),
                     poll_url: format!(
