@@ -1,9 +1,13 @@
-// Agents: list (with each push agent's health and the signing secret, revealed on demand and
-// copyable), create, edit, delete; reset a circuit breaker, enable a disabled agent.
+// Agents: list (each agent's delivery mode: push to a URL, pull by polling consumers, or stream
+// only; a push agent's health, a pull agent's consumers, and the signing secret, revealed on
+// demand and copyable), create, edit, delete; reset a circuit breaker, enable a disabled agent.
 
 import { get, post, put, del } from "./api.js";
-import { h, viewHead, table, toast, confirmDialog, copyButton, showError, number, percent, time, dateTime } from "./ui.js";
-import { input, textarea, checkbox, resourceForm, numberOf, textOf, LocalError } from "./forms.js";
+import { h, viewHead, table, toast, confirmDialog, copyButton, showError, number, percent, time, dateTime, ago } from "./ui.js";
+import { input, textarea, checkbox, select, resourceForm, numberOf, textOf, LocalError } from "./forms.js";
+
+/** Consumers listed per pull agent; the others are summed up in one line. */
+const CONSUMERS_SHOWN = 5;
 
 export function render(main, args) {
   if (args[0] === "new") return renderForm(main, null);
@@ -26,11 +30,11 @@ async function renderList(main) {
     const byAgent = (metrics && metrics.byAgent) || {};
     const seen = (activity && activity.agents) || {};
     body.replaceChildren(table(
-      ["Id", "Name", "Delivers to", { label: "Concurrency", class: "num hide-narrow" }, "State", "Last 24 h", "Health", "Signing secret", ""],
+      ["Id", "Name", "Delivery", { label: "Concurrency", class: "num hide-narrow" }, "State", "Last 24 h", "Health", "Signing secret", ""],
       items.map((a) => h("tr", { "data-id": a.id },
         h("td", { class: "mono" }, a.id),
         h("td", {}, a.name),
-        h("td", {}, a.url ? h("span", { class: "mono" }, a.url) : h("span", { class: "muted" }, "stream only")),
+        h("td", { class: "delivery-mode", "data-mode": modeOf(a) }, deliveryCell(a)),
         h("td", { class: "num hide-narrow" }, number(a.maxConcurrency)),
         h("td", {}, a.enabled
           ? [h("span", { class: "badge ok" }, "active"), " ",
@@ -41,7 +45,7 @@ async function renderList(main) {
         h("td", {}, healthCell(a, main)),
         h("td", {}, secretCell(a)),
         h("td", { class: "actions" },
-          a.url ? h("button", { type: "button", class: "small", onclick: (e) => sendTest(a, e.currentTarget) }, "Send test event") : null,
+          modeOf(a) !== "stream" ? h("button", { type: "button", class: "small", onclick: (e) => sendTest(a, e.currentTarget) }, "Send test event") : null,
           h("a", { class: "button small", href: `#/agents/${encodeURIComponent(a.id)}/edit` }, "Edit"),
           h("button", { type: "button", class: "small danger", onclick: () => remove(a.id, main) }, "Delete")))),
       "No agents yet. Create one to deliver events to it."));
@@ -49,6 +53,37 @@ async function renderList(main) {
     body.replaceChildren();
     showError(e, error);
   }
+}
+
+/** How the agent gets its deliveries: "push" (posted to its url), "pull" (leased to polling
+ * consumers) or "stream" (only its streams, no stored deliveries). */
+function modeOf(agent) {
+  if (agent.mode === "pull") return "pull";
+  return agent.url ? "push" : "stream";
+}
+
+/** Push: the URL. Pull: its consumers (name, leases held, last poll). Stream only: says so. */
+function deliveryCell(agent) {
+  const mode = modeOf(agent);
+  if (mode === "push") return h("div", { class: "push-target" }, h("span", { class: "badge" }, "push"), " ", h("span", { class: "mono" }, agent.url));
+  if (mode === "stream") return h("span", { class: "muted" }, "stream only");
+  // The most recent pollers first; a long list (the router keeps up to 256) is cut short.
+  const consumers = [...(agent.consumers || [])].sort((x, y) => y.lastPollAt - x.lastPollAt);
+  const shown = consumers.slice(0, CONSUMERS_SHOWN);
+  const rest = consumers.slice(CONSUMERS_SHOWN);
+  const leases = (n) => `${number(n)} ${n === 1 ? "lease" : "leases"}`;
+  return h("div", { class: "consumers", "data-testid": "consumers" },
+    h("span", { class: "badge info" }, "pull"), " ",
+    consumers.length
+      ? h("ul", { "aria-label": `Consumers of ${agent.id}` },
+        shown.map((c) => h("li", { "data-consumer": c.name },
+          h("span", { class: "mono" }, c.name), " ",
+          h("span", { "data-testid": "leases" }, leases(c.leases)),
+          h("span", { class: "muted", title: dateTime(c.lastPollAt) }, ` · polled ${ago(c.lastPollAt)}`))),
+        rest.length
+          ? h("li", { class: "muted" }, `… and ${number(rest.length)} more, holding ${leases(rest.reduce((n, c) => n + c.leases, 0))}`)
+          : null)
+      : h("span", { class: "muted" }, "no consumer has polled"));
 }
 
 /** A push agent's circuit breaker: its state, why, and a reset when it is not closed. */
@@ -97,7 +132,7 @@ async function sendTest(agent, button) {
 
 /** Success rate, last success, last failure (with the breaker's last error) and dead letters. */
 function activityCell(agent, figures, seen) {
-  if (!agent.url) return h("span", { class: "muted" }, "—");
+  if (modeOf(agent) === "stream") return h("span", { class: "muted" }, "—");
   const f = figures || { succeeded: 0, failed: 0, deadLettered: 0 };
   const n = f.succeeded + f.failed;
   const rate = n ? f.succeeded / n : null;
@@ -118,7 +153,7 @@ function activityCell(agent, figures, seen) {
 
 async function setEnabled(agent, enabled, main) {
   try {
-    const { health, ...stored } = agent;
+    const { health, consumers, ...stored } = agent;
     await put(`/admin/agents/${encodeURIComponent(agent.id)}`, { ...stored, enabled });
     toast(enabled ? `Agent "${agent.id}" resumed` : `Agent "${agent.id}" paused: its deliveries wait`);
     main.replaceChildren();
@@ -166,6 +201,13 @@ async function renderForm(main, id) {
     }
   }
   const headers = Object.entries(agent.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+  // A new agent is pushed to by default; a stored one keeps its mode.
+  const mode = id ? modeOf(agent) : "push";
+  const urlField = input("url", "URL", agent.url, { type: "url", placeholder: "https://agent.example.com/events" }, "Where deliveries are posted (signed, retried).");
+  const pullPath = h("code", { "data-testid": "pull-path" });
+  const pullHint = h("p", { class: "hint mode-hint", "data-testid": "pull-hint" },
+    "Consumers poll ", pullPath, " with the agent's API key (or AGENT_API_KEY), then ack each delivery; unacked leases are retried.");
+  const streamHint = h("p", { class: "hint mode-hint" }, "No stored deliveries: the agent only watches its streams (/stream/sse, /stream/ws).");
   const form = resourceForm({
     title: id ? "Edit agent" : "New agent",
     back: "#/agents",
@@ -175,7 +217,9 @@ async function renderForm(main, id) {
         input("id", "Id", agent.id, { required: true, readonly: Boolean(id) }, id ? "The id cannot change." : "Letters, digits and _ . : -"),
         input("name", "Name", agent.name, { required: true })),
       input("description", "Description", agent.description),
-      input("url", "URL", agent.url, { type: "url", placeholder: "https://agent.example.com/events" }, "Where deliveries are posted. Leave empty for a stream-only agent."),
+      h("div", { class: "row" },
+        select("mode", "Delivery mode", [["push", "Push: posted to a URL"], ["pull", "Pull: consumers poll"], ["stream", "Stream only"]], mode),
+        h("div", { class: "mode-detail" }, urlField, pullHint, streamHint)),
       h("div", { class: "row" },
         input("secret", "Signing secret", "", { placeholder: id ? "unchanged" : "generated", autocomplete: "off" },
           id ? "Leave empty to keep the current secret." : "whsec_… (Standard Webhooks). Leave empty to generate one."),
@@ -199,7 +243,6 @@ async function renderForm(main, id) {
         id: textOf(f, "id") ?? "",
         name: textOf(f, "name") ?? "",
         description: textOf(f, "description"),
-        url: textOf(f, "url"),
         secret: textOf(f, "secret"),
         apiKey: textOf(f, "apiKey"),
         headers: parseHeaders(f.elements.headers.value),
@@ -207,6 +250,11 @@ async function renderForm(main, id) {
         maxConcurrency: numberOf(f, "maxConcurrency"),
         enabled: f.elements.enabled.checked,
       };
+      // Push: the url (the server says at its field when it is missing). Pull: no url. Stream
+      // only: neither a url nor a mode.
+      const chosen = f.elements.mode.value;
+      if (chosen === "push") Object.assign(body, { url: textOf(f, "url"), mode: "push" });
+      if (chosen === "pull") body.mode = "pull";
       const limit = numberOf(f, "rateLimit.limit");
       const window = numberOf(f, "rateLimit.window");
       if (limit !== undefined || window !== undefined) body.rateLimit = { limit, window };
@@ -216,6 +264,19 @@ async function renderForm(main, id) {
     },
     send: (body) => (id ? put(`/admin/agents/${encodeURIComponent(id)}`, body) : post("/admin/agents", body)),
   });
+  // Only what the chosen mode uses is shown; the poll path names the agent's id as typed.
+  const showMode = () => {
+    const chosen = form.elements.mode.value;
+    urlField.hidden = chosen !== "push";
+    form.elements.url.disabled = chosen !== "push";
+    pullHint.hidden = chosen !== "pull";
+    streamHint.hidden = chosen !== "stream";
+    const typed = form.elements.id.value.trim();
+    pullPath.textContent = `GET /agents/${typed ? encodeURIComponent(typed) : "{id}"}/deliveries?consumer=NAME`;
+  };
+  form.elements.mode.addEventListener("change", showMode);
+  form.elements.id.addEventListener("input", showMode);
+  showMode();
   main.append(form);
   form.querySelector(id ? "[name=name]" : "[name=id]").focus();
 }

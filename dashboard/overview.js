@@ -83,7 +83,11 @@ function content(a, q) {
   const bucketMin = timeline.length > 1 ? (timeline[1].start - timeline[0].start) / 60000 : 1;
   const windowMin = a.hours * 60;
   const attempts = d.succeeded + d.failed;
-  const depthNow = q.pending + q.inFlight + q.scheduled;
+  // Leased to pull consumers is unfinished too (the chart's depth counts it).
+  const leased = q.leased || 0;
+  const depthNow = q.pending + q.inFlight + q.scheduled + leased;
+  // Leases and acks are shown once pull agents are in use.
+  const pulling = leased > 0 || q.acked > 0;
 
   // Per delivery: of the deliveries that finished in the window, the share delivered (a
   // delivery retried until it succeeded counts once, as a success); per attempt as the second
@@ -104,6 +108,8 @@ function content(a, q) {
       noEvents ? "no events in the window" : `p99 ${ms(m.p99ProcessingTime)} · avg ${ms(m.averageProcessingTime)}`, "p95"),
     stat("Queue depth", number(depthNow),
       [`${number(q.pending)} pending · ${number(q.inFlight)} in flight · ${number(q.scheduled)} scheduled · `,
+        pulling ? h("span", { "data-testid": "leased", title: "Leased to pull consumers now; acked by them since the node started" },
+          `${number(leased)} leased (${number(q.acked)} acked) · `) : null,
         h("a", { href: "#/dlq" }, `${number(q.deadLettered)} dead`)],
       "queue-depth"));
 

@@ -60,6 +60,17 @@ export function dateTime(ms) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time(ms)}`;
 }
 
+/** How long ago, in words: "just now", "12 s ago", "5 min ago", "3 h ago", "2 d ago". */
+export function ago(ms, now = Date.now()) {
+  if (ms === null || ms === undefined) return "—";
+  const secs = Math.max(0, Math.round((now - ms) / 1000));
+  if (secs < 5) return "just now";
+  if (secs < 60) return `${secs} s ago`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min ago`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ago`;
+  return `${Math.floor(secs / 86400)} d ago`;
+}
+
 /** Short label for a chart axis: time of day within two days, else the date. */
 export function axisTime(ms, spanMs) {
   const d = new Date(ms);

@@ -99,6 +99,7 @@ pub async fn start(state: &Node) -> anyhow::Result<()> {
                     Notice::Wake => wake.notify_one(),
                     Notice::Erased { ids } => s.queue.cancel_events(ids).await,
                     Notice::Taken { ids } => s.queue.taken(ids),
+                    Notice::Acked { ids } => s.queue.acked_elsewhere(ids),
                     Notice::Breaker { agent, open_until } => {
                         s.queue.remote_breaker(&agent, open_until)
                     }

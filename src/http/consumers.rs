@@ -212,6 +212,18 @@ fn item_json(out: &mut String, l: &Leased, frame: bool) {
     out.push_str(&l.attempt.to_string());
     out.push_str(",\"leaseExpiresAt\":");
     out.push_str(&l.lease_expires_at.to_string());
+    if let Some(ctx) = &l.trace_context {
+        // The webhook's trace, for the consumer to continue (as a push agent's `traceparent`).
+        let (parent, state) = crate::telemetry::trace::split(ctx);
+        for (name, v) in [("traceparent", Some(parent)), ("tracestate", state)] {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                out.push_str(",\"");
+                out.push_str(name);
+                out.push_str("\":");
+                out.push_str(&Value::String(v.to_string()).to_string());
+            }
+        }
+    }
     out.push('}');
 }
 
@@ -355,16 +367,45 @@ async fn settle(app: &AppState, agent: Arc<str>, ids: Vec<Uuid>, op: Settle) -> 
     Ok(settled)
 }
 
+/// Several nodes: acks of leases this node does not hold go to the store, for the node that
+/// granted them (a consumer behind a load balancer may ack on any node).
+async fn ack_elsewhere(
+    app: &AppState,
+    agent: &Arc<str>,
+    kind: &str,
+    s: &mut Settled,
+) -> ApiResult<()> {
+    if kind != "ack" || s.expired.is_empty() || app.store.node_id().is_none() {
+        return Ok(());
+    }
+    let acked = app.store.ack_elsewhere(agent, s.expired.clone()).await?;
+    if !acked.is_empty() {
+        app.queue.count_acked_elsewhere(agent, acked.len());
+        s.expired.retain(|id| !acked.contains(id));
+        s.done.extend(acked);
+    }
+    Ok(())
+}
+
+/// Waits until what a settle did is durable: `503 storage_unavailable` when the store cannot
+/// write it (or not within `DURABLE_WAIT`; it is written once the store can again).
 async fn durable(settled: &mut Settled) -> ApiResult<()> {
-    match (&mut settled.durable).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(crate::store::StoreError::Unavailable(e).into()),
-        Err(_) => Err(ApiError::unavailable(
+    match tokio::time::timeout(DURABLE_WAIT, &mut settled.durable).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(crate::store::StoreError::Unavailable(e).into()),
+        Ok(Err(_)) => Err(ApiError::unavailable(
             "shutting_down",
             "The server is shutting down",
         )),
+        Err(_) => Err(crate::store::StoreError::Unavailable(
+            "the outcome was not written in time".into(),
+        )
+        .into()),
     }
 }
+
+/// How long an ack, nack or extend waits for the store before it answers 503.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
 fn answer(kind: &str, s: &Settled) -> Value {
     let done = match kind {
@@ -393,8 +434,9 @@ async fn settle_http(
     let parsed: SettleBody = serde_path_to_error::deserialize(de)
         .map_err(|e| ApiError::json(&e.path().to_string(), e.inner()))?;
     let (ids, op) = settle_of(kind, parsed)?;
-    let mut s = settle(&app, agent, ids, op).await?;
+    let mut s = settle(&app, agent.clone(), ids, op).await?;
     durable(&mut s).await?;
+    ack_elsewhere(&app, &agent, kind, &mut s).await?;
     Ok(axum::Json(answer(kind, &s)))
 }
 
@@ -529,6 +571,8 @@ async fn consume(app: AppState, agent: Arc<str>, p: PollParams, socket: WebSocke
                     break;
                 }
             }
+            // A lease held unsettled runs out: room for another.
+            _ = expiry(&held), if asking.is_none() && !held.is_empty() => {}
             msg = stream.next() => {
                 let text = match msg {
                     Some(Ok(WsMessage::Text(t))) => t.to_string(),
@@ -553,6 +597,13 @@ async fn consume(app: AppState, agent: Arc<str>, p: PollParams, socket: WebSocke
             .await;
     }
     let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
+}
+
+/// Sleeps until the first of the socket's leases runs out.
+async fn expiry(held: &std::collections::HashMap<Uuid, i64>) {
+    let first = held.values().min().copied().unwrap_or(i64::MAX);
+    let wait = (first - crate::clock::now_ms()).clamp(0, 3_600_000) as u64;
+    tokio::time::sleep(Duration::from_millis(wait + 1)).await;
 }
 
 /// One client message of a consume socket, and the answer.
@@ -589,6 +640,9 @@ async fn handle_frame(
     };
     if let Err(e) = durable(&mut s).await {
         return json!({"type": "error", "code": "storage_unavailable", "error": e.message});
+    }
+    if let Err(e) = ack_elsewhere(app, agent, &kind, &mut s).await {
+        return json!({"type": "error", "code": e.code, "error": e.message});
     }
     match kind.as_str() {
         "extend" => {

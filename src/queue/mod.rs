@@ -332,6 +332,10 @@ enum Msg {
     Consumers(Arc<str>, oneshot::Sender<Vec<ConsumerInfo>>),
     /// Another node took these pull deliveries.
     Taken(Vec<Uuid>),
+    /// Another node acked these pull deliveries leased here.
+    AckedElsewhere(Vec<Uuid>),
+    /// This node acked `n` of the agent's deliveries leased by other nodes.
+    CountAcked(Arc<str>, usize),
 }
 
 /// What a claim on an ordering key gave (several nodes).
@@ -1201,6 +1205,15 @@ impl Dispatcher {
                 let _ = reply.send(self.consumers(&agent));
             }
             Msg::Taken(ids) => self.taken(ids),
+            Msg::AckedElsewhere(ids) => self.acked_elsewhere(ids),
+            Msg::CountAcked(agent, n) => {
+                self.acked += n as u64;
+                for _ in 0..n {
+                    self.analytics.acked(&agent);
+                    self.analytics
+                        .attempt(&agent, 1, "delivered", Duration::ZERO, None);
+                }
+            }
             Msg::DeadRemoved(id) => self.unhold_keys(|d| d == id),
             Msg::HeldNow(held) => self.unhold_keys(|d| !held.contains(&d)),
             Msg::Requeue(mut jobs) => {

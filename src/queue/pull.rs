@@ -22,6 +22,10 @@ pub const MAX_LEASE_MS: u64 = 900_000;
 pub const DEFAULT_LEASE_MS: u64 = 30_000;
 /// The shortest lease.
 pub const MIN_LEASE_MS: u64 = 1_000;
+/// Consumers remembered per agent before those quiet for `CONSUMER_QUIET_MS` (and holding no
+/// lease) are forgotten.
+const MAX_CONSUMERS_KEPT: usize = 256;
+const CONSUMER_QUIET_MS: i64 = 600_000;
 
 /// A delivery leased to a consumer, as the consumer gets it.
 #[derive(Debug, Clone)]
@@ -33,6 +37,9 @@ pub struct Leased {
     /// The attempt this lease is (1 for the first).
     pub attempt: u32,
     pub lease_expires_at: i64,
+    /// The webhook's W3C trace context (`traceparent`, then `tracestate` on a second line),
+    /// with tracing on.
+    pub trace_context: Option<Arc<str>>,
 }
 
 /// What a consumer does with deliveries leased to it.
@@ -245,10 +252,18 @@ impl Dispatcher {
 
     /// A consumer polls.
     pub(super) fn on_poll(&mut self, agent: Arc<str>, waiter: Waiter) {
+        let now = now_ms();
         let lane = self.lanes.entry(agent.clone()).or_default();
-        lane.pull
-            .consumers
-            .insert(waiter.consumer.clone(), now_ms());
+        if lane.pull.consumers.len() >= MAX_CONSUMERS_KEPT
+            && !lane.pull.consumers.contains_key(&waiter.consumer)
+        {
+            // Names are the consumers' own: forget the quiet ones rather than grow.
+            let held: HashSet<&str> = lane.pull.leases.values().map(|l| &*l.consumer).collect();
+            lane.pull
+                .consumers
+                .retain(|name, last| now - *last < CONSUMER_QUIET_MS || held.contains(&**name));
+        }
+        lane.pull.consumers.insert(waiter.consumer.clone(), now);
         self.poll_timers
             .push(Reverse((waiter.deadline, agent.clone())));
         lane.pull.waiters.push_back(waiter);
@@ -354,6 +369,7 @@ impl Dispatcher {
                 body: job.body.clone().unwrap_or_default(),
                 attempt: job.attempts,
                 lease_expires_at: expires_at,
+                trace_context: job.trace_context.clone(),
             });
             self.lease_timers
                 .push(Reverse((expires_at, job.delivery_id, agent.clone())));
@@ -698,6 +714,22 @@ impl Dispatcher {
         }
     }
 
+    /// Leases another node acked (`Notice::Acked`) end here: the store has them delivered.
+    pub(super) fn acked_elsewhere(&mut self, ids: Vec<Uuid>) {
+        let mut ended = Vec::new();
+        for lane in self.lanes.values_mut() {
+            for id in &ids {
+                if let Some(l) = lane.pull.leases.remove(id) {
+                    ended.push(l.job);
+                }
+            }
+        }
+        for job in ended {
+            self.unfinished.fetch_sub(1, AtomicOrdering::AcqRel);
+            self.free_key(&job);
+        }
+    }
+
     /// Leases of erased events end (the store has them `cancelled`).
     pub(super) fn cancel_leases(&mut self, events: &[Uuid]) {
         let mut ended = Vec::new();
@@ -822,5 +854,17 @@ impl Queue {
         if !ids.is_empty() {
             let _ = self.tx.send(Msg::Taken(ids));
         }
+    }
+
+    /// Another node acked these pull deliveries leased here (`Notice::Acked`).
+    pub fn acked_elsewhere(&self, ids: Vec<Uuid>) {
+        if !ids.is_empty() {
+            let _ = self.tx.send(Msg::AckedElsewhere(ids));
+        }
+    }
+
+    /// Counts acks made for leases another node held, as this node's (figures only).
+    pub fn count_acked_elsewhere(&self, agent: &str, n: usize) {
+        let _ = self.tx.send(Msg::CountAcked(Arc::from(agent), n));
     }
 }

@@ -96,6 +96,7 @@ conformance!(
     attempts_keep_the_exchange_and_why_they_were_made,
     keys_supersessions_and_held_keys_are_kept,
     trace_context_is_kept_with_the_delivery,
+    leases_are_written_reloaded_and_ended_by_an_outcome,
     ping_and_close,
 );
 
@@ -1559,6 +1560,111 @@ async fn bodies_come_back_byte_exact_through_encryption(store: Arc<dyn Store>) {
     );
 }
 
+async fn leases_are_written_reloaded_and_ended_by_an_outcome(store: Arc<dyn Store>) {
+    let mut e = ev("github", None);
+    let a = delivery("p", DeliveryStatus::Pending);
+    let b = delivery("p", DeliveryStatus::Pending);
+    let done = delivery("p", DeliveryStatus::Delivered);
+    e.deliveries = vec![a.clone(), b.clone(), done.clone()];
+    store.commit_event(e.clone()).await.unwrap();
+    let lease = |id: Uuid, attempt: u32, until: i64| LeaseWrite {
+        delivery_id: id,
+        attempt,
+        expires_at: until,
+        consumer: "worker-1".into(),
+    };
+    // Only unfinished deliveries are leased.
+    let mut leased = store
+        .lease_deliveries(vec![lease(a.id, 1, 1_000), lease(done.id, 1, 1_000)])
+        .await
+        .unwrap();
+    leased.sort();
+    assert_eq!(leased, vec![a.id]);
+    assert!(store.lease_deliveries(vec![]).await.unwrap().is_empty());
+    // Reloaded with its consumer, its attempt and its expiry; the other is not leased.
+    let pending = unfinished(store.as_ref()).await;
+    let got = pending.iter().find(|p| p.id == a.id).unwrap();
+    assert_eq!(got.lease_consumer.as_deref(), Some("worker-1"));
+    assert_eq!(got.attempts, 1);
+    assert_eq!(got.next_attempt_at, 1_000);
+    let other = pending.iter().find(|p| p.id == b.id).unwrap();
+    assert_eq!(other.lease_consumer, None);
+    let rows = store.event_deliveries(e.id).await.unwrap();
+    let row = rows.iter().find(|d| d.id == a.id).unwrap();
+    assert_eq!(row.status, DeliveryStatus::InFlight);
+    // Extended: the same lease, a later expiry.
+    assert_eq!(
+        store
+            .lease_deliveries(vec![lease(a.id, 1, 9_000)])
+            .await
+            .unwrap(),
+        vec![a.id]
+    );
+    let pending = unfinished(store.as_ref()).await;
+    assert_eq!(
+        pending
+            .iter()
+            .find(|p| p.id == a.id)
+            .unwrap()
+            .next_attempt_at,
+        9_000
+    );
+    // An outcome ends the lease: the lease expired, retried later.
+    store
+        .record_attempts(vec![AttemptUpdate {
+            delivery_id: a.id,
+            attempt: 1,
+            started_at: 500,
+            duration_ms: 500,
+            status_code: None,
+            error: Some("lease expired".into()),
+            response_prefix: None,
+            detail: None,
+            status: DeliveryStatus::Scheduled,
+            next_attempt_at: Some(2_000),
+        }])
+        .await
+        .unwrap();
+    let pending = unfinished(store.as_ref()).await;
+    let got = pending.iter().find(|p| p.id == a.id).unwrap();
+    assert_eq!(got.lease_consumer, None);
+    assert_eq!(got.next_attempt_at, 2_000);
+    let rows = store.event_deliveries(e.id).await.unwrap();
+    let row = rows.iter().find(|d| d.id == a.id).unwrap();
+    assert_eq!(row.attempt_log[0].error.as_deref(), Some("lease expired"));
+    // Acked: delivered, and no longer leasable.
+    store
+        .lease_deliveries(vec![lease(a.id, 2, 5_000)])
+        .await
+        .unwrap();
+    store
+        .record_attempts(vec![AttemptUpdate {
+            delivery_id: a.id,
+            attempt: 2,
+            started_at: 3_000,
+            duration_ms: 10,
+            status_code: None,
+            error: None,
+            response_prefix: None,
+            detail: None,
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: None,
+        }])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .lease_deliveries(vec![lease(a.id, 3, 9_000)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let rows = store.event_deliveries(e.id).await.unwrap();
+    let row = rows.iter().find(|d| d.id == a.id).unwrap();
+    assert_eq!(row.status, DeliveryStatus::Delivered);
+    assert_eq!(row.attempts, 2);
+}
+
 async fn trace_context_is_kept_with_the_delivery(store: Arc<dyn Store>) {
     // What a delivery's attempts continue, after a restart or on another node: read back with
     // it from every path that loads deliveries (unfinished, dead-letter retry, added later).
@@ -1848,6 +1954,71 @@ async fn cluster_each_delivery_is_claimed_by_exactly_one_node() {
     let (ua, ub) = (unfinished(a.as_ref()).await, unfinished(b.as_ref()).await);
     assert_eq!(ua.len() + ub.len(), 200);
     assert!(ua.iter().all(|p| !ub.iter().any(|q| q.id == p.id)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_pull_deliveries_are_taken_by_one_node_and_leased_by_their_owner() {
+    let Some(c) = Cluster::new().await else {
+        return;
+    };
+    let a = c.node(10_000).await;
+    let b = c.node(10_000).await;
+    let mut notices = a.listen().await.unwrap().unwrap();
+    let mut e = ev("github", None);
+    for _ in 0..30 {
+        e.deliveries.push(delivery("p", DeliveryStatus::Pending));
+    }
+    let mut keyed_one = keyed("p", Some("k"), false, None);
+    keyed_one.status = DeliveryStatus::Pending;
+    e.deliveries.push(keyed_one.clone());
+    e.deliveries
+        .push(delivery("other", DeliveryStatus::Pending));
+    a.commit_event(e.clone()).await.unwrap();
+    // Two nodes take at once: each delivery once, only the agent's, never the keyed one.
+    let y = c.node(10_000).await;
+    let (x, z) = tokio::join!(b.take_pull("p", 20), y.take_pull("p", 20));
+    let (x, z) = (x.unwrap(), z.unwrap());
+    let mut seen = std::collections::HashSet::new();
+    for p in x.iter().chain(&z) {
+        assert_eq!(p.agent_id, "p");
+        assert_ne!(p.id, keyed_one.id);
+        assert!(p.body.is_some());
+        assert!(seen.insert(p.id), "taken twice");
+    }
+    // (A row the other node has locked is skipped, not waited for.)
+    assert!((20..=30).contains(&seen.len()), "{}", seen.len());
+    // The node that had them can no longer lease them; the new owner can.
+    let taken = x[0].id;
+    let lease = |id: Uuid| LeaseWrite {
+        delivery_id: id,
+        attempt: 1,
+        expires_at: 1_000,
+        consumer: "c".into(),
+    };
+    assert!(
+        a.lease_deliveries(vec![lease(taken)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.lease_deliveries(vec![lease(taken)]).await.unwrap(),
+        vec![taken]
+    );
+    // A leased delivery is not taken again.
+    let again = y.take_pull("p", 100).await.unwrap();
+    assert!(again.iter().all(|p| p.id != taken));
+    // The node that had them hears which went.
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(Notice::Taken { ids }) = notices.recv().await {
+                return ids;
+            }
+        }
+    })
+    .await
+    .expect("a Taken notice");
+    assert!(!heard.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

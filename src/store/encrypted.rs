@@ -445,6 +445,9 @@ impl super::ClusterStore for EncryptedStore {
             .map(|p| self.open_pending(p))
             .collect()
     }
+    async fn ack_elsewhere(&self, agent: &str, ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
+        self.inner.ack_elsewhere(agent, ids).await
+    }
     async fn take_pull(&self, agent: &str, limit: usize) -> Result<Vec<PendingDelivery>> {
         self.inner
             .take_pull(agent, limit)

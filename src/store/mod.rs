@@ -783,6 +783,8 @@ pub enum Notice {
     Erased { ids: Vec<Uuid> },
     /// Another node took these pull deliveries (`take_pull`): drop them here.
     Taken { ids: Vec<Uuid> },
+    /// Another node acked these pull deliveries leased here (`ack_elsewhere`): they end here.
+    Acked { ids: Vec<Uuid> },
     /// Another node's circuit breaker for `agent` opened until `open_until` (ms), or closed
     /// (`None`): every node's breaker follows.
     Breaker {
@@ -948,6 +950,12 @@ pub trait ClusterStore: Send + Sync {
     /// consumer polling here; the nodes that held them are told (`Notice::Taken`). `FOR UPDATE
     /// SKIP LOCKED`: each is taken by one node.
     async fn take_pull(&self, _agent: &str, _limit: usize) -> Result<Vec<PendingDelivery>> {
+        Ok(Vec::new())
+    }
+    /// Acks pull deliveries whose lease another node holds (a consumer's ack reached a node
+    /// that did not grant the lease): each still leased and not run out becomes delivered, and
+    /// the nodes holding them are told (`Notice::Acked`). Returns the ids acked.
+    async fn ack_elsewhere(&self, _agent: &str, _ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
         Ok(Vec::new())
     }
     /// Tells the other nodes that this node's breaker for `agent` opened until `open_until`

@@ -5,6 +5,7 @@
 // Environment:
 //   BASE_URL        the router, e.g. http://127.0.0.1:41234
 //   ADMIN_KEY       its admin key
+//   AGENT_KEY       its AGENT_API_KEY (a pull consumer polls with it)
 //   GITHUB_SECRET   the github source's secret (to sign webhooks as GitHub does)
 //   SCREENSHOT_DIR  where to write the screenshots (1280×800 and 390×844 of every view)
 //   CHROMIUM        the browser (default /usr/bin/chromium)
@@ -22,6 +23,7 @@ import { chromium } from "playwright-core";
 
 const BASE = must("BASE_URL");
 const ADMIN_KEY = must("ADMIN_KEY");
+const AGENT_KEY = must("AGENT_KEY");
 const GITHUB_SECRET = must("GITHUB_SECRET");
 const SHOTS = must("SCREENSHOT_DIR");
 const FAULTED = must("FAULTED_URL");
@@ -90,6 +92,18 @@ async function postGithub(event, payload) {
   const answer = await r.json();
   assert(r.status === 200 && answer.success, `webhook answered ${r.status} ${JSON.stringify(answer)}`);
   return answer.eventId;
+}
+
+/** A pull consumer's call (`GET /agents/{id}/deliveries?…`, `POST …/ack`) with AGENT_API_KEY. */
+async function consumer(method, path, body) {
+  const r = await fetch(BASE + path, {
+    method,
+    headers: { Authorization: `Bearer ${AGENT_KEY}`, ...(body ? { "content-type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const answer = await r.json();
+  assert(r.ok, `${method} ${path}: ${r.status} ${JSON.stringify(answer)}`);
+  return answer;
 }
 
 async function deliveryOf(eventId, agentId) {
@@ -478,6 +492,13 @@ try {
     await page.getByLabel("Id", { exact: true }).fill("ui-agent");
     await page.getByLabel("Name", { exact: true }).fill("Made in the dashboard");
     await page.getByLabel("API key").fill("short");
+    // Push is the default mode, and a push agent needs a URL: the server says so at the field.
+    assert((await page.getByLabel("Delivery mode").inputValue()) === "push", "push by default");
+    await page.getByRole("button", { name: "Save" }).click();
+    const urlError = page.locator('[data-error-for="url"]');
+    await waitFor("the url error", async () => (await urlError.textContent()).includes("needs a url"));
+    await page.getByLabel("Delivery mode").selectOption("stream");
+    assert(await page.getByLabel("URL", { exact: true }).isHidden(), "no URL for a stream-only agent");
     await page.getByRole("button", { name: "Save" }).click();
     const error = page.locator('[data-error-for="apiKey"]');
     await waitFor("the apiKey error", async () => (await error.textContent()).includes("16"));
@@ -485,6 +506,7 @@ try {
     await page.getByRole("button", { name: "Save" }).click();
     const row = page.locator('tr[data-id="ui-agent"]');
     await row.waitFor();
+    assert((await row.locator(".delivery-mode").textContent()) === "stream only", await row.locator(".delivery-mode").textContent());
     const agent = await admin("/admin/agents/ui-agent");
     assert(!(await row.textContent()).includes(agent.secret), "the secret is hidden at first");
     await row.getByRole("button", { name: "Reveal" }).click();
@@ -500,6 +522,57 @@ try {
     await page.locator('tr[data-id="ui-agent"]').getByRole("button", { name: "Delete" }).click();
     await page.locator("dialog.confirm").getByRole("button", { name: "Delete" }).click();
     await page.locator('tr[data-id="ui-agent"]').waitFor({ state: "detached" });
+  });
+
+  await step("a pull agent is created from the page; a consumer's poll shows with its leases and last poll", async () => {
+    await visit(page, "#/agents/new", "main form");
+    await page.getByLabel("Id", { exact: true }).fill("ui-puller");
+    await page.getByLabel("Name", { exact: true }).fill("Polled by workers");
+    await page.getByLabel("Delivery mode").selectOption("pull");
+    assert(await page.getByLabel("URL", { exact: true }).isHidden(), "a pull agent has no URL");
+    const hint = await page.getByTestId("pull-hint").textContent();
+    assert(hint.includes("GET /agents/ui-puller/deliveries"), `how consumers poll: ${hint}`);
+    await shot(page, "agent-pull-form-1280");
+    await page.getByRole("button", { name: "Save" }).click();
+    const row = page.locator('tr[data-id="ui-puller"]');
+    await row.waitFor();
+    const stored = await admin("/admin/agents/ui-puller");
+    assert(stored.mode === "pull" && stored.url == null, `stored as pull, without url: ${JSON.stringify(stored)}`);
+    const mode = row.locator(".delivery-mode");
+    assert((await mode.getAttribute("data-mode")) === "pull", "the mode is shown");
+    assert((await mode.textContent()).includes("no consumer has polled"), await mode.textContent());
+    // The test event is leased to its consumers: one polls once with AGENT_API_KEY.
+    await row.getByRole("button", { name: "Send test event" }).click();
+    await waitFor("the event page", async () => (await page.locator("main").getAttribute("data-view")) === "events");
+    const polled = await consumer("GET", "/agents/ui-puller/deliveries?consumer=e2e-worker&max=10&waitMs=5000");
+    assert(polled.items.length === 1 && polled.items[0].event.type === "agent.test", `one test delivery leased: ${JSON.stringify(polled)}`);
+    await visit(page, "#/agents", 'tr[data-id="ui-puller"] [data-consumer="e2e-worker"]');
+    const worker = page.locator('tr[data-id="ui-puller"] [data-consumer="e2e-worker"]');
+    const text = await worker.textContent();
+    assert(text.includes("e2e-worker") && text.includes("1 lease") && /polled (just now|\d+ s ago)/.test(text), `name, leases, last poll: ${text}`);
+    await shot(page, "agents-pull-1280");
+    // The overview's queue counts the lease.
+    await visit(page, "#/overview", "[data-testid=leased]");
+    assert((await page.getByTestId("leased").textContent()).includes("1 leased"), await page.getByTestId("leased").textContent());
+    // Acked: the lease is gone, the consumer stays listed.
+    const acked = await consumer("POST", "/agents/ui-puller/deliveries/ack", { ids: [polled.items[0].id] });
+    assert(acked.acked.length === 1, JSON.stringify(acked));
+    await visit(page, "#/agents", 'tr[data-id="ui-puller"] [data-consumer="e2e-worker"]');
+    assert((await worker.textContent()).includes("0 leases"), await worker.textContent());
+    // On a phone, the consumers fit too.
+    const phone = await browser.newContext({ viewport: NARROW, isMobile: true, hasTouch: true });
+    try {
+      const p = await phone.newPage();
+      p.on("pageerror", (e) => pageErrors.push(`pageerror (phone): ${e.message}`));
+      await signIn(p);
+      await visit(p, "#/agents", 'tr[data-id="ui-puller"] [data-consumer="e2e-worker"]');
+      const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert(overflow <= 0, `the agents view scrolls sideways by ${overflow} px`);
+      await p.locator('tr[data-id="ui-puller"]').scrollIntoViewIfNeeded();
+      await shot(p, "agents-pull-390");
+    } finally {
+      await phone.close();
+    }
   });
 
   await step("an open circuit breaker shows on the agents view and is reset from the page; a disabled agent is enabled", async () => {

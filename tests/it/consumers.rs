@@ -639,8 +639,12 @@ async fn two_nodes_on_postgresql_share_one_agents_deliveries() {
     );
     let ledger = Arc::new(Ledger::default());
     {
+        // Acked through the other node (a consumer behind a load balancer): it counts, and the
+        // node that granted the leases lets them go.
         let ids: Vec<String> = first.iter().map(|i| i.id.clone()).collect();
-        let (acked, _) = cb.ack(&ids).await;
+        let (acked, expired) = Consumer::new(&a.base, "on-b").ack(&ids).await;
+        assert!(expired.is_empty(), "{expired:?}");
+        assert_eq!(acked.len(), ids.len());
         ledger.acked_deliveries.lock().unwrap().extend(acked);
         ledger
             .events
@@ -758,4 +762,75 @@ async fn refusals_follow_the_contract() {
         )
         .await;
     assert_eq!((s, v["field"].as_str()), (400, Some("url")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_polls_fills_only_its_own_backlog() {
+    let app = TestApp::spawn_with(|c| c.max_queue_size = 6).await;
+    let rx = crate::receiver::TestReceiver::start().await;
+    let admin = Admin::of(&app);
+    pull_route(&app.base, policy(3, "fixed", 10, 10), only_type("push")).await;
+    admin
+        .create_agent(agent("h", &rx.url("/h"), json!({})))
+        .await;
+    admin
+        .create_route(route(
+            "to-h",
+            &["h"],
+            policy(3, "fixed", 10, 10),
+            only_type("issues"),
+        ))
+        .await;
+    // The pull agent's backlog grows while the push agent keeps getting its events.
+    for n in 0..5 {
+        post_routed(&app, "push", n).await;
+        let id = post_routed(&app, "issues", n).await;
+        admin.wait_status(id, "delivered").await;
+    }
+    let (_, stats) = admin.get("/queue/stats").await;
+    assert_eq!(stats["byAgent"]["p"]["pending"], 5, "{stats}");
+    // The queue's bound holds for it as for a push agent that is down.
+    post_routed(&app, "push", 5).await;
+    Webhook::github("push", gh_body(6))
+        .send(&app)
+        .await
+        .refused(503, "queue_full");
+    // A consumer drains it, and the queue takes webhooks again.
+    let c = Consumer::new(&app.base, "late");
+    let items = c.poll(100, 1_000, 30_000).await;
+    assert_eq!(items.len(), 6);
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(c.ack(&ids).await.0.len(), 6);
+    post_routed(&app, "push", 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_socket_gets_more_once_its_unsettled_leases_run_out() {
+    let app = TestApp::spawn().await;
+    pull_route(&app.base, policy(5, "fixed", 10, 10), json!({})).await;
+    for n in 0..2 {
+        post_routed(&app, "push", n).await;
+    }
+    let ws_url = format!(
+        "{}/stream/ws?agentId=p&mode=consume&prefetch=2&leaseMs=1000&apiKey={PULL_KEY}",
+        app.base.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    let mut attempts = Vec::new();
+    while attempts.len() < 4 {
+        let m = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let f: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(f["type"], "delivery", "{f}");
+            attempts.push(f["attempt"].as_u64().unwrap());
+        }
+    }
+    // The two leases ran out unsettled and came back to the same socket as second attempts.
+    assert_eq!(attempts, vec![1, 1, 2, 2]);
 }

@@ -621,6 +621,7 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
         .current_dir(e2e_dir())
         .env("BASE_URL", &app.base)
         .env("ADMIN_KEY", ADMIN_KEY)
+        .env("AGENT_KEY", AGENT_KEY)
         .env("GITHUB_SECRET", GITHUB_SECRET)
         .env("SCREENSHOT_DIR", &shots)
         .env("CHROMIUM", CHROMIUM)
@@ -643,6 +644,10 @@ async fn the_dashboard_end_to_end_in_headless_chromium() {
     assert!(stdout.contains("steps passed"), "{stdout}");
     assert!(shots.join("live-1280.png").exists() && shots.join("live-390.png").exists());
     assert!(shots.join("storage-banner-1280.png").exists());
+    // The pull agent's consumers, at both widths.
+    assert!(
+        shots.join("agents-pull-1280.png").exists() && shots.join("agents-pull-390.png").exists()
+    );
     app.stop().await;
     faulted.stop().await;
 }

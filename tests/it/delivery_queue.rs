@@ -243,12 +243,14 @@ async fn agent_rate_limit_never_exceeds_limit_within_a_window() {
     }
 }
 
-const STATS_KEYS: [&str; 9] = [
+const STATS_KEYS: [&str; 11] = [
+    "acked",
     "byAgent",
     "byPriority",
     "deadLettered",
     "delivered",
     "inFlight",
+    "leased",
     "oldestPendingAgeMs",
     "pending",
     "scheduled",
@@ -266,6 +268,8 @@ async fn queue_stats_of_an_idle_server() {
         "scheduled",
         "deadLettered",
         "delivered",
+        "leased",
+        "acked",
     ] {
         assert_eq!(v[k], 0, "{k}: {v}");
     }

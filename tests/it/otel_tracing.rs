@@ -481,3 +481,38 @@ async fn grpc_exports_over_http2_to_the_endpoint() {
     .unwrap();
     assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_consumer_gets_the_webhooks_trace_with_each_lease() {
+    let collector = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &otel_env(&collector)).await;
+    let admin = Admin::at(&server.base);
+    admin
+        .create_agent(json!({ "id": "p", "name": "puller", "mode": "pull" }))
+        .await;
+    admin
+        .create_route(route("r", &["p"], policy(3, "fixed", 50, 50), json!({})))
+        .await;
+    let client = reqwest::Client::new();
+    Webhook::github("push", gh_body(1))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "caller=1")
+        .send_to(&client, &server.base)
+        .await
+        .accepted();
+    let v: serde_json::Value = client
+        .get(format!("{}/agents/p/deliveries?waitMs=5000", server.base))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let item = &v["items"][0];
+    let (trace, _, flags) = traceparent(item["traceparent"].as_str().expect("a traceparent"));
+    assert_eq!(trace, CALLER_TRACE, "{v}");
+    assert_eq!(flags, "01");
+    assert_eq!(item["tracestate"], "caller=1", "{v}");
+}

@@ -316,7 +316,7 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
                 open_until,
             })
         }
-        "e" | "x" | "t" => {
+        "e" | "x" | "t" | "a" => {
             let rest = payload.get(33..)?;
             if rest.len() % 32 != 0 {
                 return None;
@@ -330,6 +330,7 @@ fn decode(payload: &str, me: Uuid) -> Option<Notice> {
             Some(match kind {
                 "e" => Notice::Events { node, ids },
                 "t" => Notice::Taken { ids },
+                "a" => Notice::Acked { ids },
                 _ => Notice::Erased { ids },
             })
         }
@@ -659,6 +660,51 @@ impl ClusterStore for PgStore {
         }
         tx.commit().await?;
         Ok(taken)
+    }
+
+    async fn ack_elsewhere(&self, agent: &str, ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = crate::clock::now_ms();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // A first attempt that succeeded is kept in the row, a later one in the log, as
+        // `record_attempts` keeps them. Its duration is not known here: 0.
+        let stmt = tx
+            .prepare_cached(
+                "WITH upd AS (
+                     UPDATE deliveries d SET status = 'delivered', next_attempt_at = NULL,
+                            last_error = NULL, lease_consumer = NULL, updated_at = $3,
+                            first_started_at = CASE WHEN d.attempts = 1 THEN $3
+                                                    ELSE d.first_started_at END,
+                            first_duration_ms = CASE WHEN d.attempts = 1 THEN 0
+                                                     ELSE d.first_duration_ms END
+                     WHERE d.id = ANY($1) AND d.agent_id = $2 AND d.status = 'in_flight'
+                       AND d.lease_consumer IS NOT NULL AND d.next_attempt_at > $3
+                     RETURNING d.id, d.attempts
+                 ), logged AS (
+                     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, cause)
+                     SELECT id, attempts, $3, 0, 'scheduled' FROM upd WHERE attempts > 1
+                     ON CONFLICT (delivery_id, attempt) DO UPDATE SET
+                         started_at = excluded.started_at, duration_ms = 0,
+                         status_code = NULL, error = NULL, response_body = NULL, detail = NULL
+                 )
+                 SELECT id FROM upd",
+            )
+            .await?;
+        let acked: Vec<Uuid> = tx
+            .query(&stmt, &[&ids, &agent, &now])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for p in ids_payloads('a', self.node, &acked) {
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &p])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(acked)
     }
 
     async fn release(&self) -> Result<u64> {

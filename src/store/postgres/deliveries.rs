@@ -407,6 +407,9 @@ impl DeliveryStore for PgStore {
                                  $5::int4[], $6::text[], $7::text[], $8::text[])
                           AS a(id, no, started, dur, code, err, resp, detail)
                      LEFT JOIN deliveries d ON d.id = a.id
+                     -- A delivery another node acked (a pull lease, ack_elsewhere) keeps
+                     -- that outcome: this node's later view of the lease changes nothing.
+                     WHERE d.status IS DISTINCT FROM 'delivered'
                      ON CONFLICT (delivery_id, attempt) DO UPDATE SET
                          started_at = excluded.started_at, duration_ms = excluded.duration_ms,
                          status_code = excluded.status_code, error = excluded.error,
@@ -443,7 +446,7 @@ impl DeliveryStore for PgStore {
                       AS u(id, status, attempt, next_attempt_at, error,
                            first_started_at, first_duration_ms, first_status_code,
                            first_detail, first_response_body)
-                 WHERE d.id = u.id AND d.status <> 'cancelled'",
+                 WHERE d.id = u.id AND d.status NOT IN ('cancelled', 'delivered')",
             )
             .await?;
         tx.execute(
