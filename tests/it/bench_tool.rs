@@ -329,3 +329,42 @@ async fn refused_webhooks_are_counted_by_kind_and_nothing_is_lost() {
     assert_eq!(e2e["lost"], 0, "{v}");
     assert_eq!(e2e["unacknowledged"], 0, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_run_against_one_router_sends_its_second_half_as_new_webhooks() {
+    // Both halves go to the same router: the pull half's delivery ids must be new, or the
+    // router would answer them as duplicates and the pull consumers would get nothing.
+    let app = crate::support::TestApp::spawn().await;
+    let v = run_bench_against(
+        &app.base,
+        crate::support::GITHUB_SECRET,
+        &[
+            "-n",
+            "200",
+            "--concurrency",
+            "8",
+            "--identifiers",
+            "20",
+            "--deliver",
+            "pull",
+            "--consumers",
+            "2",
+            "--drain-timeout",
+            "20",
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
+
+    for half in [&v["push"], &v] {
+        assert_eq!(half["ingest"]["accepted"], 200, "{v}");
+        assert_eq!(half["ingest"]["duplicates"], 0, "{v}");
+        assert_eq!(half["endToEnd"]["delivered"], 200, "{v}");
+        assert_eq!(half["endToEnd"]["lost"], 0, "{v}");
+    }
+    assert_eq!(v["pull"]["acked"], 200, "{v}");
+    // The tool removed its agents and routes from the router it was pointed at.
+    let (status, agents) = app.admin_get("/admin/agents").await;
+    assert_eq!(status, 200, "{agents}");
+    assert!(!agents.to_string().contains("bench-agent-"), "{agents}");
+}

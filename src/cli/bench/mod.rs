@@ -227,6 +227,10 @@ pub async fn run(args: &BenchArgs, progress: bool) -> anyhow::Result<Report> {
         None
     };
     let label = (args.deliver == DeliverVia::Pull).then_some("pull");
+    let pool = match push {
+        Some(_) => Arc::new(pool.with_fresh_ids()),
+        None => pool,
+    };
     let (measured, rss) = run_phase(args, label, &pool, &plan, events, keys, progress).await?;
     let Measured {
         ingest,
