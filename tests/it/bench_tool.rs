@@ -147,6 +147,75 @@ async fn a_regular_run_reports_no_backlog() {
         "reported, and null for push deliveries: {v}"
     );
     assert_eq!(v["endToEnd"]["lost"], 0, "{v}");
+    assert!(v["pull"].is_null(), "{v}");
+    assert!(v["push"].is_null(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_run_measures_push_then_pull_consumers_and_loses_nothing() {
+    let v = run_bench(
+        &[
+            "-n",
+            "300",
+            "--concurrency",
+            "8",
+            "--identifiers",
+            "50",
+            "--deliver",
+            "pull",
+            "--consumers",
+            "3",
+            "--pull-batch",
+            "50",
+            "--drain-timeout",
+            "20",
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
+
+    assert_eq!(v["settings"]["deliver"], "pull", "{v}");
+    // The push run of the same load came first, and lost nothing either.
+    let push = &v["push"];
+    assert_eq!(push["ingest"]["accepted"], 300, "{v}");
+    assert_eq!(push["endToEnd"]["delivered"], 300, "{v}");
+    assert_eq!(push["endToEnd"]["lost"], 0, "{v}");
+    assert!(push["endToEnd"]["perSecond"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        push["endToEnd"]["latencyMs"]["p99"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert!(push["rss"]["peakMb"].as_f64().unwrap() > 0.0, "{v}");
+
+    // The pull run: every accepted event acked exactly once.
+    assert_eq!(v["ingest"]["accepted"], 300, "{v}");
+    let e2e = &v["endToEnd"];
+    assert_eq!(e2e["delivered"], 300, "{v}");
+    assert_eq!(e2e["lost"], 0, "{v}");
+    assert_eq!(e2e["duplicates"], 0, "{v}");
+    assert_eq!(e2e["unacknowledged"], 0, "{v}");
+    assert!(e2e["perSecond"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(e2e["latencyMs"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(e2e["latencyMs"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(e2e["streamReconnects"], serde_json::Value::Null, "{v}");
+
+    let pull = &v["pull"];
+    assert_eq!(pull["consumers"], 3, "{v}");
+    assert_eq!(pull["batch"], 50, "{v}");
+    assert_eq!(pull["waitMs"], 1000, "{v}");
+    assert_eq!(pull["acked"], 300, "{v}");
+    assert_eq!(pull["ackExpired"], 0, "{v}");
+    assert_eq!(pull["ackErrors"], 0, "{v}");
+    assert_eq!(pull["pollErrors"], 0, "{v}");
+    assert!(pull["leased"].as_u64().unwrap() >= 300, "{v}");
+    assert!(
+        pull["polls"].as_u64().unwrap() >= 6,
+        "300 in batches of 50 at most: {v}"
+    );
+    let mean = pull["meanBatch"].as_f64().unwrap();
+    assert!(mean > 0.0 && mean <= 50.0, "{v}");
+    assert!(pull["ackedPerSecond"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(pull["ackLatencyMs"]["p99"].as_f64().unwrap() > 0.0, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +328,43 @@ async fn refused_webhooks_are_counted_by_kind_and_nothing_is_lost() {
     assert_eq!(e2e["delivered"], 0, "{v}");
     assert_eq!(e2e["lost"], 0, "{v}");
     assert_eq!(e2e["unacknowledged"], 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_run_against_one_router_sends_its_second_half_as_new_webhooks() {
+    // Both halves go to the same router: the pull half's delivery ids must be new, or the
+    // router would answer them as duplicates and the pull consumers would get nothing.
+    let app = crate::support::TestApp::spawn().await;
+    let v = run_bench_against(
+        &app.base,
+        crate::support::GITHUB_SECRET,
+        &[
+            "-n",
+            "200",
+            "--concurrency",
+            "8",
+            "--identifiers",
+            "20",
+            "--deliver",
+            "pull",
+            "--consumers",
+            "2",
+            "--drain-timeout",
+            "20",
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
+
+    for half in [&v["push"], &v] {
+        assert_eq!(half["ingest"]["accepted"], 200, "{v}");
+        assert_eq!(half["ingest"]["duplicates"], 0, "{v}");
+        assert_eq!(half["endToEnd"]["delivered"], 200, "{v}");
+        assert_eq!(half["endToEnd"]["lost"], 0, "{v}");
+    }
+    assert_eq!(v["pull"]["acked"], 200, "{v}");
+    // The tool removed its agents and routes from the router it was pointed at.
+    let (status, agents) = app.admin_get("/admin/agents").await;
+    assert_eq!(status, 200, "{agents}");
+    assert!(!agents.to_string().contains("bench-agent-"), "{agents}");
 }

@@ -14,6 +14,7 @@ mod bench_tool;
 mod browser;
 mod cli;
 mod cluster;
+mod consumer_examples;
 mod consumers;
 mod crash;
 mod dashboard;

@@ -70,10 +70,20 @@ pub struct BenchArgs {
     #[arg(long)]
     pub backlog: bool,
     /// How the receiver gets its events: `http` push deliveries to a receiver agent with a
-    /// `url`, or `sse`, one live Server-Sent Events stream of a stream-only agent (resumed with
-    /// `Last-Event-ID` if the router cuts it off as a slow consumer).
+    /// `url`; `sse`, one live Server-Sent Events stream of a stream-only agent (resumed with
+    /// `Last-Event-ID` if the router cuts it off as a slow consumer); or `pull`, `--consumers`
+    /// consumers leasing a pull agent's deliveries and acking them in batches, measured after a
+    /// push run of the same load in the same invocation, for comparison.
     #[arg(long, value_enum, default_value_t = DeliverVia::Http, conflicts_with = "backlog")]
     pub deliver: DeliverVia,
+    /// `--deliver pull`: consumers polling the pull agent at once (one consumer group).
+    #[arg(long, value_name = "K", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub consumers: u32,
+    /// `--deliver pull`: the most deliveries one poll leases (`max`, 1–500).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub pull_batch: u32,
     /// Deliver in order per key: the route gets `ordering` on `payload.pull_request.number`,
     /// and the webhooks spread over this many pull request numbers (docs/delivery.md,
     /// "Ordered and coalesced delivery").
@@ -99,6 +109,9 @@ pub enum DeliverVia {
     Http,
     /// One SSE stream (`GET /stream/sse`) of a stream-only agent.
     Sse,
+    /// Consumers long-polling a pull agent (`GET /agents/{id}/deliveries`) and acking each
+    /// batch; a push run of the same load goes first, for comparison.
+    Pull,
 }
 
 impl BenchArgs {

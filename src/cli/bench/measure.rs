@@ -1,6 +1,6 @@
 //! The measured run against the router: the bench's agent and route set up through the admin
 //! API, the load, the drain of every acknowledged event, and what arrived compared with what
-//! was acknowledged.
+//! was acknowledged (with `--deliver pull`: what the consumers acked).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +16,9 @@ use uuid::Uuid;
 
 use super::load::{LoadPlan, bar_style, drive, latency, new_histogram};
 use super::payload::PayloadPool;
+use super::pull::Consumers;
 use super::receiver::{Receiver, subscribe_sse};
-use super::report::{Backlog, EndToEnd, Phase};
+use super::report::{Backlog, EndToEnd, Phase, Pull};
 use super::system::{process_cpu_secs, rss_bytes, sample_rss, thread_cpu_secs};
 use super::{BenchArgs, DeliverVia};
 
@@ -29,6 +30,8 @@ pub(super) struct Measured {
     pub(super) peak_rss: Option<u64>,
     /// Bytes of the tool's own per-event records.
     pub(super) records: u64,
+    /// `--deliver pull`: the consumers' figures.
+    pub(super) pull: Option<Pull>,
 }
 
 /// How long an agent may hold an attempt in `--backlog` mode: longer than any run, so no held
@@ -72,10 +75,19 @@ pub(super) async fn measure_router(
     if let Some(addr) = receiver.addr {
         agent["url"] = json!(format!("http://{addr}/deliveries"));
     }
-    // `--deliver sse`: the agent's own key opens its stream (the admin key opens only `*`).
+    // `--deliver sse`: the agent's own key opens its stream (the admin key opens only `*`);
+    // `--deliver pull`: the consumers poll with it.
     let stream_key = format!("bench-stream-{}", crate::crypto::random_token(16));
-    if args.deliver == DeliverVia::Sse {
+    if matches!(args.deliver, DeliverVia::Sse | DeliverVia::Pull) {
         agent["apiKey"] = json!(stream_key);
+    }
+    if args.deliver == DeliverVia::Pull {
+        // Consumers take deliveries at their own pace: no timeout, concurrency or pacing.
+        agent["mode"] = json!("pull");
+        if let Some(a) = agent.as_object_mut() {
+            a.remove("timeoutMs");
+            a.remove("maxConcurrency");
+        }
     }
     admin.create("/admin/agents", agent).await?;
     let mut route = json!({
@@ -131,7 +143,7 @@ pub(super) async fn measure_router(
         tokio::spawn(subscribe_sse(
             receiver.state.clone(),
             url,
-            stream_key,
+            stream_key.clone(),
             receiver.stop.clone(),
             reconnects.clone(),
             opened,
@@ -151,6 +163,35 @@ pub(super) async fn measure_router(
         }
     }
 
+    // `--deliver pull`: the consumers are polling before the first webhook is sent, spread
+    // round robin over the nodes of `--router`.
+    let nodes: Vec<String> = router_url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .collect();
+    let consumers = match args.deliver {
+        DeliverVia::Pull => match Consumers::start(
+            args.consumers,
+            args.pull_batch,
+            &nodes,
+            &agent_id,
+            &stream_key,
+            receiver.state.clone(),
+            receiver.stop.child_token(),
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if args.router.is_some() {
+                    admin
+                        .remove_bench(&route_id, &extra_routes, &agent_id)
+                        .await;
+                }
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
+
     let sampling = CancellationToken::new();
     let peak_rss = Arc::new(AtomicU64::new(rss_bytes().unwrap_or(0)));
     let sampler = tokio::spawn(sample_rss(peak_rss.clone(), sampling.clone()));
@@ -169,6 +210,9 @@ pub(super) async fn measure_router(
         Ok(l) => l,
         Err(e) => {
             sampling.cancel();
+            if let Some(c) = consumers {
+                c.finish(0).await;
+            }
             return Err(e);
         }
     };
@@ -237,6 +281,10 @@ pub(super) async fn measure_router(
     }
     sampling.cancel();
     let _ = sampler.await;
+    let pull = match consumers {
+        Some(c) => Some(c.finish(load.first_send_us).await),
+        None => None,
+    };
 
     let arrivals = receiver.snapshot();
     let mut e2e = new_histogram();
@@ -319,6 +367,7 @@ pub(super) async fn measure_router(
         backlog,
         peak_rss: peak,
         records,
+        pull,
     })
 }
 

@@ -12,6 +12,7 @@ use crate::providers::github;
 const PULL_REQUEST_EXAMPLE: &str = include_str!("../../../examples/github-pull_request.json");
 
 /// One signed webhook body, ready to send.
+#[derive(Clone)]
 pub(super) struct Payload {
     pub(super) body: Bytes,
     pub(super) signature: HeaderValue,
@@ -79,6 +80,16 @@ impl PayloadPool {
     pub(super) fn mean_bytes(&self) -> usize {
         let total: usize = self.items.iter().map(|p| p.body.len()).sum();
         total / self.items.len().max(1)
+    }
+
+    /// The same bodies under delivery ids of their own: a second run of one invocation
+    /// (`--deliver pull` after its push run) on the same router must not be taken for
+    /// duplicates of the first.
+    pub(super) fn with_fresh_ids(&self) -> PayloadPool {
+        PayloadPool {
+            items: self.items.clone(),
+            nonce: rand::random(),
+        }
     }
 
     /// A GitHub-style delivery id (a UUID string), unique within this run and across runs.

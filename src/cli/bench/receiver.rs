@@ -1,5 +1,5 @@
-//! The receiver agent: records when each acknowledged event arrives, over HTTP push deliveries
-//! or one SSE stream.
+//! The receiver agent: records when each acknowledged event arrives, over HTTP push deliveries,
+//! one SSE stream, or pull consumers (`pull.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ pub(super) struct Receiver {
 
 /// Arrival times (µs since the epoch) by event id, sharded so deliveries rarely contend.
 pub(super) struct Arrivals {
-    epoch: Instant,
+    pub(super) epoch: Instant,
     shards: Vec<Mutex<HashMap<[u8; 16], u64>>>,
     unique: Arc<AtomicU64>,
     duplicates: Arc<AtomicU64>,
@@ -169,7 +169,7 @@ async fn receive(
 impl Arrivals {
     /// Notes that event `id` arrived at `at` (µs since the epoch), or counts a duplicate.
     /// `false` if the shard's lock was poisoned.
-    fn record(&self, id: [u8; 16], at: u64) -> bool {
+    pub(super) fn record(&self, id: [u8; 16], at: u64) -> bool {
         let fresh = match self.shards[shard_of(&id)].lock() {
             Ok(mut m) => match m.entry(id) {
                 std::collections::hash_map::Entry::Vacant(v) => {

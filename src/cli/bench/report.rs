@@ -24,6 +24,54 @@ pub struct Report {
     pub backlog: Option<Backlog>,
     /// Resident memory (in-process router only).
     pub rss: Option<Rss>,
+    /// `--deliver pull`: what the consumers did (`ingest` and `endToEnd` above are the pull
+    /// run's).
+    pub pull: Option<Pull>,
+    /// `--deliver pull`: the push run of the same load, made first in the same invocation (on
+    /// a router of its own when in process).
+    pub push: Option<PushRun>,
+}
+
+/// `--deliver pull`: the push run it is compared with.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRun {
+    pub ingest: Phase,
+    pub ratio_to_baseline: Option<f64>,
+    pub end_to_end: EndToEnd,
+    pub rss: Option<Rss>,
+}
+
+/// `--deliver pull`: the consumers' side. An event counts as delivered (`endToEnd`) once its
+/// ack is confirmed; its end-to-end latency runs from the webhook's send to the poll answer
+/// that carried it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pull {
+    pub consumers: u32,
+    /// `max` of each poll.
+    pub batch: u32,
+    /// `waitMs` of each poll (long-poll).
+    pub wait_ms: u64,
+    pub polls: u64,
+    /// Polls answered with no items.
+    pub empty_polls: u64,
+    /// Polls that failed (transport error or a status other than 200).
+    pub poll_errors: u64,
+    /// Deliveries the polls handed out, redeliveries included.
+    pub leased: u64,
+    /// Leased ÷ polls that carried items.
+    pub mean_batch: f64,
+    /// Ids the router confirmed as acked.
+    pub acked: u64,
+    /// Ids the router answered as `expired` to an ack (the lease had run out).
+    pub ack_expired: u64,
+    /// Ack requests that failed (their leases run out and are leased again).
+    pub ack_errors: u64,
+    /// Acked events ÷ (last ack confirmed − first send).
+    pub acked_per_second: f64,
+    /// From sending an ack to its answer.
+    pub ack_latency_ms: Latency,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +97,7 @@ pub struct Settings {
     pub agent_concurrency: u32,
     /// `--backlog`: deliveries were held until every webhook was sent.
     pub backlog: bool,
-    /// `http` (push deliveries) or `sse` (one live stream).
+    /// `http` (push deliveries), `sse` (one live stream) or `pull` (consumers).
     pub deliver: DeliverVia,
     /// `--ordering-keys`: deliveries ordered per key over this many keys.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,22 +224,6 @@ fn cpu_line(
 /// The human-readable report.
 pub fn render(r: &Report) -> String {
     use std::fmt::Write as _;
-    let lat = |l: &Latency| {
-        format!(
-            "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-            l.p50, l.p95, l.p99, l.max
-        )
-    };
-    let errors = |e: &BTreeMap<String, u64>| {
-        if e.is_empty() {
-            "none".to_string()
-        } else {
-            e.iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -220,51 +252,48 @@ pub fn render(r: &Report) -> String {
             errors(&b.errors)
         );
     }
-    let i = &r.ingest;
-    let _ = writeln!(
-        out,
-        "ingest:    {:.0}/s accepted ({} of {} in {:.1} s, offered {:.0}/s){}",
-        i.per_second,
-        i.accepted,
-        i.sent,
-        i.elapsed_secs,
-        i.offered_per_second,
-        r.ratio_to_baseline
-            .map(|x| format!("; {:.1}% of the baseline", x * 100.0))
-            .unwrap_or_default()
-    );
-    if let Some(p) = i.planned.filter(|&p| p > i.sent) {
+    if let Some(p) = &r.push {
+        let _ = writeln!(out, "push deliveries (measured first, same load):");
+        phase_lines(&mut out, &p.ingest, p.ratio_to_baseline, &p.end_to_end);
+        if let Some(m) = &p.rss {
+            rss_line(&mut out, m);
+        }
+    }
+    if let Some(p) = &r.pull {
         let _ = writeln!(
             out,
-            "           {} of {p} planned webhooks not sent: the router fell behind the offered rate",
-            p - i.sent
+            "pull consumers ({} × max {}, waitMs {}):",
+            p.consumers, p.batch, p.wait_ms
         );
     }
-    let _ = writeln!(out, "           ack {}", lat(&i.ack_latency_ms));
-    let _ = writeln!(out, "           errors {}", errors(&i.errors));
-    if let Some(cpu) = i.process_cpu_secs {
-        let line = cpu_line(cpu, i.writer_cpu_secs, 1, "", i.sent, "webhook");
-        let _ = writeln!(out, "           {line}");
-    }
-    let e = &r.end_to_end;
-    let _ = writeln!(
-        out,
-        "delivered: {:.0}/s ({} delivered, {} during sending, drained {:.2} s after); lost {}; duplicates {}; unacknowledged {}",
-        e.per_second,
-        e.delivered,
-        e.delivered_during_send,
-        e.drain_secs,
-        e.lost,
-        e.duplicates,
-        e.unacknowledged
-    );
-    if let Some(n) = e.stream_reconnects {
+    phase_lines(&mut out, &r.ingest, r.ratio_to_baseline, &r.end_to_end);
+    if let Some(p) = &r.pull {
         let _ = writeln!(
             out,
-            "           over one SSE stream; reopened {n} times (resumed with Last-Event-ID)"
+            "acked:     {:.0}/s ({} acked, {} leased, {} ack expired, {} ack errors); {} polls, {} empty, {} failed, mean batch {:.1}",
+            p.acked_per_second,
+            p.acked,
+            p.leased,
+            p.ack_expired,
+            p.ack_errors,
+            p.polls,
+            p.empty_polls,
+            p.poll_errors,
+            p.mean_batch
         );
+        let _ = writeln!(out, "           ack request {}", lat(&p.ack_latency_ms));
+        if let Some(push) = &r.push {
+            let _ = writeln!(
+                out,
+                "pull ÷ push: {:.2} (acked/s {:.0} ÷ delivered/s {:.0}); end-to-end p99 {:.2} ms ÷ {:.2} ms",
+                p.acked_per_second / push.end_to_end.per_second.max(f64::MIN_POSITIVE),
+                p.acked_per_second,
+                push.end_to_end.per_second,
+                r.end_to_end.latency_ms.p99,
+                push.end_to_end.latency_ms.p99
+            );
+        }
     }
-    let _ = writeln!(out, "           end to end {}", lat(&e.latency_ms));
     if let Some(b) = &r.backlog {
         let _ = writeln!(
             out,
@@ -284,11 +313,82 @@ pub fn render(r: &Report) -> String {
         }
     }
     if let Some(m) = &r.rss {
-        let _ = writeln!(
-            out,
-            "rss:       peak {:.0} MiB (before the router {:.0} MiB, tool records {:.0} MiB) → router ≈ {:.0} MiB",
-            m.peak_mb, m.before_router_mb, m.tool_records_mb, m.router_estimate_mb
-        );
+        rss_line(&mut out, m);
     }
     out
+}
+
+fn lat(l: &Latency) -> String {
+    format!(
+        "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        l.p50, l.p95, l.p99, l.max
+    )
+}
+
+fn errors(e: &BTreeMap<String, u64>) -> String {
+    if e.is_empty() {
+        "none".to_string()
+    } else {
+        e.iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn rss_line(out: &mut String, m: &Rss) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "rss:       peak {:.0} MiB (before the router {:.0} MiB, tool records {:.0} MiB) → router ≈ {:.0} MiB",
+        m.peak_mb, m.before_router_mb, m.tool_records_mb, m.router_estimate_mb
+    );
+}
+
+/// The `ingest:` and `delivered:` lines of one run.
+fn phase_lines(out: &mut String, i: &Phase, ratio: Option<f64>, e: &EndToEnd) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "ingest:    {:.0}/s accepted ({} of {} in {:.1} s, offered {:.0}/s){}",
+        i.per_second,
+        i.accepted,
+        i.sent,
+        i.elapsed_secs,
+        i.offered_per_second,
+        ratio
+            .map(|x| format!("; {:.1}% of the baseline", x * 100.0))
+            .unwrap_or_default()
+    );
+    if let Some(p) = i.planned.filter(|&p| p > i.sent) {
+        let _ = writeln!(
+            out,
+            "           {} of {p} planned webhooks not sent: the router fell behind the offered rate",
+            p - i.sent
+        );
+    }
+    let _ = writeln!(out, "           ack {}", lat(&i.ack_latency_ms));
+    let _ = writeln!(out, "           errors {}", errors(&i.errors));
+    if let Some(cpu) = i.process_cpu_secs {
+        let line = cpu_line(cpu, i.writer_cpu_secs, 1, "", i.sent, "webhook");
+        let _ = writeln!(out, "           {line}");
+    }
+    let _ = writeln!(
+        out,
+        "delivered: {:.0}/s ({} delivered, {} during sending, drained {:.2} s after); lost {}; duplicates {}; unacknowledged {}",
+        e.per_second,
+        e.delivered,
+        e.delivered_during_send,
+        e.drain_secs,
+        e.lost,
+        e.duplicates,
+        e.unacknowledged
+    );
+    if let Some(n) = e.stream_reconnects {
+        let _ = writeln!(
+            out,
+            "           over one SSE stream; reopened {n} times (resumed with Last-Event-ID)"
+        );
+    }
+    let _ = writeln!(out, "           end to end {}", lat(&e.latency_ms));
 }

@@ -623,43 +623,12 @@ impl ClusterStore for PgStore {
     }
 
     async fn take_pull(&self, agent: &str, limit: usize) -> Result<Vec<PendingDelivery>> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        let stmt = tx
-            .prepare_cached(&format!(
-                "WITH picked AS (
-                     SELECT d.id FROM deliveries d
-                     WHERE d.agent_id = $2 AND d.status IN ('pending', 'scheduled')
-                       AND d.owner IS DISTINCT FROM $1
-                       AND COALESCE(d.next_attempt_at, 0) <= $4
-                       AND d.ordering_key IS NULL AND d.coalesce_key IS NULL
-                     ORDER BY d.priority DESC, d.id LIMIT $3
-                     FOR UPDATE SKIP LOCKED
-                 ), upd AS (
-                     UPDATE deliveries d SET owner = $1 FROM picked WHERE d.id = picked.id
-                     RETURNING d.*
-                 )
-                 SELECT {} FROM upd d JOIN events e ON e.id = d.event_id
-                 ORDER BY d.id",
-                pending_select(None)
-            ))
-            .await?;
-        let now = crate::clock::now_ms();
-        let taken = tx
-            .query(&stmt, &[&self.node, &agent, &super::limit_of(limit), &now])
-            .await?
-            .iter()
-            .map(pending_row)
-            .collect::<Result<Vec<_>>>()?;
-        if !taken.is_empty() {
-            let ids: Vec<Uuid> = taken.iter().map(|p| p.id).collect();
-            for p in ids_payloads('t', self.node, &ids) {
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &p])
-                    .await?;
-            }
+        match self.take_pull_once(agent, limit).await {
+            Ok(taken) => Ok(taken),
+            // Taken by another node meanwhile: nothing this time (the poll looks again).
+            Err(TakeError::Raced) => Ok(Vec::new()),
+            Err(TakeError::Store(e)) => Err(e),
         }
-        tx.commit().await?;
-        Ok(taken)
     }
 
     async fn ack_elsewhere(&self, agent: &str, ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
@@ -967,6 +936,88 @@ impl ClusterStore for PgStore {
         let c = self.client().await?;
         c.execute("SELECT rate_upkeep()", &[]).await?;
         Ok(())
+    }
+}
+
+/// Why `take_pull_once` took nothing.
+enum TakeError {
+    /// Another node took a row after this transaction's snapshot.
+    Raced,
+    Store(StoreError),
+}
+
+impl From<StoreError> for TakeError {
+    fn from(e: StoreError) -> Self {
+        TakeError::Store(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for TakeError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) {
+            TakeError::Raced
+        } else {
+            TakeError::Store(e.into())
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for TakeError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        TakeError::Store(e.into())
+    }
+}
+
+impl PgStore {
+    /// `take_pull` in one REPEATABLE READ transaction: `Ok(None)` when another node took one
+    /// of the rows after this snapshot (a serialization failure), rather than taking it from
+    /// that node again as READ COMMITTED would.
+    async fn take_pull_once(
+        &self,
+        agent: &str,
+        limit: usize,
+    ) -> std::result::Result<Vec<PendingDelivery>, TakeError> {
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        let stmt = tx
+            .prepare_cached(&format!(
+                "WITH picked AS (
+                     SELECT d.id FROM deliveries d
+                     WHERE d.agent_id = $2 AND d.status IN ('pending', 'scheduled')
+                       AND d.owner IS DISTINCT FROM $1
+                       AND COALESCE(d.next_attempt_at, 0) <= $4
+                       AND d.ordering_key IS NULL AND d.coalesce_key IS NULL
+                     ORDER BY d.priority DESC, d.id LIMIT $3
+                     FOR UPDATE SKIP LOCKED
+                 ), upd AS (
+                     UPDATE deliveries d SET owner = $1 FROM picked WHERE d.id = picked.id
+                     RETURNING d.*
+                 )
+                 SELECT {} FROM upd d JOIN events e ON e.id = d.event_id
+                 ORDER BY d.id",
+                pending_select(None)
+            ))
+            .await?;
+        let now = crate::clock::now_ms();
+        let taken = tx
+            .query(&stmt, &[&self.node, &agent, &super::limit_of(limit), &now])
+            .await?
+            .iter()
+            .map(pending_row)
+            .collect::<Result<Vec<_>>>()?;
+        if !taken.is_empty() {
+            let ids: Vec<Uuid> = taken.iter().map(|p| p.id).collect();
+            for p in ids_payloads('t', self.node, &ids) {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &p])
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(taken)
     }
 }
 
