@@ -440,37 +440,21 @@ async fn settle_http(
     Ok(axum::Json(answer(kind, &s)))
 }
 
-/// `POST /agents/{agentId}/deliveries/ack`.
-pub async fn ack(
+/// `POST /agents/{agentId}/deliveries/{ack|nack|extend}`.
+pub async fn settle_post(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(agent): Path<String>,
+    Path((agent, kind)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<axum::Json<Value>> {
-    settle_http(app, peer, agent, headers, body, "ack").await
-}
-
-/// `POST /agents/{agentId}/deliveries/nack`.
-pub async fn nack(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(agent): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<axum::Json<Value>> {
-    settle_http(app, peer, agent, headers, body, "nack").await
-}
-
-/// `POST /agents/{agentId}/deliveries/extend`.
-pub async fn extend(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(agent): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<axum::Json<Value>> {
-    settle_http(app, peer, agent, headers, body, "extend").await
+    let kind = match kind.as_str() {
+        "ack" => "ack",
+        "nack" => "nack",
+        "extend" => "extend",
+        _ => return Err(ApiError::not_found("No such endpoint")),
+    };
+    settle_http(app, peer, agent, headers, body, kind).await
 }
 
 /// `GET /stream/ws?agentId=…&mode=consume`: checks everything before the upgrade.

@@ -112,9 +112,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(analytics::prometheus))
         .route("/stream/ws", get(streams::ws))
         .route("/agents/{id}/deliveries", get(consumers::poll))
-        .route("/agents/{id}/deliveries/ack", post(consumers::ack))
-        .route("/agents/{id}/deliveries/nack", post(consumers::nack))
-        .route("/agents/{id}/deliveries/extend", post(consumers::extend))
+        .route(
+            "/agents/{id}/deliveries/{kind}",
+            post(consumers::settle_post),
+        )
         .route("/stream/sse", get(streams::sse))
         .merge(admin)
         .merge(dashboard::router())

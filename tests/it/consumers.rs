@@ -446,6 +446,35 @@ async fn ordering_keys_hold_with_several_consumers() {
     }
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A consume socket of agent `p` with these extra query parameters.
+async fn consume_socket(app: &TestApp, query: &str) -> Socket {
+    let url = format!(
+        "{}/stream/ws?agentId=p&mode=consume&{query}&apiKey={PULL_KEY}",
+        app.base.replace("http://", "ws://")
+    );
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+/// The next text frame of a socket, as JSON (within 10 s).
+async fn next_frame(socket: &mut Socket) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_consume_mode_keeps_prefetch_and_returns_leases_on_close() {
     let app = TestApp::spawn().await;
@@ -453,28 +482,10 @@ async fn websocket_consume_mode_keeps_prefetch_and_returns_leases_on_close() {
     for n in 0..12 {
         post_routed(&app, "push", n).await;
     }
-    let ws_url = format!(
-        "{}/stream/ws?agentId=p&mode=consume&prefetch=5&leaseMs=30000&consumer=sock&apiKey={PULL_KEY}",
-        app.base.replace("http://", "ws://")
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
-        .await
-        .unwrap();
-    let next = async |socket: &mut tokio_tungstenite::WebSocketStream<_>| -> Value {
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), socket.next())
-                .await
-                .expect("a frame")
-                .unwrap()
-                .unwrap();
-            if let Message::Text(t) = m {
-                return serde_json::from_str(&t).unwrap();
-            }
-        }
-    };
+    let mut socket = consume_socket(&app, "prefetch=5&leaseMs=30000&consumer=sock").await;
     let mut held = Vec::new();
     for _ in 0..5 {
-        let f = next(&mut socket).await;
+        let f = next_frame(&mut socket).await;
         assert_eq!(f["type"], "delivery", "{f}");
         assert_eq!(f["event"]["source"], "github");
         assert_eq!(f["attempt"], 1);
@@ -498,7 +509,7 @@ async fn websocket_consume_mode_keeps_prefetch_and_returns_leases_on_close() {
     let mut acked = None;
     let mut more = Vec::new();
     while acked.is_none() || more.len() < 2 {
-        let f = next(&mut socket).await;
+        let f = next_frame(&mut socket).await;
         match f["type"].as_str() {
             Some("acked") => acked = Some(f),
             Some("delivery") => more.push(f["id"].as_str().unwrap().to_string()),
@@ -511,7 +522,7 @@ async fn websocket_consume_mode_keeps_prefetch_and_returns_leases_on_close() {
         .send(Message::Text("{\"type\":\"hello\"}".into()))
         .await
         .unwrap();
-    let f = next(&mut socket).await;
+    let f = next_frame(&mut socket).await;
     assert_eq!(f["type"], "error", "{f}");
     // Closing returns the five leases held at once: an HTTP poll gets them, still attempt 1's
     // budget (the returned lease is not counted against it).
@@ -811,25 +822,12 @@ async fn a_consume_socket_gets_more_once_its_unsettled_leases_run_out() {
     for n in 0..2 {
         post_routed(&app, "push", n).await;
     }
-    let ws_url = format!(
-        "{}/stream/ws?agentId=p&mode=consume&prefetch=2&leaseMs=1000&apiKey={PULL_KEY}",
-        app.base.replace("http://", "ws://")
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
-        .await
-        .unwrap();
+    let mut socket = consume_socket(&app, "prefetch=2&leaseMs=1000").await;
     let mut attempts = Vec::new();
     while attempts.len() < 4 {
-        let m = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let f: Value = serde_json::from_str(&t).unwrap();
-            assert_eq!(f["type"], "delivery", "{f}");
-            attempts.push(f["attempt"].as_u64().unwrap());
-        }
+        let f = next_frame(&mut socket).await;
+        assert_eq!(f["type"], "delivery", "{f}");
+        attempts.push(f["attempt"].as_u64().unwrap());
     }
     // The two leases ran out unsettled and came back to the same socket as second attempts.
     assert_eq!(attempts, vec![1, 1, 2, 2]);
