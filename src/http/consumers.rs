@@ -407,17 +407,13 @@ async fn durable(settled: &mut Settled) -> ApiResult<()> {
 /// How long an ack, nack or extend waits for the store before it answers 503.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
-/// What an answer calls the ids a settle of `kind` applied to.
-fn done_name(kind: &str) -> &'static str {
-    match kind {
+fn answer(kind: &str, s: &Settled) -> Value {
+    let done = match kind {
         "ack" => "acked",
         "nack" => "nacked",
         _ => "extended",
-    }
-}
-
-fn answer(kind: &str, s: &Settled) -> Value {
-    let mut v = json!({ done_name(kind): s.done, "expired": s.expired });
+    };
+    let mut v = json!({ done: s.done, "expired": s.expired });
     if let Some(at) = s.lease_expires_at {
         v["leaseExpiresAt"] = json!(at);
     }
@@ -470,7 +466,12 @@ pub async fn ws_consume(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let pairs = query_pairs(&raw);
-    let param = |name: &str| super::streams::param(&pairs, name);
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let key = key_of(&headers, param("apiKey"));
     let Some(agent) = param("agentId").filter(|a| !a.is_empty()) else {
         return ApiError::bad_request("agentId is required").into_response();
@@ -644,10 +645,15 @@ async fn handle_frame(
     for id in &s.expired {
         held.remove(id);
     }
-    // The socket's frame: the answer's ids under `ids`, its kind in `type`.
-    let mut out = json!({ "type": done_name(&kind), "ids": s.done, "expired": s.expired });
-    if let Some(at) = s.lease_expires_at {
-        out["leaseExpiresAt"] = json!(at);
+    let mut out = answer(&kind, &s);
+    let done = match kind.as_str() {
+        "ack" => "acked",
+        "nack" => "nacked",
+        _ => "extended",
+    };
+    out["type"] = json!(done);
+    if let Some(ids) = out.as_object_mut().and_then(|o| o.remove(done)) {
+        out["ids"] = ids;
     }
     out
 }
