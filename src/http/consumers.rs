@@ -407,13 +407,17 @@ async fn durable(settled: &mut Settled) -> ApiResult<()> {
 /// How long an ack, nack or extend waits for the store before it answers 503.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
-fn answer(kind: &str, s: &Settled) -> Value {
-    let done = match kind {
+/// What an answer calls the ids a settle of `kind` applied to.
+fn done_name(kind: &str) -> &'static str {
+    match kind {
         "ack" => "acked",
         "nack" => "nacked",
         _ => "extended",
-    };
-    let mut v = json!({ done: s.done, "expired": s.expired });
+    }
+}
+
+fn answer(kind: &str, s: &Settled) -> Value {
+    let mut v = json!({ done_name(kind): s.done, "expired": s.expired });
     if let Some(at) = s.lease_expires_at {
         v["leaseExpiresAt"] = json!(at);
     }
@@ -466,12 +470,7 @@ pub async fn ws_consume(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let pairs = query_pairs(&raw);
-    let param = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let param = |name: &str| super::streams::param(&pairs, name);
     let key = key_of(&headers, param("apiKey"));
     let Some(agent) = param("agentId").filter(|a| !a.is_empty()) else {
         return ApiError::bad_request("agentId is required").into_response();
@@ -645,15 +644,10 @@ async fn handle_frame(
     for id in &s.expired {
         held.remove(id);
     }
-    let mut out = answer(&kind, &s);
-    let done = match kind.as_str() {
-        "ack" => "acked",
-        "nack" => "nacked",
-        _ => "extended",
-    };
-    out["type"] = json!(done);
-    if let Some(ids) = out.as_object_mut().and_then(|o| o.remove(done)) {
-        out["ids"] = ids;
+    // The socket's frame: the answer's ids under `ids`, its kind in `type`.
+    let mut out = json!({ "type": done_name(&kind), "ids": s.done, "expired": s.expired });
+    if let Some(at) = s.lease_expires_at {
+        out["leaseExpiresAt"] = json!(at);
     }
     out
 }
