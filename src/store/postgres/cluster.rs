@@ -271,9 +271,17 @@ pub(super) fn breaker_payload(node: Uuid, agent: &str, open_until: Option<i64>) 
     format!("b{}{until} {agent}", node.simple())
 }
 
-/// One or more payloads carrying `ids` (already in id order).
+/// One or more payloads carrying `ids` (already in id order): what the group commit's statement
+/// builds in SQL (`writer::INSERT_BATCH`), kept here to test it against.
+#[cfg(test)]
 pub(super) fn events_payloads(node: Uuid, ids: &[Uuid]) -> Vec<String> {
     ids_payloads('e', node, ids)
+}
+
+/// What the payloads of `events_payloads` start with: the ids follow (the group commit builds
+/// them in SQL, see `writer::INSERT_BATCH`).
+pub(super) fn events_notice_prefix(node: Uuid) -> String {
+    format!("e{}", node.simple())
 }
 
 /// One or more payloads saying that `ids` were erased.
@@ -1118,6 +1126,84 @@ mod tests {
         assert_ne!(identity_lock(web1.id), identity_lock(first.id));
         let (a, b) = identity_lock(first.id);
         assert!(a >= 0 && b >= 0);
+    }
+
+    /// The notices of the group commit are built in its SQL: they must be exactly those of
+    /// `events_payloads` for the events stored, none for a refused duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_group_commit_notices_carry_the_stored_events() {
+        use crate::store::{EventStore, Store};
+        let Some((url, _db)) = super::super::testing::fresh_database_or_skip().await else {
+            return;
+        };
+        let (config, tls) = super::super::tls::connect_options(&url).unwrap();
+        let (_client, mut conn, mut heard) = connect_listener(&config, &tls).await.unwrap();
+        let store = PgStore::open(&url, Default::default()).await.expect("open");
+        let node = store.node_id().unwrap();
+        // 600 events at once (batches of up to 1,024: notices of 240 ids and the rest), and a
+        // duplicate of the first, refused.
+        let events: Vec<_> = (0..600)
+            .map(|i| crate::store::conformance::ev("github", Some(&format!("d{i}"))))
+            .collect();
+        let ids: std::collections::BTreeSet<Uuid> = events.iter().map(|e| e.id).collect();
+        let outcomes =
+            futures_util::future::join_all(events.into_iter().map(|e| store.commit_event(e))).await;
+        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+        let dup = crate::store::conformance::ev("github", Some("d0"));
+        let dup_id = dup.id;
+        assert!(matches!(
+            store.commit_event(dup).await.unwrap(),
+            crate::store::CommitOutcome::Duplicate { .. }
+        ));
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while let Some(n) = heard.pop() {
+                match decode(n.payload(), Uuid::now_v7()) {
+                    Some(Notice::Events {
+                        node: from,
+                        ids: these,
+                    }) => {
+                        assert_eq!(from, node);
+                        assert!(n.payload().len() < 8000);
+                        assert!(these.len() <= IDS_PER_NOTICE);
+                        assert!(these.windows(2).all(|w| w[0] < w[1]), "{these:?}");
+                        // The same text as the payload built in Rust.
+                        assert_eq!(events_payloads(node, &these), [n.payload().to_string()]);
+                        got.extend(these);
+                    }
+                    other => panic!("unexpected notice {other:?}"),
+                }
+            }
+            if got.len() >= ids.len() {
+                break;
+            }
+            let m = tokio::time::timeout_at(deadline, poll_fn(|cx| conn.poll_message(cx)))
+                .await
+                .unwrap_or_else(|_| panic!("{} of {} events noticed", got.len(), ids.len()));
+            if let Some(Ok(AsyncMessage::Notification(n))) = m {
+                heard.push(n);
+            }
+        }
+        assert_eq!(got.len(), ids.len(), "each event noticed once");
+        assert_eq!(
+            got.iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            ids
+        );
+        assert!(!got.contains(&dup_id));
+        // Nothing more: the duplicate's batch stored nothing, so it sent no notice.
+        let more = tokio::time::timeout(
+            Duration::from_millis(300),
+            poll_fn(|cx| conn.poll_message(cx)),
+        )
+        .await;
+        assert!(
+            !matches!(more, Ok(Some(Ok(AsyncMessage::Notification(_))))),
+            "{more:?}"
+        );
+        store.close().await;
     }
 
     #[test]

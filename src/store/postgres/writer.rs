@@ -186,7 +186,10 @@ async fn commit_retrying(
 }
 
 /// Inserts events, deliveries and stream rows with one statement of UNNESTed arrays; events
-/// the dedupe index refuses (`ON CONFLICT DO NOTHING`) are answered with the original.
+/// the dedupe index refuses (`ON CONFLICT DO NOTHING`) are answered with the original. The
+/// same statement tells the other nodes which events it stored (`note`: the payloads of
+/// `cluster::events_payloads`, $24 the channel and $25 the kind and node, at most 240 ids to a
+/// notice), so the notices cost no statement of their own; NOTIFY is sent at COMMIT.
 const INSERT_BATCH: &str = "
 WITH ins AS (
     INSERT INTO events (id, source, type, action, delivery_id, timestamp, filtered, body)
@@ -214,8 +217,12 @@ WITH ins AS (
     JOIN ins ON ins.id = s.event_id
     ON CONFLICT DO NOTHING
     RETURNING 1
+), note AS MATERIALIZED (
+    SELECT pg_notify($24, $25 || string_agg(replace(n.id::text, '-', ''), '' ORDER BY n.id))
+    FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 240 AS chunk FROM ins) AS n
+    GROUP BY n.chunk
 )
-SELECT id FROM ins";
+SELECT ins.id FROM ins, (SELECT count(*) FROM note) AS notified";
 
 /// Ordering and coalescing keys of the deliveries just inserted (rows of refused events were
 /// not inserted, so they match nothing).
@@ -235,6 +242,29 @@ const RESOLVE_DUPLICATES: &str = "
 SELECT x.ord, e.id, e.filtered, EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(source, delivery_id, ord)
 JOIN events e ON e.source = x.source AND e.delivery_id = x.delivery_id";
+
+/// A pooled connection in the middle of a hand-run transaction: dropped half way (the task
+/// cancelled between BEGIN and COMMIT), the connection is closed rather than pooled, so that no
+/// later user inherits the open transaction. `done` returns it to the pool.
+struct Pooled(Option<deadpool_postgres::Object>);
+
+impl Pooled {
+    fn get(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("taken only by done or drop")
+    }
+
+    fn done(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
 
 async fn try_commit(
     pool: &Pool,
@@ -320,10 +350,8 @@ async fn try_commit(
             s_body.push(body.as_deref().map(text).transpose()?);
         }
     }
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let insert = tx.prepare_cached(INSERT_BATCH).await?;
-    let params: [&(dyn ToSql + Sync); 23] = [
+    let notice_prefix = cluster::events_notice_prefix(node);
+    let params: [&(dyn ToSql + Sync); 25] = [
         &ids,
         &sources,
         &types,
@@ -347,34 +375,54 @@ async fn try_commit(
         &s_body,
         &node,
         &d_trace,
+        &cluster::CHANNEL,
+        &notice_prefix,
     ];
     // Every event of a committed batch was answered under its lease, duplicates too (as on one
-    // node, where admission counts before the commit). Sent in the same round trip as the insert.
+    // node, where admission counts before the commit).
     let mut by_lease: std::collections::BTreeMap<Uuid, i64> = Default::default();
     for lease in spends.iter().flatten() {
         *by_lease.entry(*lease).or_default() += 1;
     }
-    let rows = if by_lease.is_empty() {
-        tx.query(&insert, &params).await?
-    } else {
-        let record = tx.prepare_cached(RECORD_SPENDS).await?;
-        let (leases, counts): (Vec<Uuid>, Vec<i64>) = by_lease.into_iter().unzip();
-        let spend_params: [&(dyn ToSql + Sync); 2] = [&leases, &counts];
-        let (rows, _) = tokio::try_join!(
-            tx.query(&insert, &params),
-            tx.execute(&record, &spend_params)
-        )?;
-        rows
-    };
+    let (leases, counts): (Vec<Uuid>, Vec<i64>) = by_lease.into_iter().unzip();
+    let spend_params: [&(dyn ToSql + Sync); 2] = [&leases, &counts];
+    let key_params: [&(dyn ToSql + Sync); 6] =
+        [&q_id, &q_okey, &q_hold, &q_ckey, &q_window, &q_wait];
+
+    let client = Pooled(Some(pool.get().await?));
+    let c = client.get();
+    let insert = c.prepare_cached(INSERT_BATCH).await?;
+    let record = c.prepare_cached(RECORD_SPENDS).await?;
+    let keys = c.prepare_cached(SET_KEYS).await?;
+    // The whole transaction in one round trip: BEGIN, the insert, the spends, the keys and
+    // COMMIT are sent together, and the server runs them in order. (Waiting for each before
+    // sending the next cost five round trips a batch, two of them for the notices, each a
+    // wake-up on both sides while the batch's callers wait.) When a statement fails the server
+    // refuses the rest of the transaction and turns the COMMIT into a rollback; the first
+    // failure in order is the batch's.
+    let (begun, inserted, spent, keyed, committed) = tokio::join!(
+        c.batch_execute("BEGIN"),
+        c.query(&insert, &params),
+        async {
+            match leases.is_empty() {
+                true => Ok(0),
+                false => c.execute(&record, &spend_params).await,
+            }
+        },
+        async {
+            match q_id.is_empty() {
+                true => Ok(0),
+                false => c.execute(&keys, &key_params).await,
+            }
+        },
+        c.batch_execute("COMMIT"),
+    );
+    begun?;
+    let rows = inserted?;
+    spent?;
+    keyed?;
+    committed?;
     let stored: HashSet<Uuid> = rows.iter().map(|r| r.get::<_, Uuid>(0)).collect();
-    if !q_id.is_empty() {
-        let keys = tx.prepare_cached(SET_KEYS).await?;
-        tx.execute(
-            &keys,
-            &[&q_id, &q_okey, &q_hold, &q_ckey, &q_window, &q_wait],
-        )
-        .await?;
-    }
 
     let mut outcomes: Vec<Option<Result<CommitOutcome>>> = events
         .iter()
@@ -394,8 +442,9 @@ async fn try_commit(
             .iter()
             .map(|&i| events[i].delivery_id.as_deref())
             .collect();
-        let resolve = tx.prepare_cached(RESOLVE_DUPLICATES).await?;
-        for row in tx.query(&resolve, &[&src, &did]).await? {
+        // Read after the commit: the originals are committed (those of this batch too).
+        let resolve = c.prepare_cached(RESOLVE_DUPLICATES).await?;
+        for row in c.query(&resolve, &[&src, &did]).await? {
             let ord: i64 = row.get(0);
             let Some(&i) = usize::try_from(ord - 1).ok().and_then(|k| refused.get(k)) else {
                 continue;
@@ -407,17 +456,7 @@ async fn try_commit(
             }));
         }
     }
-    let mut notified: Vec<Uuid> = stored.into_iter().collect();
-    notified.sort_unstable();
-    let payloads = cluster::events_payloads(node, &notified);
-    if !payloads.is_empty() {
-        tx.execute(
-            "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p",
-            &[&cluster::CHANNEL, &payloads],
-        )
-        .await?;
-    }
-    tx.commit().await?;
+    client.done();
     Ok(outcomes
         .into_iter()
         .map(|o| {
