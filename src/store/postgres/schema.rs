@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_trace_context.sql"),
     include_str!("migrations/0007_attempt_detail.sql"),
     include_str!("migrations/0008_leases.sql"),
+    include_str!("migrations/0009_bodies_in_row.sql"),
 ];
 
 /// The advisory lock key under which nodes starting together migrate one at a time.

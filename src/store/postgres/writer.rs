@@ -186,7 +186,10 @@ async fn commit_retrying(
 }
 
 /// Inserts events, deliveries and stream rows with one statement of UNNESTed arrays; events
-/// the dedupe index refuses (`ON CONFLICT DO NOTHING`) are answered with the original. The
+/// the dedupe index refuses (`ON CONFLICT … DO NOTHING`, naming that index so that the insert
+/// checks only it before writing, not the primary key too: an id is new by construction, and
+/// a collision fails the batch, which is then committed event by event) are answered with the
+/// original. The
 /// same statement tells the other nodes which events it stored (`note`: the payloads of
 /// `cluster::events_payloads`, $24 the channel and $25 the kind and node, at most 240 ids to a
 /// notice), so the notices cost no statement of their own; NOTIFY is sent at COMMIT.
@@ -195,7 +198,7 @@ WITH ins AS (
     INSERT INTO events (id, source, type, action, delivery_id, timestamp, filtered, body)
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::int8[], $7::bool[], $8::text[])
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (source, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
     RETURNING id, timestamp
 ), dl AS (
     INSERT INTO deliveries (id, event_id, agent_id, route_id, priority, status, attempts,
@@ -428,8 +431,8 @@ async fn try_commit(
         .iter()
         .map(|e| stored.contains(&e.id).then_some(Ok(CommitOutcome::Stored)))
         .collect();
-    // Refused events: the dedupe index (answer with the original, stored earlier or earlier in
-    // this batch) or, without a provider delivery id, an id collision.
+    // Refused events: by the dedupe index (answered with the original, stored earlier or
+    // earlier in this batch). One whose original cannot be found gets an error.
     let refused: Vec<usize> = (0..events.len())
         .filter(|&i| outcomes[i].is_none())
         .collect();
