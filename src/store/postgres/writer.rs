@@ -58,14 +58,13 @@ impl From<PoolError> for BatchFailure {
     }
 }
 
-/// Takes whatever is waiting (up to `batch_max`) as one batch, and commits up to `lanes`
-/// batches at once on separate connections: while one batch waits for its COMMIT to reach the
-/// disk, the next is already being inserted. While every lane is busy, new events queue up and
-/// so make the next batch bigger.
 /// Why the last group commit failed because the database could not take writes (see
 /// `super::unavailable`), `None` once one succeeded; for `/health`, whose ping only reads.
 pub(super) type WriteFault = Arc<std::sync::Mutex<Option<String>>>;
 
+/// Takes whatever is waiting (up to `batch_max`) as one batch, and commits up to `lanes`
+/// batches at once on separate connections (one by default, see `PgOptions::commit_lanes`).
+/// While every lane is busy, new events queue up and so make the next batch bigger.
 pub(super) async fn writer_loop(
     pool: Pool,
     node: Uuid,
