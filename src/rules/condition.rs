@@ -780,17 +780,28 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn arb_json() -> impl Strategy<Value = Value> {
+        arb_json_of("[a-cA-CéÉ]{0,3}", "[a-c0-2]", 4, 32)
+    }
+
+    /// Random JSON: scalars of every kind, strings matching `strings`, and arrays and objects
+    /// (keys matching `keys`) nested up to `depth`, about `size` nodes in all.
+    pub(crate) fn arb_json_of(
+        strings: &'static str,
+        keys: &'static str,
+        depth: u32,
+        size: u32,
+    ) -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             (-1e6f64..1e6).prop_map(Value::from),
-            "[a-cA-CéÉ]{0,3}".prop_map(Value::String),
+            strings.prop_map(Value::String),
         ];
-        leaf.prop_recursive(4, 32, 4, |inner| {
+        leaf.prop_recursive(depth, size, 4, move |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-c0-2]", inner, 0..4)
+                prop::collection::btree_map(keys, inner, 0..4)
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })

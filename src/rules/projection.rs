@@ -523,20 +523,7 @@ pub(crate) mod tests {
     }
 
     fn arb_payload() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            (-1e6f64..1e6).prop_map(Value::from),
-            "[a-c0-1éÉ\"\\\\🚀]{0,3}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(5, 48, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-c0-2é]", inner, 0..4)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        crate::rules::condition::tests::arb_json_of("[a-c0-1éÉ\"\\\\🚀]{0,3}", "[a-c0-2é]", 5, 48)
     }
 
     proptest! {
