@@ -245,24 +245,18 @@ SELECT x.ord, e.id, e.filtered, EXISTS (SELECT 1 FROM deliveries d WHERE d.event
 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(source, delivery_id, ord)
 JOIN events e ON e.source = x.source AND e.delivery_id = x.delivery_id";
 
-/// A pooled connection in the middle of a hand-run transaction: dropped half way (the task
-/// cancelled between BEGIN and COMMIT), the connection is closed rather than pooled, so that no
-/// later user inherits the open transaction. `done` returns it to the pool.
-struct Pooled(Option<deadpool_postgres::Object>);
-
-impl Pooled {
-    fn get(&self) -> &deadpool_postgres::Object {
-        self.0.as_ref().expect("taken only by done or drop")
-    }
-
-    fn done(mut self) {
-        drop(self.0.take());
-    }
+/// A pooled connection running a hand-run transaction: dropped before the COMMIT answered (the
+/// task cancelled between BEGIN and COMMIT), the connection is closed rather than pooled, so
+/// that no later user inherits the open transaction. Once the COMMIT has answered, committed or
+/// (after a failed statement) rolled back, the connection goes back to the pool as usual.
+struct Pooled {
+    object: Option<deadpool_postgres::Object>,
+    in_transaction: bool,
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(object) = self.0.take() {
+        if let Some(object) = self.object.take().filter(|_| self.in_transaction) {
             drop(deadpool_postgres::Object::take(object));
         }
     }
@@ -391,8 +385,11 @@ async fn try_commit(
     let key_params: [&(dyn ToSql + Sync); 6] =
         [&q_id, &q_okey, &q_hold, &q_ckey, &q_window, &q_wait];
 
-    let client = Pooled(Some(pool.get().await?));
-    let c = client.get();
+    let mut client = Pooled {
+        object: Some(pool.get().await?),
+        in_transaction: true,
+    };
+    let c = client.object.as_ref().expect("set above");
     let insert = c.prepare_cached(INSERT_BATCH).await?;
     let record = c.prepare_cached(RECORD_SPENDS).await?;
     let keys = c.prepare_cached(SET_KEYS).await?;
@@ -419,6 +416,8 @@ async fn try_commit(
         },
         c.batch_execute("COMMIT"),
     );
+    // The COMMIT answered: the transaction is over, committed or rolled back.
+    client.in_transaction = committed.is_err();
     begun?;
     let rows = inserted?;
     spent?;
@@ -458,7 +457,6 @@ async fn try_commit(
             }));
         }
     }
-    client.done();
     Ok(outcomes
         .into_iter()
         .map(|o| {
