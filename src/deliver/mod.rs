@@ -145,17 +145,45 @@ pub struct Client {
 pub type Pooled = PooledClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the outbound client. `extra_ca` holds PEM CA certificates trusted for `https://`
-/// agents besides the built-in (webpki) roots.
+/// agents besides the system's roots (see `system_roots`).
 pub fn client(extra_ca: Option<&[u8]>) -> Result<Client, String> {
     Ok(Client {
         http: pooled(extra_ca, 256)?,
     })
 }
 
+/// The roots `https://` agents are verified against (API.md section 11: `extra_ca_certs` is
+/// trusted "in addition to the system roots"): the system's, found the way OpenSSL finds them
+/// (`SSL_CERT_FILE`, `SSL_CERT_DIR`, then the distribution's bundle), so a CA an operator adds to
+/// the system store is trusted as by every other program there. A system without any (a bare
+/// container image without `ca-certificates`) gets the webpki bundle built in, with a warning,
+/// rather than no roots at all. Read once per process.
+fn system_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "a system root certificate could not be read");
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, unusable) = roots.add_parsable_certificates(found.certs);
+        if unusable > 0 {
+            tracing::debug!(unusable, "system root certificates skipped");
+        }
+        if added == 0 {
+            tracing::warn!(
+                "no system root certificates found (install ca-certificates, or set \
+                 SSL_CERT_FILE): deliveries to https:// agents trust the built-in webpki roots"
+            );
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        roots
+    })
+}
+
 /// A pooled client keeping up to `max_idle` idle keep-alive connections per host.
 pub fn pooled(extra_ca: Option<&[u8]>, max_idle: usize) -> Result<Pooled, String> {
-    let mut roots =
-        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut roots = system_roots().clone();
     if let Some(pem) = extra_ca {
         crate::tls::add_pem_roots(&mut roots, pem)?;
     }

@@ -182,7 +182,9 @@ impl From<StoreError> for ApiError {
                 ApiError::unavailable("shutting_down", "The server is shutting down")
             }
             StoreError::Unavailable(reason) => {
-                tracing::warn!(error = %reason, "the store cannot write");
+                // The store logs the fault once (`the store cannot write`); a line per refused
+                // request would flood the log at webhook rates for as long as the fault lasts.
+                tracing::debug!(error = %reason, "request refused: the store cannot write");
                 ApiError::unavailable(
                     "storage_unavailable",
                     "The storage cannot write right now; nothing was stored, retry later",

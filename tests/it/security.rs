@@ -9,9 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Admin, agent, only_type, policy, post_routed, route};
+use crate::delivery::{Admin, agent, only_type, policy, post_routed, post_routed_to, route};
 use crate::signed::Webhook;
-use crate::support::{ADMIN_KEY, AGENT_KEY, TestApp};
+use crate::support::{ADMIN_KEY, AGENT_KEY, ChildServer, TestApp};
 
 async fn status_and_body(r: reqwest::Response) -> (StatusCode, Option<String>, Value) {
     let status = r.status();
@@ -367,7 +367,11 @@ async fn https_receiver(ca: &TestCa, dir: &Path) -> (String, Arc<AtomicUsize>) {
 }
 
 async fn route_to(app: &TestApp, url: &str) {
-    let admin = Admin::of(app);
+    route_at(&app.base, url).await;
+}
+
+async fn route_at(base: &str, url: &str) {
+    let admin = Admin::at(base);
     admin.create_agent(agent("tls-agent", url, json!({}))).await;
     admin
         .create_route(route(
@@ -393,6 +397,28 @@ async fn deliveries_trust_extra_ca_certs() {
     assert_eq!(d["attempts"], 1, "{d}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     app.stop().await;
+}
+
+/// `extra_ca_certs` is trusted "in addition to the system roots" (API.md section 11): a CA in
+/// the system's store is trusted without it. The store here is `SSL_CERT_FILE`, which the
+/// binary reads as OpenSSL does; the real binary, so that the variable is its own.
+#[tokio::test]
+async fn deliveries_trust_the_system_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("a CA in the system store");
+    let (url, hits) = https_receiver(&ca, dir.path()).await;
+    let bundle = dir.path().join("system-bundle.pem");
+    std::fs::write(&bundle, &ca.pem).unwrap();
+    let server = ChildServer::start(
+        &dir.path().join("data"),
+        &[("SSL_CERT_FILE", bundle.to_str().unwrap())],
+    )
+    .await;
+    route_at(&server.base, &url).await;
+    let id = post_routed_to(&reqwest::Client::new(), &server.base, "push", 1).await;
+    let d = Admin::at(&server.base).wait_status(id, "delivered").await;
+    assert_eq!(d["attempts"], 1, "{d}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -441,3 +441,109 @@ async fn postgres_going_away_under_load_answers_storage_unavailable_and_recovers
         Err(_) => panic!("a client still holds the server"),
     }
 }
+
+/// A storage fault is logged once when it begins and once when it ends, not once per refused
+/// request: at webhook rates a line per refusal would flood the log for as long as the disk is
+/// full. The real binary, its log read as JSON lines from its standard error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_fault_is_logged_once_when_it_begins_and_once_when_it_ends() {
+    use tokio::io::AsyncReadExt as _;
+    if backend() != "sqlite" {
+        eprintln!("skipped: the full-disk test is for the SQLite store");
+        return;
+    }
+    let Some(fs) = Tmpfs::mount("8m") else { return };
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
+    let data = fs.path().join("data");
+    let mut server = ChildServer::start(
+        &data,
+        &[
+            ("LOG_LEVEL", "info"),
+            ("LOG_FORMAT", "json"),
+            ("MIN_FREE_DISK_MB", "0"),
+        ],
+    )
+    .await;
+    // Read the log as it comes, so a full pipe never stalls the server.
+    let mut stderr = server.child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let client = reqwest::Client::new();
+    let post = |n: u64| {
+        let b = body(n);
+        client
+            .post(format!("{}/webhook/github", server.base))
+            .header("content-type", "application/json")
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+            .header(
+                "x-hub-signature-256",
+                event_router::providers::github::sign(GITHUB_SECRET.as_bytes(), &b),
+            )
+            .body(b)
+            .send()
+    };
+    // Fill the disk until it has refused 50 webhooks.
+    let (mut refusals, mut n) = (0, 0u64);
+    while refusals < 50 {
+        assert!(n < 4_000, "the disk never filled");
+        let answers = futures_util::future::join_all((n..n + 8).map(&post)).await;
+        n += 8;
+        for r in answers {
+            match r.unwrap().status().as_u16() {
+                200 => {}
+                503 => refusals += 1,
+                other => panic!("{other}"),
+            }
+        }
+    }
+    // Room again: the same server takes webhooks.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(Duration::from_secs(15), || async {
+        (post(n).await.unwrap().status() == 200).then_some(())
+    })
+    .await;
+    // SIGTERM, so the server stops as it would in production and its log ends.
+    let pid = server.child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await;
+    let log = log.await.unwrap();
+    let messages: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(str::to_string))
+        .collect();
+    // The fault may come and go while the disk is nearly full (a small commit can still fit),
+    // so: every beginning is followed by its end, and there are a few, not one per refusal.
+    let marks: Vec<&str> = messages
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m == "the store cannot write" || *m == "the store can write again")
+        .collect();
+    let began = marks
+        .iter()
+        .filter(|m| **m == "the store cannot write")
+        .count();
+    assert!(began >= 1, "no fault logged: {log}");
+    assert!(
+        began <= 5,
+        "{began} fault lines for {refusals} refused webhooks: {marks:?}"
+    );
+    for (i, m) in marks.iter().enumerate() {
+        let want = if i % 2 == 0 {
+            "the store cannot write"
+        } else {
+            "the store can write again"
+        };
+        assert_eq!(*m, want, "out of order: {marks:?}");
+    }
+    assert_eq!(marks.len(), 2 * began, "a fault never ended: {marks:?}");
+    drop(fs);
+}

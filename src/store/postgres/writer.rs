@@ -108,10 +108,14 @@ pub(super) async fn writer_loop(
                 _ => None,
             });
             if let Ok(mut f) = fault.lock() {
-                if unavailable.is_some() {
-                    *f = unavailable;
-                } else if results.iter().any(|r| r.is_ok()) {
-                    *f = None;
+                // Logged as the SQLite writer does: once when the fault begins, once when it ends.
+                if let Some(reason) = unavailable {
+                    if f.is_none() {
+                        tracing::error!(error = %reason, "the store cannot write");
+                    }
+                    *f = Some(reason);
+                } else if results.iter().any(|r| r.is_ok()) && f.take().is_some() {
+                    tracing::info!("the store can write again");
                 }
             }
             for (job, result) in batch.into_iter().zip(results) {
@@ -152,7 +156,7 @@ async fn commit_batch(
             out
         }
         Err(f) => {
-            tracing::error!(error = %f.error, "group commit failed");
+            tracing::warn!(error = %f.error, "group commit failed");
             let msg = f.error.to_string();
             events
                 .iter()
