@@ -376,6 +376,48 @@ async fn a_routes_transformation_is_what_its_streams_carry_live_and_on_resume() 
     }
 }
 
+/// A push agent's delivery whose route transformation failed has nothing to send: it is not
+/// streamed live, and a resumed stream does not replay it either (it used to replay the event
+/// as archived, which the live stream never carried).
+#[tokio::test]
+async fn a_failed_route_transformation_is_neither_streamed_nor_replayed() {
+    let app = TestApp::spawn().await;
+    let rx = TestReceiver::start().await;
+    create(
+        &app,
+        "agents",
+        json!({"id": "pushed", "name": "pushed", "url": rx.url("/in"), "enabled": true}),
+    )
+    .await;
+    let mut fragile = route("fragile", &["pushed"]);
+    fragile["transformation"] =
+        jq(r#"if .payload.n == 2 then error("no two") else {id, source, type, n: .payload.n} end"#);
+    create(&app, "routes", fragile).await;
+    let mut live = Vec::new();
+    for t in BOTH {
+        live.push(open_ok(&app, t, &StreamRequest::new("pushed", AGENT_KEY)).await);
+    }
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(post_push(&app, n).await);
+    }
+    for c in &mut live {
+        let t = c.transport();
+        for (n, id) in [(1, ids[0]), (3, ids[2])] {
+            let ev = c.next_event().await;
+            assert_eq!(ev["id"], id.to_string(), "{t:?} live: {ev}");
+            assert_eq!(ev["n"], n, "{t:?} live: {ev}");
+        }
+    }
+    for t in BOTH {
+        let req = StreamRequest::new("pushed", AGENT_KEY).param("lastEventId", &ids[0].to_string());
+        let mut c = open_ok(&app, t, &req).await;
+        let ev = c.next_event().await;
+        assert_eq!(ev["id"], ids[2].to_string(), "{t:?} replay: {ev}");
+        assert_eq!(ev["n"], 3, "{t:?} replay: {ev}");
+    }
+}
+
 #[tokio::test]
 async fn filters_in_either_form_narrow_the_stream_live_and_on_resume() {
     let app = TestApp::spawn().await;

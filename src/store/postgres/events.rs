@@ -166,12 +166,16 @@ impl EventStore for PgStore {
             }
             Some(agent) => {
                 // Several routes to one agent: one item, the same body SQLite's MIN picks
-                // (byte order, a transformed body before none).
+                // (byte order, a transformed body before none). A delivery whose route
+                // transformation failed has no body to send and is not replayed, as in SQLite.
                 let stmt = c
                     .prepare_cached(
                         "SELECT x.event_id, COALESCE(x.body, e.body) FROM (
                              SELECT event_id, MIN(body COLLATE \"C\") AS body FROM deliveries
-                              WHERE agent_id = $1 AND event_id > $2 GROUP BY event_id
+                              WHERE agent_id = $1 AND event_id > $2
+                                AND NOT (attempts = 0 AND body IS NULL
+                                         AND last_error LIKE 'transformation failed:%')
+                              GROUP BY event_id
                              UNION ALL
                              SELECT event_id, body FROM streamed
                               WHERE agent_id = $1 AND event_id > $2

@@ -167,9 +167,15 @@ impl EventStore for SqliteStore {
                     .collect(),
                 Some(agent) => c
                     .prepare_cached(
+                        // A delivery whose route transformation failed has no body to send:
+                        // it was not streamed live, so it is not replayed (`COALESCE` would
+                        // give the event as archived).
                         "SELECT x.event_id, COALESCE(x.body, e.body) FROM (
                              SELECT event_id, MIN(body) AS body FROM deliveries
-                              WHERE agent_id = ?1 AND event_id > ?2 GROUP BY event_id
+                              WHERE agent_id = ?1 AND event_id > ?2
+                                AND NOT (attempts = 0 AND body IS NULL
+                                         AND last_error LIKE 'transformation failed:%')
+                              GROUP BY event_id
                              UNION ALL
                              SELECT event_id, body FROM streamed
                               WHERE agent_id = ?1 AND event_id > ?2
