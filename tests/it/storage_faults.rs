@@ -43,16 +43,25 @@ async fn health(app: &TestApp) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart() {
+/// An 8 MiB tmpfs for a SQLite data dir, with 2 MiB of it taken by a filler file (room to give
+/// back later, taken before the server fills the rest). `None`: the test is skipped (not on
+/// SQLite, or no tmpfs here).
+fn small_disk() -> Option<(Tmpfs, std::path::PathBuf)> {
     if backend() != "sqlite" {
         eprintln!("skipped: the full-disk test is for the SQLite store");
-        return;
+        return None;
     }
-    let Some(fs) = Tmpfs::mount("8m") else { return };
-    // Room to give back later, taken before the server fills the rest.
+    let fs = Tmpfs::mount("8m")?;
     let filler = fs.path().join("filler");
     std::fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
+    Some((fs, filler))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart() {
+    let Some((fs, filler)) = small_disk() else {
+        return;
+    };
     // No free-space floor: this test fills the disk itself.
     let app = TestApp::spawn_in(tempfile::tempdir_in(fs.path()).unwrap(), |c| {
         c.min_free_disk_mb = 0;
@@ -448,13 +457,9 @@ async fn postgres_going_away_under_load_answers_storage_unavailable_and_recovers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_fault_is_logged_once_when_it_begins_and_once_when_it_ends() {
     use tokio::io::AsyncReadExt as _;
-    if backend() != "sqlite" {
-        eprintln!("skipped: the full-disk test is for the SQLite store");
+    let Some((fs, filler)) = small_disk() else {
         return;
-    }
-    let Some(fs) = Tmpfs::mount("8m") else { return };
-    let filler = fs.path().join("filler");
-    std::fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
+    };
     let data = fs.path().join("data");
     let mut server = ChildServer::start(
         &data,
