@@ -169,7 +169,7 @@ async fn requeue<C: GenericClient>(
         "WITH picked AS (
              SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE d.status = 'dead' AND NOT (d.attempts = 0 AND d.body IS NULL
-                   AND d.last_error LIKE 'transformation failed:%')
+                   AND COALESCE(d.last_error, '') LIKE 'transformation failed:%')
                AND {where_sql}
              FOR UPDATE OF d
          ), upd AS (

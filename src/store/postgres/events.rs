@@ -174,7 +174,7 @@ impl EventStore for PgStore {
                              SELECT event_id, MIN(body COLLATE \"C\") AS body FROM deliveries
                               WHERE agent_id = $1 AND event_id > $2
                                 AND NOT (attempts = 0 AND body IS NULL
-                                         AND last_error LIKE 'transformation failed:%')
+                                         AND COALESCE(last_error, '') LIKE 'transformation failed:%')
                               GROUP BY event_id
                              UNION ALL
                              SELECT event_id, body FROM streamed

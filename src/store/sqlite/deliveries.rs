@@ -153,7 +153,7 @@ fn requeue(
             // correcting the route and replaying the event, not by a retry.
             "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE d.status = 'dead' AND NOT (d.attempts = 0 AND d.body IS NULL
-                   AND d.last_error LIKE 'transformation failed:%')
+                   AND COALESCE(d.last_error, '') LIKE 'transformation failed:%')
                AND {where_sql}"
         ))?
         .query_map(args, |r| r.get(0))?

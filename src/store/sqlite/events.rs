@@ -169,12 +169,13 @@ impl EventStore for SqliteStore {
                     .prepare_cached(
                         // A delivery whose route transformation failed has no body to send:
                         // it was not streamed live, so it is not replayed (`COALESCE` would
-                        // give the event as archived).
+                        // give the event as archived). `last_error` is NULL on most rows: compared
+                        // as '' so that `NOT (…)` is true for them, not NULL.
                         "SELECT x.event_id, COALESCE(x.body, e.body) FROM (
                              SELECT event_id, MIN(body) AS body FROM deliveries
                               WHERE agent_id = ?1 AND event_id > ?2
                                 AND NOT (attempts = 0 AND body IS NULL
-                                         AND last_error LIKE 'transformation failed:%')
+                                         AND COALESCE(last_error, '') LIKE 'transformation failed:%')
                               GROUP BY event_id
                              UNION ALL
                              SELECT event_id, body FROM streamed
